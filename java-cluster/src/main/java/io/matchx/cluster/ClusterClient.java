@@ -1,0 +1,401 @@
+package io.matchx.cluster;
+
+import io.aeron.Aeron;
+import io.aeron.Publication;
+import io.aeron.cluster.client.AeronCluster;
+import io.aeron.cluster.client.EgressListener;
+import io.aeron.cluster.codecs.EventCode;
+import io.aeron.driver.MediaDriver;
+import io.aeron.driver.ThreadingMode;
+import io.aeron.logbuffer.Header;
+import org.agrona.CloseHelper;
+import org.agrona.DirectBuffer;
+import org.agrona.concurrent.BackoffIdleStrategy;
+import org.agrona.concurrent.IdleStrategy;
+import org.agrona.concurrent.UnsafeBuffer;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.ReentrantLock;
+
+/**
+ * Client glue for Python: an embedded media driver, one {@link AeronCluster} session and a Java
+ * thread that polls egress, sends keep-alives and reconnects when the session is closed.
+ *
+ * <p>Python never receives a callback (a Java-to-Python crossing waits for the GIL); it calls
+ * {@link #poll(long)}, which blocks in Java with the GIL released and returns every pending event
+ * as one framed byte array: {@code uint8 kind, int32 length, bytes} repeated, little-endian.
+ */
+public final class ClusterClient implements AutoCloseable
+{
+    public static final byte EVENT_MESSAGE = 1;
+    public static final byte EVENT_CONNECTED = 2;
+    public static final byte EVENT_NEW_LEADER = 3;
+    public static final byte EVENT_DISCONNECTED = 4;
+    public static final byte EVENT_CONNECT_FAILED = 5;
+    public static final byte EVENT_SESSION_EVENT = 6;
+
+    /** Returned by {@link #offer(byte[])} when no session is up; the caller keeps the request pending. */
+    public static final long NOT_CONNECTED = -100;
+
+    private final MediaDriver driver;
+    private final Aeron aeron;
+    private final String egressChannel;
+    private final long connectTimeoutMs;
+    private final long newLeaderTimeoutMs;
+    private final ReentrantLock lock = new ReentrantLock();
+    private final LinkedBlockingQueue<byte[]> events = new LinkedBlockingQueue<>();
+    private final Thread poller;
+    private final UnsafeBuffer offerBuffer = new UnsafeBuffer(ByteBuffer.allocateDirect(1 << 20));
+
+    private volatile String ingressEndpoints;
+    private volatile byte[] credentials;
+    private volatile boolean running = true;
+    private volatile AeronCluster cluster;
+    private volatile int leaderMemberId = -1;
+
+    public ClusterClient(
+        final String ingressEndpoints,
+        final String aeronDir,
+        final String egressHost,
+        final long connectTimeoutMs,
+        final long newLeaderTimeoutMs,
+        final byte[] credentials)
+    {
+        this.ingressEndpoints = ingressEndpoints;
+        this.egressChannel = "aeron:udp?endpoint=" + egressHost + ":0";
+        this.connectTimeoutMs = connectTimeoutMs;
+        this.newLeaderTimeoutMs = newLeaderTimeoutMs;
+        this.credentials = null == credentials ? new byte[0] : credentials;
+
+        driver = MediaDriver.launchEmbedded(new MediaDriver.Context()
+            .aeronDirectoryName(aeronDir)
+            .dirDeleteOnStart(true)
+            .dirDeleteOnShutdown(true)
+            .threadingMode(ThreadingMode.SHARED)
+            .sharedIdleStrategy(new BackoffIdleStrategy(10, 10, 1_000, 500_000))
+            .termBufferSparseFile(true)
+            .publicationTermBufferLength(1 << 20)
+            .ipcTermBufferLength(64 * 1024));
+        aeron = Aeron.connect(new Aeron.Context().aeronDirectoryName(driver.aeronDirectoryName()));
+        poller = new Thread(this::run, "matchx-client-poller");
+        poller.setDaemon(true);
+        poller.start();
+    }
+
+    /** New credentials (a refreshed token) are used by the next connect. */
+    public void credentials(final byte[] credentials)
+    {
+        this.credentials = null == credentials ? new byte[0] : credentials;
+    }
+
+    /** Drops the current session so the poller connects again, e.g. with new credentials. */
+    public void reconnect()
+    {
+        lock.lock();
+        try
+        {
+            final AeronCluster current = cluster;
+            cluster = null;
+            CloseHelper.quietClose(current);
+        }
+        finally
+        {
+            lock.unlock();
+        }
+    }
+
+    public void ingressEndpoints(final String ingressEndpoints)
+    {
+        this.ingressEndpoints = ingressEndpoints;
+    }
+
+    public boolean isConnected()
+    {
+        final AeronCluster current = cluster;
+        return null != current && !current.isClosed();
+    }
+
+    public int leaderMemberId()
+    {
+        return leaderMemberId;
+    }
+
+    /**
+     * @return a positive position on success, {@link #NOT_CONNECTED}, or a negative
+     * {@link Publication} code (back pressure etc.); the caller decides whether to retry.
+     */
+    public long offer(final byte[] message)
+    {
+        if (message.length > offerBuffer.capacity())
+        {
+            throw new IllegalArgumentException("message of " + message.length + " bytes exceeds " + offerBuffer.capacity());
+        }
+        lock.lock();
+        try
+        {
+            final AeronCluster current = cluster;
+            if (null == current || current.isClosed())
+            {
+                return NOT_CONNECTED;
+            }
+            offerBuffer.putBytes(0, message);
+            return current.offer(offerBuffer, 0, message.length);
+        }
+        finally
+        {
+            lock.unlock();
+        }
+    }
+
+    /**
+     * Waits up to {@code timeoutMs} for at least one event, then returns all pending ones framed,
+     * or null when none arrived.
+     */
+    public byte[] poll(final long timeoutMs) throws InterruptedException
+    {
+        final byte[] first = events.poll(timeoutMs, TimeUnit.MILLISECONDS);
+        if (null == first)
+        {
+            return null;
+        }
+        final List<byte[]> batch = new ArrayList<>();
+        batch.add(first);
+        events.drainTo(batch, 4096);
+        if (batch.size() == 1)
+        {
+            return first;
+        }
+        int total = 0;
+        for (final byte[] b : batch)
+        {
+            total += b.length;
+        }
+        final byte[] out = new byte[total];
+        int offset = 0;
+        for (final byte[] b : batch)
+        {
+            System.arraycopy(b, 0, out, offset, b.length);
+            offset += b.length;
+        }
+        return out;
+    }
+
+    private void emit(final byte kind, final byte[] body)
+    {
+        final byte[] framed = new byte[5 + body.length];
+        final ByteBuffer bb = ByteBuffer.wrap(framed).order(ByteOrder.LITTLE_ENDIAN);
+        bb.put(kind).putInt(body.length).put(body);
+        events.add(framed);
+    }
+
+    private void emit(final byte kind, final String text)
+    {
+        emit(kind, text.getBytes(StandardCharsets.UTF_8));
+    }
+
+    private final EgressListener listener = new EgressListener()
+    {
+        public void onMessage(
+            final long clusterSessionId,
+            final long timestamp,
+            final DirectBuffer buffer,
+            final int offset,
+            final int length,
+            final Header header)
+        {
+            final byte[] framed = new byte[5 + length];
+            final UnsafeBuffer out = new UnsafeBuffer(framed);
+            out.putByte(0, EVENT_MESSAGE);
+            out.putInt(1, length, ByteOrder.LITTLE_ENDIAN);
+            buffer.getBytes(offset, framed, 5, length);
+            events.add(framed);
+        }
+
+        public void onSessionEvent(
+            final long correlationId,
+            final long clusterSessionId,
+            final long leadershipTermId,
+            final int leaderMemberId,
+            final EventCode code,
+            final String detail)
+        {
+            emit(EVENT_SESSION_EVENT, code.name() + " " + detail);
+        }
+
+        public void onNewLeader(
+            final long clusterSessionId,
+            final long leadershipTermId,
+            final int leaderMemberId,
+            final String ingressEndpoints)
+        {
+            ClusterClient.this.leaderMemberId = leaderMemberId;
+            emit(EVENT_NEW_LEADER, leaderMemberId + " " + ingressEndpoints);
+        }
+
+        public void onAdminResponse(
+            final long clusterSessionId,
+            final long correlationId,
+            final io.aeron.cluster.codecs.AdminRequestType requestType,
+            final io.aeron.cluster.codecs.AdminResponseCode responseCode,
+            final String message,
+            final DirectBuffer payload,
+            final int payloadOffset,
+            final int payloadLength)
+        {
+            emit(EVENT_SESSION_EVENT, "ADMIN_" + responseCode.name() + " " + message);
+        }
+    };
+
+    private void run()
+    {
+        final IdleStrategy idle = new BackoffIdleStrategy(10, 10, 1_000, 500_000);
+        long nextKeepAliveMs = 0;
+        long retryDelayMs = 50;
+        while (running)
+        {
+            AeronCluster current = cluster;
+            if (null == current || current.isClosed())
+            {
+                if (null != current)
+                {
+                    lock.lock();
+                    try
+                    {
+                        cluster = null;
+                        CloseHelper.quietClose(current);
+                    }
+                    finally
+                    {
+                        lock.unlock();
+                    }
+                    emit(EVENT_DISCONNECTED, "session closed");
+                }
+                current = connect();
+                if (null == current)
+                {
+                    sleep(retryDelayMs);
+                    retryDelayMs = Math.min(retryDelayMs * 2, 1_000);
+                    continue;
+                }
+                retryDelayMs = 50;
+            }
+
+            int work = 0;
+            lock.lock();
+            try
+            {
+                if (!current.isClosed())
+                {
+                    work = current.pollEgress();
+                    final long nowMs = System.currentTimeMillis();
+                    if (nowMs >= nextKeepAliveMs)
+                    {
+                        current.sendKeepAlive();
+                        nextKeepAliveMs = nowMs + 1_000;
+                    }
+                }
+            }
+            catch (final RuntimeException ex)
+            {
+                emit(EVENT_SESSION_EVENT, "ERROR " + ex);
+                CloseHelper.quietClose(current);
+            }
+            finally
+            {
+                lock.unlock();
+            }
+            idle.idle(work);
+        }
+    }
+
+    private AeronCluster connect()
+    {
+        final AeronCluster.Context ctx = new AeronCluster.Context()
+            .aeron(aeron)
+            .ownsAeronClient(false)
+            .ingressEndpoints(ingressEndpoints)
+            .ingressChannel("aeron:udp?term-length=1m")
+            .egressChannel(egressChannel)
+            .messageTimeoutNs(TimeUnit.MILLISECONDS.toNanos(connectTimeoutMs))
+            .newLeaderTimeoutNs(TimeUnit.MILLISECONDS.toNanos(newLeaderTimeoutMs))
+            .idleStrategy(new BackoffIdleStrategy(10, 10, 1_000, 500_000))
+            .credentialsSupplier(new io.aeron.security.CredentialsSupplier()
+            {
+                public byte[] encodedCredentials()
+                {
+                    return credentials;
+                }
+
+                public byte[] onChallenge(final byte[] encodedChallenge)
+                {
+                    return credentials;
+                }
+            })
+            .egressListener(listener);
+        try
+        {
+            final AeronCluster connected = AeronCluster.connect(ctx);
+            lock.lock();
+            try
+            {
+                cluster = connected;
+            }
+            finally
+            {
+                lock.unlock();
+            }
+            leaderMemberId = connected.leaderMemberId();
+            emit(EVENT_CONNECTED, connected.leaderMemberId() + " " + connected.clusterSessionId());
+            return connected;
+        }
+        catch (final RuntimeException ex)
+        {
+            ctx.close();
+            final String kind = ex.getClass().getSimpleName();
+            emit(EVENT_CONNECT_FAILED, kind + ": " + ex.getMessage());
+            return null;
+        }
+    }
+
+    private static void sleep(final long ms)
+    {
+        try
+        {
+            Thread.sleep(ms);
+        }
+        catch (final InterruptedException ex)
+        {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    public void close()
+    {
+        running = false;
+        try
+        {
+            poller.join(5_000);
+        }
+        catch (final InterruptedException ex)
+        {
+            Thread.currentThread().interrupt();
+        }
+        lock.lock();
+        try
+        {
+            CloseHelper.quietClose(cluster);
+            cluster = null;
+        }
+        finally
+        {
+            lock.unlock();
+        }
+        CloseHelper.closeAll(aeron, driver);
+    }
+}

@@ -1,0 +1,250 @@
+package io.matchx.cluster;
+
+import io.aeron.ExclusivePublication;
+import io.aeron.Image;
+import io.aeron.Publication;
+import io.aeron.cluster.codecs.CloseReason;
+import io.aeron.cluster.service.ClientSession;
+import io.aeron.cluster.service.Cluster;
+import io.aeron.cluster.service.ClusteredService;
+import io.aeron.logbuffer.Header;
+import org.agrona.DirectBuffer;
+import org.agrona.concurrent.IdleStrategy;
+import org.agrona.concurrent.UnsafeBuffer;
+
+import java.nio.ByteBuffer;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * The cluster's service on every member. It copies each log message into a direct buffer that
+ * the Python handler maps once, makes one crossing into Python per message (a message may carry
+ * a batch of commands), then offers the reply frames Python wrote. Followers run the same path:
+ * Aeron's follower {@code ClientSession.offer} sends nothing and returns success.
+ */
+public final class MatchService implements ClusteredService
+{
+    /** Bounded retries of a back-pressured reply: a slow client must not stall the log. */
+    static final int MAX_OFFER_ATTEMPTS = 16;
+
+    private final ServiceHandler handler;
+    private final UnsafeBuffer input;
+    private final UnsafeBuffer output;
+    private final ByteBuffer inputByteBuffer;
+    private final ByteBuffer outputByteBuffer;
+    private final StatusFile statusFile;
+    private final FatalHandler fatalHandler;
+    private final long statusIntervalNs;
+    private final int memberId;
+
+    private Cluster cluster;
+    private volatile int role = -1;
+    private volatile int leaderMemberId = -1;
+    private volatile long leadershipTermId = -1;
+    private volatile long logPosition;
+    private volatile long lastSnapshotPosition = -1;
+    private volatile long droppedReplies;
+    private long nextStatusNs;
+
+    /** What to do when the service cannot go on (for example a snapshot that does not load). */
+    public interface FatalHandler
+    {
+        void onFatal(String message, Throwable cause);
+    }
+
+    public MatchService(
+        final int memberId,
+        final ServiceHandler handler,
+        final int bufferCapacity,
+        final StatusFile statusFile,
+        final FatalHandler fatalHandler)
+    {
+        this.memberId = memberId;
+        this.handler = handler;
+        this.inputByteBuffer = ByteBuffer.allocateDirect(bufferCapacity);
+        this.outputByteBuffer = ByteBuffer.allocateDirect(bufferCapacity);
+        this.input = new UnsafeBuffer(inputByteBuffer);
+        this.output = new UnsafeBuffer(outputByteBuffer);
+        this.statusFile = statusFile;
+        this.fatalHandler = fatalHandler;
+        this.statusIntervalNs = TimeUnit.MILLISECONDS.toNanos(200);
+    }
+
+    /** The buffer holding the current request; Python maps it once with a memoryview. */
+    public ByteBuffer inputBuffer()
+    {
+        return inputByteBuffer;
+    }
+
+    /** The buffer Python writes reply frames into. */
+    public ByteBuffer outputBuffer()
+    {
+        return outputByteBuffer;
+    }
+
+    public void onStart(final Cluster cluster, final Image snapshotImage)
+    {
+        this.cluster = cluster;
+        this.role = cluster.role().code();
+        byte[] snapshot = null;
+        if (null != snapshotImage)
+        {
+            try
+            {
+                snapshot = SnapshotChunks.read(snapshotImage, cluster.idleStrategy());
+            }
+            catch (final RuntimeException ex)
+            {
+                fatalHandler.onFatal("snapshot " + snapshotImage.sourceIdentity() + " failed to load: " +
+                    ex.getMessage(), ex);
+                return;
+            }
+        }
+        try
+        {
+            handler.onStart(memberId, snapshot);
+        }
+        catch (final RuntimeException ex)
+        {
+            fatalHandler.onFatal("service failed to start: " + ex.getMessage(), ex);
+        }
+    }
+
+    public void onSessionOpen(final ClientSession session, final long timestamp)
+    {
+        handler.onSessionOpen(session.id(), timestamp, session.encodedPrincipal());
+    }
+
+    public void onSessionClose(final ClientSession session, final long timestamp, final CloseReason closeReason)
+    {
+        handler.onSessionClose(session.id(), timestamp);
+    }
+
+    public void onSessionMessage(
+        final ClientSession session,
+        final long timestamp,
+        final DirectBuffer buffer,
+        final int offset,
+        final int length,
+        final Header header)
+    {
+        logPosition = header.position();
+        if (length > input.capacity())
+        {
+            // Deterministic on every member: the handler sees an empty message and rejects it.
+            handler.onSessionMessage(session.id(), timestamp, header.position(), 0);
+            return;
+        }
+        input.putBytes(0, buffer, offset, length);
+        final int replyLength = handler.onSessionMessage(session.id(), timestamp, header.position(), length);
+        if (replyLength > 0)
+        {
+            ReplyFrames.forEach(output, replyLength, this::offerReply);
+        }
+    }
+
+    private void offerReply(final long clusterSessionId, final int offset, final int length)
+    {
+        final ClientSession target = cluster.getClientSession(clusterSessionId);
+        if (null == target)
+        {
+            return;
+        }
+        final IdleStrategy idle = cluster.idleStrategy();
+        idle.reset();
+        for (int attempt = 0; attempt < MAX_OFFER_ATTEMPTS; attempt++)
+        {
+            final long result = target.offer(output, offset, length);
+            if (result > 0)
+            {
+                return;
+            }
+            if (result == Publication.CLOSED || result == Publication.NOT_CONNECTED ||
+                result == Publication.MAX_POSITION_EXCEEDED)
+            {
+                break;
+            }
+            idle.idle();
+        }
+        droppedReplies++;
+    }
+
+    public void onTimerEvent(final long correlationId, final long timestamp)
+    {
+    }
+
+    public void onTakeSnapshot(final ExclusivePublication snapshotPublication)
+    {
+        final long position = cluster.logPosition();
+        final byte[] state = handler.onTakeSnapshot(position);
+        SnapshotChunks.write(snapshotPublication, state, cluster.idleStrategy());
+        lastSnapshotPosition = position;
+    }
+
+    public void onRoleChange(final Cluster.Role newRole)
+    {
+        role = newRole.code();
+        handler.onRoleChange(role);
+        writeStatus();
+    }
+
+    public void onTerminate(final Cluster cluster)
+    {
+        writeStatus();
+        handler.onTerminate();
+    }
+
+    public void onNewLeadershipTermEvent(
+        final long leadershipTermId,
+        final long logPosition,
+        final long timestamp,
+        final long termBaseLogPosition,
+        final int leaderMemberId,
+        final int logSessionId,
+        final TimeUnit timeUnit,
+        final int appVersion)
+    {
+        this.leadershipTermId = leadershipTermId;
+        this.leaderMemberId = leaderMemberId;
+        this.logPosition = logPosition;
+        writeStatus();
+    }
+
+    public int doBackgroundWork(final long nowNs)
+    {
+        if (nowNs - nextStatusNs >= 0)
+        {
+            nextStatusNs = nowNs + statusIntervalNs;
+            if (null != cluster)
+            {
+                logPosition = Math.max(logPosition, cluster.logPosition());
+            }
+            writeStatus();
+            return 1;
+        }
+        return 0;
+    }
+
+    private void writeStatus()
+    {
+        if (null != statusFile && null != cluster)
+        {
+            statusFile.write(memberId, role, leaderMemberId, leadershipTermId, logPosition,
+                lastSnapshotPosition, droppedReplies);
+        }
+    }
+
+    public int role()
+    {
+        return role;
+    }
+
+    public int leaderMemberId()
+    {
+        return leaderMemberId;
+    }
+
+    public long logPosition()
+    {
+        return logPosition;
+    }
+}

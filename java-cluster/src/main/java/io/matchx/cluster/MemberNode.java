@@ -1,0 +1,189 @@
+package io.matchx.cluster;
+
+import io.aeron.archive.Archive;
+import io.aeron.archive.ArchiveThreadingMode;
+import io.aeron.archive.client.AeronArchive;
+import io.aeron.cluster.ClusteredMediaDriver;
+import io.aeron.cluster.ConsensusModule;
+import io.aeron.cluster.service.ClusteredServiceContainer;
+import io.aeron.driver.MediaDriver;
+import io.aeron.driver.ThreadingMode;
+import org.agrona.CloseHelper;
+import org.agrona.ErrorHandler;
+import org.agrona.concurrent.BackoffIdleStrategy;
+import org.agrona.concurrent.IdleStrategy;
+import org.agrona.concurrent.NoOpLock;
+
+import java.io.File;
+import java.nio.file.Path;
+import java.util.Properties;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Supplier;
+
+/**
+ * Launches one cluster member: a media driver, archive and consensus module (one
+ * {@link ClusteredMediaDriver}) plus a service container running {@link MatchService}.
+ *
+ * <p>Settings come as string properties so Python can build them from its own frozen config;
+ * {@link MemberSettings} validates all of them before anything starts. Threading is SHARED and
+ * idling backs off to sleeping, because three members share two cores on a developer box.
+ */
+public final class MemberNode implements AutoCloseable
+{
+    private final MemberSettings settings;
+    private final ClusteredMediaDriver driver;
+    private final ClusteredServiceContainer container;
+    private final MatchService service;
+
+    private MemberNode(
+        final MemberSettings settings,
+        final ClusteredMediaDriver driver,
+        final ClusteredServiceContainer container,
+        final MatchService service)
+    {
+        this.settings = settings;
+        this.driver = driver;
+        this.container = container;
+        this.service = service;
+    }
+
+    /** A service built before launch so that Python can map its buffers first. */
+    public static MatchService newService(final Properties properties, final ServiceHandler handler)
+    {
+        final MemberSettings settings = MemberSettings.from(properties);
+        return new MatchService(
+            settings.memberId,
+            handler,
+            settings.bufferCapacity,
+            new StatusFile(Path.of(settings.baseDir, "status.json")),
+            MemberNode::haltOnFatal);
+    }
+
+    public static MemberNode launch(final Properties properties, final MatchService service)
+    {
+        final MemberSettings s = MemberSettings.from(properties);
+        final ErrorHandler errorHandler = MemberNode::logError;
+        final Supplier<IdleStrategy> idle = () -> newIdleStrategy(s);
+        final File base = new File(s.baseDir);
+        final File clusterDir = new File(base, "cluster");
+        final File archiveDir = new File(base, "archive");
+
+        final MediaDriver.Context driverCtx = new MediaDriver.Context()
+            .aeronDirectoryName(s.aeronDir)
+            .dirDeleteOnStart(true)
+            .dirDeleteOnShutdown(true)
+            .threadingMode(ThreadingMode.SHARED)
+            .sharedIdleStrategy(newIdleStrategy(s))
+            .termBufferSparseFile(true)
+            .publicationTermBufferLength(s.termLength)
+            .ipcTermBufferLength(s.termLength)
+            .errorHandler(errorHandler);
+
+        final AeronArchive.Context replicationArchiveCtx = new AeronArchive.Context()
+            .controlResponseChannel("aeron:udp?endpoint=" + s.host + ":0");
+
+        final Archive.Context archiveCtx = new Archive.Context()
+            .aeronDirectoryName(s.aeronDir)
+            .archiveDir(archiveDir)
+            .controlChannel("aeron:udp?endpoint=" + s.host + ":" + s.archivePort)
+            .localControlChannel("aeron:ipc?term-length=64k")
+            .archiveClientContext(replicationArchiveCtx)
+            .replicationChannel("aeron:udp?endpoint=" + s.host + ":0")
+            .recordingEventsEnabled(false)
+            .threadingMode(ArchiveThreadingMode.SHARED)
+            .idleStrategySupplier(idle)
+            .segmentFileLength(s.segmentLength)
+            .errorHandler(errorHandler);
+
+        final AeronArchive.Context localArchiveCtx = new AeronArchive.Context()
+            .lock(NoOpLock.INSTANCE)
+            .controlRequestChannel(archiveCtx.localControlChannel())
+            .controlRequestStreamId(archiveCtx.localControlStreamId())
+            .controlResponseChannel(archiveCtx.localControlChannel())
+            .aeronDirectoryName(s.aeronDir);
+
+        final ConsensusModule.Context cmCtx = new ConsensusModule.Context()
+            .clusterId(s.clusterId)
+            .clusterMemberId(s.memberId)
+            .clusterMembers(s.clusterMembers)
+            .clusterDir(clusterDir)
+            .aeronDirectoryName(s.aeronDir)
+            .archiveContext(localArchiveCtx.clone())
+            .ingressChannel("aeron:udp?term-length=" + s.ingressTermLength)
+            .logChannel("aeron:udp?term-length=" + s.termLength)
+            .replicationChannel("aeron:udp?endpoint=" + s.host + ":0")
+            .leaderHeartbeatIntervalNs(TimeUnit.MILLISECONDS.toNanos(s.heartbeatIntervalMs))
+            .leaderHeartbeatTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.heartbeatTimeoutMs))
+            .electionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.electionTimeoutMs))
+            .startupCanvassTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.startupCanvassTimeoutMs))
+            .sessionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.sessionTimeoutMs))
+            .idleStrategySupplier(idle)
+            .errorHandler(errorHandler);
+
+        final ClusteredServiceContainer.Context serviceCtx = new ClusteredServiceContainer.Context()
+            .clusterId(s.clusterId)
+            .aeronDirectoryName(s.aeronDir)
+            .archiveContext(localArchiveCtx.clone())
+            .clusterDir(clusterDir)
+            .clusteredService(service)
+            .serviceId(0)
+            .idleStrategySupplier(idle)
+            .errorHandler(errorHandler);
+
+        ClusteredMediaDriver driver = null;
+        ClusteredServiceContainer container = null;
+        try
+        {
+            driver = ClusteredMediaDriver.launch(driverCtx, archiveCtx, cmCtx);
+            container = ClusteredServiceContainer.launch(serviceCtx);
+            return new MemberNode(s, driver, container, service);
+        }
+        catch (final RuntimeException ex)
+        {
+            CloseHelper.closeAll(container, driver);
+            throw ex;
+        }
+    }
+
+    static IdleStrategy newIdleStrategy(final MemberSettings s)
+    {
+        // Spin a little for latency under load, then park up to idleMaxParkUs: never busy-spin idle.
+        return new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(s.idleMaxParkUs));
+    }
+
+    private static void logError(final Throwable ex)
+    {
+        // Aeron reports election and heartbeat events through the error handler as ClusterEvent.
+        final String level = ex instanceof io.aeron.cluster.client.ClusterEvent ? "WARN" : "ERROR";
+        System.err.println("[matchx member] " + level + " " + ex);
+        System.err.flush();
+    }
+
+    private static void haltOnFatal(final String message, final Throwable cause)
+    {
+        // Halt rather than exit: the member must never go on serving with a partial state, and
+        // shutdown hooks could block on the very agent thread that reports the failure.
+        System.err.println("[matchx member] FATAL " + message);
+        if (null != cause)
+        {
+            cause.printStackTrace(System.err);
+        }
+        System.err.flush();
+        Runtime.getRuntime().halt(3);
+    }
+
+    public MemberSettings settings()
+    {
+        return settings;
+    }
+
+    public MatchService service()
+    {
+        return service;
+    }
+
+    public void close()
+    {
+        CloseHelper.closeAll(container, driver);
+    }
+}

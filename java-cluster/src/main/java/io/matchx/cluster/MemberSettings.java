@@ -1,0 +1,112 @@
+package io.matchx.cluster;
+
+import java.util.Properties;
+
+/**
+ * The validated settings of one member. Every key is documented in docs/operations.md; the
+ * Python node runner fills them from its own config. Invalid settings fail here, before any
+ * directory or port is touched.
+ */
+public final class MemberSettings
+{
+    final int clusterId;
+    final int memberId;
+    final String clusterMembers;
+    final String host;
+    final int archivePort;
+    final String baseDir;
+    final String aeronDir;
+    final int termLength;
+    final int ingressTermLength;
+    final int segmentLength;
+    final int bufferCapacity;
+    final long heartbeatIntervalMs;
+    final long heartbeatTimeoutMs;
+    final long electionTimeoutMs;
+    final long startupCanvassTimeoutMs;
+    final long sessionTimeoutMs;
+    final long idleMaxParkUs;
+
+    private MemberSettings(final Properties p)
+    {
+        clusterId = intValue(p, "cluster.id", 0);
+        memberId = intValue(p, "member.id", -1);
+        clusterMembers = required(p, "cluster.members");
+        host = required(p, "host");
+        archivePort = intValue(p, "archive.port", -1);
+        baseDir = required(p, "base.dir");
+        aeronDir = required(p, "aeron.dir");
+        termLength = intValue(p, "term.length", 1 << 20);
+        ingressTermLength = intValue(p, "ingress.term.length", 1 << 20);
+        segmentLength = intValue(p, "segment.length", 8 << 20);
+        bufferCapacity = intValue(p, "buffer.capacity", 4 << 20);
+        heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 50);
+        heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 400);
+        electionTimeoutMs = longValue(p, "election.timeout.ms", 150);
+        startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 2_000);
+        sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
+        idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
+
+        check(memberId >= 0, "member.id must be >= 0");
+        check(archivePort > 0 && archivePort < 65536, "archive.port must be a port number");
+        check(isPowerOfTwo(termLength) && termLength >= 64 * 1024, "term.length must be a power of two >= 64k");
+        check(isPowerOfTwo(ingressTermLength) && ingressTermLength >= 64 * 1024,
+            "ingress.term.length must be a power of two >= 64k");
+        check(isPowerOfTwo(segmentLength) && segmentLength >= termLength, "segment.length must be a power of two >= term.length");
+        check(heartbeatIntervalMs > 0 && heartbeatTimeoutMs > 2 * heartbeatIntervalMs,
+            "heartbeat.timeout.ms must exceed twice heartbeat.interval.ms");
+        check(startupCanvassTimeoutMs >= 2 * heartbeatTimeoutMs,
+            "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
+        check(bufferCapacity >= termLength / 8, "buffer.capacity must hold the largest message (term.length/8)");
+    }
+
+    public static MemberSettings from(final Properties properties)
+    {
+        return new MemberSettings(properties);
+    }
+
+    private static boolean isPowerOfTwo(final int value)
+    {
+        return value > 0 && (value & (value - 1)) == 0;
+    }
+
+    private static void check(final boolean condition, final String message)
+    {
+        if (!condition)
+        {
+            throw new IllegalArgumentException("invalid member setting: " + message);
+        }
+    }
+
+    private static String required(final Properties p, final String key)
+    {
+        final String value = p.getProperty(key);
+        if (null == value || value.isBlank())
+        {
+            throw new IllegalArgumentException("invalid member setting: " + key + " is required");
+        }
+        return value;
+    }
+
+    private static int intValue(final Properties p, final String key, final int defaultValue)
+    {
+        return (int)longValue(p, key, defaultValue);
+    }
+
+    private static long longValue(final Properties p, final String key, final long defaultValue)
+    {
+        final String value = p.getProperty(key);
+        if (null == value)
+        {
+            return defaultValue;
+        }
+        try
+        {
+            return Long.parseLong(value.trim());
+        }
+        catch (final NumberFormatException ex)
+        {
+            throw new IllegalArgumentException("invalid member setting: " + key + "=" + value + " is not a number");
+        }
+    }
+}

@@ -1,0 +1,39 @@
+package io.matchx.cluster;
+
+/**
+ * The narrow interface the Python service implements (through a JPype proxy).
+ *
+ * <p>Every method is abstract on purpose: JPype cannot call a Java default method that a Python
+ * proxy does not define. Arguments are primitives and byte arrays so a crossing stays cheap; the
+ * hot path ({@link #onSessionMessage}) passes only a length, the bytes themselves sit in direct
+ * buffers that Python maps once with a memoryview.
+ */
+public interface ServiceHandler
+{
+    /**
+     * Called once before any message, on every member.
+     *
+     * @param memberId this member's id.
+     * @param snapshot the assembled snapshot bytes, or null when the member starts empty.
+     */
+    void onStart(int memberId, byte[] snapshot);
+
+    /**
+     * A message from the log. The request bytes are at offset 0 of the input buffer; the handler
+     * writes reply frames ({@code int64 clusterSessionId, int32 length, bytes}, little-endian)
+     * into the output buffer and returns the number of bytes written.
+     */
+    int onSessionMessage(long clusterSessionId, long timestamp, long logPosition, int length);
+
+    void onSessionOpen(long clusterSessionId, long timestamp, byte[] encodedPrincipal);
+
+    void onSessionClose(long clusterSessionId, long timestamp);
+
+    /** @return the whole service state; the shim chunks it into the snapshot publication. */
+    byte[] onTakeSnapshot(long logPosition);
+
+    /** @param role 0 follower, 1 candidate, 2 leader (Aeron's Cluster.Role codes). */
+    void onRoleChange(int role);
+
+    void onTerminate();
+}

@@ -1,0 +1,132 @@
+package io.matchx.cluster;
+
+import io.aeron.ExclusivePublication;
+import io.aeron.Image;
+import io.aeron.logbuffer.FragmentHandler;
+import org.agrona.DirectBuffer;
+import org.agrona.ExpandableArrayBuffer;
+import org.agrona.concurrent.IdleStrategy;
+import org.agrona.concurrent.UnsafeBuffer;
+
+import java.nio.ByteOrder;
+
+/**
+ * Writes a service snapshot as a header message followed by chunks no larger than the
+ * publication's maximum payload, and reads it back. The header carries the total length and a
+ * CRC so a truncated or corrupt snapshot is refused instead of loaded in part.
+ */
+public final class SnapshotChunks
+{
+    static final int MAGIC = 0x4D585331; // "MXS1"
+    static final int HEADER_LENGTH = 4 + 8 + 8;
+
+    private SnapshotChunks()
+    {
+    }
+
+    public static void write(final ExclusivePublication publication, final byte[] state, final IdleStrategy idle)
+    {
+        final java.util.zip.CRC32C crc = new java.util.zip.CRC32C();
+        crc.update(state, 0, state.length);
+        final UnsafeBuffer header = new UnsafeBuffer(new byte[HEADER_LENGTH]);
+        header.putInt(0, MAGIC, ByteOrder.LITTLE_ENDIAN);
+        header.putLong(4, state.length, ByteOrder.LITTLE_ENDIAN);
+        header.putLong(12, crc.getValue(), ByteOrder.LITTLE_ENDIAN);
+        offer(publication, header, 0, HEADER_LENGTH, idle);
+
+        final UnsafeBuffer body = new UnsafeBuffer(state);
+        final int chunk = Math.min(publication.maxPayloadLength(), 1 << 20);
+        for (int offset = 0; offset < state.length; offset += chunk)
+        {
+            offer(publication, body, offset, Math.min(chunk, state.length - offset), idle);
+        }
+    }
+
+    private static void offer(
+        final ExclusivePublication publication, final DirectBuffer buffer, final int offset, final int length,
+        final IdleStrategy idle)
+    {
+        idle.reset();
+        long result;
+        while ((result = publication.offer(buffer, offset, length)) < 0)
+        {
+            if (result == io.aeron.Publication.CLOSED || result == io.aeron.Publication.MAX_POSITION_EXCEEDED)
+            {
+                throw new IllegalStateException("snapshot publication failed: " + result);
+            }
+            idle.idle();
+        }
+    }
+
+    /**
+     * Reads the whole snapshot from the image. Blocks (idling) until it is complete.
+     *
+     * @throws IllegalStateException when the image ends early, or the bytes fail the CRC.
+     */
+    public static byte[] read(final Image image, final IdleStrategy idle)
+    {
+        final Reader reader = new Reader();
+        idle.reset();
+        while (!reader.complete())
+        {
+            final int fragments = image.poll(reader, 64);
+            if (fragments == 0)
+            {
+                if (image.isEndOfStream() || image.isClosed())
+                {
+                    throw new IllegalStateException(
+                        "snapshot ended early: " + reader.received + " of " + reader.expected + " bytes");
+                }
+                idle.idle();
+            }
+        }
+        return reader.finish();
+    }
+
+    static final class Reader implements FragmentHandler
+    {
+        long expected = -1;
+        long crc;
+        int received;
+        final ExpandableArrayBuffer bytes = new ExpandableArrayBuffer(1024);
+
+        public void onFragment(final DirectBuffer buffer, final int offset, final int length,
+            final io.aeron.logbuffer.Header header)
+        {
+            if (expected < 0)
+            {
+                if (length != HEADER_LENGTH || buffer.getInt(offset, ByteOrder.LITTLE_ENDIAN) != MAGIC)
+                {
+                    throw new IllegalStateException("snapshot has no matchx header (incompatible version?)");
+                }
+                expected = buffer.getLong(offset + 4, ByteOrder.LITTLE_ENDIAN);
+                crc = buffer.getLong(offset + 12, ByteOrder.LITTLE_ENDIAN);
+                return;
+            }
+            bytes.putBytes(received, buffer, offset, length);
+            received += length;
+        }
+
+        boolean complete()
+        {
+            return expected >= 0 && received >= expected;
+        }
+
+        byte[] finish()
+        {
+            if (received != expected)
+            {
+                throw new IllegalStateException("snapshot length mismatch: " + received + " != " + expected);
+            }
+            final byte[] state = new byte[received];
+            bytes.getBytes(0, state);
+            final java.util.zip.CRC32C check = new java.util.zip.CRC32C();
+            check.update(state, 0, state.length);
+            if (check.getValue() != crc)
+            {
+                throw new IllegalStateException("snapshot CRC mismatch: corrupt snapshot");
+            }
+            return state;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+"""The Python side of the Java shim: implements ``io.matchx.cluster.ServiceHandler``.
+
+The JVM must be running before this module is imported (JPype resolves the interface then).
+Request and reply bytes travel through two direct ByteBuffers owned by Java and mapped here once
+as memoryviews, so the hot call passes only primitives.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import jpype
+from jpype import JImplements, JOverride
+
+from pyengine.service import MatchingService
+
+log = logging.getLogger("matchx.bridge")
+
+_FRAME = struct.Struct("<qi")
+
+
+@JImplements("io.matchx.cluster.ServiceHandler")
+class ServiceBridge:
+    def __init__(self, service: MatchingService) -> None:
+        self.service = service
+        self.input: memoryview | None = None
+        self.output: memoryview | None = None
+        self.fatal: str | None = None
+
+    def attach(self, java_service) -> None:
+        self.input = memoryview(java_service.inputBuffer()).cast("B")
+        self.output = memoryview(java_service.outputBuffer()).cast("B")
+
+    @JOverride
+    def onStart(self, member_id, snapshot) -> None:
+        blob = None if snapshot is None else memoryview(snapshot).tobytes()
+        # An exception here reaches MatchService, which halts the member with the message:
+        # a member must never serve from a partial state.
+        self.service.on_start(int(member_id), blob)
+
+    @JOverride
+    def onSessionMessage(self, session_id, timestamp, position, length) -> int:
+        message = self.input[: int(length)]
+        try:
+            frames = self.service.on_message(int(session_id), int(timestamp), int(position), message)
+        except Exception:  # noqa: BLE001 - the service already turns errors into answers
+            log.exception("service raised; no reply for this message")
+            return 0
+        out = self.output
+        offset = 0
+        for target, reply in frames:
+            end = offset + _FRAME.size + len(reply)
+            if end > len(out):
+                log.error("reply of %d bytes exceeds the output buffer; dropped", len(reply))
+                break
+            _FRAME.pack_into(out, offset, target, len(reply))
+            out[offset + _FRAME.size : end] = reply
+            offset = end
+        return offset
+
+    @JOverride
+    def onSessionOpen(self, session_id, timestamp, principal) -> None:
+        blob = b"" if principal is None else memoryview(principal).tobytes()
+        self.service.on_session_open(int(session_id), int(timestamp), blob)
+
+    @JOverride
+    def onSessionClose(self, session_id, timestamp) -> None:
+        self.service.on_session_close(int(session_id), int(timestamp))
+
+    @JOverride
+    def onTakeSnapshot(self, position):
+        blob = self.service.snapshot()
+        log.info("snapshot at position %d: %d bytes", int(position), len(blob))
+        return jpype.JArray(jpype.JByte)(blob)
+
+    @JOverride
+    def onRoleChange(self, role) -> None:
+        self.service.role = int(role)
+        log.info("role -> %s", {0: "follower", 1: "candidate", 2: "leader"}.get(int(role), role))
+
+    @JOverride
+    def onTerminate(self) -> None:
+        log.info("service terminating")

@@ -1,0 +1,333 @@
+"""Client SDK: send commands to one partition and get their outcomes, across failovers.
+
+    with MatchClient("0=127.0.0.1:20001,1=127.0.0.1:20011,2=127.0.0.1:20021") as c:
+        c.request({"op": "deposit", ...})                # blocking
+        fut = c.submit({"op": "place", ...})              # concurrent.futures.Future
+
+Aeron's ``AeronCluster`` (Java, through JPype, with an embedded media driver) does the
+transport: given any member, a follower answers REDIRECT and the client moves to the leader;
+after a failover the new leader's NewLeader event moves it again. A Java thread polls egress,
+keeps the session alive and reconnects when the session is closed. This module adds what Aeron
+does not: every command gets a request id, unanswered commands are resent (after a new leader,
+a reconnect, or a quiet interval) with the same id, and the service answers a resend with the
+original outcome, so a failover costs no order and applies none twice.
+
+Commands submitted close together leave as one cluster message (one batch): the sender thread
+takes everything queued when it wakes, so batching adds no delay.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import secrets
+import struct
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import orjson
+
+from pyengine import jvm, protocol
+from pyengine.protocol import Channel, Command, Status
+
+log = logging.getLogger("matchx.client")
+
+_EVENT = struct.Struct("<BI")
+EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 4
+EVENT_CONNECT_FAILED, EVENT_SESSION_EVENT = 5, 6
+
+MAX_BATCH_BYTES = 60_000
+_client_seq = itertools.count()
+
+
+class ClientError(RuntimeError):
+    """A command the service could not process at all (not a business reject)."""
+
+
+class AuthenticationError(ClientError):
+    """The cluster refused the session's credentials; ``reason`` is the node's code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"authentication rejected: {reason}")
+        self.reason = reason
+
+
+@dataclass
+class Reply:
+    """The outcome of one command: the engine's events, and whether this was a resend's answer."""
+
+    request_id: int
+    events: list | dict
+    duplicate: bool = False
+
+
+@dataclass
+class _Pending:
+    request_id: int
+    channel: int
+    payload: bytes
+    future: Future
+    sent_at: float = 0.0
+    sends: int = 0
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class ClientStats:
+    sent_batches: int = 0
+    resent: int = 0
+    connects: int = 0
+    new_leaders: int = 0
+    disconnects: int = 0
+
+
+class MatchClient:
+    """A session with one partition. Thread-safe: submit from any thread."""
+
+    def __init__(
+        self,
+        ingress_endpoints: str,
+        *,
+        credentials: bytes = b"",
+        client_id: int | None = None,
+        connect_timeout_ms: int = 2000,
+        new_leader_timeout_ms: int = 5000,
+        resend_after_s: float = 1.0,
+        egress_host: str = "127.0.0.1",
+    ) -> None:
+        jvm.start()
+        import jpype
+
+        self._jpype = jpype
+        self.client_id = client_id if client_id is not None else secrets.randbits(63) | 1
+        self.resend_after_s = resend_after_s
+        self.stats = ClientStats()
+        self.leader_member_id = -1
+        self.last_error: str | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._connected = threading.Event()
+        self._closed = False
+        self._auth_failure: str | None = None
+        self.aeron_dir = f"/dev/shm/matchx-client-{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
+        JClient = jpype.JClass("io.matchx.cluster.ClusterClient")
+        self._java = JClient(
+            ingress_endpoints, self.aeron_dir, egress_host, connect_timeout_ms,
+            new_leader_timeout_ms, jpype.JArray(jpype.JByte)(credentials),
+        )
+        self._receiver = threading.Thread(target=self._receive_loop, name="matchx-receive", daemon=True)
+        self._sender = threading.Thread(target=self._send_loop, name="matchx-send", daemon=True)
+        self._receiver.start()
+        self._sender.start()
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def wait_connected(self, timeout: float = 30.0) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def submit(self, command: dict) -> Future:
+        """Queue an engine command (a dict with ``op``); the future resolves to a Reply."""
+        return self._submit(Channel.ENGINE_JSON, orjson.dumps(command))
+
+    def submit_admin(self, command: dict) -> Future:
+        return self._submit(Channel.ADMIN_JSON, orjson.dumps(command))
+
+    def request(self, command: dict, timeout: float = 10.0) -> Reply:
+        return self.submit(command).result(timeout)
+
+    def admin(self, command: dict, timeout: float = 10.0) -> Reply:
+        return self.submit_admin(command).result(timeout)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def set_credentials(self, credentials: bytes, reconnect: bool = True) -> None:
+        """Use new credentials (e.g. a refreshed token); ``reconnect`` opens a new session now."""
+        self._auth_failure = None
+        self._java.credentials(self._jpype.JArray(self._jpype.JByte)(credentials))
+        if reconnect:
+            self._connected.clear()
+            self._java.reconnect()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._outbox.put(None)
+        self._sender.join(5)
+        self._java.close()
+        self._receiver.join(5)
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(ClientError("client closed before an answer arrived"))
+
+    def __enter__(self) -> MatchClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _submit(self, channel: int, payload: bytes) -> Future:
+        if self._closed:
+            raise ClientError("client is closed")
+        if self._auth_failure:
+            raise AuthenticationError(self._auth_failure)
+        p = _Pending(next(self._ids), channel, payload, Future())
+        with self._lock:
+            self._pending[p.request_id] = p
+        self._outbox.put(p)
+        return p.future
+
+    def _send_loop(self) -> None:
+        while True:
+            try:
+                first = self._outbox.get(timeout=self.resend_after_s / 4)
+            except queue.Empty:
+                self._resend_stale()
+                continue
+            if first is None:
+                return
+            batch = [first]
+            size = len(first.payload)
+            while size < MAX_BATCH_BYTES and len(batch) < protocol.MAX_BATCH:
+                try:
+                    nxt = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._outbox.put(None)
+                    break
+                batch.append(nxt)
+                size += len(nxt.payload)
+            self._send(batch)
+            self._resend_stale()
+
+    def _send(self, batch: list[_Pending]) -> bool:
+        live = [p for p in batch if not p.future.done()]
+        if not live:
+            return True
+        message = protocol.encode_request(
+            self.client_id, [Command(p.request_id, p.channel, p.payload) for p in live]
+        )
+        jbytes = self._jpype.JArray(self._jpype.JByte)(message)
+        for attempt in range(200):
+            result = self._java.offer(jbytes)
+            if result > 0:
+                now = time.monotonic()
+                for p in live:
+                    p.sent_at = now
+                    p.sends += 1
+                self.stats.sent_batches += 1
+                return True
+            if result == -100 or self._closed:  # not connected: resent on (re)connect
+                return False
+            time.sleep(0.0002 if attempt < 50 else 0.002)  # back pressure
+        return False
+
+    def _resend_stale(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stale = [p for p in self._pending.values()
+                     if everything or p.sends == 0 or now - p.sent_at > self.resend_after_s]
+        if not stale or not self._connected.is_set():
+            return
+        stale.sort(key=lambda p: p.request_id)
+        self.stats.resent += sum(1 for p in stale if p.sends)
+        for i in range(0, len(stale), 256):
+            self._send(stale[i : i + 256])
+
+    def _receive_loop(self) -> None:
+        java = self._java
+        while not self._closed:
+            try:
+                blob = java.poll(100)
+            except Exception:  # noqa: BLE001 - the JVM is shutting down with us
+                if self._closed:
+                    return
+                raise
+            if blob is None:
+                continue
+            buf = memoryview(blob).tobytes()
+            offset = 0
+            while offset < len(buf):
+                kind, length = _EVENT.unpack_from(buf, offset)
+                body = buf[offset + 5 : offset + 5 + length]
+                offset += 5 + length
+                self._on_event(kind, body)
+
+    def _on_event(self, kind: int, body: bytes) -> None:
+        if kind == EVENT_MESSAGE:
+            self._on_reply(body)
+        elif kind == EVENT_CONNECTED:
+            leader = int(body.split(b" ")[0])
+            self.leader_member_id = leader
+            self.stats.connects += 1
+            self._connected.set()
+            log.info("connected; leader is member %d", leader)
+            self._resend_stale(everything=True)
+        elif kind == EVENT_NEW_LEADER:
+            leader = int(body.split(b" ")[0])
+            self.leader_member_id = leader
+            self.stats.new_leaders += 1
+            self._connected.set()
+            log.info("new leader: member %d", leader)
+            self._resend_stale(everything=True)
+        elif kind == EVENT_DISCONNECTED:
+            self.stats.disconnects += 1
+            self._connected.clear()
+            log.warning("session closed; reconnecting")
+        elif kind == EVENT_CONNECT_FAILED:
+            text = body.decode(errors="replace")
+            self.last_error = text
+            if text.startswith("AuthenticationException"):
+                reason = text.split(":", 1)[1].strip() if ":" in text else text
+                self._auth_failure = reason
+                self._fail_all(AuthenticationError(reason))
+            log.debug("connect failed: %s", text)
+        elif kind == EVENT_SESSION_EVENT:
+            text = body.decode(errors="replace")
+            self.last_error = text
+            log.info("session event: %s", text)
+
+    def _fail_all(self, exc: Exception) -> None:
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+    def _on_reply(self, body: bytes) -> None:
+        try:
+            kind, answers = protocol.decode_reply(body)
+        except protocol.ProtocolError as exc:
+            log.error("undecodable reply: %s", exc)
+            return
+        if kind == protocol.KIND_ERROR:
+            log.error("the cluster refused a message: %s", answers)
+            self.last_error = str(answers)
+            return
+        for a in answers:
+            with self._lock:
+                p = self._pending.pop(a.request_id, None)
+            if p is None or p.future.done():
+                continue  # an answer to a resend we already have
+            payload = orjson.loads(a.payload) if a.payload else []
+            if a.status == Status.ERROR:
+                p.future.set_exception(ClientError(payload.get("error", str(payload))))
+            else:
+                p.future.set_result(Reply(a.request_id, payload, a.status == Status.DUPLICATE))

@@ -1,0 +1,134 @@
+"""Where a cluster's members live: ports, directories and Aeron settings, with checked defaults.
+
+Port plan (documented in docs/operations.md): member ``i`` of a partition with port base ``B``
+uses ``B + 10*i + k`` with k = 0 archive control, 1 client ingress, 2 consensus, 3 log,
+4 catch-up. The default base is 20000 and each partition takes 100 ports, so partition ``p``
+defaults to ``20000 + 100*p``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT_BASE = 20000
+PORTS_PER_MEMBER = 10
+PORTS_PER_PARTITION = 100
+
+ARCHIVE_OFFSET, INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET = range(5)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names it."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Raft timing. The defaults aim at sub-500 ms failover on loopback; see docs/operations.md."""
+
+    heartbeat_interval_ms: int = 50
+    heartbeat_timeout_ms: int = 400
+    election_timeout_ms: int = 150
+    startup_canvass_timeout_ms: int = 2000
+    session_timeout_ms: int = 10000
+
+    def check(self) -> None:
+        if self.heartbeat_interval_ms <= 0 or self.heartbeat_timeout_ms <= 2 * self.heartbeat_interval_ms:
+            raise ConfigError("heartbeat_timeout_ms must exceed twice heartbeat_interval_ms")
+        if self.startup_canvass_timeout_ms < 2 * self.heartbeat_timeout_ms:
+            raise ConfigError("startup_canvass_timeout_ms must be >= 2 x heartbeat_timeout_ms")
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """One partition: its members' hosts, ports and base directory."""
+
+    base_dir: Path
+    members: int = 3
+    cluster_id: int = 0
+    port_base: int = DEFAULT_PORT_BASE
+    hosts: tuple[str, ...] = ()
+    term_length: int = 1 << 20
+    idle_max_park_us: int = 1000
+    snapshot_interval_s: int = 0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.members <= 9:
+            raise ConfigError(f"members must be 1..9, not {self.members}")
+        if not 1024 <= self.port_base <= 65535 - PORTS_PER_PARTITION:
+            raise ConfigError(f"port_base {self.port_base} out of range")
+        if self.hosts and len(self.hosts) != self.members:
+            raise ConfigError(f"{len(self.hosts)} hosts given for {self.members} members")
+        if self.term_length & (self.term_length - 1) or self.term_length < 65536:
+            raise ConfigError("term_length must be a power of two >= 65536")
+        self.timeouts.check()
+
+    def host(self, member_id: int) -> str:
+        return self.hosts[member_id] if self.hosts else DEFAULT_HOST
+
+    def port(self, member_id: int, offset: int) -> int:
+        return self.port_base + PORTS_PER_MEMBER * member_id + offset
+
+    def cluster_members(self) -> str:
+        """Aeron's member string: id,ingress,consensus,log,catchup,archive|..."""
+        parts = []
+        for i in range(self.members):
+            h = self.host(i)
+            eps = [f"{h}:{self.port(i, o)}" for o in
+                   (INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET, ARCHIVE_OFFSET)]
+            parts.append(f"{i}," + ",".join(eps))
+        return "|".join(parts)
+
+    def ingress_endpoints(self, only: tuple[int, ...] | None = None) -> str:
+        ids = range(self.members) if only is None else only
+        return ",".join(f"{i}={self.host(i)}:{self.port(i, INGRESS_OFFSET)}" for i in ids)
+
+    def member_dir(self, member_id: int) -> Path:
+        return Path(self.base_dir) / f"member-{member_id}"
+
+    def aeron_dir(self, member_id: int) -> str:
+        # /dev/shm keeps the driver's files in memory; the name is unique per port plan so
+        # parallel test clusters never share a driver directory.
+        return f"/dev/shm/matchx-c{self.cluster_id}-p{self.port_base}-m{member_id}"
+
+    def member_properties(self, member_id: int) -> dict[str, str]:
+        if not 0 <= member_id < self.members:
+            raise ConfigError(f"member id {member_id} not in 0..{self.members - 1}")
+        t = self.timeouts
+        return {
+            "cluster.id": str(self.cluster_id),
+            "member.id": str(member_id),
+            "cluster.members": self.cluster_members(),
+            "host": self.host(member_id),
+            "archive.port": str(self.port(member_id, ARCHIVE_OFFSET)),
+            "base.dir": str(self.member_dir(member_id)),
+            "aeron.dir": self.aeron_dir(member_id),
+            "term.length": str(self.term_length),
+            "ingress.term.length": str(self.term_length),
+            "heartbeat.interval.ms": str(t.heartbeat_interval_ms),
+            "heartbeat.timeout.ms": str(t.heartbeat_timeout_ms),
+            "election.timeout.ms": str(t.election_timeout_ms),
+            "startup.canvass.timeout.ms": str(t.startup_canvass_timeout_ms),
+            "session.timeout.ms": str(t.session_timeout_ms),
+            "idle.max.park.us": str(self.idle_max_park_us),
+        }
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["base_dir"] = str(self.base_dir)
+        d["hosts"] = list(self.hosts)
+        return json.dumps(d, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterLayout:
+        d = json.loads(text)
+        d["base_dir"] = Path(d["base_dir"])
+        d["hosts"] = tuple(d.get("hosts", ()))
+        d["timeouts"] = Timeouts(**d.get("timeouts", {}))
+        return cls(**d)
+
+    def with_(self, **changes) -> ClusterLayout:
+        return replace(self, **changes)

@@ -1,0 +1,76 @@
+"""Starting the JVM inside this Python process (JPype), once.
+
+The shaded jar from ``java-cluster/`` must be on the class path. It is looked up in this order:
+``$MATCHX_JAR``, ``java-cluster/target/matchx-cluster.jar`` beside the source tree, then
+``/opt/matchx/lib/matchx-cluster.jar`` (the container image).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+JAR_NAME = "matchx-cluster.jar"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# One-token form: JPype passes options verbatim, Aeron 1.47+ needs both opens.
+JVM_OPTIONS = (
+    "--add-opens=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.zip=ALL-UNNAMED",
+    "-XX:+UseSerialGC",
+    "-Xss2m",
+    "-Daeron.print.configuration=false",
+)
+
+_lock = threading.Lock()
+
+
+class JvmSetupError(RuntimeError):
+    """The JVM or the project jar is missing; the message says what to run."""
+
+
+def find_jar() -> Path:
+    candidates = []
+    if os.environ.get("MATCHX_JAR"):
+        candidates.append(Path(os.environ["MATCHX_JAR"]))
+    candidates.append(REPO_ROOT / "java-cluster" / "target" / JAR_NAME)
+    candidates.append(Path("/opt/matchx/lib") / JAR_NAME)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise JvmSetupError(
+        f"matchx: the cluster jar {JAR_NAME} was not found (looked in "
+        f"{', '.join(str(c) for c in candidates)}); build it with `make build` (mvn -q package)"
+    )
+
+
+def check_java() -> None:
+    if os.environ.get("JAVA_HOME") or shutil.which("java"):
+        return
+    raise JvmSetupError(
+        "matchx: no Java runtime found (no JAVA_HOME, no `java` on PATH); install a JDK 17, "
+        "e.g. `apt-get install -y openjdk-17-jdk-headless`, or run `make setup`"
+    )
+
+
+def start(extra_options: tuple[str, ...] = ()) -> None:
+    """Start the JVM with the project jar, unless this process already runs one."""
+    import jpype
+
+    with _lock:
+        if jpype.isJVMStarted():
+            return
+        check_java()
+        jar = find_jar()
+        try:
+            jvm_path = jpype.getDefaultJVMPath()
+        except jpype.JVMNotFoundException as exc:
+            raise JvmSetupError(
+                f"matchx: JPype cannot find libjvm ({exc}); set JAVA_HOME to a JDK 17"
+            ) from exc
+        # convertStrings=False keeps Java strings Java-side: no implicit copies on the hot path.
+        jpype.startJVM(
+            jvm_path, *JVM_OPTIONS, *extra_options, classpath=[str(jar)], convertStrings=False
+        )

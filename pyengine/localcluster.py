@@ -1,0 +1,231 @@
+"""Start, watch and stop the members of one partition on this machine.
+
+Each member is a separate OS process (``python -m pyengine.node``). The layout and the member
+PIDs are written to ``DIR/cluster.json`` and ``DIR/pids.json`` so that ``matchctl cluster
+status|down`` in another shell finds them. Shaped after Aeron's TestCluster: tests read as the
+scenario they check (start, find the leader, kill it, wait for a condition with a deadline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pyengine.config import ClusterLayout
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "gone"
+
+
+class LocalCluster:
+    def __init__(self, layout: ClusterLayout, log_level: str = "INFO") -> None:
+        self.layout = layout
+        self.log_level = log_level
+        self.dir = Path(layout.base_dir)
+        self.procs: dict[int, subprocess.Popen | None] = {}
+
+    # ---- files shared with other matchctl invocations --------------------------------------
+
+    @property
+    def layout_file(self) -> Path:
+        return self.dir / "cluster.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pids.json"
+
+    @classmethod
+    def open(cls, base_dir: Path) -> LocalCluster:
+        layout_file = Path(base_dir) / "cluster.json"
+        if not layout_file.is_file():
+            raise ClusterError(f"no cluster in {base_dir} (no cluster.json); start one with `matchctl cluster up`")
+        return cls(ClusterLayout.from_json(layout_file.read_text()))
+
+    def pids(self) -> dict[int, int]:
+        if not self.pid_file.is_file():
+            return {}
+        return {int(k): v for k, v in json.loads(self.pid_file.read_text()).items()}
+
+    def _save_pids(self, pids: dict[int, int]) -> None:
+        self.pid_file.write_text(json.dumps({str(k): v for k, v in sorted(pids.items())}))
+
+    # ---- members ---------------------------------------------------------------------------
+
+    def start(self, detach: bool = False) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        running = [m for m, pid in self.pids().items() if _alive(pid)]
+        if running:
+            raise ClusterError(f"members {running} of {self.dir} are already running; `matchctl cluster down` first")
+        self.layout_file.write_text(self.layout.to_json())
+        for member_id in range(self.layout.members):
+            self.start_member(member_id, detach=detach)
+
+    def start_member(self, member_id: int, detach: bool = False) -> int:
+        member_dir = self.layout.member_dir(member_id)
+        member_dir.mkdir(parents=True, exist_ok=True)
+        # The driver directory is scratch: stale files from a killed member would stop the
+        # driver from starting. The cluster and archive dirs are the durable state and stay.
+        shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
+        (member_dir / "status.json").unlink(missing_ok=True)
+        log = open(member_dir / "member.log", "ab")
+        cmd = [sys.executable, "-m", "pyengine.node", "--layout", str(self.layout_file),
+               "--member-id", str(member_id), "--log-level", self.log_level]
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=detach, cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        log.close()
+        self.procs[member_id] = proc
+        pids = self.pids()
+        pids[member_id] = proc.pid
+        self._save_pids(pids)
+        return proc.pid
+
+    def kill(self, member_id: int, sig: int = signal.SIGKILL) -> None:
+        pid = self.pids().get(member_id)
+        if pid is None:
+            raise ClusterError(f"member {member_id} has no recorded pid")
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        if sig == signal.SIGKILL:
+            self._reap(member_id, pid, 10)
+            shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
+
+    def _reap(self, member_id: int, pid: int, timeout: float) -> bool:
+        proc = self.procs.get(member_id)
+        if proc is not None and proc.pid == pid:
+            try:
+                proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop_member(self, member_id: int, timeout: float = 15.0) -> None:
+        pid = self.pids().get(member_id)
+        if pid is None or not _alive(pid):
+            shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
+            return
+        os.kill(pid, signal.SIGTERM)
+        if not self._reap(member_id, pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            self._reap(member_id, pid, 10)
+        shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM every member, SIGKILL what is still there after ``timeout``, clean /dev/shm."""
+        pids = self.pids()
+        for pid in pids.values():
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for member_id, pid in pids.items():
+            if not self._reap(member_id, pid, timeout):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._reap(member_id, pid, 10)
+        for member_id in range(self.layout.members):
+            shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
+        self.pid_file.unlink(missing_ok=True)
+
+    # ---- observing -------------------------------------------------------------------------
+
+    def is_running(self, member_id: int) -> bool:
+        pid = self.pids().get(member_id)
+        return pid is not None and _alive(pid)
+
+    def member_status(self, member_id: int) -> dict:
+        path = self.layout.member_dir(member_id) / "status.json"
+        status = {"member_id": member_id, "role": "down", "running": self.is_running(member_id)}
+        if status["running"] and path.is_file():
+            try:
+                status.update(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                pass
+        hash_path = self.layout.member_dir(member_id) / "hash.json"
+        if hash_path.is_file():
+            try:
+                status["state_hash"] = json.loads(hash_path.read_text())
+            except (OSError, ValueError):
+                pass
+        return status
+
+    def status(self) -> list[dict]:
+        return [self.member_status(m) for m in range(self.layout.members)]
+
+    def leader(self) -> int | None:
+        leaders = [s["member_id"] for s in self.status() if s.get("role") == "leader"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def await_leader(self, timeout: float = 30.0, exclude: int | None = None) -> int:
+        def found():
+            lead = self.leader()
+            return None if lead is None or lead == exclude else lead + 1  # +1: member 0 is falsy
+
+        return wait_for(found, timeout, "a leader") - 1
+
+    def await_followers(self, count: int, timeout: float = 30.0) -> None:
+        wait_for(lambda: sum(s.get("role") == "follower" for s in self.status()) >= count,
+                 timeout, f"{count} followers")
+
+    def member_hash(self, member_id: int) -> dict | None:
+        return self.member_status(member_id).get("state_hash")
+
+    def ingress_endpoints(self, only: tuple[int, ...] | None = None) -> str:
+        return self.layout.ingress_endpoints(only)
+
+    def member_log(self, member_id: int) -> str:
+        path = self.layout.member_dir(member_id) / "member.log"
+        return path.read_text(errors="replace") if path.is_file() else ""

@@ -1,0 +1,82 @@
+"""One cluster member in one OS process: Python starts the JVM, launches the member and parks
+its main thread in Java until SIGTERM/SIGINT.
+
+    python -m pyengine.node --layout DIR/cluster.json --member-id 0
+
+The main thread waits inside Java (io.matchx.cluster.ShutdownLatch) so that callbacks from Aeron's
+threads find the GIL free instead of waiting a switch interval for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pyengine import jvm
+from pyengine.config import ClusterLayout, ConfigError
+
+log = logging.getLogger("matchx.node")
+
+
+def run_member(layout: ClusterLayout, member_id: int) -> int:
+    props = layout.member_properties(member_id)
+    member_dir = layout.member_dir(member_id)
+    member_dir.mkdir(parents=True, exist_ok=True)
+    jvm.start()
+
+    import jpype
+
+    from pyengine.bridge import ServiceBridge
+    from pyengine.service import MatchingService
+
+    Properties = jpype.JClass("java.util.Properties")
+    MemberNode = jpype.JClass("io.matchx.cluster.MemberNode")
+    Latch = jpype.JClass("io.matchx.cluster.ShutdownLatch")
+
+    jprops = Properties()
+    for k, v in props.items():
+        jprops.setProperty(k, v)
+
+    service = MatchingService(hash_file=member_dir / "hash.json")
+    bridge = ServiceBridge(service)
+    java_service = MemberNode.newService(jprops, bridge)
+    bridge.attach(java_service)
+    latch = Latch()
+    try:
+        node = MemberNode.launch(jprops, java_service)
+    except jpype.JException as exc:
+        print(f"matchx node: member {member_id} failed to start: {exc.message()}", file=sys.stderr)
+        return 2
+    print(json.dumps({"event": "started", "member_id": member_id, "dir": str(member_dir)}), flush=True)
+    try:
+        signal_name = latch.await_()
+        log.info("member %d stopping on SIG%s", member_id, signal_name)
+    finally:
+        node.close()
+    print(json.dumps({"event": "stopped", "member_id": member_id}), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="matchx-node", description=__doc__.splitlines()[0])
+    parser.add_argument("--layout", required=True, type=Path, help="cluster.json written by matchctl")
+    parser.add_argument("--member-id", required=True, type=int)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s m{args.member_id} %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        layout = ClusterLayout.from_json(args.layout.read_text())
+        return run_member(layout, args.member_id)
+    except (ConfigError, OSError, jvm.JvmSetupError) as exc:
+        print(f"matchx node: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

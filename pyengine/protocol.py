@@ -1,0 +1,144 @@
+"""The wire format between the client SDK and the replicated service.
+
+A request message carries a batch of commands so that one Java->Python crossing serves many
+orders; a reply message carries the answers to the requests of one batch for one session.
+All integers little-endian.
+
+Request:  ``'MX' u8 version u8 kind=1 u64 client_id u16 count`` then per command
+          ``u64 request_id u8 channel u32 length`` and ``length`` payload bytes.
+Reply:    ``'MX' u8 version u8 kind=2 u16 count`` then per answer
+          ``u64 request_id u8 status u32 length`` and the payload.
+Error:    ``'MX' u8 version u8 kind=3 u16 0`` then a UTF-8 text: the message was not understood.
+
+``request_id`` is the idempotency key of a command within a client: the service remembers the
+answers per ``client_id`` so a resend after failover returns the original outcome.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+MAGIC = b"MX"
+VERSION = 1
+
+KIND_REQUEST = 1
+KIND_REPLY = 2
+KIND_ERROR = 3
+
+REQUEST_HEADER = struct.Struct("<2sBBQH")
+REPLY_HEADER = struct.Struct("<2sBBH")
+ENTRY = struct.Struct("<QBI")
+
+MAX_BATCH = 1024
+
+
+class Channel(IntEnum):
+    """What a command payload is."""
+
+    ENGINE_JSON = 1  # an engine command as a JSON object
+    ENGINE_BINARY = 2  # an engine command in the engine's binary codec
+    ADMIN_JSON = 3  # a service command (state_hash, ping, ...) as a JSON object
+
+
+class Status(IntEnum):
+    OK = 0
+    DUPLICATE = 1  # a resend: the payload is the original answer
+    ERROR = 2  # the command could not be processed at all; payload is JSON {"error": ...}
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the format; the text says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    request_id: int
+    channel: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    request_id: int
+    status: int
+    payload: bytes
+
+
+def encode_request(client_id: int, commands: list[Command]) -> bytes:
+    if not 0 < len(commands) <= MAX_BATCH:
+        raise ProtocolError(f"a batch holds 1..{MAX_BATCH} commands, not {len(commands)}")
+    parts = [REQUEST_HEADER.pack(MAGIC, VERSION, KIND_REQUEST, client_id, len(commands))]
+    for c in commands:
+        parts.append(ENTRY.pack(c.request_id, c.channel, len(c.payload)))
+        parts.append(c.payload)
+    return b"".join(parts)
+
+
+def decode_request(buf: bytes | memoryview) -> tuple[int, list[Command]]:
+    """Returns (client_id, commands) or raises ProtocolError; never reads past ``buf``."""
+    n = len(buf)
+    if n < REQUEST_HEADER.size:
+        raise ProtocolError(f"message of {n} bytes is shorter than the {REQUEST_HEADER.size}-byte header")
+    magic, version, kind, client_id, count = REQUEST_HEADER.unpack_from(buf, 0)
+    if magic != MAGIC:
+        raise ProtocolError("bad magic: not a matchx message")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (this service speaks {VERSION})")
+    if kind != KIND_REQUEST:
+        raise ProtocolError(f"message kind {kind} is not a request")
+    if not 0 < count <= MAX_BATCH:
+        raise ProtocolError(f"batch count {count} outside 1..{MAX_BATCH}")
+    offset = REQUEST_HEADER.size
+    commands = []
+    for i in range(count):
+        if offset + ENTRY.size > n:
+            raise ProtocolError(f"command {i}: truncated entry header at byte {offset}")
+        request_id, channel, length = ENTRY.unpack_from(buf, offset)
+        offset += ENTRY.size
+        if offset + length > n:
+            raise ProtocolError(f"command {i}: payload of {length} bytes runs past the message end")
+        commands.append(Command(request_id, channel, bytes(buf[offset : offset + length])))
+        offset += length
+    if offset != n:
+        raise ProtocolError(f"{n - offset} trailing bytes after {count} commands")
+    return client_id, commands
+
+
+def encode_reply(answers: list[Answer]) -> bytes:
+    parts = [REPLY_HEADER.pack(MAGIC, VERSION, KIND_REPLY, len(answers))]
+    for a in answers:
+        parts.append(ENTRY.pack(a.request_id, a.status, len(a.payload)))
+        parts.append(a.payload)
+    return b"".join(parts)
+
+
+def encode_error(text: str) -> bytes:
+    return REPLY_HEADER.pack(MAGIC, VERSION, KIND_ERROR, 0) + text.encode()
+
+
+def decode_reply(buf: bytes | memoryview) -> tuple[int, list[Answer] | str]:
+    """Returns (KIND_REPLY, answers) or (KIND_ERROR, text)."""
+    n = len(buf)
+    if n < REPLY_HEADER.size:
+        raise ProtocolError(f"reply of {n} bytes is shorter than its header")
+    magic, version, kind, count = REPLY_HEADER.unpack_from(buf, 0)
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError("not a matchx reply of this version")
+    if kind == KIND_ERROR:
+        return KIND_ERROR, bytes(buf[REPLY_HEADER.size :]).decode(errors="replace")
+    if kind != KIND_REPLY:
+        raise ProtocolError(f"reply kind {kind} unknown")
+    offset = REPLY_HEADER.size
+    answers = []
+    for i in range(count):
+        if offset + ENTRY.size > n:
+            raise ProtocolError(f"answer {i}: truncated")
+        request_id, status, length = ENTRY.unpack_from(buf, offset)
+        offset += ENTRY.size
+        if offset + length > n:
+            raise ProtocolError(f"answer {i}: payload runs past the end")
+        answers.append(Answer(request_id, status, bytes(buf[offset : offset + length])))
+        offset += length
+    return KIND_REPLY, answers

@@ -1,0 +1,257 @@
+"""The replicated service: what every member does with each log message.
+
+Pure Python (no JVM import) so it can be tested and replayed on its own; ``bridge.py`` plugs it
+into the Java shim. It decodes a batch, applies each command to the engine with the cluster's
+timestamp, remembers every answer per (client, request id) so a resend returns the original
+outcome, and returns the reply frames for the sender's session.
+
+Determinism: the only inputs are the message bytes, the session id and the cluster timestamp.
+Every exception becomes an answer; nothing here reads a clock, a file or randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from pyengine import protocol
+from pyengine.engine import Engine, SnapshotError
+from pyengine.protocol import Answer, Channel, ProtocolError, Status
+
+log = logging.getLogger("matchx.service")
+
+SNAPSHOT_MAGIC = b"MXSV"
+SNAPSHOT_VERSION = 1
+_SNAP_HEADER = struct.Struct("<4sHQQ16s")  # magic, version, applied, last position, chain hash
+_U64 = struct.Struct("<Q")
+_DEDUPE_ENTRY = struct.Struct("<QBI")
+
+DEFAULT_DEDUPE_WINDOW = 50_000
+
+
+class ServiceSnapshotError(SnapshotError):
+    """A service snapshot that cannot be loaded; never leaves a partial state behind."""
+
+
+class ReplyCache:
+    """Answers per client, so that a resend gets the original outcome.
+
+    Bounded per client by ``window`` entries, evicted oldest first: a client that resends
+    something older than its last ``window`` requests gets an error, never a second effect
+    (see ``too_old``).
+    """
+
+    def __init__(self, window: int = DEFAULT_DEDUPE_WINDOW) -> None:
+        self.window = window
+        self.by_client: dict[int, dict[int, tuple[int, bytes]]] = {}
+        self.floor: dict[int, int] = {}  # highest evicted request id per client
+
+    def get(self, client_id: int, request_id: int) -> tuple[int, bytes] | None:
+        entries = self.by_client.get(client_id)
+        return None if entries is None else entries.get(request_id)
+
+    def too_old(self, client_id: int, request_id: int) -> bool:
+        return request_id <= self.floor.get(client_id, 0)
+
+    def put(self, client_id: int, request_id: int, status: int, payload: bytes) -> None:
+        entries = self.by_client.setdefault(client_id, {})
+        entries[request_id] = (status, payload)
+        if len(entries) > self.window:
+            oldest = next(iter(entries))
+            del entries[oldest]
+            if oldest > self.floor.get(client_id, 0):
+                self.floor[client_id] = oldest
+
+    def encode(self) -> bytes:
+        out = [_U64.pack(len(self.by_client))]
+        for client_id, entries in self.by_client.items():
+            out.append(struct.pack("<QQQ", client_id, self.floor.get(client_id, 0), len(entries)))
+            for request_id, (status, payload) in entries.items():
+                out.append(_DEDUPE_ENTRY.pack(request_id, status, len(payload)))
+                out.append(payload)
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, buf: memoryview, window: int) -> ReplyCache:
+        cache = cls(window)
+        (clients,) = _U64.unpack_from(buf, 0)
+        off = 8
+        for _ in range(clients):
+            client_id, floor, count = struct.unpack_from("<QQQ", buf, off)
+            off += 24
+            entries: dict[int, tuple[int, bytes]] = {}
+            for _ in range(count):
+                request_id, status, length = _DEDUPE_ENTRY.unpack_from(buf, off)
+                off += _DEDUPE_ENTRY.size
+                if off + length > len(buf):
+                    raise ServiceSnapshotError("reply cache entry runs past the snapshot end")
+                entries[request_id] = (status, bytes(buf[off : off + length]))
+                off += length
+            cache.by_client[client_id] = entries
+            if floor:
+                cache.floor[client_id] = floor
+        if off != len(buf):
+            raise ServiceSnapshotError(f"{len(buf) - off} unexpected bytes after the reply cache")
+        return cache
+
+
+class MatchingService:
+    """The state machine every member runs, fed by the log."""
+
+    def __init__(
+        self,
+        engine_factory: Callable[[], Engine] = Engine,
+        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+        hash_file: Path | None = None,
+    ) -> None:
+        self.engine_factory = engine_factory
+        self.engine = engine_factory()
+        self.replies = ReplyCache(dedupe_window)
+        self.hash_file = hash_file
+        self.member_id = -1
+        self.applied = 0
+        self.last_position = 0
+        self.chain = b"\0" * 16
+        self.sessions: dict[int, bytes] = {}
+        self.role = -1
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def on_start(self, member_id: int, snapshot: bytes | None) -> None:
+        self.member_id = member_id
+        if snapshot is not None:
+            self.restore(snapshot)
+        log.info("member %d service started (applied=%d)", member_id, self.applied)
+
+    def on_session_open(self, session_id: int, timestamp: int, principal: bytes) -> None:
+        self.sessions[session_id] = principal
+
+    def on_session_close(self, session_id: int, timestamp: int) -> None:
+        self.sessions.pop(session_id, None)
+
+    # ---- the log ---------------------------------------------------------------------------
+
+    def on_message(
+        self, session_id: int, timestamp_ms: int, position: int, message: bytes | memoryview
+    ) -> list[tuple[int, bytes]]:
+        """Applies one log message and returns ``[(session_id, reply_bytes)]``."""
+        self.last_position = position
+        try:
+            client_id, commands = protocol.decode_request(message)
+        except ProtocolError as exc:
+            return [(session_id, protocol.encode_error(f"malformed request: {exc}"))]
+        ts_ns = timestamp_ms * 1_000_000
+        answers = [self._apply(client_id, c, ts_ns, position) for c in commands]
+        return [(session_id, protocol.encode_reply(answers))]
+
+    def _apply(self, client_id: int, command: protocol.Command, ts_ns: int, position: int) -> Answer:
+        cached = self.replies.get(client_id, command.request_id)
+        if cached is not None:
+            return Answer(command.request_id, Status.DUPLICATE, cached[1])
+        if self.replies.too_old(client_id, command.request_id):
+            return Answer(command.request_id, Status.ERROR, _error("request_id_too_old"))
+        status, payload = self._execute(command, ts_ns, position)
+        self.applied += 1
+        self.chain = hashlib.blake2b(self.chain + command.payload, digest_size=16).digest()
+        self.replies.put(client_id, command.request_id, status, payload)
+        return Answer(command.request_id, status, payload)
+
+    def _execute(self, command: protocol.Command, ts_ns: int, position: int) -> tuple[int, bytes]:
+        try:
+            if command.channel == Channel.ENGINE_JSON:
+                cmd = orjson.loads(command.payload)
+                if not isinstance(cmd, dict):
+                    return Status.ERROR, _error("command must be a JSON object")
+                return Status.OK, orjson.dumps(self.engine.apply(cmd, ts_ns))
+            if command.channel == Channel.ENGINE_BINARY:
+                return Status.OK, self.engine.apply_encoded(command.payload, ts_ns)
+            if command.channel == Channel.ADMIN_JSON:
+                return self._admin(orjson.loads(command.payload), position)
+            return Status.ERROR, _error(f"unknown channel {command.channel}")
+        except orjson.JSONDecodeError as exc:
+            return Status.ERROR, _error(f"bad JSON: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any failure must become an answer, never a crash
+            log.exception("command failed")
+            return Status.ERROR, _error(f"internal: {type(exc).__name__}: {exc}")
+
+    def _admin(self, cmd: object, position: int) -> tuple[int, bytes]:
+        op = cmd.get("op") if isinstance(cmd, dict) else None
+        if op == "ping":
+            return Status.OK, orjson.dumps({"type": "pong"})
+        if op == "state_hash":
+            info = self.hash_info(position)
+            self._publish_hash(info)
+            return Status.OK, orjson.dumps({"type": "state_hash", **info})
+        return Status.ERROR, _error(f"unknown admin op {op!r}")
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def hash_info(self, position: int | None = None) -> dict:
+        return {
+            "member_id": self.member_id,
+            "position": self.last_position if position is None else position,
+            "applied": self.applied,
+            "engine_hash": self.engine.state_hash(),
+            "sequence_hash": self.chain.hex(),
+        }
+
+    def _publish_hash(self, info: dict) -> None:
+        # Output only (never read back by the service): lets operators and tests compare
+        # members at the same log position.
+        if self.hash_file is None:
+            return
+        tmp = self.hash_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.hash_file)
+
+    def snapshot(self) -> bytes:
+        engine_blob = self.engine.snapshot()
+        replies = self.replies.encode()
+        return b"".join(
+            (
+                _SNAP_HEADER.pack(
+                    SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.applied, self.last_position, self.chain
+                ),
+                _U64.pack(len(engine_blob)),
+                engine_blob,
+                replies,
+            )
+        )
+
+    def restore(self, blob: bytes) -> None:
+        """Replaces the state with ``blob``'s, or raises ServiceSnapshotError changing nothing."""
+        buf = memoryview(blob)
+        if len(buf) < _SNAP_HEADER.size + 8:
+            raise ServiceSnapshotError(f"service snapshot of {len(buf)} bytes is truncated")
+        magic, version, applied, position, chain = _SNAP_HEADER.unpack_from(buf, 0)
+        if magic != SNAPSHOT_MAGIC:
+            raise ServiceSnapshotError("not a matchx service snapshot (bad magic)")
+        if version != SNAPSHOT_VERSION:
+            raise ServiceSnapshotError(
+                f"service snapshot version {version} is not supported (expected {SNAPSHOT_VERSION})"
+            )
+        off = _SNAP_HEADER.size
+        (engine_len,) = _U64.unpack_from(buf, off)
+        off += 8
+        if off + engine_len > len(buf):
+            raise ServiceSnapshotError("engine section runs past the snapshot end")
+        try:
+            engine = Engine.restore(bytes(buf[off : off + engine_len]))
+            replies = ReplyCache.decode(buf[off + engine_len :], self.replies.window)
+        except ServiceSnapshotError:
+            raise
+        except (SnapshotError, struct.error, ValueError) as exc:
+            raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
+        self.engine, self.replies = engine, replies
+        self.applied, self.last_position, self.chain = applied, position, chain
+
+
+def _error(text: str) -> bytes:
+    return orjson.dumps({"error": text})
