@@ -12,17 +12,41 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyengine.config import ClusterLayout
+from pyengine.config import PORTS_PER_MEMBER, PORTS_PER_PARTITION, ClusterLayout
 
 
 class ClusterError(RuntimeError):
     pass
+
+
+def ports_free(host: str, ports: range) -> bool:
+    """True when every port can be bound, for UDP (Aeron) and TCP (REST services)."""
+    for port in ports:
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    return False
+    return True
+
+
+def free_port_base(start: int, members: int = 3, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first port base at or after ``start`` (in steps of a partition) whose ports are free."""
+    for i in range(attempts):
+        base = start + i * PORTS_PER_PARTITION
+        if base + PORTS_PER_PARTITION > 65535:
+            break
+        if ports_free(host, range(base, base + members * PORTS_PER_MEMBER)):
+            return base
+    raise ClusterError(f"no free port range found from {start}")
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02):

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the build needs from Debian's packages when it is missing: a JDK 17, Maven and
+# Python's venv module. Idempotent; quiet when everything is there.
+set -euo pipefail
+need=()
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v make >/dev/null 2>&1 || need+=(make)
+if ((${#need[@]})); then
+    echo "installing Debian packages: ${need[*]}"
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${need[@]}"
+fi

@@ -1,0 +1,154 @@
+"""matchctl: run and inspect a local matchx system.
+
+    matchctl cluster up [--members 3] [--dir var/cluster] [--port-base 20000]
+    matchctl cluster status [--dir var/cluster] [--json]
+    matchctl cluster hash [--dir var/cluster]        # prove the members agree
+    matchctl cluster down [--dir var/cluster]
+    matchctl replay [FILE]                            # JSON-lines commands in, events out
+    matchctl demo                                     # the scripted session of `make demo`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pyengine.config import DEFAULT_PORT_BASE, ClusterLayout, ConfigError
+from pyengine.localcluster import ClusterError, LocalCluster, wait_for
+
+DEFAULT_DIR = Path("var/cluster")
+
+
+def _print_status(cluster: LocalCluster, as_json: bool) -> None:
+    rows = cluster.status()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"cluster {cluster.layout.cluster_id} in {cluster.dir}  ingress {cluster.ingress_endpoints()}")
+    print(f"{'member':>6} {'pid':>8} {'role':<10} {'leader':>6} {'log position':>14} {'snapshot at':>12}  state hash")
+    for s in rows:
+        h = s.get("state_hash") or {}
+        hash_text = f"{h['engine_hash'][:16]} @{h['position']}" if h else "-"
+        snap = s.get("last_snapshot_position", -1)
+        print(f"{s['member_id']:>6} {s.get('pid', '-'):>8} {s['role']:<10} {s.get('leader_member_id', '-'):>6} "
+              f"{s.get('log_position', '-'):>14} {snap if snap is not None and snap >= 0 else '-':>12}  {hash_text}")
+
+
+def cmd_cluster_up(args) -> int:
+    layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base)
+    cluster = LocalCluster(layout)
+    cluster.start(detach=True)
+    print(f"starting {args.members} members in {args.dir} ...", flush=True)
+    try:
+        leader = cluster.await_leader(args.timeout)
+    except ClusterError:
+        print("no leader elected in time; member logs are in", args.dir, file=sys.stderr)
+        cluster.stop()
+        return 1
+    print(f"member {leader} is leader")
+    _print_status(cluster, False)
+    return 0
+
+
+def cmd_cluster_status(args) -> int:
+    _print_status(LocalCluster.open(args.dir), args.json)
+    return 0
+
+
+def cmd_cluster_down(args) -> int:
+    cluster = LocalCluster.open(args.dir)
+    cluster.stop()
+    print(f"stopped the members of {args.dir}")
+    return 0
+
+
+def cmd_cluster_hash(args) -> int:
+    from pyengine.client import MatchClient
+
+    cluster = LocalCluster.open(args.dir)
+    with MatchClient(cluster.ingress_endpoints()) as client:
+        if not client.wait_connected(args.timeout):
+            print(f"could not connect: {client.last_error}", file=sys.stderr)
+            return 1
+        reply = client.admin({"op": "state_hash"}, timeout=args.timeout).events
+    position = reply["position"]
+    running = [m for m in range(cluster.layout.members) if cluster.is_running(m)]
+
+    def all_reported():
+        hashes = [cluster.member_hash(m) for m in running]
+        return hashes if all(h and h["position"] == position for h in hashes) else None
+
+    hashes = wait_for(all_reported, args.timeout, "every running member to report the hash")
+    agree = len({(h["engine_hash"], h["sequence_hash"]) for h in hashes}) == 1
+    for h in hashes:
+        print(f"member {h['member_id']}: position {h['position']} applied {h['applied']} "
+              f"engine {h['engine_hash'][:24]} sequence {h['sequence_hash']}")
+    print("members agree" if agree else "MEMBERS DIFFER")
+    return 0 if agree else 1
+
+
+def cmd_replay(args) -> int:
+    from pyengine import replay
+
+    return replay.main([str(args.file)] if args.file else [])
+
+
+def cmd_demo(args) -> int:
+    from pyengine import demo
+
+    return demo.main([])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matchctl", description="Run and inspect a local matchx system.")
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cluster = sub.add_parser("cluster", help="one partition's members on this machine")
+    csub = cluster.add_subparsers(dest="action", required=True)
+    up = csub.add_parser("up", help="start the members and wait for a leader")
+    up.add_argument("--members", type=int, default=3)
+    up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
+    up.add_argument("--timeout", type=float, default=60.0)
+    up.set_defaults(func=cmd_cluster_up)
+    status = csub.add_parser("status", help="role, leader, log position and state hash of each member")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_cluster_status)
+    down = csub.add_parser("down", help="stop every member (SIGTERM, then SIGKILL) and clean /dev/shm")
+    down.set_defaults(func=cmd_cluster_down)
+    hash_ = csub.add_parser("hash", help="ask for the state hash at one log position; compare members")
+    hash_.add_argument("--timeout", type=float, default=30.0)
+    hash_.set_defaults(func=cmd_cluster_hash)
+    for p in (up, status, down, hash_):
+        p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
+
+    replay = sub.add_parser("replay", help="apply JSON-lines commands to a fresh engine, print events")
+    replay.add_argument("file", nargs="?", type=Path)
+    replay.set_defaults(func=cmd_replay)
+    demo = sub.add_parser("demo", help="local cluster, scripted trading session with a leader kill, clean stop")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (ClusterError, ConfigError) as exc:
+        print(f"matchctl: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from pyengine.jvm import JvmSetupError
+
+        if isinstance(exc, JvmSetupError):
+            print(str(exc), file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

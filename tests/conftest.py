@@ -1,0 +1,65 @@
+"""Fixtures shared by the test suites: real cluster member processes, real clients.
+
+Every fixture cleans up what it started (processes, /dev/shm directories), also when the test
+fails; ``shm_guard`` fails a test that leaves a matchx directory in /dev/shm behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from pyengine.config import ClusterLayout, Timeouts
+from pyengine.localcluster import LocalCluster, free_port_base
+
+_bases = itertools.count()
+
+
+def next_port_base() -> int:
+    # Spread by pid so parallel pytest processes on one machine rarely probe the same range.
+    start = 30000 + (os.getpid() % 20) * 1000 + next(_bases) * 100
+    return free_port_base(start if start < 60000 else 30000)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path):
+    """Factory: ``make_cluster(members=3, **layout_overrides)`` -> started LocalCluster."""
+    started: list[LocalCluster] = []
+
+    def factory(members: int = 3, start: bool = True, **overrides) -> LocalCluster:
+        timeouts = overrides.pop("timeouts", Timeouts())
+        layout = ClusterLayout(
+            base_dir=tmp_path / f"cluster-{len(started)}", members=members,
+            port_base=next_port_base(), timeouts=timeouts, **overrides,
+        )
+        cluster = LocalCluster(layout)
+        started.append(cluster)
+        if start:
+            cluster.start()
+        return cluster
+
+    yield factory
+    for cluster in started:
+        cluster.stop()
+        for member in range(cluster.layout.members):
+            assert not Path(cluster.layout.aeron_dir(member)).exists()
+
+
+@pytest.fixture
+def make_client():
+    from pyengine.client import MatchClient
+
+    clients: list[MatchClient] = []
+
+    def factory(endpoints: str, **kwargs) -> MatchClient:
+        client = MatchClient(endpoints, **kwargs)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+        assert not Path(client.aeron_dir).exists()
