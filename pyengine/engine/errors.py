@@ -1,0 +1,22 @@
+"""Exceptions of the matching engine package."""
+
+from __future__ import annotations
+
+
+class SnapshotError(Exception):
+    """Raised by :meth:`Engine.restore` for corrupt, truncated or incompatible snapshots."""
+
+
+class CodecError(ValueError):
+    """Raised by the binary codec for malformed or truncated input."""
+
+
+class Reject(Exception):
+    """Internal: a command is refused. Carries a stable reason code and a human detail."""
+
+    __slots__ = ("reason", "detail")
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail

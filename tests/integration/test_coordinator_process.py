@@ -1,0 +1,246 @@
+"""Integration tests: a real ``python -m coordinator`` process (uvicorn, ephemeral port,
+SQLite in tmp_path).  Every process is stopped by CoordinatorProcess, also on failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coordinator.testing import CoordinatorProcess
+from pyengine.routing import Route, RouteCache, UnknownSymbol
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def members(n: int, base: int, worker: str = "w1"):
+    return [
+        {"worker_id": worker, "member_id": i, "ingress_endpoint": f"127.0.0.1:{base + i}"}
+        for i in range(n)
+    ]
+
+
+def ep(base: int, n: int = 3) -> str:
+    return ",".join(f"{i}=127.0.0.1:{base + i}" for i in range(n))
+
+
+def seed(http: httpx.Client) -> None:
+    for wid in ("w1", "w2"):
+        r = http.post("/v1/workers", json={"id": wid, "address": "127.0.0.1"})
+        r.raise_for_status()
+    http.post("/v1/partitions", json={"id": "p1", "members": members(3, 9010)}).raise_for_status()
+    r = http.post("/v1/partitions", json={"id": "p2", "members": members(3, 9020, "w2")})
+    r.raise_for_status()
+    http.post("/v1/partitions", json={"id": "p3"}).raise_for_status()
+    r = http.post("/v1/partitions/p1/symbols", json={"symbols": ["BTC-USD", "ETH-USD"]})
+    r.raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def coord(tmp_path_factory):
+    with CoordinatorProcess(tmp_path_factory.mktemp("coord") / "c.db") as c:
+        with httpx.Client(base_url=c.url, timeout=10) as http:
+            seed(http)
+        yield c
+
+
+@pytest.fixture
+def http(coord):
+    with httpx.Client(base_url=coord.url, timeout=10) as client:
+        yield client
+
+
+def state(http: httpx.Client):
+    routes = http.get("/v1/routes").json()
+    return routes["version"], routes, http.get("/v1/topology").json()
+
+
+def test_crud_over_http(http):
+    v = http.get("/v1/health").json()["version"]
+    r = http.post("/v1/workers", json={"id": "w-crud", "address": "localhost"})
+    assert r.status_code == 201 and r.headers["x-routing-version"] == str(v + 1)
+    assert http.get("/v1/workers/w-crud").json() == {
+        "id": "w-crud",
+        "address": "localhost",
+        "partitions": [],
+    }
+    assert http.put("/v1/workers/w-crud", json={"address": "10.0.0.7"}).json()["address"] == (
+        "10.0.0.7"
+    )
+    r = http.post("/v1/partitions", json={"id": "p-crud", "members": members(1, 9900, "w-crud")})
+    assert r.status_code == 201
+    assert r.json()["ingress_endpoints"] == "0=127.0.0.1:9900"
+    r = http.patch("/v1/partitions/p-crud", json={"members": members(2, 9900, "w-crud")})
+    assert r.json()["ingress_endpoints"] == ep(9900, 2)
+    assert http.get("/v1/workers/w-crud").json()["partitions"] == ["p-crud"]
+    assert http.delete("/v1/partitions/p-crud").status_code == 204
+    assert http.delete("/v1/workers/w-crud").status_code == 204
+    assert http.get("/v1/workers/w-crud").status_code == 404
+    assert http.get("/v1/health").json()["version"] == v + 6
+    assert http.get("/openapi.json").json()["openapi"].startswith("3.")
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status", "code"),
+    [
+        ("get", "/v1/routes/NOPE-USD", None, 404, "symbol_not_found"),
+        ("put", "/v1/symbols/NOPE-USD", {"partition": "p2"}, 404, "symbol_not_found"),
+        ("post", "/v1/partitions/p2/symbols", {"symbols": ["BTC-USD"]}, 409,
+         "symbol_already_assigned"),
+        ("post", "/v1/partitions/p3/symbols", {"symbols": ["XRP-USD"]}, 409,
+         "partition_has_no_members"),
+        ("put", "/v1/symbols/BTC-USD", {"partition": "p3"}, 409, "partition_has_no_members"),
+        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9500, "ghost")}, 404,
+         "worker_not_found"),
+        ("post", "/v1/workers", {"id": "w1", "address": "127.0.0.1"}, 409, "duplicate_id"),
+        ("post", "/v1/partitions", {"id": "p1"}, 409, "duplicate_id"),
+        ("delete", "/v1/workers/w1", None, 409, "worker_in_use"),
+        ("post", "/v1/workers", {"id": "w9", "address": ""}, 422, "validation_error"),
+        ("post", "/v1/partitions", {"id": "p9", "members": "x"}, 422, "validation_error"),
+    ],
+)
+def test_validation_errors_change_nothing(http, method, url, body, status, code):
+    before = state(http)
+    kwargs = {} if body is None else {"json": body}
+    r = http.request(method.upper(), url, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code
+    assert state(http) == before
+
+
+def test_move_bumps_epoch(http):
+    v, routes, _ = state(http)
+    epoch = routes["symbols"]["ETH-USD"]["epoch"]
+    r = http.put("/v1/symbols/ETH-USD", json={"partition": "p2"})
+    assert r.status_code == 200 and r.json()["epoch"] == epoch + 1
+    route = http.get("/v1/routes/ETH-USD").json()
+    assert route["ingress_endpoints"] == ep(9020)
+    assert route["version"] == v + 1
+    http.put("/v1/symbols/ETH-USD", json={"partition": "p1"}).raise_for_status()
+
+
+def test_long_poll_returns_on_change(coord, http):
+    v = http.get("/v1/health").json()["version"]
+    result: dict = {}
+
+    def poll() -> None:
+        with httpx.Client(base_url=coord.url, timeout=20) as c:
+            t0 = time.monotonic()
+            result["table"] = c.get(f"/v1/routes?wait_version={v}&timeout=15").json()
+            result["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=poll)
+    t.start()
+    try:
+        time.sleep(0.4)
+        assert t.is_alive(), "long-poll returned before any change"
+        http.post("/v1/partitions/p2/symbols", json={"symbols": ["LP-USD"]}).raise_for_status()
+    finally:
+        t.join(20)
+    assert result["table"]["version"] == v + 1
+    assert result["table"]["symbols"]["LP-USD"]["partition"] == "p2"
+    assert result["elapsed"] < 5
+    # timeout path: answers with the unchanged table
+    t0 = time.monotonic()
+    r = http.get(f"/v1/routes?wait_version={v + 1}&timeout=0.3")
+    assert r.json()["version"] == v + 1 and time.monotonic() - t0 >= 0.25
+
+
+def test_restart_keeps_map_and_version(tmp_path):
+    db = tmp_path / "c.db"
+    with CoordinatorProcess(db) as c:
+        with httpx.Client(base_url=c.url, timeout=10) as http:
+            seed(http)
+            http.put("/v1/symbols/BTC-USD", json={"partition": "p2"}).raise_for_status()
+            before = state(http)
+        assert before[0] == 7
+        assert c.stop() == 0, "SIGTERM must shut down cleanly"
+        c.start()
+        with httpx.Client(base_url=c.url, timeout=10) as http:
+            assert state(http) == before
+            assert http.get("/v1/routes/BTC-USD").json()["epoch"] == 2
+            http.post("/v1/partitions/p1/symbols", json={"symbols": ["SOL-USD"]})
+            assert http.get("/v1/health").json()["version"] == 8
+
+
+def test_route_cache_survives_coordinator_outage(tmp_path):
+    with CoordinatorProcess(tmp_path / "c.db") as c:
+        with httpx.Client(base_url=c.url, timeout=10) as http:
+            seed(http)
+        with RouteCache(c.url, timeout=1.0, retry_delay=0.01, max_retries=2) as cache:
+            assert cache.refresh() is True
+            version = cache.version
+            assert cache.lookup("BTC-USD") == Route("p1", 1, ep(9010))
+            with pytest.raises(UnknownSymbol):
+                cache.lookup("NOPE-USD")
+
+            assert c.stop() == 0
+            # coordinator down: cached map keeps answering
+            assert cache.refresh() is False
+            assert cache.lookup("BTC-USD") == Route("p1", 1, ep(9010))
+            assert cache.lookup("ETH-USD").partition == "p1"
+            assert cache.version == version
+
+            c.start()  # same port, same db
+            with httpx.Client(base_url=c.url, timeout=10) as http:
+                http.put("/v1/symbols/BTC-USD", json={"partition": "p2"}).raise_for_status()
+            # a node answers MOVED(epoch 2): the cache catches up
+            assert cache.invalidate("BTC-USD", min_epoch=2) == Route("p2", 2, ep(9020))
+            assert cache.version == version + 1
+            assert cache.refresh() is True
+
+
+def test_sigterm_releases_long_polls(tmp_path):
+    with CoordinatorProcess(tmp_path / "c.db") as c:
+        result: dict = {}
+
+        def poll() -> None:
+            with httpx.Client(base_url=c.url, timeout=30) as http:
+                result["status"] = http.get("/v1/routes?wait_version=0&timeout=60").status_code
+
+        t = threading.Thread(target=poll)
+        t.start()
+        try:
+            time.sleep(0.4)
+            t0 = time.monotonic()
+            assert c.stop() == 0
+            assert time.monotonic() - t0 < 4
+        finally:
+            t.join(30)
+        assert result["status"] == 200
+
+
+def test_topology_file_at_start(tmp_path):
+    topo = {
+        "workers": [{"id": "w1", "address": "127.0.0.1"}],
+        "partitions": [{"id": "p1", "members": members(3, 9010), "symbols": ["BTC-USD"]}],
+    }
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps(topo))
+    with CoordinatorProcess(tmp_path / "c.db", topology=path) as c:
+        with httpx.Client(base_url=c.url, timeout=10) as http:
+            assert http.get("/v1/routes").json()["version"] == 1
+            r = http.post("/v1/topology", json=topo)
+            assert r.json() == {"changed": False, "version": 1}
+        c.restart()  # re-applied at start: idempotent
+        with httpx.Client(base_url=c.url, timeout=10) as http:
+            assert http.get("/v1/routes/BTC-USD").json()["version"] == 1
+
+
+def test_bad_topology_fails_start(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"partitions": [{"id": "p1", "symbols": ["X"]}]}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordinator", "--port", "0", "--db", str(tmp_path / "c.db"),
+         "--topology", str(path)],
+        capture_output=True, timeout=30, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert b"partition_has_no_members" in proc.stderr

@@ -1,0 +1,110 @@
+"""The replicated service without the JVM: batches, dedupe, admin commands, snapshots."""
+
+import orjson
+import pytest
+
+from pyengine import protocol
+from pyengine.protocol import Channel, Command, Status
+from pyengine.service import MatchingService, ServiceSnapshotError
+
+
+def run(service, client_id, cmds, ts=1000, session=5, position=64):
+    [(target, reply)] = service.on_message(session, ts, position, protocol.encode_request(client_id, cmds))
+    assert target == session
+    kind, answers = protocol.decode_reply(reply)
+    assert kind == protocol.KIND_REPLY
+    return answers
+
+
+def eng(rid, cmd):
+    return Command(rid, Channel.ENGINE_JSON, orjson.dumps(cmd))
+
+
+SETUP = [
+    {"op": "add_symbol", "symbol": "ETH-USDT", "base": "ETH", "quote": "USDT", "tick_size": "0.01", "lot_size": "0.01"},
+    {"op": "deposit", "account": "a", "asset": "USDT", "amount": "1000", "tx_id": "1"},
+]
+
+
+def test_batch_is_applied_in_order_and_answered_once_each():
+    s = MatchingService()
+    answers = run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP)])
+    assert [a.request_id for a in answers] == [1, 2]
+    assert all(a.status == Status.OK for a in answers)
+    assert s.applied == 2
+
+
+def test_resend_is_answered_from_memory_without_effect():
+    s = MatchingService()
+    run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP)])
+    place = {"op": "place", "account": "a", "symbol": "ETH-USDT", "side": "buy", "type": "limit", "tif": "GTC",
+             "price": "10", "qty": "1", "client_order_id": "x"}
+    [first] = run(s, 9, [eng(3, place)])
+    hash_before = s.engine.state_hash()
+    [again] = run(s, 9, [eng(3, place)])
+    assert again.status == Status.DUPLICATE and again.payload == first.payload
+    assert s.engine.state_hash() == hash_before and s.applied == 3
+    # Another client may use the same request id: it is a different command.
+    [other] = run(s, 10, [eng(3, {"op": "balances", "account": "a"})])
+    assert other.status == Status.OK and b"balances" in other.payload
+
+
+def test_malformed_message_gets_error_and_changes_nothing():
+    s = MatchingService()
+    before = s.hash_info()
+    [(_, reply)] = s.on_message(1, 1, 64, b"junk")
+    assert protocol.decode_reply(reply)[0] == protocol.KIND_ERROR
+    after = s.hash_info()
+    assert {**after, "position": 0} == {**before, "position": 0}
+
+
+def test_bad_command_payloads_become_error_answers():
+    s = MatchingService()
+    answers = run(s, 1, [Command(1, Channel.ENGINE_JSON, b"{nope"), Command(2, 99, b"{}"),
+                         Command(3, Channel.ENGINE_JSON, b"[1,2]"), Command(4, Channel.ADMIN_JSON, b'{"op":"zap"}')])
+    assert [a.status for a in answers] == [Status.ERROR] * 4
+    assert b"bad JSON" in answers[0].payload and b"unknown channel" in answers[1].payload
+
+
+def test_snapshot_round_trip_and_hash(tmp_path):
+    s = MatchingService(hash_file=tmp_path / "hash.json")
+    run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP)])
+    [a] = run(s, 9, [Command(3, Channel.ADMIN_JSON, b'{"op":"state_hash"}')], position=640)
+    info = orjson.loads(a.payload)
+    assert info["position"] == 640 and orjson.loads((tmp_path / "hash.json").read_text()) == {
+        k: v for k, v in info.items() if k != "type"}
+    blob = s.snapshot()
+    t = MatchingService()
+    t.restore(blob)
+    assert t.snapshot() == blob
+    assert t.hash_info() == s.hash_info()
+    # The restored service still remembers answers: a resend after restart is not re-applied.
+    [again] = run(t, 9, [eng(2, SETUP[1])])
+    assert again.status == Status.DUPLICATE
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda b: b[:10],
+    lambda b: b"XXXX" + b[4:],
+    lambda b: b[:4] + b"\x09\x00" + b[6:],
+    lambda b: b[:-1],
+    lambda b: b + b"\x00",
+])
+def test_bad_snapshots_are_refused_and_change_nothing(mutate):
+    s = MatchingService()
+    run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP)])
+    blob = s.snapshot()
+    t = MatchingService()
+    before = t.snapshot()
+    with pytest.raises(ServiceSnapshotError):
+        t.restore(mutate(blob))
+    assert t.snapshot() == before
+
+
+def test_reply_cache_window_is_bounded_and_old_ids_are_refused():
+    s = MatchingService(dedupe_window=3)
+    for rid in range(1, 6):
+        run(s, 1, [Command(rid, Channel.ADMIN_JSON, b'{"op":"ping"}')])
+    assert len(s.replies.by_client[1]) == 3
+    [a] = run(s, 1, [Command(1, Channel.ADMIN_JSON, b'{"op":"ping"}')])
+    assert a.status == Status.ERROR and b"too_old" in a.payload
