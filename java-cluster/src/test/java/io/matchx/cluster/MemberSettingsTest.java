@@ -1,0 +1,56 @@
+package io.matchx.cluster;
+
+import org.junit.jupiter.api.Test;
+
+import java.util.Properties;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+class MemberSettingsTest
+{
+    static Properties valid()
+    {
+        final Properties p = new Properties();
+        p.setProperty("member.id", "0");
+        p.setProperty("cluster.members", "0,h:1,h:2,h:3,h:4,h:5");
+        p.setProperty("host", "127.0.0.1");
+        p.setProperty("archive.port", "20000");
+        p.setProperty("base.dir", "/tmp/x");
+        p.setProperty("aeron.dir", "/dev/shm/x");
+        return p;
+    }
+
+    @Test
+    void defaultsAreUsable()
+    {
+        final MemberSettings s = MemberSettings.from(valid());
+        assertEquals(1 << 20, s.termLength);
+        assertTrue(s.heartbeatTimeoutMs > 2 * s.heartbeatIntervalMs);
+    }
+
+    @Test
+    void missingAndInvalidSettingsAreNamed()
+    {
+        final Properties noMembers = valid();
+        noMembers.remove("cluster.members");
+        assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(noMembers))
+            .getMessage().contains("cluster.members"));
+
+        final Properties badTerm = valid();
+        badTerm.setProperty("term.length", "100000");
+        assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(badTerm))
+            .getMessage().contains("term.length"));
+
+        final Properties notNumber = valid();
+        notNumber.setProperty("archive.port", "eighty");
+        assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(notNumber))
+            .getMessage().contains("archive.port"));
+
+        final Properties canvass = valid();
+        canvass.setProperty("startup.canvass.timeout.ms", "100");
+        assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(canvass))
+            .getMessage().contains("canvass"));
+    }
+}
