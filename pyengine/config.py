@@ -28,9 +28,9 @@ class ConfigError(ValueError):
 class Timeouts:
     """Raft timing. The defaults aim at sub-500 ms failover on loopback; see docs/operations.md."""
 
-    heartbeat_interval_ms: int = 50
-    heartbeat_timeout_ms: int = 400
-    election_timeout_ms: int = 150
+    heartbeat_interval_ms: int = 25
+    heartbeat_timeout_ms: int = 200
+    election_timeout_ms: int = 50
     startup_canvass_timeout_ms: int = 2000
     session_timeout_ms: int = 10000
 

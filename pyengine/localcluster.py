@@ -131,7 +131,6 @@ class LocalCluster:
         # The driver directory is scratch: stale files from a killed member would stop the
         # driver from starting. The cluster and archive dirs are the durable state and stay.
         shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
-        (member_dir / "status.json").unlink(missing_ok=True)
         log = open(member_dir / "member.log", "ab")
         cmd = [sys.executable, "-m", "pyengine.node", "--layout", str(self.layout_file),
                "--member-id", str(member_id), "--log-level", self.log_level]
@@ -215,9 +214,14 @@ class LocalCluster:
         status = {"member_id": member_id, "role": "down", "running": self.is_running(member_id)}
         if status["running"] and path.is_file():
             try:
-                status.update(json.loads(path.read_text()))
+                reported = json.loads(path.read_text())
             except (OSError, ValueError):
-                pass
+                reported = {}
+            # A file from an earlier process of this member says nothing about the current one.
+            if reported.get("pid") == self.pids().get(member_id):
+                status.update(reported)
+            else:
+                status["role"] = "starting"
         hash_path = self.layout.member_dir(member_id) / "hash.json"
         if hash_path.is_file():
             try:

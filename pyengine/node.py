@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,10 +22,50 @@ from pyengine.config import ClusterLayout, ConfigError
 log = logging.getLogger("matchx.node")
 
 
+MARK_FILES = ("archive/archive-mark.dat", "cluster/cluster-mark.dat", "cluster/cluster-mark-service-0.dat")
+
+
+class MemberDirInUse(RuntimeError):
+    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() if Path(f"/proc/{pid}").exists() else False
+
+
+def clear_stale_mark_files(member_dir: Path) -> None:
+    """Removes the mark files a killed member left behind.
+
+    Aeron refuses to start while a mark file looks active (updated within the driver timeout),
+    so a member restarted quickly after a SIGKILL would fail. The previous owner's pid is in
+    status.json: if that process is gone, its mark files are stale and safe to delete; if it
+    is alive, this directory is in use and we stop with a clear error instead.
+    """
+    status = member_dir / "status.json"
+    previous = None
+    if status.is_file():
+        try:
+            previous = int(json.loads(status.read_text())["pid"])
+        except (ValueError, KeyError, OSError):
+            previous = None
+    if previous is not None and previous != os.getpid() and _pid_alive(previous):
+        raise MemberDirInUse(f"member directory {member_dir} is in use by process {previous}")
+    for name in MARK_FILES:
+        (member_dir / name).unlink(missing_ok=True)
+    status.unlink(missing_ok=True)
+
+
 def run_member(layout: ClusterLayout, member_id: int) -> int:
     props = layout.member_properties(member_id)
     member_dir = layout.member_dir(member_id)
     member_dir.mkdir(parents=True, exist_ok=True)
+    clear_stale_mark_files(member_dir)
     jvm.start()
 
     import jpype
@@ -73,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layout = ClusterLayout.from_json(args.layout.read_text())
         return run_member(layout, args.member_id)
-    except (ConfigError, OSError, jvm.JvmSetupError) as exc:
+    except (ConfigError, OSError, jvm.JvmSetupError, MemberDirInUse) as exc:
         print(f"matchx node: {exc}", file=sys.stderr)
         return 2
 

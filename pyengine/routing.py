@@ -2,7 +2,7 @@
 
 ::
 
-    cache = RouteCache("http://127.0.0.1:8700")
+    cache = RouteCache("http://127.0.0.1:8080")
     route = cache.lookup("BTC-USD")      # Route(partition='p1', epoch=3,
                                          #       ingress_endpoints='0=h:9010,1=h:9011,2=h:9012')
     ...
@@ -160,12 +160,15 @@ class RouteCache:
     def wait_for_update(self, timeout: float = 30.0) -> bool:
         """Long-poll: return once the coordinator has a version newer than the cached one
         (the cache is then updated) or after ``timeout`` seconds.  True if the cached
-        version changed."""
+        version changed.  If the coordinator is unreachable it sleeps ``min(timeout, 1)``
+        seconds and returns False, so ``while True: cache.wait_for_update()`` is a safe
+        background refresher."""
         if self.version is None:
             return self.refresh()
         before = self.version
         params = {"wait_version": str(before), "timeout": str(timeout)}
-        self._fetch(params, timeout + self.timeout)
+        if not self._fetch(params, timeout + self.timeout):
+            time.sleep(min(timeout, 1.0))  # coordinator down: no hot loop in callers
         return self.version != before
 
     def _fetch(self, params: dict[str, str], timeout: float) -> bool:

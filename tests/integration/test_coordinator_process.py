@@ -20,10 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def members(n: int, base: int, worker: str = "w1"):
-    return [
-        {"worker_id": worker, "member_id": i, "ingress_endpoint": f"127.0.0.1:{base + i}"}
-        for i in range(n)
-    ]
+    return [{"worker_id": worker, "member_id": i, "ingress_endpoint": f"127.0.0.1:{base + i}"} for i in range(n)]
 
 
 def ep(base: int, n: int = 3) -> str:
@@ -70,9 +67,7 @@ def test_crud_over_http(http):
         "address": "localhost",
         "partitions": [],
     }
-    assert http.put("/v1/workers/w-crud", json={"address": "10.0.0.7"}).json()["address"] == (
-        "10.0.0.7"
-    )
+    assert http.put("/v1/workers/w-crud", json={"address": "10.0.0.7"}).json()["address"] == ("10.0.0.7")
     r = http.post("/v1/partitions", json={"id": "p-crud", "members": members(1, 9900, "w-crud")})
     assert r.status_code == 201
     assert r.json()["ingress_endpoints"] == "0=127.0.0.1:9900"
@@ -91,13 +86,10 @@ def test_crud_over_http(http):
     [
         ("get", "/v1/routes/NOPE-USD", None, 404, "symbol_not_found"),
         ("put", "/v1/symbols/NOPE-USD", {"partition": "p2"}, 404, "symbol_not_found"),
-        ("post", "/v1/partitions/p2/symbols", {"symbols": ["BTC-USD"]}, 409,
-         "symbol_already_assigned"),
-        ("post", "/v1/partitions/p3/symbols", {"symbols": ["XRP-USD"]}, 409,
-         "partition_has_no_members"),
+        ("post", "/v1/partitions/p2/symbols", {"symbols": ["BTC-USD"]}, 409, "symbol_already_assigned"),
+        ("post", "/v1/partitions/p3/symbols", {"symbols": ["XRP-USD"]}, 409, "partition_has_no_members"),
         ("put", "/v1/symbols/BTC-USD", {"partition": "p3"}, 409, "partition_has_no_members"),
-        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9500, "ghost")}, 404,
-         "worker_not_found"),
+        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9500, "ghost")}, 404, "worker_not_found"),
         ("post", "/v1/workers", {"id": "w1", "address": "127.0.0.1"}, 409, "duplicate_id"),
         ("post", "/v1/partitions", {"id": "p1"}, 409, "duplicate_id"),
         ("delete", "/v1/workers/w1", None, 409, "worker_in_use"),
@@ -153,20 +145,50 @@ def test_long_poll_returns_on_change(coord, http):
 
 
 def test_restart_keeps_map_and_version(tmp_path):
-    db = tmp_path / "c.db"
-    with CoordinatorProcess(db) as c:
+    """Bootstrap from a topology file, change the map through the API, stop with SIGTERM
+    while a long-poll is pending (released at once, exit 0), restart: nothing is lost and
+    the bootstrap file is not re-applied over the API changes."""
+    topo = {
+        "workers": [{"id": "w1", "address": "127.0.0.1"}, {"id": "w2", "address": "127.0.0.1"}],
+        "partitions": [
+            {"id": "p1", "members": members(3, 9010), "symbols": ["BTC-USD", "ETH-USD"]},
+            {"id": "p2", "members": members(3, 9020, "w2")},
+        ],
+    }
+    path = tmp_path / "topology.json"
+    path.write_text(json.dumps(topo))
+    with CoordinatorProcess(tmp_path / "c.db", topology=path) as c:
         with httpx.Client(base_url=c.url, timeout=10) as http:
-            seed(http)
+            assert http.get("/v1/routes").json()["version"] == 1
+            assert http.post("/v1/topology", json=topo).json() == {"changed": False, "version": 1}
             http.put("/v1/symbols/BTC-USD", json={"partition": "p2"}).raise_for_status()
+            http.post("/v1/partitions/p1/symbols", json={"symbols": ["SOL-USD"]})
             before = state(http)
-        assert before[0] == 7
-        assert c.stop() == 0, "SIGTERM must shut down cleanly"
-        c.start()
+        assert before[0] == 3
+
+        result: dict = {}
+
+        def poll() -> None:
+            with httpx.Client(base_url=c.url, timeout=30) as http:
+                result["status"] = http.get("/v1/routes?wait_version=3&timeout=60").status_code
+
+        t = threading.Thread(target=poll)
+        t.start()
+        try:
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            assert c.stop() == 0, "SIGTERM must shut down cleanly"
+            assert time.monotonic() - t0 < 5, "pending long-poll delayed the shutdown"
+        finally:
+            t.join(30)
+        assert result["status"] == 200
+
+        c.start()  # same port, same db, same --topology (bootstrap: not re-applied)
         with httpx.Client(base_url=c.url, timeout=10) as http:
             assert state(http) == before
             assert http.get("/v1/routes/BTC-USD").json()["epoch"] == 2
-            http.post("/v1/partitions/p1/symbols", json={"symbols": ["SOL-USD"]})
-            assert http.get("/v1/health").json()["version"] == 8
+            http.post("/v1/partitions/p1/symbols", json={"symbols": ["XRP-USD"]})
+            assert http.get("/v1/health").json()["version"] == 4
 
 
 def test_route_cache_survives_coordinator_outage(tmp_path):
@@ -196,50 +218,14 @@ def test_route_cache_survives_coordinator_outage(tmp_path):
             assert cache.refresh() is True
 
 
-def test_sigterm_releases_long_polls(tmp_path):
-    with CoordinatorProcess(tmp_path / "c.db") as c:
-        result: dict = {}
-
-        def poll() -> None:
-            with httpx.Client(base_url=c.url, timeout=30) as http:
-                result["status"] = http.get("/v1/routes?wait_version=0&timeout=60").status_code
-
-        t = threading.Thread(target=poll)
-        t.start()
-        try:
-            time.sleep(0.4)
-            t0 = time.monotonic()
-            assert c.stop() == 0
-            assert time.monotonic() - t0 < 4
-        finally:
-            t.join(30)
-        assert result["status"] == 200
-
-
-def test_topology_file_at_start(tmp_path):
-    topo = {
-        "workers": [{"id": "w1", "address": "127.0.0.1"}],
-        "partitions": [{"id": "p1", "members": members(3, 9010), "symbols": ["BTC-USD"]}],
-    }
-    path = tmp_path / "topology.json"
-    path.write_text(json.dumps(topo))
-    with CoordinatorProcess(tmp_path / "c.db", topology=path) as c:
-        with httpx.Client(base_url=c.url, timeout=10) as http:
-            assert http.get("/v1/routes").json()["version"] == 1
-            r = http.post("/v1/topology", json=topo)
-            assert r.json() == {"changed": False, "version": 1}
-        c.restart()  # re-applied at start: idempotent
-        with httpx.Client(base_url=c.url, timeout=10) as http:
-            assert http.get("/v1/routes/BTC-USD").json()["version"] == 1
-
-
 def test_bad_topology_fails_start(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"partitions": [{"id": "p1", "symbols": ["X"]}]}))
     proc = subprocess.run(
-        [sys.executable, "-m", "coordinator", "--port", "0", "--db", str(tmp_path / "c.db"),
-         "--topology", str(path)],
-        capture_output=True, timeout=30, cwd=Path(__file__).resolve().parents[2],
+        [sys.executable, "-m", "coordinator", "--port", "0", "--db", str(tmp_path / "c.db"), "--topology", str(path)],
+        capture_output=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 1
     assert proc.stdout == b""

@@ -18,15 +18,12 @@ from coordinator.store import CoordinatorStore
 
 
 def members(n: int, base: int, worker: str = "w1"):
-    return [
-        {"worker_id": worker, "member_id": i, "ingress_endpoint": f"127.0.0.1:{base + i}"}
-        for i in range(n)
-    ]
+    return [{"worker_id": worker, "member_id": i, "ingress_endpoint": f"127.0.0.1:{base + i}"} for i in range(n)]
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = CoordinatorStore(tmp_path / "c.db")
+    s = CoordinatorStore(tmp_path / "c.db", synchronous="NORMAL")
     try:
         yield s
     finally:
@@ -39,8 +36,7 @@ def client(store):
         yield c
 
 
-@pytest.fixture
-def seeded(client):
+def seed(client) -> None:
     assert client.post("/v1/workers", json={"id": "w1", "address": "127.0.0.1"}).status_code == 201
     r = client.post("/v1/partitions", json={"id": "p1", "members": members(3, 9010)})
     assert r.status_code == 201
@@ -48,7 +44,24 @@ def seeded(client):
     assert client.post("/v1/partitions", json={"id": "empty"}).status_code == 201
     r = client.post("/v1/partitions/p1/symbols", json={"symbols": ["BTC-USD", "ETH-USD"]})
     assert r.status_code == 200
+
+
+@pytest.fixture
+def seeded(client):
+    seed(client)
     return client
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One seeded app for tests that must not change anything (rejections)."""
+    store = CoordinatorStore(tmp_path_factory.mktemp("api") / "c.db", synchronous="NORMAL")
+    try:
+        with TestClient(create_app(store)) as c:
+            seed(c)
+            yield c
+    finally:
+        store.close()
 
 
 def version(client) -> int:
@@ -123,24 +136,18 @@ def test_routes_and_move(seeded):
         ("get", "/v1/symbols/DOGE-USD", None, 404, "symbol_not_found"),
         ("put", "/v1/symbols/DOGE-USD", {"partition": "p2"}, 404, "symbol_not_found"),
         ("delete", "/v1/symbols/DOGE-USD", None, 404, "symbol_not_found"),
-        ("post", "/v1/partitions/p2/symbols", {"symbols": ["BTC-USD"]}, 409,
-         "symbol_already_assigned"),
-        ("post", "/v1/partitions/empty/symbols", {"symbols": ["SOL-USD"]}, 409,
-         "partition_has_no_members"),
+        ("post", "/v1/partitions/p2/symbols", {"symbols": ["BTC-USD"]}, 409, "symbol_already_assigned"),
+        ("post", "/v1/partitions/empty/symbols", {"symbols": ["SOL-USD"]}, 409, "partition_has_no_members"),
         ("put", "/v1/symbols/BTC-USD", {"partition": "empty"}, 409, "partition_has_no_members"),
         ("patch", "/v1/partitions/p1", {"members": []}, 409, "partition_has_no_members"),
-        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9500, "ghost")}, 404,
-         "worker_not_found"),
-        ("patch", "/v1/partitions/empty", {"members": members(1, 9500, "ghost")}, 404,
-         "worker_not_found"),
+        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9500, "ghost")}, 404, "worker_not_found"),
+        ("patch", "/v1/partitions/empty", {"members": members(1, 9500, "ghost")}, 404, "worker_not_found"),
         ("post", "/v1/workers", {"id": "w1", "address": "127.0.0.9"}, 409, "duplicate_id"),
         ("post", "/v1/partitions", {"id": "p1"}, 409, "duplicate_id"),
         ("delete", "/v1/workers/w1", None, 409, "worker_in_use"),
         ("delete", "/v1/partitions/p1", None, 409, "partition_has_symbols"),
-        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9010)}, 409,
-         "endpoint_in_use"),
-        ("put", "/v1/symbols/BTC-USD", {"partition": "p2", "expected_epoch": 7}, 409,
-         "epoch_mismatch"),
+        ("post", "/v1/partitions", {"id": "p9", "members": members(1, 9010)}, 409, "endpoint_in_use"),
+        ("put", "/v1/symbols/BTC-USD", {"partition": "p2", "expected_epoch": 7}, 409, "epoch_mismatch"),
         ("delete", "/v1/partitions/p2/symbols/BTC-USD", None, 409, "symbol_not_in_partition"),
         ("get", "/v1/workers/nope", None, 404, "worker_not_found"),
         ("get", "/v1/nothing-here", None, 404, "not_found"),
@@ -152,12 +159,20 @@ def test_routes_and_move(seeded):
         ("post", "/v1/workers", {"id": "w9", "address": "h", "x": 1}, 422, "validation_error"),
         ("post", "/v1/workers", [1, 2], 422, "validation_error"),
         ("post", "/v1/partitions", {"id": "p9", "state": "weird"}, 422, "validation_error"),
-        ("post", "/v1/partitions", {"id": "p9", "members": [
-            {"worker_id": "w1", "member_id": 3, "ingress_endpoint": "h:1"}]}, 422,
-         "validation_error"),
-        ("post", "/v1/partitions", {"id": "p9", "members": [
-            {"worker_id": "w1", "member_id": 0, "ingress_endpoint": "nohost"}]}, 422,
-         "validation_error"),
+        (
+            "post",
+            "/v1/partitions",
+            {"id": "p9", "members": [{"worker_id": "w1", "member_id": 3, "ingress_endpoint": "h:1"}]},
+            422,
+            "validation_error",
+        ),
+        (
+            "post",
+            "/v1/partitions",
+            {"id": "p9", "members": [{"worker_id": "w1", "member_id": 0, "ingress_endpoint": "nohost"}]},
+            422,
+            "validation_error",
+        ),
         ("post", "/v1/partitions/p1/symbols", {"symbols": []}, 422, "validation_error"),
         ("post", "/v1/partitions/p1/symbols", {"symbols": "BTC-USD"}, 422, "validation_error"),
         ("put", "/v1/symbols/BTC-USD", {}, 422, "validation_error"),
@@ -166,8 +181,8 @@ def test_routes_and_move(seeded):
         ("post", "/v1/topology", {"workers": [{"id": "w1"}]}, 422, "validation_error"),
     ],
 )
-def test_errors_are_stable_json_and_change_nothing(seeded, method, url, body, status, code):
-    c = seeded
+def test_errors_are_stable_json_and_change_nothing(shared, method, url, body, status, code):
+    c = shared
     before = (version(c), c.get("/v1/topology").json())
     kwargs = {} if body is None else {"json": body}
     r = c.request(method.upper(), url, **kwargs)
@@ -178,10 +193,8 @@ def test_errors_are_stable_json_and_change_nothing(seeded, method, url, body, st
     assert (version(c), c.get("/v1/topology").json()) == before
 
 
-def test_invalid_json_body(seeded):
-    r = seeded.post(
-        "/v1/workers", content=b"{not json", headers={"content-type": "application/json"}
-    )
+def test_invalid_json_body(shared):
+    r = shared.post("/v1/workers", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
     assert r.json()["error"]["code"] == "validation_error"
 
@@ -236,9 +249,7 @@ def test_admin_dependency_guards_mutations_only(store):
         r = c.post("/v1/workers", json={"id": "w1", "address": "h"})
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "http_error"
-        r = c.post(
-            "/v1/workers", json={"id": "w1", "address": "h"}, headers={"x-admin-token": "secret"}
-        )
+        r = c.post("/v1/workers", json={"id": "w1", "address": "h"}, headers={"x-admin-token": "secret"})
         assert r.status_code == 201
         assert c.get("/v1/routes").status_code == 200
         assert c.get("/v1/workers").status_code == 200

@@ -37,9 +37,7 @@ class FakeCoordinator:
         if self.status != 200:
             return httpx.Response(self.status, json={"error": {"code": "x"}})
         assert request.url.path == "/v1/routes"
-        return httpx.Response(
-            200, json={"version": self.version, "symbols": self.symbols, "partitions": {}}
-        )
+        return httpx.Response(200, json={"version": self.version, "symbols": self.symbols, "partitions": {}})
 
     def move(self, symbol: str, partition: str, endpoints: str) -> None:
         self.symbols[symbol] = {
@@ -59,7 +57,10 @@ def fake():
 def cache(fake):
     client = httpx.Client(transport=httpx.MockTransport(fake.handler))
     c = RouteCache(
-        "http://coordinator:1/", timeout=1.0, client=client, retry_delay=0.001,
+        "http://coordinator:1/",
+        timeout=1.0,
+        client=client,
+        retry_delay=0.001,
         miss_refresh_interval=0.0,
     )
     try:

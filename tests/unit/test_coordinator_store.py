@@ -11,15 +11,12 @@ from coordinator.store import CoordinatorStore, aeron_endpoints, load_topology
 
 
 def members(n: int = 3, base: int = 9010, worker: str = "w1", host: str = "127.0.0.1"):
-    return [
-        {"worker_id": worker, "member_id": i, "ingress_endpoint": f"{host}:{base + i}"}
-        for i in range(n)
-    ]
+    return [{"worker_id": worker, "member_id": i, "ingress_endpoint": f"{host}:{base + i}"} for i in range(n)]
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = CoordinatorStore(tmp_path / "c.db")
+    s = CoordinatorStore(tmp_path / "c.db", synchronous="NORMAL")
     try:
         yield s
     finally:
@@ -264,8 +261,7 @@ def test_load_topology_applies_and_is_idempotent(store):
     shuffled = {
         "workers": TOPO["workers"][::-1],
         "partitions": [
-            {**p, "symbols": p["symbols"][::-1], "members": p["members"][::-1]}
-            for p in TOPO["partitions"][::-1]
+            {**p, "symbols": p["symbols"][::-1], "members": p["members"][::-1]} for p in TOPO["partitions"][::-1]
         ],
     }
     assert store.load_topology(shuffled)["changed"] is False

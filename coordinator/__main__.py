@@ -1,0 +1,186 @@
+"""``python -m coordinator --host H --port N --db PATH [--topology FILE [--topology-mode M]]``
+
+Serves the coordinator REST API with uvicorn.  Once listening it prints one JSON line
+``{"port": N}`` on stdout (the real port, also for ``--port 0``).  SIGTERM/SIGINT shut it
+down cleanly: pending long-polls are answered at once, in-flight requests finish, the
+database is closed, exit status 0.  Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Generator
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from coordinator.api import create_app
+from coordinator.errors import CoordinatorError
+from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore
+
+log = logging.getLogger("coordinator")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn server whose signals are handled by :func:`serve` (no re-raise on exit)."""
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__.split("\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="listen port, 0 = ephemeral")
+    p.add_argument("--listen", metavar="HOST:PORT", help="alternative to --host/--port")
+    p.add_argument("--db", default=DEFAULT_DB_PATH, help=f"SQLite file (default {DEFAULT_DB_PATH})")
+    p.add_argument("--topology", type=Path, help="JSON topology file to apply at start")
+    p.add_argument(
+        "--topology-mode",
+        choices=("bootstrap", "replace"),
+        default="bootstrap",
+        help="bootstrap (default): apply --topology only to an empty database (version 0), "
+        "so changes made through the API survive restarts; replace: make the map equal to "
+        "the file at every start (idempotent)",
+    )
+    p.add_argument("--log-level", default="info", help="debug|info|warning|error")
+    p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to let in-flight requests finish on shutdown",
+    )
+    args = p.parse_args(argv)
+    if args.listen:
+        host, sep, port = args.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            p.error(f"--listen expects HOST:PORT, got {args.listen!r}")
+        args.host, args.port = host.strip("[]") or "0.0.0.0", int(port)
+    return args
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are
+    # TCP; without it keep-alive responses stall ~40 ms (Nagle + delayed ACK).
+    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:
+    app = create_app(store)
+    sock = _bind(args.host, args.port)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=args.log_level.lower(),
+        access_log=args.access_log,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        lifespan="on",
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        app.state.watcher.close()  # answer pending long-polls now
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    async def announce() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.01)
+        port = sock.getsockname()[1]
+        sys.stdout.write(json.dumps({"port": port}) + "\n")
+        sys.stdout.flush()
+        log.info("coordinator listening on %s:%d (db %s)", args.host, port, store.path)
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        announcer.cancel()
+        sock.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    if not server.started:
+        raise RuntimeError("server failed to start")
+
+
+def apply_topology(store: CoordinatorStore, args: argparse.Namespace) -> bool:
+    try:
+        document = json.loads(args.topology.read_text())
+    except (OSError, ValueError) as exc:
+        log.error("cannot read topology %s: %s", args.topology, exc)
+        return False
+    if args.topology_mode == "bootstrap" and store.version != 0:
+        log.info(
+            "database %s already initialised (version %d): topology %s not applied "
+            "(use --topology-mode replace to enforce it)",
+            store.path,
+            store.version,
+            args.topology,
+        )
+        return True
+    try:
+        result = store.load_topology(document)
+    except CoordinatorError as exc:
+        log.error("invalid topology %s: %s: %s %s", args.topology, exc.code, exc, exc.details)
+        return False
+    log.info("topology %s applied: %s", args.topology, result)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        store = CoordinatorStore(args.db)
+    except Exception as exc:
+        log.error("cannot open database %s: %s", args.db, exc)
+        return 1
+    try:
+        if args.topology is not None and not apply_topology(store, args):
+            return 1
+        asyncio.run(serve(args, store))
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", args.host, args.port, exc)
+        return 1
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""REST API of the coordinator (FastAPI).  OpenAPI document at ``/openapi.json``.
+
+Build an app with :func:`create_app`; ``python -m coordinator`` serves it with uvicorn.
+Mutating endpoints (workers, partitions, symbols, topology) are "admin" endpoints: they
+carry the optional ``admin_dependency`` given to :func:`create_app` (hook for
+``coordinator.auth``); read endpoints (routes, health, GETs) do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coordinator.errors import CoordinatorError
+from coordinator.models import (
+    MoveIn,
+    PartitionIn,
+    PartitionUpdate,
+    SymbolsIn,
+    Topology,
+    WorkerIn,
+    WorkerUpdate,
+)
+from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore, clean_validation_errors
+
+log = logging.getLogger("coordinator.api")
+
+VERSION_HEADER = "X-Routing-Version"
+MAX_WAIT_SECONDS = 300.0
+DEFAULT_WAIT_SECONDS = 30.0
+_DISCONNECT_CHECK_SECONDS = 1.0
+
+
+# ---------------------------------------------------------------------- response models
+# (documentation of the response bodies in the OpenAPI document)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class MemberOut(BaseModel):
+    worker_id: str
+    member_id: int
+    ingress_endpoint: str
+
+
+class WorkerOut(BaseModel):
+    id: str
+    address: str
+    partitions: list[str]
+
+
+class PartitionOut(BaseModel):
+    id: str
+    state: str
+    members: list[MemberOut]
+    symbols: list[str]
+    ingress_endpoints: str
+
+
+class SymbolOut(BaseModel):
+    symbol: str
+    partition: str
+    epoch: int
+    previous_partition: str | None = None
+
+
+class SymbolRoute(BaseModel):
+    partition: str
+    epoch: int
+    ingress_endpoints: str
+
+
+class PartitionRoute(BaseModel):
+    state: str
+    ingress_endpoints: str
+    members: list[MemberOut]
+
+
+class RoutesOut(BaseModel):
+    version: int
+    symbols: dict[str, SymbolRoute]
+    partitions: dict[str, PartitionRoute]
+
+
+class RouteOut(BaseModel):
+    symbol: str
+    partition: str
+    epoch: int
+    ingress_endpoints: str
+    version: int
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: int
+
+
+class TopologyResult(BaseModel):
+    changed: bool
+    version: int
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
+
+
+# ---------------------------------------------------------------------- long-poll support
+
+
+class VersionWatcher:
+    """Wakes long-polls when the store's version changes (listener is thread-safe)."""
+
+    def __init__(self, store: CoordinatorStore) -> None:
+        self._store = store
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self.closing = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self.closing = False
+        self._store.add_listener(self._on_change)
+
+    def stop(self) -> None:
+        self.close()
+        try:
+            self._store.remove_listener(self._on_change)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Release every waiting long-poll now (they answer with the current table)."""
+        self.closing = True
+        self._notify()
+
+    def _on_change(self, _version: int) -> None:
+        self._notify()
+
+    def _notify(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake()
+        else:
+            loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = asyncio.Event()
+
+    async def wait_for(self, after_version: int, timeout: float, request: Request | None = None) -> None:
+        """Return once version > after_version, on timeout, on close or client disconnect."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._store.version <= after_version and not self.closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._event is None:
+                return
+            event = self._event
+            try:
+                await asyncio.wait_for(event.wait(), min(remaining, _DISCONNECT_CHECK_SECONDS))
+            except TimeoutError:
+                if request is not None and await request.is_disconnected():
+                    return
+
+
+# ---------------------------------------------------------------------- middleware
+
+
+class VersionHeaderMiddleware:
+    """Adds ``X-Routing-Version: <version after the request>`` to every HTTP response."""
+
+    def __init__(self, app: ASGIApp, store: CoordinatorStore) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((VERSION_HEADER.lower().encode(), str(self.store.version).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
+# ---------------------------------------------------------------------- app
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def create_app(
+    store: CoordinatorStore | None = None,
+    *,
+    db_path: str | None = None,
+    admin_dependency: Callable[..., Any] | None = None,
+) -> FastAPI:
+    """The coordinator ASGI app.
+
+    ``store``: an open store (the app does not close it), or ``db_path`` to open one for
+    the app's lifetime (default ``./var/coordinator.db``).  ``admin_dependency``: a FastAPI
+    dependency run on every mutating endpoint (e.g. authentication).
+    """
+    owns_store = store is None
+    if store is None:
+        store = CoordinatorStore(db_path or DEFAULT_DB_PATH)
+    watcher = VersionWatcher(store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+            if owns_store:
+                store.close()
+
+    app = FastAPI(
+        title="matchx coordinator",
+        version="1",
+        description="Control plane: versioned map symbol -> partition -> workers.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.watcher = watcher
+    app.add_middleware(VersionHeaderMiddleware, store=store)
+
+    # -------------------------------------------------------------- error rendering
+
+    @app.exception_handler(CoordinatorError)
+    async def _coordinator_error(_req: Request, exc: CoordinatorError) -> Response:
+        return _json(exc.to_dict(), exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, exc: RequestValidationError) -> Response:
+        err = CoordinatorError("validation_error", "malformed request", errors=clean_validation_errors(exc.errors()))
+        return _json(err.to_dict(), err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
+        return _json(body, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_req: Request, exc: Exception) -> Response:
+        log.exception("internal error", exc_info=exc)
+        err = CoordinatorError("internal_error", "internal error")
+        return _json(err.to_dict(), err.status)
+
+    # -------------------------------------------------------------- routers
+
+    public = APIRouter(prefix="/v1", responses=_ERRORS)
+    admin = APIRouter(
+        prefix="/v1",
+        responses=_ERRORS,
+        dependencies=[Depends(admin_dependency)] if admin_dependency else [],
+    )
+
+    @public.get("/health", response_model=HealthOut, tags=["health"])
+    async def health() -> Any:
+        return store.health()
+
+    # workers
+    @public.get("/workers", response_model=list[WorkerOut], tags=["workers"])
+    async def list_workers() -> Any:
+        return store.list_workers()
+
+    @public.get("/workers/{worker_id}", response_model=WorkerOut, tags=["workers"])
+    async def get_worker(worker_id: str) -> Any:
+        return store.get_worker(worker_id)
+
+    @admin.post("/workers", status_code=201, response_model=WorkerOut, tags=["workers"])
+    async def create_worker(body: WorkerIn) -> Any:
+        return store.create_worker(body.id, body.address)
+
+    @admin.put("/workers/{worker_id}", response_model=WorkerOut, tags=["workers"])
+    async def update_worker(worker_id: str, body: WorkerUpdate) -> Any:
+        return store.update_worker(worker_id, body.address)
+
+    @admin.delete("/workers/{worker_id}", status_code=204, tags=["workers"])
+    async def delete_worker(worker_id: str) -> Response:
+        store.delete_worker(worker_id)
+        return Response(status_code=204)
+
+    # partitions
+    @public.get("/partitions", response_model=list[PartitionOut], tags=["partitions"])
+    async def list_partitions() -> Any:
+        return store.list_partitions()
+
+    @public.get("/partitions/{partition_id}", response_model=PartitionOut, tags=["partitions"])
+    async def get_partition(partition_id: str) -> Any:
+        return store.get_partition(partition_id)
+
+    @admin.post("/partitions", status_code=201, response_model=PartitionOut, tags=["partitions"])
+    async def create_partition(body: PartitionIn) -> Any:
+        return store.create_partition(body.id, members=body.members, state=body.state, symbols=body.symbols)
+
+    @admin.patch("/partitions/{partition_id}", response_model=PartitionOut, tags=["partitions"])
+    async def update_partition(partition_id: str, body: PartitionUpdate) -> Any:
+        return store.update_partition(partition_id, state=body.state, members=body.members)
+
+    @admin.delete("/partitions/{partition_id}", status_code=204, tags=["partitions"])
+    async def delete_partition(partition_id: str) -> Response:
+        store.delete_partition(partition_id)
+        return Response(status_code=204)
+
+    @admin.post("/partitions/{partition_id}/symbols", response_model=PartitionOut, tags=["symbols"])
+    async def assign_symbols(partition_id: str, body: SymbolsIn) -> Any:
+        return store.assign_symbols(partition_id, body.symbols)
+
+    @admin.delete("/partitions/{partition_id}/symbols/{symbol}", status_code=204, tags=["symbols"])
+    async def unassign_from_partition(partition_id: str, symbol: str) -> Response:
+        store.unassign_symbol(symbol, partition_id)
+        return Response(status_code=204)
+
+    # symbols
+    @public.get("/symbols", response_model=list[SymbolOut], tags=["symbols"])
+    async def list_symbols() -> Any:
+        return store.list_symbols()
+
+    @public.get("/symbols/{symbol}", response_model=SymbolOut, tags=["symbols"])
+    async def get_symbol(symbol: str) -> Any:
+        return store.get_symbol(symbol)
+
+    @admin.put("/symbols/{symbol}", response_model=SymbolOut, tags=["symbols"])
+    async def move_symbol(symbol: str, body: MoveIn) -> Any:
+        """Move an assigned symbol to another partition (bumps its epoch)."""
+        return store.move_symbol(symbol, body.partition, expected_epoch=body.expected_epoch)
+
+    @admin.delete("/symbols/{symbol}", status_code=204, tags=["symbols"])
+    async def unassign_symbol(symbol: str) -> Response:
+        store.unassign_symbol(symbol)
+        return Response(status_code=204)
+
+    # routes
+    routes_cache: list[Any] = [None, b""]  # [table object, its serialized bytes]
+
+    def routes_response() -> Response:
+        table = store.routes()
+        if routes_cache[0] is not table:
+            routes_cache[0], routes_cache[1] = table, orjson.dumps(table)
+        return Response(routes_cache[1], media_type="application/json")
+
+    @public.get(
+        "/routes",
+        tags=["routes"],
+        responses={200: {"model": RoutesOut}},
+        response_class=Response,
+    )
+    async def get_routes(
+        request: Request,
+        wait_version: Annotated[
+            int | None,
+            Query(ge=0, description="long-poll: answer once version > wait_version"),
+        ] = None,
+        timeout: Annotated[
+            float,
+            Query(ge=0, le=MAX_WAIT_SECONDS, description="long-poll limit in seconds"),
+        ] = DEFAULT_WAIT_SECONDS,
+    ) -> Response:
+        """The whole routing table.  With ``wait_version=N`` the request is held until the
+        version is greater than N or ``timeout`` seconds passed; either way it answers 200
+        with the current table (compare its ``version`` with N)."""
+        if wait_version is not None:
+            await watcher.wait_for(wait_version, timeout, request)
+        return routes_response()
+
+    @public.get("/routes/{symbol}", response_model=RouteOut, tags=["routes"])
+    async def get_route(symbol: str) -> Any:
+        return store.route(symbol)
+
+    # topology
+    @public.get("/topology", response_model=Topology, tags=["topology"])
+    async def get_topology() -> Any:
+        return store.export_topology()
+
+    @admin.post("/topology", response_model=TopologyResult, tags=["topology"])
+    async def put_topology(body: Topology) -> Any:
+        """Replace the whole map atomically (idempotent if equal to the current one)."""
+        return store.load_topology(body)
+
+    app.include_router(public)
+    app.include_router(admin)
+    return app
