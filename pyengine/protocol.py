@@ -46,6 +46,7 @@ class Status(IntEnum):
     OK = 0
     DUPLICATE = 1  # a resend: the payload is the original answer
     ERROR = 2  # the command could not be processed at all; payload is JSON {"error": ...}
+    MOVED = 3  # this partition does not own the symbol; payload is JSON {"symbol", "epoch"}
 
 
 class ProtocolError(ValueError):

@@ -28,7 +28,7 @@ from pyengine.protocol import Answer, Channel, ProtocolError, Status
 log = logging.getLogger("matchx.service")
 
 SNAPSHOT_MAGIC = b"MXSV"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _SNAP_HEADER = struct.Struct("<4sHQQ16s")  # magic, version, applied, last position, chain hash
 _U64 = struct.Struct("<Q")
 _DEDUPE_ENTRY = struct.Struct("<QBI")
@@ -121,6 +121,11 @@ class MatchingService:
         self.chain = b"\0" * 16
         self.sessions: dict[int, bytes] = {}
         self.role = -1
+        # symbol -> epoch of the symbols this partition owns; None until the first
+        # `own_symbols` admin command, meaning a single-partition system that owns every symbol.
+        self.owned: dict[str, int] | None = None
+        # symbol -> epoch at which it left, so MOVED can tell a client how new its map must be.
+        self.moved: dict[str, int] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -169,8 +174,18 @@ class MatchingService:
                 cmd = orjson.loads(command.payload)
                 if not isinstance(cmd, dict):
                     return Status.ERROR, _error("command must be a JSON object")
+                moved = self._moved(cmd)
+                if moved is not None:
+                    return moved
                 return Status.OK, orjson.dumps(self.engine.apply(cmd, ts_ns))
             if command.channel == Channel.ENGINE_BINARY:
+                if self.owned is not None:
+                    from pyengine.engine.codec import decode_command
+
+                    cmd = decode_command(command.payload)
+                    moved = self._moved(cmd)
+                    if moved is not None:
+                        return moved
                 return Status.OK, self.engine.apply_encoded(command.payload, ts_ns)
             if command.channel == Channel.ADMIN_JSON:
                 return self._admin(orjson.loads(command.payload), position)
@@ -185,11 +200,59 @@ class MatchingService:
         op = cmd.get("op") if isinstance(cmd, dict) else None
         if op == "ping":
             return Status.OK, orjson.dumps({"type": "pong"})
+        if op == "own_symbols":
+            return self._own_symbols(cmd)
+        if op == "release_symbol":
+            return self._release_symbol(cmd)
+        if op == "owned_symbols":
+            return Status.OK, orjson.dumps({"type": "owned_symbols", "symbols": self.owned})
         if op == "state_hash":
             info = self.hash_info(position)
             self._publish_hash(info)
             return Status.OK, orjson.dumps({"type": "state_hash", **info})
         return Status.ERROR, _error(f"unknown admin op {op!r}")
+
+    # ---- symbol ownership (partitions) ------------------------------------------------------
+
+    def _moved(self, cmd: dict) -> tuple[int, bytes] | None:
+        if self.owned is None:
+            return None
+        symbol = cmd.get("symbol")
+        if symbol is None or symbol in self.owned:
+            return None
+        epoch = self.moved.get(symbol, 0) if isinstance(symbol, str) else 0
+        return Status.MOVED, orjson.dumps({"type": "moved", "symbol": symbol, "epoch": epoch})
+
+    def _own_symbols(self, cmd: dict) -> tuple[int, bytes]:
+        symbols = cmd.get("symbols")
+        if not isinstance(symbols, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in symbols.items()
+        ):
+            return Status.ERROR, _error("own_symbols needs symbols: {symbol: epoch >= 0}")
+        owned = dict(self.owned or {})
+        for symbol in sorted(symbols):
+            epoch = symbols[symbol]
+            if epoch < owned.get(symbol, 0) or epoch < self.moved.get(symbol, 0):
+                return Status.ERROR, _error(f"stale epoch {epoch} for {symbol}")
+        for symbol in sorted(symbols):
+            owned[symbol] = symbols[symbol]
+            self.moved.pop(symbol, None)
+        self.owned = owned
+        return Status.OK, orjson.dumps({"type": "owned_symbols", "symbols": self.owned})
+
+    def _release_symbol(self, cmd: dict) -> tuple[int, bytes]:
+        symbol, epoch = cmd.get("symbol"), cmd.get("epoch")
+        if not isinstance(symbol, str) or not isinstance(epoch, int):
+            return Status.ERROR, _error("release_symbol needs symbol and epoch (the new owner's epoch)")
+        if self.owned is None or symbol not in self.owned:
+            return Status.ERROR, _error(f"{symbol} is not owned here")
+        if epoch <= self.owned[symbol]:
+            return Status.ERROR, _error(f"epoch {epoch} is not newer than {self.owned[symbol]}")
+        owned = dict(self.owned)
+        del owned[symbol]
+        self.owned = owned
+        self.moved[symbol] = epoch
+        return Status.OK, orjson.dumps({"type": "released", "symbol": symbol, "epoch": epoch})
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -214,6 +277,7 @@ class MatchingService:
     def snapshot(self) -> bytes:
         engine_blob = self.engine.snapshot()
         replies = self.replies.encode()
+        routing = orjson.dumps({"owned": self.owned, "moved": self.moved}, option=orjson.OPT_SORT_KEYS)
         return b"".join(
             (
                 _SNAP_HEADER.pack(
@@ -221,6 +285,8 @@ class MatchingService:
                 ),
                 _U64.pack(len(engine_blob)),
                 engine_blob,
+                _U64.pack(len(routing)),
+                routing,
                 replies,
             )
         )
@@ -244,12 +310,19 @@ class MatchingService:
             raise ServiceSnapshotError("engine section runs past the snapshot end")
         try:
             engine = Engine.restore(bytes(buf[off : off + engine_len]))
-            replies = ReplyCache.decode(buf[off + engine_len :], self.replies.window)
+            off += engine_len
+            (routing_len,) = _U64.unpack_from(buf, off)
+            off += 8
+            if off + routing_len > len(buf):
+                raise ServiceSnapshotError("routing section runs past the snapshot end")
+            routing = orjson.loads(bytes(buf[off : off + routing_len]))
+            replies = ReplyCache.decode(buf[off + routing_len :], self.replies.window)
         except ServiceSnapshotError:
             raise
-        except (SnapshotError, struct.error, ValueError) as exc:
+        except (SnapshotError, struct.error, ValueError, orjson.JSONDecodeError) as exc:
             raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
         self.engine, self.replies = engine, replies
+        self.owned, self.moved = routing["owned"], routing["moved"]
         self.applied, self.last_position, self.chain = applied, position, chain
 
 

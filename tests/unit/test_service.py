@@ -108,3 +108,24 @@ def test_reply_cache_window_is_bounded_and_old_ids_are_refused():
     assert len(s.replies.by_client[1]) == 3
     [a] = run(s, 1, [Command(1, Channel.ADMIN_JSON, b'{"op":"ping"}')])
     assert a.status == Status.ERROR and b"too_old" in a.payload
+
+
+def test_symbols_not_owned_are_answered_moved_with_the_epoch():
+    s = MatchingService()
+    run(s, 1, [eng(1, SETUP[0])])
+    [own] = run(s, 1, [Command(2, Channel.ADMIN_JSON, b'{"op":"own_symbols","symbols":{"ETH-USDT":3}}')])
+    assert own.status == Status.OK
+    [moved] = run(s, 1, [eng(3, {"op": "book", "symbol": "BTC-USDT", "depth": 1})])
+    assert moved.status == Status.MOVED and orjson.loads(moved.payload)["symbol"] == "BTC-USDT"
+    [ok] = run(s, 1, [eng(4, {"op": "book", "symbol": "ETH-USDT", "depth": 1})])
+    assert ok.status == Status.OK
+    [rel] = run(s, 1, [Command(5, Channel.ADMIN_JSON, b'{"op":"release_symbol","symbol":"ETH-USDT","epoch":4}')])
+    assert rel.status == Status.OK
+    [moved] = run(s, 1, [eng(6, {"op": "book", "symbol": "ETH-USDT", "depth": 1})])
+    assert moved.status == Status.MOVED and orjson.loads(moved.payload)["epoch"] == 4
+    # A stale assignment is refused and changes nothing.
+    [stale] = run(s, 1, [Command(7, Channel.ADMIN_JSON, b'{"op":"own_symbols","symbols":{"ETH-USDT":2}}')])
+    assert stale.status == Status.ERROR and s.owned == {}
+    t = MatchingService()
+    t.restore(s.snapshot())
+    assert t.owned == {} and t.moved == {"ETH-USDT": 4}
