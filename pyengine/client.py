@@ -48,6 +48,15 @@ class ClientError(RuntimeError):
     """A command the service could not process at all (not a business reject)."""
 
 
+class MovedError(ClientError):
+    """The partition does not own the symbol (any more); refresh routes to at least ``epoch``."""
+
+    def __init__(self, symbol: str, epoch: int) -> None:
+        super().__init__(f"{symbol} moved (epoch {epoch})")
+        self.symbol = symbol
+        self.epoch = epoch
+
+
 class AuthenticationError(ClientError):
     """The cluster refused the session's credentials; ``reason`` is the node's code."""
 
@@ -329,5 +338,7 @@ class MatchClient:
             payload = orjson.loads(a.payload) if a.payload else []
             if a.status == Status.ERROR:
                 p.future.set_exception(ClientError(payload.get("error", str(payload))))
+            elif a.status == Status.MOVED:
+                p.future.set_exception(MovedError(payload.get("symbol"), payload.get("epoch", 0)))
             else:
                 p.future.set_result(Reply(a.request_id, payload, a.status == Status.DUPLICATE))

@@ -34,7 +34,7 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 import nacl.exceptions
@@ -43,6 +43,7 @@ import orjson
 
 __all__ = [
     "ALG",
+    "AuthState",
     "CRV",
     "DEFAULT_MAX_TOKEN_BYTES",
     "PERMS",
@@ -274,17 +275,22 @@ def check_command(
     perm: str | None,
     account: str | None,
     revocations: RevocationList | None = None,
+    kids: Container[str] | None = None,
 ) -> None:
     """Authorise one command against cluster time ``now_ns`` (nanoseconds since the epoch).
 
-    Checks, in this order: revoked (only if ``revocations`` is given), expired (``now >= exp``),
-    not_yet_valid (``now < nbf``), wrong_account (``account`` is not None and differs from the
-    token's), wrong_permission (``perm`` is not None and not carried by the token). ``admin``
-    does not imply the other permissions and does not bypass the account check.
+    Checks, in this order: revoked (only if ``revocations`` is given), unknown_kid (only if
+    ``kids`` is given -- e.g. the node's :class:`TokenVerifier`, so that ``remove_key`` also
+    cuts off open sessions), expired (``now >= exp``), not_yet_valid (``now < nbf``),
+    wrong_account (``account`` is not None and differs from the token's), wrong_permission
+    (``perm`` is not None and not carried by the token). ``admin`` does not imply the other
+    permissions and does not bypass the account check.
     Pure function of its arguments: safe to run in a replicated state machine.
     """
     if revocations is not None and principal.jti in revocations:
         raise TokenError("revoked", principal.jti)
+    if kids is not None and principal.kid not in kids:
+        raise TokenError("unknown_kid", principal.kid)
     if now_ns >= principal.exp * _NS_PER_S:
         raise TokenError("expired")
     if principal.nbf is not None and now_ns < principal.nbf * _NS_PER_S:
@@ -308,7 +314,10 @@ def _check_kid(kid: object) -> str:
 
 def _public_key_bytes(key: bytes | str) -> bytes:
     if isinstance(key, str):
-        key = b64url_decode(key)
+        try:
+            key = b64url_decode(key)
+        except TokenError as exc:
+            raise ValueError(f"public key is not base64url: {exc.detail}") from None
     key = bytes(key)
     if len(key) != 32:
         raise ValueError("Ed25519 public key must be 32 bytes")
@@ -715,3 +724,74 @@ class RevocationList:
 
     def __repr__(self) -> str:
         return f"RevocationList(last_seq={self._last_seq}, size={len(self._jtis)})"
+
+
+# --------------------------------------------------------------------------------------------
+# Node-side auth state: keys + revocations, driven by admin commands in the partition's log
+# --------------------------------------------------------------------------------------------
+
+_U32 = struct.Struct(">I")
+
+
+class AuthState:
+    """Everything a partition needs to authorise commands, replicated through its log.
+
+    Admin commands (JSON-like mappings, produced by ``coordinator.auth.feed``)::
+
+        {"type": "add_key", "kid": "...", "x": "<base64url Ed25519 public key>"}
+        {"type": "remove_key", "kid": "..."}
+        {"type": "revoke", "seq": 42, "jtis": [["<jti>", <exp>], ...]}
+
+    :meth:`apply` is deterministic and idempotent (re-adding a key, removing an absent key and
+    replaying an old ``revoke`` seq change nothing). :meth:`to_bytes` is deterministic.
+    """
+
+    __slots__ = ("verifier", "revocations")
+
+    def __init__(self, *, max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> None:
+        self.verifier = TokenVerifier(max_token_bytes=max_token_bytes)
+        self.revocations = RevocationList()
+
+    def apply(self, cmd: Mapping) -> bool:
+        """Apply one admin command; returns True if the state changed. ValueError if invalid."""
+        kind = cmd.get("type")
+        if kind == "add_key":
+            kid, key = _check_kid(cmd.get("kid")), _public_key_bytes(cmd.get("x", b""))
+            if kid in self.verifier and self.verifier.public_key(kid) == key:
+                return False
+            self.verifier.add_key(kid, key)
+            return True
+        if kind == "remove_key":
+            return self.verifier.remove_key(_check_kid(cmd.get("kid")))
+        if kind == "revoke":
+            return self.revocations.apply(cmd.get("seq"), cmd.get("jtis") or ())
+        raise ValueError(f"unknown auth command type {kind!r}")
+
+    def verify(self, token: str | bytes | None, now_s: int | None = None) -> Principal:
+        """Verify a token (at session open) including the revocation list."""
+        p = self.verifier.verify(token, now_s)
+        if p.jti in self.revocations:
+            raise TokenError("revoked", p.jti)
+        return p
+
+    def check(self, principal: Principal, now_ns: int, perm: str | None, account: str | None) -> None:
+        """Per-command check: :func:`check_command` with this state's revocations and keys."""
+        check_command(principal, now_ns, perm, account, self.revocations, self.verifier)
+
+    def prune(self, now_ns: int) -> int:
+        return self.revocations.prune(now_ns)
+
+    def to_bytes(self) -> bytes:
+        keys = self.verifier.keys_to_bytes()
+        return _U32.pack(len(keys)) + keys + self.revocations.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, **kwargs) -> AuthState:
+        data = bytes(data)
+        if len(data) < 4:
+            raise ValueError("bad auth state snapshot")
+        (n,) = _U32.unpack_from(data, 0)
+        state = cls(**kwargs)
+        state.verifier.load_keys_bytes(data[4 : 4 + n])
+        state.revocations = RevocationList.from_bytes(data[4 + n :])
+        return state

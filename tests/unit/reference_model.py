@@ -366,9 +366,11 @@ class RefModel:
         sym = self.syms[t["sym"]]
         lot = sym["lot"]
         stop = None
-        for m in self.book_side(sym, "sell" if t["side"] == "buy" else "buy"):
-            if t["qty"] == 0:
+        while t["qty"] > 0:
+            opp = self.book_side(sym, "sell" if t["side"] == "buy" else "buy")
+            if not opp:
                 break
+            m = opp[0]
             if not self.crosses(t["side"], m["price"], limit):
                 break
             if t["stp"] != "none" and m["acct"] == t["acct"]:
