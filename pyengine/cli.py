@@ -3,6 +3,7 @@
     matchctl cluster up [--members 3] [--dir var/cluster] [--port-base 20000]
     matchctl cluster status [--dir var/cluster] [--json]
     matchctl cluster hash [--dir var/cluster]        # prove the members agree
+    matchctl cluster snapshot [--dir var/cluster]    # snapshot every member now
     matchctl cluster down [--dir var/cluster]
     matchctl replay [FILE]                            # JSON-lines commands in, events out
     matchctl demo                                     # the scripted session of `make demo`
@@ -38,7 +39,8 @@ def _print_status(cluster: LocalCluster, as_json: bool) -> None:
 
 
 def cmd_cluster_up(args) -> int:
-    layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base)
+    layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base,
+                           snapshot_interval_s=args.snapshot_interval)
     cluster = LocalCluster(layout)
     cluster.start(detach=True)
     print(f"starting {args.members} members in {args.dir} ...", flush=True)
@@ -90,6 +92,14 @@ def cmd_cluster_hash(args) -> int:
     return 0 if agree else 1
 
 
+def cmd_cluster_snapshot(args) -> int:
+    cluster = LocalCluster.open(args.dir)
+    taken = cluster.request_snapshot(args.timeout)
+    for member, position in sorted(taken.items()):
+        print(f"member {member}: snapshot at log position {position}")
+    return 0
+
+
 def cmd_replay(args) -> int:
     from pyengine import replay
 
@@ -113,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--members", type=int, default=3)
     up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
     up.add_argument("--timeout", type=float, default=60.0)
+    up.add_argument("--snapshot-interval", type=int, default=0, metavar="SECONDS",
+                    help="take a snapshot every SECONDS on the leader (0: only on `cluster snapshot`)")
     up.set_defaults(func=cmd_cluster_up)
     status = csub.add_parser("status", help="role, leader, log position and state hash of each member")
     status.add_argument("--json", action="store_true")
@@ -122,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     hash_ = csub.add_parser("hash", help="ask for the state hash at one log position; compare members")
     hash_.add_argument("--timeout", type=float, default=30.0)
     hash_.set_defaults(func=cmd_cluster_hash)
-    for p in (up, status, down, hash_):
+    snap = csub.add_parser("snapshot", help="take a snapshot on every member now (needs access to the leader's files)")
+    snap.add_argument("--timeout", type=float, default=60.0)
+    snap.set_defaults(func=cmd_cluster_snapshot)
+    for p in (up, status, down, hash_, snap):
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
 
     replay = sub.add_parser("replay", help="apply JSON-lines commands to a fresh engine, print events")

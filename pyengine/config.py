@@ -114,6 +114,7 @@ class ClusterLayout:
             "startup.canvass.timeout.ms": str(t.startup_canvass_timeout_ms),
             "session.timeout.ms": str(t.session_timeout_ms),
             "idle.max.park.us": str(self.idle_max_park_us),
+            "snapshot.interval.s": str(self.snapshot_interval_s),
         }
 
     def to_json(self) -> str:

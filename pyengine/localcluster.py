@@ -248,6 +248,37 @@ class LocalCluster:
         wait_for(lambda: sum(s.get("role") == "follower" for s in self.status()) >= count,
                  timeout, f"{count} followers")
 
+    def request_snapshot(self, timeout: float = 30.0) -> dict[int, int]:
+        """Has the leader's consensus module take a snapshot on every member, like Aeron's
+        ClusterTool: the control toggle in the leader's driver counters. Only someone who can
+        read and write the leader's driver directory can do this (OS permissions authorise it).
+
+        Returns {member: snapshot log position} once every running member has taken it.
+        """
+        from pyengine import jvm
+
+        leader = self.await_leader(timeout)
+        running = [m for m in range(self.layout.members) if self.is_running(m)]
+        before = {m: self.member_status(m).get("last_snapshot_position", -1) for m in running}
+        jvm.start()
+        import jpype
+
+        control = jpype.JClass("io.aeron.cluster.ClusterControl")
+        cnc = jpype.JClass("java.io.File")(self.layout.aeron_dir(leader), "cnc.dat")
+        if not cnc.exists():
+            raise ClusterError(f"leader {leader} has no driver file {cnc}")
+        toggle = control.findControlToggle(control.mapCounters(cnc), self.layout.cluster_id)
+        if toggle is None:
+            raise ClusterError(f"no control toggle for cluster {self.layout.cluster_id} in {cnc}")
+        if not control.ToggleState.SNAPSHOT.toggle(toggle):
+            raise ClusterError("the leader is busy with another control action; try again")
+
+        def taken():
+            now = {m: self.member_status(m).get("last_snapshot_position", -1) for m in running}
+            return now if all(now[m] > before[m] for m in running) else None
+
+        return wait_for(taken, timeout, "every member to take the snapshot", interval=0.1)
+
     def member_hash(self, member_id: int) -> dict | None:
         return self.member_status(member_id).get("state_hash")
 

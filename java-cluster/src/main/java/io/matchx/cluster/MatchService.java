@@ -37,6 +37,7 @@ public final class MatchService implements ClusteredService
     private final int memberId;
 
     private Cluster cluster;
+    private volatile String snapshotSource = "snapshot";
     private volatile int role = -1;
     private volatile int leaderMemberId = -1;
     private volatile long leadershipTermId = -1;
@@ -69,6 +70,12 @@ public final class MatchService implements ClusteredService
         this.statusIntervalNs = TimeUnit.MILLISECONDS.toNanos(200);
     }
 
+    /** Names the snapshot this member will load (recording and files), for error messages. */
+    public void snapshotSource(final String description)
+    {
+        this.snapshotSource = description;
+    }
+
     /** The buffer holding the current request; Python maps it once with a memoryview. */
     public ByteBuffer inputBuffer()
     {
@@ -94,8 +101,7 @@ public final class MatchService implements ClusteredService
             }
             catch (final RuntimeException ex)
             {
-                fatalHandler.onFatal("snapshot " + snapshotImage.sourceIdentity() + " failed to load: " +
-                    ex.getMessage(), ex);
+                fatalHandler.onFatal(snapshotSource + " failed to load: " + ex.getMessage(), ex);
                 return;
             }
         }
@@ -105,7 +111,8 @@ public final class MatchService implements ClusteredService
         }
         catch (final RuntimeException ex)
         {
-            fatalHandler.onFatal("service failed to start: " + ex.getMessage(), ex);
+            fatalHandler.onFatal((null == snapshot ? "service failed to start: " :
+                snapshotSource + " failed to load: ") + ex.getMessage(), ex);
         }
     }
 

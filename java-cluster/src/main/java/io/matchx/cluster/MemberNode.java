@@ -3,7 +3,9 @@ package io.matchx.cluster;
 import io.aeron.archive.Archive;
 import io.aeron.archive.ArchiveThreadingMode;
 import io.aeron.archive.client.AeronArchive;
+import io.aeron.cluster.ClusterControl;
 import io.aeron.cluster.ClusteredMediaDriver;
+import io.aeron.cluster.RecordingLog;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.service.ClusteredServiceContainer;
 import io.aeron.driver.MediaDriver;
@@ -13,10 +15,13 @@ import org.agrona.ErrorHandler;
 import org.agrona.concurrent.BackoffIdleStrategy;
 import org.agrona.concurrent.IdleStrategy;
 import org.agrona.concurrent.NoOpLock;
+import org.agrona.concurrent.status.AtomicCounter;
 
 import java.io.File;
 import java.nio.file.Path;
 import java.util.Properties;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
 
@@ -34,6 +39,7 @@ public final class MemberNode implements AutoCloseable
     private final ClusteredMediaDriver driver;
     private final ClusteredServiceContainer container;
     private final MatchService service;
+    private ScheduledExecutorService scheduler;
 
     private MemberNode(
         final MemberSettings settings,
@@ -130,19 +136,89 @@ public final class MemberNode implements AutoCloseable
             .idleStrategySupplier(idle)
             .errorHandler(errorHandler);
 
+        service.snapshotSource(describeLatestSnapshot(clusterDir, archiveDir));
         ClusteredMediaDriver driver = null;
         ClusteredServiceContainer container = null;
         try
         {
             driver = ClusteredMediaDriver.launch(driverCtx, archiveCtx, cmCtx);
             container = ClusteredServiceContainer.launch(serviceCtx);
-            return new MemberNode(s, driver, container, service);
+            final MemberNode node = new MemberNode(s, driver, container, service);
+            node.startSnapshotSchedule();
+            return node;
         }
         catch (final RuntimeException ex)
         {
             CloseHelper.closeAll(container, driver);
             throw ex;
         }
+    }
+
+    /** Names the snapshot recording a restarting member will load, and its files. */
+    static String describeLatestSnapshot(final File clusterDir, final File archiveDir)
+    {
+        if (!new File(clusterDir, RecordingLog.RECORDING_LOG_FILE_NAME).exists())
+        {
+            return "snapshot";
+        }
+        try (RecordingLog log = new RecordingLog(clusterDir, false))
+        {
+            final RecordingLog.Entry entry = log.getLatestSnapshot(0);
+            if (null == entry)
+            {
+                return "snapshot";
+            }
+            return "snapshot recording " + entry.recordingId + " at log position " + entry.logPosition +
+                " (files " + new File(archiveDir, entry.recordingId + "-*.rec") + ")";
+        }
+        catch (final RuntimeException ex)
+        {
+            return "snapshot (recording log unreadable: " + ex.getMessage() + ")";
+        }
+    }
+
+    /**
+     * Asks the consensus module to take a snapshot on every member. Only the leader acts on it.
+     *
+     * @return true when the request was placed (this member is the leader and no other
+     * control action is pending).
+     */
+    public boolean takeSnapshot()
+    {
+        if (service.role() != 2)
+        {
+            return false;
+        }
+        final AtomicCounter toggle = ClusterControl.findControlToggle(
+            driver.consensusModule().context().aeron().countersReader(), settings.clusterId);
+        return null != toggle && ClusterControl.ToggleState.SNAPSHOT.toggle(toggle);
+    }
+
+    private void startSnapshotSchedule()
+    {
+        if (settings.snapshotIntervalS <= 0)
+        {
+            return;
+        }
+        scheduler = Executors.newSingleThreadScheduledExecutor((r) ->
+        {
+            final Thread t = new Thread(r, "matchx-snapshot-schedule");
+            t.setDaemon(true);
+            return t;
+        });
+        scheduler.scheduleAtFixedRate(
+            () ->
+            {
+                try
+                {
+                    takeSnapshot();
+                }
+                catch (final RuntimeException ex)
+                {
+                    logError(ex);
+                }
+            },
+            settings.snapshotIntervalS, settings.snapshotIntervalS, TimeUnit.SECONDS);
     }
 
     static IdleStrategy newIdleStrategy(final MemberSettings s)
@@ -184,6 +260,10 @@ public final class MemberNode implements AutoCloseable
 
     public void close()
     {
+        if (null != scheduler)
+        {
+            scheduler.shutdownNow();
+        }
         CloseHelper.closeAll(container, driver);
     }
 }

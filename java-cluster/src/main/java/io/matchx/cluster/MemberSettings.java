@@ -26,6 +26,7 @@ public final class MemberSettings
     final long startupCanvassTimeoutMs;
     final long sessionTimeoutMs;
     final long idleMaxParkUs;
+    final long snapshotIntervalS;
 
     private MemberSettings(final Properties p)
     {
@@ -46,6 +47,7 @@ public final class MemberSettings
         startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 2_000);
         sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
+        snapshotIntervalS = longValue(p, "snapshot.interval.s", 0);
 
         check(memberId >= 0, "member.id must be >= 0");
         check(archivePort > 0 && archivePort < 65536, "archive.port must be a port number");
@@ -57,6 +59,7 @@ public final class MemberSettings
             "heartbeat.timeout.ms must exceed twice heartbeat.interval.ms");
         check(startupCanvassTimeoutMs >= 2 * heartbeatTimeoutMs,
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
+        check(snapshotIntervalS >= 0, "snapshot.interval.s must be >= 0 (0 = no schedule)");
         check(bufferCapacity >= termLength / 8, "buffer.capacity must hold the largest message (term.length/8)");
     }
 
