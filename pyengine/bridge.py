@@ -35,9 +35,12 @@ class ServiceBridge:
     @JOverride
     def onStart(self, member_id, snapshot) -> None:
         blob = None if snapshot is None else memoryview(snapshot).tobytes()
-        # An exception here reaches MatchService, which halts the member with the message:
-        # a member must never serve from a partial state.
-        self.service.on_start(int(member_id), blob)
+        try:
+            self.service.on_start(int(member_id), blob)
+        except Exception as exc:
+            # Re-raised as a Java exception so its text reaches MatchService, which halts the
+            # member with it: a member must never serve from a partial state.
+            raise jpype.JClass("java.lang.IllegalStateException")(f"{type(exc).__name__}: {exc}") from exc
 
     @JOverride
     def onSessionMessage(self, session_id, timestamp, position, length) -> int:

@@ -1,0 +1,189 @@
+"""Hot standby and recovery with real member processes: restarts, snapshots, empty members,
+and snapshots that must not load."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from pyengine.localcluster import wait_for
+from tests.integration.test_cluster_failover import hashes_at_one_position, order, setup_market
+
+pytestmark = pytest.mark.cluster
+
+
+def trade_some(client, prefix: str, n: int = 5) -> None:
+    for i in range(n):
+        client.request(order("bob", "sell", "50000.00", "0.01", f"{prefix}-s{i}"))
+        client.request(order("alice", "buy", "50000.00", "0.01", f"{prefix}-b{i}"))
+
+
+def agreed_hash(cluster, client, members) -> tuple:
+    _, hashes = hashes_at_one_position(cluster, client, members)
+    values = {(h["engine_hash"], h["sequence_hash"], h["applied"]) for h in hashes}
+    assert len(values) == 1, hashes
+    return values.pop()
+
+
+def connected_client(cluster, make_client):
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30), client.last_error
+    return client
+
+
+def test_follower_stopped_and_restarted_catches_up(make_cluster, make_client):
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    client = connected_client(cluster, make_client)
+    setup_market(client)
+    trade_some(client, "a")
+    follower = next(m for m in range(3) if m != leader)
+    cluster.stop_member(follower)
+    trade_some(client, "b")  # the two others still form a majority
+    cluster.start_member(follower)
+    cluster.await_followers(2, 60)
+    engine_hash, _, applied = agreed_hash(cluster, client, range(3))
+    assert applied >= 23
+
+
+def test_whole_cluster_killed_and_restarted_recovers_from_snapshot_and_log(make_cluster, make_client):
+    cluster = make_cluster()
+    cluster.await_leader(60)
+    client = connected_client(cluster, make_client)
+    setup_market(client)
+    trade_some(client, "a")
+    taken = cluster.request_snapshot()
+    assert len(taken) == 3 and len(set(taken.values())) == 1
+    trade_some(client, "b")  # after the snapshot: must come back from the log
+    before = agreed_hash(cluster, client, range(3))
+
+    for member in range(3):
+        cluster.kill(member)
+    for member in range(3):
+        cluster.start_member(member)
+    cluster.await_leader(60)
+
+    # The same client object reconnects on its own and carries on.
+    balances = client.request({"op": "balances", "account": "alice"}, timeout=60).events
+    assert balances[0]["balances"]["BTC"]["available"] == "0.1"
+    after = agreed_hash(cluster, client, range(3))
+    assert after[0] == before[0]  # engine state identical
+    assert after[2] == before[2] + 2  # the balances query and the state_hash request since
+    assert client.stats.connects >= 2
+
+
+def test_member_started_from_an_empty_directory_joins_and_catches_up(make_cluster, make_client):
+    import shutil
+
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    client = connected_client(cluster, make_client)
+    setup_market(client)
+    trade_some(client, "a")
+    cluster.request_snapshot()
+    trade_some(client, "b")
+    empty = next(m for m in range(3) if m != leader)
+    cluster.stop_member(empty)
+    shutil.rmtree(cluster.layout.member_dir(empty))
+    cluster.start_member(empty)
+    cluster.await_followers(2, 60)
+    agreed_hash(cluster, client, range(3))
+
+
+# ---- snapshots that must not load -----------------------------------------------------------
+
+_FRAME_ALIGN = 32
+_HEADER = 32
+
+
+def _crc32c(data: bytes) -> int:
+    table = _crc32c.table
+    if not table:
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            table.append(c)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+_crc32c.table = []
+
+
+def _frames(blob: bytes):
+    """(payload offset, payload length) of each data frame in an archive segment file."""
+    off = 0
+    while off + _HEADER <= len(blob):
+        (length,) = struct.unpack_from("<i", blob, off)
+        if length <= 0:
+            break
+        if length > _HEADER:
+            yield off + _HEADER, length - _HEADER
+        off += (length + _FRAME_ALIGN - 1) // _FRAME_ALIGN * _FRAME_ALIGN
+
+
+def _snapshot_file(member_dir: Path) -> Path:
+    for rec in sorted((member_dir / "archive").glob("*.rec")):
+        if b"1SXM" in rec.read_bytes():  # SnapshotChunks.MAGIC, little-endian
+            return rec
+    raise AssertionError(f"no snapshot recording under {member_dir}")
+
+
+def _rewrite_state(path: Path, change) -> None:
+    """Applies ``change`` to the service state inside the snapshot recording, keeping the
+    chunk layout and (re)writing the header's length and CRC so only ``change`` is wrong."""
+    blob = bytearray(path.read_bytes())
+    frames = list(_frames(bytes(blob)))
+    head = next(i for i, (o, n) in enumerate(frames) if n == 20 and blob[o : o + 4] == b"1SXM")
+    (length,) = struct.unpack_from("<q", blob, frames[head][0] + 4)
+    pieces, state = [], bytearray()
+    for o, n in frames[head + 1 :]:
+        take = min(n, length - len(state))
+        pieces.append((o, take))
+        state += blob[o : o + take]
+        if len(state) == length:
+            break
+    new_state, fix_crc = change(bytes(state))
+    assert len(new_state) == length
+    pos = 0
+    for o, n in pieces:
+        blob[o : o + n] = new_state[pos : pos + n]
+        pos += n
+    if fix_crc:
+        struct.pack_into("<q", blob, frames[head][0] + 12, _crc32c(new_state))
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (lambda s: (s[:40] + bytes(b ^ 0xFF for b in s[40:48]) + s[48:], False), "CRC mismatch"),
+        (lambda s: (s[:4] + struct.pack("<H", 99) + s[6:], True), "version 99 is not supported"),
+    ],
+    ids=["corrupt", "incompatible-version"],
+)
+def test_snapshot_that_fails_to_load_stops_the_member_with_a_clear_error(make_cluster, make_client, change, words):
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    client = connected_client(cluster, make_client)
+    setup_market(client)
+    cluster.request_snapshot()
+    victim = next(m for m in range(3) if m != leader)
+    cluster.stop_member(victim)
+    path = _snapshot_file(cluster.layout.member_dir(victim))
+    _rewrite_state(path, change)
+
+    cluster.start_member(victim)
+    proc = cluster.procs[victim]
+    assert proc.wait(60) != 0  # it stops; it never serves a partial state
+    log = cluster.member_log(victim)
+    assert "FATAL" in log and words in log, log[-2000:]
+    assert "snapshot recording" in log and str(path.parent) in log
+    # The others carry on.
+    assert client.request({"op": "balances", "account": "alice"}, timeout=30).events[0]["type"] == "balances"
+    wait_for(lambda: cluster.leader() is not None, 30, "a leader")
