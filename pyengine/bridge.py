@@ -53,6 +53,11 @@ class ServiceBridge:
         out = self.output
         offset = 0
         for target, reply in frames:
+            if reply is None:  # close this session (its token was revoked)
+                if offset + _FRAME.size <= len(out):
+                    _FRAME.pack_into(out, offset, target, -1)
+                    offset += _FRAME.size
+                continue
             end = offset + _FRAME.size + len(reply)
             if end > len(out):
                 log.error("reply of %d bytes exceeds the output buffer; dropped", len(reply))
@@ -85,3 +90,21 @@ class ServiceBridge:
     @JOverride
     def onTerminate(self) -> None:
         log.info("service terminating")
+
+
+@JImplements("io.matchx.cluster.CredentialsVerifier")
+class CredentialsBridge:
+    """Token verification at connect (leader's consensus-module thread), with PyNaCl."""
+
+    def __init__(self, service: MatchingService) -> None:
+        self.service = service
+
+    @JOverride
+    def verify(self, credentials, now_ms):
+        blob = b"" if credentials is None else memoryview(credentials).tobytes()
+        try:
+            verdict = self.service.verify_credentials(blob, int(now_ms))
+        except Exception:  # noqa: BLE001 - a verifier bug must reject, not crash the leader
+            log.exception("credential verification failed")
+            verdict = b"\x01internal_error"
+        return jpype.JArray(jpype.JByte)(verdict)

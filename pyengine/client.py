@@ -26,6 +26,7 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -57,6 +58,14 @@ class MovedError(ClientError):
         self.epoch = epoch
 
 
+class UnauthorisedError(ClientError):
+    """The session's token does not allow this command; ``reason`` is the node's code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"unauthorised: {reason}")
+        self.reason = reason
+
+
 class AuthenticationError(ClientError):
     """The cluster refused the session's credentials; ``reason`` is the node's code."""
 
@@ -82,6 +91,7 @@ class _Pending:
     future: Future
     sent_at: float = 0.0
     sends: int = 0
+    refreshes: int = 0
     submitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -102,6 +112,7 @@ class MatchClient:
         ingress_endpoints: str,
         *,
         credentials: bytes = b"",
+        token_provider: Callable[[bool], str | bytes] | None = None,
         client_id: int | None = None,
         connect_timeout_ms: int = 2000,
         new_leader_timeout_ms: int = 5000,
@@ -111,6 +122,11 @@ class MatchClient:
         jvm.start()
         import jpype
 
+        # token_provider(refresh) returns an access token; with refresh=True a new one (e.g. via
+        # AuthClient.refresh). The client calls it when the cluster says the token expired.
+        self.token_provider = token_provider
+        if token_provider is not None:
+            credentials = _as_bytes(token_provider(False))
         self._jpype = jpype
         self.client_id = client_id if client_id is not None else secrets.randbits(63) | 1
         self.resend_after_s = resend_after_s
@@ -124,6 +140,8 @@ class MatchClient:
         self._connected = threading.Event()
         self._closed = False
         self._auth_failure: str | None = None
+        self._refresh_lock = threading.Lock()
+        self._last_refresh = 0.0
         self.aeron_dir = f"/dev/shm/matchx-client-{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
         JClient = jpype.JClass("io.matchx.cluster.ClusterClient")
         self._java = JClient(
@@ -311,6 +329,9 @@ class MatchClient:
             self.last_error = text
             if text.startswith("AuthenticationException"):
                 reason = text.split(":", 1)[1].strip() if ":" in text else text
+                if reason in ("expired", "not_yet_valid") and self.token_provider is not None:
+                    threading.Thread(target=self._refresh_token, daemon=True).start()
+                    return
                 self._auth_failure = reason
                 self._fail_all(AuthenticationError(reason))
             log.debug("connect failed: %s", text)
@@ -318,6 +339,32 @@ class MatchClient:
             text = body.decode(errors="replace")
             self.last_error = text
             log.info("session event: %s", text)
+
+    def _on_unauthorised(self, p: _Pending, reason: str) -> None:
+        if reason in ("expired", "not_yet_valid") and self.token_provider is not None and p.refreshes < 2:
+            # Keep the command pending: it is resent with the same request id once the
+            # session is back with a fresh token.
+            p.refreshes += 1
+            p.sends = 0
+            with self._lock:
+                self._pending[p.request_id] = p
+            self._refresh_token()
+            return
+        p.future.set_exception(UnauthorisedError(reason))
+
+    def _refresh_token(self) -> None:
+        with self._refresh_lock:
+            if time.monotonic() - self._last_refresh < 0.5:
+                return  # one refresh serves every command that hit the same expiry
+            try:
+                token = _as_bytes(self.token_provider(True))
+            except Exception as exc:  # noqa: BLE001 - surfaced to the waiting callers
+                log.error("token refresh failed: %s", exc)
+                self._fail_all(AuthenticationError(f"refresh failed: {exc}"))
+                return
+            self._last_refresh = time.monotonic()
+            log.info("token refreshed; reconnecting")
+            self.set_credentials(token, reconnect=True)
 
     def _fail_all(self, exc: Exception) -> None:
         with self._lock:
@@ -349,7 +396,13 @@ class MatchClient:
                 payload = orjson.loads(a.payload) if a.payload else []
             if a.status == Status.ERROR:
                 p.future.set_exception(ClientError(payload.get("error", str(payload))))
+            elif a.status == Status.UNAUTHORISED:
+                self._on_unauthorised(p, payload.get("reason", "unauthorised"))
             elif a.status == Status.MOVED:
                 p.future.set_exception(MovedError(payload.get("symbol"), payload.get("epoch", 0)))
             else:
                 p.future.set_result(Reply(a.request_id, payload, a.status == Status.DUPLICATE))
+
+
+def _as_bytes(token: str | bytes) -> bytes:
+    return token.encode() if isinstance(token, str) else bytes(token)

@@ -53,6 +53,9 @@ class ClusterLayout:
     term_length: int = 1 << 20
     idle_max_park_us: int = 1000
     snapshot_interval_s: int = 0
+    # JSON file with the auth service's public keys ({"keys": [{kid, x}, ...]} or a list);
+    # when set, every session must present an access token. The same file on every member.
+    auth_keys_file: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
@@ -65,6 +68,18 @@ class ClusterLayout:
         if self.term_length & (self.term_length - 1) or self.term_length < 65536:
             raise ConfigError("term_length must be a power of two >= 65536")
         self.timeouts.check()
+
+    def auth_keys(self) -> dict[str, str] | None:
+        if not self.auth_keys_file:
+            return None
+        try:
+            doc = json.loads(Path(self.auth_keys_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"auth keys file {self.auth_keys_file}: {exc}") from exc
+        keys = doc.get("keys", doc) if isinstance(doc, dict) else doc
+        if not isinstance(keys, list) or not all(isinstance(k, dict) and "kid" in k and "x" in k for k in keys):
+            raise ConfigError(f"auth keys file {self.auth_keys_file}: expected a list of {{kid, x}} keys")
+        return {k["kid"]: k["x"] for k in keys}
 
     def host(self, member_id: int) -> str:
         return self.hosts[member_id] if self.hosts else DEFAULT_HOST

@@ -81,10 +81,16 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     for k, v in props.items():
         jprops.setProperty(k, v)
 
-    service = MatchingService(hash_file=member_dir / "hash.json")
+    from pyengine.bridge import CredentialsBridge
+
+    auth_keys = layout.auth_keys()
+    service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys)
     bridge = ServiceBridge(service)
     java_service = MemberNode.newService(jprops, bridge)
     bridge.attach(java_service)
+    if auth_keys is not None:
+        java_service.credentialsVerifier(CredentialsBridge(service))
+        log.info("token authentication on, %d bootstrap key(s)", len(auth_keys))
     latch = Latch()
     try:
         node = MemberNode.launch(jprops, java_service)

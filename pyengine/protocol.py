@@ -47,6 +47,7 @@ class Status(IntEnum):
     DUPLICATE = 1  # a resend: the payload is the original answer
     ERROR = 2  # the command could not be processed at all; payload is JSON {"error": ...}
     MOVED = 3  # this partition does not own the symbol; payload is JSON {"symbol", "epoch"}
+    UNAUTHORISED = 4  # the session's token does not allow it; payload is JSON {"reason": code}
 
 
 class ProtocolError(ValueError):

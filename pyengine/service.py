@@ -24,11 +24,22 @@ import orjson
 from pyengine import protocol
 from pyengine.engine import Engine, SnapshotError
 from pyengine.protocol import Answer, Channel, ProtocolError, Status
+from pyengine.tokens import AuthState, Principal, TokenError
 
 log = logging.getLogger("matchx.service")
 
 SNAPSHOT_MAGIC = b"MXSV"
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
+
+# The permission each command needs when authentication is on; the account named in the
+# command must be the token's for trade and read commands.
+ENGINE_PERMS = {
+    "place": "trade", "cancel": "trade", "cancel_all": "trade", "amend": "trade",
+    "book": "read", "order": "read", "balances": "read",
+    "add_symbol": "admin", "deposit": "admin", "withdraw": "admin",
+}
+ADMIN_PERMS = {"ping": "read", "state_hash": "read"}  # every other admin op needs "admin"
+AUTH_OPS = ("add_key", "remove_key", "revoke")
 _SNAP_HEADER = struct.Struct("<4sHQQ16s")  # magic, version, applied, last position, chain hash
 _U64 = struct.Struct("<Q")
 _DEDUPE_ENTRY = struct.Struct("<QBI")
@@ -110,6 +121,7 @@ class MatchingService:
         engine_factory: Callable[[], Engine] = Engine,
         dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
         hash_file: Path | None = None,
+        auth_keys: dict[str, str] | None = None,
     ) -> None:
         self.engine_factory = engine_factory
         self.engine = engine_factory()
@@ -126,6 +138,14 @@ class MatchingService:
         self.owned: dict[str, int] | None = None
         # symbol -> epoch at which it left, so MOVED can tell a client how new its map must be.
         self.moved: dict[str, int] = {}
+        # Authentication is on when the member is given keys: {kid: base64url public key}. The
+        # same key file must be given to every member (it is configuration, like the ports);
+        # later keys and revocations arrive as admin commands in the log.
+        self.bootstrap_keys = dict(sorted((auth_keys or {}).items()))
+        self.auth: AuthState | None = AuthState() if auth_keys is not None else None
+        self._add_bootstrap_keys()
+        self.principals: dict[int, Principal] = {}
+        self._closing: list[int] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -135,28 +155,64 @@ class MatchingService:
             self.restore(snapshot)
         log.info("member %d service started (applied=%d)", member_id, self.applied)
 
+    def _add_bootstrap_keys(self) -> None:
+        if self.auth is not None:
+            for kid, x in self.bootstrap_keys.items():
+                self.auth.apply({"type": "add_key", "kid": kid, "x": x})
+
+    def verify_credentials(self, credentials: bytes, now_ms: int) -> bytes:
+        """At connect, on the leader: b"\x00" + principal, or b"\x01" + reason code."""
+        if self.auth is None:
+            return b"\x00"
+        try:
+            # Signature and revocation first, then time: a revoked token says "revoked" even
+            # after it has also expired.
+            principal = self.auth.verify(credentials or None)
+            self.auth.check(principal, now_ms * 1_000_000, None, None)
+        except TokenError as exc:
+            return b"\x01" + exc.reason.encode()
+        return b"\x00" + principal.to_bytes()
+
     def on_session_open(self, session_id: int, timestamp: int, principal: bytes) -> None:
         self.sessions[session_id] = principal
+        if self.auth is not None and principal:
+            try:
+                self.principals[session_id] = Principal.from_bytes(principal)
+            except TokenError:
+                log.error("session %d opened with an undecodable principal", session_id)
 
     def on_session_close(self, session_id: int, timestamp: int) -> None:
         self.sessions.pop(session_id, None)
+        self.principals.pop(session_id, None)
 
     # ---- the log ---------------------------------------------------------------------------
 
     def on_message(
         self, session_id: int, timestamp_ms: int, position: int, message: bytes | memoryview
-    ) -> list[tuple[int, bytes]]:
-        """Applies one log message and returns ``[(session_id, reply_bytes)]``."""
+    ) -> list[tuple[int, bytes | None]]:
+        """Applies one log message and returns ``[(session_id, reply_bytes)]``; a reply of None
+        asks to close that session (its token was revoked)."""
         self.last_position = position
         try:
             client_id, commands = protocol.decode_request(message)
         except ProtocolError as exc:
             return [(session_id, protocol.encode_error(f"malformed request: {exc}"))]
         ts_ns = timestamp_ms * 1_000_000
-        answers = [self._apply(client_id, c, ts_ns, position) for c in commands]
-        return [(session_id, protocol.encode_reply(answers))]
+        self._closing: list[int] = []
+        principal = self.principals.get(session_id) if self.auth is not None else None
+        answers = [self._apply(client_id, c, ts_ns, position, principal) for c in commands]
+        frames = [(session_id, protocol.encode_reply(answers))]
+        frames.extend((sid, None) for sid in self._closing)
+        return frames
 
-    def _apply(self, client_id: int, command: protocol.Command, ts_ns: int, position: int) -> Answer:
+    def _apply(
+        self, client_id: int, command: protocol.Command, ts_ns: int, position: int, principal: Principal | None
+    ) -> Answer:
+        if self.auth is not None:
+            denied = self._authorise(command, ts_ns, principal)
+            if denied is not None:
+                # Not remembered in the reply cache: after a refresh the same request id may pass.
+                return Answer(command.request_id, Status.UNAUTHORISED, orjson.dumps({"reason": denied}))
         cached = self.replies.get(client_id, command.request_id)
         if cached is not None:
             return Answer(command.request_id, Status.DUPLICATE, cached[1])
@@ -200,6 +256,8 @@ class MatchingService:
         op = cmd.get("op") if isinstance(cmd, dict) else None
         if op == "ping":
             return Status.OK, orjson.dumps({"type": "pong"})
+        if op in AUTH_OPS:
+            return self._auth_admin(cmd)
         if op == "own_symbols":
             return self._own_symbols(cmd)
         if op == "release_symbol":
@@ -211,6 +269,52 @@ class MatchingService:
             self._publish_hash(info)
             return Status.OK, orjson.dumps({"type": "state_hash", **info})
         return Status.ERROR, _error(f"unknown admin op {op!r}")
+
+    # ---- authorisation ---------------------------------------------------------------------
+
+    def _authorise(self, command: protocol.Command, ts_ns: int, principal: Principal | None) -> str | None:
+        """None when allowed, else the reason code. Deterministic: cluster time, logged state."""
+        if principal is None:
+            return "missing_token"
+        try:
+            if command.channel == Channel.ENGINE_BINARY:
+                from pyengine.engine.codec import decode_command
+
+                cmd = decode_command(command.payload)
+            else:
+                cmd = orjson.loads(command.payload)
+        except Exception:  # noqa: BLE001 - the command itself will be answered with the error
+            cmd = {}
+        if not isinstance(cmd, dict):
+            cmd = {}
+        op = cmd.get("op")
+        if command.channel == Channel.ADMIN_JSON:
+            perm, account = ADMIN_PERMS.get(op, "admin"), None
+        else:
+            perm = ENGINE_PERMS.get(op, "trade")
+            account = None if perm == "admin" else cmd.get("account")
+            if account is not None and not isinstance(account, str):
+                account = str(account)
+        try:
+            self.auth.check(principal, ts_ns, perm, account)
+        except TokenError as exc:
+            return exc.reason
+        return None
+
+    def _auth_admin(self, cmd: dict) -> tuple[int, bytes]:
+        if self.auth is None:
+            return Status.ERROR, _error("authentication is not enabled on this partition")
+        try:
+            changed = self.auth.apply({**cmd, "type": cmd["op"]})
+        except (ValueError, TypeError, KeyError, TokenError) as exc:
+            return Status.ERROR, _error(f"bad {cmd.get('op')}: {exc}")
+        if cmd["op"] in ("revoke", "remove_key"):
+            # Close the sessions whose token is no longer good (in session-id order).
+            for sid in sorted(self.principals):
+                p = self.principals[sid]
+                if p.jti in self.auth.revocations or p.kid not in self.auth.verifier:
+                    self._closing.append(sid)
+        return Status.OK, orjson.dumps({"type": cmd["op"], "changed": changed})
 
     # ---- symbol ownership (partitions) ------------------------------------------------------
 
@@ -278,6 +382,7 @@ class MatchingService:
         engine_blob = self.engine.snapshot()
         replies = self.replies.encode()
         routing = orjson.dumps({"owned": self.owned, "moved": self.moved}, option=orjson.OPT_SORT_KEYS)
+        auth = self.auth.to_bytes() if self.auth is not None else b""
         return b"".join(
             (
                 _SNAP_HEADER.pack(
@@ -287,6 +392,8 @@ class MatchingService:
                 engine_blob,
                 _U64.pack(len(routing)),
                 routing,
+                _U64.pack(len(auth)),
+                auth,
                 replies,
             )
         )
@@ -316,13 +423,22 @@ class MatchingService:
             if off + routing_len > len(buf):
                 raise ServiceSnapshotError("routing section runs past the snapshot end")
             routing = orjson.loads(bytes(buf[off : off + routing_len]))
-            replies = ReplyCache.decode(buf[off + routing_len :], self.replies.window)
+            off += routing_len
+            (auth_len,) = _U64.unpack_from(buf, off)
+            off += 8
+            if off + auth_len > len(buf):
+                raise ServiceSnapshotError("auth section runs past the snapshot end")
+            auth = AuthState.from_bytes(bytes(buf[off : off + auth_len])) if auth_len else None
+            replies = ReplyCache.decode(buf[off + auth_len :], self.replies.window)
         except ServiceSnapshotError:
             raise
-        except (SnapshotError, struct.error, ValueError, orjson.JSONDecodeError) as exc:
+        except (SnapshotError, struct.error, ValueError, orjson.JSONDecodeError, TokenError) as exc:
             raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
         self.engine, self.replies = engine, replies
         self.owned, self.moved = routing["owned"], routing["moved"]
+        if self.auth is not None:
+            self.auth = auth or AuthState()
+            self._add_bootstrap_keys()
         self.applied, self.last_position, self.chain = applied, position, chain
 
 

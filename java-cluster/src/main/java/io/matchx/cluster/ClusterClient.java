@@ -58,6 +58,7 @@ public final class ClusterClient implements AutoCloseable
     private volatile boolean running = true;
     private volatile AeronCluster cluster;
     private volatile int leaderMemberId = -1;
+    private volatile String rejectionReason;
 
     public ClusterClient(
         final String ingressEndpoints,
@@ -334,10 +335,14 @@ public final class ClusterClient implements AutoCloseable
 
                 public byte[] onChallenge(final byte[] encodedChallenge)
                 {
-                    return credentials;
+                    // The cluster's TokenAuthenticator sends "rejected:<reason>" before it
+                    // rejects a session, because Aeron's rejection itself carries no reason.
+                    rejectionReason = new String(encodedChallenge, StandardCharsets.UTF_8);
+                    return new byte[0];
                 }
             })
             .egressListener(listener);
+        rejectionReason = null;
         try
         {
             final AeronCluster connected = AeronCluster.connect(ctx);
@@ -358,7 +363,9 @@ public final class ClusterClient implements AutoCloseable
         {
             ctx.close();
             final String kind = ex.getClass().getSimpleName();
-            emit(EVENT_CONNECT_FAILED, kind + ": " + ex.getMessage());
+            final String reason = rejectionReason;
+            emit(EVENT_CONNECT_FAILED, kind + ": " + (null != reason && reason.startsWith("rejected:") ?
+                reason.substring("rejected:".length()) : ex.getMessage()));
             return null;
         }
     }

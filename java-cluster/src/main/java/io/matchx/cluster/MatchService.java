@@ -38,6 +38,7 @@ public final class MatchService implements ClusteredService
 
     private Cluster cluster;
     private volatile String snapshotSource = "snapshot";
+    private volatile CredentialsVerifier credentialsVerifier;
     private volatile int role = -1;
     private volatile int leaderMemberId = -1;
     private volatile long leadershipTermId = -1;
@@ -68,6 +69,17 @@ public final class MatchService implements ClusteredService
         this.statusFile = statusFile;
         this.fatalHandler = fatalHandler;
         this.statusIntervalNs = TimeUnit.MILLISECONDS.toNanos(200);
+    }
+
+    /** Turns on token authentication at connect (set before launch); null leaves it off. */
+    public void credentialsVerifier(final CredentialsVerifier verifier)
+    {
+        this.credentialsVerifier = verifier;
+    }
+
+    public CredentialsVerifier credentialsVerifier()
+    {
+        return credentialsVerifier;
     }
 
     /** Names the snapshot this member will load (recording and files), for error messages. */
@@ -151,6 +163,12 @@ public final class MatchService implements ClusteredService
 
     private void offerReply(final long clusterSessionId, final int offset, final int length)
     {
+        if (length == ReplyFrames.CLOSE_SESSION)
+        {
+            // Only the leader's call has an effect; followers' are ignored by Aeron.
+            cluster.closeClientSession(clusterSessionId);
+            return;
+        }
         final ClientSession target = cluster.getClientSession(clusterSessionId);
         if (null == target)
         {

@@ -10,6 +10,8 @@ import java.nio.ByteOrder;
 final class ReplyFrames
 {
     static final int HEADER_LENGTH = Long.BYTES + Integer.BYTES;
+    /** A frame with this length and no body asks to close the session (e.g. its token was revoked). */
+    static final int CLOSE_SESSION = -1;
 
     interface Consumer
     {
@@ -37,6 +39,13 @@ final class ReplyFrames
             final long sessionId = buffer.getLong(offset, ByteOrder.LITTLE_ENDIAN);
             final int length = buffer.getInt(offset + Long.BYTES, ByteOrder.LITTLE_ENDIAN);
             final int body = offset + HEADER_LENGTH;
+            if (length == CLOSE_SESSION)
+            {
+                consumer.onFrame(sessionId, body, CLOSE_SESSION);
+                offset = body;
+                frames++;
+                continue;
+            }
             if (length < 0 || length > totalLength - body)
             {
                 throw new IllegalStateException("reply frame length " + length + " out of range at " + offset);
