@@ -5,6 +5,9 @@
     matchctl cluster hash [--dir var/cluster]        # prove the members agree
     matchctl cluster snapshot [--dir var/cluster]    # snapshot every member now
     matchctl cluster down [--dir var/cluster]
+    matchctl up TOPOLOGY [--dir var/system]           # coordinator + workers + partitions
+    matchctl status [--dir var/system] [--json]
+    matchctl down [--dir var/system]
     matchctl replay [FILE]                            # JSON-lines commands in, events out
     matchctl demo                                     # the scripted session of `make demo`
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from pyengine.config import DEFAULT_PORT_BASE, ClusterLayout, ConfigError
 from pyengine.localcluster import ClusterError, LocalCluster, wait_for
+from pyengine.system import DEFAULT_SYSTEM_DIR, SystemStateError
 
 DEFAULT_DIR = Path("var/cluster")
 
@@ -100,6 +104,33 @@ def cmd_cluster_snapshot(args) -> int:
     return 0
 
 
+def cmd_up(args) -> int:
+    from pyengine.system import System, Topology, describe
+
+    Topology.load(args.topology)  # a bad file is reported before anything is said or started
+    print(f"starting the system of {args.topology} in {args.dir} ...", flush=True)
+    system = System.up(args.topology, args.dir, timeout=args.timeout)
+    print(describe(system.status()))
+    print(f"coordinator: {system.coordinator_url}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from pyengine.system import System, describe
+
+    status = System(args.dir).status()
+    print(json.dumps(status, indent=2) if args.json else describe(status))
+    return 0
+
+
+def cmd_down(args) -> int:
+    from pyengine.system import System
+
+    System(args.dir).down()
+    print(f"stopped the system of {args.dir}")
+    return 0
+
+
 def cmd_replay(args) -> int:
     from pyengine import replay
 
@@ -140,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (up, status, down, hash_, snap):
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
 
+    sys_up = sub.add_parser("up", help="start a partitioned system from a topology file (docs/partitions.md)")
+    sys_up.add_argument("topology", type=Path)
+    sys_up.add_argument("--timeout", type=float, default=120.0)
+    sys_up.set_defaults(func=cmd_up)
+    sys_status = sub.add_parser("status", help="coordinator, workers and every partition member's role")
+    sys_status.add_argument("--json", action="store_true")
+    sys_status.set_defaults(func=cmd_status)
+    sys_down = sub.add_parser("down", help="stop what `matchctl up` started (SIGTERM, then SIGKILL), clean /dev/shm")
+    sys_down.set_defaults(func=cmd_down)
+    for p in (sys_up, sys_status, sys_down):
+        p.add_argument("--dir", type=Path, default=DEFAULT_SYSTEM_DIR,
+                       help=f"system directory (default {DEFAULT_SYSTEM_DIR})")
+
     replay = sub.add_parser("replay", help="apply JSON-lines commands to a fresh engine, print events")
     replay.add_argument("file", nargs="?", type=Path)
     replay.set_defaults(func=cmd_replay)
@@ -153,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ClusterError, ConfigError) as exc:
+    except (ClusterError, ConfigError, SystemStateError) as exc:
         print(f"matchctl: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

@@ -69,30 +69,99 @@ public final class MemberNode implements AutoCloseable
     {
         final MemberSettings s = MemberSettings.from(properties);
         final ErrorHandler errorHandler = MemberNode::logError;
+        final MediaDriver.Context driverCtx = newDriverContext(s.aeronDir, s.termLength, newIdleStrategy(s), errorHandler);
+        final Contexts ctx = newContexts(s, service, errorHandler);
+
+        ClusteredMediaDriver driver = null;
+        ClusteredServiceContainer container = null;
+        try
+        {
+            driver = ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
+            container = ClusteredServiceContainer.launch(ctx.container);
+            final MemberNode node = new MemberNode(s, driver, container, service);
+            node.startSnapshotSchedule();
+            return node;
+        }
+        catch (final RuntimeException ex)
+        {
+            CloseHelper.closeAll(container, driver);
+            throw ex;
+        }
+    }
+
+    /** The contexts of one member's archive, consensus module and service container. */
+    static final class Contexts
+    {
+        final Archive.Context archive;
+        final ConsensusModule.Context consensusModule;
+        final ClusteredServiceContainer.Context container;
+
+        Contexts(
+            final Archive.Context archive,
+            final ConsensusModule.Context consensusModule,
+            final ClusteredServiceContainer.Context container)
+        {
+            this.archive = archive;
+            this.consensusModule = consensusModule;
+            this.container = container;
+        }
+    }
+
+    /**
+     * A media driver for one member, or for all members a worker hosts: SHARED threading, backing-off
+     * idle, sparse term files, its directory deleted on start and on shutdown (it is scratch).
+     */
+    static MediaDriver.Context newDriverContext(
+        final String aeronDir, final int termLength, final IdleStrategy idle, final ErrorHandler errorHandler)
+    {
+        return new MediaDriver.Context()
+            .aeronDirectoryName(aeronDir)
+            .dirDeleteOnStart(true)
+            .dirDeleteOnShutdown(true)
+            .threadingMode(ThreadingMode.SHARED)
+            .sharedIdleStrategy(idle)
+            .termBufferSparseFile(true)
+            .publicationTermBufferLength(termLength)
+            .ipcTermBufferLength(termLength)
+            .errorHandler(errorHandler);
+    }
+
+    /**
+     * The archive, consensus module and service container contexts of one member.
+     *
+     * <p>Every stream id these components use on a shared channel is Aeron's default plus
+     * {@link MemberSettings#streamIdOffset} ({@code cluster.id * 1000}); cluster 0 keeps the defaults.
+     * Members of different clusters in one media driver (a worker) would otherwise meet on the same
+     * IPC streams: the service control channel (service 104, consensus module 105), snapshots (106,
+     * 107), replay (103), the archive's local control requests (10) and responses (20). The log (100)
+     * and consensus (108) streams are UDP on per-member ports but are offset too, consistently for
+     * all members of a cluster. The archive's UDP control stream must equal its local one: a follower
+     * replicates from the leader's archive with its own local {@code controlRequestStreamId}. Ingress
+     * stays on Aeron's default stream (101): clients do not know cluster ids, and ingress is UDP on
+     * the member's own port.
+     */
+    static Contexts newContexts(final MemberSettings s, final MatchService service, final ErrorHandler errorHandler)
+    {
+        final int off = s.streamIdOffset;
         final Supplier<IdleStrategy> idle = () -> newIdleStrategy(s);
         final File base = new File(s.baseDir);
         final File clusterDir = new File(base, "cluster");
         final File archiveDir = new File(base, "archive");
-
-        final MediaDriver.Context driverCtx = new MediaDriver.Context()
-            .aeronDirectoryName(s.aeronDir)
-            .dirDeleteOnStart(true)
-            .dirDeleteOnShutdown(true)
-            .threadingMode(ThreadingMode.SHARED)
-            .sharedIdleStrategy(newIdleStrategy(s))
-            .termBufferSparseFile(true)
-            .publicationTermBufferLength(s.termLength)
-            .ipcTermBufferLength(s.termLength)
-            .errorHandler(errorHandler);
+        final int archiveControlStreamId = AeronArchive.Configuration.CONTROL_STREAM_ID_DEFAULT + off;
+        final int archiveResponseStreamId = AeronArchive.Configuration.CONTROL_RESPONSE_STREAM_ID_DEFAULT + off;
 
         final AeronArchive.Context replicationArchiveCtx = new AeronArchive.Context()
-            .controlResponseChannel("aeron:udp?endpoint=" + s.host + ":0");
+            .controlResponseChannel("aeron:udp?endpoint=" + s.host + ":0")
+            .controlResponseStreamId(archiveResponseStreamId);
 
         final Archive.Context archiveCtx = new Archive.Context()
             .aeronDirectoryName(s.aeronDir)
             .archiveDir(archiveDir)
             .controlChannel("aeron:udp?endpoint=" + s.host + ":" + s.archivePort)
+            .controlStreamId(archiveControlStreamId)
             .localControlChannel("aeron:ipc?term-length=64k")
+            .localControlStreamId(archiveControlStreamId)
+            .recordingEventsStreamId(AeronArchive.Configuration.RECORDING_EVENTS_STREAM_ID_DEFAULT + off)
             .archiveClientContext(replicationArchiveCtx)
             .replicationChannel("aeron:udp?endpoint=" + s.host + ":0")
             .recordingEventsEnabled(false)
@@ -106,6 +175,7 @@ public final class MemberNode implements AutoCloseable
             .controlRequestChannel(archiveCtx.localControlChannel())
             .controlRequestStreamId(archiveCtx.localControlStreamId())
             .controlResponseChannel(archiveCtx.localControlChannel())
+            .controlResponseStreamId(archiveResponseStreamId)
             .aeronDirectoryName(s.aeronDir);
 
         final ConsensusModule.Context cmCtx = new ConsensusModule.Context()
@@ -117,6 +187,12 @@ public final class MemberNode implements AutoCloseable
             .archiveContext(localArchiveCtx.clone())
             .ingressChannel("aeron:udp?term-length=" + s.ingressTermLength)
             .logChannel("aeron:udp?term-length=" + s.termLength)
+            .logStreamId(ConsensusModule.Configuration.LOG_STREAM_ID_DEFAULT + off)
+            .consensusStreamId(ConsensusModule.Configuration.CONSENSUS_STREAM_ID_DEFAULT + off)
+            .snapshotStreamId(ConsensusModule.Configuration.SNAPSHOT_STREAM_ID_DEFAULT + off)
+            .replayStreamId(ClusteredServiceContainer.Configuration.REPLAY_STREAM_ID_DEFAULT + off)
+            .serviceStreamId(ClusteredServiceContainer.Configuration.SERVICE_STREAM_ID_DEFAULT + off)
+            .consensusModuleStreamId(ClusteredServiceContainer.Configuration.CONSENSUS_MODULE_STREAM_ID_DEFAULT + off)
             .replicationChannel("aeron:udp?endpoint=" + s.host + ":0")
             .leaderHeartbeatIntervalNs(TimeUnit.MILLISECONDS.toNanos(s.heartbeatIntervalMs))
             .leaderHeartbeatTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.heartbeatTimeoutMs))
@@ -133,25 +209,20 @@ public final class MemberNode implements AutoCloseable
             .clusterDir(clusterDir)
             .clusteredService(service)
             .serviceId(0)
+            .replayStreamId(ClusteredServiceContainer.Configuration.REPLAY_STREAM_ID_DEFAULT + off)
+            .serviceStreamId(ClusteredServiceContainer.Configuration.SERVICE_STREAM_ID_DEFAULT + off)
+            .consensusModuleStreamId(ClusteredServiceContainer.Configuration.CONSENSUS_MODULE_STREAM_ID_DEFAULT + off)
+            .snapshotStreamId(ClusteredServiceContainer.Configuration.SNAPSHOT_STREAM_ID_DEFAULT + off)
             .idleStrategySupplier(idle)
             .errorHandler(errorHandler);
 
+        final CredentialsVerifier verifier = service.credentialsVerifier();
+        if (null != verifier)
+        {
+            cmCtx.authenticatorSupplier(() -> new TokenAuthenticator(verifier));
+        }
         service.snapshotSource(describeLatestSnapshot(clusterDir, archiveDir));
-        ClusteredMediaDriver driver = null;
-        ClusteredServiceContainer container = null;
-        try
-        {
-            driver = ClusteredMediaDriver.launch(driverCtx, archiveCtx, cmCtx);
-            container = ClusteredServiceContainer.launch(serviceCtx);
-            final MemberNode node = new MemberNode(s, driver, container, service);
-            node.startSnapshotSchedule();
-            return node;
-        }
-        catch (final RuntimeException ex)
-        {
-            CloseHelper.closeAll(container, driver);
-            throw ex;
-        }
+        return new Contexts(archiveCtx, cmCtx, serviceCtx);
     }
 
     /** Names the snapshot recording a restarting member will load, and its files. */
@@ -227,7 +298,7 @@ public final class MemberNode implements AutoCloseable
         return new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(s.idleMaxParkUs));
     }
 
-    private static void logError(final Throwable ex)
+    static void logError(final Throwable ex)
     {
         // Aeron reports election and heartbeat events through the error handler as ClusterEvent.
         final String level = ex instanceof io.aeron.cluster.client.ClusterEvent ? "WARN" : "ERROR";

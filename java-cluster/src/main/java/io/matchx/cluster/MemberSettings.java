@@ -9,6 +9,14 @@ import java.util.Properties;
  */
 public final class MemberSettings
 {
+    /**
+     * Stream ids of a member are Aeron's defaults plus {@code cluster.id * STREAM_ID_OFFSET_PER_CLUSTER}, so
+     * members of several clusters can share one media driver (a worker, see {@link WorkerNode}) without
+     * two of them publishing or subscribing on the same IPC stream. Cluster 0 keeps Aeron's defaults.
+     */
+    static final int STREAM_ID_OFFSET_PER_CLUSTER = 1000;
+    static final int MAX_CLUSTER_ID = 1_000_000;
+
     final int clusterId;
     final int memberId;
     final String clusterMembers;
@@ -27,6 +35,7 @@ public final class MemberSettings
     final long sessionTimeoutMs;
     final long idleMaxParkUs;
     final long snapshotIntervalS;
+    final int streamIdOffset;
 
     private MemberSettings(final Properties p)
     {
@@ -49,6 +58,7 @@ public final class MemberSettings
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
         snapshotIntervalS = longValue(p, "snapshot.interval.s", 0);
 
+        check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
         check(memberId >= 0, "member.id must be >= 0");
         check(archivePort > 0 && archivePort < 65536, "archive.port must be a port number");
         check(isPowerOfTwo(termLength) && termLength >= 64 * 1024, "term.length must be a power of two >= 64k");
@@ -61,6 +71,7 @@ public final class MemberSettings
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
         check(snapshotIntervalS >= 0, "snapshot.interval.s must be >= 0 (0 = no schedule)");
         check(bufferCapacity >= termLength / 8, "buffer.capacity must hold the largest message (term.length/8)");
+        streamIdOffset = clusterId * STREAM_ID_OFFSET_PER_CLUSTER;
     }
 
     public static MemberSettings from(final Properties properties)

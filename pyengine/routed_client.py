@@ -1,0 +1,240 @@
+"""Client SDK for a partitioned system: routes every command to the partition that owns its symbol.
+
+    with RoutedClient("http://127.0.0.1:8700") as c:
+        c.request({"op": "deposit", "account": "alice", "asset": "USDT", "amount": "1000", "tx_id": "d1"},
+                  symbol="BTC-USDT")                    # no symbol in the command: say where
+        c.request({"op": "place", "symbol": "BTC-USDT", ...})   # routed by its symbol
+        fut = c.submit({"op": "place", "symbol": "SOL-USDT", ...})
+
+All routing lives in this module (as in redis-py's cluster client); ``MatchClient`` keeps doing
+one partition, failovers and resends. The loop:
+
+1. ``RouteCache.lookup(symbol)`` gives the owning partition and its ingress endpoints (from the
+   cache; the coordinator is asked only for a symbol it has not seen yet).
+2. The command goes to that partition's ``MatchClient`` (one per partition, made on first use).
+3. A member that does not own the symbol (any more) answers MOVED with the symbol's new epoch:
+   ``RouteCache.invalidate(symbol, epoch)`` refreshes the map until it is at least that new, and
+   the command is sent again to the new owner; at most ``max_moved_retries`` times. The caller
+   only sees the final answer. A MOVED command had no effect, so sending it again is safe.
+
+The coordinator is never on the order path: while it is down, the cached map keeps being used.
+
+Commands without a symbol (``deposit``, ``withdraw``, ``balances``, ``cancel`` by order id) need
+``partition=`` or ``symbol=`` to choose a partition. **Balances are per partition**: funds
+deposited in one partition can only be used for the symbols that partition owns, and
+``balances`` shows one partition's view. Deposit where you trade (``symbol=``). With ``symbol=``,
+``deposit``/``withdraw``/``balances`` carry the symbol in the command (the engine ignores it
+there), so the partition checks that it owns the symbol and a stale map is corrected by MOVED
+for them too instead of crediting a partition that no longer trades the symbol.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pyengine.client import ClientError, MatchClient, MovedError, Reply
+from pyengine.routing import CoordinatorUnavailable, Route, RouteCache, RoutingError, UnknownSymbol
+
+log = logging.getLogger("matchx.routed_client")
+
+# Ops that ignore a "symbol" field: routing them with symbol= adds it, so the owner check applies.
+_SYMBOL_CHECKED_OPS = frozenset({"deposit", "withdraw", "balances"})
+
+__all__ = ["RoutedClient", "RoutedStats", "UnknownSymbol", "CoordinatorUnavailable", "RoutingError",
+           "UnknownPartition"]
+
+
+class UnknownPartition(RoutingError):
+    """No ingress endpoints are known for this partition (not in the cached map, not at the coordinator)."""
+
+
+@dataclass
+class RoutedStats:
+    moved: int = 0  # MOVED answers handled (each one a resend to the new owner)
+    clients: int = 0  # MatchClients created (one per partition used)
+
+
+class RoutedClient:
+    """Sends commands to the partition that owns their symbol; thread-safe.
+
+    ``coordinator_url``: the coordinator's base URL. ``max_moved_retries``: how many MOVED answers
+    one command may get before the last one is raised as ``MovedError``. ``route_cache``: a
+    ``RouteCache`` to use (otherwise one is made with ``cache_options``). Other keyword arguments go
+    to every ``MatchClient`` (``credentials``, ``client_id``, timeouts, ...).
+    """
+
+    def __init__(
+        self,
+        coordinator_url: str,
+        *,
+        max_moved_retries: int = 5,
+        route_cache: RouteCache | None = None,
+        cache_options: dict[str, Any] | None = None,
+        **client_kwargs: Any,
+    ) -> None:
+        self.coordinator_url = coordinator_url.rstrip("/")
+        self.max_moved_retries = max_moved_retries
+        self._owns_cache = route_cache is None
+        self.routes = route_cache if route_cache is not None else RouteCache(coordinator_url, **(cache_options or {}))
+        self.client_kwargs = client_kwargs
+        self.stats = RoutedStats()
+        self._clients: dict[str, MatchClient] = {}
+        self._endpoints: dict[str, str] = {}  # partition -> ingress endpoints, learned from routes
+        self._lock = threading.Lock()
+        # MOVED answers arrive on a MatchClient's receiver thread; refreshing the map (HTTP) and
+        # resending happen here instead, so a slow coordinator never stalls any client's replies.
+        self._retry_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matchx-route")
+        self._closed = False
+
+    # ---- public API ------------------------------------------------------------------------
+
+    def submit(self, command: dict, *, partition: str | None = None, symbol: str | None = None) -> Future:
+        """Queue ``command``; the future resolves to the owning partition's ``Reply``.
+
+        The partition is ``partition`` if given, else the owner of ``symbol``, else the owner of
+        ``command["symbol"]``. Routing errors (unknown symbol, coordinator unreachable with the
+        symbol not cached) are raised here; MOVED answers are handled inside."""
+        if self._closed:
+            raise ClientError("client is closed")
+        if not isinstance(command, dict):
+            raise TypeError("a command is a dict with an 'op'")
+        route_symbol = None
+        if partition is None:
+            route_symbol = symbol if symbol is not None else command.get("symbol")
+            if not isinstance(route_symbol, str):
+                raise ValueError(
+                    f"command {command.get('op')!r} has no symbol: pass partition= or symbol= to choose a partition"
+                )
+            if "symbol" not in command and command.get("op") in _SYMBOL_CHECKED_OPS:
+                command = {**command, "symbol": route_symbol}
+        outer: Future = Future()
+        self._send(outer, command, partition, route_symbol, attempt=0, raise_now=True)
+        return outer
+
+    def request(self, command: dict, timeout: float = 10.0, *, partition: str | None = None,
+                symbol: str | None = None) -> Reply:
+        return self.submit(command, partition=partition, symbol=symbol).result(timeout)
+
+    def admin(self, command: dict, *, partition: str, timeout: float = 10.0) -> Reply:
+        """An admin command (``{"op": "ping"}``, ``state_hash``, ...) to one partition."""
+        return self.client(partition).admin(command, timeout)
+
+    def route(self, symbol: str) -> Route:
+        """The cached route of ``symbol`` (asks the coordinator only if it is not cached)."""
+        route = self.routes.lookup(symbol)
+        self._endpoints[route.partition] = route.ingress_endpoints
+        return route
+
+    def client(self, partition: str) -> MatchClient:
+        """The partition's ``MatchClient``, created on first use."""
+        with self._lock:
+            client = self._clients.get(partition)
+            if client is not None:
+                return client
+            if self._closed:
+                raise ClientError("client is closed")
+            endpoints = self._partition_endpoints(partition)
+            client = MatchClient(endpoints, **self.client_kwargs)
+            self._clients[partition] = client
+            self.stats.clients += 1
+            log.info("partition %s: client for %s", partition, endpoints)
+            return client
+
+    def clients(self) -> dict[str, MatchClient]:
+        with self._lock:
+            return dict(self._clients)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._retry_pool.shutdown(wait=True)
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            c.close()
+        if self._owns_cache:
+            self.routes.close()
+
+    def __enter__(self) -> RoutedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    def _partition_endpoints(self, partition: str) -> str:
+        for route in self.routes.routes().values():  # what the cached map says, no network
+            self._endpoints[route.partition] = route.ingress_endpoints
+        endpoints = self._endpoints.get(partition)
+        if endpoints:
+            return endpoints
+        # A partition that owns no cached symbol: ask the coordinator for it once.
+        try:
+            with httpx.Client(timeout=self.routes.timeout) as http:
+                resp = http.get(f"{self.coordinator_url}/v1/partitions/{partition}")
+        except httpx.HTTPError as exc:
+            raise CoordinatorUnavailable(
+                f"partition {partition!r} is not cached and the coordinator is unreachable ({exc})"
+            ) from exc
+        if resp.status_code == 404:
+            raise UnknownPartition(f"unknown partition {partition!r}")
+        resp.raise_for_status()
+        endpoints = resp.json().get("ingress_endpoints") or ""
+        if not endpoints:
+            raise UnknownPartition(f"partition {partition!r} has no members")
+        self._endpoints[partition] = endpoints
+        return endpoints
+
+    def _send(self, outer: Future, command: dict, partition: str | None, symbol: str | None,
+              attempt: int, raise_now: bool = False) -> None:
+        try:
+            target = partition if partition is not None else self.route(symbol).partition
+            inner = self.client(target).submit(command)
+        except Exception as exc:
+            if raise_now:
+                raise
+            outer.set_exception(exc)
+            return
+        inner.add_done_callback(lambda f: self._on_answer(f, outer, command, partition, symbol, target, attempt))
+
+    def _on_answer(self, inner: Future, outer: Future, command: dict, partition: str | None,
+                   symbol: str | None, target: str, attempt: int) -> None:
+        exc = inner.exception()
+        if exc is None:
+            outer.set_result(inner.result())
+        elif isinstance(exc, MovedError) and partition is None and attempt < self.max_moved_retries \
+                and not self._closed:
+            self.stats.moved += 1
+            try:
+                self._retry_pool.submit(self._after_moved, exc, outer, command, symbol, target, attempt)
+            except RuntimeError:  # closing
+                outer.set_exception(exc)
+        else:
+            outer.set_exception(exc)
+
+    def _after_moved(self, moved: MovedError, outer: Future, command: dict, symbol: str, target: str,
+                     attempt: int) -> None:
+        log.info("%s: partition %s answered MOVED (epoch %d); refreshing routes", moved.symbol, target, moved.epoch)
+        try:
+            route = self.routes.invalidate(moved.symbol, moved.epoch)
+            if route.partition == target:
+                # The map still names the partition that refused: it may lag behind the partitions
+                # (a move in progress). Give it a moment, then look again.
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+                self.routes.refresh()
+        except RoutingError as exc:
+            outer.set_exception(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the future must always be completed
+            outer.set_exception(exc)
+            return
+        self._send(outer, command, None, symbol, attempt + 1)
