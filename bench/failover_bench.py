@@ -80,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 killed_at = time.monotonic()
                 cluster.kill(leader)
                 # Only a request sent after the kill proves the new leader answers.
-                first = wait_for(lambda: next((a for s, a in answers[-5000:] if s > killed_at), None),
-                                 60, "an answer from the new leader")
+                def answered_after(killed_at=killed_at):
+                    return next((a for s, a in answers[-5000:] if s > killed_at), None)
+
+                first = wait_for(answered_after, 60, "an answer from the new leader")
                 gap_ms = (first - killed_at) * 1000
                 new_leader = cluster.await_leader(30, exclude=leader)
                 results.append(gap_ms)

@@ -126,6 +126,7 @@ class Topology:
     snapshot_interval_s: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
     description: str = ""
+    auth_keys_file: str | None = None  # settings.auth_keys_file: token authentication on every partition
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -155,7 +156,8 @@ class Topology:
         settings = d.get("settings", {})
         if not isinstance(settings, dict):
             raise TopologyError("settings must be an object")
-        _keys(settings, "settings", optional=("term_length", "idle_max_park_us", "snapshot_interval_s", "timeouts"))
+        _keys(settings, "settings", optional=("term_length", "idle_max_park_us", "snapshot_interval_s", "timeouts",
+                                             "auth_keys_file"))
         timeouts_d = settings.get("timeouts", {})
         if not isinstance(timeouts_d, dict):
             raise TopologyError("settings.timeouts must be an object")
@@ -173,6 +175,9 @@ class Topology:
             raise TopologyError("settings.term_length must be a power of two >= 65536")
         idle = _int(settings.get("idle_max_park_us", 1000), "settings.idle_max_park_us", 1)
         snap = _int(settings.get("snapshot_interval_s", 0), "settings.snapshot_interval_s", 0)
+        auth_keys_file = settings.get("auth_keys_file")
+        if auth_keys_file is not None and not isinstance(auth_keys_file, str):
+            raise TopologyError("settings.auth_keys_file must be a path")
         description = d.get("description", "")
         if not isinstance(description, str):
             raise TopologyError("description must be a string")
@@ -181,7 +186,7 @@ class Topology:
         worker_ids = {w.id for w in workers}
         partitions = _partitions(d["partitions"], worker_ids)
 
-        topo = cls(coordinator, workers, partitions, term_length, idle, snap, timeouts, description)
+        topo = cls(coordinator, workers, partitions, term_length, idle, snap, timeouts, description, auth_keys_file)
         topo._check_ports()
         for p in partitions:
             topo.layout(p.id, Path("/nonexistent"))  # ClusterLayout's own checks
@@ -254,7 +259,7 @@ class Topology:
                 base_dir=Path(system_dir) / "partitions" / p.id, members=len(p.members), cluster_id=p.cluster_id,
                 port_base=p.port_base, hosts=hosts, term_length=self.term_length,
                 idle_max_park_us=self.idle_max_park_us, snapshot_interval_s=self.snapshot_interval_s,
-                timeouts=self.timeouts,
+                timeouts=self.timeouts, auth_keys_file=self.auth_keys_file,
             )
         except ConfigError as exc:
             raise TopologyError(f"partition {p.id!r}: {exc}") from None

@@ -44,7 +44,7 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
         member_dir = layout.member_dir(member_id)
         member_dir.mkdir(parents=True, exist_ok=True)
         clear_stale_mark_files(member_dir)
-        members.append((partition.id, member_id, member_dir, props))
+        members.append((partition.id, member_id, member_dir, props, layout.auth_keys()))
 
     # Scratch: a killed worker leaves it behind and the driver would refuse a live-looking one.
     shutil.rmtree(aeron_dir, ignore_errors=True)
@@ -52,7 +52,7 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
 
     import jpype
 
-    from pyengine.bridge import ServiceBridge
+    from pyengine.bridge import CredentialsBridge, ServiceBridge
     from pyengine.service import MatchingService
 
     Properties = jpype.JClass("java.util.Properties")
@@ -76,13 +76,17 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
             "idle.max.park.us": str(topology.idle_max_park_us),
             "worker.id": worker_id,
         }))
-        for partition_id, member_id, member_dir, props in members:
-            service = MatchingService(hash_file=member_dir / "hash.json")
+        for partition_id, member_id, member_dir, props, auth_keys in members:
+            service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys)
             bridge = ServiceBridge(service)
             member_props = jprops(props)
             java_service = MemberNode.newService(member_props, bridge)
             bridge.attach(java_service)
             bridges.append(bridge)
+            if auth_keys is not None:
+                verifier = CredentialsBridge(service)
+                java_service.credentialsVerifier(verifier)
+                bridges.append(verifier)
             node.addMember(member_props, java_service)
             log.info("partition %s member %d started in %s", partition_id, member_id, member_dir)
     except jpype.JException as exc:
@@ -92,7 +96,7 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
         shutil.rmtree(aeron_dir, ignore_errors=True)
         return 2
     print(json.dumps({"event": "started", "worker": worker_id, "aeron_dir": aeron_dir,
-                      "members": [{"partition": p, "member_id": m} for p, m, _, _ in members]}), flush=True)
+                      "members": [{"partition": p, "member_id": m} for p, m, *_ in members]}), flush=True)
     try:
         signal_name = latch.await_()
         log.info("worker %s stopping on SIG%s", worker_id, signal_name)

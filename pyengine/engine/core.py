@@ -70,44 +70,49 @@ def _ident(x: object, what: str) -> str:
 
 
 class Level(deque):
-    """Orders at one price, FIFO; ``total`` = live quantity, ``dead`` = dead entries."""
+    """Orders at one price, FIFO, as ``[order]`` cells (a cell is emptied when its order
+    leaves). ``total`` = live quantity, ``dead`` = emptied cells still queued."""
 
     __slots__ = ("total", "dead")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-        self.dead = 0
+
+def _new_level() -> Level:
+    lvl = Level()
+    lvl.total = 0
+    lvl.dead = 0
+    return lvl
 
 
 class Order:
     __slots__ = (
         "oid", "acct", "sym", "side", "price", "qty", "unit", "hb", "rb", "coid",
         "oprice", "oqty", "filled", "otype", "tif", "post_only", "stp", "status", "ts", "ev",
+        "ent",
     )
 
-    def __init__(self, oid, acct, sym, side, price, qty, unit, hb, rb, coid,
-                 oprice, oqty, filled, otype, tif, post_only, stp, status, ts, ev):
+    def __init__(self, oid, acct, sym, side, price, qty, unit, hb, rb, coid, otype, tif,
+                 post_only, stp, ts):
         self.oid = oid
         self.acct = acct
         self.sym = sym
         self.side = side
         self.price = price      # ticks (None for a market order)
-        self.qty = qty          # remaining lots; 0 = closed/dead
+        self.qty = qty          # remaining lots; 0 once closed
         self.unit = unit        # held units per remaining lot (0 for a market buy)
         self.hb = hb            # balance [available, held] of the held asset
         self.rb = rb            # balance [available, held] of the received asset
         self.coid = coid
-        self.oprice = oprice    # price at placement
-        self.oqty = oqty        # quantity at placement
-        self.filled = filled
+        self.oprice = price     # price at placement
+        self.oqty = qty         # quantity at placement
+        self.filled = 0
         self.otype = otype
         self.tif = tif
         self.post_only = post_only
         self.stp = stp
-        self.status = status
+        self.status = OPEN
         self.ts = ts
-        self.ev = ev            # events of the placement when more than [accepted]
+        self.ev = None          # events of the placement when more than [accepted]
+        self.ent = None         # the [order] cell in its level deque while resting
 
 
 class Account:
@@ -255,18 +260,18 @@ class Engine:
     # ------------------------------------------------------------------ entry points
     def apply(self, cmd: dict, ts: int) -> list[dict]:
         try:
+            if type(cmd) is dict and type(ts) is int and 0 <= ts <= MAX_TS:
+                h = self._ops.get(cmd.get("op"))
+                if h is not None:
+                    return h(cmd, ts)
             if type(cmd) is not dict:
                 raise Reject("bad_request", "command must be a JSON object")
-            op = cmd.get("op")
-            h = self._ops.get(op) if type(op) is str else None
-            if h is None or type(ts) is not int or not 0 <= ts <= MAX_TS:
-                if type(ts) is not int or not 0 <= ts <= MAX_TS:
-                    raise Reject("bad_request", "ts must be an integer in [0, 2**63)")
-                raise Reject("bad_request", f"unknown op {op!r}"[:120])
-            return h(cmd, ts)
+            if type(ts) is not int or not 0 <= ts <= MAX_TS:
+                raise Reject("bad_request", "ts must be an integer in [0, 2**63)")
+            raise Reject("bad_request", f"unknown op {cmd.get('op')!r}"[:120])
         except Reject as r:
             return [_rejected(cmd, r.reason, r.detail)]
-        except Exception as e:  # pragma: no cover - defensive: input that slipped validation
+        except Exception as e:  # input that slipped validation (e.g. an unhashable value)
             return [_rejected(cmd, "bad_request", f"malformed command ({type(e).__name__})")]
 
     def apply_encoded(self, payload: bytes, ts: int) -> bytes:
@@ -331,14 +336,10 @@ class Engine:
 
     def _retire(self, o: Order) -> None:
         """Remember a finished order in its account's bounded window."""
-        acct = o.acct
-        fin = acct.finished
+        fin = o.acct.finished
         fin.append(o)
         if len(fin) > self.dedup_window:
-            old = fin.popleft()
-            c = old.coid
-            if c is not None and acct.coids.get(c) is old:
-                del acct.coids[c]
+            self._evict(o.acct)
 
     def _finish_resting(self, o: Order, status: int) -> None:
         oid = o.oid
@@ -348,9 +349,11 @@ class Engine:
         self._retire(o)
 
     def _unlink(self, o: Order) -> None:
-        """Remove a resting order from its level (lazy) and fix the level/keys."""
+        """Take a resting order out of its level (lazily: its cell is emptied)."""
         sym = o.sym
         p = o.price
+        o.ent[0] = None
+        o.ent = None
         if o.side == BUY:
             levels = sym.bids
             keys = sym.bid_keys
@@ -367,28 +370,53 @@ class Engine:
         else:
             lvl.dead += 1
             if lvl.dead > 16 and lvl.dead * 2 > len(lvl):
-                live = [x for x in lvl if x.qty and x is not o]
-                lvl.clear()
-                lvl.extend(live)
-                lvl.dead = 0
+                self._compact(lvl)
+
+    def _drop_level(self, sym: Symbol, side: int, p: int) -> None:
+        if side == BUY:
+            del sym.bids[p]
+            keys = sym.bid_keys
+            del keys[bisect_left(keys, p)]
+        else:
+            del sym.asks[p]
+            keys = sym.ask_keys
+            del keys[bisect_left(keys, -p)]
+
+    def _add_level(self, sym: Symbol, side: int, p: int) -> Level:
+        lvl = _new_level()
+        if side == BUY:
+            sym.bids[p] = lvl
+            insort(sym.bid_keys, p)
+        else:
+            sym.asks[p] = lvl
+            insort(sym.ask_keys, -p)
+        return lvl
+
+    @staticmethod
+    def _compact(lvl: Level) -> None:
+        live = [e for e in lvl if e[0] is not None]
+        lvl.clear()
+        lvl.extend(live)
+        lvl.dead = 0
 
     def _rest(self, o: Order) -> None:
+        """Queue ``o`` at the back of its price level (it is already registered)."""
         sym = o.sym
         p = o.price
         if o.side == BUY:
             lvl = sym.bids.get(p)
             if lvl is None:
-                lvl = sym.bids[p] = Level()
+                lvl = sym.bids[p] = _new_level()
                 insort(sym.bid_keys, p)
         else:
             lvl = sym.asks.get(p)
             if lvl is None:
-                lvl = sym.asks[p] = Level()
+                lvl = sym.asks[p] = _new_level()
                 insort(sym.ask_keys, -p)
-        lvl.append(o)
+        e = [o]
+        o.ent = e
+        lvl.append(e)
         lvl.total += o.qty
-        self.orders[o.oid] = o
-        o.acct.open[o.oid] = o
 
     def _release(self, o: Order, rem: int) -> None:
         h = rem * o.unit
@@ -457,10 +485,11 @@ class Engine:
             p = keys[i] * sgn
             if limit is not None and (p > limit if side == BUY else p < limit):
                 return False
-            for m in levels[p]:
-                mq = m.qty
-                if not mq:
+            for e in levels[p]:
+                m = e[0]
+                if m is None:
                     continue
+                mq = m.qty
                 if stp and m.acct is acct:
                     if stp == STP_CANCEL_MAKER:
                         continue
@@ -510,8 +539,8 @@ class Engine:
         side_name = SIDE_NAMES[side]
         toid = t.oid
         stop = None
-        price_str = sym.price_str
-        qty_str = sym.qty_str
+        qstr = sym.qstr
+        orders = self.orders
         quote_dec = self.assets[sym.quote]
         while rem and keys:
             p = keys[-1] * sgn
@@ -520,18 +549,21 @@ class Engine:
             lvl = levels[p]
             pstr = None
             while rem and lvl:
-                m = lvl[0]
-                mq = m.qty
-                if not mq:
+                e = lvl[0]
+                m = e[0]
+                if m is None:
                     lvl.popleft()
                     lvl.dead -= 1
                     continue
-                if stp and m.acct is tacct:
+                mq = m.qty
+                macct = m.acct
+                if stp and macct is tacct:
                     if stp == STP_CANCEL_TAKER:
                         stop = "stp"
                         break
                     # cancel the maker (cancel_maker / cancel_both)
                     lvl.popleft()
+                    m.ent = None
                     lvl.total -= mq
                     m.qty = 0
                     self._release(m, mq)
@@ -557,8 +589,11 @@ class Engine:
                     mf = _fee(n, mb)
                     tf = _fee(n, tb)
                     fees[0] += mf + tf
+                    mfs = fmt_scaled(mf, quote_dec) if mf else "0"
+                    tfs = fmt_scaled(tf, quote_dec) if tf else "0"
                 else:
                     mf = tf = 0
+                    mfs = tfs = "0"
                 if budget is not None:
                     budget -= n + tf
                 if side == BUY:
@@ -586,24 +621,32 @@ class Engine:
                 tid = self.next_tid
                 self.next_tid = tid + 1
                 if pstr is None:
-                    pstr = price_str(p)
+                    pstr = sym.pstr.get(p) or sym.price_str(p)
                 ev.append({
                     "type": "trade",
                     "symbol": symname,
                     "trade_id": tid,
                     "price": pstr,
-                    "qty": qty_str(q),
+                    "qty": qstr.get(q) or sym.qty_str(q),
                     "maker_order_id": m.oid,
                     "taker_order_id": toid,
-                    "maker_account": m.acct.name,
+                    "maker_account": macct.name,
                     "taker_account": tname,
                     "taker_side": side_name,
-                    "maker_fee": fmt_scaled(mf, quote_dec) if mf else "0",
-                    "taker_fee": fmt_scaled(tf, quote_dec) if tf else "0",
+                    "maker_fee": mfs,
+                    "taker_fee": tfs,
                 })
                 if not mq:
                     lvl.popleft()
-                    self._finish_resting(m, FILLED)
+                    m.ent = None
+                    oid = m.oid
+                    del orders[oid]
+                    del macct.open[oid]
+                    m.status = FILLED
+                    fin = macct.finished
+                    fin.append(m)
+                    if len(fin) > self.dedup_window:
+                        self._evict(macct)
             if not lvl.total:
                 del levels[p]
                 keys.pop()
@@ -613,57 +656,66 @@ class Engine:
         t.qty = rem
         return stop
 
-    def _after_match(self, t: Order, stop: str | None, ev: list, resting_ok: bool) -> None:
-        """Dispose of the taker's remainder: cancel it or rest it. ``t`` is not linked yet."""
-        rem = t.qty
-        if not rem:
-            t.status = FILLED
-            self._retire(t)
-            return
-        if stop is None and resting_ok:
-            self._rest(t)
-            return
-        reason = stop if stop is not None else "ioc"
-        self._release(t, rem)
-        t.qty = 0
-        t.status = CANCELLED
-        ev.append(self._cancelled_event(t, rem, reason))
-        self._retire(t)
+    def _evict(self, acct: Account) -> None:
+        old = acct.finished.popleft()
+        c = old.coid
+        if c is not None and acct.coids.get(c) is old:
+            del acct.coids[c]
 
     # ------------------------------------------------------------------ commands
     def _place(self, cmd: dict, ts: int) -> list[dict]:
         g = cmd.get
-        acct = self._get_account(cmd)
+        name = g("account")
+        acct = self.accounts.get(name) if type(name) is str else None
+        if acct is None:
+            acct = self._get_account(cmd)
         coid = g("client_order_id")
         if coid is not None:
-            _ident(coid, "client_order_id")
+            if type(coid) is not str or not coid or len(coid) > MAX_ID_LEN:
+                _ident(coid, "client_order_id")
             prev = acct.coids.get(coid)
             if prev is not None:
                 return self._dup_events(prev)
-        sym = self._get_symbol(cmd)
-        side = SIDES.get(g("side")) if type(g("side")) is str else None
-        if side is None:
+        sn = g("symbol")
+        sym = self.symbols.get(sn) if type(sn) is str else None
+        if sym is None:
+            sym = self._get_symbol(cmd)
+        sd = g("side")
+        if sd == "buy":
+            side = BUY
+        elif sd == "sell":
+            side = SELL
+        else:
             raise Reject("bad_request", "side must be buy or sell")
-        ot = g("type", "limit")
-        otype = TYPES.get(ot) if type(ot) is str else None
-        if otype is None:
+        ot = g("type")
+        if ot is None or ot == "limit":
+            otype = LIMIT
+        elif ot == "market":
+            otype = MARKET
+        else:
             raise Reject("bad_request", "type must be limit or market")
         tf = g("tif")
         if tf is None:
-            tif = IOC if otype == MARKET else GTC
-        else:
-            tif = TIFS.get(tf) if type(tf) is str else None
-            if tif is None:
-                raise Reject("bad_request", "tif must be GTC, IOC or FOK")
-            if otype == MARKET and tif == GTC:
+            tif = GTC if otype == LIMIT else IOC
+        elif tf == "GTC":
+            if otype == MARKET:
                 raise Reject("bad_request", "a market order cannot be GTC")
-        post_only = g("post_only", False)
-        if post_only is None:
+            tif = GTC
+        elif tf == "IOC":
+            tif = IOC
+        elif tf == "FOK":
+            tif = FOK
+        else:
+            raise Reject("bad_request", "tif must be GTC, IOC or FOK")
+        po = g("post_only")
+        if po is None or po is False:
             post_only = False
-        if type(post_only) is not bool:
+        elif po is True:
+            if otype != LIMIT or tif != GTC:
+                raise Reject("bad_request", "post_only needs a GTC limit order")
+            post_only = True
+        else:
             raise Reject("bad_request", "post_only must be a boolean")
-        if post_only and (otype != LIMIT or tif != GTC):
-            raise Reject("bad_request", "post_only needs a GTC limit order")
         sv = g("stp")
         if sv is None:
             stp = sym.stp_default
@@ -671,55 +723,65 @@ class Engine:
             stp = STPS.get(sv) if type(sv) is str else None
             if stp is None:
                 raise Reject("bad_request", "stp must be none|cancel_taker|cancel_maker|cancel_both")
-        if "qty" not in cmd:
+        qx = g("qty")
+        if qx is None:
             raise Reject("bad_request", "qty is required")
+        px = g("price")
         if otype == LIMIT:
-            if g("price") is None:
+            if px is None:
                 raise Reject("bad_request", "price is required for a limit order")
-            price = sym.parse_price(g("price"))
+            price = sym.pcache.get(px) if type(px) is str else None
+            if price is None:
+                price = sym.parse_price(px)
         else:
-            if g("price") is not None:
+            if px is not None:
                 raise Reject("bad_request", "a market order takes no price")
             price = None
-        qty = sym.parse_qty(g("qty"))
+        qty = sym.qcache.get(qx) if type(qx) is str else None
+        if qty is None:
+            qty = sym.parse_qty(qx)
 
         # funds, price band, post-only and FOK checks (no state change before this point)
         budget = None
         limit = price
+        bal = acct.bal
         if side == BUY:
             hasset = sym.quote
             rasset = sym.base
             if otype == LIMIT:
-                unit = sym.buy_unit(price)
+                n = price * sym.qpu
+                unit = n + (-((-n * sym.hold_bps) // 10000) if sym.hold_bps else 0)
+                ak = sym.ask_keys
+                cross = ak and -ak[-1] <= price
             else:
                 unit = 0
-                b = acct.bal.get(hasset)
+                b = bal.get(hasset)
                 budget = b[0] if b is not None else 0
                 if sym.ask_keys:
                     best = -sym.ask_keys[-1]
                     if budget < _buy_cost1(sym, best):
                         raise Reject("insufficient_funds", "cannot buy one lot at the best ask")
                     limit = min(best * (10000 + sym.band_bps) // 10000, sym.max_price)
+                cross = limit is not None
         else:
             hasset = sym.base
             rasset = sym.quote
             unit = sym.bpl
-            if otype == MARKET and sym.bid_keys:
-                best = sym.bid_keys[-1]
-                limit = max(-((-best * (10000 - sym.band_bps)) // 10000), 1)
+            bk = sym.bid_keys
+            if otype == LIMIT:
+                cross = bk and bk[-1] >= price
+            else:
+                if bk:
+                    limit = max(-((-bk[-1] * (10000 - sym.band_bps)) // 10000), 1)
+                cross = limit is not None
         need = qty * unit
-        if need:
-            b = acct.bal.get(hasset)
-            if b is None or b[0] < need:
-                raise Reject("insufficient_funds", f"needs {self._asset_str(hasset, need)} {hasset}")
-        if post_only:
-            if side == BUY:
-                if sym.ask_keys and price >= -sym.ask_keys[-1]:
-                    raise Reject("post_only_would_take", "post-only order would take")
-            elif sym.bid_keys and price <= sym.bid_keys[-1]:
-                raise Reject("post_only_would_take", "post-only order would take")
+        hb = bal.get(hasset)
+        if need and (hb is None or hb[0] < need):
+            raise Reject("insufficient_funds", f"needs {self._asset_str(hasset, need)} {hasset}")
+        if post_only and cross:
+            raise Reject("post_only_would_take", "post-only order would take")
         if tif == FOK:
-            if otype == MARKET and limit is None:
+            if not cross:
                 raise Reject("fok_unfillable", "no liquidity")
             if not self._fok_fillable(sym, side, acct, limit, qty, stp, budget):
                 raise Reject("fok_unfillable", "cannot fill completely at once")
@@ -727,21 +789,56 @@ class Engine:
         # ---- accepted: from here on the command takes effect
         oid = self.next_oid
         self.next_oid = oid + 1
-        hb = self._balance(acct, hasset)
-        rb = self._balance(acct, rasset)
+        if hb is None:
+            hb = bal[hasset] = [0, 0]
+        rb = bal.get(rasset)
+        if rb is None:
+            rb = bal[rasset] = [0, 0]
         if need:
             hb[0] -= need
             hb[1] += need
-        o = Order(oid, acct, sym, side, price, qty, unit, hb, rb, coid, price, qty, 0,
-                  otype, tif, post_only, stp, OPEN, ts, None)
+        o = Order(oid, acct, sym, side, price, qty, unit, hb, rb, coid, otype, tif, post_only,
+                  stp, ts)
         if coid is not None:
             acct.coids[coid] = o
-        ev = [self._accepted_event(o)]
-        if otype == MARKET and limit is None:
-            stop = None  # empty book: nothing to match
+        ev = [{
+            "type": "accepted",
+            "order_id": oid,
+            "client_order_id": coid,
+            "account": acct.name,
+            "symbol": sym.name,
+            "side": SIDE_NAMES[side],
+            "order_type": TYPE_NAMES[otype],
+            "tif": TIF_NAMES[tif],
+            "post_only": post_only,
+            "stp": STP_NAMES[stp],
+            "price": None if price is None else (sym.pstr.get(price) or sym.price_str(price)),
+            "qty": sym.qstr.get(qty) or sym.qty_str(qty),
+        }]
+        stop = self._match(o, limit, ev, budget) if cross else None
+        rem = o.qty
+        if not rem:
+            o.status = FILLED
+            self._retire(o)
+        elif stop is None and tif == GTC:
+            lvl = (sym.bids if side == BUY else sym.asks).get(price)
+            if lvl is None:
+                lvl = self._add_level(sym, side, price)
+            e = [o]
+            o.ent = e
+            lvl.append(e)
+            lvl.total += rem
+            self.orders[oid] = o
+            acct.open[oid] = o
         else:
-            stop = self._match(o, limit, ev, budget)
-        self._after_match(o, stop, ev, tif == GTC)
+            h = rem * unit
+            if h:
+                hb[1] -= h
+                hb[0] += h
+            o.qty = 0
+            o.status = CANCELLED
+            ev.append(self._cancelled_event(o, rem, stop if stop is not None else "ioc"))
+            self._retire(o)
         if len(ev) > 1:
             o.ev = [dict(e) for e in ev]
         return ev
@@ -755,16 +852,52 @@ class Engine:
             out.append(d)
         return out
 
+    def _open_order(self, cmd: dict) -> tuple[Account, Symbol, Order]:
+        """Resolve account, symbol and the open order of a cancel/amend (fast path inline)."""
+        g = cmd.get
+        name = g("account")
+        acct = self.accounts.get(name) if type(name) is str else None
+        if acct is None:
+            acct = self._get_account(cmd)
+        sn = g("symbol")
+        sym = self.symbols.get(sn) if type(sn) is str else None
+        if sym is None:
+            sym = self._get_symbol(cmd)
+        oid = g("order_id")
+        o = self.orders.get(oid) if type(oid) is int else None
+        if o is None or o.acct is not acct or o.sym is not sym:
+            o = self._lookup_open(cmd, acct, sym)
+        return acct, sym, o
+
     def _cancel(self, cmd: dict, ts: int) -> list[dict]:
-        acct = self._get_account(cmd)
-        sym = self._get_symbol(cmd)
-        o = self._lookup_open(cmd, acct, sym)
+        g = cmd.get
+        name = g("account")
+        acct = self.accounts.get(name) if type(name) is str else None
+        sn = g("symbol")
+        sym = self.symbols.get(sn) if type(sn) is str else None
+        oid = g("order_id")
+        o = self.orders.get(oid) if type(oid) is int else None
+        if o is None or acct is None or o.acct is not acct or o.sym is not sym:
+            acct, sym, o = self._open_order(cmd)
         rem = o.qty
         self._unlink(o)
         o.qty = 0
-        self._release(o, rem)
+        h = rem * o.unit
+        if h:
+            hb = o.hb
+            hb[1] -= h
+            hb[0] += h
         self._finish_resting(o, CANCELLED)
-        return [self._cancelled_event(o, rem, "user")]
+        return [{
+            "type": "cancelled",
+            "order_id": o.oid,
+            "client_order_id": o.coid,
+            "account": o.acct.name,
+            "symbol": sym.name,
+            "side": SIDE_NAMES[o.side],
+            "remaining_qty": sym.qstr.get(rem) or sym.qty_str(rem),
+            "reason": "user",
+        }]
 
     def _cancel_all(self, cmd: dict, ts: int) -> list[dict]:
         acct = self._get_account(cmd)
@@ -786,66 +919,126 @@ class Engine:
         return ev
 
     def _amend(self, cmd: dict, ts: int) -> list[dict]:
-        acct = self._get_account(cmd)
-        sym = self._get_symbol(cmd)
-        o = self._lookup_open(cmd, acct, sym)
         g = cmd.get
-        if g("qty") is None and g("price") is None:
-            raise Reject("bad_request", "amend needs qty and/or price")
-        new_qty = o.qty if g("qty") is None else sym.parse_qty(g("qty"))
-        new_price = o.price if g("price") is None else sym.parse_price(g("price"))
+        name = g("account")
+        acct = self.accounts.get(name) if type(name) is str else None
+        sn = g("symbol")
+        sym = self.symbols.get(sn) if type(sn) is str else None
+        oid = g("order_id")
+        o = self.orders.get(oid) if type(oid) is int else None
+        if o is None or acct is None or o.acct is not acct or o.sym is not sym:
+            acct, sym, o = self._open_order(cmd)
+        qx = g("qty")
+        px = g("price")
+        if qx is None:
+            if px is None:
+                raise Reject("bad_request", "amend needs qty and/or price")
+            new_qty = o.qty
+        else:
+            new_qty = sym.qcache.get(qx) if type(qx) is str else None
+            if new_qty is None:
+                new_qty = sym.parse_qty(qx)
+        if px is None:
+            new_price = o.price
+        else:
+            new_price = sym.pcache.get(px) if type(px) is str else None
+            if new_price is None:
+                new_price = sym.parse_price(px)
         old_qty = o.qty
         old_price = o.price
+        side = o.side
+        pstr = sym.pstr
+        qstr = sym.qstr
         if new_price == old_price and new_qty <= old_qty:
             # keeps time priority
             d = old_qty - new_qty
             if d:
-                lvl = (sym.bids if o.side == BUY else sym.asks)[old_price]
-                lvl.total -= d
+                (sym.bids if side == BUY else sym.asks)[old_price].total -= d
                 o.qty = new_qty
-                self._release(o, d)
-            return [self._amended_event(o, old_price, old_qty, "kept")]
+                h = d * o.unit
+                hb = o.hb
+                hb[1] -= h
+                hb[0] += h
+            ps = pstr.get(old_price) or sym.price_str(old_price)
+            return [{
+                "type": "amended",
+                "order_id": o.oid,
+                "client_order_id": o.coid,
+                "account": acct.name,
+                "symbol": sym.name,
+                "side": SIDE_NAMES[side],
+                "price": ps,
+                "qty": qstr.get(new_qty) or sym.qty_str(new_qty),
+                "old_price": ps,
+                "old_qty": qstr.get(old_qty) or sym.qty_str(old_qty),
+                "priority": "kept",
+            }]
         # loses time priority: validate first
-        side = o.side
-        if o.post_only:
-            if side == BUY:
-                if sym.ask_keys and new_price >= -sym.ask_keys[-1]:
-                    raise Reject("post_only_would_take", "post-only order would take")
-            elif sym.bid_keys and new_price <= sym.bid_keys[-1]:
-                raise Reject("post_only_would_take", "post-only order would take")
-        unit = sym.buy_unit(new_price) if side == BUY else o.unit
-        extra = new_qty * unit - old_qty * o.unit
+        if side == BUY:
+            ak = sym.ask_keys
+            cross = ak and new_price >= -ak[-1]
+            n = new_price * sym.qpu
+            unit = n + (-((-n * sym.hold_bps) // 10000) if sym.hold_bps else 0)
+        else:
+            bk = sym.bid_keys
+            cross = bk and new_price <= bk[-1]
+            unit = o.unit
+        if cross and o.post_only:
+            raise Reject("post_only_would_take", "post-only order would take")
+        hold_old = old_qty * o.unit
+        extra = new_qty * unit - hold_old
         hb = o.hb
         if extra > 0 and hb[0] < extra:
             raise Reject("insufficient_funds", "not enough funds for the amended order")
-        # apply
-        self._unlink(o)
-        o.qty = 0
-        hold_old = old_qty * o.unit
-        hb[1] -= hold_old
-        hb[0] += hold_old
-        hold_new = new_qty * unit
-        hb[0] -= hold_new
-        hb[1] += hold_new
-        n = Order(o.oid, acct, sym, side, new_price, new_qty, unit, hb, o.rb, o.coid, o.oprice,
-                  o.oqty, o.filled, o.otype, o.tif, o.post_only, o.stp, OPEN, o.ts, o.ev)
-        # replace in place: dict positions (ascending ids) are kept
-        self.orders[n.oid] = n
-        acct.open[n.oid] = n
-        if n.coid is not None:
-            acct.coids[n.coid] = n
-        ev = [self._amended_event(n, old_price, old_qty, "lost")]
-        stop = self._match(n, new_price, ev, None)
-        rem = n.qty
-        if not rem:
-            self._finish_resting(n, FILLED)
-        elif stop is not None:
-            self._release(n, rem)
-            n.qty = 0
-            self._finish_resting(n, CANCELLED)
-            ev.append(self._cancelled_event(n, rem, stop))
+        # apply: the order leaves its place in the queue (lazily); same object, same id
+        e = o.ent
+        e[0] = None
+        o.ent = None
+        levels = sym.bids if side == BUY else sym.asks
+        lvl = levels[old_price]
+        left = lvl.total - old_qty
+        if left:
+            lvl.total = left
+            d = lvl.dead = lvl.dead + 1
+            if d > 16 and d * 2 > len(lvl):
+                self._compact(lvl)
         else:
-            self._rest(n)
+            self._drop_level(sym, side, old_price)
+        hb[0] -= extra
+        hb[1] += extra
+        o.price = new_price
+        o.qty = new_qty
+        o.unit = unit
+        ev = [{
+            "type": "amended",
+            "order_id": o.oid,
+            "client_order_id": o.coid,
+            "account": acct.name,
+            "symbol": sym.name,
+            "side": SIDE_NAMES[side],
+            "price": pstr.get(new_price) or sym.price_str(new_price),
+            "qty": qstr.get(new_qty) or sym.qty_str(new_qty),
+            "old_price": pstr.get(old_price) or sym.price_str(old_price),
+            "old_qty": qstr.get(old_qty) or sym.qty_str(old_qty),
+            "priority": "lost",
+        }]
+        stop = self._match(o, new_price, ev, None) if cross else None
+        rem = o.qty
+        if not rem:
+            self._finish_resting(o, FILLED)
+        elif stop is not None:
+            self._release(o, rem)
+            o.qty = 0
+            self._finish_resting(o, CANCELLED)
+            ev.append(self._cancelled_event(o, rem, stop))
+        else:
+            lvl = levels.get(new_price)
+            if lvl is None:
+                lvl = self._add_level(sym, side, new_price)
+            e = [o]
+            o.ent = e
+            lvl.append(e)
+            lvl.total += rem
         return ev
 
     def _amended_event(self, o: Order, old_price: int, old_qty: int, prio: str) -> dict:
@@ -1096,12 +1289,14 @@ class Engine:
                 assert sym.bid_keys[-1] < -sym.ask_keys[-1], "crossed book"
             for side, levels in ((BUY, sym.bids), (SELL, sym.asks)):
                 for p, lvl in levels.items():
-                    live = [o for o in lvl if o.qty]
+                    live = [e[0] for e in lvl if e[0] is not None]
                     assert live, "empty level"
                     assert sum(o.qty for o in live) == lvl.total, "level total"
                     assert lvl.dead == len(lvl) - len(live), "dead count"
+                    for e in lvl:
+                        assert e[0] is None or e[0].ent is e, "entry link"
                     for o in live:
-                        assert o.price == p and o.side == side and o.status == OPEN
+                        assert o.qty > 0 and o.price == p and o.side == side and o.status == OPEN
                         assert self.orders.get(o.oid) is o, "order map"
                         asset = sym.quote if side == BUY else sym.base
                         key = (o.acct.name, asset)

@@ -166,14 +166,16 @@ def _body(eng) -> bytes:
     for s in syms:
         nb = 0
         for k in reversed(s.bid_keys):
-            for o in s.bids[k]:
-                if o.qty:
+            for e in s.bids[k]:
+                o = e[0]
+                if o is not None:
                     rows.append(o)
                     nb += 1
         na = 0
         for k in reversed(s.ask_keys):
-            for o in s.asks[-k]:
-                if o.qty:
+            for e in s.asks[-k]:
+                o = e[0]
+                if o is not None:
                     rows.append(o)
                     na += 1
         counts.append(nb)
@@ -278,9 +280,9 @@ def _load_body(cls, r: _R):
         OPEN,
         SELL,
         Account,
-        Level,
         Order,
         Symbol,
+        _new_level,
     )
     from .numbers import POW10, fmt_scaled
 
@@ -382,9 +384,15 @@ def _load_body(cls, r: _R):
             hb = a.bal[s.base]
             rb = a.bal[s.quote]
             unit = s.bpl
-        rows.append(Order(oid[i], a, s, side, p, qty[i], unit, hb, rb, coid, op_, oqty[i],
-                          filled[i], otype, (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY),
-                          (f >> _F_STP_SHIFT) & 3, (f >> _F_STATUS_SHIFT) & 3, ts[i], ev))
+        o = Order(oid[i], a, s, side, p, qty[i], unit, hb, rb, coid, otype,
+                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY), (f >> _F_STP_SHIFT) & 3,
+                  ts[i])
+        o.oprice = op_
+        o.oqty = oqty[i]
+        o.filled = filled[i]
+        o.status = (f >> _F_STATUS_SHIFT) & 3
+        o.ev = ev
+        rows.append(o)
     if ci != len(coid_lens) or cpos != len(coid_blob) or ei != len(ev_lens) or epos != len(
             ev_blob):
         raise SnapshotError("string/event blobs inconsistent")
@@ -403,10 +411,12 @@ def _load_body(cls, r: _R):
                 if o.price != last:
                     if o.price in levels:
                         raise SnapshotError("book levels out of order")
-                    lvl = levels[o.price] = Level()
+                    lvl = levels[o.price] = _new_level()
                     keys.append(o.price if side == BUY else -o.price)
                     last = o.price
-                lvl.append(o)
+                e = [o]
+                o.ent = e
+                lvl.append(e)
                 lvl.total += o.qty
                 open_orders.append(o)
             keys.reverse()

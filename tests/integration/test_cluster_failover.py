@@ -14,7 +14,8 @@ SYMBOL = "BTC-USDT"
 
 def setup_market(client) -> None:
     for cmd in (
-        {"op": "add_symbol", "symbol": SYMBOL, "base": "BTC", "quote": "USDT", "tick_size": "0.01", "lot_size": "0.001"},
+        {"op": "add_symbol", "symbol": SYMBOL, "base": "BTC", "quote": "USDT",
+         "tick_size": "0.01", "lot_size": "0.001"},
         {"op": "deposit", "account": "alice", "asset": "USDT", "amount": "1000000", "tx_id": "t1"},
         {"op": "deposit", "account": "bob", "asset": "BTC", "amount": "100", "tx_id": "t2"},
     ):
