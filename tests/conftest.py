@@ -16,6 +16,7 @@ from pyengine.config import ClusterLayout, Timeouts
 from pyengine.localcluster import LocalCluster, free_port_base
 
 _bases = itertools.count()
+TEST_TIMEOUTS = Timeouts(heartbeat_interval_ms=50, heartbeat_timeout_ms=500, election_timeout_ms=100)
 
 
 def next_port_base() -> int:
@@ -30,7 +31,9 @@ def make_cluster(tmp_path: Path):
     started: list[LocalCluster] = []
 
     def factory(members: int = 3, start: bool = True, **overrides) -> LocalCluster:
-        timeouts = overrides.pop("timeouts", Timeouts())
+        # Looser than the production defaults: a member restarting (JVM start, JIT) on this
+        # 2-core machine can starve the others for a moment; failover speed is a benchmark's job.
+        timeouts = overrides.pop("timeouts", TEST_TIMEOUTS)
         layout = ClusterLayout(
             base_dir=tmp_path / f"cluster-{len(started)}", members=members,
             port_base=next_port_base(), timeouts=timeouts, **overrides,

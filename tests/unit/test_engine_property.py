@@ -125,7 +125,8 @@ def commands(draw):
     return cmds
 
 
-@settings(max_examples=int(os.environ.get("ENGINE_EXAMPLES", "400")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("ENGINE_EXAMPLES", "250")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(commands())
 def test_engine_matches_reference(cmds):
     eng = Engine()
