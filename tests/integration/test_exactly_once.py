@@ -24,6 +24,9 @@ def test_leader_killed_ten_times_under_load_loses_and_duplicates_nothing(make_cl
     client = make_client(cluster.ingress_endpoints())
     assert client.wait_connected(30)
     setup_market(client)
+    # Enough for any run length: each fill moves 500 USDT and 0.01 BTC.
+    client.request({"op": "deposit", "account": "alice", "asset": "USDT", "amount": "99000000", "tx_id": "t3"})
+    client.request({"op": "deposit", "account": "bob", "asset": "BTC", "amount": "9900", "tx_id": "t4"})
 
     submitted: list[tuple[str, object]] = []
     stop = threading.Event()
@@ -90,8 +93,8 @@ def test_leader_killed_ten_times_under_load_loses_and_duplicates_nothing(make_cl
     def total(asset):
         return sum(Decimal(b[asset]["available"]) + Decimal(b[asset]["held"]) for b in (alice, bob) if asset in b)
 
-    assert total("USDT") == Decimal("1000000")
-    assert total("BTC") == Decimal("100")
+    assert total("USDT") == Decimal("100000000")
+    assert total("BTC") == Decimal("10000")
 
     # All members end with equal state.
     _, hashes = hashes_at_one_position(cluster, client, range(3))
