@@ -32,9 +32,16 @@ class JvmSetupError(RuntimeError):
 
 
 def find_jar() -> Path:
+    explicit = os.environ.get("MATCHX_JAR")
+    if explicit:
+        # A jar named explicitly must be there: falling back to another one would hide the error.
+        if Path(explicit).is_file():
+            return Path(explicit)
+        raise JvmSetupError(
+            f"matchx: MATCHX_JAR={explicit} does not exist; build the jar with `make build` "
+            "(mvn -q package) or unset MATCHX_JAR"
+        )
     candidates = []
-    if os.environ.get("MATCHX_JAR"):
-        candidates.append(Path(os.environ["MATCHX_JAR"]))
     candidates.append(REPO_ROOT / "java-cluster" / "target" / JAR_NAME)
     candidates.append(Path("/opt/matchx/lib") / JAR_NAME)
     for path in candidates:
