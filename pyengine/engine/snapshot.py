@@ -14,11 +14,13 @@ escapes.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import struct
 import sys
 from array import array
 from collections import deque
+from operator import attrgetter
 
 import orjson
 
@@ -113,13 +115,7 @@ class _R:
         return a
 
 
-def _opt(v: int | None) -> int:
-    return _NONE if v is None else v
-
-
 def _body(eng) -> bytes:
-    from .core import BUY
-
     w = _W()
     w.i64(eng.dedup_window)
     w.i64(eng.next_oid)
@@ -184,44 +180,36 @@ def _body(eng) -> bytes:
         rows.extend(a.finished)
         counts.append(len(a.finished))
     n = len(rows)
-    oid = [0] * n
-    price = [0] * n
-    qty = [0] * n
-    oprice = [0] * n
-    oqty = [0] * n
-    filled = [0] * n
-    ts = [0] * n
-    acc = [0] * n
-    sym = [0] * n
-    flags = [0] * n
-    coid_lens: list[int] = []
-    coid_parts: list[bytes] = []
-    ev_lens: list[int] = []
-    ev_parts: list[bytes] = []
-    for i, o in enumerate(rows):
-        oid[i] = o.oid
-        price[i] = _opt(o.price)
-        qty[i] = o.qty
-        oprice[i] = _opt(o.oprice)
-        oqty[i] = o.oqty
-        filled[i] = o.filled
-        ts[i] = o.ts
-        acc[i] = acidx[id(o.acct)]
-        sym[i] = sidx[id(o.sym)]
-        f = ((0 if o.side == BUY else _F_SELL) | (o.otype * _F_MARKET) | (o.tif << _F_TIF_SHIFT)
-             | (_F_POST_ONLY if o.post_only else 0) | (o.stp << _F_STP_SHIFT)
-             | (o.status << _F_STATUS_SHIFT))
-        if o.coid is not None:
-            f |= _F_COID
-            b = o.coid.encode()
-            coid_lens.append(len(b))
-            coid_parts.append(b)
-        if o.ev is not None:
-            f |= _F_EV
-            b = orjson.dumps(o.ev)
-            ev_lens.append(len(b))
-            ev_parts.append(b)
-        flags[i] = f
+    # one C-level pass over the (scattered) order objects, then columns by transposition
+    fields = ("oid", "price", "qty", "oprice", "oqty", "filled", "ts", "acct", "sym", "side",
+              "otype", "tif", "post_only", "stp", "status", "coid", "ev")
+    if rows:
+        cols = list(zip(*map(attrgetter(*fields), rows), strict=True))
+    else:
+        cols = [()] * len(fields)
+    (oid, price_c, qty, oprice_c, oqty, filled, ts, acct_c, sym_c, side_c, otype_c, tif_c,
+     po_c, stp_c, status_c, coid_col, ev_col) = cols
+    price = [_NONE if p is None else p for p in price_c]
+    oprice = [_NONE if p is None else p for p in oprice_c]
+    acc = list(map(acidx.__getitem__, map(id, acct_c)))
+    sym = list(map(sidx.__getitem__, map(id, sym_c)))
+    # side: BUY=0/SELL=1 is _F_SELL; otype LIMIT=0/MARKET=1 -> _F_MARKET
+    flags = [sd | (ot << 1) | (tf << _F_TIF_SHIFT) | (_F_POST_ONLY if po else 0)
+             | (sp << _F_STP_SHIFT) | (st << _F_STATUS_SHIFT) | (0 if c is None else _F_COID)
+             | (0 if e is None else _F_EV)
+             for sd, ot, tf, po, sp, st, c, e in zip(side_c, otype_c, tif_c, po_c, stp_c,
+                                                     status_c, coid_col, ev_col, strict=True)]
+    coid_strs = [c for c in coid_col if c is not None]
+    coid_text = "".join(coid_strs)
+    if coid_text.isascii():
+        coid_lens = list(map(len, coid_strs))
+        coid_bytes = coid_text.encode("ascii")
+    else:
+        enc = [c.encode() for c in coid_strs]
+        coid_lens = list(map(len, enc))
+        coid_bytes = b"".join(enc)
+    ev_enc = [orjson.dumps(e) for e in ev_col if e is not None]
+    ev_lens = list(map(len, ev_enc))
     w.arr("q", counts)
     w.i64(n)
     for col in (oid, price, qty, oprice, oqty, filled, ts):
@@ -230,14 +218,20 @@ def _body(eng) -> bytes:
     w.arr("l" if array("l").itemsize == 4 else "i", sym)
     w.arr("H", flags)
     w.arr("L" if array("L").itemsize == 4 else "I", coid_lens)
-    w.raw(b"".join(coid_parts))
+    w.raw(coid_bytes)
     w.arr("L" if array("L").itemsize == 4 else "I", ev_lens)
-    w.raw(b"".join(ev_parts))
+    w.raw(b"".join(ev_enc))
     return b"".join(w.parts)
 
 
 def dump(eng) -> bytes:
-    body = _body(eng)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # the column lists are large; collecting while building them only costs time
+    try:
+        body = _body(eng)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     hdr = _HDR.pack(MAGIC, VERSION, 0, len(body))
     h = hashlib.blake2b(hdr, digest_size=_DIGEST)
     h.update(body)
@@ -264,12 +258,18 @@ def load(cls, blob: bytes):
     h = hashlib.blake2b(mv[: _HDR.size + blen], digest_size=_DIGEST)
     if h.digest() != bytes(mv[_HDR.size + blen:]):
         raise SnapshotError("snapshot checksum mismatch (corrupt)")
+    # a bulk load of long-lived objects: collecting during it only costs time
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         eng = _load_body(cls, _R(mv[_HDR.size: _HDR.size + blen]))
     except SnapshotError:
         raise
     except Exception as e:
         raise SnapshotError(f"snapshot malformed: {type(e).__name__}: {e}") from e
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     return eng
 
 
@@ -349,52 +349,80 @@ def _load_body(cls, r: _R):
     if len(counts) != 2 * len(syms) + len(accts) or sum(counts) != n:
         raise SnapshotError("order counts inconsistent")
 
+    # client order ids: one decode of the whole blob when it is ASCII (byte == char offsets)
+    if sum(coid_lens) != len(coid_blob):
+        raise SnapshotError("client order id blob inconsistent")
+    if coid_blob.isascii():
+        text = coid_blob.decode("ascii")
+        coids = []
+        cpos = 0
+        for ln in coid_lens:
+            coids.append(text[cpos:cpos + ln])
+            cpos += ln
+    else:
+        coids = []
+        cpos = 0
+        for ln in coid_lens:
+            coids.append(coid_blob[cpos:cpos + ln].decode())
+            cpos += ln
+    coid_iter = iter(coids)
+    if sum(ev_lens) != len(ev_blob):
+        raise SnapshotError("event blob inconsistent")
+    flag_cache: dict[int, tuple] = {}
+    cells: dict[tuple, tuple] = {}   # (account, symbol, side) -> (hb, rb)
+    units: dict[tuple, int] = {}     # (symbol, price) -> buy unit
     rows = []
-    ci = 0
-    cpos = 0
     ei = 0
     epos = 0
     for i in range(n):
         f = flags[i]
-        a = accts[acc[i]]
-        s = syms[sym[i]]
-        side = SELL if f & _F_SELL else BUY
-        otype = MARKET if f & _F_MARKET else 0
+        fl = flag_cache.get(f)
+        if fl is None:
+            fl = flag_cache[f] = (SELL if f & _F_SELL else BUY, MARKET if f & _F_MARKET else 0,
+                                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY),
+                                  (f >> _F_STP_SHIFT) & 3, (f >> _F_STATUS_SHIFT) & 3)
+        side, otype, tif, post_only, stp, status = fl
+        ai = acc[i]
+        si = sym[i]
+        a = accts[ai]
+        s = syms[si]
         p = price[i]
-        p = None if p == _NONE else p
+        if p == _NONE:
+            p = None
         op_ = oprice[i]
-        op_ = None if op_ == _NONE else op_
-        coid = None
-        if f & _F_COID:
-            ln = coid_lens[ci]
-            coid = coid_blob[cpos:cpos + ln].decode()
-            cpos += ln
-            ci += 1
+        if op_ == _NONE:
+            op_ = None
+        coid = next(coid_iter) if f & _F_COID else None
         ev = None
         if f & _F_EV:
             ln = ev_lens[ei]
             ev = orjson.loads(ev_blob[epos:epos + ln])
             epos += ln
             ei += 1
+        key = (ai, si, side)
+        hr = cells.get(key)
+        if hr is None:
+            hr = cells[key] = ((a.bal[s.quote], a.bal[s.base]) if side == BUY
+                               else (a.bal[s.base], a.bal[s.quote]))
         if side == BUY:
-            hb = a.bal[s.quote]
-            rb = a.bal[s.base]
-            unit = 0 if otype == MARKET else s.buy_unit(p)
+            if otype == MARKET:
+                unit = 0
+            else:
+                uk = (si, p)
+                unit = units.get(uk)
+                if unit is None:
+                    unit = units[uk] = s.buy_unit(p)
         else:
-            hb = a.bal[s.base]
-            rb = a.bal[s.quote]
             unit = s.bpl
-        o = Order(oid[i], a, s, side, p, qty[i], unit, hb, rb, coid, otype,
-                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY), (f >> _F_STP_SHIFT) & 3,
-                  ts[i])
+        o = Order(oid[i], a, s, side, p, qty[i], unit, hr[0], hr[1], coid, otype, tif,
+                  post_only, stp, ts[i])
         o.oprice = op_
         o.oqty = oqty[i]
         o.filled = filled[i]
-        o.status = (f >> _F_STATUS_SHIFT) & 3
+        o.status = status
         o.ev = ev
         rows.append(o)
-    if ci != len(coid_lens) or cpos != len(coid_blob) or ei != len(ev_lens) or epos != len(
-            ev_blob):
+    if next(coid_iter, None) is not None or ei != len(ev_lens):
         raise SnapshotError("string/event blobs inconsistent")
 
     pos = 0
@@ -423,14 +451,20 @@ def _load_body(cls, r: _R):
             if keys != sorted(keys):
                 raise SnapshotError("book levels out of order")
             pos += cnt
-    open_orders.sort(key=lambda o: o.oid)
-    for o in open_orders:
-        if o.oid in eng.orders:
-            raise SnapshotError("duplicate order id")
-        eng.orders[o.oid] = o
-        o.acct.open[o.oid] = o
+    # open orders are registered in ascending id order (the order cancel_all follows);
+    # the rows of the book are oid[0:len(open_orders)] of the columns
+    ids = oid[: len(open_orders)]
+    orders = eng.orders
+    for i in sorted(range(len(open_orders)), key=ids.__getitem__):
+        o = open_orders[i]
+        k = o.oid
+        orders[k] = o
+        a = o.acct
+        a.open[k] = o
         if o.coid is not None:
-            o.acct.coids[o.coid] = o
+            a.coids[o.coid] = o
+    if len(orders) != len(open_orders):
+        raise SnapshotError("duplicate order id")
     for ai, a in enumerate(accts):
         cnt = counts[2 * len(syms) + ai]
         fin = rows[pos:pos + cnt]
