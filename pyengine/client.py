@@ -268,15 +268,22 @@ class MatchClient:
                 self.stats.sent_batches += 1
                 return True
             if result == -100 or self._closed:  # not connected: resent on (re)connect
-                return False
+                break
             time.sleep(0.0002 if attempt < 50 else 0.002)  # back pressure
+        # Not sent: count it as an attempt so the periodic resend retries it after resend_after_s.
+        now = time.monotonic()
+        for p in live:
+            p.sent_at = now
+            p.sends += 1
         return False
 
     def _resend_stale(self, everything: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
+            # Never yet-unsent ones (sends == 0) unless everything: the send loop has them queued,
+            # and sending them here too would send every command twice.
             stale = [p for p in self._pending.values()
-                     if everything or p.sends == 0 or now - p.sent_at > self.resend_after_s]
+                     if everything or (p.sends > 0 and now - p.sent_at > self.resend_after_s)]
         if not stale or not self._connected.is_set():
             return
         stale.sort(key=lambda p: p.request_id)

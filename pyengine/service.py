@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,7 +63,9 @@ class ReplyCache:
 
     def __init__(self, window: int = DEFAULT_DEDUPE_WINDOW) -> None:
         self.window = window
-        self.by_client: dict[int, dict[int, tuple[int, bytes]]] = {}
+        # OrderedDict: evicting the oldest is O(1) (a plain dict's first key gets slower to find
+        # the more keys were deleted from its front).
+        self.by_client: dict[int, OrderedDict[int, tuple[int, bytes]]] = {}
         self.floor: dict[int, int] = {}  # highest evicted request id per client
 
     def get(self, client_id: int, request_id: int) -> tuple[int, bytes] | None:
@@ -73,11 +76,12 @@ class ReplyCache:
         return request_id <= self.floor.get(client_id, 0)
 
     def put(self, client_id: int, request_id: int, status: int, payload: bytes) -> None:
-        entries = self.by_client.setdefault(client_id, {})
+        entries = self.by_client.get(client_id)
+        if entries is None:
+            entries = self.by_client[client_id] = OrderedDict()
         entries[request_id] = (status, payload)
         if len(entries) > self.window:
-            oldest = next(iter(entries))
-            del entries[oldest]
+            oldest, _ = entries.popitem(last=False)
             if oldest > self.floor.get(client_id, 0):
                 self.floor[client_id] = oldest
 
@@ -98,7 +102,7 @@ class ReplyCache:
         for _ in range(clients):
             client_id, floor, count = struct.unpack_from("<QQQ", buf, off)
             off += 24
-            entries: dict[int, tuple[int, bytes]] = {}
+            entries: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
             for _ in range(count):
                 request_id, status, length = _DEDUPE_ENTRY.unpack_from(buf, off)
                 off += _DEDUPE_ENTRY.size
