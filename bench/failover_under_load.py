@@ -1,0 +1,328 @@
+"""Failover under load: leader SIGKILL -> first answer to a request sent after the kill, while a
+client sends the order flow at a steady rate.
+
+    .venv/bin/python bench/failover_under_load.py                     # 15 trials at 1,000 orders/s
+    .venv/bin/python bench/failover_under_load.py --trials 10 --rate 2000
+
+A client process (its own MatchClient; binary codec; the seeded order flow of bench/common.py)
+sends open loop at ``--rate`` for the whole run and records, for every order, when it was
+submitted and when its answer arrived (CLOCK_MONOTONIC, which this process shares), and when
+the SDK saw a new leader / reconnected. This process runs the trials: wait until the cluster
+has a leader and two followers, let it settle, SIGKILL the leader, restart the killed member
+once a new leader is known, repeat. Per trial:
+
+* failover time = first answer to an order *submitted after* the kill, minus the kill time;
+* client sees new leader = the SDK's NewLeader (or reconnect) event, minus the kill time;
+* worst latency of the orders submitted in the second before the kill (they wait for the
+  new leader and are resent by the SDK; the service answers a resend from its reply cache).
+
+At the end the client drains, and the bench checks that every order got an answer (none lost,
+none failed) and that all three members reach the same engine state hash. Writes
+bench/reports/failover_under_load.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    MachineLoad,
+    OrderFlow,
+    bench_cluster,
+    environment,
+    jar_cleanup,
+    log,
+    setup_commands,
+)
+from pyengine.config import Timeouts  # noqa: E402
+from pyengine.localcluster import wait_for  # noqa: E402
+
+REPORT = Path(__file__).parent / "reports" / "failover_under_load.md"
+
+
+# ============================================================================ client worker
+
+
+class _EventTimes(logging.Handler):
+    """Records when the SDK logs 'new leader' / 'connected' (monotonic clock)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.times: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith(("new leader", "connected", "session closed")):
+            self.times.append((time.monotonic(), msg))
+
+
+def worker(spec: dict) -> int:
+    from pyengine.client import MatchClient
+
+    events = _EventTimes()
+    lg = logging.getLogger("matchx.client")
+    lg.setLevel(logging.INFO)
+    lg.addHandler(events)
+    client = MatchClient(spec["endpoints"])
+    if not client.wait_connected(60):
+        raise SystemExit(f"could not connect: {client.last_error}")
+    if spec.get("setup"):
+        for f in [client.submit(c) for c in setup_commands(spec["accounts"])]:
+            f.result(120)
+    flow = OrderFlow(spec["seed"], spec["accounts"], "f")
+    rate = spec["rate"]
+    cap = int(rate * spec["max_s"]) + 1
+    sent_at = array("d", bytes(8 * cap))
+    answered_at = array("d", bytes(8 * cap))
+    status = array("b", bytes(cap))  # 0 pending, 1 ok, 2 duplicate (answered from cache), 3 error
+    clock = time.monotonic
+
+    def done(fut, i: int) -> None:
+        answered_at[i] = clock()
+        if fut.exception() is not None:
+            status[i] = 3
+        else:
+            status[i] = 2 if fut.result().duplicate else 1
+
+    stop_file = Path(spec["stop_file"])
+    Path(spec["ready_file"]).write_text(str(os.getpid()))
+    submit = client.submit_binary
+    interval = 1.0 / rate
+    start = clock()
+    i = 0
+    next_check = start
+    while i < cap:
+        now = clock()
+        if now >= next_check:
+            if stop_file.exists():
+                break
+            next_check = now + 0.1
+        due = min(cap, int((now - start) / interval) + 1)
+        while i < due:
+            cmd = flow.next()
+            sent_at[i] = clock()
+            submit(cmd).add_done_callback(lambda f, i=i: done(f, i))
+            i += 1
+        nxt = start + i * interval - clock()
+        if nxt > 0:
+            time.sleep(nxt)
+    n = i
+    print(f"sent {n:,} orders; draining {client.pending_count():,} outstanding ...", file=sys.stderr, flush=True)
+    deadline = clock() + spec.get("drain_s", 900)
+    while client.pending_count() and clock() < deadline:
+        time.sleep(0.05)
+    drain_s = clock() - (deadline - spec.get("drain_s", 900))
+    # the last answers' callbacks may still be running
+    time.sleep(0.2)
+    unanswered = client.pending_count()
+    out = Path(spec["out_file"])
+    with out.open("wb") as fh:
+        sent_at[:n].tofile(fh)
+        answered_at[:n].tofile(fh)
+        status[:n].tofile(fh)
+    try:
+        leader_hash = client.admin({"op": "state_hash"}, timeout=300).events
+    except Exception as exc:  # noqa: BLE001 - reported, the samples are already written
+        leader_hash = {"error": str(exc)}
+    result = {"n": n, "unanswered": unanswered, "events": events.times, "drain_s": drain_s,
+              "resent": client.stats.resent, "new_leaders": client.stats.new_leaders,
+              "connects": client.stats.connects, "batches": client.stats.sent_batches,
+              "leader_hash": leader_hash}
+    client.close()
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+# ============================================================================ parent
+
+
+def pctl(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--trials", type=int, default=15)
+    ap.add_argument("--rate", type=float, default=1000.0, help="orders/s sent during the whole run")
+    ap.add_argument("--accounts", type=int, default=200)
+    ap.add_argument("--settle-s", type=float, default=3.0, help="quiet time with 3 members before a kill")
+    ap.add_argument("--heartbeat-interval-ms", type=int, default=Timeouts.heartbeat_interval_ms)
+    ap.add_argument("--heartbeat-timeout-ms", type=int, default=Timeouts.heartbeat_timeout_ms)
+    ap.add_argument("--election-timeout-ms", type=int, default=Timeouts.election_timeout_ms)
+    ap.add_argument("--snapshot-interval-s", type=int, default=15,
+                    help="members snapshot on this schedule, so a restarted member replays only a short log")
+    ap.add_argument("--catchup-timeout-s", type=float, default=180.0)
+    ap.add_argument("--port-start", type=int, default=42000)
+    ap.add_argument("--report", type=Path, default=REPORT)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(json.loads(args.worker))
+
+    timeouts = Timeouts(heartbeat_interval_ms=args.heartbeat_interval_ms,
+                        heartbeat_timeout_ms=args.heartbeat_timeout_ms,
+                        election_timeout_ms=args.election_timeout_ms,
+                        startup_canvass_timeout_ms=max(2000, 2 * args.heartbeat_timeout_ms))
+    env = environment()
+    log(f"environment: {env}")
+    trials: list[dict] = []
+    machine = MachineLoad().__enter__()
+    with bench_cluster("failover", args.port_start, timeouts=timeouts,
+                       snapshot_interval_s=args.snapshot_interval_s) as cluster:
+        work = cluster.dir / "bench"
+        work.mkdir(exist_ok=True)
+        spec = {"endpoints": cluster.ingress_endpoints(), "accounts": args.accounts, "setup": True,
+                "seed": 11, "rate": args.rate, "max_s": 60 + args.trials * 60,
+                "stop_file": str(work / "stop"), "ready_file": str(work / "ready"),
+                "out_file": str(work / "samples.bin")}
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        err_lines: list[str] = []
+        threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True).start()
+        try:
+            wait_for(lambda: Path(spec["ready_file"]).exists() or proc.poll() is not None, 180, "the client")
+            if proc.poll() is not None:
+                raise RuntimeError("client failed: " + "".join(err_lines[-30:]))
+            log(f"client sending {args.rate:,.0f} orders/s; warming up 5 s")
+            time.sleep(5)
+            for t in range(1, args.trials + 1):
+                leader = cluster.await_leader(60)
+                cluster.await_followers(2, 120)
+                # the restarted member has caught up with where the leader was when it rejoined
+                mark = cluster.member_status(leader).get("log_position", 0)
+                try:
+                    wait_for(lambda mark=mark: all(cluster.member_status(m).get("log_position", -1) >= mark
+                                                   for m in range(3)), args.catchup_timeout_s,
+                             "the restarted member to catch up")
+                except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
+                    log(f"  {exc}; killing the leader anyway")
+                time.sleep(args.settle_s)
+                leader = cluster.await_leader(60)
+                killed_at = time.monotonic()
+                cluster.kill(leader)
+                new_leader = cluster.await_leader(60, exclude=leader)
+                seen_at = time.monotonic()
+                cluster.start_member(leader)
+                trials.append({"trial": t, "killed": leader, "new_leader": new_leader, "killed_at": killed_at,
+                               "status_leader_ms": (seen_at - killed_at) * 1000})
+                log(f"trial {t:>2}: killed leader member {leader}; member {new_leader} leads "
+                    f"(seen in status files after {(seen_at - killed_at) * 1000:.0f} ms); restarting member {leader}")
+            cluster.await_followers(2, 120)
+            time.sleep(2)
+        finally:
+            Path(spec["stop_file"]).write_text("stop")
+            try:
+                out, _ = proc.communicate(timeout=1500)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+        line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError("client failed: " + "".join(err_lines[-40:]))
+        res = json.loads(line[7:])
+        n = res["n"]
+        raw = Path(spec["out_file"]).read_bytes()
+        sent_at, answered_at, status = array("d"), array("d"), array("b")
+        sent_at.frombytes(raw[: 8 * n])
+        answered_at.frombytes(raw[8 * n : 16 * n])
+        status.frombytes(raw[16 * n : 17 * n])
+        # every member answers state_hash at the same log position
+        deadline = time.monotonic() + 30
+        while True:
+            hashes = {m: cluster.member_hash(m) or {} for m in range(3)}
+            keys = {(h.get("position"), h.get("engine_hash"), h.get("applied")) for h in hashes.values()}
+            if len(keys) == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        agree = len(keys) == 1 and None not in next(iter(keys))
+    jar_cleanup()
+    machine.__exit__(None, None, None)
+    env = f"{env}; {machine.summary()}"
+    log(machine.summary())
+
+    ev_times = [(t, m) for t, m in res["events"]]
+    for tr in trials:
+        k = tr["killed_at"]
+        first = None
+        worst_before = 0.0
+        for i in range(n):
+            s = sent_at[i]
+            if s > k and status[i] and (first is None or answered_at[i] < first):
+                first = answered_at[i]
+                if s > k + 5:
+                    break
+            if k - 1.0 <= s <= k and status[i]:
+                worst_before = max(worst_before, answered_at[i] - s)
+        tr["failover_ms"] = (first - k) * 1000 if first is not None else float("nan")
+        seen = next((t for t, m in ev_times if t > k and (m.startswith("new leader") or m.startswith("connected"))),
+                    None)
+        tr["client_new_leader_ms"] = (seen - k) * 1000 if seen is not None else float("nan")
+        tr["worst_inflight_ms"] = worst_before * 1000
+        log(f"trial {tr['trial']:>2}: failover {tr['failover_ms']:.0f} ms (client saw the new leader after "
+            f"{tr['client_new_leader_ms']:.0f} ms); orders in flight at the kill answered within "
+            f"{tr['worst_inflight_ms']:.0f} ms")
+
+    fo = [t["failover_ms"] for t in trials]
+    answered = sum(1 for s in status if s in (1, 2))
+    dups = sum(1 for s in status if s == 2)
+    errors = sum(1 for s in status if s == 3)
+    pending = sum(1 for s in status if s == 0)
+    summary = (f"{len(fo)} trials at {args.rate:,.0f} orders/s: failover median {statistics.median(fo):.0f} ms, "
+               f"p90 {pctl(fo, 90):.0f} ms, max {max(fo):.0f} ms; {n:,} orders sent, {answered:,} answered "
+               f"({dups:,} answered from the reply cache after a resend), {errors} failed, "
+               f"{pending + res['unanswered']} unanswered; members agree on the state hash: {agree}")
+    log(summary)
+    write_report(args, env, timeouts, trials, summary, res, agree, fo)
+    return 0 if pending + res["unanswered"] + errors == 0 and agree else 1
+
+
+def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
+    cmd = "python bench/failover_under_load.py " + " ".join(sys.argv[1:])
+    target_met = pctl(fo, 99) < 500
+    lines = [
+        "# Failover under load: leader SIGKILL -> first answer to an order sent after the kill\n",
+        f"Command: `{cmd.strip()}`  ",
+        f"Environment: {env}; 3 members + the client on one 2-core machine (loopback).  ",
+        f"Settings: heartbeat interval {timeouts.heartbeat_interval_ms} ms, heartbeat timeout "
+        f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms; one client "
+        f"process (MatchClient, default resend interval 1 s) sending the bench order flow (binary codec) open "
+        f"loop at {args.rate:,.0f} orders/s during the whole run; {args.settle_s:.0f} s with three members before "
+        f"each kill (after the restarted member has caught up); the killed member is restarted as soon as a new "
+        f"leader is known; members snapshot every {args.snapshot_interval_s} s.\n",
+        f"**{summary}**\n",
+        f"Target failover p99 < 500 ms: **{'met' if target_met else 'not met'}** (with {len(fo)} trials the p99 "
+        f"is the worst trial, {max(fo):.0f} ms).\n",
+        "| trial | killed | new leader | failover ms | client saw new leader ms | leader in status files ms "
+        "| in-flight orders answered within ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in trials:
+        lines.append(f"| {t['trial']} | {t['killed']} | {t['new_leader']} | {t['failover_ms']:.0f} | "
+                     f"{t['client_new_leader_ms']:.0f} | {t['status_leader_ms']:.0f} | {t['worst_inflight_ms']:.0f} |")
+    lines.append("")
+    lines.append(f"After the last trial the client needed {res['drain_s']:.0f} s to receive every outstanding "
+                 "answer (a backlog means the cluster did not keep up with the offered rate on this machine).\n")
+    lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "
+                 f"orders resent by the SDK, {res['batches']:,} cluster messages. Status files are written every "
+                 f"200 ms, so that column is coarse.\n")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
