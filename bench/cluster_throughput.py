@@ -720,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
                     first[k] = first.get(k, 0) + v
             lag_p99 = lag.get_value_at_percentile(99) / 1000
             backlog = [b for r in results for b in r["backlog"]]
-            kept = unanswered == 0 and pending_end <= max(50, rate * 0.1) and lag_p99 < 20
+            # kept: at most half a second of orders still outstanding when sending ends (no growing backlog)
+            kept = unanswered == 0 and pending_end <= max(100, rate * 0.5) and lag_p99 < 20
             held = kept and s.get("p99_ms", 1e9) <= args.p99_bound_ms
             row = {"rate": rate, **s, "achieved": achieved, "lag_p99_ms": lag_p99, "pending_end": pending_end,
                    "unanswered": unanswered, "avg_batch": sent / max(1, batches), "busy": busy,
@@ -786,7 +787,8 @@ def write_report(args, env, sat, rows, bests, verify, agree, profile, comps) -> 
            f"by client_order_id (bench/common.py OrderFlow). Open-loop latency is measured from each "
            f"order's planned send time to its answer (no coordinated omission); {args.warmup_s:.0f} s warm-up "
            f"then {args.duration_s:.0f} s measured per rate. Kept = the cluster kept up: schedule kept (send lag p99 "
-           f"< 20 ms), no backlog at the end, nothing unanswered; held = kept and p99 <= {args.p99_bound_ms:.0f} ms. "
+           f"< 20 ms), at most 0.5 s worth of orders outstanding when sending ended, nothing unanswered; "
+           f"held = kept and p99 <= {args.p99_bound_ms:.0f} ms. "
            f"Rates above the first one not kept are skipped.\n"]
     if sat:
         out.append(f"## Sustained throughput (closed loop, {args.clients} client(s) x {args.window} outstanding)\n")

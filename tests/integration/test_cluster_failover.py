@@ -114,5 +114,7 @@ def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_clus
     with pytest.raises(Exception, match="bad JSON"):
         client._submit(protocol.Channel.ENGINE_JSON, b"{not json").result(20)
     assert client.admin({"op": "ping"}).events == {"type": "pong"}
+    # No member died of it. (Who leads may change on a starved machine; that is not the input's doing.)
     assert all(cluster.is_running(m) for m in range(3))
-    assert cluster.leader() == leader
+    assert cluster.await_leader(30) in range(3)
+    assert "Traceback" not in cluster.member_log(leader)
