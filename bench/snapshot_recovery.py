@@ -89,17 +89,21 @@ def worker_load(spec: dict) -> None:
     n, window = spec["orders"], spec["window"]
     sem = threading.Semaphore(window)
     bad = [0]
+    why: dict[str, int] = {}
     lock = threading.Lock()
 
     def done(fut) -> None:
+        kind = None
         try:
             ev = fut.result().events
             if not ev or ev[0]["type"] != "accepted" or len(ev) != 1:
-                with lock:
-                    bad[0] += 1
-        except Exception:  # noqa: BLE001
+                kind = "no events" if not ev else f"{ev[0]['type']}:{ev[0].get('reason', '')}/{len(ev)} events"
+        except Exception as exc:  # noqa: BLE001
+            kind = f"{type(exc).__name__}: {str(exc)[:80]}"
+        if kind is not None:
             with lock:
                 bad[0] += 1
+                why[kind] = why.get(kind, 0) + 1
         sem.release()
 
     t0 = time.monotonic()
@@ -118,7 +122,8 @@ def worker_load(spec: dict) -> None:
     elapsed = time.monotonic() - t0
     reply = client.admin({"op": "state_hash"}, timeout=120)
     client.close()
-    emit("RESULT", {"orders": n, "seconds": elapsed, "rejected": bad[0], "batches": client.stats.sent_batches,
+    emit("RESULT", {"orders": n, "seconds": elapsed, "rejected": bad[0], "why": why,
+                    "batches": client.stats.sent_batches,
                     "state": reply.events})
     os._exit(0)
 
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "window": args.window, "levels": args.levels, "coid": coid}), 6 * 3600)
         r["load"] = load
         log(f"loaded in {load['seconds']:.0f} s ({args.orders / load['seconds']:,.0f} orders/s), "
-            f"{load['rejected']} not accepted; {load['batches']:,} cluster messages")
+            f"{load['rejected']} not accepted {load.get('why') or ''}; {load['batches']:,} cluster messages")
         before_hash = load["state"]["engine_hash"]
 
         arch_before = {m: dir_bytes(layout.member_dir(m) / "archive") for m in range(3)}
@@ -381,7 +386,8 @@ def write_report(args, env, r) -> None:
         f"{args.accounts} funded accounts, client_order_id {'on' if not args.no_coid else 'off'}.\n",
         "## Loading (through the cluster)\n",
         f"{n:,} binary place orders in {r['load']['seconds']:.0f} s = **{n / r['load']['seconds']:,.0f} orders/s** "
-        f"({r['load']['batches']:,} cluster messages, {r['load']['rejected']} not accepted).\n",
+        f"({r['load']['batches']:,} cluster messages, {r['load']['rejected']} not accepted"
+        + (f": {r['load']['why']}" if r["load"].get("why") else "") + ").\n",
         "## Snapshot\n",
         f"- `request_snapshot()` until every member reported the new snapshot: **{r['snapshot_s']:.2f} s**",
         "- service snapshot (engine + reply cache), per member: " + ", ".join(
