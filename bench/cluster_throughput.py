@@ -24,9 +24,8 @@ process never starts a JVM. ``--profile-s`` additionally samples the leader with
 installed) during the saturation phase. Before the cluster starts, ``components()`` measures
 the CPU cost per order of each piece in isolation.
 
-Bench-only experiments for the proposals in docs/performance.md (library code is not changed):
-``--client-variant proposed`` uses a MatchClient subclass (resend fix + send-loop linger), and
-``--patch-reply-cache`` loads an O(1)-eviction ReplyCache into the members via sitecustomize.
+A bench-only experiment for a proposal in docs/performance.md: ``--client-variant proposed``
+uses a MatchClient subclass whose send loop lingers to coalesce orders.
 """
 
 from __future__ import annotations
@@ -62,14 +61,10 @@ REPORT = Path(__file__).parent / "reports" / "cluster_throughput.md"
 
 
 def proposed_client_class(linger_s: float):
-    """Bench-only copy of two proposed MatchClient changes (pyengine/client.py is not edited):
-
-    * ``_resend_stale`` leaves commands that are still waiting in the outbox alone (``sends == 0``);
-      the SDK today sends each of them twice when the sender is behind: once from here, once
-      when the send loop dequeues it;
-    * the send loop lingers up to ``linger_s`` after the first queued command to coalesce more
-      commands into the cluster message (at low rates every order is otherwise its own message,
-      and per-message costs dominate on the members).
+    """Bench-only MatchClient whose send loop lingers up to ``linger_s`` after the first queued
+    command to coalesce more into one cluster message (at low rates every order is otherwise its
+    own message, and per-message costs dominate on the members). The proposal in
+    docs/performance.md; pyengine/client.py does not linger.
     """
     import queue
 
@@ -77,18 +72,6 @@ def proposed_client_class(linger_s: float):
     from pyengine.client import MAX_BATCH_BYTES, MatchClient
 
     class ProposedClient(MatchClient):
-        def _resend_stale(self, everything: bool = False) -> None:
-            now = time.monotonic()
-            with self._lock:
-                stale = [p for p in self._pending.values()
-                         if everything or (p.sends > 0 and now - p.sent_at > self.resend_after_s)]
-            if not stale or not self._connected.is_set():
-                return
-            stale.sort(key=lambda p: p.request_id)
-            self.stats.resent += sum(1 for p in stale if p.sends)
-            for i in range(0, len(stale), 256):
-                self._send(stale[i : i + 256])
-
         def _send_loop(self) -> None:
             while True:
                 try:
@@ -116,52 +99,6 @@ def proposed_client_class(linger_s: float):
                 self._resend_stale()
 
     return ProposedClient
-
-
-# A bench-only experiment: the member processes load this through PYTHONPATH (sitecustomize) and
-# swap ReplyCache.put/decode for an O(1)-eviction copy (OrderedDict). pyengine/service.py itself is
-# not changed; --patch-reply-cache turns it on for the members this bench starts.
-_REPLY_CACHE_PATCH = """
-import os
-if os.environ.get("MATCHX_BENCH_PATCH_REPLY_CACHE") == "1":
-    from collections import OrderedDict
-
-    import pyengine.service as _svc
-
-    _orig_decode = _svc.ReplyCache.decode.__func__
-
-    def _put(self, client_id, request_id, status, payload):
-        entries = self.by_client.get(client_id)
-        if entries is None:
-            entries = self.by_client[client_id] = OrderedDict()
-        entries[request_id] = (status, payload)
-        if len(entries) > self.window:
-            oldest, _ = entries.popitem(last=False)
-            if oldest > self.floor.get(client_id, 0):
-                self.floor[client_id] = oldest
-
-    def _decode(cls, buf, window):
-        cache = _orig_decode(cls, buf, window)
-        cache.by_client = {k: OrderedDict(v) for k, v in cache.by_client.items()}
-        return cache
-
-    _svc.ReplyCache.put = _put
-    _svc.ReplyCache.decode = classmethod(_decode)
-    import sys
-
-    print("matchx bench: O(1)-eviction reply cache patch active", file=sys.stderr, flush=True)
-"""
-
-
-def enable_reply_cache_patch() -> Path:
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="matchx-bench-patch-"))
-    (d / "sitecustomize.py").write_text(_REPLY_CACHE_PATCH)
-    root = str(Path(__file__).resolve().parent.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(d), root] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    os.environ["MATCHX_BENCH_PATCH_REPLY_CACHE"] = "1"
-    return d
 
 
 def _connect(spec: dict):
@@ -619,8 +556,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-variant", choices=("sdk", "proposed"), default="sdk",
                     help="proposed = a bench-only MatchClient subclass with the changes proposed in the report")
     ap.add_argument("--linger-ms", type=float, default=1.0, help="send-loop linger of the proposed variant")
-    ap.add_argument("--patch-reply-cache", action="store_true",
-                    help="bench-only experiment: members use an O(1)-eviction reply cache (see the report)")
     ap.add_argument("--port-start", type=int, default=41000)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
@@ -640,7 +575,6 @@ def main(argv: list[str] | None = None) -> int:
     sat: dict | None = None
     profile = None
     verify: dict = {}
-    patch_dir = enable_reply_cache_patch() if args.patch_reply_cache else None
     machine = MachineLoad().__enter__()
     with bench_cluster("tput", args.port_start) as cluster:
         endpoints = cluster.ingress_endpoints()
@@ -648,11 +582,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cluster up (leader member {leader}); setup: 4 symbols, {args.accounts} funded accounts")
         base = {"endpoints": endpoints, "accounts": args.accounts, "variant": args.client_variant,
                 "linger_s": args.linger_ms / 1000}
-        if args.patch_reply_cache:
-            active = [m for m in range(3) if "reply cache patch active" in cluster.member_log(m)]
-            log(f"reply cache patch active in members {active}")
-            if len(active) != 3:
-                raise SystemExit("the reply cache patch did not load in every member")
         res = collect(spawn({**base, "mode": "setup"}), 300)
         log(f"setup done: {res}")
 
@@ -754,10 +683,6 @@ def main(argv: list[str] | None = None) -> int:
         agree = len({(h.get("position"), h.get("engine_hash"), h.get("applied")) for h in verify.values()}) == 1
         log(f"members agree: {agree}; applied {[h.get('applied') for h in verify.values()]}")
     jar_cleanup()
-    if patch_dir is not None:
-        import shutil
-
-        shutil.rmtree(patch_dir, ignore_errors=True)
     machine.__exit__(None, None, None)
     env = f"{env}; {machine.summary()}"
     log(machine.summary())
@@ -773,10 +698,9 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(args, env, sat, rows, bests, verify, agree, profile, comps) -> None:
     best, best_kept = bests
     cmd = "python bench/cluster_throughput.py " + " ".join(sys.argv[1:])
-    members = ("bench-only O(1)-eviction ReplyCache (--patch-reply-cache)" if args.patch_reply_cache
-               else "as shipped")
+    members = "as shipped"
     variant = ("MatchClient as shipped" if args.client_variant == "sdk" else
-               f"bench-only ProposedClient (resend fix + {args.linger_ms:.1f} ms send linger)")
+               f"bench-only ProposedClient ({args.linger_ms:.1f} ms send linger)")
     out = ["# Cluster throughput and latency (3 members, engine on every member)\n",
            f"Command: `{cmd.strip()}`  ",
            f"Environment: {env}. Members, clients and everything else share the 2 cores.  ",
