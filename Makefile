@@ -7,7 +7,7 @@ JAR := java-cluster/target/matchx-cluster.jar
 JAVA_SOURCES := $(shell find java-cluster/src -name '*.java' 2>/dev/null) pom.xml java-cluster/pom.xml
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv build demo test test-java test-python test-docker lint bench clean
+.PHONY: setup system-deps venv build engine-native demo test test-java test-python test-docker lint bench clean
 
 setup: system-deps venv build
 
@@ -19,10 +19,15 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,native]'
 	touch $@
 
-build: $(JAR)
+build: $(JAR) engine-native
+
+# The engine compiled with mypyc (same source; see docs/engine.md). Optional: without a C
+# compiler the engine runs as plain Python, so a failed build warns and carries on.
+engine-native: venv
+	@$(PY) -m pyengine.build_engine || echo "warning: the compiled engine was not built; the engine runs as plain Python (slower)"
 
 # Tests of the Java shim run in `make test`; the demo only needs the jar.
 $(JAR): $(JAVA_SOURCES)
@@ -36,8 +41,10 @@ test: setup test-java test-python
 test-java:
 	mvn -q -B package
 
+# The engine's own tests run twice: compiled (when built) and as plain Python.
 test-python:
 	$(PY) -m pytest $(PYTEST_ARGS)
+	MATCHX_PURE_ENGINE=1 $(PY) -m pytest -q tests/unit/test_engine.py tests/unit/test_engine_property.py tests/unit/test_engine_replay.py tests/unit/test_service.py
 
 lint: venv
 	$(VENV)/bin/ruff check pyengine coordinator tests bench
@@ -48,3 +55,4 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) java-cluster/target var
+	rm -f pyengine/engine/*.so pyengine/engine/native.stamp

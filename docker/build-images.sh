@@ -139,7 +139,9 @@ else
     say "note: no README.md in the repo; the context gets a one-line stand-in"
     echo "matchx" >"$CTX/README.md"
 fi
-tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' -cf - pyengine coordinator | tar -C "$CTX" -xf -
+# the compiled engine is built for the host's Python; the images run the plain-Python engine
+tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.so' --exclude='native.stamp' \
+    -cf - pyengine coordinator | tar -C "$CTX" -xf -
 if [ -n "$JAR" ]; then cp -p "$JAR" "$CTX/lib/matchx-cluster.jar"; fi
 say "context docker/.build/context: $(du -sh "$CTX" | cut -f1)"
 

@@ -5,57 +5,62 @@ See docs/engine.md for the contract. Internals:
 * prices are integer ticks, quantities integer lots, balances integer asset units;
 * a book side is ``dict price -> Level`` plus a sorted key list (best price at the end:
   bids keep ``price`` ascending, asks keep ``-price`` ascending) searched with ``bisect``;
-* a ``Level`` is a deque of orders in time priority with lazy deletion: a cancelled order is
-  marked dead (``qty == 0``) and skipped/popped later; a level is compacted when more than
-  half of it is dead;
+* a ``Level`` is an intrusive doubly linked list of orders in time priority, so cancels and
+  amends unlink in O(1);
 * nothing iterates over a set or over dict keys whose order is not the command order.
+
+The module is plain, fully typed Python. ``make build`` also compiles it (with numbers.py
+and snapshot.py) with mypyc into C extensions that Python imports in preference to the
+source; ``MATCHX_PURE_ENGINE=1`` runs the source instead (see pyengine/engine/__init__.py).
+Both paths run the same tests.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
+from typing import Final
 
 from .errors import Reject
 from .numbers import POW10, decimals_of, fmt_scaled, parse_dec, to_scale
 
-BUY = 0
-SELL = 1
-SIDE_NAMES = ("buy", "sell")
-SIDES = {"buy": BUY, "sell": SELL}
+BUY: Final = 0
+SELL: Final = 1
+SIDE_NAMES: Final = ("buy", "sell")
 
-LIMIT = 0
-MARKET = 1
-TYPE_NAMES = ("limit", "market")
-TYPES = {"limit": LIMIT, "market": MARKET}
+LIMIT: Final = 0
+MARKET: Final = 1
+TYPE_NAMES: Final = ("limit", "market")
 
-GTC = 0
-IOC = 1
-FOK = 2
-TIF_NAMES = ("GTC", "IOC", "FOK")
-TIFS = {"GTC": GTC, "IOC": IOC, "FOK": FOK}
+GTC: Final = 0
+IOC: Final = 1
+FOK: Final = 2
+TIF_NAMES: Final = ("GTC", "IOC", "FOK")
 
-STP_NONE = 0
-STP_CANCEL_TAKER = 1
-STP_CANCEL_MAKER = 2
-STP_CANCEL_BOTH = 3
-STP_NAMES = ("none", "cancel_taker", "cancel_maker", "cancel_both")
-STPS = {n: i for i, n in enumerate(STP_NAMES)}
+STP_NONE: Final = 0
+STP_CANCEL_TAKER: Final = 1
+STP_CANCEL_MAKER: Final = 2
+STP_CANCEL_BOTH: Final = 3
+STP_NAMES: Final = ("none", "cancel_taker", "cancel_maker", "cancel_both")
+STPS: Final = {"none": 0, "cancel_taker": 1, "cancel_maker": 2, "cancel_both": 3}
 
-OPEN = 0
-FILLED = 1
-CANCELLED = 2
-STATUS_NAMES = ("open", "filled", "cancelled")
+OPEN: Final = 0
+FILLED: Final = 1
+CANCELLED: Final = 2
+STATUS_NAMES: Final = ("open", "filled", "cancelled")
 
-DEFAULT_ASSET_DECIMALS = 8
-DEFAULT_DEDUP_WINDOW = 1000
-DEFAULT_BAND_BPS = 1000
-MAX_TICKS = 10**15
-MAX_LOTS = 10**15
-MAX_ID_LEN = 64
-MAX_DEPTH = 1000
-MAX_TS = 2**63 - 1
-_CACHE_MAX = 8192
+DEFAULT_ASSET_DECIMALS: Final = 8
+DEFAULT_DEDUP_WINDOW: Final = 1000
+DEFAULT_BAND_BPS: Final = 1000
+MAX_TICKS: Final = 10**15
+MAX_LOTS: Final = 10**15
+MAX_ID_LEN: Final = 64
+MAX_DEPTH: Final = 1000
+MAX_TS: Final = 2**63 - 1
+_CACHE_MAX: Final = 8192
+# "no limit" for the matching loop: a buy never sees a price above it, a sell none below 0
+_NO_BUY_LIMIT: Final = MAX_TICKS + 1
+_NO_SELL_LIMIT: Final = 0
 
 
 def _fee(notional: int, bps: int) -> int:
@@ -64,43 +69,40 @@ def _fee(notional: int, bps: int) -> int:
 
 
 def _ident(x: object, what: str) -> str:
-    if type(x) is not str or not x or len(x) > MAX_ID_LEN:  # type: ignore[arg-type]
-        raise Reject("bad_request", f"{what} must be a non-empty string of at most 64 chars")
-    return x  # type: ignore[return-value]
+    if isinstance(x, str) and x and len(x) <= MAX_ID_LEN:
+        return x
+    raise Reject("bad_request", f"{what} must be a non-empty string of at most 64 chars")
 
 
-class Level(deque):
-    """Orders at one price, FIFO, as ``[order]`` cells (a cell is emptied when its order
-    leaves). ``total`` = live quantity, ``dead`` = emptied cells still queued."""
+class Bal:
+    """One account's balance of one asset, in asset units."""
 
-    __slots__ = ("total", "dead")
+    __slots__ = ("avail", "held")
 
-
-def _new_level() -> Level:
-    lvl = Level()
-    lvl.total = 0
-    lvl.dead = 0
-    return lvl
+    def __init__(self, avail: int = 0, held: int = 0) -> None:
+        self.avail = avail
+        self.held = held
 
 
 class Order:
     __slots__ = (
         "oid", "acct", "sym", "side", "price", "qty", "unit", "hb", "rb", "coid",
         "oprice", "oqty", "filled", "otype", "tif", "post_only", "stp", "status", "ts", "ev",
-        "ent",
+        "lvl", "prev", "nxt",
     )
 
-    def __init__(self, oid, acct, sym, side, price, qty, unit, hb, rb, coid, otype, tif,
-                 post_only, stp, ts):
+    def __init__(self, oid: int, acct: Account, sym: Symbol, side: int, price: int, qty: int,
+                 unit: int, hb: Bal, rb: Bal, coid: str | None, otype: int, tif: int,
+                 post_only: bool, stp: int, ts: int) -> None:
         self.oid = oid
         self.acct = acct
         self.sym = sym
         self.side = side
-        self.price = price      # ticks (None for a market order)
+        self.price = price      # ticks; 0 for a market order (no price)
         self.qty = qty          # remaining lots; 0 once closed
         self.unit = unit        # held units per remaining lot (0 for a market buy)
-        self.hb = hb            # balance [available, held] of the held asset
-        self.rb = rb            # balance [available, held] of the received asset
+        self.hb = hb            # balance of the held asset
+        self.rb = rb            # balance of the received asset
         self.coid = coid
         self.oprice = price     # price at placement
         self.oqty = qty         # quantity at placement
@@ -111,8 +113,59 @@ class Order:
         self.stp = stp
         self.status = OPEN
         self.ts = ts
-        self.ev = None          # events of the placement when more than [accepted]
-        self.ent = None         # the [order] cell in its level deque while resting
+        self.ev: list[dict] | None = None   # events of the placement when more than [accepted]
+        # while resting: its level and neighbours in time priority (an intrusive FIFO list,
+        # so a cancel or amend unlinks in O(1) without scanning the level)
+        self.lvl: Level | None = None
+        self.prev: Order | None = None
+        self.nxt: Order | None = None
+
+
+class Level:
+    """Orders at one price in time priority (``head`` first); ``total`` = resting lots."""
+
+    __slots__ = ("head", "tail", "total")
+
+    def __init__(self) -> None:
+        self.head: Order | None = None
+        self.tail: Order | None = None
+        self.total = 0
+
+    def push(self, o: Order) -> None:
+        t = self.tail
+        o.lvl = self
+        o.prev = t
+        o.nxt = None
+        if t is None:
+            self.head = o
+        else:
+            t.nxt = o
+        self.tail = o
+        self.total += o.qty
+
+    def remove(self, o: Order) -> None:
+        """Unlink ``o``; the caller has already taken its quantity off ``total``."""
+        p = o.prev
+        n = o.nxt
+        if p is None:
+            self.head = n
+        else:
+            p.nxt = n
+        if n is None:
+            self.tail = p
+        else:
+            n.prev = p
+        o.lvl = None
+        o.prev = None
+        o.nxt = None
+
+    def orders(self) -> list[Order]:
+        out: list[Order] = []
+        o = self.head
+        while o is not None:
+            out.append(o)
+            o = o.nxt
+        return out
 
 
 class Account:
@@ -120,7 +173,7 @@ class Account:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.bal: dict[str, list[int]] = {}      # asset -> [available, held]
+        self.bal: dict[str, Bal] = {}
         self.open: dict[int, Order] = {}         # open orders by id (ascending ids)
         self.coids: dict[str, Order] = {}        # client_order_id -> order (open or retained)
         self.finished: deque[Order] = deque()    # last N finished orders, oldest first
@@ -131,10 +184,29 @@ class Symbol:
         "name", "base", "quote", "tick_c", "tick_d", "lot_c", "lot_d", "qpu", "bpl",
         "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
         "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
-        "tick_str", "lot_str", "qdec",
+        "tick_str", "lot_str",
     )
 
     def __init__(self) -> None:
+        self.name = ""
+        self.base = ""
+        self.quote = ""
+        self.tick_c = 1
+        self.tick_d = 0
+        self.lot_c = 1
+        self.lot_d = 0
+        self.qpu = 1             # quote units per lot per tick
+        self.bpl = 1             # base units per lot
+        self.min_qty = 1
+        self.max_qty = MAX_LOTS
+        self.max_price = MAX_TICKS
+        self.maker_bps = 0
+        self.taker_bps = 0
+        self.hold_bps = 0
+        self.stp_default = STP_CANCEL_TAKER
+        self.band_bps = DEFAULT_BAND_BPS
+        self.tick_str = "1"
+        self.lot_str = "1"
         self.bids: dict[int, Level] = {}
         self.asks: dict[int, Level] = {}
         self.bid_keys: list[int] = []   # prices ascending, best bid last
@@ -150,7 +222,8 @@ class Symbol:
         if s is None:
             if len(self.pstr) >= _CACHE_MAX:
                 self.pstr.clear()
-            s = self.pstr[t] = fmt_scaled(t * self.tick_c, self.tick_d)
+            s = fmt_scaled(t * self.tick_c, self.tick_d)
+            self.pstr[t] = s
         return s
 
     def qty_str(self, n: int) -> str:
@@ -158,12 +231,13 @@ class Symbol:
         if s is None:
             if len(self.qstr) >= _CACHE_MAX:
                 self.qstr.clear()
-            s = self.qstr[n] = fmt_scaled(n * self.lot_c, self.lot_d)
+            s = fmt_scaled(n * self.lot_c, self.lot_d)
+            self.qstr[n] = s
         return s
 
     def parse_price(self, x: object) -> int:
-        if type(x) is str:
-            t = self.pcache.get(x)  # type: ignore[call-overload]
+        if isinstance(x, str):
+            t = self.pcache.get(x)
             if t is not None:
                 return t
         c, d = parse_dec(x, "price")
@@ -173,15 +247,15 @@ class Symbol:
         t = v // self.tick_c
         if t <= 0 or t > self.max_price:
             raise Reject("out_of_bounds", f"price {x} out of bounds")
-        if type(x) is str:
+        if isinstance(x, str):
             if len(self.pcache) >= _CACHE_MAX:
                 self.pcache.clear()
-            self.pcache[x] = t  # type: ignore[index]
+            self.pcache[x] = t
         return t
 
     def parse_qty(self, x: object) -> int:
-        if type(x) is str:
-            n = self.qcache.get(x)  # type: ignore[call-overload]
+        if isinstance(x, str):
+            n = self.qcache.get(x)
             if n is not None:
                 return n
         c, d = parse_dec(x, "qty")
@@ -191,10 +265,10 @@ class Symbol:
         n = v // self.lot_c
         if n < self.min_qty or n > self.max_qty:
             raise Reject("out_of_bounds", f"qty {x} out of bounds")
-        if type(x) is str:
+        if isinstance(x, str):
             if len(self.qcache) >= _CACHE_MAX:
                 self.qcache.clear()
-            self.qcache[x] = n  # type: ignore[index]
+            self.qcache[x] = n
         return n
 
     def buy_unit(self, price: int) -> int:
@@ -202,79 +276,170 @@ class Symbol:
         n = price * self.qpu
         return n + _fee(n, self.hold_bps)
 
-    def best_bid(self) -> int | None:
-        k = self.bid_keys
-        return k[-1] if k else None
+    def level_of(self, side: int, price: int) -> Level:
+        """The level at ``price`` on ``side``, created (and its key inserted) when missing."""
+        if side == BUY:
+            lvl = self.bids.get(price)
+            if lvl is None:
+                lvl = Level()
+                self.bids[price] = lvl
+                insort(self.bid_keys, price)
+        else:
+            lvl = self.asks.get(price)
+            if lvl is None:
+                lvl = Level()
+                self.asks[price] = lvl
+                insort(self.ask_keys, -price)
+        return lvl
 
-    def best_ask(self) -> int | None:
-        k = self.ask_keys
-        return -k[-1] if k else None
+    def drop_level(self, side: int, price: int) -> None:
+        if side == BUY:
+            del self.bids[price]
+            keys = self.bid_keys
+            del keys[bisect_left(keys, price)]
+        else:
+            del self.asks[price]
+            keys = self.ask_keys
+            del keys[bisect_left(keys, -price)]
 
 
-_REJ_ECHO = ("account", "symbol", "client_order_id", "order_id", "tx_id")
+_REJ_ECHO: Final = ("account", "symbol", "client_order_id", "order_id", "tx_id")
 
 
 def _rejected(cmd: object, reason: str, detail: str) -> dict:
     ev: dict = {"type": "rejected", "reason": reason}
     if type(cmd) is dict:
         op = cmd.get("op")
-        if type(op) is str and len(op) <= MAX_ID_LEN:
+        if isinstance(op, str) and len(op) <= MAX_ID_LEN:
             ev["op"] = op
         for k in _REJ_ECHO:
             v = cmd.get(k)
-            tv = type(v)
-            if (tv is str and len(v) <= 256) or tv is int:
+            if (isinstance(v, str) and len(v) <= 256) or type(v) is int:
                 ev[k] = v
     ev["detail"] = detail
     return ev
 
 
+def _cancelled_event(o: Order, rem: int, reason: str) -> dict:
+    sym = o.sym
+    return {
+        "type": "cancelled",
+        "order_id": o.oid,
+        "client_order_id": o.coid,
+        "account": o.acct.name,
+        "symbol": sym.name,
+        "side": SIDE_NAMES[o.side],
+        "remaining_qty": sym.qty_str(rem),
+        "reason": reason,
+    }
+
+
+def _accepted_event(o: Order) -> dict:
+    sym = o.sym
+    return {
+        "type": "accepted",
+        "order_id": o.oid,
+        "client_order_id": o.coid,
+        "account": o.acct.name,
+        "symbol": sym.name,
+        "side": SIDE_NAMES[o.side],
+        "order_type": TYPE_NAMES[o.otype],
+        "tif": TIF_NAMES[o.tif],
+        "post_only": o.post_only,
+        "stp": STP_NAMES[o.stp],
+        "price": None if o.otype == MARKET else sym.price_str(o.oprice),
+        "qty": sym.qty_str(o.oqty),
+    }
+
+
+def _amended_event(o: Order, old_price: int, old_qty: int, prio: str) -> dict:
+    sym = o.sym
+    return {
+        "type": "amended",
+        "order_id": o.oid,
+        "client_order_id": o.coid,
+        "account": o.acct.name,
+        "symbol": sym.name,
+        "side": SIDE_NAMES[o.side],
+        "price": sym.price_str(o.price),
+        "qty": sym.qty_str(o.qty),
+        "old_price": sym.price_str(old_price),
+        "old_qty": sym.qty_str(old_qty),
+        "priority": prio,
+    }
+
+
+def _release(o: Order, rem: int) -> None:
+    h = rem * o.unit
+    if h:
+        hb = o.hb
+        hb.held -= h
+        hb.avail += h
+
+
+def _balance(acct: Account, asset: str) -> Bal:
+    b = acct.bal.get(asset)
+    if b is None:
+        b = Bal()
+        acct.bal[asset] = b
+    return b
+
+
 class Engine:
     """Deterministic matching engine. ``apply(cmd, ts)`` never raises on bad input."""
 
-    def __init__(self, dedup_window: int = DEFAULT_DEDUP_WINDOW) -> None:
+    def __init__(self, dedup_window: object = DEFAULT_DEDUP_WINDOW) -> None:
         if type(dedup_window) is not int or dedup_window < 1:
             raise ValueError("dedup_window must be a positive int")
-        self.dedup_window = dedup_window
+        self.dedup_window: int = dedup_window
         self.next_oid = 1
         self.next_tid = 1
         self.assets: dict[str, int] = {}          # asset -> decimals
         self.symbols: dict[str, Symbol] = {}
         self.accounts: dict[str, Account] = {}
         self.orders: dict[int, Order] = {}        # open orders
-        self.fees: dict[str, list[int]] = {}      # fee pool per asset: [amount]
-        self.txs: dict[str, tuple] = {}           # tx_id -> (op, account, asset, amount, avail)
-        self._ops = {
-            "place": self._place,
-            "cancel": self._cancel,
-            "cancel_all": self._cancel_all,
-            "amend": self._amend,
-            "deposit": self._deposit,
-            "withdraw": self._withdraw,
-            "add_symbol": self._add_symbol,
-            "book": self._q_book,
-            "order": self._q_order,
-            "balances": self._q_balances,
-        }
+        self.fees: dict[str, int] = {}            # fee pool per asset
+        self.txs: dict[str, tuple[str, str, str, int, int, str]] = {}
+        # tx_id -> (op, account, asset, amount, available after, tx_id)
 
     # ------------------------------------------------------------------ entry points
-    def apply(self, cmd: dict, ts: int) -> list[dict]:
+    def apply(self, cmd: object, ts: object) -> list[dict]:
+        # typed ``object``: the compiled engine must turn any argument into a reject, not a
+        # TypeError at the call boundary
         try:
-            if type(cmd) is dict and type(ts) is int and 0 <= ts <= MAX_TS:
-                h = self._ops.get(cmd.get("op"))
-                if h is not None:
-                    return h(cmd, ts)
             if type(cmd) is not dict:
                 raise Reject("bad_request", "command must be a JSON object")
             if type(ts) is not int or not 0 <= ts <= MAX_TS:
                 raise Reject("bad_request", "ts must be an integer in [0, 2**63)")
-            raise Reject("bad_request", f"unknown op {cmd.get('op')!r}"[:120])
+            op = cmd.get("op")
+            # the steady flow first: amends and places dominate a real order flow
+            if op == "amend":
+                return self._amend(cmd)
+            if op == "place":
+                return self._place(cmd, ts)
+            if op == "cancel":
+                return self._cancel(cmd)
+            if op == "cancel_all":
+                return self._cancel_all(cmd)
+            if op == "deposit":
+                return self._funds(cmd, "deposit")
+            if op == "withdraw":
+                return self._funds(cmd, "withdraw")
+            if op == "add_symbol":
+                return self._add_symbol(cmd)
+            if op == "book":
+                return self._q_book(cmd)
+            if op == "order":
+                return self._q_order(cmd)
+            if op == "balances":
+                return self._q_balances(cmd)
+            raise Reject("bad_request", f"unknown op {op!r}"[:120])
         except Reject as r:
             return [_rejected(cmd, r.reason, r.detail)]
         except Exception as e:  # input that slipped validation (e.g. an unhashable value)
             return [_rejected(cmd, "bad_request", f"malformed command ({type(e).__name__})")]
 
-    def apply_encoded(self, payload: bytes, ts: int) -> bytes:
+    def apply_encoded(self, payload: bytes, ts: object) -> bytes:
         from .codec import CodecError, decode_command, encode_events
 
         try:
@@ -290,11 +455,11 @@ class Engine:
 
         return dump(self)
 
-    @classmethod
-    def restore(cls, blob: bytes) -> Engine:
+    @staticmethod
+    def restore(blob: object) -> Engine:
         from .snapshot import load
 
-        return load(cls, blob)
+        return load(blob)
 
     def state_hash(self) -> str:
         from .snapshot import state_hash
@@ -305,41 +470,16 @@ class Engine:
     def _asset_str(self, asset: str, v: int) -> str:
         return fmt_scaled(v, self.assets[asset])
 
-    def _accepted_event(self, o: Order) -> dict:
-        sym = o.sym
-        return {
-            "type": "accepted",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": o.acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[o.side],
-            "order_type": TYPE_NAMES[o.otype],
-            "tif": TIF_NAMES[o.tif],
-            "post_only": o.post_only,
-            "stp": STP_NAMES[o.stp],
-            "price": None if o.oprice is None else sym.price_str(o.oprice),
-            "qty": sym.qty_str(o.oqty),
-        }
-
-    def _cancelled_event(self, o: Order, rem: int, reason: str) -> dict:
-        return {
-            "type": "cancelled",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": o.acct.name,
-            "symbol": o.sym.name,
-            "side": SIDE_NAMES[o.side],
-            "remaining_qty": o.sym.qty_str(rem),
-            "reason": reason,
-        }
-
     def _retire(self, o: Order) -> None:
         """Remember a finished order in its account's bounded window."""
-        fin = o.acct.finished
+        acct = o.acct
+        fin = acct.finished
         fin.append(o)
         if len(fin) > self.dedup_window:
-            self._evict(o.acct)
+            old = fin.popleft()
+            c = old.coid
+            if c is not None and acct.coids.get(c) is old:
+                del acct.coids[c]
 
     def _finish_resting(self, o: Order, status: int) -> None:
         oid = o.oid
@@ -349,91 +489,18 @@ class Engine:
         self._retire(o)
 
     def _unlink(self, o: Order) -> None:
-        """Take a resting order out of its level (lazily: its cell is emptied)."""
-        sym = o.sym
-        p = o.price
-        o.ent[0] = None
-        o.ent = None
-        if o.side == BUY:
-            levels = sym.bids
-            keys = sym.bid_keys
-            k = p
-        else:
-            levels = sym.asks
-            keys = sym.ask_keys
-            k = -p
-        lvl = levels[p]
+        """Take a resting order out of its level (dropping the level when it empties)."""
+        lvl = o.lvl
+        assert lvl is not None
         lvl.total -= o.qty
-        if lvl.total == 0:
-            del levels[p]
-            del keys[bisect_left(keys, k)]
-        else:
-            lvl.dead += 1
-            if lvl.dead > 16 and lvl.dead * 2 > len(lvl):
-                self._compact(lvl)
-
-    def _drop_level(self, sym: Symbol, side: int, p: int) -> None:
-        if side == BUY:
-            del sym.bids[p]
-            keys = sym.bid_keys
-            del keys[bisect_left(keys, p)]
-        else:
-            del sym.asks[p]
-            keys = sym.ask_keys
-            del keys[bisect_left(keys, -p)]
-
-    def _add_level(self, sym: Symbol, side: int, p: int) -> Level:
-        lvl = _new_level()
-        if side == BUY:
-            sym.bids[p] = lvl
-            insort(sym.bid_keys, p)
-        else:
-            sym.asks[p] = lvl
-            insort(sym.ask_keys, -p)
-        return lvl
-
-    @staticmethod
-    def _compact(lvl: Level) -> None:
-        live = [e for e in lvl if e[0] is not None]
-        lvl.clear()
-        lvl.extend(live)
-        lvl.dead = 0
-
-    def _rest(self, o: Order) -> None:
-        """Queue ``o`` at the back of its price level (it is already registered)."""
-        sym = o.sym
-        p = o.price
-        if o.side == BUY:
-            lvl = sym.bids.get(p)
-            if lvl is None:
-                lvl = sym.bids[p] = _new_level()
-                insort(sym.bid_keys, p)
-        else:
-            lvl = sym.asks.get(p)
-            if lvl is None:
-                lvl = sym.asks[p] = _new_level()
-                insort(sym.ask_keys, -p)
-        e = [o]
-        o.ent = e
-        lvl.append(e)
-        lvl.total += o.qty
-
-    def _release(self, o: Order, rem: int) -> None:
-        h = rem * o.unit
-        if h:
-            hb = o.hb
-            hb[1] -= h
-            hb[0] += h
-
-    def _balance(self, acct: Account, asset: str) -> list[int]:
-        b = acct.bal.get(asset)
-        if b is None:
-            b = acct.bal[asset] = [0, 0]
-        return b
+        lvl.remove(o)
+        if lvl.head is None:
+            o.sym.drop_level(o.side, o.price)
 
     def _lookup_open(self, cmd: dict, acct: Account, sym: Symbol | None) -> Order:
         oid = cmd.get("order_id")
         coid = cmd.get("client_order_id")
+        o: Order | None
         if oid is not None:
             if type(oid) is not int or oid <= 0:
                 raise Reject("bad_request", "order_id must be a positive integer")
@@ -443,10 +510,10 @@ class Engine:
             if o.acct is not acct:
                 raise Reject("wrong_account", f"order {oid} belongs to another account")
         elif coid is not None:
-            _ident(coid, "client_order_id")
-            o = acct.coids.get(coid)
+            c = _ident(coid, "client_order_id")
+            o = acct.coids.get(c)
             if o is None or o.status != OPEN:
-                raise Reject("unknown_order", f"no open order with client_order_id {coid}")
+                raise Reject("unknown_order", f"no open order with client_order_id {c}")
         else:
             raise Reject("bad_request", "order_id or client_order_id is required")
         if sym is not None and o.sym is not sym:
@@ -468,8 +535,9 @@ class Engine:
         return sym
 
     # ------------------------------------------------------------------ matching
-    def _fok_fillable(self, sym: Symbol, side: int, acct: Account, limit: int | None,
-                      qty: int, stp: int, budget: int | None) -> bool:
+    def _fok_fillable(self, sym: Symbol, side: int, acct: Account, limit: int,
+                      qty: int, stp: int, budget: int) -> bool:
+        """Whether a FOK taker fills completely at once (``budget`` < 0: no budget)."""
         if side == BUY:
             levels = sym.asks
             keys = sym.ask_keys
@@ -483,19 +551,18 @@ class Engine:
         tb = sym.taker_bps
         for i in range(len(keys) - 1, -1, -1):
             p = keys[i] * sgn
-            if limit is not None and (p > limit if side == BUY else p < limit):
+            if p > limit if side == BUY else p < limit:
                 return False
-            for e in levels[p]:
-                m = e[0]
-                if m is None:
-                    continue
+            m = levels[p].head
+            while m is not None:
                 mq = m.qty
                 if stp and m.acct is acct:
                     if stp == STP_CANCEL_MAKER:
+                        m = m.nxt
                         continue
                     return False
                 q = need if need < mq else mq
-                if budget is not None:
+                if budget >= 0:
                     c1 = p * qpu
                     c1 += _fee(c1, tb)
                     if budget // c1 < q:
@@ -505,13 +572,15 @@ class Engine:
                 need -= q
                 if not need:
                     return True
+                m = m.nxt
         return False
 
-    def _match(self, t: Order, limit: int | None, ev: list, budget: int | None) -> str | None:
-        """Match taker ``t`` against the opposite side up to ``limit`` (None = no limit).
+    def _match(self, t: Order, limit: int, ev: list[dict], budget: int) -> str | None:
+        """Match taker ``t`` against the opposite side up to ``limit``.
 
-        Returns None, "stp" (taker must be cancelled for self-trade prevention) or
-        "insufficient_funds" (a market buy ran out of budget).
+        ``budget`` < 0 means the taker's funds are already held. Returns None, "stp" (the
+        taker must be cancelled for self-trade prevention) or "insufficient_funds" (a market
+        buy ran out of budget).
         """
         sym = t.sym
         side = t.side
@@ -530,7 +599,6 @@ class Engine:
         bpl = sym.bpl
         mb = sym.maker_bps
         tb = sym.taker_bps
-        fees = self.fees[sym.quote]
         tunit = t.unit
         thb = t.hb
         trb = t.rb
@@ -538,23 +606,18 @@ class Engine:
         symname = sym.name
         side_name = SIDE_NAMES[side]
         toid = t.oid
-        stop = None
-        qstr = sym.qstr
+        stop: str | None = None
         orders = self.orders
         quote_dec = self.assets[sym.quote]
+        fee_total = 0
         while rem and keys:
             p = keys[-1] * sgn
-            if limit is not None and (p > limit if side == BUY else p < limit):
+            if p > limit if side == BUY else p < limit:
                 break
             lvl = levels[p]
-            pstr = None
-            while rem and lvl:
-                e = lvl[0]
-                m = e[0]
-                if m is None:
-                    lvl.popleft()
-                    lvl.dead -= 1
-                    continue
+            pstr = sym.price_str(p)
+            m = lvl.head
+            while rem and m is not None:
                 mq = m.qty
                 macct = m.acct
                 if stp and macct is tacct:
@@ -562,19 +625,20 @@ class Engine:
                         stop = "stp"
                         break
                     # cancel the maker (cancel_maker / cancel_both)
-                    lvl.popleft()
-                    m.ent = None
+                    nxt = m.nxt
                     lvl.total -= mq
+                    lvl.remove(m)
                     m.qty = 0
-                    self._release(m, mq)
+                    _release(m, mq)
                     self._finish_resting(m, CANCELLED)
-                    ev.append(self._cancelled_event(m, mq, "stp"))
+                    ev.append(_cancelled_event(m, mq, "stp"))
+                    m = nxt
                     if stp == STP_CANCEL_BOTH:
                         stop = "stp"
                         break
                     continue
                 q = rem if rem < mq else mq
-                if budget is not None:
+                if budget >= 0:
                     c1 = p * qpu
                     c1 += _fee(c1, tb)
                     afford = budget // c1
@@ -585,34 +649,37 @@ class Engine:
                         q = afford
                 n = q * p * qpu
                 b = q * bpl
+                mf = 0
+                tf = 0
+                mfs = "0"
+                tfs = "0"
                 if mb or tb:
                     mf = _fee(n, mb)
                     tf = _fee(n, tb)
-                    fees[0] += mf + tf
-                    mfs = fmt_scaled(mf, quote_dec) if mf else "0"
-                    tfs = fmt_scaled(tf, quote_dec) if tf else "0"
-                else:
-                    mf = tf = 0
-                    mfs = tfs = "0"
-                if budget is not None:
+                    fee_total += mf + tf
+                    if mf:
+                        mfs = fmt_scaled(mf, quote_dec)
+                    if tf:
+                        tfs = fmt_scaled(tf, quote_dec)
+                if budget >= 0:
                     budget -= n + tf
                 if side == BUY:
                     # taker buys: release its hold for q lots, pay n + tf, receive base
                     h = q * tunit
-                    thb[1] -= h
-                    thb[0] += h - n - tf
-                    trb[0] += b
+                    thb.held -= h
+                    thb.avail += h - n - tf
+                    trb.avail += b
                     # maker sells: held base goes, quote comes in
-                    m.hb[1] -= b
-                    m.rb[0] += n - mf
+                    m.hb.held -= b
+                    m.rb.avail += n - mf
                 else:
-                    thb[1] -= b
-                    trb[0] += n - tf
+                    thb.held -= b
+                    trb.avail += n - tf
                     h = q * m.unit
                     mhb = m.hb
-                    mhb[1] -= h
-                    mhb[0] += h - n - mf
-                    m.rb[0] += b
+                    mhb.held -= h
+                    mhb.avail += h - n - mf
+                    m.rb.avail += b
                 rem -= q
                 mq -= q
                 m.qty = mq
@@ -620,14 +687,12 @@ class Engine:
                 lvl.total -= q
                 tid = self.next_tid
                 self.next_tid = tid + 1
-                if pstr is None:
-                    pstr = sym.pstr.get(p) or sym.price_str(p)
                 ev.append({
                     "type": "trade",
                     "symbol": symname,
                     "trade_id": tid,
                     "price": pstr,
-                    "qty": qstr.get(q) or sym.qty_str(q),
+                    "qty": sym.qty_str(q),
                     "maker_order_id": m.oid,
                     "taker_order_id": toid,
                     "maker_account": macct.name,
@@ -636,48 +701,43 @@ class Engine:
                     "maker_fee": mfs,
                     "taker_fee": tfs,
                 })
-                if not mq:
-                    lvl.popleft()
-                    m.ent = None
-                    oid = m.oid
-                    del orders[oid]
-                    del macct.open[oid]
-                    m.status = FILLED
-                    fin = macct.finished
-                    fin.append(m)
-                    if len(fin) > self.dedup_window:
-                        self._evict(macct)
-            if not lvl.total:
+                if mq:
+                    break  # the taker is done (rem == 0) inside this maker
+                nxt = m.nxt
+                lvl.remove(m)
+                oid = m.oid
+                del orders[oid]
+                del macct.open[oid]
+                m.status = FILLED
+                self._retire(m)
+                m = nxt
+            if lvl.head is None:
                 del levels[p]
                 keys.pop()
             if stop is not None:
                 break
+        if fee_total:
+            self.fees[sym.quote] += fee_total
         t.filled += t.qty - rem
         t.qty = rem
         return stop
-
-    def _evict(self, acct: Account) -> None:
-        old = acct.finished.popleft()
-        c = old.coid
-        if c is not None and acct.coids.get(c) is old:
-            del acct.coids[c]
 
     # ------------------------------------------------------------------ commands
     def _place(self, cmd: dict, ts: int) -> list[dict]:
         g = cmd.get
         name = g("account")
-        acct = self.accounts.get(name) if type(name) is str else None
+        acct = self.accounts.get(name) if isinstance(name, str) else None
         if acct is None:
             acct = self._get_account(cmd)
-        coid = g("client_order_id")
-        if coid is not None:
-            if type(coid) is not str or not coid or len(coid) > MAX_ID_LEN:
-                _ident(coid, "client_order_id")
+        cx = g("client_order_id")
+        coid: str | None = None
+        if cx is not None:
+            coid = _ident(cx, "client_order_id")
             prev = acct.coids.get(coid)
             if prev is not None:
-                return self._dup_events(prev)
+                return _dup_events(prev)
         sn = g("symbol")
-        sym = self.symbols.get(sn) if type(sn) is str else None
+        sym = self.symbols.get(sn) if isinstance(sn, str) else None
         if sym is None:
             sym = self._get_symbol(cmd)
         sd = g("side")
@@ -720,63 +780,64 @@ class Engine:
         if sv is None:
             stp = sym.stp_default
         else:
-            stp = STPS.get(sv) if type(sv) is str else None
-            if stp is None:
+            st = STPS.get(sv) if isinstance(sv, str) else None
+            if st is None:
                 raise Reject("bad_request", "stp must be none|cancel_taker|cancel_maker|cancel_both")
+            stp = st
         qx = g("qty")
         if qx is None:
             raise Reject("bad_request", "qty is required")
         px = g("price")
+        price = 0
         if otype == LIMIT:
             if px is None:
                 raise Reject("bad_request", "price is required for a limit order")
-            price = sym.pcache.get(px) if type(px) is str else None
-            if price is None:
-                price = sym.parse_price(px)
-        else:
-            if px is not None:
-                raise Reject("bad_request", "a market order takes no price")
-            price = None
-        qty = sym.qcache.get(qx) if type(qx) is str else None
-        if qty is None:
-            qty = sym.parse_qty(qx)
+            pc = sym.pcache.get(px) if isinstance(px, str) else None
+            price = sym.parse_price(px) if pc is None else pc
+        elif px is not None:
+            raise Reject("bad_request", "a market order takes no price")
+        qc = sym.qcache.get(qx) if isinstance(qx, str) else None
+        qty = sym.parse_qty(qx) if qc is None else qc
 
         # funds, price band, post-only and FOK checks (no state change before this point)
-        budget = None
-        limit = price
+        budget = -1
         bal = acct.bal
         if side == BUY:
             hasset = sym.quote
             rasset = sym.base
+            limit = _NO_BUY_LIMIT
+            ak = sym.ask_keys
             if otype == LIMIT:
+                limit = price
                 n = price * sym.qpu
-                unit = n + (-((-n * sym.hold_bps) // 10000) if sym.hold_bps else 0)
-                ak = sym.ask_keys
-                cross = ak and -ak[-1] <= price
+                unit = n + _fee(n, sym.hold_bps)
+                cross = bool(ak) and -ak[-1] <= price
             else:
                 unit = 0
-                b = bal.get(hasset)
-                budget = b[0] if b is not None else 0
-                if sym.ask_keys:
-                    best = -sym.ask_keys[-1]
+                bb = bal.get(hasset)
+                budget = bb.avail if bb is not None else 0
+                cross = bool(ak)
+                if cross:
+                    best = -ak[-1]
                     if budget < _buy_cost1(sym, best):
                         raise Reject("insufficient_funds", "cannot buy one lot at the best ask")
                     limit = min(best * (10000 + sym.band_bps) // 10000, sym.max_price)
-                cross = limit is not None
         else:
             hasset = sym.base
             rasset = sym.quote
+            limit = _NO_SELL_LIMIT
             unit = sym.bpl
             bk = sym.bid_keys
             if otype == LIMIT:
-                cross = bk and bk[-1] >= price
+                limit = price
+                cross = bool(bk) and bk[-1] >= price
             else:
-                if bk:
+                cross = bool(bk)
+                if cross:
                     limit = max(-((-bk[-1] * (10000 - sym.band_bps)) // 10000), 1)
-                cross = limit is not None
         need = qty * unit
         hb = bal.get(hasset)
-        if need and (hb is None or hb[0] < need):
+        if need and (hb is None or hb.avail < need):
             raise Reject("insufficient_funds", f"needs {self._asset_str(hasset, need)} {hasset}")
         if post_only and cross:
             raise Reject("post_only_would_take", "post-only order would take")
@@ -790,116 +851,77 @@ class Engine:
         oid = self.next_oid
         self.next_oid = oid + 1
         if hb is None:
-            hb = bal[hasset] = [0, 0]
+            hb = Bal()
+            bal[hasset] = hb
         rb = bal.get(rasset)
         if rb is None:
-            rb = bal[rasset] = [0, 0]
+            rb = Bal()
+            bal[rasset] = rb
         if need:
-            hb[0] -= need
-            hb[1] += need
+            hb.avail -= need
+            hb.held += need
         o = Order(oid, acct, sym, side, price, qty, unit, hb, rb, coid, otype, tif, post_only,
                   stp, ts)
         if coid is not None:
             acct.coids[coid] = o
-        ev = [{
-            "type": "accepted",
-            "order_id": oid,
-            "client_order_id": coid,
-            "account": acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[side],
-            "order_type": TYPE_NAMES[otype],
-            "tif": TIF_NAMES[tif],
-            "post_only": post_only,
-            "stp": STP_NAMES[stp],
-            "price": None if price is None else (sym.pstr.get(price) or sym.price_str(price)),
-            "qty": sym.qstr.get(qty) or sym.qty_str(qty),
-        }]
+        ev = [_accepted_event(o)]
         stop = self._match(o, limit, ev, budget) if cross else None
         rem = o.qty
         if not rem:
             o.status = FILLED
             self._retire(o)
         elif stop is None and tif == GTC:
-            lvl = (sym.bids if side == BUY else sym.asks).get(price)
-            if lvl is None:
-                lvl = self._add_level(sym, side, price)
-            e = [o]
-            o.ent = e
-            lvl.append(e)
-            lvl.total += rem
+            sym.level_of(side, price).push(o)
             self.orders[oid] = o
             acct.open[oid] = o
         else:
             h = rem * unit
             if h:
-                hb[1] -= h
-                hb[0] += h
+                hb.held -= h
+                hb.avail += h
             o.qty = 0
             o.status = CANCELLED
-            ev.append(self._cancelled_event(o, rem, stop if stop is not None else "ioc"))
+            ev.append(_cancelled_event(o, rem, stop if stop is not None else "ioc"))
             self._retire(o)
         if len(ev) > 1:
             o.ev = [dict(e) for e in ev]
         return ev
 
-    def _dup_events(self, o: Order) -> list[dict]:
-        src = o.ev if o.ev is not None else [self._accepted_event(o)]
-        out = []
-        for e in src:
-            d = dict(e)
-            d["duplicate"] = True
-            out.append(d)
-        return out
-
-    def _open_order(self, cmd: dict) -> tuple[Account, Symbol, Order]:
-        """Resolve account, symbol and the open order of a cancel/amend (fast path inline)."""
+    def _open_order(self, cmd: dict) -> Order:
+        """Resolve the open order of a cancel/amend (account and symbol must match)."""
         g = cmd.get
         name = g("account")
-        acct = self.accounts.get(name) if type(name) is str else None
+        acct = self.accounts.get(name) if isinstance(name, str) else None
         if acct is None:
             acct = self._get_account(cmd)
         sn = g("symbol")
-        sym = self.symbols.get(sn) if type(sn) is str else None
+        sym = self.symbols.get(sn) if isinstance(sn, str) else None
         if sym is None:
             sym = self._get_symbol(cmd)
         oid = g("order_id")
         o = self.orders.get(oid) if type(oid) is int else None
         if o is None or o.acct is not acct or o.sym is not sym:
             o = self._lookup_open(cmd, acct, sym)
-        return acct, sym, o
+        return o
 
-    def _cancel(self, cmd: dict, ts: int) -> list[dict]:
-        g = cmd.get
-        name = g("account")
-        acct = self.accounts.get(name) if type(name) is str else None
-        sn = g("symbol")
-        sym = self.symbols.get(sn) if type(sn) is str else None
-        oid = g("order_id")
+    def _fast_open(self, cmd: dict) -> Order:
+        """The fast path of ``_open_order``: an order id of this account and symbol."""
+        oid = cmd.get("order_id")
         o = self.orders.get(oid) if type(oid) is int else None
-        if o is None or acct is None or o.acct is not acct or o.sym is not sym:
-            acct, sym, o = self._open_order(cmd)
+        if o is not None and o.acct.name == cmd.get("account") and o.sym.name == cmd.get("symbol"):
+            return o
+        return self._open_order(cmd)
+
+    def _cancel(self, cmd: dict) -> list[dict]:
+        o = self._fast_open(cmd)
         rem = o.qty
         self._unlink(o)
         o.qty = 0
-        h = rem * o.unit
-        if h:
-            hb = o.hb
-            hb[1] -= h
-            hb[0] += h
+        _release(o, rem)
         self._finish_resting(o, CANCELLED)
-        return [{
-            "type": "cancelled",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": o.acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[o.side],
-            "remaining_qty": sym.qstr.get(rem) or sym.qty_str(rem),
-            "reason": "user",
-        }]
+        return [_cancelled_event(o, rem, "user")]
 
-    def _cancel_all(self, cmd: dict, ts: int) -> list[dict]:
+    def _cancel_all(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
         sym = None
         if cmd.get("symbol") is not None:
@@ -911,151 +933,79 @@ class Engine:
             rem = o.qty
             self._unlink(o)
             o.qty = 0
-            self._release(o, rem)
+            _release(o, rem)
             self._finish_resting(o, CANCELLED)
-            ev.append(self._cancelled_event(o, rem, "user"))
+            ev.append(_cancelled_event(o, rem, "user"))
         ev.append({"type": "cancelled_all", "account": acct.name,
                    "symbol": None if sym is None else sym.name, "count": len(ev)})
         return ev
 
-    def _amend(self, cmd: dict, ts: int) -> list[dict]:
-        g = cmd.get
-        name = g("account")
-        acct = self.accounts.get(name) if type(name) is str else None
-        sn = g("symbol")
-        sym = self.symbols.get(sn) if type(sn) is str else None
-        oid = g("order_id")
-        o = self.orders.get(oid) if type(oid) is int else None
-        if o is None or acct is None or o.acct is not acct or o.sym is not sym:
-            acct, sym, o = self._open_order(cmd)
-        qx = g("qty")
-        px = g("price")
+    def _amend(self, cmd: dict) -> list[dict]:
+        o = self._fast_open(cmd)
+        sym = o.sym
+        qx = cmd.get("qty")
+        px = cmd.get("price")
         if qx is None:
             if px is None:
                 raise Reject("bad_request", "amend needs qty and/or price")
             new_qty = o.qty
         else:
-            new_qty = sym.qcache.get(qx) if type(qx) is str else None
-            if new_qty is None:
-                new_qty = sym.parse_qty(qx)
+            qc = sym.qcache.get(qx) if isinstance(qx, str) else None
+            new_qty = sym.parse_qty(qx) if qc is None else qc
         if px is None:
             new_price = o.price
         else:
-            new_price = sym.pcache.get(px) if type(px) is str else None
-            if new_price is None:
-                new_price = sym.parse_price(px)
+            pc = sym.pcache.get(px) if isinstance(px, str) else None
+            new_price = sym.parse_price(px) if pc is None else pc
         old_qty = o.qty
         old_price = o.price
         side = o.side
-        pstr = sym.pstr
-        qstr = sym.qstr
         if new_price == old_price and new_qty <= old_qty:
             # keeps time priority
             d = old_qty - new_qty
             if d:
-                (sym.bids if side == BUY else sym.asks)[old_price].total -= d
+                lvl = o.lvl
+                assert lvl is not None
+                lvl.total -= d
                 o.qty = new_qty
-                h = d * o.unit
-                hb = o.hb
-                hb[1] -= h
-                hb[0] += h
-            ps = pstr.get(old_price) or sym.price_str(old_price)
-            return [{
-                "type": "amended",
-                "order_id": o.oid,
-                "client_order_id": o.coid,
-                "account": acct.name,
-                "symbol": sym.name,
-                "side": SIDE_NAMES[side],
-                "price": ps,
-                "qty": qstr.get(new_qty) or sym.qty_str(new_qty),
-                "old_price": ps,
-                "old_qty": qstr.get(old_qty) or sym.qty_str(old_qty),
-                "priority": "kept",
-            }]
+                _release(o, d)
+            return [_amended_event(o, old_price, old_qty, "kept")]
         # loses time priority: validate first
         if side == BUY:
             ak = sym.ask_keys
-            cross = ak and new_price >= -ak[-1]
+            cross = bool(ak) and new_price >= -ak[-1]
             n = new_price * sym.qpu
-            unit = n + (-((-n * sym.hold_bps) // 10000) if sym.hold_bps else 0)
+            unit = n + _fee(n, sym.hold_bps)
         else:
             bk = sym.bid_keys
-            cross = bk and new_price <= bk[-1]
+            cross = bool(bk) and new_price <= bk[-1]
             unit = o.unit
         if cross and o.post_only:
             raise Reject("post_only_would_take", "post-only order would take")
-        hold_old = old_qty * o.unit
-        extra = new_qty * unit - hold_old
+        extra = new_qty * unit - old_qty * o.unit
         hb = o.hb
-        if extra > 0 and hb[0] < extra:
+        if extra > 0 and hb.avail < extra:
             raise Reject("insufficient_funds", "not enough funds for the amended order")
-        # apply: the order leaves its place in the queue (lazily); same object, same id
-        e = o.ent
-        e[0] = None
-        o.ent = None
-        levels = sym.bids if side == BUY else sym.asks
-        lvl = levels[old_price]
-        left = lvl.total - old_qty
-        if left:
-            lvl.total = left
-            d = lvl.dead = lvl.dead + 1
-            if d > 16 and d * 2 > len(lvl):
-                self._compact(lvl)
-        else:
-            self._drop_level(sym, side, old_price)
-        hb[0] -= extra
-        hb[1] += extra
+        # apply: the order leaves its place in the queue; same object, same id
+        self._unlink(o)
+        hb.avail -= extra
+        hb.held += extra
         o.price = new_price
         o.qty = new_qty
         o.unit = unit
-        ev = [{
-            "type": "amended",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[side],
-            "price": pstr.get(new_price) or sym.price_str(new_price),
-            "qty": qstr.get(new_qty) or sym.qty_str(new_qty),
-            "old_price": pstr.get(old_price) or sym.price_str(old_price),
-            "old_qty": qstr.get(old_qty) or sym.qty_str(old_qty),
-            "priority": "lost",
-        }]
-        stop = self._match(o, new_price, ev, None) if cross else None
+        ev = [_amended_event(o, old_price, old_qty, "lost")]
+        stop = self._match(o, new_price, ev, -1) if cross else None
         rem = o.qty
         if not rem:
             self._finish_resting(o, FILLED)
         elif stop is not None:
-            self._release(o, rem)
+            _release(o, rem)
             o.qty = 0
             self._finish_resting(o, CANCELLED)
-            ev.append(self._cancelled_event(o, rem, stop))
+            ev.append(_cancelled_event(o, rem, stop))
         else:
-            lvl = levels.get(new_price)
-            if lvl is None:
-                lvl = self._add_level(sym, side, new_price)
-            e = [o]
-            o.ent = e
-            lvl.append(e)
-            lvl.total += rem
+            sym.level_of(side, new_price).push(o)
         return ev
-
-    def _amended_event(self, o: Order, old_price: int, old_qty: int, prio: str) -> dict:
-        sym = o.sym
-        return {
-            "type": "amended",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": o.acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[o.side],
-            "price": sym.price_str(o.price),
-            "qty": sym.qty_str(o.qty),
-            "old_price": sym.price_str(old_price),
-            "old_qty": sym.qty_str(old_qty),
-            "priority": prio,
-        }
 
     # ------------------------------------------------------------------ funds
     def _parse_amount(self, cmd: dict) -> tuple[str, int]:
@@ -1070,7 +1020,7 @@ class Engine:
             raise Reject("out_of_bounds", "amount must be positive")
         return asset, v
 
-    def _funds_event(self, rec: tuple) -> dict:
+    def _funds_event(self, rec: tuple[str, str, str, int, int, str]) -> dict:
         op, account, asset, amount, avail, tx = rec
         return {
             "type": "deposited" if op == "deposit" else "withdrawn",
@@ -1097,26 +1047,20 @@ class Engine:
             if acct is None:
                 raise Reject("unknown_account", f"unknown account {name}")
             b = acct.bal.get(asset)
-            if b is None or b[0] < amount:
+            if b is None or b.avail < amount:
                 raise Reject("insufficient_funds", "not enough available funds")
-            b[0] -= amount
+            b.avail -= amount
         else:
             if acct is None:
                 acct = self.accounts[name] = Account(name)
-            b = self._balance(acct, asset)
-            b[0] += amount
-        rec = (op, name, asset, amount, b[0], tx)
+            b = _balance(acct, asset)
+            b.avail += amount
+        rec = (op, name, asset, amount, b.avail, tx)
         self.txs[tx] = rec
         return [self._funds_event(rec)]
 
-    def _deposit(self, cmd: dict, ts: int) -> list[dict]:
-        return self._funds(cmd, "deposit")
-
-    def _withdraw(self, cmd: dict, ts: int) -> list[dict]:
-        return self._funds(cmd, "withdraw")
-
     # ------------------------------------------------------------------ symbols
-    def _add_symbol(self, cmd: dict, ts: int) -> list[dict]:
+    def _add_symbol(self, cmd: dict) -> list[dict]:
         g = cmd.get
         name = _ident(g("symbol"), "symbol")
         base = _ident(g("base"), "base")
@@ -1181,10 +1125,10 @@ class Engine:
         # accepted
         if bd is None:
             bd = self.assets[base] = max(need_b, DEFAULT_ASSET_DECIMALS)
-            self.fees[base] = [0]
+            self.fees[base] = 0
         if qd is None:
             qd = self.assets[quote] = max(need_q, DEFAULT_ASSET_DECIMALS)
-            self.fees[quote] = [0]
+            self.fees[quote] = 0
         sym.bpl = lot_c * POW10[bd - lot_d]
         sym.qpu = tick_c * lot_c * POW10[qd - tick_d - lot_d]
         self.symbols[name] = sym
@@ -1210,7 +1154,7 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ queries
-    def _q_book(self, cmd: dict, ts: int) -> list[dict]:
+    def _q_book(self, cmd: dict) -> list[dict]:
         sym = self._get_symbol(cmd)
         depth = cmd.get("depth", 10)
         if depth is None:
@@ -1227,7 +1171,7 @@ class Engine:
         asks = [[ps(-k), qs(sym.asks[-k].total)] for k in ak[: -depth - 1: -1]]
         return {"bids": bids, "asks": asks}
 
-    def _q_order(self, cmd: dict, ts: int) -> list[dict]:
+    def _q_order(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
         oid = cmd.get("order_id")
         coid = cmd.get("client_order_id")
@@ -1262,7 +1206,7 @@ class Engine:
             "tif": TIF_NAMES[o.tif],
             "post_only": o.post_only,
             "stp": STP_NAMES[o.stp],
-            "price": None if o.price is None else sym.price_str(o.price),
+            "price": None if o.otype == MARKET else sym.price_str(o.price),
             "qty": sym.qty_str(o.oqty),
             "remaining_qty": sym.qty_str(o.qty),
             "filled_qty": sym.qty_str(o.filled),
@@ -1270,11 +1214,13 @@ class Engine:
             "ts": o.ts,
         }]
 
-    def _q_balances(self, cmd: dict, ts: int) -> list[dict]:
+    def _q_balances(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
         out = {}
         for asset in sorted(acct.bal):
-            a, h = acct.bal[asset]
+            b = acct.bal[asset]
+            a = b.avail
+            h = b.held
             out[asset] = {"available": self._asset_str(asset, a), "held": self._asset_str(asset, h)}
         return [{"type": "balances", "account": acct.name, "balances": out}]
 
@@ -1282,6 +1228,7 @@ class Engine:
     def check_invariants(self) -> None:
         """Raise AssertionError if an internal invariant is broken (used by tests)."""
         held: dict[tuple[str, str], int] = {}
+        n_open = 0
         for sym in self.symbols.values():
             assert sym.bid_keys == sorted(sym.bids), "bid keys"
             assert sym.ask_keys == sorted(-p for p in sym.asks), "ask keys"
@@ -1289,24 +1236,26 @@ class Engine:
                 assert sym.bid_keys[-1] < -sym.ask_keys[-1], "crossed book"
             for side, levels in ((BUY, sym.bids), (SELL, sym.asks)):
                 for p, lvl in levels.items():
-                    live = [e[0] for e in lvl if e[0] is not None]
+                    live = lvl.orders()
                     assert live, "empty level"
                     assert sum(o.qty for o in live) == lvl.total, "level total"
-                    assert lvl.dead == len(lvl) - len(live), "dead count"
-                    for e in lvl:
-                        assert e[0] is None or e[0].ent is e, "entry link"
+                    assert live[-1] is lvl.tail, "level tail"
+                    prev: Order | None = None
                     for o in live:
+                        assert o.lvl is lvl and o.prev is prev, "level links"
+                        prev = o
                         assert o.qty > 0 and o.price == p and o.side == side and o.status == OPEN
                         assert self.orders.get(o.oid) is o, "order map"
                         asset = sym.quote if side == BUY else sym.base
                         key = (o.acct.name, asset)
                         held[key] = held.get(key, 0) + o.qty * o.unit
-        n_open = sum(len(lv) - lv.dead for s in self.symbols.values()
-                     for lv in (*s.bids.values(), *s.asks.values()))
+                    n_open += len(live)
         assert n_open == len(self.orders), "open order count"
-        totals: dict[str, int] = {a: f[0] for a, f in self.fees.items()}
+        totals: dict[str, int] = dict(self.fees)
         for acct in self.accounts.values():
-            for asset, (a, h) in acct.bal.items():
+            for asset, b in acct.bal.items():
+                a = b.avail
+                h = b.held
                 assert a >= 0 and h >= 0, f"negative balance {acct.name} {asset}"
                 assert h == held.get((acct.name, asset), 0), f"held {acct.name} {asset}"
                 totals[asset] = totals.get(asset, 0) + a + h
@@ -1328,6 +1277,17 @@ def _buy_cost1(sym: Symbol, price: int) -> int:
 def _bps(v: object, what: str) -> int:
     if v is None:
         return 0
-    if type(v) is not int or not 0 <= v <= 1000:  # type: ignore[operator]
-        raise Reject("bad_request", f"{what} must be an int in [0, 1000]")
-    return v  # type: ignore[return-value]
+    if type(v) is int and 0 <= v <= 1000:
+        return v
+    raise Reject("bad_request", f"{what} must be an int in [0, 1000]")
+
+
+def _dup_events(o: Order) -> list[dict]:
+    """The original outcome of a repeated ``place``, marked duplicate."""
+    src = o.ev if o.ev is not None else [_accepted_event(o)]
+    out = []
+    for e in src:
+        d = dict(e)
+        d["duplicate"] = True
+        out.append(d)
+    return out

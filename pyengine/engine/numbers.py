@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
+from typing import Final
 
 from .errors import Reject
 
-_DEC_RE = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")
-_MAX_LEN = 48
-POW10 = [10**i for i in range(80)]
+_DEC_RE: Final = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?")
+_MAX_LEN: Final = 48
+POW10: Final = [10**i for i in range(80)]
 
 
 def parse_dec(x: object, what: str = "value") -> tuple[int, int]:
@@ -22,24 +23,24 @@ def parse_dec(x: object, what: str = "value") -> tuple[int, int]:
 
     Raises ``Reject("bad_request")`` for anything that is not an int or a plain decimal string.
     """
-    t = type(x)
-    if t is int:
-        if -(10**30) < x < 10**30:  # type: ignore[operator]
-            return x, 0  # type: ignore[return-value]
-    elif t is str:
-        if len(x) <= _MAX_LEN:  # type: ignore[arg-type]
-            m = _DEC_RE.fullmatch(x)  # type: ignore[arg-type]
+    if type(x) is int:
+        if -(10**30) < x < 10**30:
+            return x, 0
+    elif type(x) is str:
+        if len(x) <= _MAX_LEN:
+            m = _DEC_RE.fullmatch(x)
             if m is not None:
-                sign, ip, fp = m.groups()
+                ip = m.group(2)
+                fp = m.group(3)
                 if fp:
                     c = int(ip + fp)
                     d = len(fp)
                 else:
                     c = int(ip)
                     d = 0
-                return (-c if sign else c), d
-    elif t is Decimal:
-        if x.is_finite():  # type: ignore[union-attr]
+                return (-c if m.group(1) else c), d
+    elif isinstance(x, Decimal):
+        if x.is_finite():
             return parse_dec(format(x, "f"), what)
     raise Reject("bad_request", f"{what} must be a decimal string or an integer")
 

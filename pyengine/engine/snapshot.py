@@ -20,11 +20,13 @@ import struct
 import sys
 from array import array
 from collections import deque
-from operator import attrgetter
+from typing import Final
 
 import orjson
 
+from .core import BUY, LIMIT, MARKET, OPEN, SELL, Account, Bal, Engine, Level, Order, Symbol
 from .errors import SnapshotError
+from .numbers import POW10, fmt_scaled
 
 MAGIC = b"MXENGSNP"
 VERSION = 1
@@ -42,6 +44,8 @@ _F_STATUS_SHIFT = 7   # 2 bits
 _F_COID = 512
 _F_EV = 1024
 _NONE = -(2**63)
+_I32: Final = "l" if array("l").itemsize == 4 else "i"
+_U32: Final = "L" if array("L").itemsize == 4 else "I"
 
 
 class _W:
@@ -115,20 +119,20 @@ class _R:
         return a
 
 
-def _body(eng) -> bytes:
+def _body(eng: Engine) -> bytes:
     w = _W()
     w.i64(eng.dedup_window)
     w.i64(eng.next_oid)
     w.i64(eng.next_tid)
     assets = list(eng.assets)
-    aidx = {a: i for i, a in enumerate(assets)}
+    aidx = {an: i for i, an in enumerate(assets)}
     w.u32(len(assets))
-    for a in assets:
-        w.s(a)
-        w.u32(eng.assets[a])
-        w.big(eng.fees[a][0])
+    for an in assets:
+        w.s(an)
+        w.u32(eng.assets[an])
+        w.big(eng.fees[an])
     syms = list(eng.symbols.values())
-    sidx = {id(s): i for i, s in enumerate(syms)}
+    sidx = {s.name: i for i, s in enumerate(syms)}
     w.u32(len(syms))
     for s in syms:
         w.s(s.name)
@@ -138,93 +142,101 @@ def _body(eng) -> bytes:
                   s.maker_bps, s.taker_bps, s.stp_default, s.band_bps):
             w.big(v)
     accts = list(eng.accounts.values())
-    acidx = {id(a): i for i, a in enumerate(accts)}
+    acidx = {a.name: i for i, a in enumerate(accts)}
     w.u32(len(accts))
     for a in accts:
         w.s(a.name)
         w.u32(len(a.bal))
-        for asset, (av, hd) in a.bal.items():
+        for asset, b in a.bal.items():
             w.u32(aidx[asset])
-            w.big(av)
-            w.big(hd)
+            w.big(b.avail)
+            w.big(b.held)
     w.u32(len(eng.txs))
-    for tx, (op, account, asset, amount, avail, _tx) in eng.txs.items():
+    for tx, rec in eng.txs.items():
         w.s(tx)
-        w.u32(0 if op == "deposit" else 1)
-        w.s(account)
-        w.u32(aidx[asset])
-        w.big(amount)
-        w.big(avail)
+        w.u32(0 if rec[0] == "deposit" else 1)
+        w.s(rec[1])
+        w.u32(aidx[rec[2]])
+        w.big(rec[3])
+        w.big(rec[4])
 
-    # ---- orders, column-wise
-    rows: list = []
+    # ---- orders, column-wise: each side's book best price first, then each account's
+    # finished window oldest first
+    rows: list[Order] = []
     counts: list[int] = []
     for s in syms:
-        nb = 0
-        for k in reversed(s.bid_keys):
-            for e in s.bids[k]:
-                o = e[0]
-                if o is not None:
+        for keys, levels, sgn in ((s.bid_keys, s.bids, 1), (s.ask_keys, s.asks, -1)):
+            before = len(rows)
+            for i in range(len(keys) - 1, -1, -1):
+                o: Order | None = levels[keys[i] * sgn].head
+                while o is not None:
                     rows.append(o)
-                    nb += 1
-        na = 0
-        for k in reversed(s.ask_keys):
-            for e in s.asks[-k]:
-                o = e[0]
-                if o is not None:
-                    rows.append(o)
-                    na += 1
-        counts.append(nb)
-        counts.append(na)
+                    o = o.nxt
+            counts.append(len(rows) - before)
     for a in accts:
         rows.extend(a.finished)
         counts.append(len(a.finished))
     n = len(rows)
-    # one C-level pass over the (scattered) order objects, then columns by transposition
-    fields = ("oid", "price", "qty", "oprice", "oqty", "filled", "ts", "acct", "sym", "side",
-              "otype", "tif", "post_only", "stp", "status", "coid", "ev")
-    if rows:
-        cols = list(zip(*map(attrgetter(*fields), rows), strict=True))
-    else:
-        cols = [()] * len(fields)
-    (oid, price_c, qty, oprice_c, oqty, filled, ts, acct_c, sym_c, side_c, otype_c, tif_c,
-     po_c, stp_c, status_c, coid_col, ev_col) = cols
-    price = [_NONE if p is None else p for p in price_c]
-    oprice = [_NONE if p is None else p for p in oprice_c]
-    acc = list(map(acidx.__getitem__, map(id, acct_c)))
-    sym = list(map(sidx.__getitem__, map(id, sym_c)))
-    # side: BUY=0/SELL=1 is _F_SELL; otype LIMIT=0/MARKET=1 -> _F_MARKET
-    flags = [sd | (ot << 1) | (tf << _F_TIF_SHIFT) | (_F_POST_ONLY if po else 0)
-             | (sp << _F_STP_SHIFT) | (st << _F_STATUS_SHIFT) | (0 if c is None else _F_COID)
-             | (0 if e is None else _F_EV)
-             for sd, ot, tf, po, sp, st, c, e in zip(side_c, otype_c, tif_c, po_c, stp_c,
-                                                     status_c, coid_col, ev_col, strict=True)]
-    coid_strs = [c for c in coid_col if c is not None]
+    oid: list[int] = []
+    price: list[int] = []
+    qty: list[int] = []
+    oprice: list[int] = []
+    oqty: list[int] = []
+    filled: list[int] = []
+    ts: list[int] = []
+    acc: list[int] = []
+    sym: list[int] = []
+    flags: list[int] = []
+    coid_strs: list[str] = []
+    ev_enc: list[bytes] = []
+    for o in rows:
+        market = o.otype == MARKET
+        oid.append(o.oid)
+        price.append(_NONE if market else o.price)
+        qty.append(o.qty)
+        oprice.append(_NONE if market else o.oprice)
+        oqty.append(o.oqty)
+        filled.append(o.filled)
+        ts.append(o.ts)
+        acc.append(acidx[o.acct.name])
+        sym.append(sidx[o.sym.name])
+        f = o.side | (o.otype << 1) | (o.tif << _F_TIF_SHIFT) | (o.stp << _F_STP_SHIFT) \
+            | (o.status << _F_STATUS_SHIFT)
+        if o.post_only:
+            f |= _F_POST_ONLY
+        c = o.coid
+        if c is not None:
+            f |= _F_COID
+            coid_strs.append(c)
+        ev = o.ev
+        if ev is not None:
+            f |= _F_EV
+            ev_enc.append(orjson.dumps(ev))
+        flags.append(f)
     coid_text = "".join(coid_strs)
     if coid_text.isascii():
-        coid_lens = list(map(len, coid_strs))
+        coid_lens = [len(c) for c in coid_strs]
         coid_bytes = coid_text.encode("ascii")
     else:
         enc = [c.encode() for c in coid_strs]
-        coid_lens = list(map(len, enc))
+        coid_lens = [len(c) for c in enc]
         coid_bytes = b"".join(enc)
-    ev_enc = [orjson.dumps(e) for e in ev_col if e is not None]
-    ev_lens = list(map(len, ev_enc))
+    ev_lens = [len(e) for e in ev_enc]
     w.arr("q", counts)
     w.i64(n)
     for col in (oid, price, qty, oprice, oqty, filled, ts):
         w.arr("q", col)
-    w.arr("l" if array("l").itemsize == 4 else "i", acc)
-    w.arr("l" if array("l").itemsize == 4 else "i", sym)
+    w.arr(_I32, acc)
+    w.arr(_I32, sym)
     w.arr("H", flags)
-    w.arr("L" if array("L").itemsize == 4 else "I", coid_lens)
+    w.arr(_U32, coid_lens)
     w.raw(coid_bytes)
-    w.arr("L" if array("L").itemsize == 4 else "I", ev_lens)
+    w.arr(_U32, ev_lens)
     w.raw(b"".join(ev_enc))
     return b"".join(w.parts)
 
 
-def dump(eng) -> bytes:
+def dump(eng: Engine) -> bytes:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the column lists are large; collecting while building them only costs time
     try:
@@ -238,11 +250,11 @@ def dump(eng) -> bytes:
     return hdr + body + h.digest()
 
 
-def state_hash(eng) -> str:
+def state_hash(eng: Engine) -> str:
     return hashlib.sha256(dump(eng)).hexdigest()
 
 
-def load(cls, blob: bytes):
+def load(blob: object) -> Engine:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise SnapshotError("snapshot must be bytes")
     mv = memoryview(blob).cast("B")
@@ -262,7 +274,7 @@ def load(cls, blob: bytes):
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        eng = _load_body(cls, _R(mv[_HDR.size: _HDR.size + blen]))
+        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]))
     except SnapshotError:
         raise
     except Exception as e:
@@ -273,36 +285,33 @@ def load(cls, blob: bytes):
     return eng
 
 
-def _load_body(cls, r: _R):
-    from .core import (
-        BUY,
-        MARKET,
-        OPEN,
-        SELL,
-        Account,
-        Order,
-        Symbol,
-        _new_level,
-    )
-    from .numbers import POW10, fmt_scaled
-
-    eng = cls(dedup_window=r.i64())
+def _load_body(r: _R) -> Engine:
+    eng = Engine(dedup_window=r.i64())
     eng.next_oid = r.i64()
     eng.next_tid = r.i64()
-    assets = []
+    assets: list[str] = []
     for _ in range(r.u32()):
-        a = r.s()
-        eng.assets[a] = r.u32()
-        eng.fees[a] = [r.big()]
-        assets.append(a)
-    syms = []
+        an = r.s()
+        eng.assets[an] = r.u32()
+        eng.fees[an] = r.big()
+        assets.append(an)
+    syms: list[Symbol] = []
     for _ in range(r.u32()):
         s = Symbol()
         s.name = r.s()
         s.base = assets[r.u32()]
         s.quote = assets[r.u32()]
-        (s.tick_c, s.tick_d, s.lot_c, s.lot_d, s.min_qty, s.max_qty, s.max_price,
-         s.maker_bps, s.taker_bps, s.stp_default, s.band_bps) = (r.big() for _ in range(11))
+        s.tick_c = r.big()
+        s.tick_d = r.big()
+        s.lot_c = r.big()
+        s.lot_d = r.big()
+        s.min_qty = r.big()
+        s.max_qty = r.big()
+        s.max_price = r.big()
+        s.maker_bps = r.big()
+        s.taker_bps = r.big()
+        s.stp_default = r.big()
+        s.band_bps = r.big()
         s.hold_bps = max(s.maker_bps, s.taker_bps)
         s.tick_str = fmt_scaled(s.tick_c, s.tick_d)
         s.lot_str = fmt_scaled(s.lot_c, s.lot_d)
@@ -314,14 +323,15 @@ def _load_body(cls, r: _R):
             raise SnapshotError("duplicate symbol in snapshot")
         eng.symbols[s.name] = s
         syms.append(s)
-    accts = []
+    accts: list[Account] = []
     for _ in range(r.u32()):
-        a = Account(r.s())
+        acct = Account(r.s())
         for _ in range(r.u32()):
             asset = assets[r.u32()]
-            a.bal[asset] = [r.big(), r.big()]
-        eng.accounts[a.name] = a
-        accts.append(a)
+            av = r.big()
+            acct.bal[asset] = Bal(av, r.big())
+        eng.accounts[acct.name] = acct
+        accts.append(acct)
     for _ in range(r.u32()):
         tx = r.s()
         op = "deposit" if r.u32() == 0 else "withdraw"
@@ -333,13 +343,19 @@ def _load_body(cls, r: _R):
 
     counts = r.arr("q")
     n = r.i64()
-    oid, price, qty, oprice, oqty, filled, ts = (r.arr("q") for _ in range(7))
-    acc = r.arr("l" if array("l").itemsize == 4 else "i")
-    sym = r.arr("l" if array("l").itemsize == 4 else "i")
+    oid = r.arr("q")
+    price = r.arr("q")
+    qty = r.arr("q")
+    oprice = r.arr("q")
+    oqty = r.arr("q")
+    filled = r.arr("q")
+    ts = r.arr("q")
+    acc = r.arr(_I32)
+    sym = r.arr(_I32)
     flags = r.arr("H")
-    coid_lens = r.arr("L" if array("L").itemsize == 4 else "I")
+    coid_lens = r.arr(_U32)
     coid_blob = bytes(r.raw())
-    ev_lens = r.arr("L" if array("L").itemsize == 4 else "I")
+    ev_lens = r.arr(_U32)
     ev_blob = bytes(r.raw())
     if r.pos != len(r.mv):
         raise SnapshotError("trailing bytes in snapshot body")
@@ -352,49 +368,55 @@ def _load_body(cls, r: _R):
     # client order ids: one decode of the whole blob when it is ASCII (byte == char offsets)
     if sum(coid_lens) != len(coid_blob):
         raise SnapshotError("client order id blob inconsistent")
+    coids: list[str] = []
+    cpos = 0
     if coid_blob.isascii():
         text = coid_blob.decode("ascii")
-        coids = []
-        cpos = 0
         for ln in coid_lens:
             coids.append(text[cpos:cpos + ln])
             cpos += ln
     else:
-        coids = []
-        cpos = 0
         for ln in coid_lens:
             coids.append(coid_blob[cpos:cpos + ln].decode())
             cpos += ln
-    coid_iter = iter(coids)
     if sum(ev_lens) != len(ev_blob):
         raise SnapshotError("event blob inconsistent")
-    flag_cache: dict[int, tuple] = {}
-    cells: dict[tuple, tuple] = {}   # (account, symbol, side) -> (hb, rb)
-    units: dict[tuple, int] = {}     # (symbol, price) -> buy unit
-    rows = []
+    # (account, symbol, side) -> (held, received) balances; (symbol, price) -> buy unit
+    cells: dict[tuple[int, int, int], tuple[Bal, Bal]] = {}
+    units: dict[tuple[int, int], int] = {}
+    rows: list[Order] = []
+    ci = 0
     ei = 0
     epos = 0
+    nsyms = len(syms)
+    naccts = len(accts)
     for i in range(n):
         f = flags[i]
-        fl = flag_cache.get(f)
-        if fl is None:
-            fl = flag_cache[f] = (SELL if f & _F_SELL else BUY, MARKET if f & _F_MARKET else 0,
-                                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY),
-                                  (f >> _F_STP_SHIFT) & 3, (f >> _F_STATUS_SHIFT) & 3)
-        side, otype, tif, post_only, stp, status = fl
+        side = SELL if f & _F_SELL else BUY
+        otype = MARKET if f & _F_MARKET else LIMIT
         ai = acc[i]
         si = sym[i]
+        if not (0 <= ai < naccts and 0 <= si < nsyms):
+            raise SnapshotError("order refers to an unknown account or symbol")
         a = accts[ai]
         s = syms[si]
         p = price[i]
-        if p == _NONE:
-            p = None
         op_ = oprice[i]
-        if op_ == _NONE:
-            op_ = None
-        coid = next(coid_iter) if f & _F_COID else None
-        ev = None
+        if otype == MARKET:
+            if p != _NONE or op_ != _NONE:
+                raise SnapshotError("market order with a price")
+            p = 0
+            op_ = 0
+        coid: str | None = None
+        if f & _F_COID:
+            if ci >= len(coids):
+                raise SnapshotError("string/event blobs inconsistent")
+            coid = coids[ci]
+            ci += 1
+        ev: list[dict] | None = None
         if f & _F_EV:
+            if ei >= len(ev_lens):
+                raise SnapshotError("string/event blobs inconsistent")
             ln = ev_lens[ei]
             ev = orjson.loads(ev_blob[epos:epos + ln])
             epos += ln
@@ -402,77 +424,95 @@ def _load_body(cls, r: _R):
         key = (ai, si, side)
         hr = cells.get(key)
         if hr is None:
-            hr = cells[key] = ((a.bal[s.quote], a.bal[s.base]) if side == BUY
-                               else (a.bal[s.base], a.bal[s.quote]))
-        if side == BUY:
-            if otype == MARKET:
-                unit = 0
-            else:
-                uk = (si, p)
-                unit = units.get(uk)
-                if unit is None:
-                    unit = units[uk] = s.buy_unit(p)
-        else:
+            base = _balance_of(a, s.base)
+            quote = _balance_of(a, s.quote)
+            hr = (quote, base) if side == BUY else (base, quote)
+            cells[key] = hr
+        if side == SELL:
             unit = s.bpl
-        o = Order(oid[i], a, s, side, p, qty[i], unit, hr[0], hr[1], coid, otype, tif,
-                  post_only, stp, ts[i])
+        elif otype == MARKET:
+            unit = 0
+        else:
+            uk = (si, p)
+            u = units.get(uk)
+            if u is None:
+                u = s.buy_unit(p)
+                units[uk] = u
+            unit = u
+        o = Order(oid[i], a, s, side, p, qty[i], unit, hr[0], hr[1], coid, otype,
+                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY), (f >> _F_STP_SHIFT) & 3,
+                  ts[i])
         o.oprice = op_
         o.oqty = oqty[i]
         o.filled = filled[i]
-        o.status = status
+        o.status = (f >> _F_STATUS_SHIFT) & 3
         o.ev = ev
         rows.append(o)
-    if next(coid_iter, None) is not None or ei != len(ev_lens):
+    if ci != len(coids) or ei != len(ev_lens):
         raise SnapshotError("string/event blobs inconsistent")
 
     pos = 0
-    open_orders = []
-    for si, s in enumerate(syms):
-        for side, cnt in ((BUY, counts[2 * si]), (SELL, counts[2 * si + 1])):
+    open_orders: list[Order] = []
+    for si in range(nsyms):
+        s = syms[si]
+        for side in (BUY, SELL):
+            cnt = counts[2 * si + side]
             levels = s.bids if side == BUY else s.asks
             keys = s.bid_keys if side == BUY else s.ask_keys
-            last = None
-            lvl = None
-            for o in rows[pos:pos + cnt]:
-                if o.side != side or o.status != OPEN or o.qty <= 0 or o.sym is not s:
+            last = -1
+            lvl: Level | None = None
+            for k in range(pos, pos + cnt):
+                o = rows[k]
+                if o.side != side or o.status != OPEN or o.qty <= 0 or o.sym is not s \
+                        or o.otype != LIMIT:
                     raise SnapshotError("inconsistent resting order")
-                if o.price != last:
+                if lvl is None or o.price != last:
                     if o.price in levels:
                         raise SnapshotError("book levels out of order")
-                    lvl = levels[o.price] = _new_level()
+                    lvl = Level()
+                    levels[o.price] = lvl
                     keys.append(o.price if side == BUY else -o.price)
                     last = o.price
-                e = [o]
-                o.ent = e
-                lvl.append(e)
-                lvl.total += o.qty
+                lvl.push(o)
                 open_orders.append(o)
             keys.reverse()
             if keys != sorted(keys):
                 raise SnapshotError("book levels out of order")
             pos += cnt
-    # open orders are registered in ascending id order (the order cancel_all follows);
-    # the rows of the book are oid[0:len(open_orders)] of the columns
-    ids = oid[: len(open_orders)]
+    # open orders are registered in ascending id order (the order cancel_all follows)
+    open_orders.sort(key=_oid_of)
     orders = eng.orders
-    for i in sorted(range(len(open_orders)), key=ids.__getitem__):
-        o = open_orders[i]
+    for o in open_orders:
         k = o.oid
         orders[k] = o
         a = o.acct
         a.open[k] = o
-        if o.coid is not None:
-            a.coids[o.coid] = o
+        c = o.coid
+        if c is not None:
+            a.coids[c] = o
     if len(orders) != len(open_orders):
         raise SnapshotError("duplicate order id")
-    for ai, a in enumerate(accts):
-        cnt = counts[2 * len(syms) + ai]
+    for ai in range(naccts):
+        a = accts[ai]
+        cnt = counts[2 * nsyms + ai]
         fin = rows[pos:pos + cnt]
         for o in fin:
             if o.acct is not a or o.status == OPEN:
                 raise SnapshotError("inconsistent finished order")
-            if o.coid is not None:
-                a.coids[o.coid] = o
+            c = o.coid
+            if c is not None:
+                a.coids[c] = o
         a.finished = deque(fin)
         pos += cnt
     return eng
+
+
+def _oid_of(o: Order) -> int:
+    return o.oid
+
+
+def _balance_of(a: Account, asset: str) -> Bal:
+    b = a.bal.get(asset)
+    if b is None:
+        raise SnapshotError(f"order of {a.name} holds {asset} without a balance")
+    return b

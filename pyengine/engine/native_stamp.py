@@ -1,0 +1,37 @@
+"""Which compiled engine modules exist and whether they match the sources.
+
+``python -m pyengine.build_engine`` writes them; ``pyengine/engine/__init__.py`` reads this to
+decide between the compiled and the plain modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Compiled together so their classes and calls stay native across module boundaries;
+# listed in dependency order (numbers <- core <- snapshot).
+MODULES = ("numbers", "core", "snapshot")
+STAMP = HERE / "native.stamp"
+GROUP = "pyengine.engine.native"
+
+
+def sources_digest() -> str:
+    h = hashlib.sha256()
+    for m in MODULES:
+        h.update(m.encode())
+        h.update((HERE / f"{m}.py").read_bytes())
+    return h.hexdigest()
+
+
+def built_files() -> list[Path]:
+    return sorted(p for m in (*MODULES, "native__mypyc") for p in HERE.glob(f"{m}.*.so"))
+
+
+def is_current() -> bool:
+    try:
+        stamp = STAMP.read_text().strip()
+    except OSError:
+        return False
+    return stamp == sources_digest() and len(built_files()) == len(MODULES) + 1
