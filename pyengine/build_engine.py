@@ -21,7 +21,18 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from pyengine.engine.native_stamp import GROUP, HERE, MODULES, STAMP, built_files, is_current, sources_digest
+# the package would warn that the compiled modules are stale: they are what this rebuilds
+os.environ.setdefault("MATCHX_PURE_ENGINE", "1")
+
+from pyengine.engine.native_stamp import (  # noqa: E402
+    GROUP,
+    HERE,
+    MODULES,
+    STAMP,
+    built_files,
+    is_current,
+    sources_digest,
+)
 
 ROOT = HERE.parents[1]
 

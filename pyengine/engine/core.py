@@ -724,37 +724,36 @@ class Engine:
 
     # ------------------------------------------------------------------ commands
     def _place(self, cmd: dict, ts: int) -> list[dict]:
-        g = cmd.get
-        name = g("account")
+        name = cmd.get("account")
         acct = self.accounts.get(name) if isinstance(name, str) else None
         if acct is None:
             acct = self._get_account(cmd)
-        cx = g("client_order_id")
+        cx = cmd.get("client_order_id")
         coid: str | None = None
         if cx is not None:
             coid = _ident(cx, "client_order_id")
             prev = acct.coids.get(coid)
             if prev is not None:
                 return _dup_events(prev)
-        sn = g("symbol")
+        sn = cmd.get("symbol")
         sym = self.symbols.get(sn) if isinstance(sn, str) else None
         if sym is None:
             sym = self._get_symbol(cmd)
-        sd = g("side")
+        sd = cmd.get("side")
         if sd == "buy":
             side = BUY
         elif sd == "sell":
             side = SELL
         else:
             raise Reject("bad_request", "side must be buy or sell")
-        ot = g("type")
+        ot = cmd.get("type")
         if ot is None or ot == "limit":
             otype = LIMIT
         elif ot == "market":
             otype = MARKET
         else:
             raise Reject("bad_request", "type must be limit or market")
-        tf = g("tif")
+        tf = cmd.get("tif")
         if tf is None:
             tif = GTC if otype == LIMIT else IOC
         elif tf == "GTC":
@@ -767,7 +766,7 @@ class Engine:
             tif = FOK
         else:
             raise Reject("bad_request", "tif must be GTC, IOC or FOK")
-        po = g("post_only")
+        po = cmd.get("post_only")
         if po is None or po is False:
             post_only = False
         elif po is True:
@@ -776,7 +775,7 @@ class Engine:
             post_only = True
         else:
             raise Reject("bad_request", "post_only must be a boolean")
-        sv = g("stp")
+        sv = cmd.get("stp")
         if sv is None:
             stp = sym.stp_default
         else:
@@ -784,10 +783,10 @@ class Engine:
             if st is None:
                 raise Reject("bad_request", "stp must be none|cancel_taker|cancel_maker|cancel_both")
             stp = st
-        qx = g("qty")
+        qx = cmd.get("qty")
         if qx is None:
             raise Reject("bad_request", "qty is required")
-        px = g("price")
+        px = cmd.get("price")
         price = 0
         if otype == LIMIT:
             if px is None:
@@ -889,16 +888,15 @@ class Engine:
 
     def _open_order(self, cmd: dict) -> Order:
         """Resolve the open order of a cancel/amend (account and symbol must match)."""
-        g = cmd.get
-        name = g("account")
+        name = cmd.get("account")
         acct = self.accounts.get(name) if isinstance(name, str) else None
         if acct is None:
             acct = self._get_account(cmd)
-        sn = g("symbol")
+        sn = cmd.get("symbol")
         sym = self.symbols.get(sn) if isinstance(sn, str) else None
         if sym is None:
             sym = self._get_symbol(cmd)
-        oid = g("order_id")
+        oid = cmd.get("order_id")
         o = self.orders.get(oid) if type(oid) is int else None
         if o is None or o.acct is not acct or o.sym is not sym:
             o = self._lookup_open(cmd, acct, sym)
@@ -1061,14 +1059,13 @@ class Engine:
 
     # ------------------------------------------------------------------ symbols
     def _add_symbol(self, cmd: dict) -> list[dict]:
-        g = cmd.get
-        name = _ident(g("symbol"), "symbol")
-        base = _ident(g("base"), "base")
-        quote = _ident(g("quote"), "quote")
+        name = _ident(cmd.get("symbol"), "symbol")
+        base = _ident(cmd.get("base"), "base")
+        quote = _ident(cmd.get("quote"), "quote")
         if base == quote:
             raise Reject("bad_request", "base and quote must differ")
-        tick_c, tick_d = decimals_of(*parse_dec(g("tick_size"), "tick_size"))
-        lot_c, lot_d = decimals_of(*parse_dec(g("lot_size"), "lot_size"))
+        tick_c, tick_d = decimals_of(*parse_dec(cmd.get("tick_size"), "tick_size"))
+        lot_c, lot_d = decimals_of(*parse_dec(cmd.get("lot_size"), "lot_size"))
         if tick_c <= 0 or lot_c <= 0:
             raise Reject("out_of_bounds", "tick_size and lot_size must be positive")
         if tick_d > 18 or lot_d > 18:
@@ -1085,26 +1082,26 @@ class Engine:
         sym.min_qty = 1
         sym.max_qty = MAX_LOTS
         sym.max_price = MAX_TICKS
-        if g("min_qty") is not None:
-            sym.min_qty = sym.parse_qty(g("min_qty"))
-        if g("max_qty") is not None:
-            sym.max_qty = sym.parse_qty(g("max_qty"))
-        if g("max_price") is not None:
-            sym.max_price = sym.parse_price(g("max_price"))
+        if cmd.get("min_qty") is not None:
+            sym.min_qty = sym.parse_qty(cmd.get("min_qty"))
+        if cmd.get("max_qty") is not None:
+            sym.max_qty = sym.parse_qty(cmd.get("max_qty"))
+        if cmd.get("max_price") is not None:
+            sym.max_price = sym.parse_price(cmd.get("max_price"))
         sym.pcache.clear()
         sym.qcache.clear()
         if sym.min_qty > sym.max_qty:
             raise Reject("out_of_bounds", "min_qty > max_qty")
-        sym.maker_bps = _bps(g("maker_fee_bps"), "maker_fee_bps")
-        sym.taker_bps = _bps(g("taker_fee_bps"), "taker_fee_bps")
+        sym.maker_bps = _bps(cmd.get("maker_fee_bps"), "maker_fee_bps")
+        sym.taker_bps = _bps(cmd.get("taker_fee_bps"), "taker_fee_bps")
         sym.hold_bps = max(sym.maker_bps, sym.taker_bps)
-        band = g("market_band_bps")
+        band = cmd.get("market_band_bps")
         if band is None:
             band = DEFAULT_BAND_BPS
         if type(band) is not int or not 0 <= band <= 9999:
             raise Reject("bad_request", "market_band_bps must be an int in [0, 9999]")
         sym.band_bps = band
-        sv = g("stp_default")
+        sv = cmd.get("stp_default")
         if sv is None:
             sym.stp_default = STP_CANCEL_TAKER
         else:

@@ -111,12 +111,12 @@ class _R:
     def raw(self) -> memoryview:
         return self.take(struct.unpack("<Q", self.take(8))[0])
 
-    def arr(self, typecode: str) -> array:
+    def arr(self, typecode: str) -> list[int]:
         a = array(typecode)
         a.frombytes(self.raw())
         if _BIG:
             a.byteswap()
-        return a
+        return a.tolist()  # list indexing is native in the compiled module, array's is not
 
 
 def _body(eng: Engine) -> bytes:
@@ -381,9 +381,10 @@ def _load_body(r: _R) -> Engine:
             cpos += ln
     if sum(ev_lens) != len(ev_blob):
         raise SnapshotError("event blob inconsistent")
-    # (account, symbol, side) -> (held, received) balances; (symbol, price) -> buy unit
-    cells: dict[tuple[int, int, int], tuple[Bal, Bal]] = {}
-    units: dict[tuple[int, int], int] = {}
+    # (account, symbol, side) -> (held, received) balances; (price, symbol) -> buy unit; both
+    # keyed by one int (no tuple per order)
+    cells: dict[int, tuple[Bal, Bal]] = {}
+    units: dict[int, int] = {}
     rows: list[Order] = []
     ci = 0
     ei = 0
@@ -421,7 +422,7 @@ def _load_body(r: _R) -> Engine:
             ev = orjson.loads(ev_blob[epos:epos + ln])
             epos += ln
             ei += 1
-        key = (ai, si, side)
+        key = (ai * nsyms + si) * 2 + side
         hr = cells.get(key)
         if hr is None:
             base = _balance_of(a, s.base)
@@ -433,7 +434,7 @@ def _load_body(r: _R) -> Engine:
         elif otype == MARKET:
             unit = 0
         else:
-            uk = (si, p)
+            uk = p * nsyms + si
             u = units.get(uk)
             if u is None:
                 u = s.buy_unit(p)
@@ -479,19 +480,21 @@ def _load_body(r: _R) -> Engine:
             if keys != sorted(keys):
                 raise SnapshotError("book levels out of order")
             pos += cnt
-    # open orders are registered in ascending id order (the order cancel_all follows)
-    open_orders.sort(key=_oid_of)
     orders = eng.orders
     for o in open_orders:
-        k = o.oid
-        orders[k] = o
+        orders[o.oid] = o
+    if len(orders) != len(open_orders):
+        raise SnapshotError("duplicate order id")
+    # each account's open orders in ascending id order (the order cancel_all follows); the
+    # book's rows are the first len(open_orders) of the columns
+    ids = oid[: len(open_orders)]
+    for k in sorted(range(len(open_orders)), key=ids.__getitem__):
+        o = open_orders[k]
         a = o.acct
-        a.open[k] = o
+        a.open[o.oid] = o
         c = o.coid
         if c is not None:
             a.coids[c] = o
-    if len(orders) != len(open_orders):
-        raise SnapshotError("duplicate order id")
     for ai in range(naccts):
         a = accts[ai]
         cnt = counts[2 * nsyms + ai]
@@ -505,10 +508,6 @@ def _load_body(r: _R) -> Engine:
         a.finished = deque(fin)
         pos += cnt
     return eng
-
-
-def _oid_of(o: Order) -> int:
-    return o.oid
 
 
 def _balance_of(a: Account, asset: str) -> Bal:
