@@ -44,7 +44,7 @@ test-java:
 # The engine's own tests run twice: compiled (when built) and as plain Python.
 test-python:
 	$(PY) -m pytest $(PYTEST_ARGS)
-	MATCHX_PURE_ENGINE=1 $(PY) -m pytest -q tests/unit/test_engine.py tests/unit/test_engine_property.py tests/unit/test_engine_replay.py tests/unit/test_service.py
+	MATCHX_PURE_ENGINE=1 $(PY) -m pytest -q tests/unit/test_engine*.py tests/unit/test_service.py
 
 lint: venv
 	$(VENV)/bin/ruff check pyengine coordinator tests bench

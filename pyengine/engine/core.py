@@ -113,7 +113,9 @@ class Order:
         self.stp = stp
         self.status = OPEN
         self.ts = ts
-        self.ev: list[dict] | None = None   # events of the placement when more than [accepted]
+        # events of the placement when more than [accepted]: compact tuples, or dicts after a
+        # restore from a snapshot
+        self.ev: list | None = None
         # while resting: its level and neighbours in time priority (an intrusive FIFO list,
         # so a cancel or amend unlinks in O(1) without scanning the level)
         self.lvl: Level | None = None
@@ -184,7 +186,7 @@ class Symbol:
         "name", "base", "quote", "tick_c", "tick_d", "lot_c", "lot_d", "qpu", "bpl",
         "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
         "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
-        "tick_str", "lot_str",
+        "tick_str", "lot_str", "quote_dec",
     )
 
     def __init__(self) -> None:
@@ -207,6 +209,7 @@ class Symbol:
         self.band_bps = DEFAULT_BAND_BPS
         self.tick_str = "1"
         self.lot_str = "1"
+        self.quote_dec = 0        # decimals of the quote asset (fees are quote units)
         self.bids: dict[int, Level] = {}
         self.asks: dict[int, Level] = {}
         self.bid_keys: list[int] = []   # prices ascending, best bid last
@@ -320,53 +323,109 @@ def _rejected(cmd: object, reason: str, detail: str) -> dict:
     return ev
 
 
-def _cancelled_event(o: Order, rem: int, reason: str) -> dict:
-    sym = o.sym
-    return {
-        "type": "cancelled",
-        "order_id": o.oid,
-        "client_order_id": o.coid,
-        "account": o.acct.name,
-        "symbol": sym.name,
-        "side": SIDE_NAMES[o.side],
-        "remaining_qty": sym.qty_str(rem),
-        "reason": reason,
-    }
+# Compact events: what the engine's core produces (cheap tuples); ``event_dict`` turns one
+# into the documented JSON event. Tuples refer to orders only for fields that never change
+# after placement (ids, accounts, symbol, side, type, original price and quantity); anything
+# that changes later is copied into the tuple.
+EV_REJECTED: Final = 0    # (EV_REJECTED, reason, detail)
+EV_ACCEPTED: Final = 1    # (EV_ACCEPTED, order)
+EV_TRADE: Final = 2       # (EV_TRADE, trade_id, price, qty, maker, taker, maker_fee, taker_fee)
+EV_CANCELLED: Final = 3   # (EV_CANCELLED, order, remaining_qty, reason)
+EV_AMENDED: Final = 4     # (EV_AMENDED, order, price, qty, old_price, old_qty, priority)
+EV_DUPLICATE: Final = 5   # (EV_DUPLICATE, order): the original outcome of a repeated place
+
+# Compact commands (``Engine.apply_compact``)
+OP_PLACE: Final = 1
+OP_CANCEL: Final = 2
+OP_AMEND: Final = 3
 
 
-def _accepted_event(o: Order) -> dict:
-    sym = o.sym
-    return {
-        "type": "accepted",
-        "order_id": o.oid,
-        "client_order_id": o.coid,
-        "account": o.acct.name,
-        "symbol": sym.name,
-        "side": SIDE_NAMES[o.side],
-        "order_type": TYPE_NAMES[o.otype],
-        "tif": TIF_NAMES[o.tif],
-        "post_only": o.post_only,
-        "stp": STP_NAMES[o.stp],
-        "price": None if o.otype == MARKET else sym.price_str(o.oprice),
-        "qty": sym.qty_str(o.oqty),
-    }
+def event_dict(e: object) -> dict:
+    """The documented JSON event of a compact event (a dict event is copied)."""
+    if not isinstance(e, tuple):
+        assert isinstance(e, dict)
+        return dict(e)
+    k = e[0]
+    if k == EV_TRADE:
+        m: Order = e[4]
+        t: Order = e[5]
+        sym = t.sym
+        mf: int = e[6]
+        tf: int = e[7]
+        return {
+            "type": "trade",
+            "symbol": sym.name,
+            "trade_id": e[1],
+            "price": sym.price_str(e[2]),
+            "qty": sym.qty_str(e[3]),
+            "maker_order_id": m.oid,
+            "taker_order_id": t.oid,
+            "maker_account": m.acct.name,
+            "taker_account": t.acct.name,
+            "taker_side": SIDE_NAMES[t.side],
+            "maker_fee": fmt_scaled(mf, sym.quote_dec) if mf else "0",
+            "taker_fee": fmt_scaled(tf, sym.quote_dec) if tf else "0",
+        }
+    if k == EV_ACCEPTED:
+        o: Order = e[1]
+        sym = o.sym
+        return {
+            "type": "accepted",
+            "order_id": o.oid,
+            "client_order_id": o.coid,
+            "account": o.acct.name,
+            "symbol": sym.name,
+            "side": SIDE_NAMES[o.side],
+            "order_type": TYPE_NAMES[o.otype],
+            "tif": TIF_NAMES[o.tif],
+            "post_only": o.post_only,
+            "stp": STP_NAMES[o.stp],
+            "price": None if o.otype == MARKET else sym.price_str(o.oprice),
+            "qty": sym.qty_str(o.oqty),
+        }
+    if k == EV_AMENDED:
+        o = e[1]
+        sym = o.sym
+        return {
+            "type": "amended",
+            "order_id": o.oid,
+            "client_order_id": o.coid,
+            "account": o.acct.name,
+            "symbol": sym.name,
+            "side": SIDE_NAMES[o.side],
+            "price": sym.price_str(e[2]),
+            "qty": sym.qty_str(e[3]),
+            "old_price": sym.price_str(e[4]),
+            "old_qty": sym.qty_str(e[5]),
+            "priority": e[6],
+        }
+    if k == EV_CANCELLED:
+        o = e[1]
+        sym = o.sym
+        return {
+            "type": "cancelled",
+            "order_id": o.oid,
+            "client_order_id": o.coid,
+            "account": o.acct.name,
+            "symbol": sym.name,
+            "side": SIDE_NAMES[o.side],
+            "remaining_qty": sym.qty_str(e[2]),
+            "reason": e[3],
+        }
+    if k == EV_REJECTED:
+        return {"type": "rejected", "reason": e[1], "detail": e[2]}
+    raise ValueError(f"not an event: {e!r}"[:200])
 
 
-def _amended_event(o: Order, old_price: int, old_qty: int, prio: str) -> dict:
-    sym = o.sym
-    return {
-        "type": "amended",
-        "order_id": o.oid,
-        "client_order_id": o.coid,
-        "account": o.acct.name,
-        "symbol": sym.name,
-        "side": SIDE_NAMES[o.side],
-        "price": sym.price_str(o.price),
-        "qty": sym.qty_str(o.qty),
-        "old_price": sym.price_str(old_price),
-        "old_qty": sym.qty_str(old_qty),
-        "priority": prio,
-    }
+def event_dicts(evs: list) -> list[dict]:
+    """``event_dict`` of each compact event; a duplicate expands to the original events."""
+    out: list[dict] = []
+    for e in evs:
+        if e[0] == EV_DUPLICATE:
+            out.extend(_dup_events(e[1]))
+        else:
+            out.append(event_dict(e))
+    return out
 
 
 def _release(o: Order, rem: int) -> None:
@@ -438,6 +497,124 @@ class Engine:
             return [_rejected(cmd, r.reason, r.detail)]
         except Exception as e:  # input that slipped validation (e.g. an unhashable value)
             return [_rejected(cmd, "bad_request", f"malformed command ({type(e).__name__})")]
+
+    def apply_compact(self, cmd: object, ts: object) -> list:
+        """The compact API: a command tuple of ticks and lots in, compact events out.
+
+        ``cmd`` is one of (prices in ticks, quantities in lots, enums as ints; see
+        docs/engine.md)::
+
+            (OP_PLACE, account, symbol, side, price, qty, client_order_id, tif, type,
+             post_only, stp)                 # price 0 for a market order, stp -1 = default
+            (OP_CANCEL, account, symbol, order_id)
+            (OP_AMEND, account, symbol, order_id, price, qty)   # 0 = unchanged
+
+        Same state changes as ``apply`` of the equivalent JSON command; the events are the
+        tuples described at ``EV_*`` (``event_dicts`` turns them into ``apply``'s events).
+        Never raises on bad input: a reject is ``[(EV_REJECTED, reason, detail)]``.
+        """
+        try:
+            if not isinstance(cmd, tuple) or not cmd:
+                raise Reject("bad_request", "a compact command is a non-empty tuple")
+            if type(ts) is not int or not 0 <= ts <= MAX_TS:
+                raise Reject("bad_request", "ts must be an integer in [0, 2**63)")
+            op = cmd[0]
+            # exact types, checked here so that plain and compiled Python reject alike (and
+            # ints, not bools: True would be order 1)
+            if len(cmd) < 4 or type(cmd[1]) is not str or type(cmd[2]) is not str:
+                raise Reject("bad_request", "account and symbol must be strings")
+            for k in range(3, min(len(cmd), 6)):
+                if type(cmd[k]) is not int:
+                    raise Reject("bad_request", "side, order_id, price and qty must be integers")
+            if op == OP_PLACE and len(cmd) == 11 and not (
+                    (cmd[6] is None or type(cmd[6]) is str) and type(cmd[7]) is int
+                    and type(cmd[8]) is int and type(cmd[9]) is bool and type(cmd[10]) is int):
+                raise Reject("bad_request", "client_order_id, tif, type, post_only or stp has "
+                             "the wrong type")
+            if op == OP_AMEND and len(cmd) == 6:
+                o = self._open_by_id(cmd[1], cmd[2], cmd[3])
+                price: int = cmd[4]
+                qty: int = cmd[5]
+                if price == 0 and qty == 0:
+                    raise Reject("bad_request", "amend needs qty and/or price")
+                sym = o.sym
+                if price == 0:
+                    price = o.price
+                elif not 0 < price <= sym.max_price:
+                    raise Reject("out_of_bounds", f"price {price} ticks out of bounds")
+                if qty == 0:
+                    qty = o.qty
+                elif not sym.min_qty <= qty <= sym.max_qty:
+                    raise Reject("out_of_bounds", f"qty {qty} lots out of bounds")
+                return self._amend_core(o, price, qty)
+            if op == OP_PLACE and len(cmd) == 11:
+                return self._place_compact(cmd[1], cmd[2], cmd[3], cmd[4], cmd[5], cmd[6],
+                                           cmd[7], cmd[8], cmd[9], cmd[10], ts)
+            if op == OP_CANCEL and len(cmd) == 4:
+                return [self._cancel_core(self._open_by_id(cmd[1], cmd[2], cmd[3]))]
+            raise Reject("bad_request", "unknown compact command or wrong arity")
+        except Reject as r:
+            return [(EV_REJECTED, r.reason, r.detail)]
+        except Exception as e:  # a field of the wrong type
+            return [(EV_REJECTED, "bad_request", f"malformed command ({type(e).__name__})")]
+
+    def _place_compact(self, account: str, symbol: str, side: int, price: int, qty: int,
+                       coid: str | None, tif: int, otype: int, post_only: bool, stp: int,
+                       ts: int) -> list:
+        acct = self.accounts.get(account)
+        if acct is None:
+            raise Reject("unknown_account", f"unknown account {account}"[:120])
+        if coid is not None:
+            if not coid or len(coid) > MAX_ID_LEN:
+                raise Reject("bad_request", "client_order_id must be a non-empty string of at "
+                             "most 64 chars")
+            prev = acct.coids.get(coid)
+            if prev is not None:
+                return [(EV_DUPLICATE, prev)]
+        sym = self.symbols.get(symbol)
+        if sym is None:
+            raise Reject("unknown_symbol", f"unknown symbol {symbol}"[:120])
+        if side != BUY and side != SELL:
+            raise Reject("bad_request", "side must be buy or sell")
+        if tif != GTC and tif != IOC and tif != FOK:
+            raise Reject("bad_request", "tif must be GTC, IOC or FOK")
+        if otype == LIMIT:
+            if not 0 < price <= sym.max_price:
+                raise Reject("out_of_bounds", f"price {price} ticks out of bounds")
+        elif otype == MARKET:
+            if tif == GTC:
+                raise Reject("bad_request", "a market order cannot be GTC")
+            if price != 0:
+                raise Reject("bad_request", "a market order takes no price")
+        else:
+            raise Reject("bad_request", "type must be limit or market")
+        if post_only and (otype != LIMIT or tif != GTC):
+            raise Reject("bad_request", "post_only needs a GTC limit order")
+        if stp < 0:
+            stp = sym.stp_default
+        elif stp > STP_CANCEL_BOTH:
+            raise Reject("bad_request", "stp must be none|cancel_taker|cancel_maker|cancel_both")
+        if not sym.min_qty <= qty <= sym.max_qty:
+            raise Reject("out_of_bounds", f"qty {qty} lots out of bounds")
+        return self._place_core(acct, sym, side, otype, tif, post_only, stp, price, qty, coid,
+                                ts)
+
+    def _open_by_id(self, account: str, symbol: str, order_id: int) -> Order:
+        """The open order ``order_id`` of ``account`` in ``symbol``, or the precise reject."""
+        o = self.orders.get(order_id)
+        if o is not None and o.acct.name == account and o.sym.name == symbol:
+            return o
+        acct = self.accounts.get(account)
+        if acct is None:
+            raise Reject("unknown_account", f"unknown account {account}"[:120])
+        sym = self.symbols.get(symbol)
+        if sym is None:
+            raise Reject("unknown_symbol", f"unknown symbol {symbol}"[:120])
+        if o is None:
+            raise Reject("unknown_order", f"no open order {order_id}")
+        if o.acct is not acct:
+            raise Reject("wrong_account", f"order {order_id} belongs to another account")
+        raise Reject("unknown_order", "order is not in that symbol")
 
     def apply_encoded(self, payload: bytes, ts: object) -> bytes:
         from .codec import CodecError, decode_command, encode_events
@@ -575,7 +752,7 @@ class Engine:
                 m = m.nxt
         return False
 
-    def _match(self, t: Order, limit: int, ev: list[dict], budget: int) -> str | None:
+    def _match(self, t: Order, limit: int, ev: list, budget: int) -> str | None:
         """Match taker ``t`` against the opposite side up to ``limit``.
 
         ``budget`` < 0 means the taker's funds are already held. Returns None, "stp" (the
@@ -602,20 +779,14 @@ class Engine:
         tunit = t.unit
         thb = t.hb
         trb = t.rb
-        tname = tacct.name
-        symname = sym.name
-        side_name = SIDE_NAMES[side]
-        toid = t.oid
         stop: str | None = None
         orders = self.orders
-        quote_dec = self.assets[sym.quote]
         fee_total = 0
         while rem and keys:
             p = keys[-1] * sgn
             if p > limit if side == BUY else p < limit:
                 break
             lvl = levels[p]
-            pstr = sym.price_str(p)
             m = lvl.head
             while rem and m is not None:
                 mq = m.qty
@@ -631,7 +802,7 @@ class Engine:
                     m.qty = 0
                     _release(m, mq)
                     self._finish_resting(m, CANCELLED)
-                    ev.append(_cancelled_event(m, mq, "stp"))
+                    ev.append((EV_CANCELLED, m, mq, "stp"))
                     m = nxt
                     if stp == STP_CANCEL_BOTH:
                         stop = "stp"
@@ -651,16 +822,10 @@ class Engine:
                 b = q * bpl
                 mf = 0
                 tf = 0
-                mfs = "0"
-                tfs = "0"
                 if mb or tb:
                     mf = _fee(n, mb)
                     tf = _fee(n, tb)
                     fee_total += mf + tf
-                    if mf:
-                        mfs = fmt_scaled(mf, quote_dec)
-                    if tf:
-                        tfs = fmt_scaled(tf, quote_dec)
                 if budget >= 0:
                     budget -= n + tf
                 if side == BUY:
@@ -687,20 +852,7 @@ class Engine:
                 lvl.total -= q
                 tid = self.next_tid
                 self.next_tid = tid + 1
-                ev.append({
-                    "type": "trade",
-                    "symbol": symname,
-                    "trade_id": tid,
-                    "price": pstr,
-                    "qty": sym.qty_str(q),
-                    "maker_order_id": m.oid,
-                    "taker_order_id": toid,
-                    "maker_account": macct.name,
-                    "taker_account": tname,
-                    "taker_side": side_name,
-                    "maker_fee": mfs,
-                    "taker_fee": tfs,
-                })
+                ev.append((EV_TRADE, tid, p, q, m, t, mf, tf))
                 if mq:
                     break  # the taker is done (rem == 0) inside this maker
                 nxt = m.nxt
@@ -797,7 +949,13 @@ class Engine:
             raise Reject("bad_request", "a market order takes no price")
         qc = sym.qcache.get(qx) if isinstance(qx, str) else None
         qty = sym.parse_qty(qx) if qc is None else qc
+        return event_dicts(self._place_core(acct, sym, side, otype, tif, post_only, stp, price,
+                                            qty, coid, ts))
 
+    def _place_core(self, acct: Account, sym: Symbol, side: int, otype: int, tif: int,
+                    post_only: bool, stp: int, price: int, qty: int, coid: str | None,
+                    ts: int) -> list:
+        """Place a validated order (client order id already checked for duplicates)."""
         # funds, price band, post-only and FOK checks (no state change before this point)
         budget = -1
         bal = acct.bal
@@ -863,7 +1021,7 @@ class Engine:
                   stp, ts)
         if coid is not None:
             acct.coids[coid] = o
-        ev = [_accepted_event(o)]
+        ev: list = [(EV_ACCEPTED, o)]
         stop = self._match(o, limit, ev, budget) if cross else None
         rem = o.qty
         if not rem:
@@ -880,10 +1038,10 @@ class Engine:
                 hb.avail += h
             o.qty = 0
             o.status = CANCELLED
-            ev.append(_cancelled_event(o, rem, stop if stop is not None else "ioc"))
+            ev.append((EV_CANCELLED, o, rem, stop if stop is not None else "ioc"))
             self._retire(o)
         if len(ev) > 1:
-            o.ev = [dict(e) for e in ev]
+            o.ev = list(ev)
         return ev
 
     def _open_order(self, cmd: dict) -> Order:
@@ -911,20 +1069,22 @@ class Engine:
         return self._open_order(cmd)
 
     def _cancel(self, cmd: dict) -> list[dict]:
-        o = self._fast_open(cmd)
+        return [event_dict(self._cancel_core(self._fast_open(cmd)))]
+
+    def _cancel_core(self, o: Order) -> tuple:
         rem = o.qty
         self._unlink(o)
         o.qty = 0
         _release(o, rem)
         self._finish_resting(o, CANCELLED)
-        return [_cancelled_event(o, rem, "user")]
+        return (EV_CANCELLED, o, rem, "user")
 
     def _cancel_all(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
         sym = None
         if cmd.get("symbol") is not None:
             sym = self._get_symbol(cmd)
-        ev = []
+        ev: list[dict] = []
         for o in list(acct.open.values()):
             if sym is not None and o.sym is not sym:
                 continue
@@ -933,7 +1093,7 @@ class Engine:
             o.qty = 0
             _release(o, rem)
             self._finish_resting(o, CANCELLED)
-            ev.append(_cancelled_event(o, rem, "user"))
+            ev.append(event_dict((EV_CANCELLED, o, rem, "user")))
         ev.append({"type": "cancelled_all", "account": acct.name,
                    "symbol": None if sym is None else sym.name, "count": len(ev)})
         return ev
@@ -955,6 +1115,11 @@ class Engine:
         else:
             pc = sym.pcache.get(px) if isinstance(px, str) else None
             new_price = sym.parse_price(px) if pc is None else pc
+        return event_dicts(self._amend_core(o, new_price, new_qty))
+
+    def _amend_core(self, o: Order, new_price: int, new_qty: int) -> list:
+        """Amend an open order to a validated price and quantity."""
+        sym = o.sym
         old_qty = o.qty
         old_price = o.price
         side = o.side
@@ -967,7 +1132,7 @@ class Engine:
                 lvl.total -= d
                 o.qty = new_qty
                 _release(o, d)
-            return [_amended_event(o, old_price, old_qty, "kept")]
+            return [(EV_AMENDED, o, new_price, new_qty, old_price, old_qty, "kept")]
         # loses time priority: validate first
         if side == BUY:
             ak = sym.ask_keys
@@ -991,7 +1156,7 @@ class Engine:
         o.price = new_price
         o.qty = new_qty
         o.unit = unit
-        ev = [_amended_event(o, old_price, old_qty, "lost")]
+        ev: list = [(EV_AMENDED, o, new_price, new_qty, old_price, old_qty, "lost")]
         stop = self._match(o, new_price, ev, -1) if cross else None
         rem = o.qty
         if not rem:
@@ -1000,7 +1165,7 @@ class Engine:
             _release(o, rem)
             o.qty = 0
             self._finish_resting(o, CANCELLED)
-            ev.append(_cancelled_event(o, rem, stop))
+            ev.append((EV_CANCELLED, o, rem, stop))
         else:
             sym.level_of(side, new_price).push(o)
         return ev
@@ -1128,6 +1293,7 @@ class Engine:
             self.fees[quote] = 0
         sym.bpl = lot_c * POW10[bd - lot_d]
         sym.qpu = tick_c * lot_c * POW10[qd - tick_d - lot_d]
+        sym.quote_dec = qd
         self.symbols[name] = sym
         return [self._symbol_event(sym)]
 
@@ -1281,10 +1447,10 @@ def _bps(v: object, what: str) -> int:
 
 def _dup_events(o: Order) -> list[dict]:
     """The original outcome of a repeated ``place``, marked duplicate."""
-    src = o.ev if o.ev is not None else [_accepted_event(o)]
+    src: list = o.ev if o.ev is not None else [(EV_ACCEPTED, o)]
     out = []
     for e in src:
-        d = dict(e)
+        d = event_dict(e)
         d["duplicate"] = True
         out.append(d)
     return out

@@ -24,7 +24,20 @@ from typing import Final
 
 import orjson
 
-from .core import BUY, LIMIT, MARKET, OPEN, SELL, Account, Bal, Engine, Level, Order, Symbol
+from .core import (
+    BUY,
+    LIMIT,
+    MARKET,
+    OPEN,
+    SELL,
+    Account,
+    Bal,
+    Engine,
+    Level,
+    Order,
+    Symbol,
+    event_dict,
+)
 from .errors import SnapshotError
 from .numbers import POW10, fmt_scaled
 
@@ -211,7 +224,7 @@ def _body(eng: Engine) -> bytes:
         ev = o.ev
         if ev is not None:
             f |= _F_EV
-            ev_enc.append(orjson.dumps(ev))
+            ev_enc.append(orjson.dumps([event_dict(e) for e in ev]))
         flags.append(f)
     coid_text = "".join(coid_strs)
     if coid_text.isascii():
@@ -319,6 +332,7 @@ def _load_body(r: _R) -> Engine:
         qd = eng.assets[s.quote]
         s.bpl = s.lot_c * POW10[bd - s.lot_d]
         s.qpu = s.tick_c * s.lot_c * POW10[qd - s.tick_d - s.lot_d]
+        s.quote_dec = qd
         if s.name in eng.symbols:
             raise SnapshotError("duplicate symbol in snapshot")
         eng.symbols[s.name] = s
@@ -414,7 +428,7 @@ def _load_body(r: _R) -> Engine:
                 raise SnapshotError("string/event blobs inconsistent")
             coid = coids[ci]
             ci += 1
-        ev: list[dict] | None = None
+        ev: list | None = None
         if f & _F_EV:
             if ei >= len(ev_lens):
                 raise SnapshotError("string/event blobs inconsistent")
