@@ -657,6 +657,9 @@ class Engine:
             c = old.coid
             if c is not None and acct.coids.get(c) is old:
                 del acct.coids[c]
+            # its placement events refer to the order itself: break that cycle so reference
+            # counting frees it (the engine leaves no cyclic garbage; see docs/engine.md)
+            old.ev = None
 
     def _finish_resting(self, o: Order, status: int) -> None:
         oid = o.oid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -156,3 +157,31 @@ def test_compact_rejects_change_nothing(cmd, reason):
     assert len(out) == 1 and out[0][0] == EV_REJECTED and out[0][1] == reason, out
     assert e.state_hash() == h
     assert e.apply_compact((OP_CANCEL, "a1", "BTC-USD", 1), 11)[0][1] == "wrong_account"
+
+
+def test_engine_leaves_no_cyclic_garbage():
+    """Reference counting alone frees what the engine drops (the service relies on it to run
+    the cyclic collector rarely): trades, duplicates and evictions from a small window."""
+    e = Engine(dedup_window=5)
+    e.apply({"op": "add_symbol", "symbol": "BTC-USD", "base": "BTC", "quote": "USD",
+             "tick_size": "0.5", "lot_size": "0.001", "maker_fee_bps": 2, "taker_fee_bps": 5}, 1)
+    for i in range(6):
+        e.apply({"op": "deposit", "account": f"a{i}", "asset": "USD", "amount": "60000",
+                 "tx_id": f"u{i}"}, 1)
+        e.apply({"op": "deposit", "account": f"a{i}", "asset": "BTC", "amount": "30",
+                 "tx_id": f"b{i}"}, 1)
+    gc.collect()
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        trades = 0
+        for ts, (j, c) in enumerate(_flow(5, 3000), start=10):
+            out = e.apply(j, ts) if ts % 2 else event_dicts(e.apply_compact(c, ts))
+            trades += sum(1 for x in out if x["type"] == "trade")
+        del out
+        assert trades > 100
+        assert sum(len(a.finished) for a in e.accounts.values()) <= 5 * len(e.accounts)
+        assert gc.collect() == 0
+    finally:
+        if was:
+            gc.enable()
