@@ -356,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  client first answer after {r['recovery']['first_answer']:.2f} s; state identical to before "
             f"the kill: {r['recovery']['same_state']}")
         r["member_logs_tail"] = {m: cluster.member_log(m)[offsets[m]:][-600:] for m in range(3)}
+        r["restore_lines"] = {}
+        for m in range(3):
+            for line in cluster.member_log(m)[offsets[m]:].splitlines():
+                if "restored a snapshot" in line:
+                    r["restore_lines"][m] = line.strip()
+                    log(f"  member {m} log: {line.strip()}")
     jar_cleanup()
     machine.__exit__(None, None, None)
     env = f"{env}; {machine.summary()}"

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -165,7 +166,11 @@ class MatchingService:
         # a snapshot has frozen (docs/operations.md, "Garbage collection").
         gc.set_threshold(*GC_THRESHOLDS)
         if snapshot is not None:
+            started = time.perf_counter()
             self.restore(snapshot)  # freezes what it restored out of GC (see restore)
+            log.info("member %d restored a snapshot of %d bytes in %.2f s (%d resting orders)",
+                     member_id, len(snapshot), time.perf_counter() - started,
+                     len(self.engine.orders))
         log.info("member %d service started (applied=%d, engine %s)", member_id, self.applied,
                  "compiled" if engine_pkg.NATIVE else "plain Python")
 
