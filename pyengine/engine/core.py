@@ -171,14 +171,32 @@ class Level:
 
 
 class Account:
-    __slots__ = ("name", "bal", "open", "coids", "finished")
+    __slots__ = ("name", "bal", "open", "coids", "coids_pending", "finished")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.bal: dict[str, Bal] = {}
-        self.open: dict[int, Order] = {}         # open orders by id (ascending ids)
+        self.open: dict[int, Order] = {}         # open orders by id (any order)
         self.coids: dict[str, Order] = {}        # client_order_id -> order (open or retained)
+        # after a restore the index is built on first use (recovery time is what a restart
+        # of all members costs; most accounts are not touched in the first seconds)
+        self.coids_pending = False
         self.finished: deque[Order] = deque()    # last N finished orders, oldest first
+
+    def coid_index(self) -> dict[str, Order]:
+        """``coids``, built from the open and retained orders if a restore left it pending."""
+        if self.coids_pending:
+            self.coids_pending = False
+            idx = self.coids
+            for o in self.open.values():
+                c = o.coid
+                if c is not None:
+                    idx[c] = o
+            for o in self.finished:
+                c = o.coid
+                if c is not None:
+                    idx[c] = o
+        return self.coids
 
 
 class Symbol:
@@ -568,7 +586,7 @@ class Engine:
             if not coid or len(coid) > MAX_ID_LEN:
                 raise Reject("bad_request", "client_order_id must be a non-empty string of at "
                              "most 64 chars")
-            prev = acct.coids.get(coid)
+            prev = acct.coid_index().get(coid)
             if prev is not None:
                 return [(EV_DUPLICATE, prev)]
         sym = self.symbols.get(symbol)
@@ -691,7 +709,7 @@ class Engine:
                 raise Reject("wrong_account", f"order {oid} belongs to another account")
         elif coid is not None:
             c = _ident(coid, "client_order_id")
-            o = acct.coids.get(c)
+            o = acct.coid_index().get(c)
             if o is None or o.status != OPEN:
                 raise Reject("unknown_order", f"no open order with client_order_id {c}")
         else:
@@ -887,7 +905,7 @@ class Engine:
         coid: str | None = None
         if cx is not None:
             coid = _ident(cx, "client_order_id")
-            prev = acct.coids.get(coid)
+            prev = acct.coid_index().get(coid)
             if prev is not None:
                 return _dup_events(prev)
         sn = cmd.get("symbol")
@@ -1088,7 +1106,8 @@ class Engine:
         if cmd.get("symbol") is not None:
             sym = self._get_symbol(cmd)
         ev: list[dict] = []
-        for o in list(acct.open.values()):
+        # in order id (placement) order; acct.open's own order is not state (see snapshot.py)
+        for o in sorted(acct.open.values(), key=_oid_of):
             if sym is not None and o.sym is not sym:
                 continue
             rem = o.qty
@@ -1355,7 +1374,7 @@ class Engine:
                 raise Reject("wrong_account", f"order {oid} belongs to another account")
         elif coid is not None:
             _ident(coid, "client_order_id")
-            o = acct.coids.get(coid)
+            o = acct.coid_index().get(coid)
         else:
             raise Reject("bad_request", "order_id or client_order_id is required")
         if o is None:
@@ -1427,7 +1446,8 @@ class Engine:
                 totals[asset] = totals.get(asset, 0) + a + h
             for oid, o in acct.open.items():
                 assert self.orders.get(oid) is o and o.acct is acct
-            assert list(acct.open) == sorted(acct.open), "open order ids ordered"
+            for c, o in acct.coid_index().items():
+                assert o.coid == c and o.acct is acct, "client order id index"
         flows: dict[str, int] = {}
         for op, _acct, asset, amount, _avail, _tx in self.txs.values():
             flows[asset] = flows.get(asset, 0) + (amount if op == "deposit" else -amount)
@@ -1446,6 +1466,10 @@ def _bps(v: object, what: str) -> int:
     if type(v) is int and 0 <= v <= 1000:
         return v
     raise Reject("bad_request", f"{what} must be an int in [0, 1000]")
+
+
+def _oid_of(o: Order) -> int:
+    return o.oid
 
 
 def _dup_events(o: Order) -> list[dict]:

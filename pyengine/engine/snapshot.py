@@ -496,19 +496,11 @@ def _load_body(r: _R) -> Engine:
             pos += cnt
     orders = eng.orders
     for o in open_orders:
-        orders[o.oid] = o
+        k = o.oid
+        orders[k] = o
+        o.acct.open[k] = o
     if len(orders) != len(open_orders):
         raise SnapshotError("duplicate order id")
-    # each account's open orders in ascending id order (the order cancel_all follows); the
-    # book's rows are the first len(open_orders) of the columns
-    ids = oid[: len(open_orders)]
-    for k in sorted(range(len(open_orders)), key=ids.__getitem__):
-        o = open_orders[k]
-        a = o.acct
-        a.open[o.oid] = o
-        c = o.coid
-        if c is not None:
-            a.coids[c] = o
     for ai in range(naccts):
         a = accts[ai]
         cnt = counts[2 * nsyms + ai]
@@ -516,10 +508,8 @@ def _load_body(r: _R) -> Engine:
         for o in fin:
             if o.acct is not a or o.status == OPEN:
                 raise SnapshotError("inconsistent finished order")
-            c = o.coid
-            if c is not None:
-                a.coids[c] = o
         a.finished = deque(fin)
+        a.coids_pending = True  # the client order id index is built on first use
         pos += cnt
     return eng
 
