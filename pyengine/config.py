@@ -31,7 +31,7 @@ class Timeouts:
     heartbeat_interval_ms: int = 25
     heartbeat_timeout_ms: int = 200
     election_timeout_ms: int = 50
-    startup_canvass_timeout_ms: int = 2000
+    startup_canvass_timeout_ms: int = 1000
     session_timeout_ms: int = 10000
 
     def check(self) -> None:

@@ -53,7 +53,7 @@ public final class MemberSettings
         heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 25);
         heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 200);
         electionTimeoutMs = longValue(p, "election.timeout.ms", 50);
-        startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 2_000);
+        startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 1_000);
         sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
         snapshotIntervalS = longValue(p, "snapshot.interval.s", 0);
