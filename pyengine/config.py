@@ -28,8 +28,8 @@ class ConfigError(ValueError):
 class Timeouts:
     """Raft timing. The defaults aim at sub-500 ms failover on loopback; see docs/operations.md."""
 
-    heartbeat_interval_ms: int = 25
-    heartbeat_timeout_ms: int = 200
+    heartbeat_interval_ms: int = 20
+    heartbeat_timeout_ms: int = 120
     election_timeout_ms: int = 50
     startup_canvass_timeout_ms: int = 1000
     session_timeout_ms: int = 10000

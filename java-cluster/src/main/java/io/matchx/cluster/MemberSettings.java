@@ -50,8 +50,8 @@ public final class MemberSettings
         ingressTermLength = intValue(p, "ingress.term.length", 1 << 20);
         segmentLength = intValue(p, "segment.length", 8 << 20);
         bufferCapacity = intValue(p, "buffer.capacity", 4 << 20);
-        heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 25);
-        heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 200);
+        heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 20);
+        heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 120);
         electionTimeoutMs = longValue(p, "election.timeout.ms", 50);
         startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 1_000);
         sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
