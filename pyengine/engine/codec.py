@@ -186,7 +186,7 @@ def _enc_fast(cmd: dict) -> bytes:
     raise _Fallback
 
 
-def encode_command(cmd: dict) -> bytes:
+def encode_command(cmd: object) -> bytes:
     """Encode a command dict. Raises CodecError if it cannot be represented at all."""
     if type(cmd) is not dict:
         raise CodecError("command must be a dict")
@@ -226,7 +226,7 @@ def _enum_dec(i: int, names: tuple, out: dict, key: str) -> None:
     out[key] = names[i]
 
 
-def decode_command(b: bytes | bytearray | memoryview) -> dict:
+def decode_command(b: object) -> dict:
     """Decode bytes from ``encode_command``. Raises CodecError on malformed/truncated input."""
     if not isinstance(b, (bytes, bytearray, memoryview)):
         raise CodecError("payload must be bytes")
@@ -255,7 +255,7 @@ def decode_command(b: bytes | bytearray | memoryview) -> dict:
             coid, pos, coid_absent = _rd_str(b, pos, n)
             if pos != n:
                 raise CodecError("trailing bytes after place command")
-            cmd: dict = {"op": "place", "account": acct, "symbol": sym}
+            cmd = {"op": "place", "account": acct, "symbol": sym}
             _enum_dec(side, _SIDES, cmd, "side")
             _enum_dec(typ, _TYPES, cmd, "type")
             _enum_dec(tif, _TIFS, cmd, "tif")
@@ -336,7 +336,8 @@ _BY_TAG = {s.tag: s for s in _SCHEMAS.values()}
 
 
 def _enc_event(e: dict, out: list) -> None:
-    sc = _SCHEMAS.get(e.get("type")) if type(e.get("type")) is str else None
+    t = e.get("type")
+    sc = _SCHEMAS.get(t) if isinstance(t, str) else None
     if sc is not None and len(e) == len(sc.keys) and sc.keyset.issuperset(e):
         try:
             vals = []
@@ -364,7 +365,9 @@ def _enc_event(e: dict, out: list) -> None:
     out.append(j)
 
 
-def encode_events(events: list[dict]) -> bytes:
+def encode_events(events: object) -> bytes:
+    if not isinstance(events, list):
+        raise CodecError("events must be a list")
     out = [_U32.pack(len(events))]
     for e in events:
         if type(e) is not dict:
@@ -373,7 +376,7 @@ def encode_events(events: list[dict]) -> bytes:
     return b"".join(out)
 
 
-def decode_events(b: bytes | bytearray | memoryview) -> list[dict]:
+def decode_events(b: object) -> list[dict]:
     if not isinstance(b, (bytes, bytearray, memoryview)):
         raise CodecError("payload must be bytes")
     if isinstance(b, memoryview) and b.format != "B":
