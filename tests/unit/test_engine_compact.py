@@ -32,8 +32,8 @@ TIFS = {"GTC": GTC, "IOC": IOC, "FOK": FOK}
 STPS = {"none": 0, "cancel_taker": 1, "cancel_maker": 2, "cancel_both": 3}
 
 
-def _setup() -> Engine:
-    e = Engine()
+def _setup(dedup_window: int = 1000) -> Engine:
+    e = Engine(dedup_window=dedup_window)
     e.apply({"op": "add_symbol", "symbol": "BTC-USD", "base": "BTC", "quote": "USD",
              "tick_size": "0.5", "lot_size": "0.001", "maker_fee_bps": 2, "taker_fee_bps": 5}, 1)
     for i in range(6):
@@ -162,14 +162,7 @@ def test_compact_rejects_change_nothing(cmd, reason):
 def test_engine_leaves_no_cyclic_garbage():
     """Reference counting alone frees what the engine drops (the service relies on it to run
     the cyclic collector rarely): trades, duplicates and evictions from a small window."""
-    e = Engine(dedup_window=5)
-    e.apply({"op": "add_symbol", "symbol": "BTC-USD", "base": "BTC", "quote": "USD",
-             "tick_size": "0.5", "lot_size": "0.001", "maker_fee_bps": 2, "taker_fee_bps": 5}, 1)
-    for i in range(6):
-        e.apply({"op": "deposit", "account": f"a{i}", "asset": "USD", "amount": "60000",
-                 "tx_id": f"u{i}"}, 1)
-        e.apply({"op": "deposit", "account": f"a{i}", "asset": "BTC", "amount": "30",
-                 "tx_id": f"b{i}"}, 1)
+    e = _setup(dedup_window=5)
     gc.collect()
     was = gc.isenabled()
     gc.disable()
