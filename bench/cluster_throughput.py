@@ -421,7 +421,6 @@ def components(n: int = 40_000, accounts: int = 200) -> list[tuple[str, float, s
     pieces an order goes through, each in isolation in this process. Returns
     (what, µs per order, note)."""
     import gc
-    from collections import OrderedDict
 
     import orjson
 
@@ -496,22 +495,6 @@ def components(n: int = 40_000, accounts: int = 200) -> list[tuple[str, float, s
     out.append(("MatchingService.on_message, batch 100, client past 50k requests",
                 service_run(ReplyCache, 50_000), "reply cache evicting (steady state)"))
 
-    class OrderedReplyCache(ReplyCache):
-        """Bench-only copy of ReplyCache.put with an O(1) eviction (OrderedDict.popitem)."""
-
-        def put(self, client_id, request_id, status, payload):
-            entries = self.by_client.get(client_id)
-            if entries is None:
-                entries = self.by_client[client_id] = OrderedDict()
-            entries[request_id] = (status, payload)
-            if len(entries) > self.window:
-                oldest, _ = entries.popitem(last=False)
-                if oldest > self.floor.get(client_id, 0):
-                    self.floor[client_id] = oldest
-
-    out.append(("  same with an OrderedDict reply cache (proposal)", service_run(OrderedReplyCache, 50_000),
-                "bench-only copy"))
-
     def put_cost(cache_cls) -> float:
         c = cache_cls(50_000)
         for r in range(1, 50_001):
@@ -521,8 +504,7 @@ def components(n: int = 40_000, accounts: int = 200) -> list[tuple[str, float, s
             c.put(7, r, 0, b"x")
         return (time.process_time() - t0) / n * 1e6
 
-    out.append(("ReplyCache.put, full window (dict: next(iter()) eviction)", put_cost(ReplyCache), ""))
-    out.append(("ReplyCache.put, full window, OrderedDict (proposal)", put_cost(OrderedReplyCache), ""))
+    out.append(("ReplyCache.put, full window (OrderedDict eviction)", put_cost(ReplyCache), ""))
     import hashlib
 
     chain = b"\0" * 16
