@@ -109,6 +109,12 @@ public final class MemberSettings
 
     private static long longValue(final Properties p, final String key, final long defaultValue)
     {
+        return number(p, key, defaultValue, "member");
+    }
+
+    /** A numeric setting of a member or worker ({@code what}) properties file, or its default. */
+    static long number(final Properties p, final String key, final long defaultValue, final String what)
+    {
         final String value = p.getProperty(key);
         if (null == value)
         {
@@ -120,7 +126,8 @@ public final class MemberSettings
         }
         catch (final NumberFormatException ex)
         {
-            throw new IllegalArgumentException("invalid member setting: " + key + "=" + value + " is not a number");
+            throw new IllegalArgumentException(
+                "invalid " + what + " setting: " + key + "=" + value + " is not a number");
         }
     }
 }

@@ -67,12 +67,12 @@ public final class WorkerNode implements AutoCloseable
         {
             throw new IllegalArgumentException("invalid worker setting: aeron.dir is required");
         }
-        final int termLength = (int)number(properties, "term.length", 1 << 20);
+        final int termLength = (int)MemberSettings.number(properties, "term.length", 1 << 20, "worker");
         if (termLength < 64 * 1024 || (termLength & (termLength - 1)) != 0)
         {
             throw new IllegalArgumentException("invalid worker setting: term.length must be a power of two >= 64k");
         }
-        final long idleMaxParkUs = number(properties, "idle.max.park.us", 1_000);
+        final long idleMaxParkUs = MemberSettings.number(properties, "idle.max.park.us", 1_000, "worker");
         if (idleMaxParkUs <= 0)
         {
             throw new IllegalArgumentException("invalid worker setting: idle.max.park.us must be > 0");
@@ -199,23 +199,6 @@ public final class WorkerNode implements AutoCloseable
             CloseHelper.quietClose(members.get(i));
         }
         CloseHelper.close(driver);
-    }
-
-    private static long number(final Properties p, final String key, final long defaultValue)
-    {
-        final String value = p.getProperty(key);
-        if (null == value)
-        {
-            return defaultValue;
-        }
-        try
-        {
-            return Long.parseLong(value.trim());
-        }
-        catch (final NumberFormatException ex)
-        {
-            throw new IllegalArgumentException("invalid worker setting: " + key + "=" + value + " is not a number");
-        }
     }
 
     private static void log(final String prefix, final Throwable ex)
