@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyengine.config import PORTS_PER_MEMBER, PORTS_PER_PARTITION, ClusterLayout
+from pyengine.procs import pid_alive
 
 
 class ClusterError(RuntimeError):
@@ -60,28 +61,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); reap it if it is ours.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
-    except (OSError, IndexError):
-        return "gone"
-
-
 class LocalCluster:
     def __init__(self, layout: ClusterLayout, log_level: str = "INFO") -> None:
         self.layout = layout
@@ -118,7 +97,7 @@ class LocalCluster:
 
     def start(self, detach: bool = False) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        running = [m for m, pid in self.pids().items() if _alive(pid)]
+        running = [m for m, pid in self.pids().items() if pid_alive(pid)]
         if running:
             raise ClusterError(f"members {running} of {self.dir} are already running; `matchctl cluster down` first")
         self.layout_file.write_text(self.layout.to_json())
@@ -166,7 +145,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 return False
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -174,7 +153,7 @@ class LocalCluster:
 
     def stop_member(self, member_id: int, timeout: float = 15.0) -> None:
         pid = self.pids().get(member_id)
-        if pid is None or not _alive(pid):
+        if pid is None or not pid_alive(pid):
             shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
             return
         os.kill(pid, signal.SIGTERM)
@@ -187,7 +166,7 @@ class LocalCluster:
         """SIGTERM every member, SIGKILL what is still there after ``timeout``, clean /dev/shm."""
         pids = self.pids()
         for pid in pids.values():
-            if _alive(pid):
+            if pid_alive(pid):
                 try:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -207,7 +186,7 @@ class LocalCluster:
 
     def is_running(self, member_id: int) -> bool:
         pid = self.pids().get(member_id)
-        return pid is not None and _alive(pid)
+        return pid is not None and pid_alive(pid)
 
     def member_status(self, member_id: int) -> dict:
         path = self.layout.member_dir(member_id) / "status.json"

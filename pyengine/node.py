@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyengine import jvm
 from pyengine.config import ClusterLayout, ConfigError
+from pyengine.procs import pid_alive
 
 log = logging.getLogger("matchx.node")
 
@@ -27,16 +28,6 @@ MARK_FILES = ("archive/archive-mark.dat", "cluster/cluster-mark.dat", "cluster/c
 
 class MemberDirInUse(RuntimeError):
     pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower() if Path(f"/proc/{pid}").exists() else False
 
 
 def clear_stale_mark_files(member_dir: Path) -> None:
@@ -54,7 +45,7 @@ def clear_stale_mark_files(member_dir: Path) -> None:
             previous = int(json.loads(status.read_text())["pid"])
         except (ValueError, KeyError, OSError):
             previous = None
-    if previous is not None and previous != os.getpid() and _pid_alive(previous):
+    if previous is not None and previous != os.getpid() and pid_alive(previous):
         raise MemberDirInUse(f"member directory {member_dir} is in use by process {previous}")
     for name in MARK_FILES:
         (member_dir / name).unlink(missing_ok=True)

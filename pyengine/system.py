@@ -38,6 +38,7 @@ from pyengine.config import (
     ConfigError,
     Timeouts,
 )
+from pyengine.procs import pid_alive
 
 log = logging.getLogger("matchx.system")
 
@@ -417,26 +418,6 @@ def _partitions(v: Any, worker_ids: set[str]) -> tuple[PartitionSpec, ...]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own exited children
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
-    except (OSError, IndexError):
-        return False
-    return "zombie" not in state.lower()
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -446,12 +427,12 @@ def _cmdline(pid: int) -> str:
 
 def _ours(pid: int, marker: str) -> bool:
     """True if ``pid`` is alive and still the process we started (guards against PID reuse)."""
-    return _pid_alive(pid) and marker in _cmdline(pid)
+    return pid_alive(pid) and marker in _cmdline(pid)
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -683,7 +664,7 @@ class System:
             elif _ours(pid, "pyengine.worker"):
                 os.kill(pid, sig)
                 _wait_gone(pid, timeout)
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             shutil.rmtree(self.worker_aeron_dir(worker_id), ignore_errors=True)
 
     # ---- observing -------------------------------------------------------------------------
@@ -726,7 +707,7 @@ class System:
             if len(leaders) == len(self.topology.partitions):
                 return leaders
             for wid, pid in self.state().get("workers", {}).items():
-                if not _pid_alive(pid):
+                if not pid_alive(pid):
                     tail = _tail(self.dir / "workers" / f"{wid}.log")
                     raise SystemStateError(f"worker {wid} (pid {pid}) exited:\n{tail}")
             if time.monotonic() > deadline:
