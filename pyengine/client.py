@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from pyengine import jvm, protocol
+from pyengine.engine.bulk import BulkBuilder
+from pyengine.engine.bulk import decode_answer as decode_bulk_answer
 from pyengine.protocol import Channel, Command, Status
 
 log = logging.getLogger("matchx.client")
@@ -171,6 +173,13 @@ class MatchClient:
         from pyengine.engine.codec import encode_command
 
         return self._submit(Channel.ENGINE_BINARY, encode_command(command))
+
+    def submit_bulk(self, bulk: BulkBuilder | bytes) -> Future:
+        """Many place / cancel / amend commands (ticks and lots) as one command: the future
+        resolves to a Reply whose ``events`` holds, per command in order, its events as
+        ``bulk.decode_answer`` gives them. The bulk is the unit of idempotency: a resend after
+        failover is answered with the original outcomes of all its commands."""
+        return self._submit(Channel.ENGINE_BULK, bulk.encode() if isinstance(bulk, BulkBuilder) else bytes(bulk))
 
     def submit_admin(self, command: dict) -> Future:
         return self._submit(Channel.ADMIN_JSON, orjson.dumps(command))
@@ -408,6 +417,8 @@ class MatchClient:
                 from pyengine.engine.codec import decode_events
 
                 payload = decode_events(a.payload)
+            elif p.channel == Channel.ENGINE_BULK and a.status in (Status.OK, Status.DUPLICATE):
+                payload = decode_bulk_answer(a.payload)
             else:
                 payload = orjson.loads(a.payload) if a.payload else []
             if a.status == Status.ERROR:

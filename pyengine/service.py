@@ -27,6 +27,8 @@ import orjson
 from pyengine import engine as engine_pkg
 from pyengine import protocol
 from pyengine.engine import Engine, SnapshotError
+from pyengine.engine.bulk import BulkError, apply_bulk, decode_bulk
+from pyengine.engine.bulk import decode_names as decode_bulk_names
 from pyengine.protocol import Answer, Channel, ProtocolError, Status
 from pyengine.tokens import AuthState, Principal, TokenError
 
@@ -262,6 +264,8 @@ class MatchingService:
                     if moved is not None:
                         return moved
                 return Status.OK, self.engine.apply_encoded(command.payload, ts_ns)
+            if command.channel == Channel.ENGINE_BULK:
+                return self._bulk(command.payload, ts_ns)
             if command.channel == Channel.ADMIN_JSON:
                 return self._admin(orjson.loads(command.payload), position)
             return Status.ERROR, _error(f"unknown channel {command.channel}")
@@ -270,6 +274,19 @@ class MatchingService:
         except Exception as exc:  # noqa: BLE001 - any failure must become an answer, never a crash
             log.exception("command failed")
             return Status.ERROR, _error(f"internal: {type(exc).__name__}: {exc}")
+
+    def _bulk(self, payload: bytes, ts_ns: int) -> tuple[int, bytes]:
+        try:
+            bulk = decode_bulk(payload)
+        except BulkError as exc:
+            return Status.ERROR, _error(f"bad bulk: {exc}")
+        if self.owned is not None:
+            # all or nothing: a bulk naming a symbol this partition does not own applies nothing
+            for symbol in bulk.symbols:
+                moved = self._moved({"symbol": symbol})
+                if moved is not None:
+                    return moved
+        return Status.OK, apply_bulk(self.engine, bulk, ts_ns)
 
     def _admin(self, cmd: object, position: int) -> tuple[int, bytes]:
         op = cmd.get("op") if isinstance(cmd, dict) else None
@@ -296,6 +313,8 @@ class MatchingService:
         if principal is None:
             return "missing_token"
         try:
+            if command.channel == Channel.ENGINE_BULK:
+                return self._authorise_bulk(command.payload, ts_ns, principal)
             if command.channel == Channel.ENGINE_BINARY:
                 from pyengine.engine.codec import decode_command
 
@@ -316,6 +335,17 @@ class MatchingService:
                 account = str(account)
         try:
             self.auth.check(principal, ts_ns, perm, account)
+        except TokenError as exc:
+            return exc.reason
+        return None
+
+    def _authorise_bulk(self, payload: bytes, ts_ns: int, principal: Principal) -> str | None:
+        """A bulk trades for every account it names: each one must be allowed."""
+        accounts, _ = decode_bulk_names(payload)
+        try:
+            self.auth.check(principal, ts_ns, "trade", None)  # also when it names no account
+            for account in accounts:
+                self.auth.check(principal, ts_ns, "trade", account)
         except TokenError as exc:
             return exc.reason
         return None

@@ -542,7 +542,8 @@ class Engine:
             if len(cmd) < 4 or type(cmd[1]) is not str or type(cmd[2]) is not str:
                 raise Reject("bad_request", "account and symbol must be strings")
             for k in range(3, min(len(cmd), 6)):
-                if type(cmd[k]) is not int:
+                # an order is named by its order_id (int) or its client_order_id (str)
+                if type(cmd[k]) is not int and not (k == 3 and op != OP_PLACE and type(cmd[3]) is str):
                     raise Reject("bad_request", "side, order_id, price and qty must be integers")
             if op == OP_PLACE and len(cmd) == 11 and not (
                     (cmd[6] is None or type(cmd[6]) is str) and type(cmd[7]) is int
@@ -550,7 +551,7 @@ class Engine:
                 raise Reject("bad_request", "client_order_id, tif, type, post_only or stp has "
                              "the wrong type")
             if op == OP_AMEND and len(cmd) == 6:
-                o = self._open_by_id(cmd[1], cmd[2], cmd[3])
+                o = self._open_by_ref(cmd[1], cmd[2], cmd[3])
                 price: int = cmd[4]
                 qty: int = cmd[5]
                 if price == 0 and qty == 0:
@@ -569,7 +570,7 @@ class Engine:
                 return self._place_compact(cmd[1], cmd[2], cmd[3], cmd[4], cmd[5], cmd[6],
                                            cmd[7], cmd[8], cmd[9], cmd[10], ts)
             if op == OP_CANCEL and len(cmd) == 4:
-                return [self._cancel_core(self._open_by_id(cmd[1], cmd[2], cmd[3]))]
+                return [self._cancel_core(self._open_by_ref(cmd[1], cmd[2], cmd[3]))]
             raise Reject("bad_request", "unknown compact command or wrong arity")
         except Reject as r:
             return [(EV_REJECTED, r.reason, r.detail)]
@@ -617,22 +618,40 @@ class Engine:
         return self._place_core(acct, sym, side, otype, tif, post_only, stp, price, qty, coid,
                                 ts)
 
+    def _open_by_ref(self, account: str, symbol: str, ref: object) -> Order:
+        """The open order named by ``ref`` (order_id int or client_order_id str) of ``account``
+        in ``symbol``, or the precise reject."""
+        if type(ref) is int:
+            return self._open_by_id(account, symbol, ref)
+        assert isinstance(ref, str)
+        acct, sym = self._named(account, symbol)
+        o = acct.coid_index().get(ref)
+        if o is None or o.status != OPEN:
+            raise Reject("unknown_order", f"no open order with client_order_id {ref}"[:120])
+        if o.sym is not sym:
+            raise Reject("unknown_order", "order is not in that symbol")
+        return o
+
     def _open_by_id(self, account: str, symbol: str, order_id: int) -> Order:
         """The open order ``order_id`` of ``account`` in ``symbol``, or the precise reject."""
         o = self.orders.get(order_id)
         if o is not None and o.acct.name == account and o.sym.name == symbol:
             return o
+        acct, _ = self._named(account, symbol)
+        if o is None:
+            raise Reject("unknown_order", f"no open order {order_id}")
+        if o.acct is not acct:
+            raise Reject("wrong_account", f"order {order_id} belongs to another account")
+        raise Reject("unknown_order", "order is not in that symbol")
+
+    def _named(self, account: str, symbol: str) -> tuple[Account, Symbol]:
         acct = self.accounts.get(account)
         if acct is None:
             raise Reject("unknown_account", f"unknown account {account}"[:120])
         sym = self.symbols.get(symbol)
         if sym is None:
             raise Reject("unknown_symbol", f"unknown symbol {symbol}"[:120])
-        if o is None:
-            raise Reject("unknown_order", f"no open order {order_id}")
-        if o.acct is not acct:
-            raise Reject("wrong_account", f"order {order_id} belongs to another account")
-        raise Reject("unknown_order", "order is not in that symbol")
+        return acct, sym
 
     def apply_encoded(self, payload: bytes, ts: object) -> bytes:
         from .codec import CodecError, decode_command, encode_events

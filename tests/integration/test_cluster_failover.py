@@ -118,3 +118,43 @@ def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_clus
     assert all(cluster.is_running(m) for m in range(3))
     assert cluster.await_leader(30) in range(3)
     assert "Traceback" not in cluster.member_log(leader)
+
+
+def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, make_client):
+    """Bulks (many orders per command) are applied on every member, each order answered, and a
+    bulk sent while the leader dies is answered exactly once by the new leader."""
+    from pyengine.engine.bulk import BulkBuilder
+    from pyengine.engine.core import EV_ACCEPTED, EV_TRADE
+
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30), client.last_error
+    setup_market(client)
+
+    def bulk(first: int, n: int) -> BulkBuilder:
+        b = BulkBuilder()
+        for i in range(first, first + n):  # bob sells at 50000.00 + i ticks, alice buys the first half
+            b.place("bob", SYMBOL, "sell", 5_000_000 + i, 10, client_order_id=i)
+        for i in range(first, first + n // 2):
+            b.place("alice", SYMBOL, "buy", 5_000_000 + i, 10, client_order_id=i)
+        return b
+
+    first = client.submit_bulk(bulk(1, 200)).result(20)
+    assert len(first.events) == 300
+    assert all(r[0][0] == EV_ACCEPTED for r in first.events)
+    assert sum(1 for r in first.events[200:] for e in r if e[0] == EV_TRADE) == 100
+
+    cluster.kill(leader)
+    pending = client.submit_bulk(bulk(1001, 200))  # sent into the failover
+    second = pending.result(30)
+    assert [r[0][0] for r in second.events] == [EV_ACCEPTED] * 300
+    new_leader = cluster.await_leader(30, exclude=leader)
+    book = client.request({"op": "book", "symbol": SYMBOL, "depth": 1000}, timeout=20).events[0]
+    assert len(book["asks"]) == 200  # 400 sells, 200 of them taken once each: nothing twice
+    assert book["bids"] == []
+    survivors = [m for m in range(3) if m != leader]
+    _, after = hashes_at_one_position(cluster, client, survivors)
+    assert len({(h["engine_hash"], h["sequence_hash"]) for h in after}) == 1
+    assert client.leader_member_id == new_leader

@@ -129,3 +129,82 @@ def test_symbols_not_owned_are_answered_moved_with_the_epoch():
     t = MatchingService()
     t.restore(s.snapshot())
     assert t.owned == {} and t.moved == {"ETH-USDT": 4}
+
+
+# ---- bulk orders (Channel.ENGINE_BULK) -------------------------------------------------------
+
+def _bulk_service(**kw):
+    s = MatchingService(**kw)
+    s.engine.apply(SETUP[0], 1)
+    s.engine.apply(SETUP[1], 1)
+    return s
+
+
+def _a_bulk(account="a", symbol="ETH-USDT"):
+    from pyengine.engine.bulk import BulkBuilder
+
+    b = BulkBuilder()
+    b.place(account, symbol, "buy", 1000, 100, client_order_id=1)  # 10.00 x 1
+    b.place(account, symbol, "buy", 1001, 100, client_order_id=2)
+    b.cancel(account, symbol, client_order_id=1)
+    return b.encode()
+
+
+def test_a_bulk_is_one_command_with_an_answer_per_order_and_a_resend_is_a_duplicate():
+    from pyengine.engine.bulk import decode_answer
+    from pyengine.engine.core import EV_ACCEPTED, EV_CANCELLED
+
+    s = _bulk_service()
+    [a] = run(s, 9, [Command(1, Channel.ENGINE_BULK, _a_bulk())])
+    assert a.status == Status.OK
+    res = decode_answer(a.payload)
+    assert [r[0][0] for r in res] == [EV_ACCEPTED, EV_ACCEPTED, EV_CANCELLED]
+    assert s.applied == 1
+    h = s.engine.state_hash()
+    [again] = run(s, 9, [Command(1, Channel.ENGINE_BULK, _a_bulk())])
+    assert again.status == Status.DUPLICATE and again.payload == a.payload
+    assert s.engine.state_hash() == h
+
+
+@pytest.mark.parametrize("payload", [b"", b"MB", b"XX" + bytes(20), _a_bulk()[:-3]])
+def test_a_malformed_bulk_is_an_error_and_changes_nothing(payload):
+    s = _bulk_service()
+    h = s.engine.state_hash()
+    [a] = run(s, 9, [Command(1, Channel.ENGINE_BULK, payload)])
+    assert a.status == Status.ERROR and b"bad bulk" in a.payload
+    assert s.engine.state_hash() == h
+
+
+def test_a_bulk_naming_a_symbol_not_owned_applies_nothing():
+    s = _bulk_service()
+    run(s, 1, [Command(1, Channel.ADMIN_JSON, b'{"op":"own_symbols","symbols":{"ETH-USDT":3}}')])
+    h = s.engine.state_hash()
+    from pyengine.engine.bulk import BulkBuilder
+
+    b = BulkBuilder()
+    b.place("a", "ETH-USDT", "buy", 1000, 100)
+    b.place("a", "BTC-USDT", "buy", 1000, 100)
+    [a] = run(s, 1, [Command(2, Channel.ENGINE_BULK, b.encode())])
+    assert a.status == Status.MOVED and orjson.loads(a.payload)["symbol"] == "BTC-USDT"
+    assert s.engine.state_hash() == h
+
+
+def test_a_bulk_needs_a_token_for_every_account_it_names():
+    from pyengine.tokens import TokenSigner
+
+    signer = TokenSigner.generate(kid="k1")
+    s = _bulk_service(auth_keys={"k1": signer.jwk()["x"]})
+    now_s = 1_700_000_000
+    for sid, account in ((5, "a"), (6, "b")):
+        token = signer.mint("u", account, ["trade"], ttl_s=60, now_s=now_s)
+        verdict = s.verify_credentials(token.encode(), now_s * 1000)
+        assert verdict[0] == 0
+        s.on_session_open(sid, now_s * 1000, verdict[1:])
+    h = s.engine.state_hash()
+    [denied] = run(s, 9, [Command(1, Channel.ENGINE_BULK, _a_bulk("a"))], ts=now_s * 1000, session=6)
+    assert denied.status == Status.UNAUTHORISED and b"wrong_account" in denied.payload
+    [late] = run(s, 9, [Command(2, Channel.ENGINE_BULK, _a_bulk("a"))], ts=(now_s + 61) * 1000, session=5)
+    assert late.status == Status.UNAUTHORISED and b"expired" in late.payload
+    assert s.engine.state_hash() == h
+    [ok] = run(s, 9, [Command(3, Channel.ENGINE_BULK, _a_bulk("a"))], ts=now_s * 1000, session=5)
+    assert ok.status == Status.OK
