@@ -281,6 +281,44 @@ class OrderFlow:
         return [self.next() for _ in range(n)]
 
 
+def bulk_ops(cmds: list[dict], coid_numbers: dict[str, int]) -> list[tuple]:
+    """OrderFlow commands in ticks and lots for bulks (bench/cluster_throughput.py --api bulk):
+    ("p", account, symbol, side, price, qty, client_order_id, tif) / ("c", account, symbol,
+    client_order_id) / ("a", account, symbol, client_order_id, price). The flow's string ids
+    become numbers (``coid_numbers`` keeps the mapping across calls)."""
+    out: list[tuple] = []
+    for c in cmds:
+        coid = coid_numbers.get(c["client_order_id"])
+        if coid is None:
+            coid = coid_numbers[c["client_order_id"]] = len(coid_numbers) + 1
+        op = c["op"]
+        if op == "place":
+            out.append(("p", c["account"], c["symbol"], c["side"], int(c["price"].replace(".", "")),
+                        round(float(c["qty"]) * 1000), coid, c.get("tif", "GTC")))
+        elif op == "cancel":
+            out.append(("c", c["account"], c["symbol"], coid))
+        else:
+            out.append(("a", c["account"], c["symbol"], coid, int(c["price"].replace(".", ""))))
+    return out
+
+
+def build_bulk(ops: list[tuple]):
+    """A BulkBuilder of ``bulk_ops`` tuples."""
+    from pyengine.engine.bulk import BulkBuilder
+
+    b = BulkBuilder()
+    place, cancel, amend = b.place, b.cancel, b.amend
+    for o in ops:
+        k = o[0]
+        if k == "p":
+            place(o[1], o[2], o[3], o[4], o[5], client_order_id=o[6], tif=o[7])
+        elif k == "c":
+            cancel(o[1], o[2], client_order_id=o[3])
+        else:
+            amend(o[1], o[2], client_order_id=o[3], price=o[4])
+    return b
+
+
 # ---------------------------------------------------------------------------- histograms
 
 

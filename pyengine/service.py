@@ -54,6 +54,7 @@ _U64 = struct.Struct("<Q")
 _DEDUPE_ENTRY = struct.Struct("<QBI")
 
 DEFAULT_DEDUPE_WINDOW = 50_000
+DEFAULT_DEDUPE_BYTES = 16 << 20  # answers held per client: ~1,000 full bulks, or the 50,000 last orders
 
 
 class ServiceSnapshotError(SnapshotError):
@@ -68,12 +69,16 @@ class ReplyCache:
     (see ``too_old``).
     """
 
-    def __init__(self, window: int = DEFAULT_DEDUPE_WINDOW) -> None:
+    def __init__(self, window: int = DEFAULT_DEDUPE_WINDOW, max_bytes: int = DEFAULT_DEDUPE_BYTES) -> None:
         self.window = window
+        # A bulk's answer is tens of KB: bounded by count alone, a busy bulk client would hold
+        # gigabytes on every member (and in every snapshot), so the payload bytes are bounded too.
+        self.max_bytes = max_bytes
         # OrderedDict: evicting the oldest is O(1) (a plain dict's first key gets slower to find
         # the more keys were deleted from its front).
         self.by_client: dict[int, OrderedDict[int, tuple[int, bytes]]] = {}
         self.floor: dict[int, int] = {}  # highest evicted request id per client
+        self.bytes: dict[int, int] = {}  # payload bytes held per client
 
     def get(self, client_id: int, request_id: int) -> tuple[int, bytes] | None:
         entries = self.by_client.get(client_id)
@@ -87,10 +92,18 @@ class ReplyCache:
         if entries is None:
             entries = self.by_client[client_id] = OrderedDict()
         entries[request_id] = (status, payload)
-        if len(entries) > self.window:
-            oldest, _ = entries.popitem(last=False)
-            if oldest > self.floor.get(client_id, 0):
-                self.floor[client_id] = oldest
+        held = self.bytes[client_id] = self.bytes.get(client_id, 0) + len(payload)
+        if len(entries) > self.window or held > self.max_bytes:
+            self._evict(client_id, entries, held)
+
+    def _evict(self, client_id: int, entries: OrderedDict[int, tuple[int, bytes]], held: int) -> None:
+        floor = self.floor.get(client_id, 0)
+        while len(entries) > 1 and (len(entries) > self.window or held > self.max_bytes):
+            oldest, (_, payload) = entries.popitem(last=False)
+            held -= len(payload)
+            floor = max(floor, oldest)
+        self.bytes[client_id] = held
+        self.floor[client_id] = floor
 
     def encode(self) -> bytes:
         out = [_U64.pack(len(self.by_client))]
@@ -102,8 +115,8 @@ class ReplyCache:
         return b"".join(out)
 
     @classmethod
-    def decode(cls, buf: memoryview, window: int) -> ReplyCache:
-        cache = cls(window)
+    def decode(cls, buf: memoryview, window: int, max_bytes: int = 0) -> ReplyCache:
+        cache = cls(window, max_bytes or DEFAULT_DEDUPE_BYTES)
         (clients,) = _U64.unpack_from(buf, 0)
         off = 8
         for _ in range(clients):
@@ -118,6 +131,7 @@ class ReplyCache:
                 entries[request_id] = (status, bytes(buf[off : off + length]))
                 off += length
             cache.by_client[client_id] = entries
+            cache.bytes[client_id] = sum(len(p) for _, p in entries.values())
             if floor:
                 cache.floor[client_id] = floor
         if off != len(buf):
@@ -132,12 +146,13 @@ class MatchingService:
         self,
         engine_factory: Callable[[], Engine] = Engine,
         dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+        dedupe_bytes: int = DEFAULT_DEDUPE_BYTES,
         hash_file: Path | None = None,
         auth_keys: dict[str, str] | None = None,
     ) -> None:
         self.engine_factory = engine_factory
         self.engine = engine_factory()
-        self.replies = ReplyCache(dedupe_window)
+        self.replies = ReplyCache(dedupe_window, dedupe_bytes)
         self.hash_file = hash_file
         self.member_id = -1
         self.applied = 0
@@ -493,7 +508,7 @@ class MatchingService:
             if off + auth_len > len(buf):
                 raise ServiceSnapshotError("auth section runs past the snapshot end")
             auth = AuthState.from_bytes(bytes(buf[off : off + auth_len])) if auth_len else None
-            replies = ReplyCache.decode(buf[off + auth_len :], self.replies.window)
+            replies = ReplyCache.decode(buf[off + auth_len :], self.replies.window, self.replies.max_bytes)
         except ServiceSnapshotError:
             raise
         except (SnapshotError, struct.error, ValueError, orjson.JSONDecodeError, TokenError) as exc:

@@ -19,7 +19,7 @@ from . import native_stamp as _build
 
 def _load_plain_sources() -> None:
     """Import the hot modules from their .py files even when compiled ones sit beside them."""
-    for name in _build.MODULES:  # dependency order: numbers <- core <- snapshot
+    for name in _build.MODULES:  # dependency order: numbers <- core <- snapshot, bulk
         full = f"{__name__}.{name}"
         spec = importlib.util.spec_from_file_location(full, _build.HERE / f"{name}.py")
         assert spec is not None and spec.loader is not None

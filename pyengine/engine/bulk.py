@@ -25,11 +25,13 @@ from .core import (
     EV_DUPLICATE,
     EV_REJECTED,
     EV_TRADE,
+    MAX_TS,
     OP_AMEND,
     OP_CANCEL,
     OP_PLACE,
     Engine,
 )
+from .errors import Reject
 
 MAGIC = b"MB"
 VERSION = 1
@@ -81,6 +83,11 @@ class BulkError(ValueError):
 # ---------------------------------------------------------------------------- building
 
 
+_SIDES = {"buy": 0, "sell": 1}
+_TIFS = {"GTC": 0, "IOC": 1, "FOK": 2}
+_STPS = {None: -1, "none": 0, "cancel_taker": 1, "cancel_maker": 2, "cancel_both": 3}
+
+
 class BulkBuilder:
     """Collects commands for one bulk. Prices are ticks, quantities lots (the symbol's units).
 
@@ -89,10 +96,6 @@ class BulkBuilder:
     >>> b.cancel("alice", "BTC-USD", client_order_id=1)
     >>> payload = b.encode()
     """
-
-    _SIDES = {"buy": 0, "sell": 1}
-    _TIFS = {"GTC": 0, "IOC": 1, "FOK": 2}
-    _STPS = {None: -1, "none": 0, "cancel_taker": 1, "cancel_maker": 2, "cancel_both": 3}
 
     def __init__(self) -> None:
         self._accounts: dict[str, int] = {}
@@ -124,7 +127,7 @@ class BulkBuilder:
         a, s = self._names(account, symbol)
         flags = (F_POST_ONLY if post_only else 0) | (F_MARKET if market else 0)
         try:
-            rec = RECORD.pack(OP_PLACE, flags, self._SIDES[side], self._TIFS[tif], self._STPS[stp],
+            rec = RECORD.pack(OP_PLACE, flags, _SIDES[side], _TIFS[tif], _STPS[stp],
                               a, s, price, qty, client_order_id)
         except (KeyError, struct.error) as exc:
             raise BulkError(f"bad place: {exc}") from None
@@ -236,27 +239,35 @@ def apply_bulk(engine: Engine, bulk: Bulk, ts: int, max_answer_bytes: int = MAX_
     accounts, symbols = bulk.accounts, bulk.symbols
     n_acc, n_sym = len(accounts), len(symbols)
     out: list[bytes] = [_COUNT.pack(len(bulk.records))]
-    apply = engine.apply_compact
+    if type(ts) is not int or not 0 <= ts <= MAX_TS:
+        raise BulkError("ts must be an integer in [0, 2**63)")
     size = 0
+    evs: list
     for op, flags, side, tif, stp, a, s, price, qty, ref in bulk.records:
-        if size >= max_answer_bytes:
-            evs: list = [(EV_REJECTED, "not_applied", "the bulk's answer reached its size limit")]
-        elif a >= n_acc or s >= n_sym or flags & ~_KNOWN_FLAGS:
-            evs = [(EV_REJECTED, "bad_request", "account/symbol index or flags out of range")]
-        elif op == OP_PLACE:
-            evs = apply((OP_PLACE, accounts[a], symbols[s], side, price, qty,
-                         str(ref) if ref else None, tif, 1 if flags & F_MARKET else 0,
-                         bool(flags & F_POST_ONLY), stp), ts)
-        elif op == OP_CANCEL or op == OP_AMEND:
-            if ref == 0:
-                evs = [(EV_REJECTED, "bad_request", "order_id or client_order_id is required")]
+        # the engine's compact entry points directly: struct already gave every field its type
+        try:
+            if size >= max_answer_bytes:
+                raise Reject("not_applied", "the bulk's answer reached its size limit")
+            if a >= n_acc or s >= n_sym or flags & ~_KNOWN_FLAGS:
+                raise Reject("bad_request", "account/symbol index or flags out of range")
+            if op == OP_PLACE:
+                evs = engine._place_compact(accounts[a], symbols[s], side, price, qty,
+                                            str(ref) if ref else None, tif, 1 if flags & F_MARKET else 0,
+                                            bool(flags & F_POST_ONLY), stp, ts)
+            elif op == OP_CANCEL or op == OP_AMEND:
+                if ref == 0:
+                    raise Reject("bad_request", "order_id or client_order_id is required")
+                order: object = str(ref) if flags & F_BY_CLIENT_ORDER_ID else ref
+                if op == OP_CANCEL:
+                    evs = [engine._cancel_core(engine._open_by_ref(accounts[a], symbols[s], order))]
+                else:
+                    evs = engine._amend_compact(accounts[a], symbols[s], order, price, qty)
             else:
-                order = str(ref) if flags & F_BY_CLIENT_ORDER_ID else ref
-                cmd = (OP_CANCEL, accounts[a], symbols[s], order) if op == OP_CANCEL else \
-                    (OP_AMEND, accounts[a], symbols[s], order, price, qty)
-                evs = apply(cmd, ts)
-        else:
-            evs = [(EV_REJECTED, "bad_request", f"unknown bulk op {op}")]
+                raise Reject("bad_request", f"unknown bulk op {op}")
+        except Reject as r:
+            evs = [(EV_REJECTED, r.reason, r.detail)]
+        except Exception as exc:  # as apply_compact: never a crash on a member
+            evs = [(EV_REJECTED, "bad_request", f"malformed command ({type(exc).__name__})")]
         # encoded now: the orders the events name change with the next command
         mark = len(out)
         out.append(b"")

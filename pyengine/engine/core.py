@@ -551,21 +551,7 @@ class Engine:
                 raise Reject("bad_request", "client_order_id, tif, type, post_only or stp has "
                              "the wrong type")
             if op == OP_AMEND and len(cmd) == 6:
-                o = self._open_by_ref(cmd[1], cmd[2], cmd[3])
-                price: int = cmd[4]
-                qty: int = cmd[5]
-                if price == 0 and qty == 0:
-                    raise Reject("bad_request", "amend needs qty and/or price")
-                sym = o.sym
-                if price == 0:
-                    price = o.price
-                elif not 0 < price <= sym.max_price:
-                    raise Reject("out_of_bounds", f"price {price} ticks out of bounds")
-                if qty == 0:
-                    qty = o.qty
-                elif not sym.min_qty <= qty <= sym.max_qty:
-                    raise Reject("out_of_bounds", f"qty {qty} lots out of bounds")
-                return self._amend_core(o, price, qty)
+                return self._amend_compact(cmd[1], cmd[2], cmd[3], cmd[4], cmd[5])
             if op == OP_PLACE and len(cmd) == 11:
                 return self._place_compact(cmd[1], cmd[2], cmd[3], cmd[4], cmd[5], cmd[6],
                                            cmd[7], cmd[8], cmd[9], cmd[10], ts)
@@ -576,6 +562,22 @@ class Engine:
             return [(EV_REJECTED, r.reason, r.detail)]
         except Exception as e:  # a field of the wrong type
             return [(EV_REJECTED, "bad_request", f"malformed command ({type(e).__name__})")]
+
+    def _amend_compact(self, account: str, symbol: str, ref: object, price: int, qty: int) -> list:
+        """Amend in ticks and lots (0 = unchanged); raises Reject."""
+        o = self._open_by_ref(account, symbol, ref)
+        if price == 0 and qty == 0:
+            raise Reject("bad_request", "amend needs qty and/or price")
+        sym = o.sym
+        if price == 0:
+            price = o.price
+        elif not 0 < price <= sym.max_price:
+            raise Reject("out_of_bounds", f"price {price} ticks out of bounds")
+        if qty == 0:
+            qty = o.qty
+        elif not sym.min_qty <= qty <= sym.max_qty:
+            raise Reject("out_of_bounds", f"qty {qty} lots out of bounds")
+        return self._amend_core(o, price, qty)
 
     def _place_compact(self, account: str, symbol: str, side: int, price: int, qty: int,
                        coid: str | None, tif: int, otype: int, post_only: bool, stp: int,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Compiled together so their classes and calls stay native across module boundaries;
-# listed in dependency order (numbers <- core <- snapshot).
-MODULES = ("numbers", "core", "snapshot")
+# listed in dependency order (numbers <- core <- snapshot, bulk).
+MODULES = ("numbers", "core", "snapshot", "bulk")
 STAMP = HERE / "native.stamp"
 GROUP = "pyengine.engine.native"
 

@@ -208,3 +208,19 @@ def test_a_bulk_needs_a_token_for_every_account_it_names():
     assert s.engine.state_hash() == h
     [ok] = run(s, 9, [Command(3, Channel.ENGINE_BULK, _a_bulk("a"))], ts=now_s * 1000, session=5)
     assert ok.status == Status.OK
+
+
+def test_reply_cache_is_bounded_in_bytes_too():
+    """Large answers (bulks) are evicted by size, oldest first; an evicted id is refused."""
+    s = _bulk_service(dedupe_bytes=100)
+    for rid in range(1, 4):
+        [a] = run(s, 1, [Command(rid, Channel.ENGINE_BULK, _a_bulk())])
+        assert a.status == Status.OK and len(a.payload) > 40
+    held = s.replies.bytes[1]
+    assert held <= 100 and held == sum(len(p) for _, p in s.replies.by_client[1].values())
+    assert 1 not in s.replies.by_client[1] and 3 in s.replies.by_client[1]
+    [old] = run(s, 1, [Command(1, Channel.ENGINE_BULK, _a_bulk())])
+    assert old.status == Status.ERROR and b"too_old" in old.payload
+    t = MatchingService(dedupe_bytes=100)
+    t.restore(s.snapshot())
+    assert t.replies.bytes == s.replies.bytes and t.snapshot() == s.snapshot()
