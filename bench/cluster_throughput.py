@@ -619,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="open loop with bulks: the sender waits at least this long between bulks")
     ap.add_argument("--pregen-rate", type=int, default=60_000,
                     help="saturation: orders/s worth of flow generated before the clock starts")
+    ap.add_argument("--idle-min-park-us", type=int, help="members' idle strategy: first park (default: the layout's)")
+    ap.add_argument("--idle-yields", type=int, help="members' idle strategy: sched_yield calls before parking")
     ap.add_argument("--port-start", type=int, default=41000)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
@@ -639,7 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     profile = None
     verify: dict = {}
     machine = MachineLoad().__enter__()
-    with bench_cluster("tput", args.port_start) as cluster:
+    layout_kw = {k: v for k, v in (("idle_min_park_us", args.idle_min_park_us), ("idle_yields", args.idle_yields))
+                 if v is not None}
+    with bench_cluster("tput", args.port_start, **layout_kw) as cluster:
         endpoints = cluster.ingress_endpoints()
         leader = cluster.await_leader(30)
         log(f"cluster up (leader member {leader}); setup: 4 symbols, {args.accounts} funded accounts")

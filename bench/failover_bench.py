@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-timeout-ms", type=int, default=Timeouts.heartbeat_timeout_ms)
     ap.add_argument("--heartbeat-interval-ms", type=int, default=Timeouts.heartbeat_interval_ms)
     ap.add_argument("--election-timeout-ms", type=int, default=Timeouts.election_timeout_ms)
+    ap.add_argument("--election-status-interval-ms", type=int, default=Timeouts.election_status_interval_ms)
     ap.add_argument("--settle-s", type=float, default=3.0)
     ap.add_argument("--report", type=Path, default=Path(__file__).parent / "reports" / "failover.md")
     args = ap.parse_args(argv)
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
     timeouts = Timeouts(heartbeat_interval_ms=args.heartbeat_interval_ms,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
-                        election_timeout_ms=args.election_timeout_ms)
+                        election_timeout_ms=args.election_timeout_ms,
+                        election_status_interval_ms=args.election_status_interval_ms)
     with tempfile.TemporaryDirectory(prefix="matchx-failover-") as tmp:
         layout = ClusterLayout(base_dir=Path(tmp), port_base=free_port_base(24000), timeouts=timeouts)
         cluster = LocalCluster(layout, log_level="WARNING")
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Failover: leader SIGKILL -> first reply from the new leader\n\n"
         f"Command: `python bench/failover_bench.py --trials {args.trials}`  \n"
         f"Settings: heartbeat interval {timeouts.heartbeat_interval_ms} ms, heartbeat timeout "
-        f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms; "
+        f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms, "
+        f"election status interval "
+        f"{timeouts.election_status_interval_ms} ms; "
         f"client request every {args.interval_ms} ms; 3 members + client on one 2-core machine.\n\n"
         f"**{summary}**\n\n| trial | ms |\n|---|---|\n"
         + "".join(f"| {i} | {v:.1f} |\n" for i, v in enumerate(results, 1))

@@ -41,6 +41,8 @@ from bench.common import (  # noqa: E402
     MachineLoad,
     OrderFlow,
     bench_cluster,
+    build_bulk,
+    bulk_ops,
     environment,
     jar_cleanup,
     log,
@@ -96,6 +98,16 @@ def worker(spec: dict) -> int:
         else:
             status[i] = 2 if fut.result().duplicate else 1
 
+    def done_bulk(fut, first: int, end: int) -> None:
+        t = clock()
+        st = 3 if fut.exception() is not None else 2 if fut.result().duplicate else 1
+        for k in range(first, end):
+            answered_at[k] = t
+            status[k] = st
+
+    bulk = spec.get("api") == "bulk"
+    linger = spec.get("bulk_linger_s", 0.005)
+    coids: dict[str, int] = {}
     stop_file = Path(spec["stop_file"])
     Path(spec["ready_file"]).write_text(str(os.getpid()))
     submit = client.submit_binary
@@ -110,6 +122,16 @@ def worker(spec: dict) -> int:
                 break
             next_check = now + 0.1
         due = min(cap, int((now - start) / interval) + 1)
+        if bulk:  # what is due leaves as one bulk, at least ``linger`` apart
+            if due > i:
+                b = build_bulk(bulk_ops([flow.next() for _ in range(i, due)], coids))
+                t = clock()
+                for k in range(i, due):
+                    sent_at[k] = t
+                client.submit_bulk(b).add_done_callback(lambda f, a=i, z=due: done_bulk(f, a, z))
+                i = due
+            time.sleep(max(linger, start + i * interval - clock()))
+            continue
         while i < due:
             cmd = flow.next()
             sent_at[i] = clock()
@@ -165,9 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heartbeat-interval-ms", type=int, default=Timeouts.heartbeat_interval_ms)
     ap.add_argument("--heartbeat-timeout-ms", type=int, default=Timeouts.heartbeat_timeout_ms)
     ap.add_argument("--election-timeout-ms", type=int, default=Timeouts.election_timeout_ms)
+    ap.add_argument("--election-status-interval-ms", type=int, default=Timeouts.election_status_interval_ms)
     ap.add_argument("--snapshot-interval-s", type=int, default=15,
                     help="members snapshot on this schedule, so a restarted member replays only a short log")
     ap.add_argument("--catchup-timeout-s", type=float, default=180.0)
+    ap.add_argument("--api", choices=("binary", "bulk"), default="binary",
+                    help="how the client sends: one command per order, or what is due as one bulk")
+    ap.add_argument("--bulk-linger-ms", type=float, default=5.0, help="with --api bulk: at least this apart")
+    ap.add_argument("--keep-dir", type=Path, help="run the cluster here and keep it (member logs) afterwards")
     ap.add_argument("--port-start", type=int, default=42000)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
@@ -177,16 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     timeouts = Timeouts(heartbeat_interval_ms=args.heartbeat_interval_ms,
                         heartbeat_timeout_ms=args.heartbeat_timeout_ms,
                         election_timeout_ms=args.election_timeout_ms,
+                        election_status_interval_ms=args.election_status_interval_ms,
                         startup_canvass_timeout_ms=max(2000, 2 * args.heartbeat_timeout_ms))
     env = environment()
     log(f"environment: {env}")
     trials: list[dict] = []
     machine = MachineLoad().__enter__()
-    with bench_cluster("failover", args.port_start, timeouts=timeouts,
+    if args.keep_dir is not None:
+        args.keep_dir.mkdir(parents=True, exist_ok=True)
+    with bench_cluster("failover", args.port_start, timeouts=timeouts, keep_dir=args.keep_dir,
                        snapshot_interval_s=args.snapshot_interval_s) as cluster:
         work = cluster.dir / "bench"
         work.mkdir(exist_ok=True)
         spec = {"endpoints": cluster.ingress_endpoints(), "accounts": args.accounts, "setup": True,
+                "api": args.api, "bulk_linger_s": args.bulk_linger_ms / 1000,
                 "seed": 11, "rate": args.rate, "max_s": 60 + args.trials * 60,
                 "stop_file": str(work / "stop"), "ready_file": str(work / "ready"),
                 "out_file": str(work / "samples.bin")}
@@ -294,13 +325,17 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
     cmd = "python bench/failover_under_load.py " + " ".join(sys.argv[1:])
     target_met = pctl(fo, 99) < 500
+    how = (f"what is due as one bulk, at least {args.bulk_linger_ms:g} ms apart" if args.api == "bulk"
+           else "binary codec, one command per order")
     lines = [
         "# Failover under load: leader SIGKILL -> first answer to an order sent after the kill\n",
         f"Command: `{cmd.strip()}`  ",
         f"Environment: {env}; 3 members + the client on one 2-core machine (loopback).  ",
         f"Settings: heartbeat interval {timeouts.heartbeat_interval_ms} ms, heartbeat timeout "
-        f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms; one client "
-        f"process (MatchClient, default resend interval 1 s) sending the bench order flow (binary codec) open "
+        f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms, "
+        f"election status interval "
+        f"{timeouts.election_status_interval_ms} ms; one client "
+        f"process (MatchClient, default resend interval 1 s) sending the bench order flow ({how}) open "
         f"loop at {args.rate:,.0f} orders/s during the whole run; {args.settle_s:.0f} s with three members before "
         f"each kill (after the restarted member has caught up); the killed member is restarted as soon as a new "
         f"leader is known; members snapshot every {args.snapshot_interval_s} s.\n",

@@ -44,6 +44,9 @@ EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 
 EVENT_CONNECT_FAILED, EVENT_SESSION_EVENT = 5, 6
 
 MAX_BATCH_BYTES = 60_000
+# Aeron's largest message on the ingress (term length 1 MiB / 8), less the request header and
+# one entry header: no single command may be larger.
+MAX_COMMAND_BYTES = (128 << 10) - protocol.REQUEST_HEADER.size - protocol.ENTRY.size
 _client_seq = itertools.count()
 
 
@@ -229,6 +232,9 @@ class MatchClient:
             raise ClientError("client is closed")
         if self._auth_failure:
             raise AuthenticationError(self._auth_failure)
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise ClientError(f"a command of {len(payload):,} bytes exceeds the {MAX_COMMAND_BYTES:,}-byte "
+                              "message limit")
         p = _Pending(next(self._ids), channel, payload, Future())
         with self._lock:
             self._pending[p.request_id] = p
@@ -269,15 +275,33 @@ class MatchClient:
                 self._resend_stale()
 
     def _send(self, batch: list[_Pending]) -> bool:
+        """Sends ``batch`` as one or more cluster messages (each within the count and byte
+        limits); False if any part could not be sent now (it is resent later)."""
         live = [p for p in batch if not p.future.done()]
-        if not live:
-            return True
+        ok = True
+        part: list[_Pending] = []
+        size = 0
+        for p in live:
+            if part and (len(part) == protocol.MAX_BATCH or size + len(p.payload) > MAX_BATCH_BYTES):
+                ok = self._offer(part) and ok
+                part, size = [], 0
+            part.append(p)
+            size += len(p.payload)
+        if part:
+            ok = self._offer(part) and ok
+        return ok
+
+    def _offer(self, live: list[_Pending]) -> bool:
         message = protocol.encode_request(
             self.client_id, [Command(p.request_id, p.channel, p.payload) for p in live]
         )
         jbytes = self._jpype.JArray(self._jpype.JByte)(message)
         for attempt in range(200):
-            result = self._java.offer(jbytes)
+            try:
+                result = self._java.offer(jbytes)
+            except Exception as exc:  # noqa: BLE001 - never lose the sender thread; resent later
+                log.error("offer of %d bytes failed: %s", len(message), exc)
+                break
             if result > 0:
                 now = time.monotonic()
                 for p in live:
@@ -306,8 +330,7 @@ class MatchClient:
             return
         stale.sort(key=lambda p: p.request_id)
         self.stats.resent += sum(1 for p in stale if p.sends)
-        for i in range(0, len(stale), 256):
-            self._send(stale[i : i + 256])
+        self._send(stale)
 
     def _receive_loop(self) -> None:
         java = self._java
@@ -326,7 +349,10 @@ class MatchClient:
                 kind, length = _EVENT.unpack_from(buf, offset)
                 body = buf[offset + 5 : offset + 5 + length]
                 offset += 5 + length
-                self._on_event(kind, body)
+                try:
+                    self._on_event(kind, body)
+                except Exception:  # noqa: BLE001 - one bad event must not stop the receiver
+                    log.exception("handling client event %d failed", kind)
 
     def _on_event(self, kind: int, body: bytes) -> None:
         if kind == EVENT_MESSAGE:

@@ -31,6 +31,9 @@ class Timeouts:
     heartbeat_interval_ms: int = 20
     heartbeat_timeout_ms: int = 120
     election_timeout_ms: int = 50
+    # how often a member repeats its canvass/vote messages during an election (Aeron's default;
+    # 20 ms measured no better here: bench/reports/failover_under_load.md)
+    election_status_interval_ms: int = 100
     startup_canvass_timeout_ms: int = 1000
     session_timeout_ms: int = 10000
 
@@ -39,6 +42,8 @@ class Timeouts:
             raise ConfigError("heartbeat_timeout_ms must exceed twice heartbeat_interval_ms")
         if self.startup_canvass_timeout_ms < 2 * self.heartbeat_timeout_ms:
             raise ConfigError("startup_canvass_timeout_ms must be >= 2 x heartbeat_timeout_ms")
+        if not 0 < self.election_status_interval_ms < self.heartbeat_timeout_ms:
+            raise ConfigError("election_status_interval_ms must be in 1..heartbeat_timeout_ms - 1")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class ClusterLayout:
     hosts: tuple[str, ...] = ()
     term_length: int = 1 << 20
     idle_max_park_us: int = 1000
+    idle_min_park_us: int = 1
+    idle_yields: int = 10
     snapshot_interval_s: int = 0
     # JSON file with the auth service's public keys ({"keys": [{kid, x}, ...]} or a list);
     # when set, every session must present an access token. The same file on every member.
@@ -126,9 +133,12 @@ class ClusterLayout:
             "heartbeat.interval.ms": str(t.heartbeat_interval_ms),
             "heartbeat.timeout.ms": str(t.heartbeat_timeout_ms),
             "election.timeout.ms": str(t.election_timeout_ms),
+            "election.status.interval.ms": str(t.election_status_interval_ms),
             "startup.canvass.timeout.ms": str(t.startup_canvass_timeout_ms),
             "session.timeout.ms": str(t.session_timeout_ms),
             "idle.max.park.us": str(self.idle_max_park_us),
+            "idle.min.park.us": str(self.idle_min_park_us),
+            "idle.yields": str(self.idle_yields),
             "snapshot.interval.s": str(self.snapshot_interval_s),
         }
 

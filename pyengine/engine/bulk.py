@@ -57,7 +57,7 @@ REJECT_REASONS = (
     "post_only_would_take", "fok_unfillable", "duplicate_symbol", "unknown_asset",
     "tx_id_conflict", "amount_precision", "asset_precision", "not_applied",
 )
-CANCEL_REASONS = ("user", "ioc", "stp", "insufficient_funds", "fok", "post_only")
+CANCEL_REASONS = ("user", "ioc", "stp", "insufficient_funds")
 OTHER_REASON = 255  # a code not in the table: the detail text starts with "<code>: "
 _REJECT_CODE = {r: i for i, r in enumerate(REJECT_REASONS)}
 _CANCEL_CODE = {r: i for i, r in enumerate(CANCEL_REASONS)}

@@ -148,8 +148,17 @@ def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, 
 
     cluster.kill(leader)
     pending = client.submit_bulk(bulk(1001, 200))  # sent into the failover
+    # More than a megabyte outstanding at the new leader: resent in several messages
+    many = []
+    for k in range(40):
+        b = BulkBuilder()
+        for i in range(1000):
+            b.cancel("bob", SYMBOL, client_order_id=1_000_000 + k * 1000 + i)  # no such order
+        many.append(client.submit_bulk(b))
     second = pending.result(30)
     assert [r[0][0] for r in second.events] == [EV_ACCEPTED] * 300
+    for f in many:
+        assert [r[0][1] for r in f.result(30).events] == ["unknown_order"] * 1000
     new_leader = cluster.await_leader(30, exclude=leader)
     book = client.request({"op": "book", "symbol": SYMBOL, "depth": 1000}, timeout=20).events[0]
     assert len(book["asks"]) == 200  # 400 sells, 200 of them taken once each: nothing twice

@@ -197,6 +197,7 @@ public final class MemberNode implements AutoCloseable
             .leaderHeartbeatIntervalNs(TimeUnit.MILLISECONDS.toNanos(s.heartbeatIntervalMs))
             .leaderHeartbeatTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.heartbeatTimeoutMs))
             .electionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.electionTimeoutMs))
+            .electionStatusIntervalNs(TimeUnit.MILLISECONDS.toNanos(s.electionStatusIntervalMs))
             .startupCanvassTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.startupCanvassTimeoutMs))
             .sessionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.sessionTimeoutMs))
             .idleStrategySupplier(idle)
@@ -295,7 +296,8 @@ public final class MemberNode implements AutoCloseable
     static IdleStrategy newIdleStrategy(final MemberSettings s)
     {
         // Spin a little for latency under load, then park up to idleMaxParkUs: never busy-spin idle.
-        return new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(s.idleMaxParkUs));
+        return new BackoffIdleStrategy(
+            10, s.idleYields, TimeUnit.MICROSECONDS.toNanos(s.idleMinParkUs), TimeUnit.MICROSECONDS.toNanos(s.idleMaxParkUs));
     }
 
     static void logError(final Throwable ex)

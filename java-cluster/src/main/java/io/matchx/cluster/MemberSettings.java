@@ -31,9 +31,12 @@ public final class MemberSettings
     final long heartbeatIntervalMs;
     final long heartbeatTimeoutMs;
     final long electionTimeoutMs;
+    final long electionStatusIntervalMs;
     final long startupCanvassTimeoutMs;
     final long sessionTimeoutMs;
     final long idleMaxParkUs;
+    final long idleMinParkUs;
+    final int idleYields;
     final long snapshotIntervalS;
     final int streamIdOffset;
 
@@ -53,9 +56,12 @@ public final class MemberSettings
         heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 20);
         heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 120);
         electionTimeoutMs = longValue(p, "election.timeout.ms", 50);
+        electionStatusIntervalMs = longValue(p, "election.status.interval.ms", 100);
         startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 1_000);
         sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
+        idleMinParkUs = longValue(p, "idle.min.park.us", 1);
+        idleYields = intValue(p, "idle.yields", 10);
         snapshotIntervalS = longValue(p, "snapshot.interval.s", 0);
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
@@ -67,8 +73,12 @@ public final class MemberSettings
         check(isPowerOfTwo(segmentLength) && segmentLength >= termLength, "segment.length must be a power of two >= term.length");
         check(heartbeatIntervalMs > 0 && heartbeatTimeoutMs > 2 * heartbeatIntervalMs,
             "heartbeat.timeout.ms must exceed twice heartbeat.interval.ms");
+        check(electionStatusIntervalMs > 0 && electionStatusIntervalMs < heartbeatTimeoutMs,
+            "election.status.interval.ms must be > 0 and below heartbeat.timeout.ms");
         check(startupCanvassTimeoutMs >= 2 * heartbeatTimeoutMs,
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
+        check(idleMinParkUs > 0 && idleMinParkUs <= idleMaxParkUs, "idle.min.park.us must be in 1..idle.max.park.us");
+        check(idleYields >= 0, "idle.yields must be >= 0");
         check(snapshotIntervalS >= 0, "snapshot.interval.s must be >= 0 (0 = no schedule)");
         check(bufferCapacity >= termLength / 8, "buffer.capacity must hold the largest message (term.length/8)");
         streamIdOffset = clusterId * STREAM_ID_OFFSET_PER_CLUSTER;

@@ -52,5 +52,29 @@ class MemberSettingsTest
         canvass.setProperty("startup.canvass.timeout.ms", "100");
         assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(canvass))
             .getMessage().contains("canvass"));
+
+        for (final String[] bad : new String[][] {
+            {"election.status.interval.ms", "0"}, {"election.status.interval.ms", "500"},
+            {"idle.min.park.us", "0"}, {"idle.min.park.us", "5000"}, {"idle.yields", "-1"}})
+        {
+            final Properties p = valid();
+            p.setProperty(bad[0], bad[1]);
+            assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(p))
+                .getMessage().contains(bad[0]), bad[0] + "=" + bad[1]);
+        }
+    }
+
+    @Test
+    void idleAndElectionSettingsAreRead()
+    {
+        final Properties p = valid();
+        p.setProperty("election.status.interval.ms", "20");
+        p.setProperty("idle.min.park.us", "50");
+        p.setProperty("idle.yields", "0");
+        final MemberSettings s = MemberSettings.from(p);
+        assertEquals(20, s.electionStatusIntervalMs);
+        assertEquals(50, s.idleMinParkUs);
+        assertEquals(0, s.idleYields);
+        assertEquals(100, MemberSettings.from(valid()).electionStatusIntervalMs);
     }
 }
