@@ -156,7 +156,7 @@ def worker_open(spec: dict) -> dict:
     n = n_warm + int(rate * duration)
     cmds = flow.take(n)
     bulk = spec.get("api") == "bulk"
-    ops = bulk_ops(cmds, {}) if bulk else []
+    ops = bulk_ops(cmds, {}, spec["seed"] * 10**8) if bulk else []
     bulk_max, linger = spec.get("bulk_max", 512), spec.get("bulk_linger_s", 0.001)
     client = _connect(spec)
     from pyengine.engine.codec import encode_command
@@ -285,7 +285,7 @@ def worker_saturate(spec: dict) -> dict:
     pregen = []
     for _ in range(int(spec.get("pregen_orders", 0)) // chunk + 1):
         cmds = flow.take(chunk)
-        pregen.append(bulk_ops(cmds, coids) if bulk else cmds)
+        pregen.append(bulk_ops(cmds, coids, spec["seed"] * 10**8) if bulk else cmds)
     k = 0
     buf: list = []
     j = 0
@@ -293,6 +293,7 @@ def worker_saturate(spec: dict) -> dict:
     delay = spec["start_at"] - time.time()
     if delay > 0:
         time.sleep(delay)
+    late_s = max(0.0, -delay)  # > 0: generating the flow took longer than the lead time
     t0 = time.monotonic()
     end = t0 + warmup + duration
     per_second: list[int] = []
@@ -315,7 +316,7 @@ def worker_saturate(spec: dict) -> dict:
             else:  # ran past the pre-generated flow: generate on the go
                 buf = flow.take(20_000 - 20_000 % per_send)
                 if bulk:
-                    buf = bulk_ops(buf, coids)
+                    buf = bulk_ops(buf, coids, spec["seed"] * 10**8)
             if bulk:
                 buf = [build_bulk(ops) for ops in chunks(buf, per_send)]  # the SDK's work: measured
             j = 0
@@ -329,7 +330,7 @@ def worker_saturate(spec: dict) -> dict:
         time.sleep(0.05)
     result = {"sent": sent, "answered": answered[0], "per_second": per_second,
               "steady_rate": sum(steady) / max(1, len(steady)), "batches": client.stats.sent_batches,
-              "unanswered": client.pending_count() * per_send}
+              "unanswered": client.pending_count() * per_send, "late_s": late_s}
     client.close()
     return result
 
@@ -415,6 +416,19 @@ def run_phase(cluster, specs: list[dict], timeout: float, lead_delay: float, on_
     # CPU of everything else on the machine (other people's processes), in % of one core
     meter.others = max(0.0, busy * (os.cpu_count() or 2) - sum(meter.percent().values()))
     return results, meter, busy
+
+
+def wait_until_members_agree(cluster, timeout: float) -> None:
+    """Until every member's service is at the same log position (no work still owed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pos = log_positions(cluster)
+        if len(set(pos.values())) == 1:
+            time.sleep(0.5)  # status files are refreshed every 200 ms: confirm
+            if log_positions(cluster) == pos:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"members still at different log positions after {timeout:.0f} s: {log_positions(cluster)}")
 
 
 def log_positions(cluster) -> dict[int, int]:
@@ -617,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bulk-max", type=int, default=512, help="orders per bulk (at most; saturation: exactly)")
     ap.add_argument("--bulk-linger-ms", type=float, default=1.0,
                     help="open loop with bulks: the sender waits at least this long between bulks")
-    ap.add_argument("--pregen-rate", type=int, default=60_000,
+    ap.add_argument("--pregen-rate", type=int, default=120_000,
                     help="saturation: orders/s worth of flow generated before the clock starts")
     ap.add_argument("--idle-min-park-us", type=int, help="members' idle strategy: first park (default: the layout's)")
     ap.add_argument("--idle-yields", type=int, help="members' idle strategy: sched_yield calls before parking")
@@ -663,7 +677,10 @@ def main(argv: list[str] | None = None) -> int:
             prof_out: dict[str, dict | None] = {}
             # py-spy the last --profile-s seconds of the phase: the client is past its first 50k
             # requests by then (steady state of the reply cache)
-            prof_delay = 14.0 + 3.0 + max(0.0, args.saturate_s - args.profile_s - 1.0)
+            # time for the JVM to start and the flow to be generated before the clock starts
+            # (~4 µs per pre-generated order)
+            lead = 10.0 + 4e-6 * args.pregen_rate * (args.saturate_s + 3.0)
+            prof_delay = lead + 3.0 + max(0.0, args.saturate_s - args.profile_s - 1.0)
 
             def on_spawn(procs) -> None:
                 if args.profile_s <= 0:
@@ -679,10 +696,14 @@ def main(argv: list[str] | None = None) -> int:
                     t.start()
                     prof_threads.append(t)
 
-            results, meter, busy = run_phase(cluster, specs, 300, lead_delay=14.0, on_spawn=on_spawn)
+            results, meter, busy = run_phase(cluster, specs, 300 + lead, lead_delay=lead, on_spawn=on_spawn)
             for t in prof_threads:
                 t.join(args.profile_s + 90)
             profile = prof_out or None
+            late = max(r.get("late_s", 0.0) for r in results)
+            if late > 1.0:
+                log(f"  WARNING: a client started {late:.1f} s late (flow generation): CPU and pace "
+                    "figures cover part of its set-up")
             answered_rate = sum(r["steady_rate"] for r in results)
             # sustained = what all three members executed, not what the leader and the faster
             # follower answered while the other follower fell behind
@@ -695,6 +716,13 @@ def main(argv: list[str] | None = None) -> int:
                    "per_second": [sum(x) for x in zip(*[r["per_second"] for r in results], strict=False)],
                    "avg_batch": sent / max(1, batches), "unanswered": sum(r["unanswered"] for r in results),
                    "cpu_per_order_us": {k: 1e6 * v / 100 / max(1.0, total) for k, v in meter.percent().items()}}
+            # a follower that fell behind catches up now, not during the first open-loop rate
+            t_wait = time.monotonic()
+            try:
+                wait_until_members_agree(cluster, 120)
+                log(f"members at the same log position {time.monotonic() - t_wait:.1f} s after the phase")
+            except TimeoutError as exc:
+                log(f"  {exc}")
             log(f"saturation: {answered_rate:,.0f} orders/s answered; members' pace through the log "
                 f"{', '.join(f'{m}: {v:.2f}' for m, v in sorted(meter.pace.items()))}")
             log(f"saturation: {total:,.0f} orders/s sustained (answers/s after warm-up x slowest member's pace), "

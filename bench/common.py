@@ -281,16 +281,17 @@ class OrderFlow:
         return [self.next() for _ in range(n)]
 
 
-def bulk_ops(cmds: list[dict], coid_numbers: dict[str, int]) -> list[tuple]:
+def bulk_ops(cmds: list[dict], coid_numbers: dict[str, int], base: int = 0) -> list[tuple]:
     """OrderFlow commands in ticks and lots for bulks (bench/cluster_throughput.py --api bulk):
     ("p", account, symbol, side, price, qty, client_order_id, tif) / ("c", account, symbol,
     client_order_id) / ("a", account, symbol, client_order_id, price). The flow's string ids
-    become numbers (``coid_numbers`` keeps the mapping across calls)."""
+    become numbers from ``base`` + 1 on (``coid_numbers`` keeps the mapping across calls; give
+    every flow of a run its own ``base``, or its ids repeat another's and answer duplicate)."""
     out: list[tuple] = []
     for c in cmds:
         coid = coid_numbers.get(c["client_order_id"])
         if coid is None:
-            coid = coid_numbers[c["client_order_id"]] = len(coid_numbers) + 1
+            coid = coid_numbers[c["client_order_id"]] = base + len(coid_numbers) + 1
         op = c["op"]
         if op == "place":
             out.append(("p", c["account"], c["symbol"], c["side"], int(c["price"].replace(".", "")),

@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -255,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"(seen in status files after {(seen_at - killed_at) * 1000:.0f} ms); restarting member {leader}")
             cluster.await_followers(2, 120)
             time.sleep(2)
+        except BaseException:
+            # interrupted or failed: the client must not linger draining for minutes
+            proc.kill()
+            proc.wait()
+            for d in Path("/dev/shm").glob(f"matchx-client-{proc.pid}-*"):
+                shutil.rmtree(d, ignore_errors=True)
+            raise
         finally:
             Path(spec["stop_file"]).write_text("stop")
             try:

@@ -296,7 +296,13 @@ class MatchClient:
             self.client_id, [Command(p.request_id, p.channel, p.payload) for p in live]
         )
         jbytes = self._jpype.JArray(self._jpype.JByte)(message)
-        for attempt in range(200):
+        # Back pressure means the cluster is busy, not gone: keep offering (nothing else could be
+        # sent meanwhile) for up to a resend interval. Giving up sooner would leave the batch to the
+        # periodic resend, a whole interval later (seconds of latency for nothing).
+        deadline = time.monotonic() + max(1.0, self.resend_after_s)
+        leaders = self.stats.new_leaders
+        attempt = 0
+        while True:
             try:
                 result = self._java.offer(jbytes)
             except Exception as exc:  # noqa: BLE001 - never lose the sender thread; resent later
@@ -309,9 +315,15 @@ class MatchClient:
                     p.sends += 1
                 self.stats.sent_batches += 1
                 return True
-            if result == -100 or self._closed:  # not connected: resent on (re)connect
+            # not connected, or a new leader (whose event resends everything): stop here
+            if result == -100 or self._closed or self.stats.new_leaders != leaders:
                 break
-            time.sleep(0.0002 if attempt < 50 else 0.002)  # back pressure
+            if time.monotonic() > deadline:
+                log.warning("cluster back pressure for %.1f s; %d commands left to the periodic resend",
+                            max(1.0, self.resend_after_s), len(live))
+                break
+            attempt += 1
+            time.sleep(0.0002 if attempt < 50 else 0.002)
         # Not sent: count it as an attempt so the periodic resend retries it after resend_after_s.
         now = time.monotonic()
         for p in live:

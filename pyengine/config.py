@@ -29,7 +29,7 @@ class Timeouts:
     """Raft timing. The defaults aim at sub-500 ms failover on loopback; see docs/operations.md."""
 
     heartbeat_interval_ms: int = 20
-    heartbeat_timeout_ms: int = 120
+    heartbeat_timeout_ms: int = 150
     election_timeout_ms: int = 50
     # how often a member repeats its canvass/vote messages during an election (Aeron's default;
     # 20 ms measured no better here: bench/reports/failover_under_load.md)
