@@ -62,7 +62,7 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     import jpype
 
     from pyengine.bridge import ServiceBridge
-    from pyengine.service import MatchingService
+    from pyengine.service import MatchingService, max_reply_bytes
 
     Properties = jpype.JClass("java.util.Properties")
     MemberNode = jpype.JClass("io.matchx.cluster.MemberNode")
@@ -75,7 +75,8 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     from pyengine.bridge import CredentialsBridge
 
     auth_keys = layout.auth_keys()
-    service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys)
+    service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys,
+                              max_reply_bytes=max_reply_bytes(layout.term_length))
     bridge = ServiceBridge(service)
     java_service = MemberNode.newService(jprops, bridge)
     bridge.attach(java_service)

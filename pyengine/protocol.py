@@ -117,6 +117,29 @@ def encode_reply(answers: list[Answer]) -> bytes:
     return b"".join(parts)
 
 
+def encode_replies(answers: list[Answer], max_bytes: int) -> list[bytes]:
+    """``answers`` as reply messages of at most ``max_bytes`` each (Aeron cannot carry a larger
+    message). The client handles each reply message on its own, so splitting changes nothing
+    for it. An answer too large even alone becomes an ERROR answer that says so."""
+    out: list[bytes] = []
+    part: list[Answer] = []
+    size = REPLY_HEADER.size
+    for a in answers:
+        need = ENTRY.size + len(a.payload)
+        if REPLY_HEADER.size + need > max_bytes:
+            text = f"answer_too_large: {len(a.payload):,} bytes, over the {max_bytes:,}-byte message limit"
+            a = Answer(a.request_id, Status.ERROR, b'{"error":"' + text.encode() + b'"}')
+            need = ENTRY.size + len(a.payload)
+        if part and (size + need > max_bytes or len(part) == MAX_BATCH):
+            out.append(encode_reply(part))
+            part, size = [], REPLY_HEADER.size
+        part.append(a)
+        size += need
+    if part or not out:
+        out.append(encode_reply(part))
+    return out
+
+
 def encode_error(text: str) -> bytes:
     return REPLY_HEADER.pack(MAGIC, VERSION, KIND_ERROR, 0) + text.encode()
 

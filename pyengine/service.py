@@ -27,7 +27,7 @@ import orjson
 from pyengine import engine as engine_pkg
 from pyengine import protocol
 from pyengine.engine import Engine, SnapshotError
-from pyengine.engine.bulk import BulkError, apply_bulk, decode_bulk
+from pyengine.engine.bulk import MAX_ANSWER_BYTES, BulkError, apply_bulk, decode_bulk
 from pyengine.engine.bulk import decode_names as decode_bulk_names
 from pyengine.protocol import Answer, Channel, ProtocolError, Status
 from pyengine.tokens import AuthState, Principal, TokenError
@@ -54,7 +54,14 @@ _U64 = struct.Struct("<Q")
 _DEDUPE_ENTRY = struct.Struct("<QBI")
 
 DEFAULT_DEDUPE_WINDOW = 50_000
+DEFAULT_MAX_REPLY_BYTES = (1 << 20) // 8 - 64  # 1 MiB terms; node.py passes term_length // 8 - 64
 DEFAULT_DEDUPE_BYTES = 16 << 20  # answers held per client: ~1,000 full bulks, or the 50,000 last orders
+
+
+def max_reply_bytes(term_length: int) -> int:
+    """The largest reply message a member can offer: Aeron's maximum message (a term / 8), less
+    room for the cluster's egress header."""
+    return term_length // 8 - 64
 
 
 class ServiceSnapshotError(SnapshotError):
@@ -149,7 +156,10 @@ class MatchingService:
         dedupe_bytes: int = DEFAULT_DEDUPE_BYTES,
         hash_file: Path | None = None,
         auth_keys: dict[str, str] | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
+        # Aeron's largest message on the egress (term length / 8): larger replies are split
+        self.max_reply_bytes = max_reply_bytes
         self.engine_factory = engine_factory
         self.engine = engine_factory()
         self.replies = ReplyCache(dedupe_window, dedupe_bytes)
@@ -237,7 +247,8 @@ class MatchingService:
         self._closing: list[int] = []
         principal = self.principals.get(session_id) if self.auth is not None else None
         answers = [self._apply(client_id, c, ts_ns, position, principal) for c in commands]
-        frames = [(session_id, protocol.encode_reply(answers))]
+        frames: list[tuple[int, bytes | None]] = [
+            (session_id, r) for r in protocol.encode_replies(answers, self.max_reply_bytes)]
         frames.extend((sid, None) for sid in self._closing)
         return frames
 
@@ -301,7 +312,9 @@ class MatchingService:
                 moved = self._moved({"symbol": symbol})
                 if moved is not None:
                     return moved
-        return Status.OK, apply_bulk(self.engine, bulk, ts_ns)
+        # the answer must fit one reply message (with its entry header): smaller terms, smaller limit
+        limit = min(MAX_ANSWER_BYTES, self.max_reply_bytes - 2 * protocol.ENTRY.size - 1024)
+        return Status.OK, apply_bulk(self.engine, bulk, ts_ns, limit)
 
     def _admin(self, cmd: object, position: int) -> tuple[int, bytes]:
         op = cmd.get("op") if isinstance(cmd, dict) else None

@@ -53,7 +53,7 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
     import jpype
 
     from pyengine.bridge import CredentialsBridge, ServiceBridge
-    from pyengine.service import MatchingService
+    from pyengine.service import MatchingService, max_reply_bytes
 
     Properties = jpype.JClass("java.util.Properties")
     MemberNode = jpype.JClass("io.matchx.cluster.MemberNode")
@@ -77,7 +77,8 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
             "worker.id": worker_id,
         }))
         for partition_id, member_id, member_dir, props, auth_keys in members:
-            service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys)
+            service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys,
+                                      max_reply_bytes=max_reply_bytes(topology.term_length))
             bridge = ServiceBridge(service)
             member_props = jprops(props)
             java_service = MemberNode.newService(member_props, bridge)

@@ -40,3 +40,17 @@ def test_bad_headers_name_the_problem(bad, words):
 def test_trailing_bytes_are_refused():
     with pytest.raises(ProtocolError, match="trailing"):
         protocol.decode_request(protocol.encode_request(1, [Command(1, 1, b"x")]) + b"!")
+
+
+def test_replies_are_split_to_fit_the_message_limit_and_oversized_answers_become_errors():
+    from pyengine.protocol import Answer, Status, decode_reply, encode_replies
+
+    answers = [Answer(i, Status.OK, bytes(100)) for i in range(1, 51)]
+    answers.append(Answer(99, Status.OK, bytes(5000)))
+    msgs = encode_replies(answers, 1000)
+    assert len(msgs) > 5 and all(len(m) <= 1000 for m in msgs)
+    got = [a for m in msgs for a in decode_reply(m)[1]]
+    assert [a.request_id for a in got] == [a.request_id for a in answers]
+    assert got[:50] == answers[:50]
+    assert got[50].status == Status.ERROR and b"answer_too_large" in got[50].payload
+    assert decode_reply(encode_replies([], 1000)[0]) == (2, [])

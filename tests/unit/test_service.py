@@ -224,3 +224,13 @@ def test_reply_cache_is_bounded_in_bytes_too():
     t = MatchingService(dedupe_bytes=100)
     t.restore(s.snapshot())
     assert t.replies.bytes == s.replies.bytes and t.snapshot() == s.snapshot()
+
+
+def test_a_batch_whose_answers_exceed_the_message_limit_is_answered_in_several_messages():
+    s = _bulk_service(max_reply_bytes=2_000)
+    cmds = [eng(i + 1, {"op": "balances", "account": "a"}) for i in range(60)]
+    frames = s.on_message(5, 1000, 64, protocol.encode_request(9, cmds))
+    assert len(frames) > 1 and all(len(r) <= 2_000 for _, r in frames)
+    answers = [a for _, r in frames for a in protocol.decode_reply(r)[1]]
+    assert [a.request_id for a in answers] == list(range(1, 61))
+    assert all(a.status == Status.OK for a in answers)
