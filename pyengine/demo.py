@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from pyengine.config import DEFAULT_PORT_BASE, ClusterLayout
+from pyengine.engine.bulk import BulkBuilder
+from pyengine.engine.core import EV_ACCEPTED, EV_CANCELLED
 from pyengine.localcluster import LocalCluster, free_port_base, wait_for
 
 SYMBOL = "BTC-USDT"
@@ -112,6 +114,21 @@ def run(base_dir: Path, port_base: int) -> int:
             f"all 120 orders answered ({fills} fills), none lost")
         say(f"   first answer from the new leader {gap_ms:.0f} ms after the kill")
         say(f"   client: {client.stats.new_leaders} new-leader events, {client.stats.resent} resends")
+
+        say("== a market maker quotes in bulk: 200 quotes in one command, then cancels them in one")
+        quotes, pulls = BulkBuilder(), BulkBuilder()
+        for k in range(100):  # prices in ticks of 0.01, quantities in lots of 0.001
+            quotes.place("alice", SYMBOL, "buy", 4_900_000 + 100 * k, 10, client_order_id=1000 + k)
+            quotes.place("bob", SYMBOL, "sell", 5_100_000 + 100 * k, 10, client_order_id=2000 + k)
+            pulls.cancel("alice", SYMBOL, client_order_id=1000 + k)
+            pulls.cancel("bob", SYMBOL, client_order_id=2000 + k)
+        t_bulk = time.monotonic()
+        placed = client.submit_bulk(quotes).result(30).events
+        ms = (time.monotonic() - t_bulk) * 1000
+        accepted = sum(1 for evs in placed if evs[0][0] == EV_ACCEPTED)
+        say(f"   {accepted} of {len(placed)} quotes accepted in {ms:.0f} ms (one command, one answer per quote)")
+        pulled = client.submit_bulk(pulls).result(30).events
+        say(f"   {sum(1 for evs in pulled if evs[0][0] == EV_CANCELLED)} cancelled by client_order_id")
 
         say("== alice's balances after the session")
         show_balances(client.request({"op": "balances", "account": "alice"}).events)
