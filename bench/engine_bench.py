@@ -299,6 +299,56 @@ def to_compact(eng: Engine, cmds: list[dict]) -> list[tuple]:
     return out
 
 
+BULK_SIZE = 512
+
+
+def to_bulks(compact: list[tuple], size: int = BULK_SIZE) -> list[bytes]:
+    """The compact flow as encoded bulks (pyengine/engine/bulk.py), as a member receives them.
+    A bulk's client_order_id is numeric: "c123" travels as 123 (the engine sees "123")."""
+    from pyengine.engine.bulk import MAX_NAMES, BulkBuilder
+
+    sides, tifs = ("buy", "sell"), ("GTC", "IOC", "FOK")
+    out: list[bytes] = []
+    b = BulkBuilder()
+    accounts: set[str] = set()
+    for c in compact:
+        # a bulk names at most MAX_NAMES accounts (this flow's accounts are random)
+        if len(b) == size or (c[1] not in accounts and len(accounts) == MAX_NAMES):
+            out.append(b.encode())
+            b, accounts = BulkBuilder(), set()
+        accounts.add(c[1])
+        if c[0] == OP_PLACE:
+            b.place(c[1], c[2], sides[c[3]], c[4], c[5], client_order_id=int(c[6][1:]) if c[6] else 0,
+                    tif=tifs[c[7]])
+        elif c[0] == OP_CANCEL:
+            b.cancel(c[1], c[2], order_id=c[3])
+        else:
+            b.amend(c[1], c[2], order_id=c[3], price=c[4], qty=c[5])
+    if len(b):
+        out.append(b.encode())
+    return out
+
+
+def bulk_runs(blob: bytes, bulks: list[bytes], ts0: int, repeat: int) -> tuple[list[float], Engine]:
+    """CPU seconds to decode, apply and answer every bulk (member GC); and the last engine."""
+    from pyengine.engine.bulk import apply_bulk, decode_bulk
+
+    times: list[float] = []
+    eng = Engine()
+    for r in range(repeat):
+        eng = Engine.restore(blob)
+        gc_setup("member")
+        ts = ts0
+        c0 = time.process_time()
+        for payload in bulks:
+            ts += 1
+            apply_bulk(eng, decode_bulk(payload), ts)
+        times.append(time.process_time() - c0)
+        gc_reset()
+        log(f"bulk run {r + 1}/{repeat}: {len(bulks)} bulks of up to {BULK_SIZE}")
+    return times, eng
+
+
 # (label, API method, GC setting) of each measured configuration
 CONFIGS = (
     ("JSON API, default GC", "apply", "default"),
@@ -492,6 +542,18 @@ def main(argv: list[str] | None = None) -> int:
         runs["plain Python"] = plain_python_runs(blob, flows, ts_fill_end, args.repeat)
     n_steady = len(steady_cmds)
     rate = n_steady / statistics.median(runs[impl][HEADLINE])
+    bulk_times, bulk_eng = bulk_runs(blob, to_bulks(steady_compact), ts_fill_end, args.repeat)
+    # same commands, same order ids: the same book (only the client_order_id strings differ)
+    ref = Engine.restore(blob)
+    run_tight(ref, steady_compact, ts_fill_end, "apply_compact")
+    same_book = len(bulk_eng.orders) == len(ref.orders) and all(
+        bulk_eng.apply({"op": "book", "symbol": sym, "depth": 20}, 1) == ref.apply(
+            {"op": "book", "symbol": sym, "depth": 20}, 1) for sym in gen.syms)
+    del ref, bulk_eng
+    gc.collect()
+    bulk = {"rate": n_steady / statistics.median(bulk_times), "same_book": same_book,
+            "runs": [n_steady / t for t in bulk_times]}
+    log(f"bulk path ({impl}): {fmt_rate(bulk['rate'])} ops/s; same book as the compact API: {same_book}")
     lats = {}
     for label, method, mode in CONFIGS:
         if label not in (HEADLINE, CONFIGS[0][0]):
@@ -560,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         else sys.argv[1:])
     report = render(args, cmdline, counts, n_steady, rate, runs, impl, fill_rate, lats,
                     peer_rows, prefix_rate, prefix_rate_json, n_peer_cmds, len(blob), t_snap,
-                    t_restore, len(fill_cmds), snap)
+                    t_restore, len(fill_cmds), snap, bulk)
     print(report)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -608,7 +670,7 @@ def snapshot_scale(n: int) -> dict:
 
 
 def render(args, cmdline, counts, n, rate, runs, impl, fill_rate, lats, peer_rows, prefix_rate,
-           prefix_rate_json, n_prefix, blob_len, t_snap, t_restore, n_fill, snap) -> str:
+           prefix_rate_json, n_prefix, blob_len, t_snap, t_restore, n_fill, snap, bulk=None) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -664,6 +726,16 @@ def render(args, cmdline, counts, n, rate, runs, impl, fill_rate, lats, peer_row
         out.append(f"| {label} | " + " | ".join(cells) + " ops/s |")
     out.append("| runs (" + impl + ", " + HEADLINE + ") | " + ", ".join(
         fmt_rate(n / r) for r in runs[impl][HEADLINE]) + " |" + " |" * (len(runs) - 1))
+    if bulk:
+        out += [
+            "",
+            f"Bulk path ({impl}, member GC): the same commands as encoded bulks of up to {BULK_SIZE} "
+            "(and at most 256 accounts) "
+            "(pyengine/engine/bulk.py: `decode_bulk` + `apply_bulk`, which also encodes every "
+            f"answer; what a member does per bulk): **{fmt_rate(bulk['rate'])} ops/s** (runs "
+            + ", ".join(fmt_rate(x) for x in bulk["runs"]) + f"); same book as the compact API: "
+            f"{bulk['same_book']}.",
+        ]
     out += [
         "",
         "| metric | value |",
