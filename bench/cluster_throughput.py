@@ -314,7 +314,7 @@ def worker_saturate(spec: dict) -> dict:
             if k < len(pregen):
                 buf, k = pregen[k], k + 1
             else:  # ran past the pre-generated flow: generate on the go
-                buf = flow.take(20_000 - 20_000 % per_send)
+                buf = flow.take(chunk)
                 if bulk:
                     buf = bulk_ops(buf, coids, spec["seed"] * 10**8)
             if bulk:

@@ -54,7 +54,6 @@ _U64 = struct.Struct("<Q")
 _DEDUPE_ENTRY = struct.Struct("<QBI")
 
 DEFAULT_DEDUPE_WINDOW = 50_000
-DEFAULT_MAX_REPLY_BYTES = (1 << 20) // 8 - 64  # 1 MiB terms; node.py passes term_length // 8 - 64
 DEFAULT_DEDUPE_BYTES = 16 << 20  # answers held per client: ~1,000 full bulks, or the 50,000 last orders
 
 
@@ -62,6 +61,9 @@ def max_reply_bytes(term_length: int) -> int:
     """The largest reply message a member can offer: Aeron's maximum message (a term / 8), less
     room for the cluster's egress header."""
     return term_length // 8 - 64
+
+
+DEFAULT_MAX_REPLY_BYTES = max_reply_bytes(1 << 20)  # the default term; node.py passes the layout's
 
 
 class ServiceSnapshotError(SnapshotError):
@@ -122,8 +124,8 @@ class ReplyCache:
         return b"".join(out)
 
     @classmethod
-    def decode(cls, buf: memoryview, window: int, max_bytes: int = 0) -> ReplyCache:
-        cache = cls(window, max_bytes or DEFAULT_DEDUPE_BYTES)
+    def decode(cls, buf: memoryview, window: int, max_bytes: int = DEFAULT_DEDUPE_BYTES) -> ReplyCache:
+        cache = cls(window, max_bytes)
         (clients,) = _U64.unpack_from(buf, 0)
         off = 8
         for _ in range(clients):
