@@ -88,13 +88,17 @@ class Order:
     __slots__ = (
         "oid", "acct", "sym", "side", "price", "qty", "unit", "hb", "rb", "coid",
         "oprice", "oqty", "filled", "otype", "tif", "post_only", "stp", "status", "ts", "ev",
-        "lvl", "prev", "nxt",
+        "lvl", "prev", "nxt", "key",
     )
 
     def __init__(self, oid: int, acct: Account, sym: Symbol, side: int, price: int, qty: int,
                  unit: int, hb: Bal, rb: Bal, coid: str | None, otype: int, tif: int,
                  post_only: bool, stp: int, ts: int) -> None:
         self.oid = oid
+        # the boxed order id, the key of ``Engine.orders`` and ``Account.open``: compiled code
+        # keeps ``oid`` unboxed, and a key boxed afresh for every dict operation costs an
+        # allocation plus a compare against the stored key (a cache miss in a deep book)
+        self.key: object = oid
         self.acct = acct
         self.sym = sym
         self.side = side
@@ -176,7 +180,7 @@ class Account:
     def __init__(self, name: str) -> None:
         self.name = name
         self.bal: dict[str, Bal] = {}
-        self.open: dict[int, Order] = {}         # open orders by id (any order)
+        self.open: dict[object, Order] = {}      # open orders by Order.key (any symbol)
         self.coids: dict[str, Order] = {}        # client_order_id -> order (open or retained)
         # after a restore the index is built on first use (recovery time is what a restart
         # of all members costs; most accounts are not touched in the first seconds)
@@ -474,7 +478,7 @@ class Engine:
         self.assets: dict[str, int] = {}          # asset -> decimals
         self.symbols: dict[str, Symbol] = {}
         self.accounts: dict[str, Account] = {}
-        self.orders: dict[int, Order] = {}        # open orders
+        self.orders: dict[object, Order] = {}     # open orders by Order.key (the order id)
         self.fees: dict[str, int] = {}            # fee pool per asset
         self.txs: dict[str, tuple[str, str, str, int, int, str]] = {}
         # tx_id -> (op, account, asset, amount, available after, tx_id)
@@ -623,9 +627,10 @@ class Engine:
     def _open_by_ref(self, account: str, symbol: str, ref: object) -> Order:
         """The open order named by ``ref`` (order_id int or client_order_id str) of ``account``
         in ``symbol``, or the precise reject."""
-        if type(ref) is int:
+        if not isinstance(ref, str):
+            # passed on as the caller's object: narrowed to int, compiled code would unbox it
+            # and box it again for the dict lookup
             return self._open_by_id(account, symbol, ref)
-        assert isinstance(ref, str)
         acct, sym = self._named(account, symbol)
         o = acct.coid_index().get(ref)
         if o is None or o.status != OPEN:
@@ -634,8 +639,10 @@ class Engine:
             raise Reject("unknown_order", "order is not in that symbol")
         return o
 
-    def _open_by_id(self, account: str, symbol: str, order_id: int) -> Order:
-        """The open order ``order_id`` of ``account`` in ``symbol``, or the precise reject."""
+    def _open_by_id(self, account: str, symbol: str, order_id: object) -> Order:
+        """The open order ``order_id`` of ``account`` in ``symbol``, or the precise reject.
+
+        ``order_id`` is an int: every caller has checked its type."""
         o = self.orders.get(order_id)
         if o is not None and o.acct.name == account and o.sym.name == symbol:
             return o
@@ -701,9 +708,9 @@ class Engine:
             old.ev = None
 
     def _finish_resting(self, o: Order, status: int) -> None:
-        oid = o.oid
-        del self.orders[oid]
-        del o.acct.open[oid]
+        k = o.key
+        del self.orders[k]
+        del o.acct.open[k]
         o.status = status
         self._retire(o)
 
@@ -899,9 +906,9 @@ class Engine:
                     break  # the taker is done (rem == 0) inside this maker
                 nxt = m.nxt
                 lvl.remove(m)
-                oid = m.oid
-                del orders[oid]
-                del macct.open[oid]
+                k = m.key
+                del orders[k]
+                del macct.open[k]
                 m.status = FILLED
                 self._retire(m)
                 m = nxt
@@ -1071,8 +1078,9 @@ class Engine:
             self._retire(o)
         elif stop is None and tif == GTC:
             sym.level_of(side, price).push(o)
-            self.orders[oid] = o
-            acct.open[oid] = o
+            k = o.key
+            self.orders[k] = o
+            acct.open[k] = o
         else:
             h = rem * unit
             if h:

@@ -496,9 +496,9 @@ def _load_body(r: _R) -> Engine:
             pos += cnt
     orders = eng.orders
     for o in open_orders:
-        k = o.oid
-        orders[k] = o
-        o.acct.open[k] = o
+        okey = o.key
+        orders[okey] = o
+        o.acct.open[okey] = o
     if len(orders) != len(open_orders):
         raise SnapshotError("duplicate order id")
     for ai in range(naccts):
