@@ -1,8 +1,14 @@
 """Matching engine benchmark (pyengine.engine), modelled on exchange-core's generator.
 
     .venv/bin/python bench/engine_bench.py                # full run, writes bench/reports/engine.md
+    .venv/bin/python bench/engine_bench.py --preset single-pair   # one configuration
     .venv/bin/python bench/engine_bench.py --quick        # a few seconds, no report unless --out
     .venv/bin/python bench/engine_bench.py --snapshot-orders 1000000   # + snapshot at 1M orders
+
+A full run measures two configurations (``PRESETS``): ``single-pair``, exchange-core's
+singlePairExchange test data (1 symbol, 2,000 accounts, 1,000 resting orders), and
+``multi-symbol``, a deeper state (100 symbols, 100,000 resting orders). Sizes given on the
+command line make one custom configuration.
 
 Flow (seeded, deterministic):
 
@@ -461,9 +467,48 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
+# Sizes of the named configurations. ``single-pair`` is exchange-core's singlePairExchange test
+# data (TestDataParameters.singlePairExchangeBuilder: 1 symbol, 2,000 accounts, 1,000 resting
+# orders; 3M transactions there); ``multi-symbol`` is a deeper state (100 symbols, 100,000
+# resting orders), where cache misses cost more per command.
+PRESETS: dict[str, dict[str, int]] = {
+    "single-pair": {"symbols": 1, "accounts": 2000, "target_orders": 1000, "ops": 1_000_000,
+                    "peer_ops": 100_000},
+    "multi-symbol": {"symbols": 100, "accounts": 2000, "target_orders": 100_000, "ops": 300_000,
+                     "peer_ops": 100_000},
+    "quick": {"symbols": 10, "accounts": 500, "target_orders": 10_000, "ops": 100_000,
+              "peer_ops": 20_000},
+}
+SIZES = ("symbols", "accounts", "target_orders", "ops", "peer_ops")
+TARGET = 500_000
+
+
+def configurations(args) -> list[tuple[str, argparse.Namespace]]:
+    """The (name, args) of each configuration to run: the presets asked for, or one custom
+    configuration when sizes are given on the command line (unset sizes from the preset)."""
+    names = ["quick"] if args.quick else args.preset.split(",")
+    for name in names:
+        if name not in PRESETS:
+            raise SystemExit(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    custom = any(getattr(args, k) is not None for k in SIZES)
+    if custom and len(names) > 1:
+        names = names[-1:]
+    out = []
+    for name in names:
+        a = argparse.Namespace(**vars(args))
+        for k in SIZES:
+            if getattr(a, k) is None:
+                setattr(a, k, PRESETS[name][k])
+        out.append((f"{name} (custom sizes)" if custom else name, a))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, seconds")
+    ap.add_argument("--preset", default="single-pair,multi-symbol",
+                    help="comma list of configurations: " + ", ".join(PRESETS)
+                    + " (default: single-pair,multi-symbol)")
+    ap.add_argument("--quick", action="store_true", help="the quick preset alone: seconds")
     ap.add_argument("--symbols", type=int, default=None)
     ap.add_argument("--accounts", type=int, default=None)
     ap.add_argument("--target-orders", type=int, default=None,
@@ -475,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maker-fee-bps", type=int, default=0)
     ap.add_argument("--taker-fee-bps", type=int, default=0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3, help="throughput runs (best is kept)")
+    ap.add_argument("--repeat", type=int, default=3, help="throughput runs (median is kept)")
     ap.add_argument("--snapshot-orders", type=int, default=0,
                     help="also time snapshot/restore of an engine with this many orders")
     ap.add_argument("--out", default=None, help="report path (default bench/reports/engine.md"
@@ -484,15 +529,30 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.plain_worker:
         return plain_worker(args.plain_worker)
-    q = args.quick
-    args.symbols = args.symbols or (10 if q else 100)
-    args.accounts = args.accounts or (500 if q else 5000)
-    args.target_orders = args.target_orders or (10_000 if q else 100_000)
-    args.ops = args.ops or (100_000 if q else 1_000_000)
-    args.peer_ops = args.peer_ops or (20_000 if q else 200_000)
-    if args.out is None and not q:
+    if args.out is None and not args.quick:
         args.out = str(ROOT / "bench/reports/engine.md")
+    sections = []
+    for name, cfg in configurations(args):
+        log(f"=== configuration {name}")
+        res = run_configuration(name, cfg)
+        if res is None:
+            return 1
+        sections.append(res)
+    snap = snapshot_scale(args.snapshot_orders) if args.snapshot_orders else None
+    cmdline = "python bench/engine_bench.py " + " ".join(argv if argv is not None
+                                                        else sys.argv[1:])
+    report = render_report(cmdline, sections, snap)
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+        log(f"report written to {args.out}")
+    return 0
 
+
+def run_configuration(name: str, args) -> dict | None:
+    """Generate the flow of one configuration, measure ours and the peers on it; returns the
+    rendered section and the headline figures (None if the replay diverged)."""
     log(f"generating: {args.symbols} symbols, {args.accounts} accounts, "
         f"{args.target_orders} resting orders, {args.ops} steady commands (seed {args.seed})")
     gen = Gen(args)
@@ -533,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"deterministic replay through {method}: state hash matches the generator's: {ok}")
         if not ok:
             print(f"ERROR: replay through {method} diverged from generation", file=sys.stderr)
-            return 1
+            return None
         del eng
         gc.collect()
     impl = "compiled (mypyc)" if engine_pkg.NATIVE else "plain Python"
@@ -613,22 +673,13 @@ def main(argv: list[str] | None = None) -> int:
         del p
         gc.collect()
 
-    # --- snapshot at scale
-    snap = None
-    if args.snapshot_orders:
-        snap = snapshot_scale(args.snapshot_orders)
-
-    cmdline = "python bench/engine_bench.py " + " ".join(argv if argv is not None
-                                                        else sys.argv[1:])
-    report = render(args, cmdline, counts, n_steady, rate, runs, impl, fill_rate, lats,
-                    peer_rows, prefix_rate, prefix_rate_json, n_peer_cmds, len(blob), t_snap,
-                    t_restore, len(fill_cmds), snap, bulk)
-    print(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
-        log(f"report written to {args.out}")
-    return 0
+    section = render(name, args, counts, n_steady, rate, runs, impl, fill_rate, lats, peer_rows,
+                     prefix_rate, prefix_rate_json, n_peer_cmds, len(blob), t_snap, t_restore,
+                     len(fill_cmds), bulk)
+    pure = [(cls, pr) for cls, pr, _f, _n in peer_rows if pr is not None and cls.kind == "pure Python"]
+    return {"name": name, "args": args, "rate": rate, "impl": impl, "bulk": bulk["rate"],
+            "section": section, "pure_ran": bool(pure),
+            "behind": [cls.name for cls, pr in pure if prefix_rate <= pr]}
 
 
 def snapshot_scale(n: int) -> dict:
@@ -669,31 +720,17 @@ def snapshot_scale(n: int) -> dict:
             "hash": t_hash, "same": same}
 
 
-def render(args, cmdline, counts, n, rate, runs, impl, fill_rate, lats, peer_rows, prefix_rate,
-           prefix_rate_json, n_prefix, blob_len, t_snap, t_restore, n_fill, snap, bulk=None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+def render(name, args, counts, n, rate, runs, impl, fill_rate, lats, peer_rows, prefix_rate,
+           prefix_rate_json, n_prefix, blob_len, t_snap, t_restore, n_fill, bulk=None) -> str:
+    """The report section of one configuration."""
     mix = ", ".join(f"{k} {v * 100 / n:.1f}%" for k, v in sorted(counts.items()))
     med = {(im, label): n / statistics.median(v) for im, cfg in runs.items()
            for label, v in cfg.items()}
     out = [
-        "# Matching engine benchmark (pyengine.engine)",
+        f"## Configuration {name}: {args.symbols:,} symbol{'s' if args.symbols != 1 else ''}, "
+        f"{args.target_orders:,} resting orders",
         "",
-        f"Command: `{cmdline.strip()}`",
-        "",
-        f"Machine: {cpu}, {os.cpu_count()} cores (shared), Python "
-        f"{platform.python_version()}, one thread. Load average at the end of the run: "
-        f"{os.getloadavg()[0]:.1f} (the 2 cores are shared with other jobs); "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        "",
-        "## Flow",
+        "### Flow",
         "",
         f"* {args.symbols} symbols with Pareto weights, {args.accounts} accounts, seed "
         f"{args.seed}, fees maker {args.maker_fee_bps} / taker {args.taker_fee_bps} bps",
@@ -708,7 +745,7 @@ def render(args, cmdline, counts, n, rate, runs, impl, fill_rate, lats, peer_row
         f"(pyengine/service.py): `gc.freeze()` after the restore, thresholds {GC_THRESHOLDS} "
         "(the engine leaves no cyclic garbage, a test checks it)",
         "",
-        "## Engine (one thread)",
+        "### Engine (one thread)",
         "",
         f"Median of {args.repeat} runs each, CPU time (`time.process_time`), configurations "
         "interleaved in one run; the engine as built here is "
@@ -757,16 +794,8 @@ def render(args, cmdline, counts, n, rate, runs, impl, fill_rate, lats, peer_row
         f"{clock_cost_ns():.0f} ns per reading here.",
         "",
     ]
-    if snap:
-        out += [
-            f"Snapshot at scale: {snap['orders']:,} resting orders -> "
-            f"{snap['bytes'] / 1e6:.1f} MB, snapshot {snap['snap']:.2f} s, restore "
-            f"{snap['restore']:.2f} s, state_hash {snap['hash']:.2f} s "
-            f"(round trip identical: {snap['same']}).",
-            "",
-        ]
     out += [
-        "## Peers (PyPI matching engines, same flow)",
+        "### Peers (PyPI matching engines, same flow)",
         "",
         f"Each peer gets the same fill phase, then the first {n_prefix:,} steady commands as "
         "pre-converted tuples (no parsing, no funds, no events on their side). Ours on that "
@@ -785,28 +814,70 @@ def render(args, cmdline, counts, n, rate, runs, impl, fill_rate, lats, peer_row
             out.append(f"| {cls.name} | {cls.version()} | {cls.kind} | {fmt_rate(prate)} | "
                        f"**{prefix_rate / prate:.1f}x** | {prefix_rate_json / prate:.1f}x | "
                        f"{cls.notes}; {note} |")
-    for name, why in peer_mod.NOT_RUN.items():
-        out.append(f"| {name} | - | - | - | - | - | not run: {why} |")
-    pure = [(cls, pr) for cls, pr, _f, _n in peer_rows if pr is not None and cls.kind == "pure Python"]
-    behind = [cls.name for cls, pr in pure if prefix_rate <= pr]
+    for pname, why in peer_mod.NOT_RUN.items():
+        out.append(f"| {pname} | - | - | - | - | - | not run: {why} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def render_report(cmdline: str, sections: list[dict], snap: dict | None) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    out = [
+        "# Matching engine benchmark (pyengine.engine)",
+        "",
+        f"Command: `{cmdline.strip()}`",
+        "",
+        f"Machine: {cpu}, {os.cpu_count()} cores (shared), Python "
+        f"{platform.python_version()}, one thread. Load average at the end of the run: "
+        f"{os.getloadavg()[0]:.1f} (the 2 cores are shared with other jobs); "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "## Summary",
+        "",
+        f"Target: {fmt_rate(TARGET)} ops/s on the mix, one core ({HEADLINE}; median of the "
+        "runs; details per configuration below).",
+        "",
+        "| configuration | symbols | accounts | resting orders | steady commands | ops/s | "
+        "bulk path ops/s | target | ahead of the pure-Python peers |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in sections:
+        a = r["args"]
+        peers = ("yes" if not r["behind"] else "behind " + ", ".join(r["behind"])) \
+            if r["pure_ran"] else "none ran"
+        out.append(
+            f"| {r['name']} | {a.symbols:,} | {a.accounts:,} | {a.target_orders:,} | {a.ops:,} | "
+            f"**{fmt_rate(r['rate'])}** | {fmt_rate(r['bulk'])} | "
+            f"{'met' if r['rate'] >= TARGET else 'not met'} ({r['rate'] / TARGET * 100:.0f} %) | "
+            f"{peers} |")
     loop_ns, get_ns = calibrate()
-    reached = rate >= 500_000
     out += [
         "",
-        "## Assessment",
-        "",
-        f"* Target 500,000 ops/s on the mix, one core: **{'reached' if reached else 'not reached'}"
-        f"** - {fmt_rate(rate)} ops/s here ({HEADLINE}, {impl}; "
-        f"{rate / 500_000 * 100:.0f} % of the target).",
-        "* Pure-Python peers: " + ("ahead of every one that ran" if pure and not behind else
-                                   "behind " + ", ".join(behind) if behind else "none ran")
-        + " (on the same prefix, although ours also validates every field, checks and moves "
-        "funds, keeps client ids for idempotency and returns events).",
-        f"* Calibration of this machine at the end of the run (CPU time): an empty `for` loop "
+        "Peers: ours is compared on the same prefix of the flow, although ours also validates "
+        "every field, checks and moves funds, keeps client ids for idempotency and returns events.",
+        f"Calibration of this machine at the end of the run (CPU time): an empty `for` loop "
         f"iteration costs {loop_ns:.0f} ns and a `dict.get` {get_ns:.0f} ns; a current idle "
         "desktop core does about 8-10 ns and 20 ns, so scale the figures accordingly.",
         "",
     ]
+    if snap:
+        out += [
+            f"Snapshot at scale: {snap['orders']:,} resting orders -> "
+            f"{snap['bytes'] / 1e6:.1f} MB, snapshot {snap['snap']:.2f} s, restore "
+            f"{snap['restore']:.2f} s, state_hash {snap['hash']:.2f} s "
+            f"(round trip identical: {snap['same']}).",
+            "",
+        ]
+    for r in sections:
+        out.append(r["section"])
     return "\n".join(out)
 
 

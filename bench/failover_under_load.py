@@ -14,7 +14,10 @@ once a new leader is known, repeat. Per trial:
 * failover time = first answer to an order *submitted after* the kill, minus the kill time;
 * client sees new leader = the SDK's NewLeader (or reconnect) event, minus the kill time;
 * worst latency of the orders submitted in the second before the kill (they wait for the
-  new leader and are resent by the SDK; the service answers a resend from its reply cache).
+  new leader and are resent by the SDK; the service answers a resend from its reply cache);
+* the election itself, from the members' Aeron counters (bench/election_trace.py runs beside
+  the bench): when a survivor started an election, how many ballots it took, when one became
+  leader and when it closed the election.
 
 At the end the client drains, and the bench checks that every order got an answer (none lost,
 none failed) and that all three members reach the same engine state hash. Writes
@@ -38,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import election_trace  # noqa: E402
 from bench.common import (  # noqa: E402
     MachineLoad,
     OrderFlow,
@@ -52,7 +56,8 @@ from bench.common import (  # noqa: E402
 from pyengine.config import Timeouts  # noqa: E402
 from pyengine.localcluster import wait_for  # noqa: E402
 
-REPORT = Path(__file__).parent / "reports" / "failover_under_load.md"
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "bench" / "reports" / "failover_under_load.md"
 
 
 # ============================================================================ client worker
@@ -224,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
                 "out_file": str(work / "samples.bin")}
         proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        trace_file = work / "election_trace.txt"
+        tracer = subprocess.Popen(
+            [sys.executable, "-m", "bench.election_trace", "--out", str(trace_file), "--stop-file", spec["stop_file"],
+             "--dirs", ",".join(cluster.layout.aeron_dir(m) for m in range(3))], cwd=ROOT)
         err_lines: list[str] = []
         threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True).start()
         try:
@@ -260,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             # interrupted or failed: the client must not linger draining for minutes
             proc.kill()
             proc.wait()
+            tracer.kill()
             for d in Path("/dev/shm").glob(f"matchx-client-{proc.pid}-*"):
                 shutil.rmtree(d, ignore_errors=True)
             raise
@@ -270,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 out, _ = proc.communicate()
+            try:
+                tracer.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.wait()
+        trace = election_trace.parse(trace_file) if trace_file.exists() else []
         line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError("client failed: " + "".join(err_lines[-40:]))
@@ -312,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                     None)
         tr["client_new_leader_ms"] = (seen - k) * 1000 if seen is not None else float("nan")
         tr["worst_inflight_ms"] = worst_before * 1000
+        tr.update(election_trace.breakdown(trace, k, tr["killed"]))
         log(f"trial {tr['trial']:>2}: failover {tr['failover_ms']:.0f} ms (client saw the new leader after "
             f"{tr['client_new_leader_ms']:.0f} ms); orders in flight at the kill answered within "
             f"{tr['worst_inflight_ms']:.0f} ms")
@@ -350,19 +367,35 @@ def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
         f"**{summary}**\n",
         f"Target failover p99 < 500 ms: **{'met' if target_met else 'not met'}** (with {len(fo)} trials the p99 "
         f"is the worst trial, {max(fo):.0f} ms).\n",
-        "| trial | killed | new leader | failover ms | client saw new leader ms | leader in status files ms "
-        "| in-flight orders answered within ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "Columns: milliseconds after the kill. *election started*, *leader elected* and *election closed* come "
+        "from the members' own Aeron counters (election state and role, sampled every ~1 ms by "
+        "bench/election_trace.py); *ballots* counts the ballots the survivors started (more than one: a split "
+        "vote or a vote that came too late).\n",
+        "| trial | killed | new leader | election started | ballots | leader elected | election closed "
+        "| client saw new leader | failover | in-flight orders answered within |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def ms(v) -> str:
+        return "-" if v is None or v != v else f"{v:.0f}"
+
     for t in trials:
-        lines.append(f"| {t['trial']} | {t['killed']} | {t['new_leader']} | {t['failover_ms']:.0f} | "
-                     f"{t['client_new_leader_ms']:.0f} | {t['status_leader_ms']:.0f} | {t['worst_inflight_ms']:.0f} |")
+        lines.append(f"| {t['trial']} | {t['killed']} | {t['new_leader']} | {ms(t.get('detect_ms'))} | "
+                     f"{t.get('ballots', '-')} | {ms(t.get('leader_ms'))} | {ms(t.get('complete_ms'))} | "
+                     f"{ms(t['client_new_leader_ms'])} | **{ms(t['failover_ms'])}** | {ms(t['worst_inflight_ms'])} |")
+    phases = [("election started", "detect_ms"), ("leader elected", "leader_ms"), ("election closed", "complete_ms"),
+              ("client saw new leader", "client_new_leader_ms"), ("failover", "failover_ms")]
+    cells = []
+    for label, key in phases:
+        vals = [t[key] for t in trials if t.get(key) is not None and t[key] == t[key]]
+        if vals:
+            cells.append(f"{label} {statistics.median(vals):.0f}")
     lines.append("")
+    lines.append("Medians (ms after the kill): " + ", ".join(cells) + ".\n")
     lines.append(f"After the last trial the client needed {res['drain_s']:.0f} s to receive every outstanding "
                  "answer (a backlog means the cluster did not keep up with the offered rate on this machine).\n")
     lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "
-                 f"orders resent by the SDK, {res['batches']:,} cluster messages. Status files are written every "
-                 f"200 ms, so that column is coarse.\n")
+                 f"orders resent by the SDK, {res['batches']:,} cluster messages.\n")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
 

@@ -30,7 +30,9 @@ class Timeouts:
 
     heartbeat_interval_ms: int = 20
     heartbeat_timeout_ms: int = 150
-    election_timeout_ms: int = 50
+    # how long a candidate waits for votes: with one member dead the vote is never unanimous,
+    # so every failover waits this long in full (20 vs 50 ms: bench/reports/failover_under_load.md)
+    election_timeout_ms: int = 20
     # how often a member repeats its canvass/vote messages during an election (Aeron's default;
     # 20 ms measured no better here: bench/reports/failover_under_load.md)
     election_status_interval_ms: int = 100
@@ -42,6 +44,8 @@ class Timeouts:
             raise ConfigError("heartbeat_timeout_ms must exceed twice heartbeat_interval_ms")
         if self.startup_canvass_timeout_ms < 2 * self.heartbeat_timeout_ms:
             raise ConfigError("startup_canvass_timeout_ms must be >= 2 x heartbeat_timeout_ms")
+        if not 0 < self.election_timeout_ms < self.heartbeat_timeout_ms:
+            raise ConfigError("election_timeout_ms must be in 1..heartbeat_timeout_ms - 1")
         if not 0 < self.election_status_interval_ms < self.heartbeat_timeout_ms:
             raise ConfigError("election_status_interval_ms must be in 1..heartbeat_timeout_ms - 1")
 

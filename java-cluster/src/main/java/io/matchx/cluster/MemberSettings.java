@@ -55,7 +55,7 @@ public final class MemberSettings
         bufferCapacity = intValue(p, "buffer.capacity", 4 << 20);
         heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 20);
         heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 150);
-        electionTimeoutMs = longValue(p, "election.timeout.ms", 50);
+        electionTimeoutMs = longValue(p, "election.timeout.ms", 20);
         electionStatusIntervalMs = longValue(p, "election.status.interval.ms", 100);
         startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 1_000);
         sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
@@ -73,6 +73,8 @@ public final class MemberSettings
         check(isPowerOfTwo(segmentLength) && segmentLength >= termLength, "segment.length must be a power of two >= term.length");
         check(heartbeatIntervalMs > 0 && heartbeatTimeoutMs > 2 * heartbeatIntervalMs,
             "heartbeat.timeout.ms must exceed twice heartbeat.interval.ms");
+        check(electionTimeoutMs > 0 && electionTimeoutMs < heartbeatTimeoutMs,
+            "election.timeout.ms must be > 0 and below heartbeat.timeout.ms");
         check(electionStatusIntervalMs > 0 && electionStatusIntervalMs < heartbeatTimeoutMs,
             "election.status.interval.ms must be > 0 and below heartbeat.timeout.ms");
         check(startupCanvassTimeoutMs >= 2 * heartbeatTimeoutMs,

@@ -54,6 +54,7 @@ class MemberSettingsTest
             .getMessage().contains("canvass"));
 
         for (final String[] bad : new String[][] {
+            {"election.timeout.ms", "0"}, {"election.timeout.ms", "500"},
             {"election.status.interval.ms", "0"}, {"election.status.interval.ms", "500"},
             {"idle.min.park.us", "0"}, {"idle.min.park.us", "5000"}, {"idle.yields", "-1"}})
         {
@@ -76,5 +77,6 @@ class MemberSettingsTest
         assertEquals(50, s.idleMinParkUs);
         assertEquals(0, s.idleYields);
         assertEquals(100, MemberSettings.from(valid()).electionStatusIntervalMs);
+        assertEquals(20, MemberSettings.from(valid()).electionTimeoutMs);
     }
 }

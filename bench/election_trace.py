@@ -1,0 +1,150 @@
+"""Election timeline of a local cluster, read from the members' Aeron counters.
+
+    .venv/bin/python -m bench.election_trace --dirs D0,D1,D2 --out trace.txt --stop-file STOP
+
+Samples every member's election-state and node-role counters (the ``cnc.dat`` in its Aeron
+directory) about every millisecond and writes one line per change::
+
+    <CLOCK_MONOTONIC ms> <member> <Aeron ElectionState> <role>
+
+until the stop file appears. A member that restarts gets a new ``cnc.dat``; it is mapped again.
+The failover bench runs this as a child process and turns the lines into a per-kill breakdown
+(``breakdown``): when the survivors noticed, when one became leader, when the election closed.
+The counters are the consensus module's own, so the timeline costs the cluster nothing but the
+sampling (~1,000 small reads a second from this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+ROLES = {0: "FOLLOWER", 1: "CANDIDATE", 2: "LEADER"}
+
+
+class _Member:
+    """One member's counters, mapped from its current ``cnc.dat`` (None until it has them)."""
+
+    def __init__(self, aeron_dir: str) -> None:
+        self.cnc = os.path.join(aeron_dir, "cnc.dat")
+        self.inode = -1
+        self.reader = None
+        self.ids: tuple[int, int] | None = None
+
+    def refresh(self, jpype, control, types: tuple[int, int]) -> None:
+        try:
+            inode = os.stat(self.cnc).st_ino
+        except OSError:
+            self.inode, self.reader, self.ids = -1, None, None
+            return
+        if inode == self.inode and self.ids is not None:
+            return
+        try:
+            reader = control.mapCounters(jpype.JClass("java.io.File")(self.cnc))
+            found: dict[int, int] = {}
+            for cid in range(int(reader.maxCounterId())):
+                if reader.getCounterState(cid) != reader.RECORD_ALLOCATED:
+                    continue
+                t = int(reader.getCounterTypeId(cid))
+                if t in types:
+                    found[t] = cid
+        except Exception:  # noqa: BLE001 - a driver file still being written: next round
+            return
+        self.inode, self.reader = inode, reader
+        self.ids = (found[types[0]], found[types[1]]) if len(found) == 2 else None
+
+    def read(self) -> tuple[int, int] | None:
+        if self.reader is None or self.ids is None:
+            return None
+        try:
+            return int(self.reader.getCounterValue(self.ids[0])), int(self.reader.getCounterValue(self.ids[1]))
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def sample(dirs: list[str], out: Path, stop_file: Path, interval_s: float = 0.001) -> None:
+    from pyengine import jvm
+
+    jvm.start()
+    import jpype
+
+    counters = jpype.JClass("io.aeron.AeronCounters")
+    control = jpype.JClass("io.aeron.cluster.ClusterControl")
+    states = jpype.JClass("io.aeron.cluster.ElectionState")
+    types = (int(counters.CLUSTER_ELECTION_STATE_TYPE_ID), int(counters.CLUSTER_NODE_ROLE_TYPE_ID))
+    names = {int(s.code()): str(s.name()) for s in states.values()}
+    members = [_Member(d) for d in dirs]
+    last: dict[int, tuple[int, int]] = {}
+    next_refresh = 0.0
+    with out.open("w") as f:
+        while not stop_file.exists():
+            now = time.monotonic()
+            if now >= next_refresh:
+                for m in members:
+                    m.refresh(jpype, control, types)
+                next_refresh = now + 0.2
+            for i, m in enumerate(members):
+                v = m.read()
+                if v is not None and last.get(i) != v:
+                    last[i] = v
+                    f.write(f"{now * 1000:.1f} {i} {names.get(v[0], v[0])} {ROLES.get(v[1], v[1])}\n")
+                    f.flush()
+            time.sleep(interval_s)
+
+
+def parse(path: Path) -> list[tuple[float, int, str, str]]:
+    """(monotonic seconds, member, election state, role) per line."""
+    events = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            events.append((float(parts[0]) / 1000, int(parts[1]), parts[2], parts[3]))
+    return events
+
+
+def breakdown(events: list[tuple[float, int, str, str]], killed_at: float, killed: int,
+              horizon_s: float = 10.0) -> dict[str, float | int | None]:
+    """Milliseconds from the kill until a survivor entered an election (``detect_ms``), one became
+    leader (``leader_ms``) and the leader closed the election (``complete_ms``), and how many
+    ballots were started (``ballots``; more than one means a split or a lost vote)."""
+    detect = leader = complete = None
+    ballots = 0
+    for t, m, state, role in events:
+        if m == killed or not killed_at < t <= killed_at + horizon_s:
+            continue
+        if detect is None and state == "INIT":
+            detect = t
+        if state == "CANDIDATE_BALLOT" and role == "CANDIDATE":
+            ballots += 1
+        if leader is None and role == "LEADER":
+            leader = t
+        if leader is not None and role == "LEADER" and state == "CLOSED":
+            complete = t
+            break
+
+    def ms(x: float | None) -> float | None:
+        return None if x is None else (x - killed_at) * 1000
+
+    return {"detect_ms": ms(detect), "leader_ms": ms(leader), "complete_ms": ms(complete), "ballots": ballots}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dirs", required=True, help="comma list of the members' Aeron directories")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--stop-file", type=Path, required=True)
+    ap.add_argument("--interval-ms", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    sample(args.dirs.split(","), args.out, args.stop_file, args.interval_ms / 1000)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

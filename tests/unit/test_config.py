@@ -1,0 +1,37 @@
+"""Raft timing and layout settings: a setting that cannot work is refused with its name."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pyengine.config import ClusterLayout, ConfigError, Timeouts
+
+
+def test_defaults_are_valid_and_reach_the_member_properties(tmp_path: Path) -> None:
+    layout = ClusterLayout(base_dir=tmp_path)
+    props = layout.member_properties(0)
+    t = Timeouts()
+    assert props["election.timeout.ms"] == str(t.election_timeout_ms)
+    assert props["heartbeat.timeout.ms"] == str(t.heartbeat_timeout_ms)
+    assert t.election_timeout_ms < t.heartbeat_timeout_ms
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"heartbeat_timeout_ms": 30}, "heartbeat_timeout_ms"),
+        ({"election_timeout_ms": 0}, "election_timeout_ms"),
+        ({"election_timeout_ms": 150}, "election_timeout_ms"),
+        ({"election_status_interval_ms": 0}, "election_status_interval_ms"),
+        ({"startup_canvass_timeout_ms": 200}, "startup_canvass_timeout_ms"),
+    ],
+)
+def test_bad_timeouts_are_refused_by_name(tmp_path: Path, change: dict, named: str) -> None:
+    bad = replace(Timeouts(), **change)
+    with pytest.raises(ConfigError, match=named):
+        bad.check()
+    with pytest.raises(ConfigError, match=named):
+        ClusterLayout(base_dir=tmp_path, timeouts=bad)
