@@ -140,6 +140,8 @@ class MatchClient:
         self.last_error: str | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
+        # pieces of answers too large for one message (receiver thread only)
+        self._parts = protocol.Reassembler()
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._connected = threading.Event()
@@ -446,7 +448,14 @@ class MatchClient:
             log.error("the cluster refused a message: %s", answers)
             self.last_error = str(answers)
             return
-        for a in answers:
+        for piece in answers:
+            try:
+                a = self._parts.feed(piece)
+            except protocol.ProtocolError as exc:
+                log.warning("%s; the resend will bring the whole answer", exc)
+                continue
+            if a is None:
+                continue  # more pieces of this answer to come
             with self._lock:
                 p = self._pending.pop(a.request_id, None)
             if p is None or p.future.done():

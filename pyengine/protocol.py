@@ -10,6 +10,9 @@ Reply:    ``'MX' u8 version u8 kind=2 u16 count`` then per answer
           ``u64 request_id u8 status u32 length`` and the payload.
 Error:    ``'MX' u8 version u8 kind=3 u16 0`` then a UTF-8 text: the message was not understood.
 
+An answer too large for one message travels as consecutive PART answers (``Status.PART``),
+each ``u32 offset u32 total u8 status`` and a piece of the payload; ``Reassembler`` joins them.
+
 ``request_id`` is the idempotency key of a command within a client: the service remembers the
 answers per ``client_id`` so a resend after failover returns the original outcome.
 """
@@ -32,6 +35,10 @@ REPLY_HEADER = struct.Struct("<2sBBH")
 ENTRY = struct.Struct("<QBI")
 
 MAX_BATCH = 1024
+# an answer's payload up to this size is cut into PART pieces when it does not fit one message;
+# a larger one is answered ERROR answer_too_large (the member's reply buffer is 4 MiB)
+MAX_SPLIT_ANSWER_BYTES = 1 << 20
+PART_HEADER = struct.Struct("<IIB")
 
 
 class Channel(IntEnum):
@@ -49,6 +56,7 @@ class Status(IntEnum):
     ERROR = 2  # the command could not be processed at all; payload is JSON {"error": ...}
     MOVED = 3  # this partition does not own the symbol; payload is JSON {"symbol", "epoch"}
     UNAUTHORISED = 4  # the session's token does not allow it; payload is JSON {"reason": code}
+    PART = 5  # a piece of an answer too large for one message: PART_HEADER + bytes (Reassembler)
 
 
 class ProtocolError(ValueError):
@@ -120,24 +128,87 @@ def encode_reply(answers: list[Answer]) -> bytes:
 def encode_replies(answers: list[Answer], max_bytes: int) -> list[bytes]:
     """``answers`` as reply messages of at most ``max_bytes`` each (Aeron cannot carry a larger
     message). The client handles each reply message on its own, so splitting changes nothing
-    for it. An answer too large even alone becomes an ERROR answer that says so."""
+    for it. An answer too large for one message is cut into PART pieces (up to
+    ``MAX_SPLIT_ANSWER_BYTES``); a larger one becomes an ERROR answer that says so."""
     out: list[bytes] = []
     part: list[Answer] = []
     size = REPLY_HEADER.size
-    for a in answers:
-        need = ENTRY.size + len(a.payload)
-        if REPLY_HEADER.size + need > max_bytes:
-            text = f"answer_too_large: {len(a.payload):,} bytes, over the {max_bytes:,}-byte message limit"
-            a = Answer(a.request_id, Status.ERROR, b'{"error":"' + text.encode() + b'"}')
+    room = max_bytes - REPLY_HEADER.size - ENTRY.size  # the largest payload one message carries
+    if room <= PART_HEADER.size:
+        raise ValueError(f"max_bytes {max_bytes} leaves no room for an answer")
+    for whole in answers:
+        for a in _pieces(whole, room):
             need = ENTRY.size + len(a.payload)
-        if part and (size + need > max_bytes or len(part) == MAX_BATCH):
-            out.append(encode_reply(part))
-            part, size = [], REPLY_HEADER.size
-        part.append(a)
-        size += need
+            if part and (size + need > max_bytes or len(part) == MAX_BATCH):
+                out.append(encode_reply(part))
+                part, size = [], REPLY_HEADER.size
+            part.append(a)
+            size += need
     if part or not out:
         out.append(encode_reply(part))
     return out
+
+
+def _pieces(a: Answer, room: int) -> list[Answer]:
+    n = len(a.payload)
+    if n <= room:
+        return [a]
+    if n > MAX_SPLIT_ANSWER_BYTES:
+        text = f"answer_too_large: {n:,} bytes, over the {MAX_SPLIT_ANSWER_BYTES:,}-byte limit of one answer"
+        return [Answer(a.request_id, Status.ERROR, b'{"error":"' + text.encode() + b'"}')]
+    step = room - PART_HEADER.size
+    view = memoryview(a.payload)
+    return [Answer(a.request_id, Status.PART, PART_HEADER.pack(off, n, a.status) + view[off : off + step])
+            for off in range(0, n, step)]
+
+
+class Reassembler:
+    """Joins the PART pieces of split answers back into answers (one receiving thread).
+
+    A member sends the pieces of one answer in order, in consecutive messages of its session. A
+    piece that does not continue what was received (a reply message was dropped under back
+    pressure) discards the partial answer: the request stays unanswered, and the SDK's resend
+    gets the whole answer again from the reply cache, as pieces from offset 0.
+    """
+
+    MAX_PARTIAL = 256  # partial answers kept at once; the oldest goes first
+
+    def __init__(self) -> None:
+        self._partial: dict[int, tuple[int, int, bytearray]] = {}
+
+    def feed(self, a: Answer) -> Answer | None:
+        """The answer itself, the completed answer of its last piece, or None while incomplete.
+        Raises ProtocolError for a malformed piece or one out of sequence (it is discarded)."""
+        if a.status != Status.PART:
+            return a
+        rid = a.request_id
+        if len(a.payload) <= PART_HEADER.size:
+            self._partial.pop(rid, None)
+            raise ProtocolError(f"answer {rid}: a piece shorter than its header")
+        offset, total, status = PART_HEADER.unpack_from(a.payload)
+        piece = a.payload[PART_HEADER.size :]
+        if offset == 0:
+            self._partial.pop(rid, None)
+            while len(self._partial) >= self.MAX_PARTIAL:
+                self._partial.pop(next(iter(self._partial)))
+            entry = self._partial[rid] = (total, status, bytearray())
+        else:
+            entry = self._partial.get(rid)
+            if entry is None or entry[0] != total or len(entry[2]) != offset:
+                self._partial.pop(rid, None)
+                raise ProtocolError(f"answer {rid}: piece at {offset} of {total} does not follow what was received")
+        buf = entry[2]
+        buf += piece
+        if len(buf) > total or status == Status.PART:
+            self._partial.pop(rid, None)
+            raise ProtocolError(f"answer {rid}: pieces exceed the announced {total} bytes or nest")
+        if len(buf) < total:
+            return None
+        del self._partial[rid]
+        return Answer(rid, status, bytes(buf))
+
+    def pending(self) -> int:
+        return len(self._partial)
 
 
 def encode_error(text: str) -> bytes:

@@ -3,6 +3,8 @@ service -> reply from the leader, with real member processes and a leader SIGKIL
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from pyengine.localcluster import wait_for
@@ -167,3 +169,36 @@ def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, 
     _, after = hashes_at_one_position(cluster, client, survivors)
     assert len({(h["engine_hash"], h["sequence_hash"]) for h in after}) == 1
     assert client.leader_member_id == new_leader
+
+
+def test_an_answer_larger_than_one_message_arrives_whole(make_cluster, make_client):
+    """A taker that sweeps 3,000 resting orders gets one event per fill: ~700 KB of JSON, far over
+    Aeron's 128 KiB message. The member sends it in pieces; the client hands over the whole answer,
+    also as the DUPLICATE answer to a resend of the same request."""
+    from pyengine.engine.bulk import BulkBuilder
+
+    cluster = make_cluster()
+    cluster.await_leader(60)
+    cluster.await_followers(2)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30), client.last_error
+    setup_market(client)
+    makers = 3000
+    for first in range(0, makers, 1000):
+        b = BulkBuilder()
+        for i in range(first, first + 1000):  # one lot each, 3,000 price levels
+            b.place("bob", SYMBOL, "sell", 5_000_000 + i, 1, client_order_id=i + 1)
+        assert all(r[0][0] == 1 for r in client.submit_bulk(b).result(30).events)
+    sweep = {"op": "place", "account": "alice", "symbol": SYMBOL, "side": "buy", "type": "limit",
+             "tif": "IOC", "price": "50030.00", "qty": "3.000", "client_order_id": "sweep"}
+    events = client.request(sweep, timeout=30).events
+    trades = [e for e in events if e["type"] == "trade"]
+    assert len(trades) == makers and events[0]["type"] == "accepted"
+    prices = [Decimal(t["price"]) for t in trades]
+    assert prices == sorted(prices) and prices[0] == Decimal("50000") and prices[-1] == Decimal("50029.99")
+    again = client.request(sweep, timeout=30)  # a new request, same client_order_id
+    assert again.events[0]["duplicate"] is True
+    book = client.request({"op": "book", "symbol": SYMBOL, "depth": 10}, timeout=20).events[0]
+    assert book["asks"] == [] and book["bids"] == []
+    _, hashes = hashes_at_one_position(cluster, client, range(3))
+    assert len({h["engine_hash"] for h in hashes}) == 1

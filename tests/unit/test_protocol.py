@@ -42,15 +42,47 @@ def test_trailing_bytes_are_refused():
         protocol.decode_request(protocol.encode_request(1, [Command(1, 1, b"x")]) + b"!")
 
 
-def test_replies_are_split_to_fit_the_message_limit_and_oversized_answers_become_errors():
-    from pyengine.protocol import Answer, Status, decode_reply, encode_replies
+def _delivered(msgs: list[bytes]) -> list:
+    from pyengine.protocol import Reassembler, decode_reply
 
-    answers = [Answer(i, Status.OK, bytes(100)) for i in range(1, 51)]
-    answers.append(Answer(99, Status.OK, bytes(5000)))
+    joiner = Reassembler()
+    out = [joiner.feed(a) for m in msgs for a in decode_reply(m)[1]]
+    assert joiner.pending() == 0
+    return [a for a in out if a is not None]
+
+
+def test_replies_are_split_to_fit_the_message_limit_and_large_answers_travel_in_pieces():
+    from pyengine.protocol import MAX_SPLIT_ANSWER_BYTES, Answer, Status, decode_reply, encode_replies
+
+    answers = [Answer(i, Status.OK, bytes([i]) * 100) for i in range(1, 51)]
+    big = Answer(99, Status.DUPLICATE, bytes(range(256)) * 20)
+    answers += [big, Answer(100, Status.OK, b"after")]
     msgs = encode_replies(answers, 1000)
-    assert len(msgs) > 5 and all(len(m) <= 1000 for m in msgs)
-    got = [a for m in msgs for a in decode_reply(m)[1]]
-    assert [a.request_id for a in got] == [a.request_id for a in answers]
-    assert got[:50] == answers[:50]
-    assert got[50].status == Status.ERROR and b"answer_too_large" in got[50].payload
+    assert len(msgs) > 10 and all(len(m) <= 1000 for m in msgs)
+    raw = [a for m in msgs for a in decode_reply(m)[1]]
+    assert {a.status for a in raw if a.request_id == 99} == {Status.PART}
+    # what a client hands on: every answer whole, in order, with its own status
+    assert _delivered(msgs) == answers
+    huge = Answer(7, Status.OK, bytes(MAX_SPLIT_ANSWER_BYTES + 1))
+    [err] = _delivered(encode_replies([huge], 1000))
+    assert err.status == Status.ERROR and b"answer_too_large" in err.payload
     assert decode_reply(encode_replies([], 1000)[0]) == (2, [])
+
+
+def test_a_missing_piece_discards_the_partial_answer_and_a_resend_from_offset_0_completes():
+    from pyengine.protocol import Answer, Reassembler, Status, decode_reply, encode_replies
+
+    big = Answer(5, Status.OK, bytes(range(256)) * 30)
+    pieces = [a for m in encode_replies([big], 1000) for a in decode_reply(m)[1]]
+    assert len(pieces) >= 3
+    joiner = Reassembler()
+    assert joiner.feed(pieces[0]) is None
+    with pytest.raises(ProtocolError, match="does not follow"):
+        joiner.feed(pieces[2])  # pieces[1] was lost
+    assert joiner.pending() == 0
+    with pytest.raises(ProtocolError, match="does not follow"):
+        joiner.feed(pieces[1])
+    got = [joiner.feed(p) for p in pieces]  # the resend: every piece again from offset 0
+    assert got[-1] == big and got[:-1] == [None] * (len(pieces) - 1)
+    with pytest.raises(ProtocolError, match="shorter than its header"):
+        joiner.feed(Answer(6, Status.PART, b"\x00"))
