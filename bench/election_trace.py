@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench.election_trace --dirs D0,D1,D2 --out trace.txt --stop-file STOP
 
-Samples every member's election-state and node-role counters (the ``cnc.dat`` in its Aeron
-directory) about every millisecond and writes one line per change::
+Samples every member's election-state, node-role and consensus-module-state counters (the
+``cnc.dat`` in its Aeron directory) about every millisecond and writes one line per change::
 
-    <CLOCK_MONOTONIC ms> <member> <Aeron ElectionState> <role>
+    <CLOCK_MONOTONIC ms> <member> <Aeron ElectionState> <role> <ConsensusModule.State>
 
 until the stop file appears. A member that restarts gets a new ``cnc.dat``; it is mapped again.
 The failover bench runs this as a child process and turns the lines into a per-kill breakdown
@@ -27,6 +27,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 ROLES = {0: "FOLLOWER", 1: "CANDIDATE", 2: "LEADER"}
+# ConsensusModule.State codes (Aeron 1.51): a member only starts an election from ACTIVE or
+# SUSPENDED, so a SNAPSHOT in progress delays noticing a dead leader
+MODULE_STATES = {0: "INIT", 1: "ACTIVE", 2: "SUSPENDED", 3: "SNAPSHOT", 4: "QUITTING", 5: "TERMINATING",
+                 6: "CLOSED"}
 
 
 class _Member:
@@ -36,9 +40,9 @@ class _Member:
         self.cnc = os.path.join(aeron_dir, "cnc.dat")
         self.inode = -1
         self.reader = None
-        self.ids: tuple[int, int] | None = None
+        self.ids: tuple[int, ...] | None = None
 
-    def refresh(self, jpype, control, types: tuple[int, int]) -> None:
+    def refresh(self, jpype, control, types: tuple[int, ...]) -> None:
         try:
             inode = os.stat(self.cnc).st_ino
         except OSError:
@@ -58,13 +62,13 @@ class _Member:
         except Exception:  # noqa: BLE001 - a driver file still being written: next round
             return
         self.inode, self.reader = inode, reader
-        self.ids = (found[types[0]], found[types[1]]) if len(found) == 2 else None
+        self.ids = tuple(found[t] for t in types) if len(found) == len(types) else None
 
-    def read(self) -> tuple[int, int] | None:
+    def read(self) -> tuple[int, ...] | None:
         if self.reader is None or self.ids is None:
             return None
         try:
-            return int(self.reader.getCounterValue(self.ids[0])), int(self.reader.getCounterValue(self.ids[1]))
+            return tuple(int(self.reader.getCounterValue(i)) for i in self.ids)
         except Exception:  # noqa: BLE001
             return None
 
@@ -78,10 +82,11 @@ def sample(dirs: list[str], out: Path, stop_file: Path, interval_s: float = 0.00
     counters = jpype.JClass("io.aeron.AeronCounters")
     control = jpype.JClass("io.aeron.cluster.ClusterControl")
     states = jpype.JClass("io.aeron.cluster.ElectionState")
-    types = (int(counters.CLUSTER_ELECTION_STATE_TYPE_ID), int(counters.CLUSTER_NODE_ROLE_TYPE_ID))
+    types = (int(counters.CLUSTER_ELECTION_STATE_TYPE_ID), int(counters.CLUSTER_NODE_ROLE_TYPE_ID),
+             int(counters.CLUSTER_CONSENSUS_MODULE_STATE_TYPE_ID))
     names = {int(s.code()): str(s.name()) for s in states.values()}
     members = [_Member(d) for d in dirs]
-    last: dict[int, tuple[int, int]] = {}
+    last: dict[int, tuple[int, ...]] = {}
     next_refresh = 0.0
     with out.open("w") as f:
         while not stop_file.exists():
@@ -94,31 +99,45 @@ def sample(dirs: list[str], out: Path, stop_file: Path, interval_s: float = 0.00
                 v = m.read()
                 if v is not None and last.get(i) != v:
                     last[i] = v
-                    f.write(f"{now * 1000:.1f} {i} {names.get(v[0], v[0])} {ROLES.get(v[1], v[1])}\n")
+                    f.write(f"{now * 1000:.1f} {i} {names.get(v[0], v[0])} {ROLES.get(v[1], v[1])} "
+                            f"{MODULE_STATES.get(v[2], v[2])}\n")
                     f.flush()
             time.sleep(interval_s)
 
 
-def parse(path: Path) -> list[tuple[float, int, str, str]]:
-    """(monotonic seconds, member, election state, role) per line."""
+Event = tuple[float, int, str, str, str]
+
+
+def parse(path: Path) -> list[Event]:
+    """(monotonic seconds, member, election state, role, consensus module state) per line."""
     events = []
     for line in path.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 4:
-            events.append((float(parts[0]) / 1000, int(parts[1]), parts[2], parts[3]))
+        if len(parts) == 5:
+            events.append((float(parts[0]) / 1000, int(parts[1]), parts[2], parts[3], parts[4]))
     return events
 
 
-def breakdown(events: list[tuple[float, int, str, str]], killed_at: float, killed: int,
+def breakdown(events: list[Event], killed_at: float, killed: int,
               horizon_s: float = 10.0) -> dict[str, float | int | None]:
     """Milliseconds from the kill until a survivor entered an election (``detect_ms``), one became
-    leader (``leader_ms``) and the leader closed the election (``complete_ms``), and how many
-    ballots were started (``ballots``; more than one means a split or a lost vote)."""
+    leader (``leader_ms``) and the leader closed the election (``complete_ms``), how many
+    ballots were started (``ballots``; more than one means a split or a lost vote), and whether
+    a survivor was taking a snapshot when the leader died or before it noticed (``snapshot``)."""
     detect = leader = complete = None
     ballots = 0
-    for t, m, state, role in events:
-        if m == killed or not killed_at < t <= killed_at + horizon_s:
+    module: dict[int, str] = {}
+    snapshot = False
+    for t, m, state, role, mod in events:
+        if m == killed:
             continue
+        if t <= killed_at:
+            module[m] = mod  # each survivor's state at the kill
+            continue
+        if t > killed_at + horizon_s:
+            break
+        if detect is None:
+            snapshot = snapshot or mod == "SNAPSHOT" or any(v == "SNAPSHOT" for v in module.values())
         if detect is None and state == "INIT":
             detect = t
         if state == "CANDIDATE_BALLOT" and role == "CANDIDATE":
@@ -132,7 +151,10 @@ def breakdown(events: list[tuple[float, int, str, str]], killed_at: float, kille
     def ms(x: float | None) -> float | None:
         return None if x is None else (x - killed_at) * 1000
 
-    return {"detect_ms": ms(detect), "leader_ms": ms(leader), "complete_ms": ms(complete), "ballots": ballots}
+    if detect is None:
+        snapshot = snapshot or any(v == "SNAPSHOT" for v in module.values())
+    return {"detect_ms": ms(detect), "leader_ms": ms(leader), "complete_ms": ms(complete), "ballots": ballots,
+            "snapshot": snapshot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -370,17 +370,20 @@ def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
         "Columns: milliseconds after the kill. *election started*, *leader elected* and *election closed* come "
         "from the members' own Aeron counters (election state and role, sampled every ~1 ms by "
         "bench/election_trace.py); *ballots* counts the ballots the survivors started (more than one: a split "
-        "vote or a vote that came too late).\n",
-        "| trial | killed | new leader | election started | ballots | leader elected | election closed "
+        "vote or a vote that came too late); *snapshot*: a survivor was taking a snapshot when the leader died or "
+        "before it noticed (Aeron starts an election only from the ACTIVE state, so a snapshot in progress "
+        "delays it).\n",
+        "| trial | killed | new leader | snapshot | election started | ballots | leader elected | election closed "
         "| client saw new leader | failover | in-flight orders answered within |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ms(v) -> str:
         return "-" if v is None or v != v else f"{v:.0f}"
 
     for t in trials:
-        lines.append(f"| {t['trial']} | {t['killed']} | {t['new_leader']} | {ms(t.get('detect_ms'))} | "
+        lines.append(f"| {t['trial']} | {t['killed']} | {t['new_leader']} | {'yes' if t.get('snapshot') else ''} | "
+                     f"{ms(t.get('detect_ms'))} | "
                      f"{t.get('ballots', '-')} | {ms(t.get('leader_ms'))} | {ms(t.get('complete_ms'))} | "
                      f"{ms(t['client_new_leader_ms'])} | **{ms(t['failover_ms'])}** | {ms(t['worst_inflight_ms'])} |")
     phases = [("election started", "detect_ms"), ("leader elected", "leader_ms"), ("election closed", "complete_ms"),
