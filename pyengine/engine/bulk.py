@@ -30,8 +30,10 @@ from .core import (
     OP_CANCEL,
     OP_PLACE,
     Engine,
+    Symbol,
 )
 from .errors import Reject
+from .numbers import parse_dec, to_scale
 
 MAGIC = b"MB"
 VERSION = 1
@@ -301,9 +303,46 @@ def _encode_events(evs: Iterable, out: list[bytes]) -> int:
         elif k == EV_DUPLICATE:
             o = e[1]
             out.append(_EV_DUPLICATE.pack(EV_DUPLICATE, o.oid))
-            added += 9 + _encode_events(o.ev if o.ev is not None else [(EV_ACCEPTED, o)], out)
+            ev = o.ev
+            if ev is not None and ev and isinstance(ev[0], dict):
+                # restored from a snapshot: the original events as the JSON API's dicts
+                added += 9 + _encode_restored(ev, o.sym, out)
+            else:
+                added += 9 + _encode_events(ev if ev is not None else [(EV_ACCEPTED, o)], out)
         else:  # pragma: no cover - the compact API has no other kinds
             raise AssertionError(f"unexpected event kind {k}")
+    return added
+
+
+def _scaled(text: object, scale: int, unit: int) -> int:
+    c, d = parse_dec(text)
+    v = to_scale(c, d, scale)
+    assert v is not None
+    return v // unit
+
+
+def _encode_restored(evs: list, sym: Symbol, out: list[bytes]) -> int:
+    """``_encode_events`` for the placement events a snapshot restored as dicts (the orders
+    they name may be gone): the same bytes as before the snapshot."""
+    added = 0
+    for d in evs:
+        kind = d["type"]
+        if kind == "accepted":
+            out.append(_EV_ACCEPTED.pack(EV_ACCEPTED, d["order_id"]))
+            added += 9
+        elif kind == "trade":
+            out.append(_EV_TRADE.pack(
+                EV_TRADE, d["trade_id"], _scaled(d["price"], sym.tick_d, sym.tick_c),
+                _scaled(d["qty"], sym.lot_d, sym.lot_c), d["maker_order_id"], d["taker_order_id"],
+                _scaled(d["maker_fee"], sym.quote_dec, 1), _scaled(d["taker_fee"], sym.quote_dec, 1)))
+            added += 57
+        elif kind == "cancelled":
+            rest = _scaled(d["remaining_qty"], sym.lot_d, sym.lot_c)
+            code = _CANCEL_CODE.get(d["reason"], OTHER_REASON)
+            out.append(_EV_CANCELLED.pack(EV_CANCELLED, d["order_id"], rest, code))
+            added += 18
+        else:  # pragma: no cover - a placement's events are only these
+            raise AssertionError(f"unexpected restored event {kind}")
     return added
 
 
