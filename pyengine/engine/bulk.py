@@ -31,6 +31,7 @@ from .core import (
     OP_PLACE,
     Engine,
     Symbol,
+    placement_events,
 )
 from .errors import Reject
 from .numbers import parse_dec, to_scale
@@ -303,12 +304,12 @@ def _encode_events(evs: Iterable, out: list[bytes]) -> int:
         elif k == EV_DUPLICATE:
             o = e[1]
             out.append(_EV_DUPLICATE.pack(EV_DUPLICATE, o.oid))
-            ev = o.ev
-            if ev is not None and ev and isinstance(ev[0], dict):
-                # restored from a snapshot: the original events as the JSON API's dicts
-                added += 9 + _encode_restored(ev, o.sym, out)
+            evs = placement_events(o)
+            if evs and isinstance(evs[0], dict):
+                # encoded by a snapshot: the original events as the JSON API's dicts
+                added += 9 + _encode_restored(evs, o.sym, out)
             else:
-                added += 9 + _encode_events(ev if ev is not None else [(EV_ACCEPTED, o)], out)
+                added += 9 + _encode_events(evs, out)
         else:  # pragma: no cover - the compact API has no other kinds
             raise AssertionError(f"unexpected event kind {k}")
     return added
@@ -322,8 +323,8 @@ def _scaled(text: object, scale: int, unit: int) -> int:
 
 
 def _encode_restored(evs: list, sym: Symbol, out: list[bytes]) -> int:
-    """``_encode_events`` for the placement events a snapshot restored as dicts (the orders
-    they name may be gone): the same bytes as before the snapshot."""
+    """``_encode_events`` for placement events a snapshot holds as JSON (the orders they name
+    may be gone): the same bytes as from the live events."""
     added = 0
     for d in evs:
         kind = d["type"]

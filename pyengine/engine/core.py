@@ -117,9 +117,9 @@ class Order:
         self.stp = stp
         self.status = OPEN
         self.ts = ts
-        # events of the placement when more than [accepted]: compact tuples, or dicts after a
-        # restore from a snapshot
-        self.ev: list | None = None
+        # events of the placement when more than [accepted]: compact tuples while live, or their
+        # JSON (bytes) once a snapshot has encoded them or restored them (see ``placement_events``)
+        self.ev: object = None
         # while resting: its level and neighbours in time priority (an intrusive FIFO list,
         # so a cancel or amend unlinks in O(1) without scanning the level)
         self.lvl: Level | None = None
@@ -1501,11 +1501,25 @@ def _oid_of(o: Order) -> int:
     return o.oid
 
 
+def placement_events(o: Order) -> list:
+    """The events of ``o``'s placement: compact tuples, or the JSON API's dicts when a snapshot
+    holds them as JSON (the orders they name may be gone by then)."""
+    ev = o.ev
+    if ev is None:
+        return [(EV_ACCEPTED, o)]
+    if isinstance(ev, bytes):
+        import orjson
+
+        out: list = orjson.loads(ev)
+        return out
+    assert isinstance(ev, list)
+    return ev
+
+
 def _dup_events(o: Order) -> list[dict]:
     """The original outcome of a repeated ``place``, marked duplicate."""
-    src: list = o.ev if o.ev is not None else [(EV_ACCEPTED, o)]
     out = []
-    for e in src:
+    for e in placement_events(o):
         d = event_dict(e)
         d["duplicate"] = True
         out.append(d)

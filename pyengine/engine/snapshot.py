@@ -224,7 +224,16 @@ def _body(eng: Engine) -> bytes:
         ev = o.ev
         if ev is not None:
             f |= _F_EV
-            ev_enc.append(orjson.dumps([event_dict(e) for e in ev]))
+            if isinstance(ev, bytes):
+                ev_json = ev
+            else:
+                assert isinstance(ev, list)
+                ev_json = orjson.dumps([event_dict(e) for e in ev])
+                # A placement's events never change: keep their JSON, so the next snapshot of
+                # the finished orders' windows copies bytes instead of encoding them again (and
+                # the order stops holding the orders its events name).
+                o.ev = ev_json
+            ev_enc.append(ev_json)
         flags.append(f)
     coid_text = "".join(coid_strs)
     if coid_text.isascii():
@@ -428,12 +437,13 @@ def _load_body(r: _R) -> Engine:
                 raise SnapshotError("string/event blobs inconsistent")
             coid = coids[ci]
             ci += 1
-        ev: list | None = None
+        ev: bytes | None = None
         if f & _F_EV:
             if ei >= len(ev_lens):
                 raise SnapshotError("string/event blobs inconsistent")
             ln = ev_lens[ei]
-            ev = orjson.loads(ev_blob[epos:epos + ln])
+            # kept as JSON: decoded only if the order's placement is repeated (a duplicate)
+            ev = ev_blob[epos:epos + ln]
             epos += ln
             ei += 1
         key = (ai * nsyms + si) * 2 + side

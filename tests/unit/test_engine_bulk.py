@@ -28,6 +28,7 @@ from pyengine.engine.core import (
     OP_AMEND,
     OP_CANCEL,
     OP_PLACE,
+    placement_events,
 )
 from tests.unit.test_engine_compact import _flow, _setup
 
@@ -54,7 +55,7 @@ def _expected(evs: list) -> list[tuple]:
         elif k == EV_DUPLICATE:
             o = e[1]
             out.append((k, o.oid))
-            out.extend(_expected(o.ev if o.ev is not None else [(EV_ACCEPTED, o)]))
+            out.extend(_expected(placement_events(o)))
     return out
 
 
