@@ -1,0 +1,48 @@
+"""The failover bench's breakdown of one kill from the members' counter trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.election_trace import breakdown, parse
+
+# member 0 led and was killed at t=10.000 s; members 1 and 2 survive
+TRACE = """\
+9000.0 0 CLOSED LEADER ACTIVE
+9000.0 1 CLOSED FOLLOWER ACTIVE
+9000.0 2 CLOSED FOLLOWER SNAPSHOT
+10050.0 2 CLOSED FOLLOWER ACTIVE
+10150.0 1 INIT FOLLOWER ACTIVE
+10151.0 1 CANVASS FOLLOWER ACTIVE
+10152.0 2 INIT FOLLOWER ACTIVE
+10160.0 1 CANDIDATE_BALLOT CANDIDATE ACTIVE
+10161.0 2 CANDIDATE_BALLOT CANDIDATE ACTIVE
+10181.0 1 CANVASS FOLLOWER ACTIVE
+10190.0 1 CANDIDATE_BALLOT CANDIDATE ACTIVE
+10210.0 1 LEADER_LOG_REPLICATION LEADER ACTIVE
+10350.0 1 CLOSED LEADER ACTIVE
+10351.0 2 CLOSED FOLLOWER ACTIVE
+12000.0 0 INIT FOLLOWER INIT
+"""
+
+
+def test_a_kill_is_broken_down_from_the_survivors_counters(tmp_path: Path) -> None:
+    path = tmp_path / "trace.txt"
+    path.write_text(TRACE + "garbage line\n")
+    events = parse(path)
+    assert len(events) == 15
+    got = breakdown(events, killed_at=10.0, killed=0)
+    assert got["detect_ms"] == pytest.approx(150.0)
+    assert got["ballots"] == 3  # a split (both candidates), then member 1 again
+    assert got["leader_ms"] == pytest.approx(210.0)
+    assert got["complete_ms"] == pytest.approx(350.0)
+    assert got["snapshot"] is True  # member 2 was still snapshotting when the leader died
+
+
+def test_no_snapshot_and_no_election_in_the_horizon(tmp_path: Path) -> None:
+    path = tmp_path / "trace.txt"
+    path.write_text("9000.0 1 CLOSED FOLLOWER ACTIVE\n9000.0 2 CLOSED FOLLOWER ACTIVE\n")
+    got = breakdown(parse(path), killed_at=10.0, killed=0)
+    assert got == {"detect_ms": None, "leader_ms": None, "complete_ms": None, "ballots": 0, "snapshot": False}
