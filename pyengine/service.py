@@ -27,7 +27,7 @@ import orjson
 from pyengine import engine as engine_pkg
 from pyengine import protocol
 from pyengine.engine import Engine, SnapshotError
-from pyengine.engine.bulk import MAX_ANSWER_BYTES, BulkError, apply_bulk, decode_bulk
+from pyengine.engine.bulk import BulkError, apply_bulk, decode_bulk
 from pyengine.engine.bulk import decode_names as decode_bulk_names
 from pyengine.protocol import Answer, Channel, ProtocolError, Status
 from pyengine.tokens import AuthState, Principal, TokenError
@@ -64,6 +64,9 @@ def max_reply_bytes(term_length: int) -> int:
 
 
 DEFAULT_MAX_REPLY_BYTES = max_reply_bytes(1 << 20)  # the default term; node.py passes the layout's
+# once a bulk's answer reaches this size its remaining commands are answered not_applied (the
+# answer travels in PART pieces of one message each, up to protocol.MAX_SPLIT_ANSWER_BYTES)
+BULK_ANSWER_BYTES = protocol.MAX_SPLIT_ANSWER_BYTES // 2
 
 
 class ServiceSnapshotError(SnapshotError):
@@ -314,9 +317,9 @@ class MatchingService:
                 moved = self._moved({"symbol": symbol})
                 if moved is not None:
                     return moved
-        # the answer must fit one reply message (with its entry header): smaller terms, smaller limit
-        limit = min(MAX_ANSWER_BYTES, self.max_reply_bytes - 2 * protocol.ENTRY.size - 1024)
-        return Status.OK, apply_bulk(self.engine, bulk, ts_ns, limit)
+        # a large answer travels in PART pieces; half the split limit leaves the last command
+        # room for a big sweep of its own
+        return Status.OK, apply_bulk(self.engine, bulk, ts_ns, BULK_ANSWER_BYTES)
 
     def _admin(self, cmd: object, position: int) -> tuple[int, bytes]:
         op = cmd.get("op") if isinstance(cmd, dict) else None

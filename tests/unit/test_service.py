@@ -226,6 +226,26 @@ def test_reply_cache_is_bounded_in_bytes_too():
     assert t.replies.bytes == s.replies.bytes and t.snapshot() == s.snapshot()
 
 
+def test_a_bulk_answer_larger_than_one_message_is_sent_whole_in_pieces():
+    from pyengine.engine.bulk import BulkBuilder, decode_answer
+    from pyengine.engine.core import EV_ACCEPTED
+
+    s = _bulk_service(max_reply_bytes=2_000)
+    s.engine.apply({"op": "deposit", "account": "a", "asset": "USDT", "amount": "99000", "tx_id": "2"}, 1)
+    b = BulkBuilder()
+    for i in range(600):  # 600 resting bids: a 5.4 KB answer, well over one 2 KB message
+        b.place("a", "ETH-USDT", "buy", 100 + i, 1, client_order_id=i + 1)
+    frames = s.on_message(5, 1000, 64, protocol.encode_request(9, [Command(1, Channel.ENGINE_BULK, b.encode())]))
+    assert len(frames) > 2 and all(len(r) <= 2_000 for _, r in frames)
+    joiner = protocol.Reassembler()
+    got = [joiner.feed(a) for _, r in frames for a in protocol.decode_reply(r)[1]]
+    [whole] = [a for a in got if a is not None]
+    assert whole.status == Status.OK
+    answer = decode_answer(whole.payload)
+    assert len(answer) == 600 and all(evs[0][0] == EV_ACCEPTED for evs in answer)  # none not_applied
+    assert len(s.engine.orders) == 600
+
+
 def test_a_batch_whose_answers_exceed_the_message_limit_is_answered_in_several_messages():
     s = _bulk_service(max_reply_bytes=2_000)
     cmds = [eng(i + 1, {"op": "balances", "account": "a"}) for i in range(60)]
