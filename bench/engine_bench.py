@@ -677,7 +677,7 @@ def run_configuration(name: str, args) -> dict | None:
                      prefix_rate, prefix_rate_json, n_peer_cmds, len(blob), t_snap, t_restore,
                      len(fill_cmds), bulk)
     pure = [(cls, pr) for cls, pr, _f, _n in peer_rows if pr is not None and cls.kind == "pure Python"]
-    return {"name": name, "args": args, "rate": rate, "impl": impl, "bulk": bulk["rate"],
+    return {"name": name, "args": args, "rate": rate, "bulk": bulk["rate"],
             "section": section, "pure_ran": bool(pure),
             "behind": [cls.name for cls, pr in pure if prefix_rate <= pr]}
 

@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 new_leader = cluster.await_leader(60, exclude=leader)
                 seen_at = time.monotonic()
                 cluster.start_member(leader)
-                trials.append({"trial": t, "killed": leader, "new_leader": new_leader, "killed_at": killed_at,
-                               "status_leader_ms": (seen_at - killed_at) * 1000})
+                trials.append({"trial": t, "killed": leader, "new_leader": new_leader, "killed_at": killed_at})
                 log(f"trial {t:>2}: killed leader member {leader}; member {new_leader} leads "
                     f"(seen in status files after {(seen_at - killed_at) * 1000:.0f} ms); restarting member {leader}")
             cluster.await_followers(2, 120)

@@ -40,8 +40,9 @@ MAGIC = b"MB"
 VERSION = 1
 MAX_COMMANDS = 1024
 MAX_NAMES = 256  # per table: a full bulk stays well under Aeron's 128 KB message limit
-# An answer larger than Aeron's message limit could never be delivered: once the answer reaches
-# this size, the bulk's remaining commands are not applied (reason ``not_applied``).
+# Once the answer reaches this size the bulk's remaining commands are not applied (reason
+# ``not_applied``). The default for the engine used alone; a cluster member passes its own
+# limit (``pyengine.service.BULK_ANSWER_BYTES``: its answers travel in PART pieces).
 MAX_ANSWER_BYTES = 96_000
 
 HEADER = struct.Struct("<2sBHHH")  # magic, version, accounts, symbols, commands
