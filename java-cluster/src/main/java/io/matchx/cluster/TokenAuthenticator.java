@@ -64,7 +64,8 @@ public final class TokenAuthenticator implements Authenticator
 
     public void onConnectedSession(final SessionProxy sessionProxy, final long nowMs)
     {
-        final byte[] verdict = verdicts.remove(sessionProxy.sessionId());
+        final long sessionId = sessionProxy.sessionId();
+        final byte[] verdict = verdicts.get(sessionId);
         if (null == verdict)
         {
             sessionProxy.reject();
@@ -72,6 +73,7 @@ public final class TokenAuthenticator implements Authenticator
         }
         if (verdict[0] == 0)
         {
+            verdicts.remove(sessionId);
             sessionProxy.authenticate(Arrays.copyOfRange(verdict, 1, verdict.length));
         }
         else
@@ -79,9 +81,12 @@ public final class TokenAuthenticator implements Authenticator
             final byte[] challenge = new byte[REJECTED_PREFIX.length + verdict.length - 1];
             System.arraycopy(REJECTED_PREFIX, 0, challenge, 0, REJECTED_PREFIX.length);
             System.arraycopy(verdict, 1, challenge, REJECTED_PREFIX.length, verdict.length - 1);
-            if (!sessionProxy.challenge(challenge))
+            // The egress may refuse the challenge for now (back pressure): keep the verdict, Aeron
+            // calls again while the session is connected (up to its session timeout). Rejecting
+            // here instead would reach the client without its reason.
+            if (sessionProxy.challenge(challenge))
             {
-                sessionProxy.reject();
+                verdicts.remove(sessionId);
             }
         }
     }
