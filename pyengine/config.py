@@ -38,6 +38,9 @@ class Timeouts:
     election_status_interval_ms: int = 100
     startup_canvass_timeout_ms: int = 1000
     session_timeout_ms: int = 10000
+    # how often the media driver repeats a new publication's SETUP frame: a follower joins a new
+    # leader's log only on a repeat (Aeron's fixed 100 ms otherwise; SetupRepeat.java)
+    setup_repeat_ms: int = 10
 
     def check(self) -> None:
         if self.heartbeat_interval_ms <= 0 or self.heartbeat_timeout_ms <= 2 * self.heartbeat_interval_ms:
@@ -48,6 +51,8 @@ class Timeouts:
             raise ConfigError("election_timeout_ms must be in 1..heartbeat_timeout_ms - 1")
         if not 0 < self.election_status_interval_ms < self.heartbeat_timeout_ms:
             raise ConfigError("election_status_interval_ms must be in 1..heartbeat_timeout_ms - 1")
+        if not 1 <= self.setup_repeat_ms <= 1000:
+            raise ConfigError("setup_repeat_ms must be in 1..1000")
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ class ClusterLayout:
             "election.status.interval.ms": str(t.election_status_interval_ms),
             "startup.canvass.timeout.ms": str(t.startup_canvass_timeout_ms),
             "session.timeout.ms": str(t.session_timeout_ms),
+            "setup.repeat.ms": str(t.setup_repeat_ms),
             "idle.max.park.us": str(self.idle_max_park_us),
             "idle.min.park.us": str(self.idle_min_park_us),
             "idle.yields": str(self.idle_yields),

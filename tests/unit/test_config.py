@@ -17,6 +17,7 @@ def test_defaults_are_valid_and_reach_the_member_properties(tmp_path: Path) -> N
     assert props["election.timeout.ms"] == str(t.election_timeout_ms)
     assert props["heartbeat.timeout.ms"] == str(t.heartbeat_timeout_ms)
     assert t.election_timeout_ms < t.heartbeat_timeout_ms
+    assert props["setup.repeat.ms"] == str(t.setup_repeat_ms)
 
 
 @pytest.mark.parametrize(
@@ -27,6 +28,8 @@ def test_defaults_are_valid_and_reach_the_member_properties(tmp_path: Path) -> N
         ({"election_timeout_ms": 150}, "election_timeout_ms"),
         ({"election_status_interval_ms": 0}, "election_status_interval_ms"),
         ({"startup_canvass_timeout_ms": 200}, "startup_canvass_timeout_ms"),
+        ({"setup_repeat_ms": 0}, "setup_repeat_ms"),
+        ({"setup_repeat_ms": 1001}, "setup_repeat_ms"),
     ],
 )
 def test_bad_timeouts_are_refused_by_name(tmp_path: Path, change: dict, named: str) -> None:

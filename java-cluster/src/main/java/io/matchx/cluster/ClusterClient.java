@@ -74,6 +74,9 @@ public final class ClusterClient implements AutoCloseable
         this.newLeaderTimeoutMs = newLeaderTimeoutMs;
         this.credentials = null == credentials ? new byte[0] : credentials;
 
+        // after a failover the client opens a new ingress publication to the new leader: if its
+        // first SETUP is missed, the next one comes after this interval, not Aeron's 100 ms
+        SetupRepeat.apply(SetupRepeat.DEFAULT_MS);
         driver = MediaDriver.launchEmbedded(new MediaDriver.Context()
             .aeronDirectoryName(aeronDir)
             .dirDeleteOnStart(true)

@@ -69,7 +69,8 @@ public final class MemberNode implements AutoCloseable
     {
         final MemberSettings s = MemberSettings.from(properties);
         final ErrorHandler errorHandler = MemberNode::logError;
-        final MediaDriver.Context driverCtx = newDriverContext(s.aeronDir, s.termLength, newIdleStrategy(s), errorHandler);
+        final MediaDriver.Context driverCtx = newDriverContext(
+            s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s), errorHandler);
         final Contexts ctx = newContexts(s, service, errorHandler);
 
         ClusteredMediaDriver driver = null;
@@ -109,11 +110,17 @@ public final class MemberNode implements AutoCloseable
 
     /**
      * A media driver for one member, or for all members a worker hosts: SHARED threading, backing-off
-     * idle, sparse term files, its directory deleted on start and on shutdown (it is scratch).
+     * idle, sparse term files, its directory deleted on start and on shutdown (it is scratch), and
+     * new publications' SETUP repeated every {@code setupRepeatMs} ({@link SetupRepeat}).
      */
     static MediaDriver.Context newDriverContext(
-        final String aeronDir, final int termLength, final IdleStrategy idle, final ErrorHandler errorHandler)
+        final String aeronDir,
+        final int termLength,
+        final long setupRepeatMs,
+        final IdleStrategy idle,
+        final ErrorHandler errorHandler)
     {
+        SetupRepeat.apply(setupRepeatMs);
         return new MediaDriver.Context()
             .aeronDirectoryName(aeronDir)
             .dirDeleteOnStart(true)

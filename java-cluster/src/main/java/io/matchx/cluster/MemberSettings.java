@@ -38,6 +38,7 @@ public final class MemberSettings
     final long idleMinParkUs;
     final int idleYields;
     final long snapshotIntervalS;
+    final long setupRepeatMs;
     final int streamIdOffset;
 
     private MemberSettings(final Properties p)
@@ -63,6 +64,7 @@ public final class MemberSettings
         idleMinParkUs = longValue(p, "idle.min.park.us", 1);
         idleYields = intValue(p, "idle.yields", 10);
         snapshotIntervalS = longValue(p, "snapshot.interval.s", 0);
+        setupRepeatMs = longValue(p, "setup.repeat.ms", SetupRepeat.DEFAULT_MS);
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
         check(memberId >= 0, "member.id must be >= 0");
@@ -81,6 +83,8 @@ public final class MemberSettings
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
         check(idleMinParkUs > 0 && idleMinParkUs <= idleMaxParkUs, "idle.min.park.us must be in 1..idle.max.park.us");
         check(idleYields >= 0, "idle.yields must be >= 0");
+        check(setupRepeatMs >= 1 && setupRepeatMs <= SetupRepeat.MAX_MS,
+            "setup.repeat.ms must be in 1.." + SetupRepeat.MAX_MS);
         check(snapshotIntervalS >= 0, "snapshot.interval.s must be >= 0 (0 = no schedule)");
         check(bufferCapacity >= termLength / 8, "buffer.capacity must hold the largest message (term.length/8)");
         streamIdOffset = clusterId * STREAM_ID_OFFSET_PER_CLUSTER;

@@ -58,6 +58,7 @@ public final class WorkerNode implements AutoCloseable
      *
      * <p>Properties: {@code aeron.dir} (required), {@code term.length} (default 1 MiB, the driver's
      * default term for publications that do not name one), {@code idle.max.park.us} (default 1000),
+     * {@code setup.repeat.ms} (default 10, {@link SetupRepeat}),
      * {@code worker.id} (for log lines).
      */
     public static WorkerNode launch(final Properties properties)
@@ -77,11 +78,14 @@ public final class WorkerNode implements AutoCloseable
         {
             throw new IllegalArgumentException("invalid worker setting: idle.max.park.us must be > 0");
         }
+        final long setupRepeatMs = MemberSettings.number(
+            properties, "setup.repeat.ms", SetupRepeat.DEFAULT_MS, "worker");
         final String workerId = properties.getProperty("worker.id", "worker");
         final ErrorHandler errorHandler = (ex) -> log("[matchx worker " + workerId + "]", ex);
         final MediaDriver.Context ctx = MemberNode.newDriverContext(
             aeronDir,
             termLength,
+            setupRepeatMs,
             new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(idleMaxParkUs)),
             errorHandler);
         return new WorkerNode(workerId, ctx, MediaDriver.launch(ctx));

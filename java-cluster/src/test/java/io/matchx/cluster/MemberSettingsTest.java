@@ -56,7 +56,8 @@ class MemberSettingsTest
         for (final String[] bad : new String[][] {
             {"election.timeout.ms", "0"}, {"election.timeout.ms", "500"},
             {"election.status.interval.ms", "0"}, {"election.status.interval.ms", "500"},
-            {"idle.min.park.us", "0"}, {"idle.min.park.us", "5000"}, {"idle.yields", "-1"}})
+            {"idle.min.park.us", "0"}, {"idle.min.park.us", "5000"}, {"idle.yields", "-1"},
+            {"setup.repeat.ms", "0"}, {"setup.repeat.ms", "1001"}})
         {
             final Properties p = valid();
             p.setProperty(bad[0], bad[1]);
@@ -78,5 +79,6 @@ class MemberSettingsTest
         assertEquals(0, s.idleYields);
         assertEquals(100, MemberSettings.from(valid()).electionStatusIntervalMs);
         assertEquals(20, MemberSettings.from(valid()).electionTimeoutMs);
+        assertEquals(SetupRepeat.DEFAULT_MS, MemberSettings.from(valid()).setupRepeatMs);
     }
 }

@@ -1,0 +1,75 @@
+package io.matchx.cluster;
+
+import io.aeron.driver.Configuration;
+import org.agrona.UnsafeApi;
+
+import java.lang.reflect.Field;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * How often a media driver repeats a new publication's SETUP frame until a receiver answers.
+ *
+ * <p>Why this exists: in a failover the new leader creates its log publication, and its first SETUP
+ * goes out before the surviving follower subscribes (the follower learns of the new term from a
+ * message the leader sends after creating the publication). The follower can join the log only
+ * on the next SETUP, which Aeron 1.51 repeats every 100 ms ({@code
+ * Configuration.PUBLICATION_SETUP_TIMEOUT_NS}) with no setting to change it: ~100 ms of every
+ * failover (docs/performance.md, "Failover under load"). A receiver's request for a SETUP does not
+ * help, the driver still waits out the interval.
+ *
+ * <p>The constant is read at run time ({@code getstatic}; javac does not inline it, its initialiser
+ * is a method call), so writing it before any driver runs changes the interval for the whole JVM.
+ * A publication repeats SETUP only until its first receiver connects (later only when a receiver
+ * asks), so a shorter interval costs a few 40-byte packets per publication that has no receiver.
+ * If the field is gone or cannot be written (another Aeron version), Aeron's interval stays and
+ * {@link #apply} says so.
+ */
+final class SetupRepeat
+{
+    static final String FIELD = "PUBLICATION_SETUP_TIMEOUT_NS";
+    static final long DEFAULT_MS = 10;
+    static final long MAX_MS = 1_000;
+
+    private SetupRepeat()
+    {
+    }
+
+    /**
+     * Sets the interval for this JVM; call it before the first media driver starts (code the JIT
+     * has already compiled may keep the old value).
+     *
+     * @param intervalMs 1..{@link #MAX_MS}.
+     * @return the interval now in force, in ns (Aeron's own if it could not be changed).
+     */
+    static synchronized long apply(final long intervalMs)
+    {
+        if (intervalMs < 1 || intervalMs > MAX_MS)
+        {
+            throw new IllegalArgumentException("invalid setting: setup.repeat.ms must be in 1.." + MAX_MS);
+        }
+        final long wantedNs = TimeUnit.MILLISECONDS.toNanos(intervalMs);
+        try
+        {
+            // initialise the class first: its static initialiser would otherwise run later, at the
+            // driver's first use, and write Aeron's 100 ms over this value
+            Class.forName(Configuration.class.getName(), true, Configuration.class.getClassLoader());
+            final Field field = Configuration.class.getField(FIELD);
+            final Object base = UnsafeApi.staticFieldBase(field);
+            final long offset = UnsafeApi.staticFieldOffset(field);
+            UnsafeApi.putLong(base, offset, wantedNs);
+            return current();
+        }
+        catch (final ReflectiveOperationException | RuntimeException | LinkageError ex)
+        {
+            System.err.println("[matchx] WARN cannot set the media driver's SETUP repeat to " + intervalMs +
+                " ms (" + ex + "); Aeron's own interval stays, failovers take ~100 ms longer");
+            return current();
+        }
+    }
+
+    /** The interval in force, in ns. */
+    static long current()
+    {
+        return Configuration.PUBLICATION_SETUP_TIMEOUT_NS;
+    }
+}
