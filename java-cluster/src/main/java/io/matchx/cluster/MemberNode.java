@@ -2,6 +2,7 @@ package io.matchx.cluster;
 
 import io.aeron.archive.Archive;
 import io.aeron.archive.ArchiveThreadingMode;
+import io.aeron.archive.checksum.Checksums;
 import io.aeron.archive.client.AeronArchive;
 import io.aeron.cluster.ClusterControl;
 import io.aeron.cluster.ClusteredMediaDriver;
@@ -175,6 +176,12 @@ public final class MemberNode implements AutoCloseable
             .threadingMode(ArchiveThreadingMode.SHARED)
             .idleStrategySupplier(idle)
             .segmentFileLength(s.segmentLength)
+            // A SIGKILL during a write can leave the last fragment of a recording torn across a page
+            // boundary; without a checksum to tell a torn fragment from a whole one the archive
+            // refuses to start ("Found potentially incomplete last fragment ... Run ArchiveTool
+            // verify") and the member stays down. With one it truncates the torn fragment, which the
+            // member never acknowledged, and catches it up from the leader.
+            .recordChecksum(Checksums.crc32c())
             .errorHandler(errorHandler);
 
         final AeronArchive.Context localArchiveCtx = new AeronArchive.Context()
