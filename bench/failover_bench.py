@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Settings: heartbeat interval {timeouts.heartbeat_interval_ms} ms, heartbeat timeout "
         f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms, "
         f"election status interval "
-        f"{timeouts.election_status_interval_ms} ms; "
+        f"{timeouts.election_status_interval_ms} ms, SETUP repeat {timeouts.setup_repeat_ms} ms; "
         f"client request every {args.interval_ms} ms; 3 members + client on one 2-core machine.\n\n"
         f"**{summary}**\n\n| trial | ms |\n|---|---|\n"
         + "".join(f"| {i} | {v:.1f} |\n" for i, v in enumerate(results, 1))

@@ -29,7 +29,9 @@ class Timeouts:
     """Raft timing. The defaults aim at sub-500 ms failover on loopback; see docs/operations.md."""
 
     heartbeat_interval_ms: int = 20
-    heartbeat_timeout_ms: int = 150
+    # failover detection. Also a follower's deadline to join a new leader's log: 120 ms became
+    # safe once SETUPs repeat every 10 ms (setup_repeat_ms); 100 ms gave multi-second outliers
+    heartbeat_timeout_ms: int = 120
     # how long a candidate waits for votes: with one member dead the vote is never unanimous,
     # so every failover waits this long in full (20 vs 50 ms: bench/reports/failover_under_load.md)
     election_timeout_ms: int = 20

@@ -55,7 +55,7 @@ public final class MemberSettings
         segmentLength = intValue(p, "segment.length", 8 << 20);
         bufferCapacity = intValue(p, "buffer.capacity", 4 << 20);
         heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 20);
-        heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 150);
+        heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 120);
         electionTimeoutMs = longValue(p, "election.timeout.ms", 20);
         electionStatusIntervalMs = longValue(p, "election.status.interval.ms", 100);
         startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 1_000);
