@@ -1503,7 +1503,7 @@ def _oid_of(o: Order) -> int:
 
 def placement_events(o: Order) -> list:
     """The events of ``o``'s placement: compact tuples, or the JSON API's dicts when a snapshot
-    holds them as JSON (the orders they name may be gone by then)."""
+    holds them as bytes (the orders they name may be gone by then)."""
     ev = o.ev
     if ev is None:
         return [(EV_ACCEPTED, o)]
@@ -1511,9 +1511,75 @@ def placement_events(o: Order) -> list:
         import orjson
 
         out: list = orjson.loads(ev)
-        return out
+        if out and isinstance(out[0], dict):
+            return out  # written before 24 Nov 2026: the events' dicts themselves
+        return _placement_dicts(o, out)
     assert isinstance(ev, list)
     return ev
+
+
+def placement_record(o: Order, ev: list) -> list:
+    """``o``'s placement events (``ev``, accepted first) as a compact, self-contained record for
+    snapshots: what the accepted event says is ``o``'s own (restored with it); a trade keeps
+    its numbers and the maker's id and account, a cancel the cancelled order's identity (a maker
+    cancelled for self-trade prevention may be long gone when a duplicate asks)."""
+    assert ev[0][0] == EV_ACCEPTED and ev[0][1] is o
+    rec: list = []
+    for i in range(1, len(ev)):
+        e = ev[i]
+        k = e[0]
+        if k == EV_TRADE:
+            m: Order = e[4]
+            rec.append([EV_TRADE, e[1], e[2], e[3], m.oid, m.acct.name, _json_int(e[6]), _json_int(e[7])])
+        elif k == EV_CANCELLED:
+            c: Order = e[1]
+            rec.append([EV_CANCELLED, c.oid, c.coid, c.acct.name, c.side, e[2], e[3]])
+        else:  # pragma: no cover - a placement's events are only these
+            raise AssertionError(f"unexpected placement event {k}")
+    return rec
+
+
+def _json_int(v: int) -> object:
+    """``v`` as JSON can hold it: a fee beyond 64 bits (notional up to 10**30 quote units) goes
+    as its decimal digits."""
+    return v if -(2**63) <= v < 2**63 else str(v)
+
+
+def _placement_dicts(o: Order, rec: list) -> list[dict]:
+    """The JSON API's events of a placement from its ``placement_record`` (the same dicts as
+    ``event_dict`` of the live events)."""
+    sym = o.sym
+    out = [event_dict((EV_ACCEPTED, o))]
+    for r in rec:
+        if r[0] == EV_TRADE:
+            mf = int(r[6])
+            tf = int(r[7])
+            out.append({
+                "type": "trade",
+                "symbol": sym.name,
+                "trade_id": r[1],
+                "price": sym.price_str(r[2]),
+                "qty": sym.qty_str(r[3]),
+                "maker_order_id": r[4],
+                "taker_order_id": o.oid,
+                "maker_account": r[5],
+                "taker_account": o.acct.name,
+                "taker_side": SIDE_NAMES[o.side],
+                "maker_fee": fmt_scaled(mf, sym.quote_dec) if mf else "0",
+                "taker_fee": fmt_scaled(tf, sym.quote_dec) if tf else "0",
+            })
+        else:
+            out.append({
+                "type": "cancelled",
+                "order_id": r[1],
+                "client_order_id": r[2],
+                "account": r[3],
+                "symbol": sym.name,
+                "side": SIDE_NAMES[r[4]],
+                "remaining_qty": sym.qty_str(r[5]),
+                "reason": r[6],
+            })
+    return out
 
 
 def _dup_events(o: Order) -> list[dict]:

@@ -36,7 +36,7 @@ from .core import (
     Level,
     Order,
     Symbol,
-    event_dict,
+    placement_record,
 )
 from .errors import SnapshotError
 from .numbers import POW10, fmt_scaled
@@ -228,10 +228,12 @@ def _body(eng: Engine) -> bytes:
                 ev_json = ev
             else:
                 assert isinstance(ev, list)
-                ev_json = orjson.dumps([event_dict(e) for e in ev])
-                # A placement's events never change: keep their JSON, so the next snapshot of
-                # the finished orders' windows copies bytes instead of encoding them again (and
-                # the order stops holding the orders its events name).
+                # a compact record (a trade ~45 bytes, ~270 as the event's JSON dict): the
+                # dedup windows' finished orders are most of a busy engine's snapshot
+                ev_json = orjson.dumps(placement_record(o, ev))
+                # A placement's events never change: keep the encoded record, so the next
+                # snapshot of the finished orders' windows copies bytes instead of encoding them
+                # again (and the order stops holding the orders its events name).
                 o.ev = ev_json
             ev_enc.append(ev_json)
         flags.append(f)

@@ -381,6 +381,48 @@ def test_duplicate_place_returns_original_events():
     assert place(e2, "alice", "buy", "1", "1", client_order_id="c1") == ev2
 
 
+def test_duplicates_answer_alike_live_restored_and_from_an_older_snapshot():
+    """A snapshot keeps a finished placement's events as a compact record; a restored engine
+    must answer a repeated place with exactly the live engine's dicts - trades with fees, a maker
+    cancelled by self-trade prevention (gone by then), an IOC remainder, a market order - and
+    events kept as the dicts' JSON (snapshots before 24 Nov 2026) must answer alike too."""
+    import orjson
+
+    from pyengine.engine.core import event_dict
+
+    e = mk(fees=(10, 25), stp="cancel_maker")
+    place(e, "bob", "sell", "100", "1", client_order_id="m1")
+    place(e, "alice", "sell", "100.5", "1", client_order_id="self")
+    place(e, "bob", "sell", "101", "3", client_order_id="m2")
+    places = [
+        ("alice", "buy", "101", "2", {"client_order_id": "t1"}),  # trades, cancels its own maker
+        ("carol", "buy", "101", "5", {"client_order_id": "t2", "tif": "IOC"}),  # IOC remainder
+        ("dan", "sell", None, "0.5", {"client_order_id": "t3", "type": "market"}),  # no book: cancelled
+    ]
+    place(e, "dan", "buy", "99", "1", client_order_id="m3")
+    originals = {}
+    for acct, side, price, qty, kw in places:
+        originals[(acct, kw["client_order_id"])] = place(e, acct, side, price, qty, **kw)
+    assert any(x["type"] == "cancelled" and x["reason"] == "stp" for x in originals[("alice", "t1")])
+    assert any(x["type"] == "trade" and x["taker_fee"] != "0" for x in originals[("alice", "t1")])
+
+    def dups(engine):
+        return {k: place(engine, k[0], "buy", "1", "1", client_order_id=k[1]) for k in originals}
+
+    want = {k: [dict(x, duplicate=True) for x in v] for k, v in originals.items()}
+    assert dups(e) == want
+    blob = e.snapshot()
+    assert dups(Engine.restore(blob)) == want
+    assert dups(e) == want  # the live engine now holds the records too
+    assert Engine.restore(blob).snapshot() == blob
+
+    older = Engine.restore(blob)
+    for acct, cid in originals:
+        o = older.accounts[acct].coid_index()[cid]
+        o.ev = orjson.dumps([event_dict(x) for x in originals[(acct, cid)]])
+    assert dups(older) == want
+
+
 def test_rejected_place_is_not_remembered():
     e = mk()
     e.apply({"op": "deposit", "account": "dave", "asset": "USD", "amount": "10",
