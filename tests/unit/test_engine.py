@@ -423,6 +423,26 @@ def test_duplicates_answer_alike_live_restored_and_from_an_older_snapshot():
     assert dups(older) == want
 
 
+def test_a_duplicate_with_fees_beyond_64_bits_answers_alike_after_a_restore():
+    # the snapshot's compact record holds such a fee as its digits (JSON numbers stop at 64 bits)
+    e = Engine()
+    e.apply({"op": "add_symbol", "symbol": "X-Y", "base": "X", "quote": "Y", "tick_size": "1",
+             "lot_size": "1", "maker_fee_bps": 10, "taker_fee_bps": 20}, 1)
+    for a in ("a", "b"):
+        e.apply({"op": "deposit", "account": a, "asset": "Y", "amount": "1" + "0" * 32, "tx_id": a + "y"}, 2)
+        e.apply({"op": "deposit", "account": a, "asset": "X", "amount": "1" + "0" * 16, "tx_id": a + "x"}, 2)
+    big = "1" + "0" * 15
+    e.apply({"op": "place", "account": "a", "symbol": "X-Y", "side": "sell", "price": big, "qty": big}, 3)
+    cmd = {"op": "place", "account": "b", "symbol": "X-Y", "side": "buy", "price": big, "qty": big,
+           "client_order_id": "t"}
+    trade = e.apply(cmd, 4)[1]
+    assert int(trade["taker_fee"].replace(".", "")) >= 2**63
+    restored = Engine.restore(e.snapshot())
+    want = e.apply(cmd, 5)
+    assert want[1] == dict(trade, duplicate=True)
+    assert restored.apply(cmd, 5) == want
+
+
 def test_rejected_place_is_not_remembered():
     e = mk()
     e.apply({"op": "deposit", "account": "dave", "asset": "USD", "amount": "10",
