@@ -118,6 +118,18 @@ def parse(path: Path) -> list[Event]:
     return events
 
 
+def settled(events: list[Event], members: int = 3) -> bool:
+    """Whether every member's latest sample shows it out of any election (CLOSED), with one
+    leader: a restarted member is still joining (catching up, or in its election) until then,
+    and a kill before that is a second failure, not a failover."""
+    latest: dict[int, tuple[str, str]] = {}
+    for _, m, state, role, _ in events:
+        latest[m] = (state, role)
+    if len(latest) != members or any(state != "CLOSED" for state, _ in latest.values()):
+        return False
+    return sum(role == "LEADER" for _, role in latest.values()) == 1
+
+
 def breakdown(events: list[Event], killed_at: float, killed: int,
               horizon_s: float = 10.0) -> dict[str, float | int | None]:
     """Milliseconds from the kill until a survivor entered an election (``detect_ms``), one became

@@ -262,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
                              "the restarted member to catch up")
                 except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
                     log(f"  {exc}; killing the leader anyway")
+                # ... and has left its election (a member still catching up is in one; its status
+                # file can say follower before that)
+                try:
+                    wait_for(lambda: election_trace.settled(election_trace.parse(trace_file)),
+                             args.catchup_timeout_s, "every member to leave its election")
+                except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
+                    log(f"  {exc}; killing the leader anyway")
                 time.sleep(args.settle_s)
                 leader = cluster.await_leader(60)
                 killed_at = time.monotonic()
@@ -376,7 +383,8 @@ def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
         f"{timeouts.election_status_interval_ms} ms, SETUP repeat {timeouts.setup_repeat_ms} ms; one client "
         f"process (MatchClient, default resend interval 1 s) sending the bench order flow ({how}) open "
         f"loop at {args.rate:,.0f} orders/s during the whole run; {args.settle_s:.0f} s with three members before "
-        f"each kill (after the restarted member has caught up); the killed member is restarted "
+        f"each kill (after the restarted member has caught up and every member has left its election); "
+        f"the killed member is restarted "
         f"{restart}; members snapshot every {args.snapshot_interval_s} s.\n",
         f"**{summary}**\n",
         f"Target failover p99 < 500 ms: **{'met' if target_met else 'not met'}** (with {len(fo)} trials the p99 "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.election_trace import breakdown, parse
+from bench.election_trace import breakdown, parse, settled
 
 # member 0 led and was killed at t=10.000 s; members 1 and 2 survive
 TRACE = """\
@@ -46,3 +46,17 @@ def test_no_snapshot_and_no_election_in_the_horizon(tmp_path: Path) -> None:
     path.write_text("9000.0 1 CLOSED FOLLOWER ACTIVE\n9000.0 2 CLOSED FOLLOWER ACTIVE\n")
     got = breakdown(parse(path), killed_at=10.0, killed=0)
     assert got == {"detect_ms": None, "leader_ms": None, "complete_ms": None, "ballots": 0, "snapshot": False}
+
+
+def test_settled_only_once_every_member_has_left_its_election(tmp_path: Path) -> None:
+    path = tmp_path / "trace.txt"
+    path.write_text(TRACE)
+    events = parse(path)
+    # member 0 restarted and is still in its election (joining): not settled
+    assert not settled(events)
+    assert not settled([e for e in events if e[0] < 10.2])  # survivors in their election
+    # the killed leader's last sample before its restart still says LEADER: two leaders, not settled
+    assert not settled([e for e in events if e[0] < 11.0])
+    rejoined = events + [(12.5, 0, "CLOSED", "FOLLOWER", "ACTIVE")]
+    assert settled(rejoined)
+    assert not settled([e for e in rejoined if e[1] != 2])  # a member never seen
