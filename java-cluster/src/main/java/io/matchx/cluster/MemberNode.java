@@ -176,11 +176,12 @@ public final class MemberNode implements AutoCloseable
             .threadingMode(ArchiveThreadingMode.SHARED)
             .idleStrategySupplier(idle)
             .segmentFileLength(s.segmentLength)
-            // A SIGKILL during a write can leave the last fragment of a recording torn across a page
-            // boundary; without a checksum to tell a torn fragment from a whole one the archive
-            // refuses to start ("Found potentially incomplete last fragment ... Run ArchiveTool
-            // verify") and the member stays down. With one it truncates the torn fragment, which the
-            // member never acknowledged, and catches it up from the leader.
+            // After a kill the archive checks the last fragment of each recording: if it crosses a
+            // page boundary and its part past the boundary is zeros (binary commands end in zeros)
+            // it cannot tell a whole fragment from a torn write without a checksum, and refuses to
+            // start ("Found potentially incomplete last fragment ... Run ArchiveTool verify"): the
+            // member stayed down. With a checksum a whole fragment passes; a really torn one still
+            // stops the member (docs/operations.md, "Snapshots and recovery").
             .recordChecksum(Checksums.crc32c())
             .errorHandler(errorHandler);
 
