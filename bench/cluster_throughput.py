@@ -71,7 +71,7 @@ def proposed_client_class(linger_s: float):
     import queue
 
     from pyengine import protocol
-    from pyengine.client import MAX_BATCH_BYTES, MatchClient
+    from pyengine.client import _RESEND_ALL, MAX_BATCH_BYTES, MatchClient
 
     class ProposedClient(MatchClient):
         def _send_loop(self) -> None:
@@ -83,6 +83,9 @@ def proposed_client_class(linger_s: float):
                     continue
                 if first is None:
                     return
+                if first is _RESEND_ALL:
+                    self._resend_stale(everything=True)
+                    continue
                 batch = [first]
                 size = len(first.payload)
                 deadline = time.monotonic() + linger_s
@@ -92,8 +95,8 @@ def proposed_client_class(linger_s: float):
                         nxt = self._outbox.get(timeout=left) if left > 0 else self._outbox.get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is None:
-                        self._outbox.put(None)
+                    if nxt is None or nxt is _RESEND_ALL:
+                        self._outbox.put(nxt)
                         break
                     batch.append(nxt)
                     size += len(nxt.payload)

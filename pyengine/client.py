@@ -48,6 +48,9 @@ MAX_BATCH_BYTES = 60_000
 # one entry header: no single command may be larger.
 MAX_COMMAND_BYTES = (128 << 10) - protocol.REQUEST_HEADER.size - protocol.ENTRY.size
 _client_seq = itertools.count()
+# wakes the send thread after a (re)connect or a new leader (with MatchClient._resend_due set):
+# it then resends every pending command
+_RESEND_ALL = object()
 
 
 class ClientError(RuntimeError):
@@ -143,8 +146,9 @@ class MatchClient:
         # pieces of answers too large for one message (receiver thread only)
         self._parts = protocol.Reassembler()
         self._lock = threading.Lock()
-        self._outbox: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._connected = threading.Event()
+        self._resend_due = threading.Event()  # set by the receiving thread, see _RESEND_ALL
         self._closed = False
         self._auth_failure: str | None = None
         self._refresh_lock = threading.Lock()
@@ -258,6 +262,15 @@ class MatchClient:
                 continue
             if first is None:
                 return
+            if self._resend_due.is_set():
+                # after a (re)connect or a new leader: every pending command, oldest first, before
+                # what was queued after them
+                self._resend_due.clear()
+                last_scan = time.monotonic()
+                self._resend_stale(everything=True)
+            if first is _RESEND_ALL:
+                continue
+            assert isinstance(first, _Pending)
             batch = [first]
             size = len(first.payload)
             while size < MAX_BATCH_BYTES and len(batch) < protocol.MAX_BATCH:
@@ -265,12 +278,14 @@ class MatchClient:
                     nxt = self._outbox.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
-                    self._outbox.put(None)
+                if nxt is None or nxt is _RESEND_ALL:
+                    self._outbox.put(nxt)  # handled next round, after this batch
                     break
+                assert isinstance(nxt, _Pending)
                 batch.append(nxt)
                 size += len(nxt.payload)
-            self._send(batch)
+            # (those the resend above has just sent go once)
+            self._send([p for p in batch if p.sends == 0])
             now = time.monotonic()
             if now - last_scan >= scan_every:
                 last_scan = now
@@ -377,14 +392,18 @@ class MatchClient:
             self.stats.connects += 1
             self._connected.set()
             log.info("connected; leader is member %d", leader)
-            self._resend_stale(everything=True)
+            self._resend_due.set()
+            self._outbox.put(_RESEND_ALL)
         elif kind == EVENT_NEW_LEADER:
             leader = int(body.split(b" ")[0])
             self.leader_member_id = leader
             self.stats.new_leaders += 1
             self._connected.set()
             log.info("new leader: member %d", leader)
-            self._resend_stale(everything=True)
+            # the send thread resends: offering can wait out back pressure, and this thread
+            # must go on taking answers meanwhile
+            self._resend_due.set()
+            self._outbox.put(_RESEND_ALL)
         elif kind == EVENT_DISCONNECTED:
             self.stats.disconnects += 1
             self._connected.clear()
