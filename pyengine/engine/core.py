@@ -371,23 +371,7 @@ def event_dict(e: object) -> dict:
     if k == EV_TRADE:
         m: Order = e[4]
         t: Order = e[5]
-        sym = t.sym
-        mf: int = e[6]
-        tf: int = e[7]
-        return {
-            "type": "trade",
-            "symbol": sym.name,
-            "trade_id": e[1],
-            "price": sym.price_str(e[2]),
-            "qty": sym.qty_str(e[3]),
-            "maker_order_id": m.oid,
-            "taker_order_id": t.oid,
-            "maker_account": m.acct.name,
-            "taker_account": t.acct.name,
-            "taker_side": SIDE_NAMES[t.side],
-            "maker_fee": fmt_scaled(mf, sym.quote_dec) if mf else "0",
-            "taker_fee": fmt_scaled(tf, sym.quote_dec) if tf else "0",
-        }
+        return _trade_dict(t.sym, e[1], e[2], e[3], m.oid, m.acct.name, t, e[6], e[7])
     if k == EV_ACCEPTED:
         o: Order = e[1]
         sym = o.sym
@@ -423,20 +407,43 @@ def event_dict(e: object) -> dict:
         }
     if k == EV_CANCELLED:
         o = e[1]
-        sym = o.sym
-        return {
-            "type": "cancelled",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": o.acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[o.side],
-            "remaining_qty": sym.qty_str(e[2]),
-            "reason": e[3],
-        }
+        return _cancelled_dict(o.sym, o.oid, o.coid, o.acct.name, o.side, e[2], e[3])
     if k == EV_REJECTED:
         return {"type": "rejected", "reason": e[1], "detail": e[2]}
     raise ValueError(f"not an event: {e!r}"[:200])
+
+
+def _trade_dict(sym: Symbol, trade_id: int, price: int, qty: int, maker_oid: int, maker_account: str,
+                taker: Order, mf: int, tf: int) -> dict:
+    """A trade's JSON event; the taker is always a live order (the placing one)."""
+    return {
+        "type": "trade",
+        "symbol": sym.name,
+        "trade_id": trade_id,
+        "price": sym.price_str(price),
+        "qty": sym.qty_str(qty),
+        "maker_order_id": maker_oid,
+        "taker_order_id": taker.oid,
+        "maker_account": maker_account,
+        "taker_account": taker.acct.name,
+        "taker_side": SIDE_NAMES[taker.side],
+        "maker_fee": fmt_scaled(mf, sym.quote_dec) if mf else "0",
+        "taker_fee": fmt_scaled(tf, sym.quote_dec) if tf else "0",
+    }
+
+
+def _cancelled_dict(sym: Symbol, oid: int, coid: str | None, account: str, side: int, remaining: int,
+                    reason: str) -> dict:
+    return {
+        "type": "cancelled",
+        "order_id": oid,
+        "client_order_id": coid,
+        "account": account,
+        "symbol": sym.name,
+        "side": SIDE_NAMES[side],
+        "remaining_qty": sym.qty_str(remaining),
+        "reason": reason,
+    }
 
 
 def event_dicts(evs: list) -> list[dict]:
@@ -1552,33 +1559,9 @@ def _placement_dicts(o: Order, rec: list) -> list[dict]:
     out = [event_dict((EV_ACCEPTED, o))]
     for r in rec:
         if r[0] == EV_TRADE:
-            mf = int(r[6])
-            tf = int(r[7])
-            out.append({
-                "type": "trade",
-                "symbol": sym.name,
-                "trade_id": r[1],
-                "price": sym.price_str(r[2]),
-                "qty": sym.qty_str(r[3]),
-                "maker_order_id": r[4],
-                "taker_order_id": o.oid,
-                "maker_account": r[5],
-                "taker_account": o.acct.name,
-                "taker_side": SIDE_NAMES[o.side],
-                "maker_fee": fmt_scaled(mf, sym.quote_dec) if mf else "0",
-                "taker_fee": fmt_scaled(tf, sym.quote_dec) if tf else "0",
-            })
+            out.append(_trade_dict(sym, r[1], r[2], r[3], r[4], r[5], o, int(r[6]), int(r[7])))
         else:
-            out.append({
-                "type": "cancelled",
-                "order_id": r[1],
-                "client_order_id": r[2],
-                "account": r[3],
-                "symbol": sym.name,
-                "side": SIDE_NAMES[r[4]],
-                "remaining_qty": sym.qty_str(r[5]),
-                "reason": r[6],
-            })
+            out.append(_cancelled_dict(sym, r[1], r[2], r[3], r[4], r[5], r[6]))
     return out
 
 
