@@ -130,6 +130,22 @@ def settled(events: list[Event], members: int = 3) -> bool:
     return sum(role == "LEADER" for _, role in latest.values()) == 1
 
 
+def snapshot_durations(events: list[Event]) -> list[float]:
+    """Milliseconds each member's consensus module spent in SNAPSHOT, per snapshot taken (the
+    time in which that member would not notice a dead leader). A snapshot cut short by a kill,
+    or still open at the end of the trace, is left out."""
+    started: dict[int, float] = {}
+    out: list[float] = []
+    for t, m, _state, _role, mod in events:
+        if mod == "SNAPSHOT":
+            started.setdefault(m, t)
+        elif m in started:
+            t0 = started.pop(m)
+            if mod == "ACTIVE":
+                out.append((t - t0) * 1000)
+    return out
+
+
 def breakdown(events: list[Event], killed_at: float, killed: int,
               horizon_s: float = 10.0) -> dict[str, float | int | None]:
     """Milliseconds from the kill until a survivor entered an election (``detect_ms``), one became

@@ -362,11 +362,15 @@ def main(argv: list[str] | None = None) -> int:
                f"({dups:,} answered from the reply cache after a resend), {errors} failed, "
                f"{pending + res['unanswered']} unanswered; members agree on the state hash: {agree}")
     log(summary)
-    write_report(args, env, timeouts, trials, summary, res, agree, fo)
+    snaps = election_trace.snapshot_durations(trace)
+    if snaps:
+        log(f"snapshots: {len(snaps)} taken by the members, SNAPSHOT state median {statistics.median(snaps):.0f} ms, "
+            f"max {max(snaps):.0f} ms")
+    write_report(args, env, timeouts, trials, summary, res, agree, fo, snaps)
     return 0 if pending + res["unanswered"] + errors == 0 and agree else 1
 
 
-def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
+def write_report(args, env, timeouts, trials, summary, res, agree, fo, snaps) -> None:
     cmd = "python bench/failover_under_load.py " + " ".join(sys.argv[1:])
     target_met = pctl(fo, 99) < 500
     how = (f"what is due as one bulk, at least {args.bulk_linger_ms:g} ms apart" if args.api == "bulk"
@@ -417,6 +421,11 @@ def write_report(args, env, timeouts, trials, summary, res, agree, fo) -> None:
             cells.append(f"{label} {statistics.median(vals):.0f}")
     lines.append("")
     lines.append("Medians (ms after the kill): " + ", ".join(cells) + ".\n")
+    if snaps:
+        lines.append(f"Snapshots during the run: {len(snaps)} (all members), each member's consensus module in "
+                     f"SNAPSHOT (service snapshot built, written and recorded; a dead leader goes unnoticed meanwhile) "
+                     f"median {statistics.median(snaps):.0f} ms, p90 {pctl(snaps, 90):.0f} ms, max "
+                     f"{max(snaps):.0f} ms.\n")
     lines.append(f"After the last trial the client needed {res['drain_s']:.0f} s to receive every outstanding "
                  "answer (a backlog means the cluster did not keep up with the offered rate on this machine).\n")
     lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "

@@ -88,7 +88,7 @@ class Order:
     __slots__ = (
         "oid", "acct", "sym", "side", "price", "qty", "unit", "hb", "rb", "coid",
         "oprice", "oqty", "filled", "otype", "tif", "post_only", "stp", "status", "ts", "ev",
-        "lvl", "prev", "nxt", "key",
+        "lvl", "prev", "nxt", "key", "row",
     )
 
     def __init__(self, oid: int, acct: Account, sym: Symbol, side: int, price: int, qty: int,
@@ -125,6 +125,9 @@ class Order:
         self.lvl: Level | None = None
         self.prev: Order | None = None
         self.nxt: Order | None = None
+        # once finished (it never changes again): its snapshot row, encoded at the first
+        # snapshot that holds it, so later snapshots copy the dedup windows as bytes
+        self.row: bytes | None = None
 
 
 class Level:

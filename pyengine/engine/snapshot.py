@@ -6,8 +6,10 @@ Layout (all integers little-endian)::
     body    = sections (see ``dump``)
     trailer = blake2b-256(header + body)
 
-Orders (the bulk of the state) are stored column-wise as packed int64 arrays, so a
-snapshot with 1,000,000 resting orders encodes and restores in a few seconds.
+Open orders (the bulk of a deep book) are stored column-wise as packed int64 arrays, so a
+snapshot with 1,000,000 resting orders encodes and restores in a few seconds. Finished orders
+(the dedup windows, most of a busy engine's state) are stored row by row: a finished order never
+changes, so it keeps its encoded row and the next snapshot copies it.
 Restore builds a brand new Engine; any defect raises ``SnapshotError`` and nothing partial
 escapes.
 """
@@ -42,7 +44,9 @@ from .errors import SnapshotError
 from .numbers import POW10, fmt_scaled
 
 MAGIC = b"MXENGSNP"
-VERSION = 1
+VERSION = 2
+# Version 1 (before 24 Nov 2026) kept finished orders in the order columns too; it still loads.
+_READS: Final = (1, 2)
 _HDR = struct.Struct("<8sHHQ")
 _DIGEST = 32
 _BIG = sys.byteorder == "big"
@@ -57,6 +61,9 @@ _F_STATUS_SHIFT = 7   # 2 bits
 _F_COID = 512
 _F_EV = 1024
 _NONE = -(2**63)
+# a finished order's row: oid, price, qty, oprice, oqty, filled, ts, symbol index, flags,
+# client order id length, events length; then the client order id (UTF-8) and the events
+_ROW: Final = struct.Struct("<7qiHHI")
 _I32: Final = "l" if array("l").itemsize == 4 else "i"
 _U32: Final = "L" if array("L").itemsize == 4 else "I"
 
@@ -132,7 +139,7 @@ class _R:
         return a.tolist()  # list indexing is native in the compiled module, array's is not
 
 
-def _body(eng: Engine) -> bytes:
+def _body(eng: Engine) -> list[bytes]:
     w = _W()
     w.i64(eng.dedup_window)
     w.i64(eng.next_oid)
@@ -173,8 +180,7 @@ def _body(eng: Engine) -> bytes:
         w.big(rec[3])
         w.big(rec[4])
 
-    # ---- orders, column-wise: each side's book best price first, then each account's
-    # finished window oldest first
+    # ---- open orders, column-wise: each side's book best price first
     rows: list[Order] = []
     counts: list[int] = []
     for s in syms:
@@ -186,9 +192,6 @@ def _body(eng: Engine) -> bytes:
                     rows.append(o)
                     o = o.nxt
             counts.append(len(rows) - before)
-    for a in accts:
-        rows.extend(a.finished)
-        counts.append(len(a.finished))
     n = len(rows)
     oid: list[int] = []
     price: list[int] = []
@@ -203,40 +206,21 @@ def _body(eng: Engine) -> bytes:
     coid_strs: list[str] = []
     ev_enc: list[bytes] = []
     for o in rows:
-        market = o.otype == MARKET
         oid.append(o.oid)
-        price.append(_NONE if market else o.price)
+        price.append(o.price)
         qty.append(o.qty)
-        oprice.append(_NONE if market else o.oprice)
+        oprice.append(o.oprice)
         oqty.append(o.oqty)
         filled.append(o.filled)
         ts.append(o.ts)
         acc.append(acidx[o.acct.name])
         sym.append(sidx[o.sym.name])
-        f = o.side | (o.otype << 1) | (o.tif << _F_TIF_SHIFT) | (o.stp << _F_STP_SHIFT) \
-            | (o.status << _F_STATUS_SHIFT)
-        if o.post_only:
-            f |= _F_POST_ONLY
+        flags.append(_flags(o))
         c = o.coid
         if c is not None:
-            f |= _F_COID
             coid_strs.append(c)
-        ev = o.ev
-        if ev is not None:
-            f |= _F_EV
-            if isinstance(ev, bytes):
-                ev_json = ev
-            else:
-                assert isinstance(ev, list)
-                # a compact record (a trade ~45 bytes, ~270 as the event's JSON dict): the
-                # dedup windows' finished orders are most of a busy engine's snapshot
-                ev_json = orjson.dumps(placement_record(o, ev))
-                # A placement's events never change: keep the encoded record, so the next
-                # snapshot of the finished orders' windows copies bytes instead of encoding them
-                # again (and the order stops holding the orders its events name).
-                o.ev = ev_json
-            ev_enc.append(ev_json)
-        flags.append(f)
+        if o.ev is not None:
+            ev_enc.append(_events_bytes(o))
     coid_text = "".join(coid_strs)
     if coid_text.isascii():
         coid_lens = [len(c) for c in coid_strs]
@@ -257,21 +241,69 @@ def _body(eng: Engine) -> bytes:
     w.raw(coid_bytes)
     w.arr(_U32, ev_lens)
     w.raw(b"".join(ev_enc))
-    return b"".join(w.parts)
+
+    # ---- finished orders (the dedup windows), row by row, each account's oldest first. A
+    # finished order never changes, so its row is encoded once, by the first snapshot that holds
+    # it, and kept on the order: a busy engine's windows are most of its snapshot, and copying
+    # them keeps the snapshot short (while members take one, Aeron does not notice a dead leader)
+    w.arr(_U32, [len(a.finished) for a in accts])
+    fin: list[bytes] = []
+    for a in accts:
+        for o in a.finished:
+            row = o.row
+            if row is None:
+                row = o.row = _finished_row(o, sidx[o.sym.name])
+            fin.append(row)
+    w.parts.append(struct.pack("<Q", sum([len(x) for x in fin])))
+    w.parts.extend(fin)  # joined once, with the header and trailer (a busy engine's ~20 MB)
+    return w.parts
+
+
+def _flags(o: Order) -> int:
+    f = o.side | (o.otype << 1) | (o.tif << _F_TIF_SHIFT) | (o.stp << _F_STP_SHIFT) \
+        | (o.status << _F_STATUS_SHIFT)
+    if o.post_only:
+        f |= _F_POST_ONLY
+    if o.coid is not None:
+        f |= _F_COID
+    if o.ev is not None:
+        f |= _F_EV
+    return f
+
+
+def _events_bytes(o: Order) -> bytes:
+    """``o``'s placement events as stored: a compact record (a trade ~45 bytes, ~270 as the
+    event's JSON dict). A placement's events never change, so the order keeps the bytes (and
+    stops holding the orders its events name)."""
+    ev = o.ev
+    if isinstance(ev, bytes):
+        return ev
+    assert isinstance(ev, list)
+    b = orjson.dumps(placement_record(o, ev))
+    o.ev = b
+    return b
+
+
+def _finished_row(o: Order, sym_index: int) -> bytes:
+    market = o.otype == MARKET
+    coid = b"" if o.coid is None else o.coid.encode()
+    ev = b"" if o.ev is None else _events_bytes(o)
+    return _ROW.pack(o.oid, _NONE if market else o.price, o.qty, _NONE if market else o.oprice, o.oqty,
+                     o.filled, o.ts, sym_index, _flags(o), len(coid), len(ev)) + coid + ev
 
 
 def dump(eng: Engine) -> bytes:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the column lists are large; collecting while building them only costs time
     try:
-        body = _body(eng)
+        parts = _body(eng)
     finally:
         if gc_was_enabled:
             gc.enable()
-    hdr = _HDR.pack(MAGIC, VERSION, 0, len(body))
-    h = hashlib.blake2b(hdr, digest_size=_DIGEST)
-    h.update(body)
-    return hdr + body + h.digest()
+    hdr = _HDR.pack(MAGIC, VERSION, 0, sum([len(x) for x in parts]))
+    parts.insert(0, hdr)
+    blob = b"".join(parts)
+    return blob + hashlib.blake2b(blob, digest_size=_DIGEST).digest()
 
 
 def state_hash(eng: Engine) -> str:
@@ -287,8 +319,9 @@ def load(blob: object) -> Engine:
     magic, version, _res, blen = _HDR.unpack(mv[: _HDR.size])
     if magic != MAGIC:
         raise SnapshotError("not an engine snapshot (bad magic)")
-    if version != VERSION:
-        raise SnapshotError(f"unsupported snapshot version {version} (this engine reads {VERSION})")
+    if version not in _READS:
+        raise SnapshotError(f"unsupported snapshot version {version} (this engine reads versions "
+                            f"{', '.join(map(str, _READS))})")
     if len(mv) != _HDR.size + blen + _DIGEST:
         raise SnapshotError("snapshot truncated or has trailing bytes")
     h = hashlib.blake2b(mv[: _HDR.size + blen], digest_size=_DIGEST)
@@ -298,7 +331,7 @@ def load(blob: object) -> Engine:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]))
+        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]), version)
     except SnapshotError:
         raise
     except Exception as e:
@@ -309,7 +342,7 @@ def load(blob: object) -> Engine:
     return eng
 
 
-def _load_body(r: _R) -> Engine:
+def _load_body(r: _R, version: int) -> Engine:
     eng = Engine(dedup_window=r.i64())
     eng.next_oid = r.i64()
     eng.next_tid = r.i64()
@@ -382,13 +415,24 @@ def _load_body(r: _R) -> Engine:
     coid_blob = bytes(r.raw())
     ev_lens = r.arr(_U32)
     ev_blob = bytes(r.raw())
+    fin_counts: list[int] = []
+    fin_blob = b""
+    if version >= 2:
+        fin_counts = r.arr(_U32)
+        fin_blob = bytes(r.raw())
     if r.pos != len(r.mv):
         raise SnapshotError("trailing bytes in snapshot body")
     for col in (oid, price, qty, oprice, oqty, filled, ts, acc, sym, flags):
         if len(col) != n:
             raise SnapshotError("order columns have inconsistent lengths")
-    if len(counts) != 2 * len(syms) + len(accts) or sum(counts) != n:
+    nsyms = len(syms)
+    naccts = len(accts)
+    # version 1: the columns hold the finished orders too, each account's after the books
+    column_sections = 2 * nsyms + (naccts if version == 1 else 0)
+    if len(counts) != column_sections or sum(counts) != n:
         raise SnapshotError("order counts inconsistent")
+    if version >= 2 and len(fin_counts) != naccts:
+        raise SnapshotError("finished order counts inconsistent")
 
     # client order ids: one decode of the whole blob when it is ASCII (byte == char offsets)
     if sum(coid_lens) != len(coid_blob):
@@ -406,33 +450,13 @@ def _load_body(r: _R) -> Engine:
             cpos += ln
     if sum(ev_lens) != len(ev_blob):
         raise SnapshotError("event blob inconsistent")
-    # (account, symbol, side) -> (held, received) balances; (price, symbol) -> buy unit; both
-    # keyed by one int (no tuple per order)
-    cells: dict[int, tuple[Bal, Bal]] = {}
-    units: dict[int, int] = {}
+    b = _Builder(accts, syms)
     rows: list[Order] = []
     ci = 0
     ei = 0
     epos = 0
-    nsyms = len(syms)
-    naccts = len(accts)
     for i in range(n):
         f = flags[i]
-        side = SELL if f & _F_SELL else BUY
-        otype = MARKET if f & _F_MARKET else LIMIT
-        ai = acc[i]
-        si = sym[i]
-        if not (0 <= ai < naccts and 0 <= si < nsyms):
-            raise SnapshotError("order refers to an unknown account or symbol")
-        a = accts[ai]
-        s = syms[si]
-        p = price[i]
-        op_ = oprice[i]
-        if otype == MARKET:
-            if p != _NONE or op_ != _NONE:
-                raise SnapshotError("market order with a price")
-            p = 0
-            op_ = 0
         coid: str | None = None
         if f & _F_COID:
             if ci >= len(coids):
@@ -448,33 +472,8 @@ def _load_body(r: _R) -> Engine:
             ev = ev_blob[epos:epos + ln]
             epos += ln
             ei += 1
-        key = (ai * nsyms + si) * 2 + side
-        hr = cells.get(key)
-        if hr is None:
-            base = _balance_of(a, s.base)
-            quote = _balance_of(a, s.quote)
-            hr = (quote, base) if side == BUY else (base, quote)
-            cells[key] = hr
-        if side == SELL:
-            unit = s.bpl
-        elif otype == MARKET:
-            unit = 0
-        else:
-            uk = p * nsyms + si
-            u = units.get(uk)
-            if u is None:
-                u = s.buy_unit(p)
-                units[uk] = u
-            unit = u
-        o = Order(oid[i], a, s, side, p, qty[i], unit, hr[0], hr[1], coid, otype,
-                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY), (f >> _F_STP_SHIFT) & 3,
-                  ts[i])
-        o.oprice = op_
-        o.oqty = oqty[i]
-        o.filled = filled[i]
-        o.status = (f >> _F_STATUS_SHIFT) & 3
-        o.ev = ev
-        rows.append(o)
+        rows.append(b.order(oid[i], acc[i], sym[i], f, price[i], qty[i], oprice[i], oqty[i], filled[i],
+                            ts[i], coid, ev))
     if ci != len(coids) or ei != len(ev_lens):
         raise SnapshotError("string/event blobs inconsistent")
 
@@ -513,17 +512,106 @@ def _load_body(r: _R) -> Engine:
         o.acct.open[okey] = o
     if len(orders) != len(open_orders):
         raise SnapshotError("duplicate order id")
-    for ai in range(naccts):
-        a = accts[ai]
-        cnt = counts[2 * nsyms + ai]
-        fin = rows[pos:pos + cnt]
-        for o in fin:
-            if o.acct is not a or o.status == OPEN:
-                raise SnapshotError("inconsistent finished order")
-        a.finished = deque(fin)
-        a.coids_pending = True  # the client order id index is built on first use
-        pos += cnt
+    if version == 1:
+        for ai in range(naccts):
+            cnt = counts[2 * nsyms + ai]
+            _set_finished(accts[ai], rows[pos:pos + cnt])
+            pos += cnt
+    else:
+        _load_finished(b, accts, fin_counts, fin_blob)
     return eng
+
+
+def _load_finished(b: _Builder, accts: list[Account], fin_counts: list[int], blob: bytes) -> None:
+    """The finished rows of a version-2 snapshot; each order keeps its row for the next snapshot."""
+    end = len(blob)
+    pos = 0
+    size = _ROW.size
+    for ai in range(len(accts)):
+        a = accts[ai]
+        fin: list[Order] = []
+        for _ in range(fin_counts[ai]):
+            if pos + size > end:
+                raise SnapshotError("finished order rows truncated")
+            oid, p, q, op_, oq, filled, ts, si, f, clen, elen = _ROW.unpack_from(blob, pos)
+            cstart = pos + size
+            estart = cstart + clen
+            stop = estart + elen
+            if stop > end:
+                raise SnapshotError("finished order rows truncated")
+            if bool(f & _F_COID) != (clen > 0) or bool(f & _F_EV) != (elen > 0):
+                raise SnapshotError("finished order row inconsistent")
+            coid = blob[cstart:estart].decode() if clen else None
+            ev = blob[estart:stop] if elen else None
+            o = b.order(oid, ai, si, f, p, q, op_, oq, filled, ts, coid, ev)
+            o.row = blob[pos:stop]
+            fin.append(o)
+            pos = stop
+        _set_finished(a, fin)
+    if pos != end:
+        raise SnapshotError("trailing bytes after the finished order rows")
+
+
+def _set_finished(a: Account, fin: list[Order]) -> None:
+    for o in fin:
+        if o.acct is not a or o.status == OPEN:
+            raise SnapshotError("inconsistent finished order")
+    a.finished = deque(fin)
+    a.coids_pending = True  # the client order id index is built on first use
+
+
+class _Builder:
+    """Builds restored orders, sharing their balance cells and buy units."""
+
+    def __init__(self, accts: list[Account], syms: list[Symbol]) -> None:
+        self.syms = syms
+        self.nsyms = len(syms)
+        # (account, symbol, side) -> (held, received) balances; (price, symbol) -> buy unit; both
+        # keyed by one int (no tuple per order)
+        self.cells: dict[int, tuple[Bal, Bal]] = {}
+        self.units: dict[int, int] = {}
+        self.accts = accts
+
+    def order(self, oid: int, ai: int, si: int, f: int, p: int, qty: int, op_: int, oqty: int, filled: int,
+              ts: int, coid: str | None, ev: bytes | None) -> Order:
+        nsyms = self.nsyms
+        if not (0 <= ai < len(self.accts) and 0 <= si < nsyms):
+            raise SnapshotError("order refers to an unknown account or symbol")
+        a = self.accts[ai]
+        s = self.syms[si]
+        side = SELL if f & _F_SELL else BUY
+        otype = MARKET if f & _F_MARKET else LIMIT
+        if otype == MARKET:
+            if p != _NONE or op_ != _NONE:
+                raise SnapshotError("market order with a price")
+            p = 0
+            op_ = 0
+        key = (ai * nsyms + si) * 2 + side
+        hr = self.cells.get(key)
+        if hr is None:
+            base = _balance_of(a, s.base)
+            quote = _balance_of(a, s.quote)
+            hr = (quote, base) if side == BUY else (base, quote)
+            self.cells[key] = hr
+        if side == SELL:
+            unit = s.bpl
+        elif otype == MARKET:
+            unit = 0
+        else:
+            uk = p * nsyms + si
+            u = self.units.get(uk)
+            if u is None:
+                u = s.buy_unit(p)
+                self.units[uk] = u
+            unit = u
+        o = Order(oid, a, s, side, p, qty, unit, hr[0], hr[1], coid, otype,
+                  (f >> _F_TIF_SHIFT) & 3, bool(f & _F_POST_ONLY), (f >> _F_STP_SHIFT) & 3, ts)
+        o.oprice = op_
+        o.oqty = oqty
+        o.filled = filled
+        o.status = (f >> _F_STATUS_SHIFT) & 3
+        o.ev = ev
+        return o
 
 
 def _balance_of(a: Account, asset: str) -> Bal:

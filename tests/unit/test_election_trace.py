@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.election_trace import breakdown, parse, settled
+from bench.election_trace import breakdown, parse, settled, snapshot_durations
 
 # member 0 led and was killed at t=10.000 s; members 1 and 2 survive
 TRACE = """\
@@ -60,3 +60,14 @@ def test_settled_only_once_every_member_has_left_its_election(tmp_path: Path) ->
     rejoined = events + [(12.5, 0, "CLOSED", "FOLLOWER", "ACTIVE")]
     assert settled(rejoined)
     assert not settled([e for e in rejoined if e[1] != 2])  # a member never seen
+
+
+def test_snapshot_durations_count_only_snapshots_that_finished(tmp_path: Path) -> None:
+    path = tmp_path / "trace.txt"
+    path.write_text(TRACE + "13000.0 1 CLOSED LEADER SNAPSHOT\n13000.5 2 CLOSED FOLLOWER SNAPSHOT\n"
+                    "13040.0 1 CLOSED LEADER ACTIVE\n13070.5 2 CLOSED FOLLOWER ACTIVE\n"
+                    "14000.0 0 CLOSED FOLLOWER SNAPSHOT\n14100.0 0 INIT FOLLOWER INIT\n"
+                    "15000.0 1 CLOSED LEADER SNAPSHOT\n")
+    # member 2's snapshot at the start of the trace ended at 10.05 s; member 0's was cut short by
+    # its restart and member 1's last one never ended in the trace
+    assert snapshot_durations(parse(path)) == pytest.approx([1050.0, 40.0, 70.0])

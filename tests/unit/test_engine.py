@@ -9,8 +9,8 @@ from pyengine.engine import Engine, SnapshotError
 SYM = "BTC-USD"
 
 
-def mk(fees=(0, 0), stp="cancel_taker", **extra) -> Engine:
-    e = Engine()
+def mk(fees=(0, 0), stp="cancel_taker", dedup_window=1000, **extra) -> Engine:
+    e = Engine(dedup_window=dedup_window)
     ev = e.apply({"op": "add_symbol", "symbol": SYM, "base": "BTC", "quote": "USD",
                   "tick_size": "0.5", "lot_size": "0.001", "maker_fee_bps": fees[0],
                   "taker_fee_bps": fees[1], "stp_default": stp, **extra}, 1)
@@ -709,3 +709,88 @@ def test_lazy_deletion_compaction_keeps_priority():
     ev = place(e, "carol", "sell", "100", "0.01")
     assert ev[1]["maker_order_id"] == ids[-1]
     assert book(e) == ([], [])
+
+
+def _snapshot_format_scenario() -> Engine:
+    """A fixed command stream with everything a snapshot holds: resting orders on both sides,
+    finished orders with trades and fees, a maker cancelled by self-trade prevention, an IOC
+    remainder, a market order, a cancel, an amend, client order ids, transfers. Its version-1
+    snapshot (written by the engine of 24 Nov 2026) is kept in tests/unit/data."""
+    e = mk(fees=(10, 25), stp="cancel_maker")
+    for i in range(12):
+        place(e, "alice", "buy", str(90 + i % 5), "0.25", client_order_id=f"b{i}")
+        place(e, "bob", "sell", str(100 + i % 4), "0.5", client_order_id=f"s{i}")
+    place(e, "alice", "sell", "100.5", "1", client_order_id="self")
+    place(e, "alice", "buy", "101", "2", client_order_id="t1")
+    place(e, "carol", "buy", "103", "5", client_order_id="t2", tif="IOC")
+    place(e, "dan", "sell", None, "0.5", client_order_id="t3", type="market")
+    e.apply({"op": "cancel", "account": "alice", "symbol": SYM, "client_order_id": "b3"}, 11)
+    e.apply({"op": "amend", "account": "alice", "symbol": SYM, "client_order_id": "b4", "price": "95"}, 12)
+    e.apply({"op": "withdraw", "account": "dan", "asset": "USD", "amount": "12.5", "tx_id": "w1"}, 13)
+    return e
+
+
+def _dup_answers(e: Engine) -> dict:
+    return {(a.name, o.coid): place(e, a.name, "buy", "1", "1", client_order_id=o.coid)
+            for a in list(e.accounts.values()) for o in list(a.finished) if o.coid is not None}
+
+
+def test_a_version_1_snapshot_still_loads_into_the_same_state():
+    """Snapshots before 24 Nov 2026 (version 1) kept finished orders in the order columns: one
+    restores into exactly the state the same commands build live (equal version-2 snapshot), and
+    its remembered orders answer duplicates alike."""
+    from pathlib import Path
+
+    v1 = (Path(__file__).parent / "data" / "engine_snapshot_v1.bin").read_bytes()
+    assert v1[8:10] == b"\x01\x00"
+    restored = Engine.restore(v1)
+    restored.check_invariants()
+    live = _snapshot_format_scenario()
+    assert restored.snapshot() == live.snapshot()
+    assert restored.snapshot()[8:10] == b"\x02\x00"
+    assert _dup_answers(restored) == _dup_answers(live)
+
+
+def test_snapshots_taken_along_the_way_do_not_change_later_snapshots():
+    """A finished order keeps its encoded snapshot row: an engine that took (and restored)
+    snapshots in between must write the same bytes as one that never did."""
+    cmds = [
+        {"op": "place", "account": acct, "symbol": SYM, "side": side, "price": str(price), "qty": qty,
+         "client_order_id": f"{acct}{i}", **({"tif": "IOC"} if i % 7 == 0 else {})}
+        for i in range(120)
+        for acct, side, price, qty in [(("alice", "bob", "carol")[i % 3], ("buy", "sell")[i % 2],
+                                        95 + (i * 7) % 11, ("0.5", "1", "0.25")[i % 3])]
+    ]
+    quiet = mk(fees=(3, 9), dedup_window=5)
+    busy = mk(fees=(3, 9), dedup_window=5)
+    for i, cmd in enumerate(cmds):
+        assert quiet.apply(cmd, 20 + i) == busy.apply(cmd, 20 + i)
+        if i % 9 == 0:
+            busy.snapshot()
+        if i % 25 == 0:
+            busy = Engine.restore(busy.snapshot())
+    assert any(a.finished for a in quiet.accounts.values())
+    assert busy.snapshot() == quiet.snapshot()
+    assert _dup_answers(busy) == _dup_answers(quiet)
+
+
+@pytest.mark.parametrize("cut", ["row_header", "row_tail"])
+def test_a_snapshot_with_broken_finished_rows_is_refused(cut):
+    """Structure errors behind a valid checksum (a writer's bug, not a disk's) are refused too."""
+    import hashlib
+    import struct
+
+    e = _snapshot_format_scenario()
+    blob = e.snapshot()
+    body = bytearray(blob[20:-32])
+    # the finished rows are the body's last section: u64 length, then the rows
+    fin_len_at = len(body) - sum(len(o.row) for a in e.accounts.values() for o in a.finished) - 8
+    (fin_len,) = struct.unpack_from("<Q", body, fin_len_at)
+    cut_bytes = 30 if cut == "row_header" else 3
+    del body[len(body) - cut_bytes:]
+    struct.pack_into("<Q", body, fin_len_at, fin_len - cut_bytes)
+    hdr = blob[:12] + struct.pack("<Q", len(body))
+    bad = hdr + bytes(body)
+    bad += hashlib.blake2b(bad, digest_size=32).digest()
+    with pytest.raises(SnapshotError, match="finished order"):
+        Engine.restore(bad)
