@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 
 import jpype
+import jpype.nio
 from jpype import JImplements, JOverride
 
 from pyengine.service import MatchingService
@@ -27,6 +29,7 @@ class ServiceBridge:
         self.input: memoryview | None = None
         self.output: memoryview | None = None
         self.fatal: str | None = None
+        self.snapshot_buffer: bytearray | None = None
 
     def attach(self, java_service) -> None:
         self.input = memoryview(java_service.inputBuffer()).cast("B")
@@ -78,9 +81,18 @@ class ServiceBridge:
 
     @JOverride
     def onTakeSnapshot(self, position):
-        blob = self.service.snapshot()
-        log.info("snapshot at position %d: %d bytes", int(position), len(blob))
-        return jpype.JArray(jpype.JByte)(blob)
+        started = time.perf_counter()
+        buf = self.service.snapshot_buffer()
+        # Java reads this memory after we return (chunking it into the snapshot recording): it
+        # stays referenced until Java says it is written
+        self.snapshot_buffer = buf
+        log.info("snapshot at position %d: %d bytes, built in %.0f ms", int(position), len(buf),
+                 (time.perf_counter() - started) * 1000)
+        return jpype.nio.convertToDirectBuffer(buf)
+
+    @JOverride
+    def onSnapshotWritten(self) -> None:
+        self.snapshot_buffer = None
 
     @JOverride
     def onRoleChange(self, role) -> None:

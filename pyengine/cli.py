@@ -33,13 +33,24 @@ def _print_status(cluster: LocalCluster, as_json: bool) -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"cluster {cluster.layout.cluster_id} in {cluster.dir}  ingress {cluster.ingress_endpoints()}")
-    print(f"{'member':>6} {'pid':>8} {'role':<10} {'leader':>6} {'log position':>14} {'snapshot at':>12}  state hash")
+    print(f"{'member':>6} {'pid':>8} {'role':<10} {'leader':>6} {'log position':>14} {'snapshot at':>12} "
+          f"{'size, build + write':>21}  state hash")
     for s in rows:
         h = s.get("state_hash") or {}
         hash_text = f"{h['engine_hash'][:16]} @{h['position']}" if h else "-"
         snap = s.get("last_snapshot_position", -1)
         print(f"{s['member_id']:>6} {s.get('pid', '-'):>8} {s['role']:<10} {s.get('leader_member_id', '-'):>6} "
-              f"{s.get('log_position', '-'):>14} {snap if snap is not None and snap >= 0 else '-':>12}  {hash_text}")
+              f"{s.get('log_position', '-'):>14} {snap if snap is not None and snap >= 0 else '-':>12} "
+              f"{_snapshot_cost(s):>21}  {hash_text}")
+
+
+def _snapshot_cost(status: dict) -> str:
+    """The member's last snapshot: its size and how long its service took to build and write it
+    (a member notices a dead leader only after its snapshot is done; docs/operations.md)."""
+    size = status.get("last_snapshot_bytes", -1)
+    if size is None or size < 0:
+        return "-"
+    return f"{size / 1e6:.1f} MB, {status.get('last_snapshot_build_ms')} + {status.get('last_snapshot_write_ms')} ms"
 
 
 def cmd_cluster_up(args) -> int:

@@ -461,25 +461,29 @@ class MatchingService:
         os.replace(tmp, self.hash_file)
 
     def snapshot(self) -> bytes:
+        return b"".join(self._snapshot_parts())
+
+    def snapshot_buffer(self) -> bytearray:
+        """The same bytes as ``snapshot`` in a writable buffer: the bridge hands it to Java as a
+        direct ByteBuffer over this memory instead of copying it into a Java array."""
+        return bytearray().join(self._snapshot_parts())
+
+    def _snapshot_parts(self) -> list[bytes]:
         gc.freeze()  # what lived until this snapshot is long-lived: keep it out of collections
         engine_blob = self.engine.snapshot()
         replies = self.replies.encode()
         routing = orjson.dumps({"owned": self.owned, "moved": self.moved}, option=orjson.OPT_SORT_KEYS)
         auth = self.auth.to_bytes() if self.auth is not None else b""
-        return b"".join(
-            (
-                _SNAP_HEADER.pack(
-                    SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.applied, self.last_position, self.chain
-                ),
-                _U64.pack(len(engine_blob)),
-                engine_blob,
-                _U64.pack(len(routing)),
-                routing,
-                _U64.pack(len(auth)),
-                auth,
-                replies,
-            )
-        )
+        return [
+            _SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.applied, self.last_position, self.chain),
+            _U64.pack(len(engine_blob)),
+            engine_blob,
+            _U64.pack(len(routing)),
+            routing,
+            _U64.pack(len(auth)),
+            auth,
+            replies,
+        ]
 
     def restore(self, blob: bytes) -> None:
         """Replaces the state with ``blob``'s, or raises ServiceSnapshotError changing nothing."""

@@ -57,6 +57,10 @@ def test_whole_cluster_killed_and_restarted_recovers_from_snapshot_and_log(make_
     trade_some(client, "a")
     taken = cluster.request_snapshot()
     assert len(taken) == 3 and len(set(taken.values())) == 1
+    for member in range(3):  # what `matchctl cluster status` shows of the last snapshot
+        status = cluster.member_status(member)
+        assert status["last_snapshot_bytes"] > 1000
+        assert status["last_snapshot_build_ms"] >= 0 and status["last_snapshot_write_ms"] >= 0
     trade_some(client, "b")  # after the snapshot: must come back from the log
     before = agreed_hash(cluster, client, range(3))
 

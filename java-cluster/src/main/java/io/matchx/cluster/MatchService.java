@@ -44,6 +44,7 @@ public final class MatchService implements ClusteredService
     private volatile long leadershipTermId = -1;
     private volatile long logPosition;
     private volatile long lastSnapshotPosition = -1;
+    private volatile StatusFile.SnapshotStats lastSnapshot = StatusFile.SnapshotStats.NONE;
     private volatile long droppedReplies;
     private long nextStatusNs;
 
@@ -200,9 +201,22 @@ public final class MatchService implements ClusteredService
     public void onTakeSnapshot(final ExclusivePublication snapshotPublication)
     {
         final long position = cluster.logPosition();
-        final byte[] state = handler.onTakeSnapshot(position);
-        SnapshotChunks.write(snapshotPublication, state, cluster.idleStrategy());
+        final long started = System.nanoTime();
+        final java.nio.ByteBuffer state = handler.onTakeSnapshot(position);
+        final long built = System.nanoTime();
+        try
+        {
+            SnapshotChunks.write(snapshotPublication, state, cluster.idleStrategy());
+        }
+        finally
+        {
+            handler.onSnapshotWritten();
+        }
         lastSnapshotPosition = position;
+        lastSnapshot = new StatusFile.SnapshotStats(
+            state.remaining(),
+            TimeUnit.NANOSECONDS.toMillis(built - started),
+            TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - built));
     }
 
     public void onRoleChange(final Cluster.Role newRole)
@@ -254,7 +268,7 @@ public final class MatchService implements ClusteredService
         if (null != statusFile && null != cluster)
         {
             statusFile.write(memberId, role, leaderMemberId, leadershipTermId, logPosition,
-                lastSnapshotPosition, droppedReplies);
+                lastSnapshotPosition, lastSnapshot, droppedReplies);
         }
     }
 

@@ -1,5 +1,7 @@
 package io.matchx.cluster;
 
+import java.nio.ByteBuffer;
+
 /**
  * The narrow interface the Python service implements (through a JPype proxy).
  *
@@ -29,8 +31,16 @@ public interface ServiceHandler
 
     void onSessionClose(long clusterSessionId, long timestamp);
 
-    /** @return the whole service state; the shim chunks it into the snapshot publication. */
-    byte[] onTakeSnapshot(long logPosition);
+    /**
+     * @return the whole service state, from its position to its limit; the shim chunks it into the
+     * snapshot publication before it returns to the service. A direct buffer over the service's
+     * own memory saves copying a busy engine's tens of MB into a Java array while the member is in
+     * its snapshot (it notices a dead leader only afterwards).
+     */
+    ByteBuffer onTakeSnapshot(long logPosition);
+
+    /** The buffer {@link #onTakeSnapshot} returned has been written (or failed to): it may go. */
+    void onSnapshotWritten();
 
     /** @param role 0 follower, 1 candidate, 2 leader (Aeron's Cluster.Role codes). */
     void onRoleChange(int role);

@@ -8,6 +8,7 @@ import org.agrona.ExpandableArrayBuffer;
 import org.agrona.concurrent.IdleStrategy;
 import org.agrona.concurrent.UnsafeBuffer;
 
+import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 
 /**
@@ -24,21 +25,23 @@ public final class SnapshotChunks
     {
     }
 
-    public static void write(final ExclusivePublication publication, final byte[] state, final IdleStrategy idle)
+    /** Writes {@code state} from its position to its limit (the buffer's position is unchanged). */
+    public static void write(final ExclusivePublication publication, final ByteBuffer state, final IdleStrategy idle)
     {
+        final int length = state.remaining();
         final java.util.zip.CRC32C crc = new java.util.zip.CRC32C();
-        crc.update(state, 0, state.length);
+        crc.update(state.duplicate());
         final UnsafeBuffer header = new UnsafeBuffer(new byte[HEADER_LENGTH]);
         header.putInt(0, MAGIC, ByteOrder.LITTLE_ENDIAN);
-        header.putLong(4, state.length, ByteOrder.LITTLE_ENDIAN);
+        header.putLong(4, length, ByteOrder.LITTLE_ENDIAN);
         header.putLong(12, crc.getValue(), ByteOrder.LITTLE_ENDIAN);
         offer(publication, header, 0, HEADER_LENGTH, idle);
 
-        final UnsafeBuffer body = new UnsafeBuffer(state);
+        final UnsafeBuffer body = new UnsafeBuffer(state, state.position(), length);
         final int chunk = Math.min(publication.maxPayloadLength(), 1 << 20);
-        for (int offset = 0; offset < state.length; offset += chunk)
+        for (int offset = 0; offset < length; offset += chunk)
         {
-            offer(publication, body, offset, Math.min(chunk, state.length - offset), idle);
+            offer(publication, body, offset, Math.min(chunk, length - offset), idle);
         }
     }
 

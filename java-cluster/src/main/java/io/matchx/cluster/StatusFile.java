@@ -30,6 +30,7 @@ public final class StatusFile
         final long leadershipTermId,
         final long logPosition,
         final long lastSnapshotPosition,
+        final SnapshotStats snapshot,
         final long droppedReplies)
     {
         final String json = "{\"member_id\":" + memberId +
@@ -39,6 +40,9 @@ public final class StatusFile
             ",\"leadership_term_id\":" + leadershipTermId +
             ",\"log_position\":" + logPosition +
             ",\"last_snapshot_position\":" + lastSnapshotPosition +
+            ",\"last_snapshot_bytes\":" + snapshot.bytes +
+            ",\"last_snapshot_build_ms\":" + snapshot.buildMs +
+            ",\"last_snapshot_write_ms\":" + snapshot.writeMs +
             ",\"dropped_replies\":" + droppedReplies +
             ",\"updated_ms\":" + System.currentTimeMillis() + "}\n";
         try
@@ -49,6 +53,25 @@ public final class StatusFile
         catch (final IOException ignore)
         {
             // Status is advisory; a full disk must not stop the service.
+        }
+    }
+
+    /** The last snapshot this member's service took: its size and how long it took (-1: none yet). */
+    public static final class SnapshotStats
+    {
+        static final SnapshotStats NONE = new SnapshotStats(-1, -1, -1);
+
+        final long bytes;
+        /** The service (Python) building the state's bytes. */
+        final long buildMs;
+        /** Offering the bytes to the snapshot recording, in chunks. */
+        final long writeMs;
+
+        SnapshotStats(final long bytes, final long buildMs, final long writeMs)
+        {
+            this.bytes = bytes;
+            this.buildMs = buildMs;
+            this.writeMs = writeMs;
         }
     }
 

@@ -67,9 +67,13 @@ class SingleMemberClusterTest
         {
         }
 
-        public byte[] onTakeSnapshot(final long position)
+        public java.nio.ByteBuffer onTakeSnapshot(final long position)
         {
-            return new byte[0];
+            return java.nio.ByteBuffer.allocate(0);
+        }
+
+        public void onSnapshotWritten()
+        {
         }
 
         public void onRoleChange(final int role)
