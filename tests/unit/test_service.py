@@ -217,7 +217,7 @@ def test_reply_cache_is_bounded_in_bytes_too():
         [a] = run(s, 1, [Command(rid, Channel.ENGINE_BULK, _a_bulk())])
         assert a.status == Status.OK and len(a.payload) > 40
     held = s.replies.bytes[1]
-    assert held <= 100 and held == sum(len(p) for _, p in s.replies.by_client[1].values())
+    assert held <= 100 and held == sum(len(s.replies.get(1, r)[1]) for r in s.replies.by_client[1])
     assert 1 not in s.replies.by_client[1] and 3 in s.replies.by_client[1]
     [old] = run(s, 1, [Command(1, Channel.ENGINE_BULK, _a_bulk())])
     assert old.status == Status.ERROR and b"too_old" in old.payload
