@@ -130,10 +130,11 @@ def settled(events: list[Event], members: int = 3) -> bool:
     return sum(role == "LEADER" for _, role in latest.values()) == 1
 
 
-def snapshot_durations(events: list[Event]) -> list[float]:
+def snapshot_durations(events: list[Event], kills: list[tuple[float, int]] = ()) -> list[float]:
     """Milliseconds each member's consensus module spent in SNAPSHOT, per snapshot taken (the
-    time in which that member would not notice a dead leader). A snapshot cut short by a kill,
-    or still open at the end of the trace, is left out."""
+    time in which that member would not notice a dead leader). A snapshot cut short by a kill
+    (``kills``: (time, member); its restarted process may first be sampled already ACTIVE), or
+    still open at the end of the trace, is left out."""
     started: dict[int, float] = {}
     out: list[float] = []
     for t, m, _state, _role, mod in events:
@@ -141,7 +142,7 @@ def snapshot_durations(events: list[Event]) -> list[float]:
             started.setdefault(m, t)
         elif m in started:
             t0 = started.pop(m)
-            if mod == "ACTIVE":
+            if mod == "ACTIVE" and not any(km == m and t0 <= kt <= t for kt, km in kills):
                 out.append((t - t0) * 1000)
     return out
 

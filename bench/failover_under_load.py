@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                f"({dups:,} answered from the reply cache after a resend), {errors} failed, "
                f"{pending + res['unanswered']} unanswered; members agree on the state hash: {agree}")
     log(summary)
-    snaps = election_trace.snapshot_durations(trace)
+    snaps = election_trace.snapshot_durations(trace, [(t["killed_at"], t["killed"]) for t in trials])
     if snaps:
         log(f"snapshots: {len(snaps)} taken by the members, SNAPSHOT state median {statistics.median(snaps):.0f} ms, "
             f"max {max(snaps):.0f} ms")

@@ -71,3 +71,7 @@ def test_snapshot_durations_count_only_snapshots_that_finished(tmp_path: Path) -
     # member 2's snapshot at the start of the trace ended at 10.05 s; member 0's was cut short by
     # its restart and member 1's last one never ended in the trace
     assert snapshot_durations(parse(path)) == pytest.approx([1050.0, 40.0, 70.0])
+    # a member killed in its snapshot whose restarted process is first seen ACTIVE: not a snapshot
+    events = parse(path) + [(16.0, 1, "CLOSED", "FOLLOWER", "ACTIVE")]
+    assert snapshot_durations(events) == pytest.approx([1050.0, 40.0, 70.0, 1000.0])
+    assert snapshot_durations(events, kills=[(15.2, 1)]) == pytest.approx([1050.0, 40.0, 70.0])
