@@ -117,8 +117,10 @@ class Order:
         self.stp = stp
         self.status = OPEN
         self.ts = ts
-        # events of the placement when more than [accepted]: compact tuples while live, or their
-        # JSON (bytes) once a snapshot has encoded them or restored them (see ``placement_events``)
+        # events of the placement when more than [accepted]: compact tuples while live, their
+        # JSON (bytes) once a snapshot has encoded them or restored them, or, once the order's
+        # snapshot row holds that JSON, its offset in ``row`` (an int: kept once, not twice; see
+        # ``placement_events``)
         self.ev: object = None
         # while resting: its level and neighbours in time priority (an intrusive FIFO list,
         # so a cancel or amend unlinks in O(1) without scanning the level)
@@ -1517,6 +1519,10 @@ def placement_events(o: Order) -> list:
     ev = o.ev
     if ev is None:
         return [(EV_ACCEPTED, o)]
+    if isinstance(ev, int):
+        row = o.row
+        assert row is not None
+        ev = row[ev:]
     if isinstance(ev, bytes):
         import orjson
 

@@ -278,6 +278,10 @@ def _events_bytes(o: Order) -> bytes:
     ev = o.ev
     if isinstance(ev, bytes):
         return ev
+    if isinstance(ev, int):  # already in the order's row
+        row = o.row
+        assert row is not None
+        return row[ev:]
     assert isinstance(ev, list)
     b = orjson.dumps(placement_record(o, ev))
     o.ev = b
@@ -288,8 +292,11 @@ def _finished_row(o: Order, sym_index: int) -> bytes:
     market = o.otype == MARKET
     coid = b"" if o.coid is None else o.coid.encode()
     ev = b"" if o.ev is None else _events_bytes(o)
-    return _ROW.pack(o.oid, _NONE if market else o.price, o.qty, _NONE if market else o.oprice, o.oqty,
-                     o.filled, o.ts, sym_index, _flags(o), len(coid), len(ev)) + coid + ev
+    row = _ROW.pack(o.oid, _NONE if market else o.price, o.qty, _NONE if market else o.oprice, o.oqty,
+                    o.filled, o.ts, sym_index, _flags(o), len(coid), len(ev)) + coid + ev
+    if ev:
+        o.ev = _ROW.size + len(coid)  # the events are in the row now: keep them once
+    return row
 
 
 def dump(eng: Engine) -> bytes:
@@ -542,9 +549,10 @@ def _load_finished(b: _Builder, accts: list[Account], fin_counts: list[int], blo
             if bool(f & _F_COID) != (clen > 0) or bool(f & _F_EV) != (elen > 0):
                 raise SnapshotError("finished order row inconsistent")
             coid = blob[cstart:estart].decode() if clen else None
-            ev = blob[estart:stop] if elen else None
-            o = b.order(oid, ai, si, f, p, q, op_, oq, filled, ts, coid, ev)
+            o = b.order(oid, ai, si, f, p, q, op_, oq, filled, ts, coid, None)
             o.row = blob[pos:stop]
+            if elen:
+                o.ev = size + clen  # the events' JSON, kept in the row (see Order.ev)
             fin.append(o)
             pos = stop
         _set_finished(a, fin)
