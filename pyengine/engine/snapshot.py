@@ -278,10 +278,8 @@ def _events_bytes(o: Order) -> bytes:
     ev = o.ev
     if isinstance(ev, bytes):
         return ev
-    if isinstance(ev, int):  # already in the order's row
-        row = o.row
-        assert row is not None
-        return row[ev:]
+    # (never the offset form: only a finished order's row holds its events, and a finished order
+    # is encoded here once, before it has a row)
     assert isinstance(ev, list)
     b = orjson.dumps(placement_record(o, ev))
     o.ev = b
@@ -295,8 +293,13 @@ def _finished_row(o: Order, sym_index: int) -> bytes:
     row = _ROW.pack(o.oid, _NONE if market else o.price, o.qty, _NONE if market else o.oprice, o.oqty,
                     o.filled, o.ts, sym_index, _flags(o), len(coid), len(ev)) + coid + ev
     if ev:
-        o.ev = _ROW.size + len(coid)  # the events are in the row now: keep them once
+        o.ev = _events_at(len(coid))  # the events are in the row now: keep them once
     return row
+
+
+def _events_at(coid_len: int) -> int:
+    """Where a finished order's events start in its row (the ``Order.ev`` offset form)."""
+    return _ROW.size + coid_len
 
 
 def dump(eng: Engine) -> bytes:
@@ -552,7 +555,7 @@ def _load_finished(b: _Builder, accts: list[Account], fin_counts: list[int], blo
             o = b.order(oid, ai, si, f, p, q, op_, oq, filled, ts, coid, None)
             o.row = blob[pos:stop]
             if elen:
-                o.ev = size + clen  # the events' JSON, kept in the row (see Order.ev)
+                o.ev = _events_at(clen)  # the events' JSON, kept in the row (see Order.ev)
             fin.append(o)
             pos = stop
         _set_finished(a, fin)
