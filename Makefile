@@ -7,7 +7,7 @@ JAR := java-cluster/target/matchx-cluster.jar
 JAVA_SOURCES := $(shell find java-cluster/src -name '*.java' 2>/dev/null) pom.xml java-cluster/pom.xml
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps venv build engine-native demo test test-java test-python test-docker lint bench clean
+.PHONY: setup system-deps venv build engine-native demo test test-java test-python test-docker lint bench bench-deps clean
 
 setup: system-deps venv build
 
@@ -27,14 +27,14 @@ build: $(JAR) engine-native
 # The engine compiled with mypyc (same source; see docs/engine.md). Optional: without a C
 # compiler the engine runs as plain Python, so a failed build warns and carries on.
 engine-native: venv
-	@$(PY) -m pyengine.build_engine || echo "warning: the compiled engine was not built; the engine runs as plain Python (slower)"
+	@$(PY) -m pyengine.ops.build_engine || echo "warning: the compiled engine was not built; the engine runs as plain Python (slower)"
 
 # Tests of the Java shim run in `make test`; the demo only needs the jar.
 $(JAR): $(JAVA_SOURCES)
 	mvn -q -B -DskipTests package
 
 demo: setup
-	$(PY) -m pyengine.demo
+	$(PY) -m pyengine.ops.demo
 
 test: setup test-java test-python
 
@@ -49,7 +49,12 @@ test-python:
 lint: venv
 	$(VENV)/bin/ruff check pyengine coordinator tests bench
 
-bench: setup
+# the engine bench compares against PyPI engines: the `bench` extra brings them
+bench-deps: venv
+	$(PY) -m pip install -q -e '.[dev,native,bench]'
+
+bench: setup bench-deps
+	$(PY) bench/engine_bench.py
 	$(PY) bench/failover_bench.py
 	$(PY) bench/idle_cpu.py
 

@@ -1,4 +1,4 @@
-"""Cost of token verification and per-command authorisation (pyengine.tokens).
+"""Cost of token verification and per-command authorisation (pyengine.service.tokens).
 
     .venv/bin/python bench/auth_bench.py [--iterations 20000] [--out bench/reports/auth.md]
 
@@ -29,7 +29,7 @@ import nacl.signing
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pyengine.tokens import (  # noqa: E402
+from pyengine.service.tokens import (  # noqa: E402
     Principal,
     RevocationList,
     TokenError,

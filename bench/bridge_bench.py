@@ -65,8 +65,8 @@ def crossing_cost(iterations: int) -> tuple[float, float]:
 
 def noop_throughput(seconds: float) -> list[tuple[int, float, float]]:
     from pyengine.client import MatchClient
-    from pyengine.config import ClusterLayout
-    from pyengine.localcluster import LocalCluster, free_port_base
+    from pyengine.node.localcluster import LocalCluster, free_port_base
+    from pyengine.node.settings import ClusterLayout
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="matchx-bridge-") as tmp:

@@ -66,12 +66,12 @@ def proposed_client_class(linger_s: float):
     """Bench-only MatchClient whose send loop lingers up to ``linger_s`` after the first queued
     command to coalesce more into one cluster message (at low rates every order is otherwise its
     own message, and per-message costs dominate on the members). The proposal in
-    docs/performance.md; pyengine/client.py does not linger.
+    docs/performance.md; pyengine/client/match_client.py does not linger.
     """
     import queue
 
-    from pyengine import protocol
-    from pyengine.client import _RESEND_ALL, MAX_BATCH_BYTES, MatchClient
+    from pyengine.client.match_client import _RESEND_ALL, MAX_BATCH_BYTES, MatchClient
+    from pyengine.wire import protocol
 
     class ProposedClient(MatchClient):
         def _send_loop(self) -> None:
@@ -162,7 +162,7 @@ def worker_open(spec: dict) -> dict:
     ops = bulk_ops(cmds, {}, spec["seed"] * 10**8) if bulk else []
     bulk_max, linger = spec.get("bulk_max", 512), spec.get("bulk_linger_s", 0.001)
     client = _connect(spec)
-    from pyengine.engine.codec import encode_command
+    from pyengine.wire.codec import encode_command
 
     encode_command(cmds[0])  # import and warm before the clock starts
     if bulk:
@@ -514,11 +514,11 @@ def components(n: int = 40_000, accounts: int = 200) -> list[tuple[str, float, s
 
     import orjson
 
-    from pyengine import protocol
     from pyengine.engine import Engine
-    from pyengine.engine.codec import decode_command, decode_events, encode_command, encode_events
-    from pyengine.protocol import Channel, Command
-    from pyengine.service import MatchingService, ReplyCache
+    from pyengine.service.matching import MatchingService, ReplyCache
+    from pyengine.wire import protocol
+    from pyengine.wire.codec import decode_command, decode_events, encode_command, encode_events
+    from pyengine.wire.protocol import Channel, Command
 
     eng = Engine()
     for c in setup_commands(accounts):

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pyengine.config import ClusterLayout, Timeouts  # noqa: E402
-from pyengine.localcluster import LocalCluster, free_port_base  # noqa: E402
+from pyengine.node.localcluster import LocalCluster, free_port_base  # noqa: E402
+from pyengine.node.settings import ClusterLayout, Timeouts  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 MID = 10_000  # ticks; tick 0.01 -> price 100.00
@@ -305,7 +305,7 @@ def bulk_ops(cmds: list[dict], coid_numbers: dict[str, int], base: int = 0) -> l
 
 def build_bulk(ops: list[tuple]):
     """A BulkBuilder of ``bulk_ops`` tuples."""
-    from pyengine.engine.bulk import BulkBuilder
+    from pyengine.wire.bulk import BulkBuilder
 
     b = BulkBuilder()
     place, cancel, amend = b.place, b.cancel, b.amend

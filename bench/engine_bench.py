@@ -52,7 +52,7 @@ from hdrh.histogram import HdrHistogram  # noqa: E402
 from bench import peers as peer_mod  # noqa: E402
 from pyengine import engine as engine_pkg  # noqa: E402
 from pyengine.engine import Engine  # noqa: E402
-from pyengine.engine.core import (  # noqa: E402
+from pyengine.engine.model import (  # noqa: E402
     BUY,
     FOK,
     GTC,
@@ -63,7 +63,7 @@ from pyengine.engine.core import (  # noqa: E402
     OP_PLACE,
     SELL,
 )
-from pyengine.service import GC_THRESHOLDS  # noqa: E402
+from pyengine.service.matching import GC_THRESHOLDS  # noqa: E402
 
 DEFAULT_GC = gc.get_threshold()
 
@@ -309,9 +309,9 @@ BULK_SIZE = 512
 
 
 def to_bulks(compact: list[tuple], size: int = BULK_SIZE) -> list[bytes]:
-    """The compact flow as encoded bulks (pyengine/engine/bulk.py), as a member receives them.
+    """The compact flow as encoded bulks (pyengine/wire/bulk.py), as a member receives them.
     A bulk's client_order_id is numeric: "c123" travels as 123 (the engine sees "123")."""
-    from pyengine.engine.bulk import MAX_NAMES, BulkBuilder
+    from pyengine.wire.bulk import MAX_NAMES, BulkBuilder
 
     sides, tifs = ("buy", "sell"), ("GTC", "IOC", "FOK")
     out: list[bytes] = []
@@ -337,7 +337,8 @@ def to_bulks(compact: list[tuple], size: int = BULK_SIZE) -> list[bytes]:
 
 def bulk_runs(blob: bytes, bulks: list[bytes], ts0: int, repeat: int) -> tuple[list[float], Engine]:
     """CPU seconds to decode, apply and answer every bulk (member GC); and the last engine."""
-    from pyengine.engine.bulk import apply_bulk, decode_bulk
+    from pyengine.engine.bulk import apply_bulk
+    from pyengine.wire.bulk import decode_bulk
 
     times: list[float] = []
     eng = Engine()
@@ -365,7 +366,7 @@ HEADLINE = "compact API, member GC"
 
 
 def gc_setup(mode: str) -> None:
-    """``member``: what a cluster member does (pyengine/service.py): freeze after the restore,
+    """``member``: what a cluster member does (pyengine/service/matching.py): freeze after the restore,
     collect rarely. ``default``: CPython's defaults."""
     gc.collect()
     if mode == "member":
@@ -648,8 +649,9 @@ def run_configuration(name: str, args) -> dict | None:
         try:
             p = cls(gen.syms)
         except Exception as e:  # noqa: BLE001 - a peer that does not import is reported
-            peer_rows.append((cls, None, None, f"not run: {type(e).__name__}: {e}"))
-            log(f"peer {cls.name}: not run ({e})")
+            hint = " (install the peers: pip install -e '.[bench]')" if isinstance(e, ImportError) else ""
+            peer_rows.append((cls, None, None, f"not run: {type(e).__name__}: {e}{hint}"))
+            log(f"peer {cls.name}: not run ({e}){hint}")
             continue
         try:
             log(f"peer {cls.name}: fill phase ({len(fill_ops)} orders)")
@@ -742,7 +744,7 @@ def render(name, args, counts, n, rate, runs, impl, fill_rate, lats, peer_rows, 
         "compact events; what a binary decoder hands over); both reach the generator's state "
         "hash; every command returns its events",
         "* GC: `default` = CPython's defaults; `member` = what a cluster member does "
-        f"(pyengine/service.py): `gc.freeze()` after the restore, thresholds {GC_THRESHOLDS} "
+        f"(pyengine/service/matching.py): `gc.freeze()` after the restore, thresholds {GC_THRESHOLDS} "
         "(the engine leaves no cyclic garbage, a test checks it)",
         "",
         "### Engine (one thread)",
@@ -768,7 +770,7 @@ def render(name, args, counts, n, rate, runs, impl, fill_rate, lats, peer_rows, 
             "",
             f"Bulk path ({impl}, member GC): the same commands as encoded bulks of up to {BULK_SIZE} "
             "(and at most 256 accounts) "
-            "(pyengine/engine/bulk.py: `decode_bulk` + `apply_bulk`, which also encodes every "
+            "(pyengine/wire/bulk.py: `decode_bulk` + `apply_bulk`, which also encodes every "
             f"answer; what a member does per bulk): **{fmt_rate(bulk['rate'])} ops/s** (runs "
             + ", ".join(fmt_rate(x) for x in bulk["runs"]) + f"); same book as the compact API: "
             f"{bulk['same_book']}.",
@@ -797,6 +799,7 @@ def render(name, args, counts, n, rate, runs, impl, fill_rate, lats, peer_rows, 
     out += [
         "### Peers (PyPI matching engines, same flow)",
         "",
+        "The peers come with `pip install -e '.[bench]'` (or `make bench`). "
         f"Each peer gets the same fill phase, then the first {n_prefix:,} steady commands as "
         "pre-converted tuples (no parsing, no funds, no events on their side). Ours on that "
         f"prefix ({impl}, median of {args.repeat}): {fmt_rate(prefix_rate)} ops/s through the "

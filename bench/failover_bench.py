@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyengine.config import ClusterLayout, Timeouts  # noqa: E402
-from pyengine.localcluster import LocalCluster, free_port_base, wait_for  # noqa: E402
+from pyengine.node.localcluster import LocalCluster, free_port_base, wait_for  # noqa: E402
+from pyengine.node.settings import ClusterLayout, Timeouts  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

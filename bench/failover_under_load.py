@@ -53,8 +53,8 @@ from bench.common import (  # noqa: E402
     log,
     setup_commands,
 )
-from pyengine.config import Timeouts  # noqa: E402
-from pyengine.localcluster import wait_for  # noqa: E402
+from pyengine.node.localcluster import wait_for  # noqa: E402
+from pyengine.node.settings import Timeouts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "bench" / "reports" / "failover_under_load.md"

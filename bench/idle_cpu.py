@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyengine.config import ClusterLayout  # noqa: E402
-from pyengine.localcluster import LocalCluster, free_port_base  # noqa: E402
+from pyengine.node.localcluster import LocalCluster, free_port_base  # noqa: E402
+from pyengine.node.settings import ClusterLayout  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
     spawn_worker,
     worker_result,
 )
-from pyengine.localcluster import LocalCluster, wait_for  # noqa: E402
+from pyengine.node.localcluster import LocalCluster, wait_for  # noqa: E402
 
 REPORT = Path(__file__).parent / "reports" / "snapshot_recovery.md"
 PROBE = {"op": "book", "symbol": "BTC-USD", "depth": 1}
@@ -132,7 +132,7 @@ def worker_snapshot(spec: dict) -> None:
     from pyengine import jvm
 
     jvm.start()  # not part of the timed call
-    from pyengine.localcluster import ClusterError
+    from pyengine.node.localcluster import ClusterError
 
     cluster = LocalCluster.open(Path(spec["dir"]))
     busy = 0
@@ -200,8 +200,8 @@ def isolated(n: int, accounts: int, levels: int, coid: bool, reply_entries: int)
     import gc
 
     from pyengine.engine import Engine
-    from pyengine.engine.codec import encode_events
-    from pyengine.service import MatchingService
+    from pyengine.service.matching import MatchingService
+    from pyengine.wire.codec import encode_events
 
     eng = Engine()
     for c in setup_commands(accounts):

@@ -10,7 +10,7 @@ Runs in the `init` service of docker/compose.yaml (mounted into the image); run 
     .venv/bin/python docker/compose-init.py --topology FILE \\
         --coordinator http://127.0.0.1:8080 --egress-host 172.30.77.1
 
-(``pyengine.system.System.assign_symbols`` does the same for `matchctl up`, with the client's
+(``pyengine.ops.system.System.assign_symbols`` does the same for `matchctl up`, with the client's
 egress on 127.0.0.1, which is not where a container receives.)
 """
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
 
     from pyengine.client import MatchClient
-    from pyengine.system import Topology
+    from pyengine.node.topology import Topology
 
     if args.topology is not None:
         topology = Topology.load(args.topology)

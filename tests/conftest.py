@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pyengine.config import ClusterLayout, Timeouts
-from pyengine.localcluster import LocalCluster, free_port_base
+from pyengine.node.localcluster import LocalCluster, free_port_base
+from pyengine.node.settings import ClusterLayout, Timeouts
 
 _bases = itertools.count()
 TEST_TIMEOUTS = Timeouts(heartbeat_interval_ms=50, heartbeat_timeout_ms=500, election_timeout_ms=100)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pyengine.tokens import TokenError, bearer_token
+from pyengine.service.tokens import TokenError, bearer_token
 
 from .config import AuthConfig
 from .service import AuthService, ServiceError

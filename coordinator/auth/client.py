@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import httpx
 
-from pyengine.tokens import TokenVerifier
+from pyengine.service.tokens import TokenVerifier
 
 
 class AuthError(Exception):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nacl.pwhash.argon2id as argon2id
 
-from pyengine.tokens import DEFAULT_MAX_TOKEN_BYTES, PERMS
+from pyengine.service.tokens import DEFAULT_MAX_TOKEN_BYTES, PERMS
 
 ENV_PREFIX = "MATCHX_AUTH_"
 MIN_ADMIN_KEY_LEN = 16

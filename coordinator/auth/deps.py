@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import Header, HTTPException
 
-from pyengine.tokens import AuthState, Principal, TokenError, bearer_token
+from pyengine.service.tokens import AuthState, Principal, TokenError, bearer_token
 
 from .client import AuthError
 from .feed import AuthFeed

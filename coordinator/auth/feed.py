@@ -1,7 +1,7 @@
 """From the auth service to the partitions: admin commands and a local mirror.
 
 ``AuthFeed`` mirrors the service's published keys and revocation list in a
-:class:`pyengine.tokens.AuthState` (the same object a partition keeps) and, on every
+:class:`pyengine.service.tokens.AuthState` (the same object a partition keeps) and, on every
 :meth:`AuthFeed.poll`, returns the admin commands that bring a replica from the previous
 state to the current one. ``commands_for`` computes the commands for a replica whose state is
 known only by its key ids and revocation ``last_seq`` (e.g. read back from a partition).
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from pyengine.tokens import AuthState
+from pyengine.service.tokens import AuthState
 
 from .client import AuthClient
 

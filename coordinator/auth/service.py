@@ -18,7 +18,7 @@ import nacl.exceptions
 import nacl.pwhash.argon2id as argon2id
 import orjson
 
-from pyengine.tokens import (
+from pyengine.service.tokens import (
     PERMS,
     Principal,
     TokenError,
@@ -36,7 +36,7 @@ MIN_PASSWORD_LEN = 8
 MAX_PASSWORD_LEN = 1024
 REFRESH_PREFIX = "mxr_"
 
-# reason -> HTTP status. Token-verification reasons (pyengine.tokens.REASONS) map to 401.
+# reason -> HTTP status. Token-verification reasons (pyengine.service.tokens.REASONS) map to 401.
 STATUS: dict[str, int] = {
     "bad_request": 400,
     "invalid_username": 400,

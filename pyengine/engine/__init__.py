@@ -2,9 +2,10 @@
 
 ``from pyengine.engine import Engine, SnapshotError`` -- see docs/engine.md.
 
-``make build`` compiles ``numbers``, ``core`` and ``snapshot`` with mypyc (same source, see
-pyengine/build_engine.py). The compiled modules are used only while their stamp matches the sources;
-``MATCHX_PURE_ENGINE=1`` forces the plain-Python modules. ``NATIVE`` says which one runs.
+``make build`` compiles ``numbers``, ``model``, ``snapshot``, ``core`` and ``bulk`` with
+mypyc (same source, see pyengine/ops/build_engine.py). The compiled modules are used only
+while their stamp matches the sources; ``MATCHX_PURE_ENGINE=1`` forces the plain-Python
+modules. ``NATIVE`` says which one runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from . import native_stamp as _build
 
 def _load_plain_sources() -> None:
     """Import the hot modules from their .py files even when compiled ones sit beside them."""
-    for name in _build.MODULES:  # dependency order: numbers <- core <- snapshot, bulk
+    for name in _build.MODULES:  # dependency order: numbers <- model <- snapshot <- core <- bulk
         full = f"{__name__}.{name}"
         spec = importlib.util.spec_from_file_location(full, _build.HERE / f"{name}.py")
         assert spec is not None and spec.loader is not None
@@ -40,8 +41,8 @@ elif _build.built_files() and not _build.is_current():
 sys.modules[__name__.rpartition(".")[0]].engine = sys.modules[__name__]
 
 from .core import Engine  # noqa: E402
-from .errors import CodecError, SnapshotError  # noqa: E402
+from .errors import SnapshotError  # noqa: E402
 
 NATIVE: bool = not str(sys.modules[f"{__name__}.core"].__file__).endswith(".py")
 
-__all__ = ["Engine", "SnapshotError", "CodecError", "NATIVE"]
+__all__ = ["Engine", "SnapshotError", "NATIVE"]

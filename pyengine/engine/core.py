@@ -17,321 +17,59 @@ Both paths run the same tests.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
-from collections import deque
 from typing import Final
 
+from pyengine.wire.codec import CodecError, decode_command, encode_events
+
 from .errors import Reject
+from .model import (
+    BUY,
+    CANCELLED,
+    DEFAULT_ASSET_DECIMALS,
+    DEFAULT_BAND_BPS,
+    EV_ACCEPTED,
+    EV_AMENDED,
+    EV_CANCELLED,
+    EV_DUPLICATE,
+    EV_REJECTED,
+    EV_TRADE,
+    FILLED,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    MAX_DEPTH,
+    MAX_ID_LEN,
+    MAX_LOTS,
+    MAX_TICKS,
+    MAX_TS,
+    NO_BUY_LIMIT,
+    NO_SELL_LIMIT,
+    OP_AMEND,
+    OP_CANCEL,
+    OP_PLACE,
+    OPEN,
+    SELL,
+    SIDE_NAMES,
+    STATUS_NAMES,
+    STP_CANCEL_BOTH,
+    STP_CANCEL_MAKER,
+    STP_CANCEL_TAKER,
+    STP_NAMES,
+    STPS,
+    TIF_NAMES,
+    TYPE_NAMES,
+    Account,
+    Bal,
+    EngineState,
+    Order,
+    Symbol,
+    checked_ident,
+    fee_of,
+)
 from .numbers import POW10, decimals_of, fmt_scaled, parse_dec, to_scale
-
-BUY: Final = 0
-SELL: Final = 1
-SIDE_NAMES: Final = ("buy", "sell")
-
-LIMIT: Final = 0
-MARKET: Final = 1
-TYPE_NAMES: Final = ("limit", "market")
-
-GTC: Final = 0
-IOC: Final = 1
-FOK: Final = 2
-TIF_NAMES: Final = ("GTC", "IOC", "FOK")
-
-STP_NONE: Final = 0
-STP_CANCEL_TAKER: Final = 1
-STP_CANCEL_MAKER: Final = 2
-STP_CANCEL_BOTH: Final = 3
-STP_NAMES: Final = ("none", "cancel_taker", "cancel_maker", "cancel_both")
-STPS: Final = {"none": 0, "cancel_taker": 1, "cancel_maker": 2, "cancel_both": 3}
-
-OPEN: Final = 0
-FILLED: Final = 1
-CANCELLED: Final = 2
-STATUS_NAMES: Final = ("open", "filled", "cancelled")
-
-DEFAULT_ASSET_DECIMALS: Final = 8
-DEFAULT_DEDUP_WINDOW: Final = 1000
-DEFAULT_BAND_BPS: Final = 1000
-MAX_TICKS: Final = 10**15
-MAX_LOTS: Final = 10**15
-MAX_ID_LEN: Final = 64
-MAX_DEPTH: Final = 1000
-MAX_TS: Final = 2**63 - 1
-_CACHE_MAX: Final = 8192
-# "no limit" for the matching loop: a buy never sees a price above it, a sell none below 0
-_NO_BUY_LIMIT: Final = MAX_TICKS + 1
-_NO_SELL_LIMIT: Final = 0
-
-
-def _fee(notional: int, bps: int) -> int:
-    """Fee on a quote notional, rounded up (in favour of the exchange)."""
-    return -((-notional * bps) // 10000) if bps else 0
-
-
-def _ident(x: object, what: str) -> str:
-    if isinstance(x, str) and x and len(x) <= MAX_ID_LEN:
-        return x
-    raise Reject("bad_request", f"{what} must be a non-empty string of at most 64 chars")
-
-
-class Bal:
-    """One account's balance of one asset, in asset units."""
-
-    __slots__ = ("avail", "held")
-
-    def __init__(self, avail: int = 0, held: int = 0) -> None:
-        self.avail = avail
-        self.held = held
-
-
-class Order:
-    __slots__ = (
-        "oid", "acct", "sym", "side", "price", "qty", "unit", "hb", "rb", "coid",
-        "oprice", "oqty", "filled", "otype", "tif", "post_only", "stp", "status", "ts", "ev",
-        "lvl", "prev", "nxt", "key", "row",
-    )
-
-    def __init__(self, oid: int, acct: Account, sym: Symbol, side: int, price: int, qty: int,
-                 unit: int, hb: Bal, rb: Bal, coid: str | None, otype: int, tif: int,
-                 post_only: bool, stp: int, ts: int) -> None:
-        self.oid = oid
-        # the boxed order id, the key of ``Engine.orders`` and ``Account.open``: compiled code
-        # keeps ``oid`` unboxed, and a key boxed afresh for every dict operation costs an
-        # allocation plus a compare against the stored key (a cache miss in a deep book)
-        self.key: object = oid
-        self.acct = acct
-        self.sym = sym
-        self.side = side
-        self.price = price      # ticks; 0 for a market order (no price)
-        self.qty = qty          # remaining lots; 0 once closed
-        self.unit = unit        # held units per remaining lot (0 for a market buy)
-        self.hb = hb            # balance of the held asset
-        self.rb = rb            # balance of the received asset
-        self.coid = coid
-        self.oprice = price     # price at placement
-        self.oqty = qty         # quantity at placement
-        self.filled = 0
-        self.otype = otype
-        self.tif = tif
-        self.post_only = post_only
-        self.stp = stp
-        self.status = OPEN
-        self.ts = ts
-        # events of the placement when more than [accepted]: compact tuples while live, their
-        # JSON (bytes) once a snapshot has encoded them or restored them, or, once the order's
-        # snapshot row holds that JSON, its offset in ``row`` (an int: kept once, not twice; see
-        # ``placement_events``)
-        self.ev: object = None
-        # while resting: its level and neighbours in time priority (an intrusive FIFO list,
-        # so a cancel or amend unlinks in O(1) without scanning the level)
-        self.lvl: Level | None = None
-        self.prev: Order | None = None
-        self.nxt: Order | None = None
-        # once finished (it never changes again): its snapshot row, encoded at the first
-        # snapshot that holds it, so later snapshots copy the dedup windows as bytes
-        self.row: bytes | None = None
-
-
-class Level:
-    """Orders at one price in time priority (``head`` first); ``total`` = resting lots."""
-
-    __slots__ = ("head", "tail", "total")
-
-    def __init__(self) -> None:
-        self.head: Order | None = None
-        self.tail: Order | None = None
-        self.total = 0
-
-    def push(self, o: Order) -> None:
-        t = self.tail
-        o.lvl = self
-        o.prev = t
-        o.nxt = None
-        if t is None:
-            self.head = o
-        else:
-            t.nxt = o
-        self.tail = o
-        self.total += o.qty
-
-    def remove(self, o: Order) -> None:
-        """Unlink ``o``; the caller has already taken its quantity off ``total``."""
-        p = o.prev
-        n = o.nxt
-        if p is None:
-            self.head = n
-        else:
-            p.nxt = n
-        if n is None:
-            self.tail = p
-        else:
-            n.prev = p
-        o.lvl = None
-        o.prev = None
-        o.nxt = None
-
-    def orders(self) -> list[Order]:
-        out: list[Order] = []
-        o = self.head
-        while o is not None:
-            out.append(o)
-            o = o.nxt
-        return out
-
-
-class Account:
-    __slots__ = ("name", "bal", "open", "coids", "coids_pending", "finished")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.bal: dict[str, Bal] = {}
-        self.open: dict[object, Order] = {}      # open orders by Order.key (any symbol)
-        self.coids: dict[str, Order] = {}        # client_order_id -> order (open or retained)
-        # after a restore the index is built on first use (recovery time is what a restart
-        # of all members costs; most accounts are not touched in the first seconds)
-        self.coids_pending = False
-        self.finished: deque[Order] = deque()    # last N finished orders, oldest first
-
-    def coid_index(self) -> dict[str, Order]:
-        """``coids``, built from the open and retained orders if a restore left it pending."""
-        if self.coids_pending:
-            self.coids_pending = False
-            idx = self.coids
-            for o in self.open.values():
-                c = o.coid
-                if c is not None:
-                    idx[c] = o
-            for o in self.finished:
-                c = o.coid
-                if c is not None:
-                    idx[c] = o
-        return self.coids
-
-
-class Symbol:
-    __slots__ = (
-        "name", "base", "quote", "tick_c", "tick_d", "lot_c", "lot_d", "qpu", "bpl",
-        "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
-        "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
-        "tick_str", "lot_str", "quote_dec",
-    )
-
-    def __init__(self) -> None:
-        self.name = ""
-        self.base = ""
-        self.quote = ""
-        self.tick_c = 1
-        self.tick_d = 0
-        self.lot_c = 1
-        self.lot_d = 0
-        self.qpu = 1             # quote units per lot per tick
-        self.bpl = 1             # base units per lot
-        self.min_qty = 1
-        self.max_qty = MAX_LOTS
-        self.max_price = MAX_TICKS
-        self.maker_bps = 0
-        self.taker_bps = 0
-        self.hold_bps = 0
-        self.stp_default = STP_CANCEL_TAKER
-        self.band_bps = DEFAULT_BAND_BPS
-        self.tick_str = "1"
-        self.lot_str = "1"
-        self.quote_dec = 0        # decimals of the quote asset (fees are quote units)
-        self.bids: dict[int, Level] = {}
-        self.asks: dict[int, Level] = {}
-        self.bid_keys: list[int] = []   # prices ascending, best bid last
-        self.ask_keys: list[int] = []   # -prices ascending, best ask last
-        self.pcache: dict[str, int] = {}
-        self.qcache: dict[str, int] = {}
-        self.pstr: dict[int, str] = {}
-        self.qstr: dict[int, str] = {}
-
-    # -- conversions -------------------------------------------------------------------
-    def price_str(self, t: int) -> str:
-        s = self.pstr.get(t)
-        if s is None:
-            if len(self.pstr) >= _CACHE_MAX:
-                self.pstr.clear()
-            s = fmt_scaled(t * self.tick_c, self.tick_d)
-            self.pstr[t] = s
-        return s
-
-    def qty_str(self, n: int) -> str:
-        s = self.qstr.get(n)
-        if s is None:
-            if len(self.qstr) >= _CACHE_MAX:
-                self.qstr.clear()
-            s = fmt_scaled(n * self.lot_c, self.lot_d)
-            self.qstr[n] = s
-        return s
-
-    def parse_price(self, x: object) -> int:
-        if isinstance(x, str):
-            t = self.pcache.get(x)
-            if t is not None:
-                return t
-        c, d = parse_dec(x, "price")
-        v = to_scale(c, d, self.tick_d)
-        if v is None or v % self.tick_c:
-            raise Reject("price_off_tick", f"price {x} is not a multiple of {self.tick_str}")
-        t = v // self.tick_c
-        if t <= 0 or t > self.max_price:
-            raise Reject("out_of_bounds", f"price {x} out of bounds")
-        if isinstance(x, str):
-            if len(self.pcache) >= _CACHE_MAX:
-                self.pcache.clear()
-            self.pcache[x] = t
-        return t
-
-    def parse_qty(self, x: object) -> int:
-        if isinstance(x, str):
-            n = self.qcache.get(x)
-            if n is not None:
-                return n
-        c, d = parse_dec(x, "qty")
-        v = to_scale(c, d, self.lot_d)
-        if v is None or v % self.lot_c:
-            raise Reject("qty_off_lot", f"qty {x} is not a multiple of {self.lot_str}")
-        n = v // self.lot_c
-        if n < self.min_qty or n > self.max_qty:
-            raise Reject("out_of_bounds", f"qty {x} out of bounds")
-        if isinstance(x, str):
-            if len(self.qcache) >= _CACHE_MAX:
-                self.qcache.clear()
-            self.qcache[x] = n
-        return n
-
-    def buy_unit(self, price: int) -> int:
-        """Quote units held per lot of a buy at ``price``: notional + max fee, rounded up."""
-        n = price * self.qpu
-        return n + _fee(n, self.hold_bps)
-
-    def level_of(self, side: int, price: int) -> Level:
-        """The level at ``price`` on ``side``, created (and its key inserted) when missing."""
-        if side == BUY:
-            lvl = self.bids.get(price)
-            if lvl is None:
-                lvl = Level()
-                self.bids[price] = lvl
-                insort(self.bid_keys, price)
-        else:
-            lvl = self.asks.get(price)
-            if lvl is None:
-                lvl = Level()
-                self.asks[price] = lvl
-                insort(self.ask_keys, -price)
-        return lvl
-
-    def drop_level(self, side: int, price: int) -> None:
-        if side == BUY:
-            del self.bids[price]
-            keys = self.bid_keys
-            del keys[bisect_left(keys, price)]
-        else:
-            del self.asks[price]
-            keys = self.ask_keys
-            del keys[bisect_left(keys, -price)]
-
+from .snapshot import dump, load, state_hash
 
 _REJ_ECHO: Final = ("account", "symbol", "client_order_id", "order_id", "tx_id")
 
@@ -348,23 +86,6 @@ def _rejected(cmd: object, reason: str, detail: str) -> dict:
                 ev[k] = v
     ev["detail"] = detail
     return ev
-
-
-# Compact events: what the engine's core produces (cheap tuples); ``event_dict`` turns one
-# into the documented JSON event. Tuples refer to orders only for fields that never change
-# after placement (ids, accounts, symbol, side, type, original price and quantity); anything
-# that changes later is copied into the tuple.
-EV_REJECTED: Final = 0    # (EV_REJECTED, reason, detail)
-EV_ACCEPTED: Final = 1    # (EV_ACCEPTED, order)
-EV_TRADE: Final = 2       # (EV_TRADE, trade_id, price, qty, maker, taker, maker_fee, taker_fee)
-EV_CANCELLED: Final = 3   # (EV_CANCELLED, order, remaining_qty, reason)
-EV_AMENDED: Final = 4     # (EV_AMENDED, order, price, qty, old_price, old_qty, priority)
-EV_DUPLICATE: Final = 5   # (EV_DUPLICATE, order): the original outcome of a repeated place
-
-# Compact commands (``Engine.apply_compact``)
-OP_PLACE: Final = 1
-OP_CANCEL: Final = 2
-OP_AMEND: Final = 3
 
 
 def event_dict(e: object) -> dict:
@@ -478,22 +199,8 @@ def _balance(acct: Account, asset: str) -> Bal:
     return b
 
 
-class Engine:
+class Engine(EngineState):
     """Deterministic matching engine. ``apply(cmd, ts)`` never raises on bad input."""
-
-    def __init__(self, dedup_window: object = DEFAULT_DEDUP_WINDOW) -> None:
-        if type(dedup_window) is not int or dedup_window < 1:
-            raise ValueError("dedup_window must be a positive int")
-        self.dedup_window: int = dedup_window
-        self.next_oid = 1
-        self.next_tid = 1
-        self.assets: dict[str, int] = {}          # asset -> decimals
-        self.symbols: dict[str, Symbol] = {}
-        self.accounts: dict[str, Account] = {}
-        self.orders: dict[object, Order] = {}     # open orders by Order.key (the order id)
-        self.fees: dict[str, int] = {}            # fee pool per asset
-        self.txs: dict[str, tuple[str, str, str, int, int, str]] = {}
-        # tx_id -> (op, account, asset, amount, available after, tx_id)
 
     # ------------------------------------------------------------------ entry points
     def apply(self, cmd: object, ts: object) -> list[dict]:
@@ -675,8 +382,6 @@ class Engine:
         return acct, sym
 
     def apply_encoded(self, payload: bytes, ts: object) -> bytes:
-        from .codec import CodecError, decode_command, encode_events
-
         try:
             cmd = decode_command(payload)
         except CodecError as e:
@@ -686,19 +391,13 @@ class Engine:
         return encode_events(self.apply(cmd, ts))
 
     def snapshot(self) -> bytes:
-        from .snapshot import dump
-
         return dump(self)
 
     @staticmethod
     def restore(blob: object) -> Engine:
-        from .snapshot import load
-
-        return load(blob)
+        return load(blob, Engine)
 
     def state_hash(self) -> str:
-        from .snapshot import state_hash
-
         return state_hash(self)
 
     # ------------------------------------------------------------------ helpers
@@ -748,7 +447,7 @@ class Engine:
             if o.acct is not acct:
                 raise Reject("wrong_account", f"order {oid} belongs to another account")
         elif coid is not None:
-            c = _ident(coid, "client_order_id")
+            c = checked_ident(coid, "client_order_id")
             o = acct.coid_index().get(c)
             if o is None or o.status != OPEN:
                 raise Reject("unknown_order", f"no open order with client_order_id {c}")
@@ -759,14 +458,14 @@ class Engine:
         return o
 
     def _get_account(self, cmd: dict) -> Account:
-        name = _ident(cmd.get("account"), "account")
+        name = checked_ident(cmd.get("account"), "account")
         acct = self.accounts.get(name)
         if acct is None:
             raise Reject("unknown_account", f"unknown account {name}")
         return acct
 
     def _get_symbol(self, cmd: dict) -> Symbol:
-        name = _ident(cmd.get("symbol"), "symbol")
+        name = checked_ident(cmd.get("symbol"), "symbol")
         sym = self.symbols.get(name)
         if sym is None:
             raise Reject("unknown_symbol", f"unknown symbol {name}")
@@ -802,11 +501,11 @@ class Engine:
                 q = need if need < mq else mq
                 if budget >= 0:
                     c1 = p * qpu
-                    c1 += _fee(c1, tb)
+                    c1 += fee_of(c1, tb)
                     if budget // c1 < q:
                         return False
                     n = q * p * qpu
-                    budget -= n + _fee(n, tb)
+                    budget -= n + fee_of(n, tb)
                 need -= q
                 if not need:
                     return True
@@ -872,7 +571,7 @@ class Engine:
                 q = rem if rem < mq else mq
                 if budget >= 0:
                     c1 = p * qpu
-                    c1 += _fee(c1, tb)
+                    c1 += fee_of(c1, tb)
                     afford = budget // c1
                     if afford < q:
                         if not afford:
@@ -884,8 +583,8 @@ class Engine:
                 mf = 0
                 tf = 0
                 if mb or tb:
-                    mf = _fee(n, mb)
-                    tf = _fee(n, tb)
+                    mf = fee_of(n, mb)
+                    tf = fee_of(n, tb)
                     fee_total += mf + tf
                 if budget >= 0:
                     budget -= n + tf
@@ -944,7 +643,7 @@ class Engine:
         cx = cmd.get("client_order_id")
         coid: str | None = None
         if cx is not None:
-            coid = _ident(cx, "client_order_id")
+            coid = checked_ident(cx, "client_order_id")
             prev = acct.coid_index().get(coid)
             if prev is not None:
                 return _dup_events(prev)
@@ -1023,12 +722,12 @@ class Engine:
         if side == BUY:
             hasset = sym.quote
             rasset = sym.base
-            limit = _NO_BUY_LIMIT
+            limit = NO_BUY_LIMIT
             ak = sym.ask_keys
             if otype == LIMIT:
                 limit = price
                 n = price * sym.qpu
-                unit = n + _fee(n, sym.hold_bps)
+                unit = n + fee_of(n, sym.hold_bps)
                 cross = bool(ak) and -ak[-1] <= price
             else:
                 unit = 0
@@ -1043,7 +742,7 @@ class Engine:
         else:
             hasset = sym.base
             rasset = sym.quote
-            limit = _NO_SELL_LIMIT
+            limit = NO_SELL_LIMIT
             unit = sym.bpl
             bk = sym.bid_keys
             if otype == LIMIT:
@@ -1201,7 +900,7 @@ class Engine:
             ak = sym.ask_keys
             cross = bool(ak) and new_price >= -ak[-1]
             n = new_price * sym.qpu
-            unit = n + _fee(n, sym.hold_bps)
+            unit = n + fee_of(n, sym.hold_bps)
         else:
             bk = sym.bid_keys
             cross = bool(bk) and new_price <= bk[-1]
@@ -1235,7 +934,7 @@ class Engine:
 
     # ------------------------------------------------------------------ funds
     def _parse_amount(self, cmd: dict) -> tuple[str, int]:
-        asset = _ident(cmd.get("asset"), "asset")
+        asset = checked_ident(cmd.get("asset"), "asset")
         if asset not in self.assets:
             raise Reject("unknown_asset", f"unknown asset {asset}")
         c, d = parse_dec(cmd.get("amount"), "amount")
@@ -1258,8 +957,8 @@ class Engine:
         }
 
     def _funds(self, cmd: dict, op: str) -> list[dict]:
-        name = _ident(cmd.get("account"), "account")
-        tx = _ident(cmd.get("tx_id"), "tx_id")
+        name = checked_ident(cmd.get("account"), "account")
+        tx = checked_ident(cmd.get("tx_id"), "tx_id")
         asset, amount = self._parse_amount(cmd)
         prev = self.txs.get(tx)
         if prev is not None:
@@ -1287,9 +986,9 @@ class Engine:
 
     # ------------------------------------------------------------------ symbols
     def _add_symbol(self, cmd: dict) -> list[dict]:
-        name = _ident(cmd.get("symbol"), "symbol")
-        base = _ident(cmd.get("base"), "base")
-        quote = _ident(cmd.get("quote"), "quote")
+        name = checked_ident(cmd.get("symbol"), "symbol")
+        base = checked_ident(cmd.get("base"), "base")
+        quote = checked_ident(cmd.get("quote"), "quote")
         if base == quote:
             raise Reject("bad_request", "base and quote must differ")
         tick_c, tick_d = decimals_of(*parse_dec(cmd.get("tick_size"), "tick_size"))
@@ -1414,7 +1113,7 @@ class Engine:
             elif o.acct is not acct:
                 raise Reject("wrong_account", f"order {oid} belongs to another account")
         elif coid is not None:
-            _ident(coid, "client_order_id")
+            checked_ident(coid, "client_order_id")
             o = acct.coid_index().get(coid)
         else:
             raise Reject("bad_request", "order_id or client_order_id is required")
@@ -1498,7 +1197,7 @@ class Engine:
 
 def _buy_cost1(sym: Symbol, price: int) -> int:
     n = price * sym.qpu
-    return n + _fee(n, sym.taker_bps)
+    return n + fee_of(n, sym.taker_bps)
 
 
 def _bps(v: object, what: str) -> int:
@@ -1532,33 +1231,6 @@ def placement_events(o: Order) -> list:
         return _placement_dicts(o, out)
     assert isinstance(ev, list)
     return ev
-
-
-def placement_record(o: Order, ev: list) -> list:
-    """``o``'s placement events (``ev``, accepted first) as a compact, self-contained record for
-    snapshots: what the accepted event says is ``o``'s own (restored with it); a trade keeps
-    its numbers and the maker's id and account, a cancel the cancelled order's identity (a maker
-    cancelled for self-trade prevention may be long gone when a duplicate asks)."""
-    assert ev[0][0] == EV_ACCEPTED and ev[0][1] is o
-    rec: list = []
-    for i in range(1, len(ev)):
-        e = ev[i]
-        k = e[0]
-        if k == EV_TRADE:
-            m: Order = e[4]
-            rec.append([EV_TRADE, e[1], e[2], e[3], m.oid, m.acct.name, _json_int(e[6]), _json_int(e[7])])
-        elif k == EV_CANCELLED:
-            c: Order = e[1]
-            rec.append([EV_CANCELLED, c.oid, c.coid, c.acct.name, c.side, e[2], e[3]])
-        else:  # pragma: no cover - a placement's events are only these
-            raise AssertionError(f"unexpected placement event {k}")
-    return rec
-
-
-def _json_int(v: int) -> object:
-    """``v`` as JSON can hold it: a fee beyond 64 bits (notional up to 10**30 quote units) goes
-    as its decimal digits."""
-    return v if -(2**63) <= v < 2**63 else str(v)
 
 
 def _placement_dicts(o: Order, rec: list) -> list[dict]:

@@ -7,10 +7,6 @@ class SnapshotError(Exception):
     """Raised by :meth:`Engine.restore` for corrupt, truncated or incompatible snapshots."""
 
 
-class CodecError(ValueError):
-    """Raised by the binary codec for malformed or truncated input."""
-
-
 class Reject(Exception):
     """Internal: a command is refused. Carries a stable reason code and a human detail."""
 

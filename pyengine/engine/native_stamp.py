@@ -1,6 +1,6 @@
 """Which compiled engine modules exist and whether they match the sources.
 
-``python -m pyengine.build_engine`` writes them; ``pyengine/engine/__init__.py`` reads this to
+``python -m pyengine.ops.build_engine`` writes them; ``pyengine/engine/__init__.py`` reads this to
 decide between the compiled and the plain modules.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Compiled together so their classes and calls stay native across module boundaries;
-# listed in dependency order (numbers <- core <- snapshot, bulk).
-MODULES = ("numbers", "core", "snapshot", "bulk")
+# listed in dependency order (numbers <- model <- snapshot <- core <- bulk).
+MODULES = ("numbers", "model", "snapshot", "core", "bulk")
 STAMP = HERE / "native.stamp"
 GROUP = "pyengine.engine.native"
 

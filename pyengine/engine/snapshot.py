@@ -22,11 +22,12 @@ import struct
 import sys
 from array import array
 from collections import deque
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 
-from .core import (
+from .errors import SnapshotError
+from .model import (
     BUY,
     LIMIT,
     MARKET,
@@ -34,14 +35,16 @@ from .core import (
     SELL,
     Account,
     Bal,
-    Engine,
+    EngineState,
     Level,
     Order,
     Symbol,
     placement_record,
 )
-from .errors import SnapshotError
 from .numbers import POW10, fmt_scaled
+
+# the class ``load`` builds: core.Engine, passed in so that this module needs only the state
+E = TypeVar("E", bound=EngineState)
 
 MAGIC = b"MXENGSNP"
 VERSION = 2
@@ -139,7 +142,7 @@ class _R:
         return a.tolist()  # list indexing is native in the compiled module, array's is not
 
 
-def _body(eng: Engine) -> list[bytes]:
+def _body(eng: EngineState) -> list[bytes]:
     w = _W()
     w.i64(eng.dedup_window)
     w.i64(eng.next_oid)
@@ -302,7 +305,7 @@ def _events_at(coid_len: int) -> int:
     return _ROW.size + coid_len
 
 
-def dump(eng: Engine) -> bytes:
+def dump(eng: EngineState) -> bytes:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the column lists are large; collecting while building them only costs time
     try:
@@ -316,11 +319,11 @@ def dump(eng: Engine) -> bytes:
     return blob + hashlib.blake2b(blob, digest_size=_DIGEST).digest()
 
 
-def state_hash(eng: Engine) -> str:
+def state_hash(eng: EngineState) -> str:
     return hashlib.sha256(dump(eng)).hexdigest()
 
 
-def load(blob: object) -> Engine:
+def load(blob: object, cls: type[E]) -> E:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise SnapshotError("snapshot must be bytes")
     mv = memoryview(blob).cast("B")
@@ -341,7 +344,7 @@ def load(blob: object) -> Engine:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]), version)
+        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]), version, cls)
     except SnapshotError:
         raise
     except Exception as e:
@@ -352,8 +355,8 @@ def load(blob: object) -> Engine:
     return eng
 
 
-def _load_body(r: _R, version: int) -> Engine:
-    eng = Engine(dedup_window=r.i64())
+def _load_body(r: _R, version: int, cls: type[E]) -> E:
+    eng = cls(dedup_window=r.i64())
     eng.next_oid = r.i64()
     eng.next_tid = r.i64()
     assets: list[str] = []

@@ -36,8 +36,8 @@ import pytest
 # and no registry is reachable here. Cleanup is ours (labels + finalizers), not Ryuk's.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from pyengine.config import ClusterLayout, Timeouts  # noqa: E402
-from pyengine.localcluster import wait_for  # noqa: E402
+from pyengine.node.localcluster import wait_for  # noqa: E402
+from pyengine.node.settings import ClusterLayout, Timeouts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 JAR = REPO / "java-cluster" / "target" / "matchx-cluster.jar"
@@ -53,7 +53,7 @@ LABELS = {LABEL_RUN: RUN_ID, LABEL_OWNER: OWNER}
 MEMBER_ENTRYPOINT = [
     "/usr/bin/tini", "-g", "--", "sh", "-c",
     'printf "%s" "$MATCHX_LAYOUT" > /data/cluster.json && '
-    'exec python3 -m pyengine.node --layout /data/cluster.json --member-id "$MATCHX_MEMBER_ID"',
+    'exec python3 -m pyengine.node.member --layout /data/cluster.json --member-id "$MATCHX_MEMBER_ID"',
 ]
 
 
@@ -191,7 +191,7 @@ def _pick_subnet(client) -> ipaddress.IPv4Network:
 class DockerCluster:
     """One partition of three members, each in its own container, on its own network.
 
-    Shaped like pyengine.localcluster.LocalCluster: start, find the leader, kill, cut off,
+    Shaped like pyengine.node.localcluster.LocalCluster: start, find the leader, kill, cut off,
     wait with deadlines. Member state is read from the containers (status.json, hash.json)
     with the archive API (no process is started inside the container)."""
 

@@ -23,8 +23,8 @@ from decimal import Decimal
 
 import pytest
 
-from pyengine.config import Timeouts
-from pyengine.localcluster import wait_for
+from pyengine.node.localcluster import wait_for
+from pyengine.node.settings import Timeouts
 
 # 600 s: the first test's setup may build the images from scratch (~4 min on a new machine).
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pyengine.config import PORTS_PER_PARTITION
-from pyengine.localcluster import free_port_base
-from pyengine.system import System, Topology
+from pyengine.node.localcluster import free_port_base
+from pyengine.node.settings import PORTS_PER_PARTITION
+from pyengine.node.topology import Topology
+from pyengine.ops.system import System
 from tests.conftest import next_port_base
 
 EXAMPLE_TOPOLOGY = Path(__file__).resolve().parents[2] / "docs" / "examples" / "topology-2x3.json"
@@ -66,7 +67,7 @@ def make_system(tmp_path: Path):
 
 @pytest.fixture
 def make_routed_client():
-    from pyengine.routed_client import RoutedClient
+    from pyengine.client.routed import RoutedClient
 
     made: list[RoutedClient] = []
 

@@ -9,9 +9,9 @@ import pytest
 
 from coordinator.auth.client import AuthClient
 from coordinator.auth.feed import commands_for
-from pyengine.client import AuthenticationError, UnauthorisedError
-from pyengine.localcluster import wait_for
-from pyengine.tokens import TokenSigner
+from pyengine.client.match_client import AuthenticationError, UnauthorisedError
+from pyengine.node.localcluster import wait_for
+from pyengine.service.tokens import TokenSigner
 from tests.integration.test_auth_service import ADMIN_KEY, AuthServer
 from tests.integration.test_cluster_failover import order
 

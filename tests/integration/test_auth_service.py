@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from coordinator.auth.client import AuthClient, AuthError
-from pyengine.tokens import RevocationList, TokenError, TokenVerifier, check_command
+from pyengine.service.tokens import RevocationList, TokenError, TokenVerifier, check_command
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -406,7 +406,7 @@ def test_unreachable_server_gives_clear_error(tmp_path):
 # ------------------------------------------------------------------------------ feed to partitions
 def test_feed_produces_partition_commands(admin):
     from coordinator.auth.feed import AuthFeed, commands_for
-    from pyengine.tokens import AuthState
+    from pyengine.service.tokens import AuthState
 
     feed = AuthFeed(AuthClient(admin.base_url), batch=2)
     first = feed.poll()

@@ -13,7 +13,7 @@ import pytest
 
 from coordinator.auth.config import AuthConfig
 from coordinator.auth.service import AuthService, ServiceError, refresh_hash
-from pyengine.tokens import TokenError
+from pyengine.service.tokens import TokenError
 
 ADMIN_KEY = "k" * 24
 

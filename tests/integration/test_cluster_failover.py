@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from pyengine.localcluster import wait_for
+from pyengine.node.localcluster import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -76,8 +76,8 @@ def test_follower_only_client_survives_leader_kill(make_cluster, make_client):
 
 def test_resend_returns_the_original_outcome(make_cluster, make_client):
     """A resend with the same request id is answered from the service's memory, not re-applied."""
-    from pyengine import protocol
-    from pyengine.protocol import Channel, Command
+    from pyengine.wire import protocol
+    from pyengine.wire.protocol import Channel, Command
 
     cluster = make_cluster()
     cluster.await_leader(60)
@@ -99,7 +99,7 @@ def test_resend_returns_the_original_outcome(make_cluster, make_client):
 
 
 def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_cluster, make_client):
-    from pyengine import protocol
+    from pyengine.wire import protocol
 
     cluster = make_cluster()
     leader = cluster.await_leader(60)
@@ -125,8 +125,8 @@ def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_clus
 def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, make_client):
     """Bulks (many orders per command) are applied on every member, each order answered, and a
     bulk sent while the leader dies is answered exactly once by the new leader."""
-    from pyengine.engine.bulk import BulkBuilder
-    from pyengine.engine.core import EV_ACCEPTED, EV_TRADE
+    from pyengine.engine.model import EV_ACCEPTED, EV_TRADE
+    from pyengine.wire.bulk import BulkBuilder
 
     cluster = make_cluster()
     leader = cluster.await_leader(60)
@@ -175,7 +175,7 @@ def test_an_answer_larger_than_one_message_arrives_whole(make_cluster, make_clie
     """A taker that sweeps 3,000 resting orders gets one event per fill: ~700 KB of JSON, far over
     Aeron's 128 KiB message. The member sends it in pieces; the client hands over the whole answer,
     also as the DUPLICATE answer to a resend of the same request."""
-    from pyengine.engine.bulk import BulkBuilder
+    from pyengine.wire.bulk import BulkBuilder
 
     cluster = make_cluster()
     cluster.await_leader(60)

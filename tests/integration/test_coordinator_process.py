@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from coordinator.testing import CoordinatorProcess
-from pyengine.routing import Route, RouteCache, UnknownSymbol
+from pyengine.client.routing import Route, RouteCache, UnknownSymbol
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from pyengine.engine.core import DEFAULT_DEDUP_WINDOW
-from pyengine.localcluster import wait_for
+from pyengine.engine.model import DEFAULT_DEDUP_WINDOW
+from pyengine.node.localcluster import wait_for
 from tests.integration.test_cluster_failover import hashes_at_one_position, order, setup_market
 
 pytestmark = pytest.mark.cluster

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from coordinator.testing import CoordinatorProcess
-from pyengine.localcluster import wait_for
-from pyengine.routing import UnknownSymbol
-from pyengine.system import Topology
+from pyengine.client.routing import UnknownSymbol
+from pyengine.node.localcluster import wait_for
+from pyengine.node.topology import Topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -80,7 +80,7 @@ def test_two_partitions_on_three_workers_route_and_fill(topology_doc, make_syste
     assert "SOL" in p2 and "BTC" not in p2
 
     # A partition refuses the other's symbols (it was told what it owns).
-    from pyengine.client import MovedError
+    from pyengine.client.match_client import MovedError
 
     with pytest.raises(MovedError):
         client.client("p2").request({"op": "book", "symbol": "BTC-USDT"}, timeout=20)
@@ -196,7 +196,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(topology_doc, tmp_path
         path = tmp_path / f"{name}.json"
         path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
         directory = tmp_path / f"sys-{name}"
-        done = subprocess.run([sys.executable, "-m", "pyengine.cli", "up", str(path), "--dir", str(directory)],
+        done = subprocess.run([sys.executable, "-m", "pyengine.ops.cli", "up", str(path), "--dir", str(directory)],
                               capture_output=True, text=True, timeout=30, cwd=REPO)
         assert done.returncode == 1, (name, done.stdout, done.stderr)
         assert message in done.stderr, (name, done.stderr)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pyengine.client import ClientError
-from pyengine.localcluster import wait_for
+from pyengine.client.match_client import ClientError
+from pyengine.node.localcluster import wait_for
 from tests.integration.test_cluster_failover import hashes_at_one_position, order, setup_market
 
 pytestmark = pytest.mark.cluster

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pyengine.config import ClusterLayout, ConfigError, Timeouts
+from pyengine.node.settings import ClusterLayout, ConfigError, Timeouts
 
 
 def test_defaults_are_valid_and_reach_the_member_properties(tmp_path: Path) -> None:

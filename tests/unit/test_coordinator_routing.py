@@ -1,4 +1,4 @@
-"""Unit tests of pyengine.routing.RouteCache against a fake coordinator (httpx.MockTransport)."""
+"""Unit tests of pyengine.client.routing.RouteCache against a fake coordinator (httpx.MockTransport)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import httpx
 import pytest
 
-from pyengine.routing import (
+from pyengine.client.routing import (
     CoordinatorUnavailable,
     Route,
     RouteCache,
@@ -114,7 +114,7 @@ def test_miss_refresh_is_rate_limited(fake):
 def test_serves_cached_map_while_coordinator_down(cache, fake, caplog):
     cache.refresh()
     fake.up = False
-    with caplog.at_level(logging.WARNING, logger="pyengine.routing"):
+    with caplog.at_level(logging.WARNING, logger="pyengine.client.routing"):
         assert cache.refresh() is False
     assert any("serving cached routes version 1" in r.getMessage() for r in caplog.records)
     assert cache.lookup("BTC-USD") == Route("p1", 1, EP1)

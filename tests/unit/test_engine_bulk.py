@@ -1,5 +1,5 @@
-"""Bulk orders (pyengine/engine/bulk.py): same effects as the compact and JSON APIs, one
-outcome per command, and bad bulks change nothing."""
+"""Bulk orders (pyengine/wire/bulk.py, applied by pyengine/engine/bulk.py): same effects as
+the compact and JSON APIs, one outcome per command, and bad bulks change nothing."""
 
 from __future__ import annotations
 
@@ -7,17 +7,10 @@ import struct
 
 import pytest
 
-from pyengine.engine.bulk import (
-    HEADER,
-    MAX_COMMANDS,
-    RECORD,
-    BulkBuilder,
-    BulkError,
-    apply_bulk,
-    decode_answer,
-    decode_bulk,
-)
-from pyengine.engine.core import (
+from pyengine.engine import model
+from pyengine.engine.bulk import apply_bulk
+from pyengine.engine.core import placement_events
+from pyengine.engine.model import (
     EV_ACCEPTED,
     EV_AMENDED,
     EV_CANCELLED,
@@ -28,7 +21,16 @@ from pyengine.engine.core import (
     OP_AMEND,
     OP_CANCEL,
     OP_PLACE,
-    placement_events,
+)
+from pyengine.wire import bulk as wire_bulk
+from pyengine.wire.bulk import (
+    HEADER,
+    MAX_COMMANDS,
+    RECORD,
+    BulkBuilder,
+    BulkError,
+    decode_answer,
+    decode_bulk,
 )
 from tests.unit.test_engine_compact import _flow, _setup
 
@@ -262,3 +264,11 @@ def test_a_full_answer_leaves_the_rest_not_applied():
     book = e.apply({"op": "book", "symbol": "BTC-USD", "depth": 50}, 11)[0]
     assert len(book["asks"]) == 5
     assert len(apply_bulk(_setup(), decode_bulk(b.encode()), 10)) < 96_000
+
+
+def test_wire_codes_are_the_engines():
+    """apply_bulk writes the engine's op and event codes straight into the answer: the wire
+    format's tables must hold the same numbers."""
+    for name in ("OP_PLACE", "OP_CANCEL", "OP_AMEND", "EV_REJECTED", "EV_ACCEPTED", "EV_TRADE",
+                 "EV_CANCELLED", "EV_AMENDED", "EV_DUPLICATE"):
+        assert getattr(wire_bulk, name) == getattr(model, name), name

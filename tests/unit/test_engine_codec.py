@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyengine.engine import CodecError, Engine
-from pyengine.engine.codec import decode_command, decode_events, encode_command, encode_events
+from pyengine.engine import Engine
+from pyengine.wire.codec import CodecError, decode_command, decode_events, encode_command, encode_events
 
 CMDS = [
     {"op": "place", "account": "a", "symbol": "BTC-USD", "side": "buy", "type": "limit",
@@ -141,7 +141,7 @@ def test_engine_package_imports_no_network_or_jvm():
     import subprocess
     import sys
 
-    code = ("import sys; import pyengine.engine, pyengine.engine.codec, pyengine.replay; "
+    code = ("import sys; import pyengine.engine, pyengine.wire.codec, pyengine.ops.replay; "
             "bad = [m for m in ('jpype', 'socket', 'ssl', 'http', 'urllib.request', 'asyncio')"
             " if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from pyengine.engine import Engine
-from pyengine.engine.core import (
+from pyengine.engine.core import event_dicts
+from pyengine.engine.model import (
     BUY,
     EV_ACCEPTED,
     EV_DUPLICATE,
@@ -22,7 +23,6 @@ from pyengine.engine.core import (
     OP_CANCEL,
     OP_PLACE,
     SELL,
-    event_dicts,
 )
 
 TICK = 2   # price ticks per unit ("0.5")

@@ -73,7 +73,7 @@ def _run(code: str, cwd: Path, pure: bool) -> subprocess.CompletedProcess[str]:
 
 def _needs_build() -> None:
     if not native_stamp.is_current():
-        pytest.skip("compiled engine not built (python -m pyengine.build_engine)")
+        pytest.skip("compiled engine not built (python -m pyengine.ops.build_engine)")
 
 
 def test_compiled_and_plain_engine_agree_event_for_event():

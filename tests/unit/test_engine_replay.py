@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from pyengine.engine import Engine
-from pyengine.replay import main, replay
+from pyengine.ops.replay import main, replay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def test_same_stream_same_events_and_hash_across_hash_seeds(tmp_path):
     outs = []
     for seed in ("0", "12345", "random"):
         env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(ROOT))
-        p = subprocess.run([sys.executable, "-m", "pyengine.replay", str(f), "--state-hash"],
+        p = subprocess.run([sys.executable, "-m", "pyengine.ops.replay", str(f), "--state-hash"],
                            capture_output=True, env=env, check=True, cwd=ROOT, timeout=120)
         outs.append(p.stdout)
     assert outs[0] == outs[1] == outs[2]

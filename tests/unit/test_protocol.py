@@ -1,7 +1,7 @@
 import pytest
 
-from pyengine import protocol
-from pyengine.protocol import Answer, Command, ProtocolError
+from pyengine.wire import protocol
+from pyengine.wire.protocol import Answer, Command, ProtocolError
 
 
 def test_request_round_trip():
@@ -43,7 +43,7 @@ def test_trailing_bytes_are_refused():
 
 
 def _delivered(msgs: list[bytes]) -> list:
-    from pyengine.protocol import Reassembler, decode_reply
+    from pyengine.wire.protocol import Reassembler, decode_reply
 
     joiner = Reassembler()
     out = [joiner.feed(a) for m in msgs for a in decode_reply(m)[1]]
@@ -52,7 +52,7 @@ def _delivered(msgs: list[bytes]) -> list:
 
 
 def test_replies_are_split_to_fit_the_message_limit_and_large_answers_travel_in_pieces():
-    from pyengine.protocol import MAX_SPLIT_ANSWER_BYTES, Answer, Status, decode_reply, encode_replies
+    from pyengine.wire.protocol import MAX_SPLIT_ANSWER_BYTES, Answer, Status, decode_reply, encode_replies
 
     answers = [Answer(i, Status.OK, bytes([i]) * 100) for i in range(1, 51)]
     big = Answer(99, Status.DUPLICATE, bytes(range(256)) * 20)
@@ -70,7 +70,7 @@ def test_replies_are_split_to_fit_the_message_limit_and_large_answers_travel_in_
 
 
 def test_a_missing_piece_discards_the_partial_answer_and_a_resend_from_offset_0_completes():
-    from pyengine.protocol import Answer, Reassembler, Status, decode_reply, encode_replies
+    from pyengine.wire.protocol import Answer, Reassembler, Status, decode_reply, encode_replies
 
     big = Answer(5, Status.OK, bytes(range(256)) * 30)
     pieces = [a for m in encode_replies([big], 1000) for a in decode_reply(m)[1]]

@@ -3,9 +3,9 @@
 import orjson
 import pytest
 
-from pyengine import protocol
-from pyengine.protocol import Channel, Command, Status
-from pyengine.service import MatchingService, ServiceSnapshotError
+from pyengine.service.matching import MatchingService, ServiceSnapshotError
+from pyengine.wire import protocol
+from pyengine.wire.protocol import Channel, Command, Status
 
 
 def run(service, client_id, cmds, ts=1000, session=5, position=64):
@@ -141,7 +141,7 @@ def _bulk_service(**kw):
 
 
 def _a_bulk(account="a", symbol="ETH-USDT"):
-    from pyengine.engine.bulk import BulkBuilder
+    from pyengine.wire.bulk import BulkBuilder
 
     b = BulkBuilder()
     b.place(account, symbol, "buy", 1000, 100, client_order_id=1)  # 10.00 x 1
@@ -151,8 +151,8 @@ def _a_bulk(account="a", symbol="ETH-USDT"):
 
 
 def test_a_bulk_is_one_command_with_an_answer_per_order_and_a_resend_is_a_duplicate():
-    from pyengine.engine.bulk import decode_answer
-    from pyengine.engine.core import EV_ACCEPTED, EV_CANCELLED
+    from pyengine.engine.model import EV_ACCEPTED, EV_CANCELLED
+    from pyengine.wire.bulk import decode_answer
 
     s = _bulk_service()
     [a] = run(s, 9, [Command(1, Channel.ENGINE_BULK, _a_bulk())])
@@ -179,7 +179,7 @@ def test_a_bulk_naming_a_symbol_not_owned_applies_nothing():
     s = _bulk_service()
     run(s, 1, [Command(1, Channel.ADMIN_JSON, b'{"op":"own_symbols","symbols":{"ETH-USDT":3}}')])
     h = s.engine.state_hash()
-    from pyengine.engine.bulk import BulkBuilder
+    from pyengine.wire.bulk import BulkBuilder
 
     b = BulkBuilder()
     b.place("a", "ETH-USDT", "buy", 1000, 100)
@@ -190,7 +190,7 @@ def test_a_bulk_naming_a_symbol_not_owned_applies_nothing():
 
 
 def test_a_bulk_needs_a_token_for_every_account_it_names():
-    from pyengine.tokens import TokenSigner
+    from pyengine.service.tokens import TokenSigner
 
     signer = TokenSigner.generate(kid="k1")
     s = _bulk_service(auth_keys={"k1": signer.jwk()["x"]})
@@ -227,8 +227,8 @@ def test_reply_cache_is_bounded_in_bytes_too():
 
 
 def test_a_bulk_answer_larger_than_one_message_is_sent_whole_in_pieces():
-    from pyengine.engine.bulk import BulkBuilder, decode_answer
-    from pyengine.engine.core import EV_ACCEPTED
+    from pyengine.engine.model import EV_ACCEPTED
+    from pyengine.wire.bulk import BulkBuilder, decode_answer
 
     s = _bulk_service(max_reply_bytes=2_000)
     s.engine.apply({"op": "deposit", "account": "a", "asset": "USDT", "amount": "99000", "tx_id": "2"}, 1)

@@ -1,4 +1,4 @@
-"""Unit tests of pyengine.tokens: every rejection path has its reason code."""
+"""Unit tests of pyengine.service.tokens: every rejection path has its reason code."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyengine.tokens import (
+from pyengine.service.tokens import (
     PERMS,
     REASONS,
     Principal,
@@ -539,7 +539,7 @@ def test_mutated_tokens_never_verify(data):
 
 # ------------------------------------------------------------------------------ AuthState
 def test_auth_state_commands_idempotent_and_snapshot(signer):
-    from pyengine.tokens import AuthState
+    from pyengine.service.tokens import AuthState
 
     st_ = AuthState()
     x = b64url_encode(signer.public_key)

@@ -24,10 +24,10 @@ import java.util.concurrent.TimeUnit;
  * If the field is gone or cannot be written (another Aeron version), Aeron's interval stays and
  * {@link #apply} says so.
  */
-final class SetupRepeat
+public final class SetupRepeat
 {
     static final String FIELD = "PUBLICATION_SETUP_TIMEOUT_NS";
-    static final long DEFAULT_MS = 10;
+    public static final long DEFAULT_MS = 10;
     static final long MAX_MS = 1_000;
 
     private SetupRepeat()
@@ -41,7 +41,7 @@ final class SetupRepeat
      * @param intervalMs 1..{@link #MAX_MS}.
      * @return the interval now in force, in ns (Aeron's own if it could not be changed).
      */
-    static synchronized long apply(final long intervalMs)
+    public static synchronized long apply(final long intervalMs)
     {
         if (intervalMs < 1 || intervalMs > MAX_MS)
         {

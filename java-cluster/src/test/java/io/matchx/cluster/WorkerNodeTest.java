@@ -1,5 +1,7 @@
 package io.matchx.cluster;
 
+import io.matchx.cluster.client.ClusterClient;
+
 import org.agrona.IoUtil;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;

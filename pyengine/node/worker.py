@@ -1,8 +1,8 @@
 """One worker in one OS process: one JVM, one media driver, and one member of every partition the
 topology places on this worker (its own archive, consensus module, service container, Python
-MatchingService). The main thread parks in Java until SIGTERM/SIGINT, as in ``pyengine.node``.
+MatchingService). The main thread parks in Java until SIGTERM/SIGINT, as in ``pyengine.node.member``.
 
-    python -m pyengine.worker --topology FILE --worker-id W [--dir var/system]
+    python -m pyengine.node.worker --topology FILE --worker-id W [--dir var/system]
 
 ``--dir`` is the system directory: member ``i`` of partition ``P`` keeps its durable state in
 ``DIR/partitions/P/member-i``. The driver directory is in /dev/shm, named after the system
@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from pyengine import jvm
-from pyengine.config import ConfigError
-from pyengine.node import MemberDirInUse, clear_stale_mark_files
-from pyengine.system import DEFAULT_SYSTEM_DIR, Topology
+from pyengine.node.member import MemberDirInUse, clear_stale_mark_files
+from pyengine.node.settings import ConfigError
+from pyengine.node.topology import DEFAULT_SYSTEM_DIR, Topology
 
 log = logging.getLogger("matchx.worker")
 
@@ -52,8 +52,8 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
 
     import jpype
 
-    from pyengine.bridge import CredentialsBridge, ServiceBridge
-    from pyengine.service import MatchingService, max_reply_bytes
+    from pyengine.node.bridge import CredentialsBridge, ServiceBridge
+    from pyengine.service.matching import MatchingService, max_reply_bytes
 
     Properties = jpype.JClass("java.util.Properties")
     MemberNode = jpype.JClass("io.matchx.cluster.MemberNode")

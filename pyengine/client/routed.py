@@ -39,8 +39,8 @@ from typing import Any
 
 import httpx
 
-from pyengine.client import ClientError, MatchClient, MovedError, Reply
-from pyengine.routing import CoordinatorUnavailable, Route, RouteCache, RoutingError, UnknownSymbol
+from pyengine.client.match_client import ClientError, MatchClient, MovedError, Reply
+from pyengine.client.routing import CoordinatorUnavailable, Route, RouteCache, RoutingError, UnknownSymbol
 
 log = logging.getLogger("matchx.routed_client")
 

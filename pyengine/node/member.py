@@ -1,7 +1,7 @@
 """One cluster member in one OS process: Python starts the JVM, launches the member and parks
 its main thread in Java until SIGTERM/SIGINT.
 
-    python -m pyengine.node --layout DIR/cluster.json --member-id 0
+    python -m pyengine.node.member --layout DIR/cluster.json --member-id 0
 
 The main thread waits inside Java (io.matchx.cluster.ShutdownLatch) so that callbacks from Aeron's
 threads find the GIL free instead of waiting a switch interval for it.
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from pyengine import jvm
-from pyengine.config import ClusterLayout, ConfigError
-from pyengine.procs import pid_alive
+from pyengine.node.procs import pid_alive
+from pyengine.node.settings import ClusterLayout, ConfigError
 
 log = logging.getLogger("matchx.node")
 
@@ -61,8 +61,8 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
 
     import jpype
 
-    from pyengine.bridge import ServiceBridge
-    from pyengine.service import MatchingService, max_reply_bytes
+    from pyengine.node.bridge import ServiceBridge
+    from pyengine.service.matching import MatchingService, max_reply_bytes
 
     Properties = jpype.JClass("java.util.Properties")
     MemberNode = jpype.JClass("io.matchx.cluster.MemberNode")
@@ -72,7 +72,7 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     for k, v in props.items():
         jprops.setProperty(k, v)
 
-    from pyengine.bridge import CredentialsBridge
+    from pyengine.node.bridge import CredentialsBridge
 
     auth_keys = layout.auth_keys()
     service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys,

@@ -1,4 +1,4 @@
-package io.matchx.cluster;
+package io.matchx.cluster.client;
 
 import io.aeron.Aeron;
 import io.aeron.Publication;
@@ -8,6 +8,7 @@ import io.aeron.cluster.codecs.EventCode;
 import io.aeron.driver.MediaDriver;
 import io.aeron.driver.ThreadingMode;
 import io.aeron.logbuffer.Header;
+import io.matchx.cluster.SetupRepeat;
 import org.agrona.CloseHelper;
 import org.agrona.DirectBuffer;
 import org.agrona.concurrent.BackoffIdleStrategy;

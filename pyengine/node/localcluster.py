@@ -1,6 +1,6 @@
 """Start, watch and stop the members of one partition on this machine.
 
-Each member is a separate OS process (``python -m pyengine.node``). The layout and the member
+Each member is a separate OS process (``python -m pyengine.node.member``). The layout and the member
 PIDs are written to ``DIR/cluster.json`` and ``DIR/pids.json`` so that ``matchctl cluster
 status|down`` in another shell finds them. Shaped after Aeron's TestCluster: tests read as the
 scenario they check (start, find the leader, kill it, wait for a condition with a deadline).
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pyengine.config import PORTS_PER_MEMBER, PORTS_PER_PARTITION, ClusterLayout
-from pyengine.procs import pid_alive
+from pyengine.node.procs import pid_alive
+from pyengine.node.settings import PORTS_PER_MEMBER, PORTS_PER_PARTITION, ClusterLayout
 
 
 class ClusterError(RuntimeError):
@@ -111,11 +111,11 @@ class LocalCluster:
         # driver from starting. The cluster and archive dirs are the durable state and stay.
         shutil.rmtree(self.layout.aeron_dir(member_id), ignore_errors=True)
         log = open(member_dir / "member.log", "ab")
-        cmd = [sys.executable, "-m", "pyengine.node", "--layout", str(self.layout_file),
+        cmd = [sys.executable, "-m", "pyengine.node.member", "--layout", str(self.layout_file),
                "--member-id", str(member_id), "--log-level", self.log_level]
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=detach, cwd=str(Path(__file__).resolve().parent.parent),
+            start_new_session=detach, cwd=str(Path(__file__).resolve().parents[2]),
         )
         log.close()
         self.procs[member_id] = proc

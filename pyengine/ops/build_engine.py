@@ -1,8 +1,8 @@
 """Compile the engine's hot modules with mypyc (``make build`` runs this).
 
-    python -m pyengine.build_engine          # build in place when missing or stale
-    python -m pyengine.build_engine --check  # exit 0 when the build is current
-    python -m pyengine.build_engine --clean  # remove it: the engine runs as plain Python
+    python -m pyengine.ops.build_engine          # build in place when missing or stale
+    python -m pyengine.ops.build_engine --check  # exit 0 when the build is current
+    python -m pyengine.ops.build_engine --clean  # remove it: the engine runs as plain Python
 
 The compiled extensions sit next to the sources (``pyengine/engine/core.*.so`` ...) with their
 shared runtime ``native__mypyc.*.so`` and a stamp: the SHA-256 of the sources they were built

@@ -23,8 +23,6 @@ import struct
 
 import orjson
 
-from .errors import CodecError
-
 __all__ = ["CodecError", "encode_command", "decode_command", "encode_events",
            "decode_events"]
 
@@ -40,6 +38,10 @@ _SIDES = ("buy", "sell")
 _TYPES = ("limit", "market")
 _TIFS = ("GTC", "IOC", "FOK")
 _STPS = ("none", "cancel_taker", "cancel_maker", "cancel_both")
+
+
+class CodecError(ValueError):
+    """Raised by the binary codec for malformed or truncated input."""
 _SIDE_IX = {v: i for i, v in enumerate(_SIDES)}
 _TYPE_IX = {v: i for i, v in enumerate(_TYPES)}
 _TIF_IX = {v: i for i, v in enumerate(_TIFS)}

@@ -47,7 +47,7 @@ class Channel(IntEnum):
     ENGINE_JSON = 1  # an engine command as a JSON object
     ENGINE_BINARY = 2  # an engine command in the engine's binary codec
     ADMIN_JSON = 3  # a service command (state_hash, ping, ...) as a JSON object
-    ENGINE_BULK = 4  # many place/cancel/amend commands in ticks and lots (pyengine/engine/bulk.py)
+    ENGINE_BULK = 4  # many place/cancel/amend commands in ticks and lots (pyengine/wire/bulk.py)
 
 
 class Status(IntEnum):

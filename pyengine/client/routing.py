@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-log = logging.getLogger("pyengine.routing")
+log = logging.getLogger("pyengine.client.routing")
 
 _WARN_INTERVAL = 5.0  # seconds between repeated "coordinator unreachable" warnings
 

@@ -25,12 +25,13 @@ from pathlib import Path
 import orjson
 
 from pyengine import engine as engine_pkg
-from pyengine import protocol
 from pyengine.engine import Engine, SnapshotError
-from pyengine.engine.bulk import BulkError, apply_bulk, decode_bulk
-from pyengine.engine.bulk import decode_names as decode_bulk_names
-from pyengine.protocol import Answer, Channel, ProtocolError, Status
-from pyengine.tokens import AuthState, Principal, TokenError
+from pyengine.engine.bulk import apply_bulk
+from pyengine.service.tokens import AuthState, Principal, TokenError
+from pyengine.wire import protocol
+from pyengine.wire.bulk import BulkError, decode_bulk
+from pyengine.wire.bulk import decode_names as decode_bulk_names
+from pyengine.wire.protocol import Answer, Channel, ProtocolError, Status
 
 log = logging.getLogger("matchx.service")
 
@@ -294,7 +295,7 @@ class MatchingService:
                 return Status.OK, orjson.dumps(self.engine.apply(cmd, ts_ns))
             if command.channel == Channel.ENGINE_BINARY:
                 if self.owned is not None:
-                    from pyengine.engine.codec import decode_command
+                    from pyengine.wire.codec import decode_command
 
                     cmd = decode_command(command.payload)
                     moved = self._moved(cmd)
@@ -355,7 +356,7 @@ class MatchingService:
             if command.channel == Channel.ENGINE_BULK:
                 return self._authorise_bulk(command.payload, ts_ns, principal)
             if command.channel == Channel.ENGINE_BINARY:
-                from pyengine.engine.codec import decode_command
+                from pyengine.wire.codec import decode_command
 
                 cmd = decode_command(command.payload)
             else:

@@ -15,7 +15,7 @@ import jpype
 import jpype.nio
 from jpype import JImplements, JOverride
 
-from pyengine.service import MatchingService
+from pyengine.service.matching import MatchingService
 
 log = logging.getLogger("matchx.bridge")
 

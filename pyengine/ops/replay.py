@@ -1,6 +1,6 @@
 """Replay JSON-lines commands through a fresh Engine and print JSON-lines events.
 
-Usage: ``python -m pyengine.replay [FILE] [--state-hash]`` (stdin when FILE is absent or ``-``).
+Usage: ``python -m pyengine.ops.replay [FILE] [--state-hash]`` (stdin when FILE is absent or ``-``).
 
 Each input line is one command object; an optional integer ``ts`` field gives the command
 timestamp (otherwise the previous timestamp + 1, starting at 1). Blank lines and lines

@@ -17,10 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from pyengine.config import DEFAULT_PORT_BASE, ClusterLayout
-from pyengine.engine.bulk import BulkBuilder
-from pyengine.engine.core import EV_ACCEPTED, EV_CANCELLED
-from pyengine.localcluster import LocalCluster, free_port_base, wait_for
+from pyengine.node.localcluster import LocalCluster, free_port_base, wait_for
+from pyengine.node.settings import DEFAULT_PORT_BASE, ClusterLayout
+from pyengine.wire.bulk import EV_ACCEPTED, EV_CANCELLED, BulkBuilder
 
 SYMBOL = "BTC-USDT"
 
@@ -48,7 +47,7 @@ def show(events) -> None:
 
 
 def run(base_dir: Path, port_base: int) -> int:
-    from pyengine.client import MatchClient
+    from pyengine.client.match_client import MatchClient
 
     shutil.rmtree(base_dir, ignore_errors=True)
     port_base = free_port_base(port_base)
@@ -156,10 +155,10 @@ def run(base_dir: Path, port_base: int) -> int:
 
 def run_partitioned(base_dir: Path) -> int:
     """Part two: the topology of docs/examples/topology-2x3.json, routed by the coordinator."""
-    from pyengine.routed_client import RoutedClient
-    from pyengine.system import System
+    from pyengine.client.routed import RoutedClient
+    from pyengine.ops.system import System
 
-    topology = Path(__file__).resolve().parent.parent / "docs" / "examples" / "topology-2x3.json"
+    topology = Path(__file__).resolve().parents[2] / "docs" / "examples" / "topology-2x3.json"
     shutil.rmtree(base_dir, ignore_errors=True)
     say(f"== part 2: two partitions on three workers, routed by the coordinator ({topology.name})")
     t0 = time.monotonic()

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pyengine import jvm, protocol
-from pyengine.engine.bulk import BulkBuilder
-from pyengine.engine.bulk import decode_answer as decode_bulk_answer
-from pyengine.protocol import Channel, Command, Status
+from pyengine import jvm
+from pyengine.wire import protocol
+from pyengine.wire.bulk import BulkBuilder
+from pyengine.wire.bulk import decode_answer as decode_bulk_answer
+from pyengine.wire.protocol import Channel, Command, Status
 
 log = logging.getLogger("matchx.client")
 
@@ -154,7 +155,7 @@ class MatchClient:
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
         self.aeron_dir = f"/dev/shm/matchx-client-{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
-        JClient = jpype.JClass("io.matchx.cluster.ClusterClient")
+        JClient = jpype.JClass("io.matchx.cluster.client.ClusterClient")
         self._java = JClient(
             ingress_endpoints, self.aeron_dir, egress_host, connect_timeout_ms,
             new_leader_timeout_ms, jpype.JArray(jpype.JByte)(credentials),
@@ -179,7 +180,7 @@ class MatchClient:
 
     def submit_binary(self, command: dict) -> Future:
         """Like ``submit`` but in the engine's binary codec: smaller and faster on the members."""
-        from pyengine.engine.codec import encode_command
+        from pyengine.wire.codec import encode_command
 
         return self._submit(Channel.ENGINE_BINARY, encode_command(command))
 
@@ -480,7 +481,7 @@ class MatchClient:
             if p is None or p.future.done():
                 continue  # an answer to a resend we already have
             if p.channel == Channel.ENGINE_BINARY and a.status in (Status.OK, Status.DUPLICATE):
-                from pyengine.engine.codec import decode_events
+                from pyengine.wire.codec import decode_events
 
                 payload = decode_events(a.payload)
             elif p.channel == Channel.ENGINE_BULK and a.status in (Status.OK, Status.DUPLICATE):

@@ -20,9 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
-from pyengine.config import DEFAULT_PORT_BASE, ClusterLayout, ConfigError
-from pyengine.localcluster import ClusterError, LocalCluster, wait_for
-from pyengine.system import DEFAULT_SYSTEM_DIR, SystemStateError
+from pyengine.node.localcluster import ClusterError, LocalCluster, wait_for
+from pyengine.node.settings import DEFAULT_PORT_BASE, ClusterLayout, ConfigError
+from pyengine.node.topology import DEFAULT_SYSTEM_DIR, SystemStateError
 
 DEFAULT_DIR = Path("var/cluster")
 
@@ -83,7 +83,7 @@ def cmd_cluster_down(args) -> int:
 
 
 def cmd_cluster_hash(args) -> int:
-    from pyengine.client import MatchClient
+    from pyengine.client.match_client import MatchClient
 
     cluster = LocalCluster.open(args.dir)
     with MatchClient(cluster.ingress_endpoints()) as client:
@@ -116,7 +116,8 @@ def cmd_cluster_snapshot(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from pyengine.system import System, Topology, describe
+    from pyengine.node.topology import Topology
+    from pyengine.ops.system import System, describe
 
     Topology.load(args.topology)  # a bad file is reported before anything is said or started
     print(f"starting the system of {args.topology} in {args.dir} ...", flush=True)
@@ -127,7 +128,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pyengine.system import System, describe
+    from pyengine.ops.system import System, describe
 
     status = System(args.dir).status()
     print(json.dumps(status, indent=2) if args.json else describe(status))
@@ -135,7 +136,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from pyengine.system import System
+    from pyengine.ops.system import System
 
     System(args.dir).down()
     print(f"stopped the system of {args.dir}")
@@ -143,13 +144,13 @@ def cmd_down(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from pyengine import replay
+    from pyengine.ops import replay
 
     return replay.main([str(args.file)] if args.file else [])
 
 
 def cmd_demo(args) -> int:
-    from pyengine import demo
+    from pyengine.ops import demo
 
     return demo.main([])
 
