@@ -54,6 +54,9 @@ def clear_stale_mark_files(member_dir: Path) -> None:
 
 def run_member(layout: ClusterLayout, member_id: int) -> int:
     props = layout.member_properties(member_id)
+    # Keys first: a member told to check tokens that cannot load them refuses to start, before
+    # it touches its directory or starts a JVM.
+    auth_keys = layout.auth_keys()
     member_dir = layout.member_dir(member_id)
     member_dir.mkdir(parents=True, exist_ok=True)
     clear_stale_mark_files(member_dir)
@@ -74,7 +77,6 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
 
     from pyengine.node.bridge import CredentialsBridge
 
-    auth_keys = layout.auth_keys()
     service = MatchingService(hash_file=member_dir / "hash.json", auth_keys=auth_keys,
                               max_reply_bytes=max_reply_bytes(layout.term_length))
     bridge = ServiceBridge(service)

@@ -24,6 +24,39 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names it."""
 
 
+def load_auth_keys(path: str | Path) -> dict[str, str]:
+    """Reads an auth keys file: the auth service's ``GET /v1/keys`` answer (a list of
+    ``{kid, x, ...}``) or its JWK set (``{"keys": [...]}``). Every entry must be a usable
+    Ed25519 public key, and there must be at least one: an empty file would be a member that
+    accepts no token at all, which is never what was meant."""
+    from pyengine.service.tokens import AuthState
+
+    where = f"auth keys file {path}"
+    if not str(path).strip():
+        raise ConfigError("auth_keys_file is empty: name the auth service's keys file (GET /v1/keys)")
+    try:
+        doc = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
+    keys = doc.get("keys") if isinstance(doc, dict) else doc
+    if not isinstance(keys, list) or not keys:
+        raise ConfigError(f"{where}: holds no key; expected a non-empty list of {{kid, x}} "
+                          "(GET /v1/keys) or {\"keys\": [...]}")
+    out: dict[str, str] = {}
+    probe = AuthState()  # the same checks a partition's add_key runs
+    for i, k in enumerate(keys):
+        if not isinstance(k, dict) or not isinstance(k.get("kid"), str) or not isinstance(k.get("x"), str):
+            raise ConfigError(f"{where}: key {i} is not an object with string kid and x")
+        try:
+            probe.apply({"type": "add_key", "kid": k["kid"], "x": k["x"]})
+        except ValueError as exc:
+            raise ConfigError(f"{where}: key {i} ({k['kid'][:40]!r}) is not a valid Ed25519 key: {exc}") from None
+        out[k["kid"]] = k["x"]
+    return out
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Raft timing. The defaults aim at sub-500 ms failover on loopback; see docs/operations.md."""
@@ -88,16 +121,12 @@ class ClusterLayout:
         self.timeouts.check()
 
     def auth_keys(self) -> dict[str, str] | None:
-        if not self.auth_keys_file:
+        """The bootstrap keys {kid: x}, or None when tokens are off. A member calls this before
+        it starts anything: a keys file that is missing, unreadable or holds no valid key is a
+        ConfigError (the member refuses to start) -- never a member that runs open."""
+        if self.auth_keys_file is None:
             return None
-        try:
-            doc = json.loads(Path(self.auth_keys_file).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"auth keys file {self.auth_keys_file}: {exc}") from exc
-        keys = doc.get("keys", doc) if isinstance(doc, dict) else doc
-        if not isinstance(keys, list) or not all(isinstance(k, dict) and "kid" in k and "x" in k for k in keys):
-            raise ConfigError(f"auth keys file {self.auth_keys_file}: expected a list of {{kid, x}} keys")
-        return {k["kid"]: k["x"] for k in keys}
+        return load_auth_keys(self.auth_keys_file)
 
     def host(self, member_id: int) -> str:
         return self.hosts[member_id] if self.hosts else DEFAULT_HOST

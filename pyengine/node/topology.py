@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,15 @@ class CoordinatorSpec:
 
 
 @dataclass(frozen=True)
+class AuthServiceSpec:
+    """The auth service ``matchctl up`` runs as part of the system (docs/auth.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: an ephemeral port, recorded in DIR/system.json
+    db: str = "auth.db"  # relative to the system directory
+
+
+@dataclass(frozen=True)
 class Topology:
     coordinator: CoordinatorSpec
     workers: tuple[WorkerSpec, ...]
@@ -107,6 +116,7 @@ class Topology:
     timeouts: Timeouts = field(default_factory=Timeouts)
     description: str = ""
     auth_keys_file: str | None = None  # settings.auth_keys_file: token authentication on every partition
+    auth: AuthServiceSpec | None = None  # run the auth service as part of the system
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -122,17 +132,22 @@ class Topology:
         except ValueError as exc:
             raise TopologyError(f"topology {path}: not valid JSON: {exc}") from None
         try:
-            return cls.from_dict(document)
+            topo = cls.from_dict(document)
         except TopologyError as exc:
             raise TopologyError(f"topology {path}: {exc}") from None
+        if topo.auth_keys_file and not Path(topo.auth_keys_file).is_absolute():
+            # relative to the topology file, not to whichever directory a worker starts in
+            topo = replace(topo, auth_keys_file=str((path.parent / topo.auth_keys_file).resolve()))
+        return topo
 
     @classmethod
     def from_dict(cls, d: Any) -> Topology:
         if not isinstance(d, dict):
             raise TopologyError("the topology must be a JSON object")
         _keys(d, "topology", required=("workers", "partitions"),
-              optional=("coordinator", "settings", "description"))
+              optional=("coordinator", "settings", "description", "auth"))
         coordinator = _coordinator(d.get("coordinator", {}))
+        auth = _auth(d["auth"]) if d.get("auth") is not None else None
         settings = d.get("settings", {})
         if not isinstance(settings, dict):
             raise TopologyError("settings must be an object")
@@ -156,8 +171,8 @@ class Topology:
         idle = _int(settings.get("idle_max_park_us", 1000), "settings.idle_max_park_us", 1)
         snap = _int(settings.get("snapshot_interval_s", 0), "settings.snapshot_interval_s", 0)
         auth_keys_file = settings.get("auth_keys_file")
-        if auth_keys_file is not None and not isinstance(auth_keys_file, str):
-            raise TopologyError("settings.auth_keys_file must be a path")
+        if auth_keys_file is not None and (not isinstance(auth_keys_file, str) or not auth_keys_file.strip()):
+            raise TopologyError("settings.auth_keys_file must be a path (leave it out to run without tokens)")
         description = d.get("description", "")
         if not isinstance(description, str):
             raise TopologyError("description must be a string")
@@ -166,7 +181,8 @@ class Topology:
         worker_ids = {w.id for w in workers}
         partitions = _partitions(d["partitions"], worker_ids)
 
-        topo = cls(coordinator, workers, partitions, term_length, idle, snap, timeouts, description, auth_keys_file)
+        topo = cls(coordinator, workers, partitions, term_length, idle, snap, timeouts, description, auth_keys_file,
+                   auth)
         topo._check_ports()
         for p in partitions:
             topo.layout(p.id, Path("/nonexistent"))  # ClusterLayout's own checks
@@ -179,21 +195,31 @@ class Topology:
                 raise TopologyError(
                     f"partitions {a!r} and {b!r} overlap in ports: {a} uses {s1}..{e1 - 1}, {b} starts at {s2} "
                     f"(each member takes {PORTS_PER_MEMBER} ports from port_base)")
-        port = self.coordinator.port
-        for start, stop, pid in ranges:
-            if port and start <= port < stop:
-                raise TopologyError(f"coordinator.port {port} is inside the ports of partition {pid!r}")
+        services = [("coordinator.port", self.coordinator.port)]
+        if self.auth is not None:
+            services.append(("auth.port", self.auth.port))
+            if self.auth.port and self.auth.port == self.coordinator.port:
+                raise TopologyError(f"auth.port {self.auth.port} is the coordinator's port")
+        for name, port in services:
+            for start, stop, pid in ranges:
+                if port and start <= port < stop:
+                    raise TopologyError(f"{name} {port} is inside the ports of partition {pid!r}")
 
     def to_dict(self) -> dict:
-        return {
+        """The document the workers read (DIR/topology.json): every setting must be in it, or a
+        worker would run without it (tests/unit/test_topology_auth.py round-trips each field)."""
+        settings: dict[str, Any] = {
+            "term_length": self.term_length,
+            "idle_max_park_us": self.idle_max_park_us,
+            "snapshot_interval_s": self.snapshot_interval_s,
+            "timeouts": {k: getattr(self.timeouts, k) for k in Timeouts.__dataclass_fields__},
+        }
+        if self.auth_keys_file is not None:
+            settings["auth_keys_file"] = self.auth_keys_file
+        doc: dict[str, Any] = {
             "description": self.description,
             "coordinator": {"host": self.coordinator.host, "port": self.coordinator.port, "db": self.coordinator.db},
-            "settings": {
-                "term_length": self.term_length,
-                "idle_max_park_us": self.idle_max_park_us,
-                "snapshot_interval_s": self.snapshot_interval_s,
-                "timeouts": {k: getattr(self.timeouts, k) for k in Timeouts.__dataclass_fields__},
-            },
+            "settings": settings,
             "workers": [{"id": w.id, "host": w.host} for w in self.workers],
             "partitions": [
                 {"id": p.id, "cluster_id": p.cluster_id, "port_base": p.port_base, "members": list(p.members),
@@ -201,6 +227,9 @@ class Topology:
                 for p in self.partitions
             ],
         }
+        if self.auth is not None:
+            doc["auth"] = {"host": self.auth.host, "port": self.auth.port, "db": self.auth.db}
+        return doc
 
     # ---- derived -------------------------------------------------------------------------
 
@@ -301,6 +330,18 @@ def _coordinator(d: Any) -> CoordinatorSpec:
     if not isinstance(db, str) or not db:
         raise TopologyError("coordinator.db must be a file path")
     return CoordinatorSpec(host, port, db)
+
+
+def _auth(d: Any) -> AuthServiceSpec:
+    if not isinstance(d, dict):
+        raise TopologyError("auth must be an object {host, port, db}")
+    _keys(d, "auth", optional=("host", "port", "db"))
+    host = _str(d.get("host", "127.0.0.1"), "auth.host", HOST_RE, "host")
+    port = _int(d.get("port", 0), "auth.port", 0, 65535)
+    db = d.get("db", "auth.db")
+    if not isinstance(db, str) or not db:
+        raise TopologyError("auth.db must be a file path")
+    return AuthServiceSpec(host, port, db)
 
 
 def _workers(v: Any) -> tuple[WorkerSpec, ...]:

@@ -34,6 +34,8 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
               file=sys.stderr)
         return 2
     aeron_dir = topology.worker_aeron_dir(worker_id, system_dir)
+    # Keys first: a worker told to check tokens that cannot load them refuses to start.
+    auth_keys = topology.layout(hosted[0][0].id, system_dir).auth_keys()
     members = []
     for partition, member_id in hosted:
         layout = topology.layout(partition.id, system_dir)
@@ -44,7 +46,7 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
         member_dir = layout.member_dir(member_id)
         member_dir.mkdir(parents=True, exist_ok=True)
         clear_stale_mark_files(member_dir)
-        members.append((partition.id, member_id, member_dir, props, layout.auth_keys()))
+        members.append((partition.id, member_id, member_dir, props, auth_keys))
 
     # Scratch: a killed worker leaves it behind and the driver would refuse a live-looking one.
     shutil.rmtree(aeron_dir, ignore_errors=True)

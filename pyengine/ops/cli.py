@@ -1,6 +1,6 @@
 """matchctl: run and inspect a local matchx system.
 
-    matchctl cluster up [--members 3] [--dir var/cluster] [--port-base 20000]
+    matchctl cluster up [--members 3] [--dir var/cluster] [--port-base 20000] [--auth-keys-file FILE]
     matchctl cluster status [--dir var/cluster] [--json]
     matchctl cluster hash [--dir var/cluster]        # prove the members agree
     matchctl cluster snapshot [--dir var/cluster]    # snapshot every member now
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def _snapshot_cost(status: dict) -> str:
 
 
 def cmd_cluster_up(args) -> int:
+    keys_file = str(args.auth_keys_file.resolve()) if args.auth_keys_file is not None else None
     layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base,
-                           snapshot_interval_s=args.snapshot_interval)
+                           snapshot_interval_s=args.snapshot_interval, auth_keys_file=keys_file)
+    layout.auth_keys()  # a bad keys file is reported here, before any member starts
     cluster = LocalCluster(layout)
     cluster.start(detach=True)
     print(f"starting {args.members} members in {args.dir} ...", flush=True)
@@ -86,7 +89,7 @@ def cmd_cluster_hash(args) -> int:
     from pyengine.client.match_client import MatchClient
 
     cluster = LocalCluster.open(args.dir)
-    with MatchClient(cluster.ingress_endpoints()) as client:
+    with MatchClient(cluster.ingress_endpoints(), credentials=_token(args)) as client:
         if not client.wait_connected(args.timeout):
             print(f"could not connect: {client.last_error}", file=sys.stderr)
             return 1
@@ -105,6 +108,13 @@ def cmd_cluster_hash(args) -> int:
               f"engine {h['engine_hash'][:24]} sequence {h['sequence_hash']}")
     print("members agree" if agree else "MEMBERS DIFFER")
     return 0 if agree else 1
+
+
+def _token(args) -> bytes:
+    """The access token for a control connection: --token-file, else $MATCHX_TOKEN (tokens on)."""
+    if getattr(args, "token_file", None) is not None:
+        return args.token_file.read_text().strip().encode()
+    return os.environ.get("MATCHX_TOKEN", "").strip().encode()
 
 
 def cmd_cluster_snapshot(args) -> int:
@@ -168,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=60.0)
     up.add_argument("--snapshot-interval", type=int, default=0, metavar="SECONDS",
                     help="take a snapshot every SECONDS on the leader (0: only on `cluster snapshot`)")
+    up.add_argument("--auth-keys-file", type=Path, metavar="FILE",
+                    help="turn tokens on: the auth service's public keys (GET /v1/keys saved to FILE); every "
+                         "session must then present an access token (docs/auth.md)")
     up.set_defaults(func=cmd_cluster_up)
     status = csub.add_parser("status", help="role, leader, log position and state hash of each member")
     status.add_argument("--json", action="store_true")
@@ -176,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_cluster_down)
     hash_ = csub.add_parser("hash", help="ask for the state hash at one log position; compare members")
     hash_.add_argument("--timeout", type=float, default=30.0)
+    hash_.add_argument("--token-file", type=Path, metavar="FILE",
+                       help="access token (read permission) when tokens are on; default $MATCHX_TOKEN")
     hash_.set_defaults(func=cmd_cluster_hash)
     snap = csub.add_parser("snapshot", help="take a snapshot on every member now (needs access to the leader's files)")
     snap.add_argument("--timeout", type=float, default=60.0)
