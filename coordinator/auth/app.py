@@ -16,7 +16,7 @@ from pyengine.service.tokens import TokenError, bearer_token
 from .config import AuthConfig
 from .service import AuthService, ServiceError
 
-Perm = Literal["trade", "read", "admin"]
+Perm = Literal["trade", "read", "admin", "read_any"]  # pyengine.service.tokens.PERMS (read_any: the operator)
 
 
 # ---------------------------------------------------------------------------- models

@@ -25,11 +25,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pyengine.node.procs import pid_alive
-from pyengine.node.settings import ClusterLayout, ConfigError
+from pyengine.node.settings import ClusterLayout, ConfigError, load_auth_keys
 from pyengine.node.topology import (
     DEFAULT_SYSTEM_DIR,
     SystemStateError,
@@ -89,6 +90,31 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _await_port(proc: subprocess.Popen, out_file: Path, log_file: Path, name: str, timeout: float) -> int:
+    """The port a service reports in the first JSON line it prints (``{"port": N, ...}``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = out_file.read_text(errors="replace")
+        if "\n" in text:
+            try:
+                return int(json.loads(text.splitlines()[0])["port"])
+            except (ValueError, KeyError, TypeError):
+                raise SystemStateError(f"{name} printed {text.splitlines()[0]!r}, not its port") from None
+        if proc.poll() is not None:
+            raise SystemStateError(f"{name} exited with status {proc.returncode}:\n{_tail(log_file)}")
+        if time.monotonic() > deadline:
+            raise SystemStateError(f"{name} did not report its port within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """A file only this user can read, created so (never world-readable for a moment)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _env() -> dict[str, str]:
@@ -159,6 +185,12 @@ class System:
         On any failure whatever was started is stopped again and the error raised."""
         topo = Topology.load(topology_file)  # nothing is touched before the file is known good
         system = cls(directory)
+        if topo.auth is not None:
+            if topo.auth_keys_file is not None:
+                raise SystemStateError("the topology runs an auth service (auth) and names settings.auth_keys_file: "
+                                       "leave the file out, `matchctl up` writes the service's keys to "
+                                       "DIR/auth-keys.json and gives it to every member")
+            topo = replace(topo, auth_keys_file=str(system.auth_keys_path))
         system.dir.mkdir(parents=True, exist_ok=True)
         running = system.running()
         if running:
@@ -174,12 +206,18 @@ class System:
         system._save_state({"coordinator": None, "workers": {}})
         deadline = time.monotonic() + timeout
         try:
+            if topo.auth is not None:
+                system.start_auth(timeout=min(30.0, timeout))  # the members' keys come from it
+            elif topo.auth_keys_file is not None:
+                load_auth_keys(topo.auth_keys_file)  # the workers would refuse it: say so once, here
             system.start_coordinator(timeout=min(30.0, timeout))
             system._check_coordinator_map()
             for w in topo.active_workers():
                 system.start_worker(w.id, log_level=log_level)
             system.await_leaders(max(1.0, deadline - time.monotonic()))
             system.assign_symbols(max(5.0, deadline - time.monotonic()))
+            if topo.auth is not None:
+                system.start_pusher(log_level=log_level)
         except BaseException:
             system.down()
             raise
@@ -197,6 +235,12 @@ class System:
         for wid, pid in sorted(state.get("workers", {}).items()):
             if _ours(pid, "pyengine.node.worker"):
                 out.append(f"worker {wid} (pid {pid})")
+        a = state.get("auth")
+        if a and _ours(a["pid"], "coordinator.auth"):
+            out.append(f"the auth service (pid {a['pid']})")
+        pusher = state.get("pusher")
+        if pusher and _ours(pusher, "pyengine.ops.pusher"):
+            out.append(f"the revocation pusher (pid {pusher})")
         return out
 
     def start_coordinator(self, port: int | None = None, timeout: float = 30.0) -> int:
@@ -221,21 +265,7 @@ class System:
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())
         state["coordinator"] = {"pid": proc.pid, "port": port or None}
         self._save_state(state)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = out_file.read_text(errors="replace")
-            if "\n" in text:
-                try:
-                    actual = int(json.loads(text.splitlines()[0])["port"])
-                except (ValueError, KeyError, TypeError):
-                    raise SystemStateError(f"coordinator printed {text.splitlines()[0]!r}, not its port") from None
-                break
-            if proc.poll() is not None:
-                raise SystemStateError(f"the coordinator exited with status {proc.returncode}:\n"
-                                  f"{_tail(self.dir / 'coordinator.log')}")
-            if time.monotonic() > deadline:
-                raise SystemStateError(f"the coordinator did not report its port within {timeout:.0f} s")
-            time.sleep(0.05)
+        actual = _await_port(proc, out_file, self.dir / "coordinator.log", "the coordinator", timeout)
         state["coordinator"] = {"pid": proc.pid, "port": actual}
         self._save_state(state)
         log.info("coordinator pid %d on port %d", proc.pid, actual)
@@ -246,6 +276,132 @@ class System:
         c = self.state().get("coordinator")
         if c:
             _stop_pid(c["pid"], "coordinator", timeout)
+
+    # ---- tokens: the auth service, the control plane's credential, the pusher ----------------
+
+    SERVICE_USER = "matchctl"
+    SERVICE_ACCOUNT = "matchx-ops"
+    SERVICE_PERMS = ("admin", "read")
+
+    @property
+    def auth_keys_path(self) -> Path:
+        """The keys file every member loads when the system runs its own auth service."""
+        return self.dir / "auth-keys.json"
+
+    @property
+    def auth_secrets_dir(self) -> Path:
+        return self.dir / "auth"  # mode 0700: the admin key and the service credential
+
+    @property
+    def auth_url(self) -> str:
+        a = self.state().get("auth")
+        if not a or self.topology.auth is None:
+            raise SystemStateError(f"no auth service recorded in {self.state_file}")
+        return f"http://{self.topology.auth.host}:{a['port']}"
+
+    def _secret(self, name: str) -> str:
+        """A random secret kept in DIR/auth/NAME, made on first use and the same ever after."""
+        path = self.auth_secrets_dir / name
+        if not path.is_file():
+            import secrets
+
+            _write_secret(path, secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip()
+
+    def auth_client(self):
+        from coordinator.auth.client import AuthClient
+
+        return AuthClient(self.auth_url, admin_key=self._secret("admin.key"))
+
+    def start_auth(self, timeout: float = 30.0) -> int:
+        """Starts the auth service, makes sure the control plane's service user exists, and
+        writes the service's public keys to DIR/auth-keys.json for the members. Returns the port."""
+        from coordinator.auth.client import AuthError
+
+        spec = self.topology.auth
+        assert spec is not None
+        self._secret("admin.key")  # created before the service reads it
+        db = Path(spec.db) if Path(spec.db).is_absolute() else self.dir / spec.db
+        out_file = self.dir / "auth.out"
+        out_file.write_bytes(b"")
+        cmd = [sys.executable, "-m", "coordinator.auth", "--host", spec.host, "--port", str(spec.port),
+               "--db", str(db), "--admin-key-file", str(self.auth_secrets_dir / "admin.key"),
+               "--log-level", "warning", "--no-access-log"]
+        with open(out_file, "ab") as out, open(self.dir / "auth.log", "ab") as err:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=str(REPO_ROOT), env=_env())
+        state = self.state()
+        state["auth"] = {"pid": proc.pid, "port": spec.port or None}
+        self._save_state(state)
+        port = _await_port(proc, out_file, self.dir / "auth.log", "the auth service", timeout)
+        state["auth"] = {"pid": proc.pid, "port": port}
+        self._save_state(state)
+        with self.auth_client() as api:
+            for create in (lambda: api.create_account(self.SERVICE_ACCOUNT),
+                           lambda: api.create_user(self.SERVICE_USER, self._secret("service.password"),
+                                                   self.SERVICE_ACCOUNT, list(self.SERVICE_PERMS))):
+                try:
+                    create()
+                except AuthError as exc:
+                    if exc.reason not in ("account_exists", "username_taken"):
+                        raise SystemStateError(f"the auth service refused the service user: {exc}") from None
+            keys = api.keys()
+        tmp = self.auth_keys_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
+        os.replace(tmp, self.auth_keys_path)
+        log.info("auth service pid %d on port %d; %d key(s) in %s", proc.pid, port, len(keys), self.auth_keys_path)
+        return port
+
+    def service_token_provider(self):
+        """A MatchClient token_provider for the control plane: logs the service user in (again
+        when asked to refresh). Its token has admin and read on the partitions, nothing else."""
+        password = self._secret("service.password")
+        cached: dict[str, str] = {}
+
+        def tokens(refresh: bool) -> str:
+            if refresh or "token" not in cached:
+                with self.auth_client() as api:
+                    cached["token"] = api.login(self.SERVICE_USER, password).access_token
+            return cached["token"]
+
+        return tokens
+
+    def control_credentials(self) -> dict[str, Any]:
+        """MatchClient keyword arguments for the system's own connections (symbol assignment,
+        admin, the pusher): the service user's token when the system runs its auth service,
+        $MATCHX_TOKEN when tokens are on with an outside auth service, nothing when off."""
+        topo = self.topology
+        if topo.auth is not None:
+            return {"token_provider": self.service_token_provider()}
+        if topo.auth_keys_file is not None:
+            token = os.environ.get("MATCHX_TOKEN", "").strip()
+            if not token:
+                raise SystemStateError("tokens are on (settings.auth_keys_file) and the topology runs no auth "
+                                       "service: set MATCHX_TOKEN to an access token with admin and read")
+            return {"credentials": token.encode()}
+        return {}
+
+    def start_pusher(self, log_level: str = "INFO") -> int:
+        """Starts the revocation pusher (pyengine/ops/pusher.py) for this system."""
+        cmd = [sys.executable, "-m", "pyengine.ops.pusher", "--dir", str(self.dir), "--log-level", log_level]
+        with open(self.dir / "pusher.log", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=str(REPO_ROOT), env=_env())
+        state = self.state()
+        state["pusher"] = proc.pid
+        self._save_state(state)
+        log.info("revocation pusher pid %d", proc.pid)
+        return proc.pid
+
+    def stop_pusher(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        pid = self.state().get("pusher")
+        if pid is None:
+            return
+        if sig == signal.SIGTERM:
+            _stop_pid(pid, "pyengine.ops.pusher", timeout)
+        elif _ours(pid, "pyengine.ops.pusher"):
+            os.kill(pid, sig)
+            _wait_gone(pid, timeout)
 
     def _http(self, timeout: float = 5.0):
         import httpx
@@ -380,7 +536,7 @@ class System:
             owned.setdefault(route["partition"], {})[symbol] = route["epoch"]
         deadline = time.monotonic() + timeout
         for p in self.topology.partitions:
-            with MatchClient(self.topology.ingress_endpoints(p.id)) as client:
+            with MatchClient(self.topology.ingress_endpoints(p.id), **self.control_credentials()) as client:
                 if not client.wait_connected(max(1.0, deadline - time.monotonic())):
                     raise SystemStateError(f"could not connect to partition {p.id}: {client.last_error}")
                 left = max(1.0, deadline - time.monotonic())
@@ -403,6 +559,8 @@ class System:
     def down(self, timeout: float = 15.0) -> None:
         """Stops every recorded process (workers first), cleans the workers' /dev/shm dirs."""
         state = self.state()
+        if state.get("pusher"):
+            _stop_pid(state["pusher"], "pyengine.ops.pusher", timeout)
         workers = state.get("workers", {})
         for pid in workers.values():
             if _ours(pid, "pyengine.node.worker"):
@@ -415,6 +573,8 @@ class System:
         c = state.get("coordinator")
         if c:
             _stop_pid(c["pid"], "coordinator", timeout)
+        if state.get("auth"):
+            _stop_pid(state["auth"]["pid"], "coordinator.auth", timeout)
         try:
             topo = self.topology
         except (SystemStateError, ConfigError):

@@ -27,6 +27,8 @@ import orjson
 from pyengine import engine as engine_pkg
 from pyengine.engine import Engine, SnapshotError
 from pyengine.engine.bulk import apply_bulk
+from pyengine.service.counters import ServiceCounters
+from pyengine.service.migration import MIG_OPS, Migrations
 from pyengine.service.tokens import AuthState, Principal, TokenError
 from pyengine.wire import protocol
 from pyengine.wire.bulk import BulkError, decode_bulk
@@ -187,6 +189,8 @@ class MatchingService:
         self.owned: dict[str, int] | None = None
         # symbol -> epoch at which it left, so MOVED can tell a client how new its map must be.
         self.moved: dict[str, int] = {}
+        # symbol migrations and transfers in progress (pyengine/service/migration.py)
+        self.migrations = Migrations()
         # Authentication is on when the member is given keys: {kid: base64url public key}. The
         # same key file must be given to every member (it is configuration, like the ports);
         # later keys and revocations arrive as admin commands in the log.
@@ -195,6 +199,7 @@ class MatchingService:
         self._add_bootstrap_keys()
         self.principals: dict[int, Principal] = {}
         self._closing: list[int] = []
+        self.counters = ServiceCounters()  # for /metrics; output only, never read back
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -254,11 +259,13 @@ class MatchingService:
         try:
             client_id, commands = protocol.decode_request(message)
         except ProtocolError as exc:
+            self.counters.malformed()
             return [(session_id, protocol.encode_error(f"malformed request: {exc}"))]
         ts_ns = timestamp_ms * 1_000_000
         self._closing: list[int] = []
         principal = self.principals.get(session_id) if self.auth is not None else None
         answers = [self._apply(client_id, c, ts_ns, position, principal) for c in commands]
+        self.counters.count(commands, answers)
         frames: list[tuple[int, bytes | None]] = [
             (session_id, r) for r in protocol.encode_replies(answers, self.max_reply_bytes)]
         frames.extend((sid, None) for sid in self._closing)
@@ -334,6 +341,16 @@ class MatchingService:
             return Status.OK, orjson.dumps({"type": "pong"})
         if op in AUTH_OPS:
             return self._auth_admin(cmd)
+        if op in MIG_OPS:
+            return self.migrations.apply(self, cmd)
+        if op == "auth_state":
+            # what the revocation pusher resumes from: the keys and the last revocation batch
+            # this partition has applied (its log is the cursor that survives everything)
+            if self.auth is None:
+                return Status.ERROR, _error("authentication is not enabled on this partition")
+            return Status.OK, orjson.dumps({"type": "auth_state", "kids": sorted(self.auth.verifier.kids()),
+                                            "last_seq": self.auth.revocations.last_seq,
+                                            "revoked": len(self.auth.revocations)})
         if op == "own_symbols":
             return self._own_symbols(cmd)
         if op == "release_symbol":
@@ -373,6 +390,8 @@ class MatchingService:
             account = None if perm == "admin" else cmd.get("account")
             if account is not None and not isinstance(account, str):
                 account = str(account)
+        if perm == "read" and principal.has_perm("read_any"):
+            perm, account = "read_any", None  # the operator role: any account's reads, only reads
         try:
             self.auth.check(principal, ts_ns, perm, account)
         except TokenError as exc:
@@ -408,6 +427,9 @@ class MatchingService:
     # ---- symbol ownership (partitions) ------------------------------------------------------
 
     def _moved(self, cmd: dict) -> tuple[int, bytes] | None:
+        fenced = self.migrations.fence(cmd, self.owned)
+        if fenced is not None:
+            return fenced
         if self.owned is None:
             return None
         symbol = cmd.get("symbol")
@@ -478,7 +500,8 @@ class MatchingService:
     def _snapshot_parts(self) -> list[bytes]:
         gc.freeze()  # what lived until this snapshot is long-lived: keep it out of collections
         engine_blob = self.engine.snapshot()
-        routing = orjson.dumps({"owned": self.owned, "moved": self.moved}, option=orjson.OPT_SORT_KEYS)
+        routing = orjson.dumps({"owned": self.owned, "moved": self.moved,
+                                "migrations": self.migrations.to_json()}, option=orjson.OPT_SORT_KEYS)
         auth = self.auth.to_bytes() if self.auth is not None else b""
         parts = [
             _SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.applied, self.last_position, self.chain),
@@ -531,6 +554,7 @@ class MatchingService:
             if off + routing_len > len(buf):
                 raise ServiceSnapshotError("routing section runs past the snapshot end")
             routing = orjson.loads(bytes(buf[off : off + routing_len]))
+            migrations = Migrations.from_json(routing.get("migrations"))
             off += routing_len
             (auth_len,) = _U64.unpack_from(buf, off)
             off += 8
@@ -544,6 +568,7 @@ class MatchingService:
             raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
         self.engine, self.replies = engine, replies
         self.owned, self.moved = routing["owned"], routing["moved"]
+        self.migrations = migrations
         if self.auth is not None:
             self.auth = auth or AuthState()
             self._add_bootstrap_keys()

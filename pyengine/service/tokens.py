@@ -64,7 +64,9 @@ ALG = "EdDSA"
 CRV = "Ed25519"
 KTY = "OKP"
 TYP = "JWT"
-PERMS: tuple[str, ...] = ("trade", "read", "admin")
+# read_any: the operator role -- reads every account's balances and orders (and the book),
+# and nothing more: no trading, no admin. "admin" implies nothing else either.
+PERMS: tuple[str, ...] = ("trade", "read", "admin", "read_any")
 DEFAULT_MAX_TOKEN_BYTES = 4096
 MAX_CLAIM_STR_BYTES = 1024
 MAX_KID_BYTES = 128
@@ -186,7 +188,7 @@ def bearer_token(authorization: str | None) -> str:
 # Principal
 # --------------------------------------------------------------------------------------------
 
-# version, flags (bit0: has nbf), perm bitmask, exp, nbf -- then 4 x (u16 len + utf-8)
+# version, flags (bit0: has nbf), perm bitmask (bit i = PERMS[i]), exp, nbf -- then 4 x (u16 len + utf-8)
 _PRINCIPAL_HEAD = struct.Struct(">BBBqq")
 _PRINCIPAL_VERSION = 1
 _U16 = struct.Struct(">H")

@@ -1,0 +1,181 @@
+"""The revocation pusher: sends the auth service's key changes and revocations into every
+partition's log, as admin commands, by itself.
+
+    python -m pyengine.ops.pusher --dir DIR [--interval 0.2]
+
+``matchctl up`` starts it (one per system) when the topology runs an auth service, and stops it
+with ``matchctl down``. One thread per partition, so a partition that is electing a leader does
+not hold up the others. Each thread, every ``--interval`` seconds:
+
+1. asks its partition (through the log, so the answer is committed state) which keys it holds
+   and the last revocation ``seq`` it applied (``auth_state``) -- on start, and again after any
+   failure, so it resumes exactly where the partition stands after a pusher restart, a leader
+   failover or a member restored from a snapshot;
+2. asks the auth service for what is newer (``coordinator.auth.feed.commands_for``: published
+   keys, ``GET /v1/revocations?since=last_seq``);
+3. submits ``add_key``, then ``revoke`` in batches of up to 1,000 jtis, then ``remove_key``.
+   Each is idempotent in the partition (``revoke`` with an old seq changes nothing), so a
+   command resent after a failover is harmless.
+
+The cursor that matters lives in the partition's own replicated log; the pusher also writes
+what each partition acknowledged to ``DIR/pusher.json`` (for operators, and so that a restart
+can say where it left off). The pusher's sessions use the system's service credential
+(``System.service_token_provider``: admin and read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("matchx.pusher")
+
+DEFAULT_INTERVAL_S = 0.2
+
+
+class PartitionPusher(threading.Thread):
+    """Keeps one partition's keys and revocations equal to the auth service's."""
+
+    def __init__(self, partition_id: str, endpoints: str, auth_client_factory: Callable, client_kwargs: dict,
+                 on_acked: Callable[[str, dict], None], stop: threading.Event, interval_s: float) -> None:
+        super().__init__(name=f"pusher-{partition_id}", daemon=True)
+        self.partition_id = partition_id
+        self.endpoints = endpoints
+        self.auth_client_factory = auth_client_factory
+        self.client_kwargs = client_kwargs
+        self.on_acked = on_acked
+        self.stop = stop
+        self.interval_s = interval_s
+
+    def run(self) -> None:
+        from pyengine.client.match_client import MatchClient
+
+        client = None
+        applied: dict | None = None  # {"kids": [...], "last_seq": n}: what the partition holds
+        with self.auth_client_factory() as api:
+            while not self.stop.is_set():
+                try:
+                    if client is None:
+                        client = MatchClient(self.endpoints, **self.client_kwargs)
+                    if not client.wait_connected(5.0):
+                        raise RuntimeError(f"not connected: {client.last_error}")
+                    if applied is None:
+                        state = client.admin({"op": "auth_state"}, timeout=10).events
+                        applied = {"kids": list(state["kids"]), "last_seq": int(state["last_seq"])}
+                        log.info("partition %s holds %d key(s), revocations up to seq %d", self.partition_id,
+                                 len(applied["kids"]), applied["last_seq"])
+                    self._push(client, api, applied)
+                except Exception as exc:  # noqa: BLE001 - a pusher keeps going; the next round resumes
+                    from pyengine.client.match_client import AuthenticationError
+
+                    log.warning("partition %s: %s: %s; resuming from the partition's state", self.partition_id,
+                                type(exc).__name__, exc)
+                    applied = None
+                    if isinstance(exc, AuthenticationError) and client is not None:
+                        client.close()  # a refused credential: a new session with a new token
+                        client = None
+                self.stop.wait(self.interval_s)
+        if client is not None:
+            client.close()
+
+    def _push(self, client, api, applied: dict) -> None:
+        from coordinator.auth.feed import commands_for
+
+        commands = commands_for(api, applied["kids"], applied["last_seq"])
+        for cmd in commands:
+            kind = cmd.pop("type")
+            started = time.monotonic()
+            client.admin({"op": kind, **cmd}, timeout=10)
+            if kind == "add_key":
+                applied["kids"] = sorted({*applied["kids"], cmd["kid"]})
+            elif kind == "remove_key":
+                applied["kids"] = [k for k in applied["kids"] if k != cmd["kid"]]
+            else:
+                applied["last_seq"] = max(applied["last_seq"], int(cmd["seq"]))
+            log.info("partition %s: %s %s applied in %.0f ms", self.partition_id, kind,
+                     cmd.get("kid") or f"seq {cmd['seq']} ({len(cmd['jtis'])} jtis)",
+                     (time.monotonic() - started) * 1000)
+        if commands:
+            self.on_acked(self.partition_id, applied)
+
+
+class Pusher:
+    """One system's pusher: a thread per partition and the acknowledged-cursor file."""
+
+    def __init__(self, system_dir: Path, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        from pyengine.ops.system import System
+
+        self.system = System(system_dir)
+        self.interval_s = interval_s
+        self.stop = threading.Event()
+        self.cursor_file = self.system.dir / "pusher.json"
+        self._lock = threading.Lock()
+        self.cursor: dict[str, dict] = self._load_cursor()
+
+    def _load_cursor(self) -> dict[str, dict]:
+        try:
+            cursor = json.loads(self.cursor_file.read_text()).get("partitions", {})
+        except (OSError, ValueError):
+            return {}
+        for pid, c in sorted(cursor.items()):
+            log.info("partition %s was last acknowledged at revocation seq %s", pid, c.get("last_seq"))
+        return cursor
+
+    def _acked(self, partition_id: str, applied: dict) -> None:
+        with self._lock:
+            self.cursor[partition_id] = {**applied, "at": time.time()}
+            tmp = self.cursor_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"partitions": self.cursor}, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.cursor_file)
+
+    def run(self) -> None:
+        topo = self.system.topology
+        kwargs = self.system.control_credentials()
+        threads = [PartitionPusher(p.id, topo.ingress_endpoints(p.id), self.system.auth_client, kwargs, self._acked,
+                                   self.stop, self.interval_s) for p in topo.partitions]
+        for t in threads:
+            t.start()
+        log.info("pushing %s's keys and revocations to %d partition(s) every %.2f s", self.system.auth_url,
+                 len(threads), self.interval_s)
+        self.stop.wait()
+        for t in threads:
+            t.join(15)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="matchx-pusher", description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", required=True, type=Path, help="the system directory of `matchctl up`")
+    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
+                        help=f"seconds between polls of the auth service (default {DEFAULT_INTERVAL_S})")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s pusher %(threadName)s %(name)s %(levelname)s %(message)s")
+    if args.interval <= 0:
+        print("matchx pusher: --interval must be positive", file=sys.stderr)
+        return 2
+    from pyengine.node.settings import ConfigError
+    from pyengine.node.topology import SystemStateError
+
+    try:
+        pusher = Pusher(args.dir.resolve(), args.interval)
+        pusher.system.auth_url  # noqa: B018 - a clear error now rather than in every thread
+    except (ConfigError, SystemStateError, OSError) as exc:
+        print(f"matchx pusher: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: pusher.stop.set())
+    pusher.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
