@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from pyengine import jvm
@@ -52,6 +53,17 @@ def clear_stale_mark_files(member_dir: Path) -> None:
     status.unlink(missing_ok=True)
 
 
+def since_process_start_ms() -> float:
+    """Milliseconds since this OS process started (Linux /proc; -1 elsewhere): the member's
+    start-phase log lines carry it, as the Java side's do (StartPhases.java)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+    return (uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000
+
+
 def run_member(layout: ClusterLayout, member_id: int) -> int:
     props = layout.member_properties(member_id)
     # Keys first: a member told to check tokens that cannot load them refuses to start, before
@@ -60,7 +72,11 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     member_dir = layout.member_dir(member_id)
     member_dir.mkdir(parents=True, exist_ok=True)
     clear_stale_mark_files(member_dir)
+    log.info("start: Python ready (+%.0f ms since process start)", since_process_start_ms())
+    started = time.perf_counter()
     jvm.start()
+    log.info("start: JVM started in %.0f ms (+%.0f ms since process start)",
+             (time.perf_counter() - started) * 1000, since_process_start_ms())
 
     import jpype
 

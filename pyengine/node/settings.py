@@ -17,6 +17,10 @@ DEFAULT_PORT_BASE = 20000
 PORTS_PER_MEMBER = 10
 PORTS_PER_PARTITION = 100
 
+# As MemberSettings.java; why these values: docs/operations.md, "Snapshots and recovery"
+DEFAULT_SNAPSHOT_INTERVAL_S = 30
+DEFAULT_SNAPSHOT_LOG_BYTES = 8 << 20
+
 ARCHIVE_OFFSET, INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET = range(5)
 
 
@@ -103,7 +107,11 @@ class ClusterLayout:
     idle_max_park_us: int = 1000
     idle_min_park_us: int = 1
     idle_yields: int = 10
-    snapshot_interval_s: int = 0
+    # a snapshot every this many seconds while the log grows, and whenever the log has grown by
+    # snapshot_log_bytes since the last one: a restarted member replays at most that much log
+    # (0 turns a trigger off; docs/operations.md, "Snapshots and recovery")
+    snapshot_interval_s: int = DEFAULT_SNAPSHOT_INTERVAL_S
+    snapshot_log_bytes: int = DEFAULT_SNAPSHOT_LOG_BYTES
     # JSON file with the auth service's public keys ({"keys": [{kid, x}, ...]} or a list);
     # when set, every session must present an access token. The same file on every member.
     auth_keys_file: str | None = None
@@ -118,6 +126,8 @@ class ClusterLayout:
             raise ConfigError(f"{len(self.hosts)} hosts given for {self.members} members")
         if self.term_length & (self.term_length - 1) or self.term_length < 65536:
             raise ConfigError("term_length must be a power of two >= 65536")
+        if self.snapshot_interval_s < 0 or self.snapshot_log_bytes < 0:
+            raise ConfigError("snapshot_interval_s and snapshot_log_bytes must be >= 0 (0 = that trigger off)")
         self.timeouts.check()
 
     def auth_keys(self) -> dict[str, str] | None:
@@ -181,6 +191,7 @@ class ClusterLayout:
             "idle.min.park.us": str(self.idle_min_park_us),
             "idle.yields": str(self.idle_yields),
             "snapshot.interval.s": str(self.snapshot_interval_s),
+            "snapshot.log.bytes": str(self.snapshot_log_bytes),
         }
 
     def to_json(self) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pyengine.node.settings import (
+    DEFAULT_SNAPSHOT_INTERVAL_S,
+    DEFAULT_SNAPSHOT_LOG_BYTES,
     INGRESS_OFFSET,
     PORTS_PER_MEMBER,
     ClusterLayout,
@@ -112,11 +114,12 @@ class Topology:
     partitions: tuple[PartitionSpec, ...]
     term_length: int = 1 << 20
     idle_max_park_us: int = 1000
-    snapshot_interval_s: int = 0
+    snapshot_interval_s: int = DEFAULT_SNAPSHOT_INTERVAL_S
     timeouts: Timeouts = field(default_factory=Timeouts)
     description: str = ""
     auth_keys_file: str | None = None  # settings.auth_keys_file: token authentication on every partition
     auth: AuthServiceSpec | None = None  # run the auth service as part of the system
+    snapshot_log_bytes: int = DEFAULT_SNAPSHOT_LOG_BYTES  # settings.snapshot_log_bytes (see ClusterLayout)
 
     # ---- loading -------------------------------------------------------------------------
 
@@ -152,7 +155,7 @@ class Topology:
         if not isinstance(settings, dict):
             raise TopologyError("settings must be an object")
         _keys(settings, "settings", optional=("term_length", "idle_max_park_us", "snapshot_interval_s", "timeouts",
-                                             "auth_keys_file"))
+                                             "auth_keys_file", "snapshot_log_bytes"))
         timeouts_d = settings.get("timeouts", {})
         if not isinstance(timeouts_d, dict):
             raise TopologyError("settings.timeouts must be an object")
@@ -169,7 +172,9 @@ class Topology:
         if term_length & (term_length - 1):
             raise TopologyError("settings.term_length must be a power of two >= 65536")
         idle = _int(settings.get("idle_max_park_us", 1000), "settings.idle_max_park_us", 1)
-        snap = _int(settings.get("snapshot_interval_s", 0), "settings.snapshot_interval_s", 0)
+        snap = _int(settings.get("snapshot_interval_s", DEFAULT_SNAPSHOT_INTERVAL_S), "settings.snapshot_interval_s", 0)
+        snap_bytes = _int(settings.get("snapshot_log_bytes", DEFAULT_SNAPSHOT_LOG_BYTES),
+                          "settings.snapshot_log_bytes", 0)
         auth_keys_file = settings.get("auth_keys_file")
         if auth_keys_file is not None and (not isinstance(auth_keys_file, str) or not auth_keys_file.strip()):
             raise TopologyError("settings.auth_keys_file must be a path (leave it out to run without tokens)")
@@ -182,7 +187,7 @@ class Topology:
         partitions = _partitions(d["partitions"], worker_ids)
 
         topo = cls(coordinator, workers, partitions, term_length, idle, snap, timeouts, description, auth_keys_file,
-                   auth)
+                   auth, snapshot_log_bytes=snap_bytes)
         topo._check_ports()
         for p in partitions:
             topo.layout(p.id, Path("/nonexistent"))  # ClusterLayout's own checks
@@ -212,6 +217,7 @@ class Topology:
             "term_length": self.term_length,
             "idle_max_park_us": self.idle_max_park_us,
             "snapshot_interval_s": self.snapshot_interval_s,
+            "snapshot_log_bytes": self.snapshot_log_bytes,
             "timeouts": {k: getattr(self.timeouts, k) for k in Timeouts.__dataclass_fields__},
         }
         if self.auth_keys_file is not None:
@@ -268,6 +274,7 @@ class Topology:
                 base_dir=Path(system_dir) / "partitions" / p.id, members=len(p.members), cluster_id=p.cluster_id,
                 port_base=p.port_base, hosts=hosts, term_length=self.term_length,
                 idle_max_park_us=self.idle_max_park_us, snapshot_interval_s=self.snapshot_interval_s,
+                snapshot_log_bytes=self.snapshot_log_bytes,
                 timeouts=self.timeouts, auth_keys_file=self.auth_keys_file,
             )
         except ConfigError as exc:

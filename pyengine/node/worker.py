@@ -41,8 +41,6 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
         layout = topology.layout(partition.id, system_dir)
         props = layout.member_properties(member_id)
         props["aeron.dir"] = aeron_dir  # every member of this worker uses the one driver
-        if layout.snapshot_interval_s:
-            props["snapshot.interval.s"] = str(layout.snapshot_interval_s)
         member_dir = layout.member_dir(member_id)
         member_dir.mkdir(parents=True, exist_ok=True)
         clear_stale_mark_files(member_dir)

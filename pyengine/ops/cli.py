@@ -22,7 +22,13 @@ import sys
 from pathlib import Path
 
 from pyengine.node.localcluster import ClusterError, LocalCluster, wait_for
-from pyengine.node.settings import DEFAULT_PORT_BASE, ClusterLayout, ConfigError
+from pyengine.node.settings import (
+    DEFAULT_PORT_BASE,
+    DEFAULT_SNAPSHOT_INTERVAL_S,
+    DEFAULT_SNAPSHOT_LOG_BYTES,
+    ClusterLayout,
+    ConfigError,
+)
 from pyengine.node.topology import DEFAULT_SYSTEM_DIR, SystemStateError
 
 DEFAULT_DIR = Path("var/cluster")
@@ -57,7 +63,8 @@ def _snapshot_cost(status: dict) -> str:
 def cmd_cluster_up(args) -> int:
     keys_file = str(args.auth_keys_file.resolve()) if args.auth_keys_file is not None else None
     layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base,
-                           snapshot_interval_s=args.snapshot_interval, auth_keys_file=keys_file)
+                           snapshot_interval_s=args.snapshot_interval,
+                           snapshot_log_bytes=args.snapshot_log_mib << 20, auth_keys_file=keys_file)
     layout.auth_keys()  # a bad keys file is reported here, before any member starts
     cluster = LocalCluster(layout)
     cluster.start(detach=True)
@@ -176,8 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--members", type=int, default=3)
     up.add_argument("--port-base", type=int, default=DEFAULT_PORT_BASE)
     up.add_argument("--timeout", type=float, default=60.0)
-    up.add_argument("--snapshot-interval", type=int, default=0, metavar="SECONDS",
-                    help="take a snapshot every SECONDS on the leader (0: only on `cluster snapshot`)")
+    up.add_argument("--snapshot-interval", type=int, default=DEFAULT_SNAPSHOT_INTERVAL_S, metavar="SECONDS",
+                    help="snapshot at least every SECONDS while the log grows (default %(default)s; 0: no time "
+                         "trigger); see docs/operations.md")
+    up.add_argument("--snapshot-log-mib", type=int, default=DEFAULT_SNAPSHOT_LOG_BYTES >> 20, metavar="MIB",
+                    help="snapshot whenever the log has grown MIB since the last one (default %(default)s; 0: no "
+                         "size trigger): bounds the log a restarted member replays")
     up.add_argument("--auth-keys-file", type=Path, metavar="FILE",
                     help="turn tokens on: the auth service's public keys (GET /v1/keys saved to FILE); every "
                          "session must then present an access token (docs/auth.md)")

@@ -44,6 +44,10 @@ public final class MatchService implements ClusteredService
     private volatile long leadershipTermId = -1;
     private volatile long logPosition;
     private volatile long lastSnapshotPosition = -1;
+    // where and when the state this member holds was last saved (its last snapshot, or the one it
+    // started from, or its start): what the snapshot schedule measures log growth and time from
+    private volatile long snapshotBaselinePosition;
+    private volatile long snapshotBaselineNs = System.nanoTime();
     private volatile StatusFile.SnapshotStats lastSnapshot = StatusFile.SnapshotStats.NONE;
     private volatile long droppedReplies;
     private long nextStatusNs;
@@ -105,12 +109,20 @@ public final class MatchService implements ClusteredService
     {
         this.cluster = cluster;
         this.role = cluster.role().code();
+        // the position of the snapshot being loaded (0 without one): the log after it is what a
+        // restart would replay
+        snapshotBaselinePosition = cluster.logPosition();
+        snapshotBaselineNs = System.nanoTime();
         byte[] snapshot = null;
         if (null != snapshotImage)
         {
+            final long readStarted = System.nanoTime();
             try
             {
                 snapshot = SnapshotChunks.read(snapshotImage, cluster.idleStrategy());
+                StartPhases.log("[matchx member " + memberId + "]", "snapshot at log position " +
+                    snapshotBaselinePosition + " read from the archive, " + snapshot.length + " bytes in " +
+                    TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - readStarted) + " ms");
             }
             catch (final RuntimeException ex)
             {
@@ -213,6 +225,8 @@ public final class MatchService implements ClusteredService
             handler.onSnapshotWritten();
         }
         lastSnapshotPosition = position;
+        snapshotBaselinePosition = position;
+        snapshotBaselineNs = started;
         lastSnapshot = new StatusFile.SnapshotStats(
             state.remaining(),
             TimeUnit.NANOSECONDS.toMillis(built - started),
@@ -270,6 +284,18 @@ public final class MatchService implements ClusteredService
             statusFile.write(memberId, role, leaderMemberId, leadershipTermId, logPosition,
                 lastSnapshotPosition, lastSnapshot, droppedReplies);
         }
+    }
+
+    /** Nanoseconds since this member's last snapshot (or the one it started from, or its start). */
+    public long nanosSinceSnapshot(final long nowNs)
+    {
+        return nowNs - snapshotBaselineNs;
+    }
+
+    /** Bytes of log since this member's last snapshot (or the one it started from). */
+    public long logSinceSnapshot()
+    {
+        return logPosition - snapshotBaselinePosition;
     }
 
     public int role()

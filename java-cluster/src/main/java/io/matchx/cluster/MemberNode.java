@@ -21,8 +21,6 @@ import org.agrona.concurrent.status.AtomicCounter;
 import java.io.File;
 import java.nio.file.Path;
 import java.util.Properties;
-import java.util.concurrent.Executors;
-import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
 
@@ -36,11 +34,12 @@ import java.util.function.Supplier;
  */
 public final class MemberNode implements AutoCloseable
 {
+    static final String LOG_PREFIX = "[matchx member]";
     private final MemberSettings settings;
     private final ClusteredMediaDriver driver;
     private final ClusteredServiceContainer container;
     private final MatchService service;
-    private ScheduledExecutorService scheduler;
+    private final SnapshotSchedule snapshotSchedule = new SnapshotSchedule();
 
     private MemberNode(
         final MemberSettings settings,
@@ -78,10 +77,14 @@ public final class MemberNode implements AutoCloseable
         ClusteredServiceContainer container = null;
         try
         {
+            final long started = System.nanoTime();
             driver = ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
+            StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
+                TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
+            StartPhases.watchElection(LOG_PREFIX, driver.consensusModule().context().electionStateCounter());
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service);
-            node.startSnapshotSchedule();
+            node.snapshotSchedule.add(s, service, node::takeSnapshot);
             return node;
         }
         catch (final RuntimeException ex)
@@ -281,33 +284,6 @@ public final class MemberNode implements AutoCloseable
         return null != toggle && ClusterControl.ToggleState.SNAPSHOT.toggle(toggle);
     }
 
-    private void startSnapshotSchedule()
-    {
-        if (settings.snapshotIntervalS <= 0)
-        {
-            return;
-        }
-        scheduler = Executors.newSingleThreadScheduledExecutor((r) ->
-        {
-            final Thread t = new Thread(r, "matchx-snapshot-schedule");
-            t.setDaemon(true);
-            return t;
-        });
-        scheduler.scheduleAtFixedRate(
-            () ->
-            {
-                try
-                {
-                    takeSnapshot();
-                }
-                catch (final RuntimeException ex)
-                {
-                    logError(ex);
-                }
-            },
-            settings.snapshotIntervalS, settings.snapshotIntervalS, TimeUnit.SECONDS);
-    }
-
     static IdleStrategy newIdleStrategy(final MemberSettings s)
     {
         // Spin a little for latency under load, then park up to idleMaxParkUs: never busy-spin idle.
@@ -348,10 +324,7 @@ public final class MemberNode implements AutoCloseable
 
     public void close()
     {
-        if (null != scheduler)
-        {
-            scheduler.shutdownNow();
-        }
+        snapshotSchedule.close();
         CloseHelper.closeAll(container, driver);
     }
 }

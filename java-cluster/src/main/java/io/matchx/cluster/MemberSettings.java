@@ -16,6 +16,10 @@ public final class MemberSettings
      */
     static final int STREAM_ID_OFFSET_PER_CLUSTER = 1000;
     static final int MAX_CLUSTER_ID = 1_000_000;
+    /** As pyengine.node.settings: a snapshot at least this often while the log grows. */
+    static final long DEFAULT_SNAPSHOT_INTERVAL_S = 30;
+    /** ... and whenever the log has grown this much since the last one (docs/operations.md). */
+    static final long DEFAULT_SNAPSHOT_LOG_BYTES = 8L << 20;
 
     final int clusterId;
     final int memberId;
@@ -38,6 +42,7 @@ public final class MemberSettings
     final long idleMinParkUs;
     final int idleYields;
     final long snapshotIntervalS;
+    final long snapshotLogBytes;
     final long setupRepeatMs;
     final int streamIdOffset;
 
@@ -63,7 +68,8 @@ public final class MemberSettings
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
         idleMinParkUs = longValue(p, "idle.min.park.us", 1);
         idleYields = intValue(p, "idle.yields", 10);
-        snapshotIntervalS = longValue(p, "snapshot.interval.s", 0);
+        snapshotIntervalS = longValue(p, "snapshot.interval.s", DEFAULT_SNAPSHOT_INTERVAL_S);
+        snapshotLogBytes = longValue(p, "snapshot.log.bytes", DEFAULT_SNAPSHOT_LOG_BYTES);
         setupRepeatMs = longValue(p, "setup.repeat.ms", SetupRepeat.DEFAULT_MS);
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
@@ -86,6 +92,7 @@ public final class MemberSettings
         check(setupRepeatMs >= 1 && setupRepeatMs <= SetupRepeat.MAX_MS,
             "setup.repeat.ms must be in 1.." + SetupRepeat.MAX_MS);
         check(snapshotIntervalS >= 0, "snapshot.interval.s must be >= 0 (0 = no schedule)");
+        check(snapshotLogBytes >= 0, "snapshot.log.bytes must be >= 0 (0 = no size trigger)");
         check(bufferCapacity >= termLength / 8, "buffer.capacity must hold the largest message (term.length/8)");
         streamIdOffset = clusterId * STREAM_ID_OFFSET_PER_CLUSTER;
     }

@@ -14,8 +14,6 @@ import org.agrona.concurrent.status.AtomicCounter;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Properties;
-import java.util.concurrent.Executors;
-import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -42,7 +40,7 @@ public final class WorkerNode implements AutoCloseable
     private final MediaDriver.Context driverCtx;
     private final MediaDriver driver;
     private final List<Member> members = new ArrayList<>();
-    private ScheduledExecutorService scheduler;
+    private final SnapshotSchedule snapshotSchedule = new SnapshotSchedule();
     private boolean closed;
 
     private WorkerNode(final String workerId, final MediaDriver.Context driverCtx, final MediaDriver driver)
@@ -132,7 +130,11 @@ public final class WorkerNode implements AutoCloseable
                 .aeronDirectoryName(aeronDir)
                 .mediaDriverAgentInvoker(driver.sharedAgentInvoker())
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
+            final long started = System.nanoTime();
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
+            StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +
+                TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
+            StartPhases.watchElection(prefix, consensusModule.context().electionStateCounter());
             container = ClusteredServiceContainer.launch(ctx.container);
         }
         catch (final RuntimeException ex)
@@ -142,38 +144,8 @@ public final class WorkerNode implements AutoCloseable
         }
         final Member member = new Member(s, archive, consensusModule, container, service);
         members.add(member);
-        if (s.snapshotIntervalS > 0)
-        {
-            schedule(member);
-        }
+        snapshotSchedule.add(s, service, member::takeSnapshot);
         return member;
-    }
-
-    private void schedule(final Member member)
-    {
-        if (null == scheduler)
-        {
-            scheduler = Executors.newSingleThreadScheduledExecutor((r) ->
-            {
-                final Thread t = new Thread(r, "matchx-snapshot-schedule");
-                t.setDaemon(true);
-                return t;
-            });
-        }
-        final long interval = member.settings.snapshotIntervalS;
-        scheduler.scheduleAtFixedRate(
-            () ->
-            {
-                try
-                {
-                    member.takeSnapshot();
-                }
-                catch (final RuntimeException ex)
-                {
-                    MemberNode.logError(ex);
-                }
-            },
-            interval, interval, TimeUnit.SECONDS);
     }
 
     public String aeronDirectoryName()
@@ -194,10 +166,7 @@ public final class WorkerNode implements AutoCloseable
             return;
         }
         closed = true;
-        if (null != scheduler)
-        {
-            scheduler.shutdownNow();
-        }
+        snapshotSchedule.close();
         for (int i = members.size() - 1; i >= 0; i--)
         {
             CloseHelper.quietClose(members.get(i));
