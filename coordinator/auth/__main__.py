@@ -30,7 +30,7 @@ from .config import AuthConfig
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m coordinator.auth", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8700, help="0 = ephemeral (default 8700)")
+    p.add_argument("--port", type=int, default=8081, help="0 = ephemeral (default 8081; the coordinator's is 8080)")
     p.add_argument("--db", default=None, help="SQLite path (env MATCHX_AUTH_DB_PATH, default ./var/auth.db)")
     p.add_argument(
         "--admin-key-file",

@@ -35,7 +35,7 @@ class TokenPair:
 
 
 class AuthClient:
-    """``AuthClient("http://127.0.0.1:8700", admin_key=...)``; usable as a context manager."""
+    """``AuthClient("http://127.0.0.1:8081", admin_key=...)``; usable as a context manager."""
 
     def __init__(
         self,

@@ -2,13 +2,14 @@
 
 Example (the coordinator's ``admin_dependency`` hook)::
 
-    feed = AuthFeed(AuthClient("http://127.0.0.1:8700"))
+    feed = AuthFeed(AuthClient("http://127.0.0.1:8081"))
     app = coordinator.api.create_app(store, admin_dependency=require_token(feed, perm="admin"))
 
 Failures raise ``HTTPException`` 401 (bad/expired/revoked token) or 403 (wrong permission)
 whose ``detail`` starts with the reason code.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Annotated
@@ -19,6 +20,8 @@ from pyengine.service.tokens import AuthState, Principal, TokenError, bearer_tok
 
 from .client import AuthError
 from .feed import AuthFeed
+
+log = logging.getLogger("matchx.auth.deps")
 
 
 def require_token(
@@ -35,8 +38,14 @@ def require_token(
         if isinstance(source, AuthFeed):
             try:
                 source.maybe_poll()
-            except AuthError:
-                pass  # keep serving with the last known keys/revocations
+            except AuthError as exc:
+                # Keep serving with the last known keys and revocations -- but say so: a token
+                # revoked since the last good poll passes until the auth service answers again.
+                # maybe_poll waits min_interval_s before the next try, so a dead service costs
+                # one request a timeout per interval, not every request.
+                log.warning("auth service unreachable (%s); checking tokens against keys and revocations "
+                            "last fetched %.0f s ago: newer revocations are not enforced", exc,
+                            source.age_s())
             state = source.state
         else:
             state = source

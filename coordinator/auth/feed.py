@@ -58,21 +58,28 @@ class AuthFeed:
         self.min_interval_s = min_interval_s
         self.state = AuthState()
         self._lock = threading.Lock()
-        self._last_poll = float("-inf")
+        self._last_poll = float("-inf")  # last attempt
+        self._last_success = float("-inf")
 
     def poll(self) -> list[dict]:
-        """Fetch and apply changes; returns the admin commands that were applied."""
+        """Fetch and apply changes; returns the admin commands that were applied. A failed poll
+        (``AuthError``) also counts as an attempt for :meth:`maybe_poll`'s interval."""
         with self._lock:
+            self._last_poll = time.monotonic()
             cmds = commands_for(
                 self.client, self.state.verifier.kids(), self.state.revocations.last_seq, batch=self.batch
             )
             for cmd in cmds:
                 self.state.apply(cmd)
-            self._last_poll = time.monotonic()
+            self._last_success = time.monotonic()
             return cmds
 
     def maybe_poll(self) -> list[dict]:
-        """:meth:`poll` unless the last one is younger than ``min_interval_s``."""
+        """:meth:`poll` unless the last attempt is younger than ``min_interval_s``."""
         if time.monotonic() - self._last_poll < self.min_interval_s:
             return []
         return self.poll()
+
+    def age_s(self) -> float:
+        """Seconds since the mirror was last brought up to date (inf: never)."""
+        return time.monotonic() - self._last_success
