@@ -564,7 +564,8 @@ class MatchingService:
             replies = ReplyCache.decode(buf[off + auth_len :], self.replies.window, self.replies.max_bytes)
         except ServiceSnapshotError:
             raise
-        except (SnapshotError, struct.error, ValueError, orjson.JSONDecodeError, TokenError) as exc:
+        except (SnapshotError, struct.error, ValueError, KeyError, TypeError, orjson.JSONDecodeError,
+                TokenError) as exc:
             raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
         self.engine, self.replies = engine, replies
         self.owned, self.moved = routing["owned"], routing["moved"]

@@ -1,0 +1,398 @@
+"""Symbol migration and cross-partition transfers as log commands (docs/migration.md).
+
+Every step is an admin command in the log of the partition it changes, so every member applies
+it at the same position and a new leader carries on where the old one stopped. Every step is
+idempotent by migration id: a repeat answers what the first one did and changes nothing.
+
+Source:       mig_freeze (export at this position; the symbol's commands answer MOVED with
+              ``moving``: no effect, retry) -> mig_export_chunk* -> mig_drop, or
+              mig_restore (abort: the source takes the symbol back from its own export).
+Destination:  mig_prepare (inert: MOVED "not yet") -> mig_import_chunk* -> mig_import (the
+              book is in the engine, still inert) -> mig_activate (the new owner, new epoch),
+              or mig_discard (abort before activation: the inert copy goes).
+Transfers:    xfer_out (debit, exactly once by transfer id) at one partition, xfer_in (credit)
+              at the other; the coordinator records the transfer in between (in transit).
+
+The fence is applied when a command is applied, not when it arrives: after a failover the new
+leader answers exactly as the old one would have.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from typing import Any
+
+import orjson
+
+from pyengine.engine.migration import (
+    MigrationError,
+    drop_symbol,
+    export_symbol,
+    funds_problems,
+    import_symbol,
+)
+from pyengine.wire.protocol import Status
+
+log = logging.getLogger("matchx.migration")
+
+MIG_OPS = frozenset({"mig_freeze", "mig_export_chunk", "mig_drop", "mig_restore", "mig_prepare",
+                     "mig_import_chunk", "mig_import", "mig_activate", "mig_discard", "mig_state",
+                     "xfer_out", "xfer_in", "funds_check"})
+XFER_PREFIX = "xfer:"  # the engine tx ids of transfer legs; refused in user deposits/withdrawals
+MAX_CHUNK = 64 * 1024  # raw bytes per export chunk (its base64 must fit one reply message)
+
+# states
+FROZEN, DROPPED, RESTORED = "frozen", "dropped", "restored"
+PREPARED, IMPORTED, ACTIVE, DISCARDED = "prepared", "imported", "active", "discarded"
+_OPEN_SOURCE = (FROZEN,)
+_OPEN_DEST = (PREPARED, IMPORTED)
+
+Answer = tuple[int, bytes]
+
+
+def _ok(body: dict) -> Answer:
+    return Status.OK, orjson.dumps(body)
+
+
+def _err(text: str) -> Answer:
+    return Status.ERROR, orjson.dumps({"error": text})
+
+
+def _holds(meta: dict) -> dict[str, int]:
+    return {a: int(v) for a, v in meta.get("holds", {}).items()}
+
+
+class Migrations:
+    """A partition's migration and transfer state; owned by ``MatchingService``, snapshotted
+    with it (``to_json``/``from_json``)."""
+
+    def __init__(self) -> None:
+        # migration id -> record; a record is a plain dict (JSON in the snapshot)
+        self.recs: dict[str, dict[str, Any]] = {}
+        self.blobs: dict[str, bytes] = {}       # id -> export (source) or staged import (dest)
+        self.frozen: dict[str, str] = {}        # symbol -> migration id (source, not yet dropped)
+        self.inert: dict[str, str] = {}         # symbol -> migration id (destination, not active)
+        self.net_in: dict[str, int] = {}        # asset -> holds imported minus holds exported
+        self.xfers: dict[str, dict[str, Any]] = {}  # "out:ID" / "in:ID" -> the leg's request
+
+    # ---- the fence -------------------------------------------------------------------------
+
+    def fence(self, cmd: dict, owned: dict[str, int] | None) -> Answer | None:
+        """The answer for a command the migrations hold back, else None."""
+        symbol = cmd.get("symbol")
+        if isinstance(symbol, str):
+            mid = self.frozen.get(symbol)
+            if mid is not None:
+                rec = self.recs[mid]
+                return Status.MOVED, orjson.dumps({"type": "moved", "symbol": symbol, "epoch": rec["epoch"],
+                                                   "moving": True, "migration": mid})
+            mid = self.inert.get(symbol)
+            if mid is not None:
+                rec = self.recs[mid]
+                return Status.MOVED, orjson.dumps({"type": "moved", "symbol": symbol, "epoch": rec["epoch"],
+                                                   "not_yet": True, "migration": mid})
+        op = cmd.get("op")
+        if op == "cancel_all" and symbol is None and self.inert:
+            # it would cancel the inert imported orders too: retry once the import is active
+            first = next(iter(self.inert))
+            return Status.MOVED, orjson.dumps({"type": "moved", "symbol": first,
+                                               "epoch": self.recs[self.inert[first]]["epoch"],
+                                               "moving": True, "migration": self.inert[first]})
+        if op in ("deposit", "withdraw"):
+            tx = cmd.get("tx_id")
+            if isinstance(tx, str) and tx.startswith(XFER_PREFIX):
+                return _err(f"tx_id prefix {XFER_PREFIX!r} is reserved for transfers")
+        return None
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def apply(self, svc: Any, cmd: dict) -> Answer:
+        """One admin command; ``svc`` is the MatchingService (engine, owned, moved)."""
+        op = cmd["op"]
+        if op == "mig_state":
+            return _ok(self.describe())
+        if op == "funds_check":
+            problems = funds_problems(svc.engine, self.net_in)
+            return _ok({"type": "funds_check", "ok": not problems, "problems": problems[:20],
+                        "net_in": {a: str(v) for a, v in sorted(self.net_in.items())}})
+        if op in ("xfer_out", "xfer_in"):
+            return self._xfer(svc, cmd, op)
+        mid = cmd.get("id")
+        if not isinstance(mid, str) or not mid or len(mid) > 64:
+            return _err(f"{op} needs id: a migration id of 1..64 chars")
+        if svc.owned is None:
+            return _err("migration needs a partitioned system (this partition owns every symbol)")
+        return getattr(self, "_" + op[4:])(svc, mid, cmd)
+
+    # ---- source ----------------------------------------------------------------------------
+
+    def _same(self, rec: dict, cmd: dict, keys: tuple[str, ...]) -> str | None:
+        for k in keys:
+            if rec.get(k) != cmd.get(k):
+                return f"migration {rec['id']} exists with {k}={rec.get(k)!r}, not {cmd.get(k)!r}"
+        return None
+
+    def _freeze(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        symbol, dest, epoch = cmd.get("symbol"), cmd.get("dest"), cmd.get("epoch")
+        if not isinstance(symbol, str) or not isinstance(dest, str) or type(epoch) is not int:
+            return _err("mig_freeze needs symbol, dest and epoch (the new owner's epoch)")
+        rec = self.recs.get(mid)
+        if rec is not None:
+            if rec["role"] != "source":
+                return _err(f"migration {mid} is a destination here")
+            bad = self._same(rec, cmd, ("symbol", "dest", "epoch"))
+            return _err(bad) if bad else _ok(self._source_answer(rec))
+        if symbol in self.frozen:
+            return _err(f"{symbol} is already moving (migration {self.frozen[symbol]})")
+        if symbol not in svc.owned:
+            return _err(f"{symbol} is not owned here")
+        if epoch <= svc.owned[symbol]:
+            return _err(f"epoch {epoch} is not newer than {svc.owned[symbol]}")
+        if symbol not in svc.engine.symbols:
+            return _err(f"{symbol} is owned here but unknown to the engine (add_symbol first)")
+        try:
+            blob, meta = export_symbol(svc.engine, symbol)
+        except MigrationError as exc:
+            return _err(str(exc))
+        rec = {"id": mid, "role": "source", "symbol": symbol, "dest": dest, "epoch": epoch,
+               "old_epoch": svc.owned[symbol], "state": FROZEN, "meta": meta, "size": len(blob),
+               "sha256": hashlib.sha256(blob).hexdigest()}
+        self.recs[mid] = rec
+        self.blobs[mid] = blob
+        self.frozen[symbol] = mid
+        owned = dict(svc.owned)
+        del owned[symbol]
+        svc.owned = owned
+        svc.moved[symbol] = epoch
+        for asset, v in _holds(meta).items():
+            self.net_in[asset] = self.net_in.get(asset, 0) - v
+        log.info("migration %s: %s frozen and exported (%d orders, %d bytes)", mid, symbol,
+                 meta["orders"], len(blob))
+        return _ok(self._source_answer(rec))
+
+    def _source_answer(self, rec: dict) -> dict:
+        return {"type": "mig_source", "id": rec["id"], "symbol": rec["symbol"], "state": rec["state"],
+                "epoch": rec["epoch"], "size": rec["size"], "sha256": rec["sha256"], "meta": rec["meta"]}
+
+    def _export_chunk(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        rec = self.recs.get(mid)
+        blob = self.blobs.get(mid)
+        if rec is None or rec["role"] != "source":
+            return _err(f"unknown migration {mid}")
+        if blob is None:
+            return _err(f"migration {mid} is {rec['state']}: its export is gone")
+        off, n = cmd.get("offset"), cmd.get("length", MAX_CHUNK)
+        if type(off) is not int or type(n) is not int or not 0 <= off <= len(blob) or not 0 < n <= MAX_CHUNK:
+            return _err(f"offset in [0, {len(blob)}] and length in [1, {MAX_CHUNK}] needed")
+        data = blob[off:off + n]
+        return _ok({"type": "mig_chunk", "id": mid, "offset": off, "total": len(blob),
+                    "data": base64.b64encode(data).decode()})
+
+    def _drop(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        rec = self.recs.get(mid)
+        if rec is None or rec["role"] != "source":
+            return _err(f"unknown migration {mid}")
+        if rec["state"] == FROZEN:
+            drop_symbol(svc.engine, rec["symbol"])
+            rec["state"] = DROPPED
+            self.blobs.pop(mid, None)
+            del self.frozen[rec["symbol"]]
+        elif rec["state"] != DROPPED:
+            return _err(f"migration {mid} is {rec['state']}: nothing to drop")
+        return _ok(self._source_answer(rec))
+
+    def _restore(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        """Abort at the source: take the symbol back from the own export, exactly."""
+        rec = self.recs.get(mid)
+        if rec is None or rec["role"] != "source":
+            return _err(f"unknown migration {mid}")
+        if rec["state"] == FROZEN:
+            try:
+                import_symbol(svc.engine, self.blobs[mid])
+            except MigrationError as exc:  # pragma: no cover - its own export always fits
+                log.error("migration %s: the source cannot take back its own export: %s", mid, exc)
+                return _err(f"restore failed: {exc}")
+            symbol = rec["symbol"]
+            # the route comes back at the new epoch: epochs only grow, so clients that were told
+            # "moving" to that epoch find it again here
+            svc.owned = {**svc.owned, symbol: rec["epoch"]}
+            svc.moved.pop(symbol, None)
+            del self.frozen[symbol]
+            self.blobs.pop(mid, None)
+            for asset, v in _holds(rec["meta"]).items():
+                self.net_in[asset] = self.net_in.get(asset, 0) + v
+            rec["state"] = RESTORED
+        elif rec["state"] != RESTORED:
+            return _err(f"migration {mid} is {rec['state']}: too late to restore")
+        return _ok(self._source_answer(rec))
+
+    # ---- destination -----------------------------------------------------------------------
+
+    def _prepare(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        symbol, source, epoch = cmd.get("symbol"), cmd.get("source"), cmd.get("epoch")
+        if not isinstance(symbol, str) or not isinstance(source, str) or type(epoch) is not int:
+            return _err("mig_prepare needs symbol, source and epoch (the new owner's epoch)")
+        rec = self.recs.get(mid)
+        if rec is not None:
+            if rec["role"] != "dest":
+                return _err(f"migration {mid} is a source here")
+            bad = self._same(rec, cmd, ("symbol", "source", "epoch"))
+            return _err(bad) if bad else _ok(self._dest_answer(rec))
+        if symbol in svc.owned:
+            return _err(f"{symbol} is already owned here")
+        if symbol in self.inert:
+            return _err(f"{symbol} is already being imported (migration {self.inert[symbol]})")
+        if symbol in self.frozen:
+            return _err(f"{symbol} is frozen here (migration {self.frozen[symbol]})")
+        cur = svc.engine.symbols.get(symbol)
+        if cur is not None and (cur.bid_keys or cur.ask_keys):
+            return _err(f"{symbol} has a book here")
+        rec = {"id": mid, "role": "dest", "symbol": symbol, "source": source, "epoch": epoch,
+               "state": PREPARED, "meta": None}
+        self.recs[mid] = rec
+        self.blobs[mid] = b""
+        self.inert[symbol] = mid
+        return _ok(self._dest_answer(rec))
+
+    def _dest_answer(self, rec: dict) -> dict:
+        return {"type": "mig_dest", "id": rec["id"], "symbol": rec["symbol"], "state": rec["state"],
+                "epoch": rec["epoch"], "staged": len(self.blobs.get(rec["id"], b"")), "meta": rec["meta"]}
+
+    def _dest(self, mid: str) -> dict | None:
+        rec = self.recs.get(mid)
+        return rec if rec is not None and rec["role"] == "dest" else None
+
+    def _import_chunk(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        rec = self._dest(mid)
+        if rec is None:
+            return _err(f"unknown migration {mid}")
+        off, data = cmd.get("offset"), cmd.get("data")
+        if type(off) is not int or not isinstance(data, str):
+            return _err("mig_import_chunk needs offset and data (base64)")
+        if rec["state"] != PREPARED:
+            return _ok(self._dest_answer(rec))  # a resend after the import: already in
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError:
+            return _err("data is not base64")
+        staged = self.blobs[mid]
+        if not 0 <= off <= len(staged):
+            return _err(f"chunk at {off}, expected at most {len(staged)}")
+        # a resend overlaps what is staged: the overlap must agree, the rest is new
+        seen = staged[off:off + len(raw)]
+        if raw[:len(seen)] != seen:
+            return _err(f"chunk at {off} differs from the bytes already staged there")
+        if off + len(raw) > len(staged):
+            self.blobs[mid] = staged + raw[len(seen):]
+        return _ok(self._dest_answer(rec))
+
+    def _import(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        rec = self._dest(mid)
+        if rec is None:
+            return _err(f"unknown migration {mid}")
+        if rec["state"] in (IMPORTED, ACTIVE):
+            return _ok(self._dest_answer(rec))
+        if rec["state"] != PREPARED:
+            return _err(f"migration {mid} is {rec['state']}")
+        blob = self.blobs[mid]
+        if len(blob) != cmd.get("size") or hashlib.sha256(blob).hexdigest() != cmd.get("sha256"):
+            self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
+            return _err(f"staged export is {len(blob)} bytes with another digest than the source's "
+                        f"({cmd.get('size')} bytes): send it again")
+        try:
+            meta = import_symbol(svc.engine, blob)
+        except MigrationError as exc:
+            self.blobs[mid] = b""  # start the transfer again, or abort
+            return _err(f"import refused: {exc}")
+        rec["meta"] = {k: meta[k] for k in ("orders", "finished", "accounts", "holds", "seq",
+                                            "coid_conflicts", "finished_forgotten")}
+        rec["state"] = IMPORTED
+        self.blobs[mid] = b""
+        for asset, v in _holds(meta).items():
+            self.net_in[asset] = self.net_in.get(asset, 0) + v
+        return _ok(self._dest_answer(rec))
+
+    def _activate(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        rec = self._dest(mid)
+        if rec is None:
+            return _err(f"unknown migration {mid}")
+        if rec["state"] == IMPORTED:
+            symbol = rec["symbol"]
+            epoch = max(rec["epoch"], svc.moved.get(symbol, 0))
+            svc.owned = {**svc.owned, symbol: epoch}
+            svc.moved.pop(symbol, None)
+            del self.inert[symbol]
+            self.blobs.pop(mid, None)
+            rec["state"] = ACTIVE
+        elif rec["state"] != ACTIVE:
+            return _err(f"migration {mid} is {rec['state']}: import it first")
+        return _ok(self._dest_answer(rec))
+
+    def _discard(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        """Abort at the destination: the inert copy goes (never once it is active)."""
+        rec = self._dest(mid)
+        if rec is None:
+            return _err(f"unknown migration {mid}")
+        if rec["state"] == ACTIVE:
+            return _err(f"migration {mid} is active: past the point of no return")
+        if rec["state"] in _OPEN_DEST:
+            symbol = rec["symbol"]
+            if rec["state"] == IMPORTED:
+                _blob, meta = export_symbol(svc.engine, symbol)  # takes the book and holds out
+                drop_symbol(svc.engine, symbol)
+                for asset, v in _holds(meta).items():
+                    self.net_in[asset] = self.net_in.get(asset, 0) - v
+            del self.inert[symbol]
+            self.blobs.pop(mid, None)
+            rec["state"] = DISCARDED
+        return _ok(self._dest_answer(rec))
+
+    # ---- transfers of free funds -----------------------------------------------------------
+
+    def _xfer(self, svc: Any, cmd: dict, op: str) -> Answer:
+        tid, account, asset, amount = cmd.get("id"), cmd.get("account"), cmd.get("asset"), cmd.get("amount")
+        if not all(isinstance(x, str) and x for x in (tid, account, asset, amount)) or len(tid) > 48:
+            return _err(f"{op} needs id (1..48 chars), account, asset and amount")
+        key = ("out:" if op == "xfer_out" else "in:") + tid
+        prev = self.xfers.get(key)
+        want = {"account": account, "asset": asset, "amount": amount}
+        if prev is not None and prev["req"] != want:
+            return _err(f"transfer id {tid} was used with other values")
+        eop = "withdraw" if op == "xfer_out" else "deposit"
+        ev = svc.engine.apply({"op": eop, "account": account, "asset": asset, "amount": amount,
+                               "tx_id": XFER_PREFIX + key}, 0)
+        e = ev[0]
+        if e.get("type") == "rejected":
+            return _err(f"{op} refused: {e.get('reason')}: {e.get('detail')}")
+        if prev is None:
+            self.xfers[key] = {"req": want}
+        return _ok({"type": op, "id": tid, "account": account, "asset": asset, "amount": e["amount"],
+                    "available": e["available"], "duplicate": bool(e.get("duplicate"))})
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def describe(self) -> dict:
+        return {"type": "mig_state",
+                "migrations": list(self.recs.values()),
+                "frozen": dict(self.frozen), "inert": dict(self.inert),
+                "net_in": {a: str(v) for a, v in sorted(self.net_in.items())}}
+
+    def to_json(self) -> dict:
+        return {"recs": self.recs, "frozen": self.frozen, "inert": self.inert,
+                "net_in": {a: str(v) for a, v in self.net_in.items()}, "xfers": self.xfers,
+                "blobs": {k: base64.b64encode(v).decode() for k, v in self.blobs.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> Migrations:
+        m = cls()
+        if not d:
+            return m
+        m.recs = d["recs"]
+        m.frozen = d["frozen"]
+        m.inert = d["inert"]
+        m.net_in = {a: int(v) for a, v in d["net_in"].items()}
+        m.xfers = d["xfers"]
+        m.blobs = {k: base64.b64decode(v) for k, v in d["blobs"].items()}
+        return m
