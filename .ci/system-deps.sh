@@ -7,6 +7,8 @@ command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v make >/dev/null 2>&1 || need+=(make)
+# monitoring: `matchctl up --monitoring` runs prometheus; `make test` checks the alert rules with promtool
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # the compiled engine (mypyc) needs a C compiler and the headers of the Python the venv uses
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

@@ -21,7 +21,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coordinator import metrics
 from coordinator.errors import CoordinatorError
+from coordinator.metrics import MigrationGauge, RoutingCollector
 from coordinator.models import (
     MoveIn,
     PartitionIn,
@@ -256,6 +258,9 @@ def create_app(
     app.state.store = store
     app.state.watcher = watcher
     app.add_middleware(VersionHeaderMiddleware, store=store)
+    # the migration driver reports its migrations' states here (coordinator/metrics.py)
+    app.state.migration_metrics = MigrationGauge()
+    metrics.install(app, "coordinator", RoutingCollector(store), app.state.migration_metrics)
 
     # -------------------------------------------------------------- error rendering
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from coordinator import metrics
 from pyengine.service.tokens import TokenError, bearer_token
 
 from .config import AuthConfig
@@ -158,6 +159,7 @@ def create_app(config: AuthConfig | None = None, service: AuthService | None = N
         lifespan=lifespan,
     )
     app.state.service = svc
+    metrics.install(app, "auth")
 
     @app.exception_handler(ServiceError)
     async def _service_error(_req: Request, exc: ServiceError):

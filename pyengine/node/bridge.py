@@ -15,6 +15,7 @@ import jpype
 import jpype.nio
 from jpype import JImplements, JOverride
 
+from pyengine.node.metrics import MessageTimer
 from pyengine.service.matching import MatchingService
 
 log = logging.getLogger("matchx.bridge")
@@ -30,6 +31,7 @@ class ServiceBridge:
         self.output: memoryview | None = None
         self.fatal: str | None = None
         self.snapshot_buffer: bytearray | None = None
+        self.timer = MessageTimer()  # the service's time per message and command, for /metrics
 
     def attach(self, java_service) -> None:
         self.input = memoryview(java_service.inputBuffer()).cast("B")
@@ -48,11 +50,13 @@ class ServiceBridge:
     @JOverride
     def onSessionMessage(self, session_id, timestamp, position, length) -> int:
         message = self.input[: int(length)]
+        started = time.perf_counter()
         try:
             frames = self.service.on_message(int(session_id), int(timestamp), int(position), message)
         except Exception:  # noqa: BLE001 - the service already turns errors into answers
             log.exception("service raised; no reply for this message")
             return 0
+        self.timer.observe(time.perf_counter() - started, self.service.counters.last_commands)
         out = self.output
         offset = 0
         for target, reply in frames:

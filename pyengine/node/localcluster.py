@@ -190,7 +190,8 @@ class LocalCluster:
 
     def member_status(self, member_id: int) -> dict:
         path = self.layout.member_dir(member_id) / "status.json"
-        status = {"member_id": member_id, "role": "down", "running": self.is_running(member_id)}
+        status = {"member_id": member_id, "role": "down", "running": self.is_running(member_id),
+                  "metrics_url": f"http://{self.layout.host(member_id)}:{self.layout.metrics_port(member_id)}/metrics"}
         if status["running"] and path.is_file():
             try:
                 reported = json.loads(path.read_text())

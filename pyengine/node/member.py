@@ -102,17 +102,29 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
         java_service.credentialsVerifier(CredentialsBridge(service))
         log.info("token authentication on, %d bootstrap key(s)", len(auth_keys))
     latch = Latch()
+    from pyengine.node.metrics import JvmCollector, MemberCollector, MetricsServer
+
+    # Before the member starts: a member whose metrics port is taken refuses to start (OSError)
+    metrics = MetricsServer(layout.host(member_id), layout.metrics_port(member_id), [
+        MemberCollector(str(layout.cluster_id), member_id, layout.cluster_id, java_service, service.counters,
+                        bridge.timer, layout.aeron_dir(member_id), member_dir / "cluster"),
+        JvmCollector({"partition": str(layout.cluster_id), "member": str(member_id)}),
+    ])
+    metrics.start()
     try:
         node = MemberNode.launch(jprops, java_service)
     except jpype.JException as exc:
         print(f"matchx node: member {member_id} failed to start: {exc.message()}", file=sys.stderr)
+        metrics.stop()
         return 2
-    print(json.dumps({"event": "started", "member_id": member_id, "dir": str(member_dir)}), flush=True)
+    print(json.dumps({"event": "started", "member_id": member_id, "dir": str(member_dir),
+                      "metrics_port": metrics.port}), flush=True)
     try:
         signal_name = latch.await_()
         log.info("member %d stopping on SIG%s", member_id, signal_name)
     finally:
         node.close()
+        metrics.stop()
     print(json.dumps({"event": "stopped", "member_id": member_id}), flush=True)
     return 0
 

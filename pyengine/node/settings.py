@@ -2,7 +2,8 @@
 
 Port plan (documented in docs/operations.md): member ``i`` of a partition with port base ``B``
 uses ``B + 10*i + k`` with k = 0 archive control, 1 client ingress, 2 consensus, 3 log,
-4 catch-up. The default base is 20000 and each partition takes 100 ports, so partition ``p``
+4 catch-up, 5 metrics (HTTP ``/metrics``; a worker serves its on the metrics port of the first
+member it hosts). The default base is 20000 and each partition takes 100 ports, so partition ``p``
 defaults to ``20000 + 100*p``.
 """
 
@@ -21,7 +22,7 @@ PORTS_PER_PARTITION = 100
 DEFAULT_SNAPSHOT_INTERVAL_S = 30
 DEFAULT_SNAPSHOT_LOG_BYTES = 8 << 20
 
-ARCHIVE_OFFSET, INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET = range(5)
+ARCHIVE_OFFSET, INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET, METRICS_OFFSET = range(6)
 
 
 class ConfigError(ValueError):
@@ -143,6 +144,9 @@ class ClusterLayout:
 
     def port(self, member_id: int, offset: int) -> int:
         return self.port_base + PORTS_PER_MEMBER * member_id + offset
+
+    def metrics_port(self, member_id: int) -> int:
+        return self.port(member_id, METRICS_OFFSET)
 
     def cluster_members(self) -> str:
         """Aeron's member string: id,ingress,consensus,log,catchup,archive|..."""

@@ -18,6 +18,7 @@ from pyengine.node.settings import (
     DEFAULT_SNAPSHOT_INTERVAL_S,
     DEFAULT_SNAPSHOT_LOG_BYTES,
     INGRESS_OFFSET,
+    METRICS_OFFSET,
     PORTS_PER_MEMBER,
     ClusterLayout,
     ConfigError,
@@ -262,6 +263,15 @@ class Topology:
     def members_on(self, worker_id: str) -> list[tuple[PartitionSpec, int]]:
         """The (partition, member id) pairs the worker hosts."""
         return [(p, i) for p in self.partitions for i, w in enumerate(p.members) if w == worker_id]
+
+    def worker_metrics_port(self, worker_id: str) -> int | None:
+        """Where the worker serves /metrics: the metrics port of the first member it hosts (in the
+        topology's order), inside that partition's own port range; None when it hosts none."""
+        hosted = self.members_on(worker_id)
+        if not hosted:
+            return None
+        p, member_id = hosted[0]
+        return p.port_base + PORTS_PER_MEMBER * member_id + METRICS_OFFSET
 
     def active_workers(self) -> list[WorkerSpec]:
         return [w for w in self.workers if self.members_on(w.id)]

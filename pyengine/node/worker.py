@@ -69,6 +69,12 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
     latch = Latch()  # signal handlers first: a SIGTERM during start-up still stops us cleanly
     bridges = []  # keep the proxies referenced for the life of the process
     node = None
+    from pyengine.node.metrics import JvmCollector, MemberCollector, MetricsServer
+
+    # Before anything starts: a worker whose metrics port is taken refuses to start (OSError)
+    metrics = MetricsServer(topology.worker(worker_id).host, topology.worker_metrics_port(worker_id),
+                            [JvmCollector({"worker": worker_id})])
+    metrics.start()
     try:
         node = WorkerNode.launch(jprops({
             "aeron.dir": aeron_dir,
@@ -89,20 +95,25 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str) -> int:
                 java_service.credentialsVerifier(verifier)
                 bridges.append(verifier)
             node.addMember(member_props, java_service)
+            metrics.registry.register(MemberCollector(
+                partition_id, member_id, int(props["cluster.id"]), java_service, service.counters, bridge.timer,
+                aeron_dir, member_dir / "cluster"))
             log.info("partition %s member %d started in %s", partition_id, member_id, member_dir)
     except jpype.JException as exc:
         print(f"matchx worker {worker_id}: failed to start: {exc.message()}", file=sys.stderr)
         if node is not None:
             node.close()
+        metrics.stop()
         shutil.rmtree(aeron_dir, ignore_errors=True)
         return 2
-    print(json.dumps({"event": "started", "worker": worker_id, "aeron_dir": aeron_dir,
+    print(json.dumps({"event": "started", "worker": worker_id, "aeron_dir": aeron_dir, "metrics_port": metrics.port,
                       "members": [{"partition": p, "member_id": m} for p, m, *_ in members]}), flush=True)
     try:
         signal_name = latch.await_()
         log.info("worker %s stopping on SIG%s", worker_id, signal_name)
     finally:
         node.close()
+        metrics.stop()
         shutil.rmtree(aeron_dir, ignore_errors=True)
     print(json.dumps({"event": "stopped", "worker": worker_id}), flush=True)
     return 0

@@ -217,7 +217,7 @@ class System:
             system.await_leaders(max(1.0, deadline - time.monotonic()))
             system.assign_symbols(max(5.0, deadline - time.monotonic()))
             if topo.auth is not None:
-                system.start_pusher(log_level=log_level)
+                system.start_pusher(log_level=log_level, timeout=max(10.0, deadline - time.monotonic()))
         except BaseException:
             system.down()
             raise
@@ -381,7 +381,7 @@ class System:
             return {"credentials": token.encode()}
         return {}
 
-    def start_pusher(self, log_level: str = "INFO") -> int:
+    def start_pusher(self, log_level: str = "INFO", timeout: float = 60.0) -> int:
         """Starts the revocation pusher (pyengine/ops/pusher.py) for this system."""
         cmd = [sys.executable, "-m", "pyengine.ops.pusher", "--dir", str(self.dir), "--log-level", log_level]
         with open(self.dir / "pusher.log", "ab") as out:
@@ -390,7 +390,25 @@ class System:
         state = self.state()
         state["pusher"] = proc.pid
         self._save_state(state)
-        log.info("revocation pusher pid %d", proc.pid)
+        # In step before `up` returns: every partition's keys and revocations read back and
+        # brought up to date (else a revoke right after `up` would wait for the JVM to start).
+        cursor_file = self.dir / "pusher.json"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                doc = json.loads(cursor_file.read_text())
+            except (OSError, ValueError):
+                doc = {}
+            if doc.get("pid") == proc.pid and set(doc.get("partitions", {})) >= {p.id for p in self.topology.partitions}:
+                break
+            if proc.poll() is not None:
+                raise SystemStateError(f"the revocation pusher exited with status {proc.returncode}:\n"
+                                       f"{_tail(self.dir / 'pusher.log')}")
+            if time.monotonic() > deadline:
+                raise SystemStateError(f"the revocation pusher did not reach every partition within {timeout:.0f} s; "
+                                       f"see {self.dir / 'pusher.log'}")
+            time.sleep(0.05)
+        log.info("revocation pusher pid %d, in step with every partition", proc.pid)
         return proc.pid
 
     def stop_pusher(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -454,6 +472,10 @@ class System:
 
     # ---- observing -------------------------------------------------------------------------
 
+    def worker_metrics_url(self, worker_id: str) -> str | None:
+        port = self.topology.worker_metrics_port(worker_id)
+        return None if port is None else f"http://{self.topology.worker(worker_id).host}:{port}/metrics"
+
     def member_status(self, partition_id: str, member_id: int) -> dict:
         p = self.topology.partition(partition_id)
         worker_id = p.members[member_id]
@@ -506,14 +528,16 @@ class System:
         coordinator: dict[str, Any] = {"running": False}
         c = state.get("coordinator")
         if c:
-            coordinator = {"pid": c["pid"], "port": c["port"], "running": _ours(c["pid"], "coordinator")}
+            coordinator = {"pid": c["pid"], "port": c["port"], "running": _ours(c["pid"], "coordinator"),
+                           "metrics_url": f"{self.coordinator_url}/metrics"}
             if coordinator["running"]:
                 try:
                     with self._http(2.0) as http:
                         coordinator["version"] = http.get("/v1/health").json()["version"]
                 except Exception as exc:  # noqa: BLE001 - status reports, never fails
                     coordinator["error"] = str(exc)
-        workers = {wid: {"pid": pid, "running": _ours(pid, "pyengine.node.worker")}
+        workers = {wid: {"pid": pid, "running": _ours(pid, "pyengine.node.worker"),
+                         "metrics_url": self.worker_metrics_url(wid)}
                    for wid, pid in state.get("workers", {}).items()}
         return {"dir": str(self.dir), "coordinator": coordinator, "workers": workers,
                 "partitions": {p.id: self.partition_status(p.id) for p in self.topology.partitions}}
@@ -597,7 +621,8 @@ def describe(status: dict) -> str:
     else:
         lines.append("coordinator  not started")
     for wid, w in sorted(status["workers"].items()):
-        lines.append(f"worker {wid:<8} pid {w['pid']}  {'running' if w['running'] else 'down'}")
+        lines.append(f"worker {wid:<8} pid {w['pid']}  {'running' if w['running'] else 'down'}"
+                     + (f"  metrics {w['metrics_url']}" if w.get("metrics_url") else ""))
     for pid, members in status["partitions"].items():
         roles = ", ".join(f"m{m['member_id']}@{m['worker']}={m['role']}" for m in members)
         lines.append(f"partition {pid:<6} {roles}")

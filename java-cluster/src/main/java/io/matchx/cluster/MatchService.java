@@ -51,6 +51,15 @@ public final class MatchService implements ClusteredService
     private volatile StatusFile.SnapshotStats lastSnapshot = StatusFile.SnapshotStats.NONE;
     private volatile long droppedReplies;
     private long nextStatusNs;
+    // For /metrics (MemberMetrics): written by the service thread only, read at scrape time.
+    private volatile long ingressMessages;
+    private volatile long egressMessages;
+    private volatile long backPressure;
+    private volatile long leaderChanges;
+    private volatile long roleChanges;
+    private volatile long sessions;
+    private volatile long snapshots;
+    private volatile long lastSnapshotEpochMs = -1;
 
     /** What to do when the service cannot go on (for example a snapshot that does not load). */
     public interface FatalHandler
@@ -143,11 +152,13 @@ public final class MatchService implements ClusteredService
 
     public void onSessionOpen(final ClientSession session, final long timestamp)
     {
+        sessions++;
         handler.onSessionOpen(session.id(), timestamp, session.encodedPrincipal());
     }
 
     public void onSessionClose(final ClientSession session, final long timestamp, final CloseReason closeReason)
     {
+        sessions--;
         handler.onSessionClose(session.id(), timestamp);
     }
 
@@ -160,6 +171,7 @@ public final class MatchService implements ClusteredService
         final Header header)
     {
         logPosition = header.position();
+        ingressMessages++;
         if (length > input.capacity())
         {
             // Deterministic on every member: the handler sees an empty message and rejects it.
@@ -194,6 +206,7 @@ public final class MatchService implements ClusteredService
             final long result = target.offer(output, offset, length);
             if (result > 0)
             {
+                egressMessages++;
                 return;
             }
             if (result == Publication.CLOSED || result == Publication.NOT_CONNECTED ||
@@ -201,6 +214,7 @@ public final class MatchService implements ClusteredService
             {
                 break;
             }
+            backPressure++;
             idle.idle();
         }
         droppedReplies++;
@@ -231,11 +245,14 @@ public final class MatchService implements ClusteredService
             state.remaining(),
             TimeUnit.NANOSECONDS.toMillis(built - started),
             TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - built));
+        snapshots++;
+        lastSnapshotEpochMs = System.currentTimeMillis();
     }
 
     public void onRoleChange(final Cluster.Role newRole)
     {
         role = newRole.code();
+        roleChanges++;
         handler.onRoleChange(role);
         writeStatus();
     }
@@ -257,6 +274,10 @@ public final class MatchService implements ClusteredService
         final int appVersion)
     {
         this.leadershipTermId = leadershipTermId;
+        if (this.leaderMemberId != leaderMemberId)
+        {
+            leaderChanges++;  // as etcd's leader_changes_seen: the first leader a member sees counts
+        }
         this.leaderMemberId = leaderMemberId;
         this.logPosition = logPosition;
         writeStatus();
@@ -311,5 +332,44 @@ public final class MatchService implements ClusteredService
     public long logPosition()
     {
         return logPosition;
+    }
+
+    public long leadershipTermId()
+    {
+        return leadershipTermId;
+    }
+
+    /** A copy of the counts for /metrics (each field read once; they are not read atomically). */
+    public Counts counts()
+    {
+        final Counts c = new Counts();
+        c.ingressMessages = ingressMessages;
+        c.egressMessages = egressMessages;
+        c.backPressure = backPressure;
+        c.droppedReplies = droppedReplies;
+        c.leaderChanges = leaderChanges;
+        c.roleChanges = roleChanges;
+        c.sessions = sessions;
+        c.snapshots = snapshots;
+        c.lastSnapshotEpochMs = lastSnapshotEpochMs;
+        c.lastSnapshotPosition = lastSnapshotPosition;
+        c.lastSnapshot = lastSnapshot;
+        return c;
+    }
+
+    /** What {@link #counts} returns. */
+    public static final class Counts
+    {
+        long ingressMessages;
+        long egressMessages;
+        long backPressure;
+        long droppedReplies;
+        long leaderChanges;
+        long roleChanges;
+        long sessions;
+        long snapshots;
+        long lastSnapshotEpochMs;
+        long lastSnapshotPosition;
+        StatusFile.SnapshotStats lastSnapshot;
     }
 }
