@@ -72,7 +72,10 @@ class PartitionPusher(threading.Thread):
                         applied = {"kids": list(state["kids"]), "last_seq": int(state["last_seq"])}
                         log.info("partition %s holds %d key(s), revocations up to seq %d", self.partition_id,
                                  len(applied["kids"]), applied["last_seq"])
-                    self._push(client, api, applied)
+                        self._push(client, api, applied)
+                        self.on_acked(self.partition_id, applied)  # in step: `matchctl up` waits for this
+                    else:
+                        self._push(client, api, applied)
                 except Exception as exc:  # noqa: BLE001 - a pusher keeps going; the next round resumes
                     from pyengine.client.match_client import AuthenticationError
 
@@ -127,13 +130,15 @@ class Pusher:
             return {}
         for pid, c in sorted(cursor.items()):
             log.info("partition %s was last acknowledged at revocation seq %s", pid, c.get("last_seq"))
-        return cursor
+        # kept as the record of where it stopped; the partitions' own answers are the resume point
+        return {}
 
     def _acked(self, partition_id: str, applied: dict) -> None:
         with self._lock:
             self.cursor[partition_id] = {**applied, "at": time.time()}
             tmp = self.cursor_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"partitions": self.cursor}, indent=2, sort_keys=True) + "\n")
+            doc = {"pid": os.getpid(), "partitions": self.cursor}
+            tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, self.cursor_file)
 
     def run(self) -> None:

@@ -399,7 +399,8 @@ class System:
                 doc = json.loads(cursor_file.read_text())
             except (OSError, ValueError):
                 doc = {}
-            if doc.get("pid") == proc.pid and set(doc.get("partitions", {})) >= {p.id for p in self.topology.partitions}:
+            synced = set(doc.get("partitions", {}))
+            if doc.get("pid") == proc.pid and synced >= {p.id for p in self.topology.partitions}:
                 break
             if proc.poll() is not None:
                 raise SystemStateError(f"the revocation pusher exited with status {proc.returncode}:\n"

@@ -1,0 +1,251 @@
+"""Revocation delay: from `POST /v1/revoke` at the auth service to refusal at the partitions,
+with the system's own pusher (pyengine/ops/pusher.py), under an order flow, and with a leader
+killed while a revocation is pending.
+
+    .venv/bin/python bench/auth_revocation.py [--rounds 10] [--failover-rounds 3] [--rate 200]
+
+It starts the example 2x3 topology (docs/examples/topology-2x3.json, free ports) with the auth
+service in it (`matchctl up`'s System.up: auth service, coordinator, 3 workers, pusher). A
+trader sends limit orders to p1 at ``--rate`` per second for the whole run. Each round a fresh
+user logs in and opens a session on both partitions; the bench revokes the login's family
+(POST /v1/revoke with its refresh token) and measures:
+
+* refused on p1 / p2: until that partition closed the victim's session and refused its
+  reconnect with reason ``revoked`` (the leader applied the revoke);
+* every member: until every member of both partitions has applied a ``state_hash`` admin
+  command sent right after both refusals (its hash.json reaches that log position), an upper
+  bound on the revoke reaching each member (the revoke is earlier in the same log).
+
+Failover rounds SIGKILL the worker that hosts p1's leader right after the revoke (so the
+revocation is pending when the leader dies), measure the same, then restart that worker and
+wait for it to catch up; "every member" there counts the members alive at the time.
+Writes bench/reports/auth_revocation.md (with `uptime` load: a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pyengine.node.localcluster import free_port_base, wait_for  # noqa: E402
+from pyengine.node.settings import PORTS_PER_PARTITION  # noqa: E402
+
+PASSWORD = "bench-password-1"
+
+
+def topology(heartbeat_timeout_ms: int) -> dict:
+    doc = copy.deepcopy(json.loads((ROOT / "docs" / "examples" / "topology-2x3.json").read_text()))
+    doc["coordinator"]["port"] = 0
+    doc["auth"] = {"port": 0}
+    doc["settings"] = {"timeouts": {"heartbeat_timeout_ms": heartbeat_timeout_ms,
+                                    "startup_canvass_timeout_ms": max(1000, 4 * heartbeat_timeout_ms)}}
+    base = 40000
+    for p in doc["partitions"]:
+        base = free_port_base(base)
+        p["port_base"] = base
+        base += PORTS_PER_PARTITION
+    return doc
+
+
+class Trader(threading.Thread):
+    """Open-loop order flow on p1 (BTC-USDT): a resting buy, then a selling IOC that takes it,
+    each from its own account's session (a token acts for one account)."""
+
+    def __init__(self, buyer, seller, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.sides = (("buy", "tbuy", buyer, "GTC"), ("sell", "tsell", seller, "IOC"))
+        self.rate, self.stop = rate, threading.Event()
+        self.sent = self.failed = 0
+
+    def run(self) -> None:
+        period, due, i = 1.0 / self.rate, time.monotonic(), 0
+        while not self.stop.is_set():
+            side, account, client, tif = self.sides[i % 2]
+            fut = client.submit({"op": "place", "account": account, "symbol": "BTC-USDT", "side": side,
+                                 "type": "limit", "tif": tif, "price": "100.00", "qty": "0.001",
+                                 "client_order_id": f"t{i}"})
+            fut.add_done_callback(self._done)
+            self.sent += 1
+            i += 1
+            due += period
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+    def _done(self, fut) -> None:
+        if fut.exception() is not None:
+            self.failed += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--failover-rounds", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=200.0, help="orders/s on p1 for the whole run")
+    ap.add_argument("--heartbeat-timeout-ms", type=int, default=500,
+                    help="Raft leader heartbeat timeout (500: this shared 2-core machine)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "reports" / "auth_revocation.md")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("MATCHX_AUTH_ARGON2_OPSLIMIT", "1")  # logins are not what is measured
+    os.environ.setdefault("MATCHX_AUTH_ARGON2_MEMLIMIT", "8192")
+
+    from pyengine.client.match_client import MatchClient
+    from pyengine.ops.system import System
+
+    work = Path(tempfile.mkdtemp(prefix="matchx-revocation-"))
+    topo_file = work / "topology.json"
+    topo_file.write_text(json.dumps(topology(args.heartbeat_timeout_ms)))
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    system = System.up(topo_file, work / "system", timeout=180)
+    clients: list[MatchClient] = []
+    rows: list[dict] = []
+    trader = None
+    try:
+        topo = system.topology
+        api = system.auth_client()
+        control = {p.id: MatchClient(topo.ingress_endpoints(p.id), **system.control_credentials())
+                   for p in topo.partitions}
+        clients += control.values()
+        for c in control.values():
+            assert c.wait_connected(60), c.last_error
+        for name, perms in (("tbuy", ["trade", "read"]), ("tsell", ["trade", "read"])):
+            api.create_account(name)
+            api.create_user(name, PASSWORD, name, perms)
+        control["p1"].request({"op": "deposit", "account": "tbuy", "asset": "USDT", "amount": "100000000",
+                               "tx_id": "d1"}, timeout=30)
+        control["p1"].request({"op": "deposit", "account": "tsell", "asset": "BTC", "amount": "100000",
+                               "tx_id": "d2"}, timeout=30)
+        sessions = []
+        for name in ("tbuy", "tsell"):
+            c = MatchClient(topo.ingress_endpoints("p1"), credentials=api.login(name, PASSWORD).access_token.encode())
+            clients.append(c)
+            assert c.wait_connected(60), c.last_error
+            sessions.append(c)
+        trader = Trader(*sessions, args.rate)
+        trader.start()
+
+        kinds = ["steady"] * args.rounds + ["failover"] * args.failover_rounds
+        for i, kind in enumerate(kinds):
+            user = f"victim{i}"
+            api.create_account(user)
+            api.create_user(user, PASSWORD, user, ["trade", "read"])
+            pair = api.login(user, PASSWORD)
+            victims = {p.id: MatchClient(topo.ingress_endpoints(p.id), credentials=pair.access_token.encode())
+                       for p in topo.partitions}
+            clients += victims.values()
+            for v in victims.values():
+                assert v.wait_connected(60), v.last_error
+            time.sleep(0.5)
+            killed = None
+            t0 = time.monotonic()
+            api.revoke(refresh_token=pair.refresh_token)
+            if kind == "failover":
+                leader = system.leader("p1")
+                killed = topo.partition("p1").members[leader]
+                system.stop_worker(killed, sig=signal.SIGKILL)
+            refused: dict[str, float] = {}
+            deadline = time.monotonic() + 60
+            while len(refused) < len(victims) and time.monotonic() < deadline:
+                for pid, v in victims.items():
+                    if pid not in refused and v._auth_failure == "revoked":
+                        refused[pid] = time.monotonic() - t0
+                time.sleep(0.005)
+            # every member: a state_hash after the refusals, applied everywhere
+            positions = {}
+            for p in topo.partitions:
+                positions[p.id] = control[p.id].admin({"op": "state_hash"}, timeout=60).events["position"]
+
+            def applied_everywhere(killed=killed, positions=positions) -> bool:
+                for p in topo.partitions:
+                    for m, worker in enumerate(p.members):
+                        if worker == killed:
+                            continue
+                        f = system.layout(p.id).member_dir(m) / "hash.json"
+                        try:
+                            if json.loads(f.read_text())["position"] < positions[p.id]:
+                                return False
+                        except (OSError, ValueError, KeyError):
+                            return False
+                return True
+
+            wait_for(applied_everywhere, 60, "every member to apply the state_hash", interval=0.005)
+            row = {"round": i, "kind": kind, "p1": refused.get("p1"), "p2": refused.get("p2"),
+                   "all": time.monotonic() - t0, "killed": killed}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            for v in victims.values():
+                v.close()
+            if killed is not None:
+                system.start_worker(killed)
+                wait_for(lambda: all(len([s for s in system.partition_status(p.id)
+                                          if s.get("role") in ("leader", "follower")]) == 3
+                                     for p in topo.partitions), 120, "the restarted worker to rejoin", interval=0.2)
+                time.sleep(2)
+        trader.stop.set()
+        trader.join(10)
+        load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        write_report(args, rows, trader, load_before, load_after)
+    finally:
+        if trader is not None:
+            trader.stop.set()
+        for c in clients:
+            c.close()
+        system.down()
+    return 0
+
+
+def _fmt(v: float | None) -> str:
+    return "not refused" if v is None else f"{v * 1000:.0f}"
+
+
+def write_report(args, rows: list[dict], trader, load_before: str, load_after: str) -> None:
+    lines = [
+        "# Revocation delay: POST /v1/revoke to refusal at the partitions",
+        "",
+        "Generated by `bench/auth_revocation.py` (do not edit by hand). Measured on a shared, loaded "
+        "machine (2 cores, several other agents' test runs at the same time):",
+        "",
+        f"* load before: `{load_before}`",
+        f"* load after: `{load_after}`",
+        f"* system: docs/examples/topology-2x3.json via `matchctl up` (System.up) with the auth service in the "
+        f"topology; pusher polling every 0.2 s; Raft heartbeat timeout {args.heartbeat_timeout_ms} ms",
+        f"* order flow on p1 during the whole run: {args.rate:.0f} orders/s requested, {trader.sent} sent, "
+        f"{trader.failed} failed",
+        "",
+        "Times in ms from the revoke request. *refused on pN*: the victim's open session on pN was closed "
+        "and its reconnect refused with `revoked` (the partition's leader applied the revoke). *every "
+        "member*: every (alive) member of both partitions applied a `state_hash` sent after both refusals "
+        "(an upper bound for the revoke, which is earlier in the same log).",
+        "",
+        "| round | kind | refused on p1 | refused on p2 | every member | killed worker |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['round']} | {r['kind']} | {_fmt(r['p1'])} | {_fmt(r['p2'])} | {_fmt(r['all'])} | "
+                     f"{r['killed'] or '-'} |")
+    lines += ["", "| kind | rounds | every member: median ms | max ms | within 2 s |", "|---|---:|---:|---:|---:|"]
+    for kind in ("steady", "failover"):
+        vals = [r["all"] for r in rows if r["kind"] == kind]
+        if vals:
+            ok = sum(1 for v in vals if v <= 2.0)
+            lines.append(f"| {kind} | {len(vals)} | {statistics.median(vals) * 1000:.0f} | {max(vals) * 1000:.0f} | "
+                         f"{ok}/{len(vals)} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
