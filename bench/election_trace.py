@@ -130,6 +130,18 @@ def settled(events: list[Event], members: int = 3) -> bool:
     return sum(role == "LEADER" for _, role in latest.values()) == 1
 
 
+def states_at(events: list[Event], at: float, members: list[int]) -> dict[int, str]:
+    """Each member's last sampled "election state/consensus module state" at time ``at``
+    ("down" if it has no sample yet: not started, or its restart has no counters yet).
+    CLOSED/ACTIVE is a member in step; anything else at a kill makes the kill a second fault."""
+    latest: dict[int, str] = {}
+    for t, m, state, _role, mod in events:
+        if t > at:
+            break
+        latest[m] = f"{state}/{mod}"
+    return {m: latest.get(m, "down") for m in members}
+
+
 def snapshot_durations(events: list[Event], kills: list[tuple[float, int]] = ()) -> list[float]:
     """Milliseconds each member's consensus module spent in SNAPSHOT, per snapshot taken (the
     time in which that member would not notice a dead leader). A snapshot cut short by a kill

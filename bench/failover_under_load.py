@@ -27,10 +27,12 @@ bench/reports/failover_under_load.md.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,6 +179,150 @@ def worker(spec: dict) -> int:
 # ============================================================================ parent
 
 
+def settled_trials(cluster, args, trace_file: Path, trials: list[dict]) -> None:
+    """Each kill after the cluster has settled: the restarted member caught up, every member out of
+    its election, then ``--settle-s`` of quiet."""
+    for t in range(1, args.trials + 1):
+        leader = cluster.await_leader(60)
+        cluster.await_followers(2, 120)
+        # the restarted member has caught up with where the leader was when it rejoined
+        mark = cluster.member_status(leader).get("log_position", 0)
+        try:
+            wait_for(lambda mark=mark: all(cluster.member_status(m).get("log_position", -1) >= mark
+                                           for m in range(3)), args.catchup_timeout_s,
+                     "the restarted member to catch up")
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
+            log(f"  {exc}; killing the leader anyway")
+        # ... and has left its election (a member still catching up is in one; its status
+        # file can say follower before that)
+        try:
+            wait_for(lambda: election_trace.settled(election_trace.parse(trace_file)),
+                     args.catchup_timeout_s, "every member to leave its election")
+        except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
+            log(f"  {exc}; killing the leader anyway")
+        time.sleep(args.settle_s)
+        leader = cluster.await_leader(60)
+        killed_at = time.monotonic()
+        cluster.kill(leader)
+        new_leader = cluster.await_leader(60, exclude=leader)
+        seen_at = time.monotonic()
+        # on separate machines a restart would not compete with the survivors; here the
+        # restarted JVM takes most of a core for a second, so it waits out the failover
+        time.sleep(max(0.0, killed_at + args.restart_delay_s - time.monotonic()))
+        cluster.start_member(leader)
+        trials.append({"trial": t, "killed": leader, "new_leader": new_leader, "killed_at": killed_at})
+        log(f"trial {t:>2}: killed leader member {leader}; member {new_leader} leads "
+            f"(seen in status files after {(seen_at - killed_at) * 1000:.0f} ms); restarting member {leader}")
+
+
+def fixed_schedule(cluster, args, trace_file: Path, trials: list[dict]) -> None:
+    """Faults on a fixed clock, the way real failures come: kill (or SIGSTOP) the leader, restart
+    the victim from its own command line ``--restart-after-s`` later (or SIGCONT it), fault the
+    next leader ``--next-fault-after-s`` after that, whatever state the members are in. A kill
+    that lands while the previous victim is still rejoining is a second fault, and the report
+    shows it as one (the other members' states at the kill)."""
+    stop = args.fault == "stop"
+    for t in range(1, args.trials + 1):
+        # the victim is whoever leads now; with no leader (a double fault still resolving) wait
+        # for one, since only a leader can be its victim
+        leader = cluster.await_leader(120)
+        at_fault = election_trace.parse(trace_file) if trace_file.exists() else []
+        fault_at = time.monotonic()
+        cluster.kill(leader, signal.SIGSTOP if stop else signal.SIGKILL)
+        time.sleep(max(0.0, fault_at + args.restart_after_s - time.monotonic()))
+        back_at = time.monotonic()
+        if stop:
+            cluster.kill(leader, signal.SIGCONT)
+        else:
+            cluster.start_member(leader)
+        others = election_trace.states_at(at_fault, fault_at, [m for m in range(3) if m != leader])
+        trials.append({"trial": t, "killed": leader, "killed_at": fault_at, "back_at": back_at, "others": others})
+        log(f"fault {t:>3}: {'stopped' if stop else 'killed'} leader member {leader}; others "
+            f"{', '.join(f'{m}: {s}' for m, s in others.items())}; {'resumed' if stop else 'restarted'} after "
+            f"{(back_at - fault_at) * 1000:.0f} ms")
+        time.sleep(max(0.0, back_at + args.next_fault_after_s - time.monotonic()))
+
+
+def longest_gap(answers: list[float], start: float, end: float) -> float:
+    """The longest time between two consecutive answers from the last answer before ``start``
+    to the first answer after ``end`` (seconds; ``answers`` sorted)."""
+    lo = max(0, bisect.bisect_left(answers, start) - 1)
+    hi = min(len(answers), bisect.bisect_right(answers, end) + 1)
+    window = answers[lo:hi]
+    return max((b - a for a, b in zip(window, window[1:], strict=False)), default=float("nan"))
+
+
+def fixed_analysis(trials: list[dict], sent_at, answered_at, status, trace) -> None:
+    """Per fault: the pause (longest gap between two answers from just before the fault to the
+    next fault) and the victim's time back in step (restart or SIGCONT to its election closing:
+    Aeron closes a follower's election once it has caught up to the leader's commit position and
+    joined the live log)."""
+    answers = sorted(answered_at[i] for i in range(len(status)) if status[i] in (1, 2))
+    for k, tr in enumerate(trials):
+        end = trials[k + 1]["killed_at"] if k + 1 < len(trials) else tr["back_at"] + 5.0
+        tr["pause_ms"] = longest_gap(answers, tr["killed_at"], end) * 1000
+        closed = next((ts for ts, m, state, _role, _mod in trace
+                       if m == tr["killed"] and ts > tr["back_at"] and state == "CLOSED"), None)
+        tr["in_step_ms"] = (closed - tr["back_at"]) * 1000 if closed is not None else float("nan")
+        tr["double_fault"] = any(s != "CLOSED/ACTIVE" for s in tr["others"].values())
+
+
+def trend(values: list[float], n: int = 20) -> tuple[float, float]:
+    """Median of the first ``n`` and of the last ``n`` values (a third of the run each if shorter)."""
+    k = min(n, max(1, len(values) // 3))
+    return statistics.median(values[:k]), statistics.median(values[-k:])
+
+
+def write_fixed_report(args, env, timeouts, trials, summary, res, agree) -> None:
+    cmd = "python bench/failover_under_load.py " + " ".join(sys.argv[1:])
+    pauses = [t["pause_ms"] for t in trials]
+    steps = [t["in_step_ms"] for t in trials if t["in_step_ms"] == t["in_step_ms"]]
+    first, last = trend(pauses)
+    verb = "SIGSTOP, SIGCONT" if args.fault == "stop" else "SIGKILL, restart from its own command line"
+    lines = [
+        f"# Failover on a fixed schedule: leader {verb} {args.restart_after_s:g} s later, next fault "
+        f"{args.next_fault_after_s:g} s after that\n",
+        f"Command: `{cmd.strip()}`  ",
+        f"Environment: {env}; 3 members + the client on one 2-core machine (loopback), **measured on a shared, "
+        f"loaded machine** (other work ran beside it; the load figures above are the machine's).  ",
+        f"Settings: heartbeat interval {timeouts.heartbeat_interval_ms} ms, heartbeat timeout "
+        f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms; snapshots "
+        f"{'by the layout defaults' if args.snapshot_interval_s is None else f'every {args.snapshot_interval_s} s'}"
+        f" and {'the default log growth' if args.snapshot_log_mib is None else f'{args.snapshot_log_mib} MiB of log'};"
+        f" one client (MatchClient) sending the bench order flow open loop at {args.rate:,.0f} orders/s. Faults do "
+        "not wait for the cluster to settle.\n",
+        f"**{summary}**\n",
+        f"Pause (longest gap between two answers around a fault): median {statistics.median(pauses):.0f} ms, p99 "
+        f"{pctl(pauses, 99):.0f} ms, max {max(pauses):.0f} ms; trend: median of the first "
+        f"{min(20, max(1, len(pauses) // 3))} {first:.0f} ms, of the last {last:.0f} ms "
+        f"({(last / first - 1) * 100:+.0f} %).  ",
+        (f"Victim back in step ({'SIGCONT' if args.fault == 'stop' else 'restart'} to its election closed, i.e. "
+         f"caught up to the leader's commit position): median {statistics.median(steps):.0f} ms, p99 "
+         f"{pctl(steps, 99):.0f} ms, max {max(steps):.0f} ms.  " if steps else "Victim back in step: not seen.  "),
+        f"Faults that were a second fault (another member not CLOSED/ACTIVE at the fault): "
+        f"{sum(t['double_fault'] for t in trials)}.\n",
+        "Targets (#17, a quiet machine): p99 pause <= 500 ms, max <= 1 s, last-20 median within 20 % of the "
+        "first 20, victims back in step within 3 s (p99).\n",
+        "| fault | victim | other members at the fault (election state / module state) | pause ms | back in step ms |",
+        "|---:|---:|---|---:|---:|",
+    ]
+
+    def ms(v) -> str:
+        return "-" if v is None or v != v else f"{v:.0f}"
+
+    for t in trials:
+        others = ", ".join(f"{m}: {s}" for m, s in t["others"].items())
+        mark = " **second fault**" if t["double_fault"] else ""
+        lines.append(f"| {t['trial']} | {t['killed']} | {others}{mark} | **{ms(t['pause_ms'])}** | "
+                     f"{ms(t['in_step_ms'])} |")
+    lines.append("")
+    lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "
+                 f"orders resent by the SDK; drained in {res['drain_s']:.0f} s after the last fault. Members agree "
+                 f"on the state hash: {agree}.\n")
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text("\n".join(lines) + "\n")
+
+
 def pctl(values: list[float], p: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
@@ -201,8 +347,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="restart the killed member this long after the kill (0 = as soon as a new leader is known)")
     ap.add_argument("--setup-repeat-ms", type=int, default=Timeouts.setup_repeat_ms,
                     help="media driver's SETUP repeat (100 = Aeron's own)")
-    ap.add_argument("--snapshot-interval-s", type=int, default=15,
-                    help="members snapshot on this schedule, so a restarted member replays only a short log")
+    ap.add_argument("--snapshot-interval-s", type=int, default=None,
+                    help="members snapshot on this schedule (default: the layout's, as `matchctl cluster up`)")
+    ap.add_argument("--snapshot-log-mib", type=int, default=None,
+                    help="... and after this much log growth (default: the layout's)")
+    ap.add_argument("--schedule", choices=("settled", "fixed"), default="settled",
+                    help="settled: each kill after the cluster has settled; fixed: faults on a fixed clock "
+                         "(--restart-after-s, --next-fault-after-s) whatever state the cluster is in")
+    ap.add_argument("--fault", choices=("kill", "stop"), default="kill",
+                    help="with --schedule fixed: SIGKILL the leader (restarted later), or SIGSTOP it (SIGCONT later)")
+    ap.add_argument("--restart-after-s", type=float, default=2.5,
+                    help="fixed: restart/SIGCONT this long after the fault")
+    ap.add_argument("--next-fault-after-s", type=float, default=5.0, help="fixed: next fault this long after that")
     ap.add_argument("--catchup-timeout-s", type=float, default=180.0)
     ap.add_argument("--api", choices=("binary", "bulk"), default="binary",
                     help="how the client sends: one command per order, or what is due as one bulk")
@@ -228,8 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         args.keep_dir.mkdir(parents=True, exist_ok=True)
     idle_kw = {k: v for k, v in (("idle_min_park_us", args.idle_min_park_us), ("idle_yields", args.idle_yields),
                                  ("idle_max_park_us", args.idle_max_park_us)) if v is not None}
+    snap_kw = {k: v for k, v in (("snapshot_interval_s", args.snapshot_interval_s),
+                                 ("snapshot_log_bytes", None if args.snapshot_log_mib is None
+                                  else args.snapshot_log_mib << 20)) if v is not None}
+    if args.schedule == "fixed" and args.report == REPORT:
+        args.report = REPORT.with_name(f"failover_fixed_{args.fault}.md")
     with bench_cluster("failover", args.port_start, timeouts=timeouts, keep_dir=args.keep_dir,
-                       snapshot_interval_s=args.snapshot_interval_s, **idle_kw) as cluster:
+                       **snap_kw, **idle_kw) as cluster:
         work = cluster.dir / "bench"
         work.mkdir(exist_ok=True)
         spec = {"endpoints": cluster.ingress_endpoints(), "accounts": args.accounts, "setup": True,
@@ -251,37 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError("client failed: " + "".join(err_lines[-30:]))
             log(f"client sending {args.rate:,.0f} orders/s; warming up 5 s")
             time.sleep(5)
-            for t in range(1, args.trials + 1):
-                leader = cluster.await_leader(60)
-                cluster.await_followers(2, 120)
-                # the restarted member has caught up with where the leader was when it rejoined
-                mark = cluster.member_status(leader).get("log_position", 0)
-                try:
-                    wait_for(lambda mark=mark: all(cluster.member_status(m).get("log_position", -1) >= mark
-                                                   for m in range(3)), args.catchup_timeout_s,
-                             "the restarted member to catch up")
-                except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
-                    log(f"  {exc}; killing the leader anyway")
-                # ... and has left its election (a member still catching up is in one; its status
-                # file can say follower before that)
-                try:
-                    wait_for(lambda: election_trace.settled(election_trace.parse(trace_file)),
-                             args.catchup_timeout_s, "every member to leave its election")
-                except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
-                    log(f"  {exc}; killing the leader anyway")
-                time.sleep(args.settle_s)
-                leader = cluster.await_leader(60)
-                killed_at = time.monotonic()
-                cluster.kill(leader)
-                new_leader = cluster.await_leader(60, exclude=leader)
-                seen_at = time.monotonic()
-                # on separate machines a restart would not compete with the survivors; here the
-                # restarted JVM takes most of a core for a second, so it waits out the failover
-                time.sleep(max(0.0, killed_at + args.restart_delay_s - time.monotonic()))
-                cluster.start_member(leader)
-                trials.append({"trial": t, "killed": leader, "new_leader": new_leader, "killed_at": killed_at})
-                log(f"trial {t:>2}: killed leader member {leader}; member {new_leader} leads "
-                    f"(seen in status files after {(seen_at - killed_at) * 1000:.0f} ms); restarting member {leader}")
+            if args.schedule == "fixed":
+                fixed_schedule(cluster, args, trace_file, trials)
+            else:
+                settled_trials(cluster, args, trace_file, trials)
             cluster.await_followers(2, 120)
             time.sleep(2)
         except BaseException:
@@ -366,7 +500,16 @@ def main(argv: list[str] | None = None) -> int:
     if snaps:
         log(f"snapshots: {len(snaps)} taken by the members, SNAPSHOT state median {statistics.median(snaps):.0f} ms, "
             f"max {max(snaps):.0f} ms")
-    write_report(args, env, timeouts, trials, summary, res, agree, fo, snaps)
+    if args.schedule == "fixed":
+        fixed_analysis(trials, sent_at, answered_at, status, trace)
+        for tr in trials:
+            log(f"fault {tr['trial']:>3}: pause {tr['pause_ms']:.0f} ms; member {tr['killed']} back in step "
+                f"{tr['in_step_ms']:.0f} ms after its {'SIGCONT' if args.fault == 'stop' else 'restart'}"
+                f"{'; a second fault' if tr['double_fault'] else ''}")
+        write_fixed_report(args, env, timeouts, trials, summary, res, agree)
+    else:
+        write_report(args, env, timeouts, trials, summary, res, agree, fo, snaps)
+    log(f"report: {args.report}")
     return 0 if pending + res["unanswered"] + errors == 0 and agree else 1
 
 
