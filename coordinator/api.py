@@ -24,7 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coordinator import metrics
 from coordinator.errors import CoordinatorError
 from coordinator.metrics import MigrationGauge, RoutingCollector
+from coordinator.migrations import Driver, states_summary
 from coordinator.models import (
+    MigrationIn,
+    MigrationOut,
     MoveIn,
     PartitionIn,
     PartitionUpdate,
@@ -227,6 +230,7 @@ def create_app(
     *,
     db_path: str | None = None,
     admin_dependency: Callable[..., Any] | None = None,
+    migration_driver: Driver | None = None,
 ) -> FastAPI:
     """The coordinator ASGI app.
 
@@ -242,9 +246,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher.start()
+        if migration_driver is not None:
+            resumed = migration_driver.resume()  # after a restart: carry on where each one stopped
+            if resumed:
+                log.info("resuming migrations %s", ", ".join(resumed))
         try:
             yield
         finally:
+            if migration_driver is not None:
+                migration_driver.stop()
             watcher.stop()
             if owns_store:
                 store.close()
@@ -261,6 +271,10 @@ def create_app(
     # the migration driver reports its migrations' states here (coordinator/metrics.py)
     app.state.migration_metrics = MigrationGauge()
     metrics.install(app, "coordinator", RoutingCollector(store), app.state.migration_metrics)
+    if migration_driver is not None:
+        gauge = app.state.migration_metrics
+        migration_driver.on_change = lambda migs: gauge.set_states(states_summary(migs))
+        gauge.set_states(states_summary(migration_driver.migs.list()))
 
     # -------------------------------------------------------------- error rendering
 
@@ -416,6 +430,31 @@ def create_app(
     async def put_topology(body: Topology) -> Any:
         """Replace the whole map atomically (idempotent if equal to the current one)."""
         return store.load_topology(body)
+
+    # migrations
+    def driver() -> Driver:
+        if migration_driver is None:
+            raise CoordinatorError("migrations_unavailable", "this coordinator runs no migration driver")
+        return migration_driver
+
+    @public.get("/migrations", response_model=list[MigrationOut], tags=["migrations"])
+    async def list_migrations() -> Any:
+        return driver().migs.list()
+
+    @public.get("/migrations/{mid}", response_model=MigrationOut, tags=["migrations"])
+    async def get_migration(mid: str) -> Any:
+        return driver().migs.get(mid)
+
+    @admin.post("/migrations", response_model=MigrationOut, status_code=202, tags=["migrations"])
+    async def start_migration(body: MigrationIn) -> Any:
+        """Move a symbol with its book, held funds and idempotency state to another partition
+        (freeze-sync-switch; docs/migration.md). Answers at once; poll GET /v1/migrations/{id}."""
+        return driver().start(body.symbol, body.to, body.id)
+
+    @admin.delete("/migrations/{mid}", response_model=MigrationOut, status_code=202, tags=["migrations"])
+    async def abort_migration(mid: str) -> Any:
+        """Abort before the point of no return: the source takes the symbol back."""
+        return driver().abort(mid)
 
     app.include_router(public)
     app.include_router(admin)

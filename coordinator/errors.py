@@ -30,6 +30,12 @@ ERROR_STATUS: dict[str, int] = {
     "worker_in_use": 409,  # deleting a worker that is still a member of partitions
     "endpoint_in_use": 409,  # an ingress endpoint is already used by another member
     "epoch_mismatch": 409,  # move with expected_epoch that is not the current epoch
+    "migration_not_found": 404,
+    "migration_id_conflict": 409,  # a migration id reused for another symbol or destination
+    "migration_to_owner": 409,  # migrating a symbol to the partition that owns it
+    "migration_in_progress": 409,  # the symbol is already moving
+    "migration_past_no_return": 409,  # abort after the destination was asked to activate
+    "migrations_unavailable": 503,  # this coordinator runs no migration driver
     "internal_error": 500,
 }
 

@@ -140,3 +140,28 @@ class Topology(_Strict):
 
     workers: list[WorkerIn] = Field(default_factory=list)
     partitions: list[PartitionIn] = Field(default_factory=list)
+
+
+class MigrationIn(_Strict):
+    """A request to move ``symbol`` (its book, holds and idempotency state) to partition ``to``."""
+
+    symbol: str = Field(min_length=1, max_length=64)
+    to: Id
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                           description="the migration id (idempotency key); made up when absent")
+
+
+class MigrationOut(BaseModel):
+    id: str
+    symbol: str
+    source: str
+    dest: str
+    old_epoch: int
+    epoch: int
+    state: str = Field(description="new, prepared, frozen, imported, activating (point of no return), "
+                                   "switched, done; aborting, aborted")
+    abort: bool
+    error: str | None
+    info: dict
+    created: float
+    updated: float

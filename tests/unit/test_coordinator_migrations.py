@@ -1,0 +1,276 @@
+"""The migration driver (coordinator/migrations.py) against real partition services run in this
+process (pyengine.service.matching.MatchingService, fed as a log would): the whole protocol, the
+coordinator stopped after every single step and restarted on its database, a destination that
+never answers, aborts, bad requests, and a symbol moved there and back twenty times.
+
+Processes, sockets and Aeron are in tests/integration/test_migration*.py; this is the logic."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.errors import CoordinatorError
+from coordinator.migrations import Driver, MigrationStore, PartitionUnavailable
+from coordinator.store import CoordinatorStore
+from pyengine.service.matching import MatchingService
+from pyengine.wire.protocol import Status
+from tests.unit.test_service_migration import BTC, ETH, Part, book, writable
+
+
+class Crash(BaseException):
+    """The coordinator process dies here (nothing after it runs)."""
+
+
+class LocalTransport:
+    """Admin commands straight into the partitions' services; ``down`` partitions do not answer;
+    ``crash_at`` kills the caller before the n-th command is delivered (or, with
+    ``crash_after``, after it was applied but before its answer arrives)."""
+
+    def __init__(self, parts: dict[str, Part]) -> None:
+        self.parts = parts
+        self.down: set[str] = set()
+        self.calls = 0
+        self.crash_at: int | None = None
+        self.crash_after = False
+
+    def admin(self, partition: str, command: dict) -> tuple[str, dict]:
+        if partition in self.down:
+            raise PartitionUnavailable(f"{partition} is down")
+        self.calls += 1
+        if self.crash_at == self.calls and not self.crash_after:
+            raise Crash()
+        st, body = self.parts[partition].admin(command)
+        if self.crash_at == self.calls:
+            raise Crash()
+        return {Status.OK: "ok", Status.MOVED: "moved"}.get(st, "error"), body
+
+
+def members(n: int, base: int, worker: str = "w1") -> list[dict]:
+    return [{"member_id": i, "worker_id": worker, "ingress_endpoint": f"127.0.0.1:{base + i}"} for i in range(n)]
+
+
+@pytest.fixture
+def system(tmp_path):
+    """A coordinator store with p1 (owns BTC and ETH), p2 and p3 (no members), and the services."""
+    path = tmp_path / "c.db"
+    store = CoordinatorStore(path, synchronous="NORMAL")
+    store.create_worker("w1", "127.0.0.1")
+    store.create_partition("p1", members=members(3, 9010))
+    store.create_partition("p2", members=members(3, 9020))
+    store.create_partition("p3")
+    store.assign_symbols("p1", [BTC, ETH])
+    e = store.get_symbol(BTC)["epoch"]
+    p1 = Part("p1", {BTC: e, ETH: store.get_symbol(ETH)["epoch"]})
+    p2 = Part("p2", {})
+    p2.svc.engine.next_oid = 10**9
+    for i in range(40):
+        buy = i % 2 == 1
+        p1.place(BTC, "abc"[i % 3], "buy" if buy else "sell", str(92 - i % 7 if buy else 108 + i % 7), f"o{i}")
+    parts = {"p1": p1, "p2": p2}
+    transport = LocalTransport(parts)
+    yield store, transport, parts, path
+    store.close()
+
+
+def owners(parts: dict[str, Part], tag: str) -> list[str]:
+    return [name for name, p in parts.items() if writable(p, tag)]
+
+
+def funds_ok(parts: dict[str, Part]) -> None:
+    for p in parts.values():
+        p.funds_ok()
+
+
+def test_migration_end_to_end(system):
+    store, transport, parts, _ = system
+    before = book(parts["p1"])
+    epoch = store.get_symbol(BTC)["epoch"]
+    d = Driver(store, transport)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert rec["info"]["orders"] == len(before) and rec["info"]["pause_ms"] is not None
+    assert store.get_symbol(BTC) == {"symbol": BTC, "partition": "p2", "epoch": epoch + 1}
+    assert book(parts["p2"]) == before and book(parts["p1"]) == []
+    assert owners(parts, "end") == ["p2"]
+    st, _ = parts["p1"].place(ETH, "a", "buy", "10")
+    assert st == Status.OK
+    funds_ok(parts)
+    # the same request again is the same migration, not a second one
+    assert d.start(BTC, "p2", "m1")["state"] == "done"
+
+
+@pytest.mark.parametrize("code, args", [
+    ("symbol_not_found", ("NOPE-USDT", "p2")),
+    ("partition_not_found", (BTC, "p9")),
+    ("migration_to_owner", (BTC, "p1")),
+    ("partition_has_no_members", (BTC, "p3")),
+    ("validation_error", (BTC, "p2", "bad id!")),
+])
+def test_bad_requests_change_nothing(system, code, args):
+    store, transport, parts, _ = system
+    d = Driver(store, transport)
+    before = (store.version, store.list_symbols(), d.migs.list(), parts["p1"].svc.engine.state_hash())
+    with pytest.raises(CoordinatorError) as info:
+        d.start(*args)
+    assert info.value.code == code
+    assert (store.version, store.list_symbols(), d.migs.list(), parts["p1"].svc.engine.state_hash()) == before
+
+
+def test_two_migrations_of_one_symbol_and_reused_ids(system):
+    store, transport, parts, _ = system
+    migs = MigrationStore(store)
+    migs.create(BTC, "p2", "m1")
+    with pytest.raises(CoordinatorError) as info:
+        migs.create(BTC, "p2", "m2")
+    assert info.value.code == "migration_in_progress"
+    with pytest.raises(CoordinatorError) as info:
+        migs.create(ETH, "p2", "m1")
+    assert info.value.code == "migration_id_conflict"
+    assert [m["id"] for m in migs.list()] == ["m1"]
+
+
+def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, system):
+    """Kill the driver before, and after, each command it sends; restart it on its database;
+    at every point at most one partition takes orders, and the migration ends done."""
+    store, transport, parts, path = system
+    total = None
+    # a dry run on copies counts the commands of a whole migration
+    k = 0
+    while True:
+        k += 1
+        for after in (False, True):
+            fresh_store, fresh_parts = _fresh(tmp_path / f"k{k}{after}", store, parts)
+            t = LocalTransport(fresh_parts)
+            t.crash_at, t.crash_after = k, after
+            d = Driver(fresh_store, t)
+            d.migs.create(BTC, "p2", "m1")
+            try:
+                d.run("m1")
+                crashed = False
+            except Crash:
+                crashed = True
+            assert len(owners(fresh_parts, f"mid{k}{after}")) <= 1
+            fresh_store.close()
+            again = CoordinatorStore(fresh_store.path, synchronous="NORMAL")
+            t.crash_at = None
+            rec = Driver(again, t).run("m1")
+            assert rec["state"] == "done", (k, after, rec)
+            assert owners(fresh_parts, f"end{k}{after}") == ["p2"]
+            assert again.get_symbol(BTC)["partition"] == "p2"
+            funds_ok(fresh_parts)
+            again.close()
+        if not crashed:
+            total = k
+            break
+    assert total and total > 6
+
+
+def _fresh(path, store: CoordinatorStore, parts: dict[str, Part]) -> tuple[CoordinatorStore, dict[str, Part]]:
+    """A copy of the system (store and services) to break."""
+    path.mkdir()
+    s = CoordinatorStore(path / "c.db", synchronous="NORMAL")
+    s.load_topology(store.export_topology())
+    out = {}
+    for name, p in parts.items():
+        q = Part.__new__(Part)
+        q.name, q.pos = p.name, p.pos
+        q.svc = MatchingService()
+        q.svc.restore(p.svc.snapshot())
+        out[name] = q
+    return s, out
+
+
+def test_destination_down_for_good_rolls_back_exactly(system):
+    store, transport, parts, _ = system
+    h = parts["p1"].svc.engine.state_hash()
+    epoch = store.get_symbol(BTC)["epoch"]
+    d = Driver(store, transport, step_timeout=0.3)
+    d.migs.create(BTC, "p2", "m1")
+    # prepared at the destination and frozen at the source, then the destination goes away
+    d._step(d.migs.get("m1"))
+    d._step(d.migs.get("m1"))
+    assert owners(parts, "frozen") == []
+    transport.down.add("p2")
+    rec = d.run("m1")
+    assert rec["state"] == "aborted" and "unreachable" in rec["error"] and rec["info"]["discard_pending"]
+    assert parts["p1"].svc.engine.state_hash() == h
+    assert store.get_symbol(BTC) == {"symbol": BTC, "partition": "p1", "epoch": epoch + 1}
+    assert owners(parts, "after") == ["p1"]
+    funds_ok(parts)
+    transport.down.clear()
+    assert d.retry_discard("m1")
+    assert d.migs.get("m1")["info"]["discard_pending"] is False
+    funds_ok(parts)
+
+
+def test_abort_before_activation_and_refused_after(system):
+    store, transport, parts, _ = system
+    h = parts["p1"].svc.engine.state_hash()
+    d = Driver(store, transport)
+    d.migs.create(BTC, "p2", "m1")
+    for _ in range(3):  # prepared, frozen, imported
+        d._step(d.migs.get("m1"))
+    assert d.migs.get("m1")["state"] == "imported"
+    d.migs.request_abort("m1")
+    rec = d.run("m1")
+    assert rec["state"] == "aborted" and not rec["info"]["discard_pending"]
+    assert parts["p1"].svc.engine.state_hash() == h
+    assert book(parts["p2"]) == []
+    funds_ok(parts)
+    done = d.start(BTC, "p2", "m2", wait=True)
+    assert done["state"] == "done"
+    with pytest.raises(CoordinatorError) as info:
+        d.abort("m2")
+    assert info.value.code == "migration_past_no_return"
+
+
+def test_there_and_back_twenty_times_under_flow(system):
+    store, transport, parts, _ = system
+    d = Driver(store, transport)
+    where = "p1"
+    for i in range(20):
+        other = "p2" if where == "p1" else "p1"
+        p = parts[where]
+        for j in range(5):
+            p.place(BTC, "abc"[j % 3], "buy" if j % 2 else "sell", str(90 - j if j % 2 else 110 + j), f"r{i}-{j}")
+        st, _ = p.eng({"op": "cancel", "account": "a", "symbol": BTC, "client_order_id": f"r{i}-0"})
+        before = book(p)
+        rec = d.start(BTC, other, f"m{i}", wait=True)
+        assert rec["state"] == "done", rec
+        assert book(parts[other]) == before
+        assert owners(parts, f"t{i}") == [other]
+        funds_ok(parts)
+        where = other
+    assert store.get_symbol(BTC)["partition"] == where
+
+
+def test_rest_api_and_openapi(system):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from coordinator.api import create_app
+
+    store, transport, parts, _ = system
+    d = Driver(store, transport)
+    with TestClient(create_app(store, migration_driver=d)) as c:
+        paths = c.get("/openapi.json").json()["paths"]
+        assert {"post", "get"} <= set(paths["/v1/migrations"]) and "delete" in paths["/v1/migrations/{mid}"]
+        r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p2", "id": "m1"})
+        assert r.status_code == 202, r.text
+        assert d.wait("m1", 30)["state"] == "done"
+        got = c.get("/v1/migrations/m1").json()
+        assert got["state"] == "done" and got["dest"] == "p2"
+        assert [m["id"] for m in c.get("/v1/migrations").json()] == ["m1"]
+        r = c.delete("/v1/migrations/m1")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "migration_past_no_return"
+        r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p2"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "migration_to_owner"
+        assert c.get("/v1/migrations/nope").status_code == 404
+        assert c.get("/v1/routes/" + BTC).json()["partition"] == "p2"
+        assert 'matchx_coordinator_migrations{state="done"} 1.0' in c.get("/metrics").text
+    with TestClient(create_app(store)) as c:  # no driver: a clear answer, not a 500
+        r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p1"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "migrations_unavailable"
