@@ -57,6 +57,7 @@ def apply_bulk(engine: Engine, bulk: Bulk, ts: int, max_answer_bytes: int = MAX_
     evs: list
     for op, flags, side, tif, stp, a, s, price, qty, ref in bulk.records:
         # the engine's compact entry points directly: struct already gave every field its type
+        engine.ncmd += 1
         try:
             if size >= max_answer_bytes:
                 raise Reject("not_applied", "the bulk's answer reached its size limit")

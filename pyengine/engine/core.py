@@ -33,7 +33,9 @@ from .model import (
     EV_DUPLICATE,
     EV_REJECTED,
     EV_TRADE,
+    FILL,
     FILLED,
+    FILLS_WINDOW,
     FOK,
     GTC,
     IOC,
@@ -42,6 +44,7 @@ from .model import (
     MAX_DEPTH,
     MAX_ID_LEN,
     MAX_LOTS,
+    MAX_OPEN_LIST,
     MAX_TICKS,
     MAX_TS,
     NO_BUY_LIMIT,
@@ -67,6 +70,7 @@ from .model import (
     Symbol,
     checked_ident,
     fee_of,
+    fill_record,
 )
 from .numbers import POW10, decimals_of, fmt_scaled, parse_dec, to_scale
 from .snapshot import dump, load, state_hash
@@ -211,6 +215,7 @@ class Engine(EngineState):
                 raise Reject("bad_request", "command must be a JSON object")
             if type(ts) is not int or not 0 <= ts <= MAX_TS:
                 raise Reject("bad_request", "ts must be an integer in [0, 2**63)")
+            self.ncmd += 1
             op = cmd.get("op")
             # the steady flow first: amends and places dominate a real order flow
             if op == "amend":
@@ -233,6 +238,10 @@ class Engine(EngineState):
                 return self._q_order(cmd)
             if op == "balances":
                 return self._q_balances(cmd)
+            if op == "open_orders":
+                return self._q_open_orders(cmd)
+            if op == "fills":
+                return self._q_fills(cmd)
             raise Reject("bad_request", f"unknown op {op!r}"[:120])
         except Reject as r:
             return [_rejected(cmd, r.reason, r.detail)]
@@ -259,6 +268,7 @@ class Engine(EngineState):
                 raise Reject("bad_request", "a compact command is a non-empty tuple")
             if type(ts) is not int or not 0 <= ts <= MAX_TS:
                 raise Reject("bad_request", "ts must be an integer in [0, 2**63)")
+            self.ncmd += 1
             op = cmd[0]
             # exact types, checked here so that plain and compiled Python reject alike (and
             # ints, not bools: True would be order 1)
@@ -431,8 +441,10 @@ class Engine(EngineState):
         assert lvl is not None
         lvl.total -= o.qty
         lvl.remove(o)
+        sym = o.sym
+        sym.touch(self.ncmd, o.price if o.side == BUY else -o.price)
         if lvl.head is None:
-            o.sym.drop_level(o.side, o.price)
+            sym.drop_level(o.side, o.price)
 
     def _lookup_open(self, cmd: dict, acct: Account, sym: Symbol | None) -> Order:
         oid = cmd.get("order_id")
@@ -542,11 +554,14 @@ class Engine(EngineState):
         stop: str | None = None
         orders = self.orders
         fee_total = 0
+        ncmd = self.ncmd
         while rem and keys:
-            p = keys[-1] * sgn
+            kk = keys[-1]
+            p = kk * sgn
             if p > limit if side == BUY else p < limit:
                 break
             lvl = levels[p]
+            before = lvl.total
             m = lvl.head
             while rem and m is not None:
                 mq = m.qty
@@ -612,7 +627,15 @@ class Engine(EngineState):
                 lvl.total -= q
                 tid = self.next_tid
                 self.next_tid = tid + 1
-                ev.append((EV_TRADE, tid, p, q, m, t, mf, tf))
+                e = (EV_TRADE, tid, p, q, m, t, mf, tf)
+                ev.append(e)
+                # the fills query: the event itself, kept by both accounts (a self-trade's
+                # taker keeps a record, so each entry says whose side it is)
+                macct.fills.append(e)
+                tacct.fills.append(e if macct is not tacct
+                                   else (FILL, tid, sym.name, p, q, t.oid, side, False, tf))
+                if sym.watch:
+                    sym.md_trades.append(e)
                 if mq:
                     break  # the taker is done (rem == 0) inside this maker
                 nxt = m.nxt
@@ -623,6 +646,8 @@ class Engine(EngineState):
                 m.status = FILLED
                 self._retire(m)
                 m = nxt
+            if lvl.total != before:
+                sym.touch(ncmd, kk)
             if lvl.head is None:
                 del levels[p]
                 keys.pop()
@@ -789,6 +814,7 @@ class Engine(EngineState):
             self._retire(o)
         elif stop is None and tif == GTC:
             sym.level_of(side, price).push(o)
+            sym.touch(self.ncmd, price if side == BUY else -price)
             k = o.key
             self.orders[k] = o
             acct.open[k] = o
@@ -894,6 +920,7 @@ class Engine(EngineState):
                 lvl.total -= d
                 o.qty = new_qty
                 _release(o, d)
+                sym.touch(self.ncmd, new_price if side == BUY else -new_price)
             return [(EV_AMENDED, o, new_price, new_qty, old_price, old_qty, "kept")]
         # loses time priority: validate first
         if side == BUY:
@@ -930,6 +957,7 @@ class Engine(EngineState):
             ev.append((EV_CANCELLED, o, rem, stop))
         else:
             sym.level_of(side, new_price).push(o)
+            sym.touch(self.ncmd, new_price if side == BUY else -new_price)
         return ev
 
     # ------------------------------------------------------------------ funds
@@ -1086,7 +1114,7 @@ class Engine(EngineState):
             depth = 10
         if type(depth) is not int or not 1 <= depth <= MAX_DEPTH:
             raise Reject("bad_request", f"depth must be an int in [1, {MAX_DEPTH}]")
-        return [{"type": "book", "symbol": sym.name, **self.l2(sym, depth)}]
+        return [{"type": "book", "symbol": sym.name, "seq": sym.seq, **self.l2(sym, depth)}]
 
     def l2(self, sym: Symbol, depth: int) -> dict:
         ps, qs = sym.price_str, sym.qty_str
@@ -1095,6 +1123,49 @@ class Engine(EngineState):
         bids = [[ps(p), qs(sym.bids[p].total)] for p in bk[: -depth - 1: -1]]
         asks = [[ps(-k), qs(sym.asks[-k].total)] for k in ak[: -depth - 1: -1]]
         return {"bids": bids, "asks": asks}
+
+    def _q_open_orders(self, cmd: dict) -> list[dict]:
+        """The account's open orders (one symbol or all), oldest first, at most MAX_OPEN_LIST."""
+        acct = self._get_account(cmd)
+        sym = self._get_symbol(cmd) if cmd.get("symbol") is not None else None
+        # acct.open's own order is not state (see snapshot.py): order id order is
+        found = sorted([o for o in acct.open.values() if sym is None or o.sym is sym], key=_oid_of)
+        return [{"type": "open_orders", "account": acct.name,
+                 "symbol": None if sym is None else sym.name,
+                 "orders": [_order_dict(o) for o in found[:MAX_OPEN_LIST]],
+                 "truncated": len(found) > MAX_OPEN_LIST}]
+
+    def _q_fills(self, cmd: dict) -> list[dict]:
+        """The account's last fills (newest last): trade id > ``since``, at most ``limit``."""
+        acct = self._get_account(cmd)
+        sym = self._get_symbol(cmd) if cmd.get("symbol") is not None else None
+        since = cmd.get("since", 0)
+        if since is None:
+            since = 0
+        if type(since) is not int or since < 0:
+            raise Reject("bad_request", "since must be a trade id (an int >= 0)")
+        limit = cmd.get("limit", FILLS_WINDOW)
+        if limit is None:
+            limit = FILLS_WINDOW
+        if type(limit) is not int or not 1 <= limit <= FILLS_WINDOW:
+            raise Reject("bad_request", f"limit must be an int in [1, {FILLS_WINDOW}]")
+        out: list[dict] = []
+        for e in acct.fills:
+            r = fill_record(e, acct)
+            if r[1] <= since or (sym is not None and r[2] != sym.name):
+                continue
+            s = self.symbols.get(r[2])
+            if s is None:  # pragma: no cover - symbols are never removed while fills name them
+                continue
+            out.append({
+                "trade_id": r[1], "symbol": r[2], "order_id": r[5], "side": SIDE_NAMES[r[6]],
+                "price": s.price_str(r[3]), "qty": s.qty_str(r[4]),
+                "liquidity": "maker" if r[7] else "taker",
+                "fee": fmt_scaled(r[8], s.quote_dec) if r[8] else "0", "fee_asset": s.quote,
+            })
+        # the oldest first: a client pages forward with since = the last trade id it got
+        return [{"type": "fills", "account": acct.name, "symbol": None if sym is None else sym.name,
+                 "fills": out[:limit], "more": len(out) > limit}]
 
     def _q_order(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
@@ -1119,25 +1190,7 @@ class Engine(EngineState):
             raise Reject("bad_request", "order_id or client_order_id is required")
         if o is None:
             raise Reject("unknown_order", "order unknown (or forgotten)")
-        sym = o.sym
-        return [{
-            "type": "order",
-            "order_id": o.oid,
-            "client_order_id": o.coid,
-            "account": acct.name,
-            "symbol": sym.name,
-            "side": SIDE_NAMES[o.side],
-            "order_type": TYPE_NAMES[o.otype],
-            "tif": TIF_NAMES[o.tif],
-            "post_only": o.post_only,
-            "stp": STP_NAMES[o.stp],
-            "price": None if o.otype == MARKET else sym.price_str(o.price),
-            "qty": sym.qty_str(o.oqty),
-            "remaining_qty": sym.qty_str(o.qty),
-            "filled_qty": sym.qty_str(o.filled),
-            "status": STATUS_NAMES[o.status],
-            "ts": o.ts,
-        }]
+        return [{"type": "order", **_order_dict(o)}]
 
     def _q_balances(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
@@ -1210,6 +1263,28 @@ def _bps(v: object, what: str) -> int:
 
 def _oid_of(o: Order) -> int:
     return o.oid
+
+
+def _order_dict(o: Order) -> dict:
+    """An order as the ``order`` and ``open_orders`` queries show it."""
+    sym = o.sym
+    return {
+        "order_id": o.oid,
+        "client_order_id": o.coid,
+        "account": o.acct.name,
+        "symbol": sym.name,
+        "side": SIDE_NAMES[o.side],
+        "order_type": TYPE_NAMES[o.otype],
+        "tif": TIF_NAMES[o.tif],
+        "post_only": o.post_only,
+        "stp": STP_NAMES[o.stp],
+        "price": None if o.otype == MARKET else sym.price_str(o.price),
+        "qty": sym.qty_str(o.oqty),
+        "remaining_qty": sym.qty_str(o.qty),
+        "filled_qty": sym.qty_str(o.filled),
+        "status": STATUS_NAMES[o.status],
+        "ts": o.ts,
+    }
 
 
 def placement_events(o: Order) -> list:

@@ -46,7 +46,11 @@ MAX_TICKS: Final = 10**15
 MAX_LOTS: Final = 10**15
 MAX_ID_LEN: Final = 64
 MAX_DEPTH: Final = 1000
+MAX_OPEN_LIST: Final = 1000   # orders one open_orders answer lists (then truncated: true)
 MAX_TS: Final = 2**63 - 1
+# fills remembered per account for the ``fills`` query (oldest dropped first): bounds an
+# account's memory at about this many trade records (docs/market-data.md)
+FILLS_WINDOW: Final = 1000
 _CACHE_MAX: Final = 8192
 # "no limit" for the matching loop: a buy never sees a price above it, a sell none below 0
 NO_BUY_LIMIT: Final = MAX_TICKS + 1
@@ -170,7 +174,7 @@ class Level:
 
 
 class Account:
-    __slots__ = ("name", "bal", "open", "coids", "coids_pending", "finished")
+    __slots__ = ("name", "bal", "open", "coids", "coids_pending", "finished", "fills")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -181,6 +185,9 @@ class Account:
         # of all members costs; most accounts are not touched in the first seconds)
         self.coids_pending = False
         self.finished: deque[Order] = deque()    # last N finished orders, oldest first
+        # last FILLS_WINDOW fills, oldest first: the trade's own compact event while live (no
+        # copy per fill), a ``fill_record`` tuple once restored or for a self-trade's taker side
+        self.fills: deque[tuple] = deque(maxlen=FILLS_WINDOW)
 
     def coid_index(self) -> dict[str, Order]:
         """``coids``, built from the open and retained orders if a restore left it pending."""
@@ -203,7 +210,7 @@ class Symbol:
         "name", "base", "quote", "tick_c", "tick_d", "lot_c", "lot_d", "qpu", "bpl",
         "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
         "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
-        "tick_str", "lot_str", "quote_dec",
+        "tick_str", "lot_str", "quote_dec", "seq", "stamp", "watch", "md_levels", "md_trades",
     )
 
     def __init__(self) -> None:
@@ -235,6 +242,16 @@ class Symbol:
         self.qcache: dict[str, int] = {}
         self.pstr: dict[int, str] = {}
         self.qstr: dict[int, str] = {}
+        # market data: ``seq`` is state (snapshots, migration): each command that changes this
+        # book takes the next number. The rest is transient: ``stamp`` the engine's command
+        # counter at the last change (one number per command), and, only while someone
+        # subscribes (``watch``), the prices touched since the service last took them
+        # (``md_levels``: bids +price, asks -price) and the trade events (``md_trades``)
+        self.seq = 0
+        self.stamp = 0
+        self.watch = False
+        self.md_levels: list[int] = []
+        self.md_trades: list[tuple] = []
 
     # -- conversions -------------------------------------------------------------------
     def price_str(self, t: int) -> str:
@@ -312,6 +329,14 @@ class Symbol:
                 insort(self.ask_keys, -price)
         return lvl
 
+    def touch(self, ncmd: int, key: int) -> None:
+        """The level at ``key`` (bids +price, asks -price) changed in command ``ncmd``."""
+        if self.stamp != ncmd:
+            self.stamp = ncmd
+            self.seq += 1
+        if self.watch:
+            self.md_levels.append(key)
+
     def drop_level(self, side: int, price: int) -> None:
         if side == BUY:
             del self.bids[price]
@@ -364,6 +389,21 @@ def placement_record(o: Order, ev: list) -> list:
     return rec
 
 
+FILL: Final = -1   # (FILL, trade_id, symbol, price, qty, order_id, side, is_maker, fee)
+
+
+def fill_record(e: tuple, acct: Account) -> tuple:
+    """``acct``'s side of a fill kept in ``Account.fills`` (a live trade event or a record), as a
+    record: ticks, lots and quote units."""
+    if e[0] == FILL:
+        return e
+    m: Order = e[4]
+    if m.acct is acct:
+        return (FILL, e[1], m.sym.name, e[2], e[3], m.oid, m.side, True, e[6])
+    t: Order = e[5]
+    return (FILL, e[1], t.sym.name, e[2], e[3], t.oid, t.side, False, e[7])
+
+
 def json_int(v: int) -> object:
     """``v`` as JSON can hold it: a fee beyond 64 bits (notional up to 10**30 quote units) goes
     as its decimal digits."""
@@ -379,6 +419,8 @@ class EngineState:
         if type(dedup_window) is not int or dedup_window < 1:
             raise ValueError("dedup_window must be a positive int")
         self.dedup_window: int = dedup_window
+        # commands applied by this process (not state): a symbol's ``seq`` moves once per command
+        self.ncmd = 0
         self.next_oid = 1
         self.next_tid = 1
         self.assets: dict[str, int] = {}          # asset -> decimals

@@ -29,6 +29,7 @@ import orjson
 from .errors import SnapshotError
 from .model import (
     BUY,
+    FILL,
     LIMIT,
     MARKET,
     OPEN,
@@ -39,6 +40,8 @@ from .model import (
     Level,
     Order,
     Symbol,
+    fill_record,
+    json_int,
     placement_record,
 )
 from .numbers import POW10, fmt_scaled
@@ -47,9 +50,10 @@ from .numbers import POW10, fmt_scaled
 E = TypeVar("E", bound=EngineState)
 
 MAGIC = b"MXENGSNP"
-VERSION = 2
-# Version 1 (before 24 Nov 2026) kept finished orders in the order columns too; it still loads.
-_READS: Final = (1, 2)
+VERSION = 3
+# Version 1 (before 24 Nov 2026) kept finished orders in the order columns too; version 2
+# (before 6 Dec 2026) had no market data section (sequences 0, no fills); both still load.
+_READS: Final = (1, 2, 3)
 _HDR = struct.Struct("<8sHHQ")
 _DIGEST = 32
 _BIG = sys.byteorder == "big"
@@ -259,6 +263,21 @@ def _body(eng: EngineState) -> list[bytes]:
             fin.append(row)
     w.parts.append(struct.pack("<Q", sum([len(x) for x in fin])))
     w.parts.extend(fin)  # joined once, with the header and trailer (a busy engine's ~20 MB)
+
+    # ---- market data (version 3): each symbol's update sequence, each account's last fills as
+    # [account index, [[trade id, symbol index, price, qty, order id, side, maker, fee], ...]]
+    w.arr("q", [s.seq for s in syms])
+    fills: list = []
+    for i in range(len(accts)):
+        a = accts[i]
+        if a.fills:
+            rows_f: list = []
+            for e in a.fills:
+                r = fill_record(e, a)
+                rows_f.append([r[1], sidx[r[2]], r[3], r[4], r[5], r[6], 1 if r[7] else 0,
+                               json_int(r[8])])
+            fills.append([i, rows_f])
+    w.raw(orjson.dumps(fills))
     return w.parts
 
 
@@ -433,6 +452,11 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
     if version >= 2:
         fin_counts = r.arr(_U32)
         fin_blob = bytes(r.raw())
+    seqs: list[int] = []
+    fills_blob = b"[]"
+    if version >= 3:
+        seqs = r.arr("q")
+        fills_blob = bytes(r.raw())
     if r.pos != len(r.mv):
         raise SnapshotError("trailing bytes in snapshot body")
     for col in (oid, price, qty, oprice, oqty, filled, ts, acc, sym, flags):
@@ -532,7 +556,25 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
             pos += cnt
     else:
         _load_finished(b, accts, fin_counts, fin_blob)
+    if version >= 3:
+        _load_market_data(syms, accts, seqs, fills_blob)
     return eng
+
+
+def _load_market_data(syms: list[Symbol], accts: list[Account], seqs: list[int], blob: bytes) -> None:
+    if len(seqs) != len(syms):
+        raise SnapshotError("symbol sequences inconsistent")
+    for i in range(len(syms)):
+        if seqs[i] < 0:
+            raise SnapshotError("negative symbol sequence")
+        syms[i].seq = seqs[i]
+    for ai, rows in orjson.loads(blob):
+        fills = accts[ai].fills
+        if fills:
+            raise SnapshotError("an account's fills appear twice")
+        for tid, si, price, qty, oid, side, maker, fee in rows:
+            fills.append((FILL, int(tid), syms[si].name, int(price), int(qty), int(oid), int(side),
+                          bool(maker), int(fee)))
 
 
 def _load_finished(b: _Builder, accts: list[Account], fin_counts: list[int], blob: bytes) -> None:

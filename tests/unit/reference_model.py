@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 
 D0 = Decimal(0)
+FILLS_WINDOW = 1000  # fills remembered per account (the engine's model.FILLS_WINDOW)
 
 
 def fmt(d: Decimal) -> str:
@@ -62,6 +63,8 @@ class RefModel:
         self.next_tid = 1
         self.seq = 0
         self.flows = {}
+        self.md_seq = {}  # symbol -> its update sequence: +1 per command that changes its levels
+        self.fills = {}  # account -> its fills (dicts as the ``fills`` query shows them)
 
     # ---------------------------------------------------------------- helpers
     def q(self, asset, v, rounding=ROUND_CEILING):
@@ -136,13 +139,26 @@ class RefModel:
         o["status"] = status
 
     # ---------------------------------------------------------------- apply
+    def levels(self, name):
+        out = {}
+        for o in self.orders:
+            if o["sym"] == name:
+                k = (o["side"], o["price"])
+                out[k] = out.get(k, D0) + o["qty"]
+        return out
+
     def apply(self, cmd, ts):
         with localcontext() as c:
             c.prec = self.ctx_prec
+            before = {name: self.levels(name) for name in self.syms}
             try:
                 return getattr(self, "op_" + cmd["op"])(cmd, ts)
             except Rej as r:
                 return [{"type": "rejected", "reason": r.reason}]
+            finally:
+                for name in self.syms:
+                    if self.levels(name) != before.get(name, {}):
+                        self.md_seq[name] = self.md_seq.get(name, 0) + 1
 
     def op_add_symbol(self, c, ts):
         name, base, quote = ident(c["symbol"]), ident(c["base"]), ident(c["quote"])
@@ -423,6 +439,12 @@ class RefModel:
                 "taker_account": t["acct"], "taker_side": t["side"],
                 "maker_fee": fmt(mf), "taker_fee": fmt(tf),
             })
+            for o, fee, liq in ((m, mf, "maker"), (t, tf, "taker")):
+                fl = self.fills.setdefault(o["acct"], [])
+                fl.append({"trade_id": self.next_tid, "symbol": sym["name"], "order_id": o["oid"],
+                           "side": o["side"], "price": fmt(p), "qty": fmt(qn), "liquidity": liq,
+                           "fee": fmt(fee), "fee_asset": sym["quote"]})
+                del fl[:-FILLS_WINDOW]
             self.next_tid += 1
             if m["qty"] == 0:
                 self.close(m, "filled")
@@ -533,7 +555,7 @@ class RefModel:
     def op_book(self, c, ts):
         sym = self.symbol(c)
         depth = c.get("depth", 10)
-        out = {"type": "book", "symbol": sym["name"]}
+        out = {"type": "book", "symbol": sym["name"], "seq": self.md_seq.get(sym["name"], 0)}
         for side, key in (("buy", "bids"), ("sell", "asks")):
             levels = []
             for o in self.book_side(sym, side):
@@ -562,14 +584,36 @@ class RefModel:
             raise Rej("unknown_order")
         if o["acct"] != acct:
             raise Rej("wrong_account" if o["status"] == "open" else "unknown_order")
-        return [{
-            "type": "order", "order_id": o["oid"], "client_order_id": o["coid"],
-            "account": acct, "symbol": o["sym"], "side": o["side"],
+        return [{"type": "order", **self.order_view(o)}]
+
+    def op_open_orders(self, c, ts):
+        acct = self.account(c)
+        name = None if c.get("symbol") is None else self.symbol(c)["name"]
+        found = sorted((o for o in self.orders if o["acct"] == acct and name in (None, o["sym"])),
+                       key=lambda o: o["oid"])
+        return [{"type": "open_orders", "account": acct, "symbol": name,
+                 "orders": [self.order_view(o) for o in found[:1000]], "truncated": len(found) > 1000}]
+
+    def op_fills(self, c, ts):
+        acct = self.account(c)
+        name = None if c.get("symbol") is None else self.symbol(c)["name"]
+        since = c.get("since") or 0
+        limit = c.get("limit") or FILLS_WINDOW
+        if type(since) is not int or since < 0 or type(limit) is not int or not 1 <= limit <= FILLS_WINDOW:
+            raise Rej("bad_request")
+        out = [f for f in self.fills.get(acct, []) if f["trade_id"] > since and name in (None, f["symbol"])]
+        return [{"type": "fills", "account": acct, "symbol": name, "fills": out[:limit],
+                 "more": len(out) > limit}]
+
+    def order_view(self, o):
+        return {
+            "order_id": o["oid"], "client_order_id": o["coid"],
+            "account": o["acct"], "symbol": o["sym"], "side": o["side"],
             "order_type": o["otype"], "tif": o["tif"], "post_only": o["post_only"],
             "stp": o["stp"], "price": None if o["price"] is None else fmt(o["price"]),
             "qty": fmt(o["oqty"]), "remaining_qty": fmt(o["qty"]),
             "filled_qty": fmt(o["filled"]), "status": o["status"], "ts": o["ts"],
-        }]
+        }
 
     # ---------------------------------------------------------------- invariants
     def check(self):

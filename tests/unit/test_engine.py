@@ -746,8 +746,14 @@ def test_a_version_1_snapshot_still_loads_into_the_same_state():
     restored = Engine.restore(v1)
     restored.check_invariants()
     live = _snapshot_format_scenario()
+    # version 1 and 2 had no market data: sequences restart at 0, fills empty (on every member)
+    assert all(s.seq > 0 for s in live.symbols.values())
+    for s in live.symbols.values():
+        s.seq = 0
+    for a in live.accounts.values():
+        a.fills.clear()
     assert restored.snapshot() == live.snapshot()
-    assert restored.snapshot()[8:10] == b"\x02\x00"
+    assert restored.snapshot()[8:10] == b"\x03\x00"
     assert _dup_answers(restored) == _dup_answers(live)
 
 
@@ -783,14 +789,20 @@ def test_a_snapshot_with_broken_finished_rows_is_refused(cut):
     import struct
 
     e = _snapshot_format_scenario()
+    for a in e.accounts.values():
+        a.fills.clear()
     blob = e.snapshot()
     body = bytearray(blob[20:-32])
-    # the finished rows are the body's last section: u64 length, then the rows
+    # the finished rows come before the market data section (sequences, then "[]": no fills)
+    md_len = 8 + 8 * len(e.symbols) + 8 + 2
+    md = body[len(body) - md_len:]
+    del body[len(body) - md_len:]
     fin_len_at = len(body) - sum(len(o.row) for a in e.accounts.values() for o in a.finished) - 8
     (fin_len,) = struct.unpack_from("<Q", body, fin_len_at)
     cut_bytes = 30 if cut == "row_header" else 3
     del body[len(body) - cut_bytes:]
     struct.pack_into("<Q", body, fin_len_at, fin_len - cut_bytes)
+    body += md
     hdr = blob[:12] + struct.pack("<Q", len(body))
     bad = hdr + bytes(body)
     bad += hashlib.blake2b(bad, digest_size=32).digest()

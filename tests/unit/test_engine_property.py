@@ -110,9 +110,17 @@ def commands(draw):
                          "asset": asset, "amount": draw(st.sampled_from(["1", "5", "0.5"])),
                          "tx_id": f"t{draw(st.integers(tx - 3, tx))}"})
         else:
-            q = draw(st.sampled_from(["book", "balances", "order"]))
+            q = draw(st.sampled_from(["book", "balances", "order", "open_orders", "fills"]))
             if q == "book":
                 cmds.append({"op": "book", "symbol": sym, "depth": 5})
+            elif q in ("open_orders", "fills"):
+                c = {"op": q, "account": acct}
+                if draw(st.booleans()):
+                    c["symbol"] = sym
+                if q == "fills" and draw(st.booleans()):
+                    c["since"] = draw(st.integers(0, 8))
+                    c["limit"] = draw(st.integers(1, 4))
+                cmds.append(c)
             elif q == "balances":
                 cmds.append({"op": "balances", "account": acct})
             else:
@@ -144,8 +152,9 @@ def test_engine_matches_reference(cmds):
         for e in got:
             event(e["type"] + ":" + str(e.get("reason", "")) + ("dup" if "duplicate" in e else ""))
     for a in ACCOUNTS:
-        c = {"op": "balances", "account": a}
-        assert norm(eng.apply(c, 0)) == norm(ref.apply(c, 0))
+        for c in ({"op": "balances", "account": a}, {"op": "open_orders", "account": a},
+                  {"op": "fills", "account": a}):
+            assert norm(eng.apply(c, 0)) == norm(ref.apply(c, 0))
     for s in SYMS:
         c = {"op": "book", "symbol": s, "depth": 100}
         assert eng.apply(c, 0) == ref.apply(c, 0)
@@ -155,6 +164,9 @@ def test_engine_matches_reference(cmds):
     assert eng2.snapshot() == blob
     assert eng2.state_hash() == eng.state_hash()
     eng2.check_invariants()
+    for a in ACCOUNTS:  # the fills and sequences survive the snapshot
+        c = {"op": "fills", "account": a}
+        assert eng2.apply(c, 0) == eng.apply(c, 0)
     probe = {"op": "place", "account": "a", "symbol": "X-Q", "side": "buy", "price": "105",
              "qty": "0.5", "tif": "IOC"}
     assert eng2.apply(probe, 1) == eng.apply(probe, 1)
