@@ -71,6 +71,7 @@ from .model import (
     checked_ident,
     fee_of,
     fill_record,
+    trade_record,
 )
 from .numbers import POW10, decimals_of, fmt_scaled, parse_dec, to_scale
 from .snapshot import dump, load, state_hash
@@ -242,6 +243,8 @@ class Engine(EngineState):
                 return self._q_open_orders(cmd)
             if op == "fills":
                 return self._q_fills(cmd)
+            if op == "trades":
+                return self._q_trades(cmd)
             raise Reject("bad_request", f"unknown op {op!r}"[:120])
         except Reject as r:
             return [_rejected(cmd, r.reason, r.detail)]
@@ -634,6 +637,7 @@ class Engine(EngineState):
                 macct.fills.append(e)
                 tacct.fills.append(e if macct is not tacct
                                    else (FILL, tid, sym.name, p, q, t.oid, side, False, tf))
+                sym.recent.append(e)
                 if sym.watch:
                     sym.md_trades.append(e)
                 if mq:
@@ -1167,6 +1171,20 @@ class Engine(EngineState):
         return [{"type": "fills", "account": acct.name, "symbol": None if sym is None else sym.name,
                  "fills": out[:limit], "more": len(out) > limit}]
 
+    def _q_trades(self, cmd: dict) -> list[dict]:
+        """The symbol's last trades (up to TRADES_WINDOW) with trade id > ``since``, oldest first."""
+        sym = self._get_symbol(cmd)
+        since = cmd.get("since", 0)
+        if since is None:
+            since = 0
+        if type(since) is not int or since < 0:
+            raise Reject("bad_request", "since must be a trade id (an int >= 0)")
+        out = [public_trade(sym, trade_record(e)) for e in sym.recent if e[1] > since]
+        first = sym.recent[0][1] if sym.recent else 0
+        # complete: nothing after ``since`` has left the window (the client missed no trade)
+        return [{"type": "trades", "symbol": sym.name, "seq": sym.seq, "trades": out,
+                 "complete": since + 1 >= first or not sym.recent}]
+
     def _q_order(self, cmd: dict) -> list[dict]:
         acct = self._get_account(cmd)
         oid = cmd.get("order_id")
@@ -1263,6 +1281,11 @@ def _bps(v: object, what: str) -> int:
 
 def _oid_of(o: Order) -> int:
     return o.oid
+
+
+def public_trade(sym: Symbol, r: tuple) -> list:
+    """A trade as market data shows it: [trade id, price, qty, taker side]."""
+    return [r[1], sym.price_str(r[2]), sym.qty_str(r[3]), SIDE_NAMES[r[4]]]
 
 
 def _order_dict(o: Order) -> dict:

@@ -51,6 +51,9 @@ MAX_TS: Final = 2**63 - 1
 # fills remembered per account for the ``fills`` query (oldest dropped first): bounds an
 # account's memory at about this many trade records (docs/market-data.md)
 FILLS_WINDOW: Final = 1000
+# public trades remembered per symbol for the ``trades`` query: a market data subscriber that
+# lost updates (a failover, a slow connection) fetches the trades it missed from here
+TRADES_WINDOW: Final = 1000
 _CACHE_MAX: Final = 8192
 # "no limit" for the matching loop: a buy never sees a price above it, a sell none below 0
 NO_BUY_LIMIT: Final = MAX_TICKS + 1
@@ -211,6 +214,7 @@ class Symbol:
         "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
         "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
         "tick_str", "lot_str", "quote_dec", "seq", "stamp", "watch", "md_levels", "md_trades",
+        "recent",
     )
 
     def __init__(self) -> None:
@@ -252,6 +256,9 @@ class Symbol:
         self.watch = False
         self.md_levels: list[int] = []
         self.md_trades: list[tuple] = []
+        # state: the last TRADES_WINDOW trades (live trade events, or ``trade_record`` tuples
+        # once restored)
+        self.recent: deque[tuple] = deque(maxlen=TRADES_WINDOW)
 
     # -- conversions -------------------------------------------------------------------
     def price_str(self, t: int) -> str:
@@ -402,6 +409,17 @@ def fill_record(e: tuple, acct: Account) -> tuple:
         return (FILL, e[1], m.sym.name, e[2], e[3], m.oid, m.side, True, e[6])
     t: Order = e[5]
     return (FILL, e[1], t.sym.name, e[2], e[3], t.oid, t.side, False, e[7])
+
+
+TRADE: Final = -2  # (TRADE, trade_id, price, qty, taker_side)
+
+
+def trade_record(e: tuple) -> tuple:
+    """A public trade kept in ``Symbol.recent`` (a live trade event or a record) as a record."""
+    if e[0] == TRADE:
+        return e
+    t: Order = e[5]
+    return (TRADE, e[1], e[2], e[3], t.side)
 
 
 def json_int(v: int) -> object:

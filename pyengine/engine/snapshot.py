@@ -34,6 +34,7 @@ from .model import (
     MARKET,
     OPEN,
     SELL,
+    TRADE,
     Account,
     Bal,
     EngineState,
@@ -43,6 +44,7 @@ from .model import (
     fill_record,
     json_int,
     placement_record,
+    trade_record,
 )
 from .numbers import POW10, fmt_scaled
 
@@ -278,6 +280,12 @@ def _body(eng: EngineState) -> list[bytes]:
                                json_int(r[8])])
             fills.append([i, rows_f])
     w.raw(orjson.dumps(fills))
+    # and each symbol's last trades: [symbol index, [[trade id, price, qty, taker side], ...]]
+    recent: list = []
+    for i in range(len(syms)):
+        if syms[i].recent:
+            recent.append([i, [list(trade_record(e)[1:]) for e in syms[i].recent]])
+    w.raw(orjson.dumps(recent))
     return w.parts
 
 
@@ -454,9 +462,11 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
         fin_blob = bytes(r.raw())
     seqs: list[int] = []
     fills_blob = b"[]"
+    recent_blob = b"[]"
     if version >= 3:
         seqs = r.arr("q")
         fills_blob = bytes(r.raw())
+        recent_blob = bytes(r.raw())
     if r.pos != len(r.mv):
         raise SnapshotError("trailing bytes in snapshot body")
     for col in (oid, price, qty, oprice, oqty, filled, ts, acc, sym, flags):
@@ -557,11 +567,12 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
     else:
         _load_finished(b, accts, fin_counts, fin_blob)
     if version >= 3:
-        _load_market_data(syms, accts, seqs, fills_blob)
+        _load_market_data(syms, accts, seqs, fills_blob, recent_blob)
     return eng
 
 
-def _load_market_data(syms: list[Symbol], accts: list[Account], seqs: list[int], blob: bytes) -> None:
+def _load_market_data(syms: list[Symbol], accts: list[Account], seqs: list[int], blob: bytes,
+                      recent_blob: bytes) -> None:
     if len(seqs) != len(syms):
         raise SnapshotError("symbol sequences inconsistent")
     for i in range(len(syms)):
@@ -575,6 +586,12 @@ def _load_market_data(syms: list[Symbol], accts: list[Account], seqs: list[int],
         for tid, si, price, qty, oid, side, maker, fee in rows:
             fills.append((FILL, int(tid), syms[si].name, int(price), int(qty), int(oid), int(side),
                           bool(maker), int(fee)))
+    for si, rows in orjson.loads(recent_blob):
+        recent = syms[si].recent
+        if recent:
+            raise SnapshotError("a symbol's trades appear twice")
+        for tid, price, qty, side in rows:
+            recent.append((TRADE, int(tid), int(price), int(qty), int(side)))
 
 
 def _load_finished(b: _Builder, accts: list[Account], fin_counts: list[int], blob: bytes) -> None:

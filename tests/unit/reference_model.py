@@ -12,6 +12,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 
 D0 = Decimal(0)
 FILLS_WINDOW = 1000  # fills remembered per account (the engine's model.FILLS_WINDOW)
+TRADES_WINDOW = 1000  # trades remembered per symbol (model.TRADES_WINDOW)
 
 
 def fmt(d: Decimal) -> str:
@@ -65,6 +66,7 @@ class RefModel:
         self.flows = {}
         self.md_seq = {}  # symbol -> its update sequence: +1 per command that changes its levels
         self.fills = {}  # account -> its fills (dicts as the ``fills`` query shows them)
+        self.trades = {}  # symbol -> its public trades [trade id, price, qty, taker side]
 
     # ---------------------------------------------------------------- helpers
     def q(self, asset, v, rounding=ROUND_CEILING):
@@ -445,6 +447,7 @@ class RefModel:
                            "side": o["side"], "price": fmt(p), "qty": fmt(qn), "liquidity": liq,
                            "fee": fmt(fee), "fee_asset": sym["quote"]})
                 del fl[:-FILLS_WINDOW]
+            self.trades.setdefault(sym["name"], []).append([self.next_tid, fmt(p), fmt(qn), t["side"]])
             self.next_tid += 1
             if m["qty"] == 0:
                 self.close(m, "filled")
@@ -604,6 +607,16 @@ class RefModel:
         out = [f for f in self.fills.get(acct, []) if f["trade_id"] > since and name in (None, f["symbol"])]
         return [{"type": "fills", "account": acct, "symbol": name, "fills": out[:limit],
                  "more": len(out) > limit}]
+
+    def op_trades(self, c, ts):
+        name = self.symbol(c)["name"]
+        since = c.get("since") or 0
+        if type(since) is not int or since < 0:
+            raise Rej("bad_request")
+        kept = self.trades.get(name, [])[-TRADES_WINDOW:]
+        return [{"type": "trades", "symbol": name, "seq": self.md_seq.get(name, 0),
+                 "trades": [t for t in kept if t[0] > since],
+                 "complete": not kept or since + 1 >= kept[0][0]}]
 
     def order_view(self, o):
         return {

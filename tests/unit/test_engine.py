@@ -750,6 +750,7 @@ def test_a_version_1_snapshot_still_loads_into_the_same_state():
     assert all(s.seq > 0 for s in live.symbols.values())
     for s in live.symbols.values():
         s.seq = 0
+        s.recent.clear()
     for a in live.accounts.values():
         a.fills.clear()
     assert restored.snapshot() == live.snapshot()
@@ -791,10 +792,12 @@ def test_a_snapshot_with_broken_finished_rows_is_refused(cut):
     e = _snapshot_format_scenario()
     for a in e.accounts.values():
         a.fills.clear()
+    for s in e.symbols.values():
+        s.recent.clear()
     blob = e.snapshot()
     body = bytearray(blob[20:-32])
     # the finished rows come before the market data section (sequences, then "[]": no fills)
-    md_len = 8 + 8 * len(e.symbols) + 8 + 2
+    md_len = 8 + 8 * len(e.symbols) + 8 + 2 + 8 + 2
     md = body[len(body) - md_len:]
     del body[len(body) - md_len:]
     fin_len_at = len(body) - sum(len(o.row) for a in e.accounts.values() for o in a.finished) - 8

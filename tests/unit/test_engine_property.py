@@ -110,9 +110,11 @@ def commands(draw):
                          "asset": asset, "amount": draw(st.sampled_from(["1", "5", "0.5"])),
                          "tx_id": f"t{draw(st.integers(tx - 3, tx))}"})
         else:
-            q = draw(st.sampled_from(["book", "balances", "order", "open_orders", "fills"]))
+            q = draw(st.sampled_from(["book", "balances", "order", "open_orders", "fills", "trades"]))
             if q == "book":
                 cmds.append({"op": "book", "symbol": sym, "depth": 5})
+            elif q == "trades":
+                cmds.append({"op": "trades", "symbol": sym, "since": draw(st.integers(0, 6))})
             elif q in ("open_orders", "fills"):
                 c = {"op": q, "account": acct}
                 if draw(st.booleans()):
@@ -156,8 +158,8 @@ def test_engine_matches_reference(cmds):
                   {"op": "fills", "account": a}):
             assert norm(eng.apply(c, 0)) == norm(ref.apply(c, 0))
     for s in SYMS:
-        c = {"op": "book", "symbol": s, "depth": 100}
-        assert eng.apply(c, 0) == ref.apply(c, 0)
+        for c in ({"op": "book", "symbol": s, "depth": 100}, {"op": "trades", "symbol": s}):
+            assert eng.apply(c, 0) == ref.apply(c, 0)
     # snapshot round trip keeps the state, the hash, and the behaviour
     blob = eng.snapshot()
     eng2 = Engine.restore(blob)
