@@ -8,7 +8,8 @@ Runs in the `init` service of docker/compose.yaml (mounted into the image); run 
 `docker/compose.sh run --rm init`. From the host, with the topology in a file:
 
     .venv/bin/python docker/compose-init.py --topology FILE \\
-        --coordinator http://127.0.0.1:8080 --egress-host 172.30.77.1
+        --coordinator http://127.0.0.1:8080 --egress-host 172.30.77.1 \\
+        [--auth-url http://127.0.0.1:8081 --password-file FILE]    # tokens on
 
 (``pyengine.ops.system.System.assign_symbols`` does the same for `matchctl up`, with the client's
 egress on 127.0.0.1, which is not where a container receives.)
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--egress-host", help="address the members send answers to (default: this host's address "
                                          "towards the first member)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for coordinator and leaders")
+    p.add_argument("--auth-url", help="with tokens on: the auth service, e.g. http://auth:8081")
+    p.add_argument("--password-file", type=Path, help="with tokens on: the service user's password "
+                                                      "(coordinator/auth/setup.py)")
     args = p.parse_args(argv)
 
     import httpx
@@ -53,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         topology = Topology.from_dict(json.loads(os.environ[args.topology_env]))
     deadline = time.monotonic() + args.timeout
+    credentials: dict = {}
+    if args.auth_url:  # tokens on: the control plane's own credential (docs/auth.md)
+        from coordinator.auth.setup import service_token_provider
+
+        keys = args.password_file.parent / "keys.json"
+        while not keys.is_file() and time.monotonic() < deadline:
+            time.sleep(1)  # the auth container writes it last, once its service user exists
+        credentials["token_provider"] = service_token_provider(args.auth_url, args.password_file.read_text().strip())
 
     routes = None
     while routes is None:
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         first_member_host = endpoints.split(",")[0].split("=")[1].rsplit(":", 1)[0]
         egress = args.egress_host or own_address(first_member_host)
         print(f"init: partition {part.id}: ingress {endpoints}, egress {egress}", flush=True)
-        with MatchClient(endpoints, egress_host=egress) as client:
+        with MatchClient(endpoints, egress_host=egress, **credentials) as client:
             if not client.wait_connected(max(1.0, deadline - time.monotonic())):
                 print(f"init: partition {part.id}: no leader: {client.last_error}", file=sys.stderr)
                 return 1

@@ -1,7 +1,9 @@
 """The revocation pusher: sends the auth service's key changes and revocations into every
 partition's log, as admin commands, by itself.
 
-    python -m pyengine.ops.pusher --dir DIR [--interval 0.2]
+    python -m pyengine.ops.pusher --dir DIR [--interval 0.2]          # a `matchctl up` system
+    python -m pyengine.ops.pusher --topology-env MATCHX_TOPOLOGY --auth-url http://auth:8081 \
+        --password-file /auth/service.password --state /data/pusher.json  # compose
 
 ``matchctl up`` starts it (one per system) when the topology runs an auth service, and stops it
 with ``matchctl down``. One thread per partition, so a partition that is electing a leader does
@@ -96,7 +98,9 @@ class PartitionPusher(threading.Thread):
         for cmd in commands:
             kind = cmd.pop("type")
             started = time.monotonic()
-            client.admin({"op": kind, **cmd}, timeout=10)
+            # short: a command stuck behind a dead leader is resent by the next round (the
+            # partition ignores what it already has), rather than waited on
+            client.admin({"op": kind, **cmd}, timeout=3)
             if kind == "add_key":
                 applied["kids"] = sorted({*applied["kids"], cmd["kid"]})
             elif kind == "remove_key":
@@ -111,17 +115,45 @@ class PartitionPusher(threading.Thread):
 
 
 class Pusher:
-    """One system's pusher: a thread per partition and the acknowledged-cursor file."""
+    """One system's pusher: a thread per partition and the acknowledged-cursor file.
 
-    def __init__(self, system_dir: Path, interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        from pyengine.ops.system import System
+    ``Pusher.for_system(DIR)`` for `matchctl up`; the explicit form for compose, where the
+    topology, the auth service and the service password come from the container's setup."""
 
-        self.system = System(system_dir)
+    def __init__(self, topology, auth_client_factory: Callable, client_kwargs: dict, cursor_file: Path,
+                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.topology = topology
+        self.auth_client_factory = auth_client_factory
+        self.client_kwargs = client_kwargs
         self.interval_s = interval_s
         self.stop = threading.Event()
-        self.cursor_file = self.system.dir / "pusher.json"
+        self.cursor_file = cursor_file
         self._lock = threading.Lock()
         self.cursor: dict[str, dict] = self._load_cursor()
+
+    @classmethod
+    def for_system(cls, system_dir: Path, interval_s: float = DEFAULT_INTERVAL_S) -> Pusher:
+        from pyengine.ops.system import System
+
+        system = System(system_dir)
+        system.auth_url  # noqa: B018 - a clear error now rather than in every thread
+        return cls(system.topology, system.auth_client, system.control_credentials(), system.dir / "pusher.json",
+                   interval_s)
+
+    @classmethod
+    def for_service(cls, topology, auth_url: str, password_file: Path, cursor_file: Path,
+                    egress_host: str | None = None, interval_s: float = DEFAULT_INTERVAL_S) -> Pusher:
+        from coordinator.auth.client import AuthClient
+        from coordinator.auth.setup import service_token_provider
+
+        password = password_file.read_text().strip()
+        if not password:
+            raise OSError(f"{password_file} is empty")
+        tokens = service_token_provider(auth_url, password)
+        kwargs: dict = {"token_provider": tokens}
+        if egress_host:
+            kwargs["egress_host"] = egress_host
+        return cls(topology, lambda: AuthClient(auth_url), kwargs, cursor_file, interval_s)
 
     def _load_cursor(self) -> dict[str, dict]:
         try:
@@ -142,14 +174,12 @@ class Pusher:
             os.replace(tmp, self.cursor_file)
 
     def run(self) -> None:
-        topo = self.system.topology
-        kwargs = self.system.control_credentials()
-        threads = [PartitionPusher(p.id, topo.ingress_endpoints(p.id), self.system.auth_client, kwargs, self._acked,
-                                   self.stop, self.interval_s) for p in topo.partitions]
+        topo = self.topology
+        threads = [PartitionPusher(p.id, topo.ingress_endpoints(p.id), self.auth_client_factory, self.client_kwargs,
+                                   self._acked, self.stop, self.interval_s) for p in topo.partitions]
         for t in threads:
             t.start()
-        log.info("pushing %s's keys and revocations to %d partition(s) every %.2f s", self.system.auth_url,
-                 len(threads), self.interval_s)
+        log.info("pushing keys and revocations to %d partition(s) every %.2f s", len(threads), self.interval_s)
         self.stop.wait()
         for t in threads:
             t.join(15)
@@ -157,23 +187,38 @@ class Pusher:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="matchx-pusher", description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", required=True, type=Path, help="the system directory of `matchctl up`")
+    parser.add_argument("--dir", type=Path, help="the system directory of `matchctl up`")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--topology", type=Path, help="without --dir: the topology file")
+    src.add_argument("--topology-env", metavar="VAR", help="without --dir: a variable holding the topology JSON")
+    parser.add_argument("--auth-url", help="without --dir: the auth service, e.g. http://auth:8081")
+    parser.add_argument("--password-file", type=Path, help="without --dir: the service user's password")
+    parser.add_argument("--state", type=Path, default=Path("pusher.json"), help="without --dir: the cursor file")
+    parser.add_argument("--egress-host", help="the address the members answer to (containers: this one's)")
     parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL_S,
                         help=f"seconds between polls of the auth service (default {DEFAULT_INTERVAL_S})")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s pusher %(threadName)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll would drown the pushes
     if args.interval <= 0:
         print("matchx pusher: --interval must be positive", file=sys.stderr)
         return 2
     from pyengine.node.settings import ConfigError
-    from pyengine.node.topology import SystemStateError
+    from pyengine.node.topology import SystemStateError, Topology
 
     try:
-        pusher = Pusher(args.dir.resolve(), args.interval)
-        pusher.system.auth_url  # noqa: B018 - a clear error now rather than in every thread
-    except (ConfigError, SystemStateError, OSError) as exc:
+        if args.dir is not None:
+            pusher = Pusher.for_system(args.dir.resolve(), args.interval)
+        else:
+            if not (args.auth_url and args.password_file and (args.topology or args.topology_env)):
+                parser.error("give --dir, or --topology/--topology-env with --auth-url and --password-file")
+            topology = (Topology.load(args.topology) if args.topology is not None
+                        else Topology.from_dict(json.loads(os.environ[args.topology_env])))
+            pusher = Pusher.for_service(topology, args.auth_url, args.password_file, args.state,
+                                        args.egress_host, args.interval)
+    except (ConfigError, SystemStateError, OSError, KeyError, ValueError) as exc:
         print(f"matchx pusher: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -279,10 +279,6 @@ class System:
 
     # ---- tokens: the auth service, the control plane's credential, the pusher ----------------
 
-    SERVICE_USER = "matchctl"
-    SERVICE_ACCOUNT = "matchx-ops"
-    SERVICE_PERMS = ("admin", "read")
-
     @property
     def auth_keys_path(self) -> Path:
         """The keys file every member loads when the system runs its own auth service."""
@@ -336,35 +332,23 @@ class System:
         port = _await_port(proc, out_file, self.dir / "auth.log", "the auth service", timeout)
         state["auth"] = {"pid": proc.pid, "port": port}
         self._save_state(state)
+        from coordinator.auth.setup import ensure_service_user, write_keys_file
+
         with self.auth_client() as api:
-            for create in (lambda: api.create_account(self.SERVICE_ACCOUNT),
-                           lambda: api.create_user(self.SERVICE_USER, self._secret("service.password"),
-                                                   self.SERVICE_ACCOUNT, list(self.SERVICE_PERMS))):
-                try:
-                    create()
-                except AuthError as exc:
-                    if exc.reason not in ("account_exists", "username_taken"):
-                        raise SystemStateError(f"the auth service refused the service user: {exc}") from None
-            keys = api.keys()
-        tmp = self.auth_keys_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"keys": keys}, indent=2) + "\n")
-        os.replace(tmp, self.auth_keys_path)
-        log.info("auth service pid %d on port %d; %d key(s) in %s", proc.pid, port, len(keys), self.auth_keys_path)
+            try:
+                ensure_service_user(api, self._secret("service.password"))
+                keys = write_keys_file(api, self.auth_keys_path)
+            except AuthError as exc:
+                raise SystemStateError(f"the auth service refused the service user: {exc}") from None
+        log.info("auth service pid %d on port %d; %d key(s) in %s", proc.pid, port, keys, self.auth_keys_path)
         return port
 
     def service_token_provider(self):
-        """A MatchClient token_provider for the control plane: logs the service user in (again
-        when asked to refresh). Its token has admin and read on the partitions, nothing else."""
-        password = self._secret("service.password")
-        cached: dict[str, str] = {}
+        """A MatchClient token_provider for the control plane: the service user (admin and read
+        on the partitions, nothing else), logged in again when asked to refresh."""
+        from coordinator.auth.setup import service_token_provider
 
-        def tokens(refresh: bool) -> str:
-            if refresh or "token" not in cached:
-                with self.auth_client() as api:
-                    cached["token"] = api.login(self.SERVICE_USER, password).access_token
-            return cached["token"]
-
-        return tokens
+        return service_token_provider(self.auth_url, self._secret("service.password"))
 
     def control_credentials(self) -> dict[str, Any]:
         """MatchClient keyword arguments for the system's own connections (symbol assignment,

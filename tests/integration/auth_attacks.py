@@ -29,11 +29,14 @@ def order(account: str, side: str, price: str, qty: str, coid: str) -> dict:
             "price": price, "qty": qty, "client_order_id": coid}
 
 
+ACTIVE_KEY_SQL = "SELECT kid, private_key FROM signing_keys WHERE status = 'active'"
+
+
 def active_signer(auth_db: Path) -> TokenSigner:
     """The auth service's own signing key, read from its database: lets a test mint a token the
     service would never issue (already expired) that is otherwise genuine."""
     with sqlite3.connect(auth_db) as db:
-        kid, seed = db.execute("SELECT kid, private_key FROM signing_keys WHERE status = 'active'").fetchone()
+        kid, seed = db.execute(ACTIVE_KEY_SQL).fetchone()
     return TokenSigner(bytes(seed), kid)
 
 
@@ -50,9 +53,10 @@ class Partition:
 
     endpoints: str
     api: AuthClient  # with the admin key
-    auth_db: Path
+    signer: TokenSigner  # the auth service's active key (active_signer)
     control: MatchClient  # admin + read: deposits, the book
     make_client: Callable[..., MatchClient]
+    client_kwargs: dict = field(default_factory=dict)  # e.g. egress_host for containers
     revocation_delays: list[float] = field(default_factory=list)
 
     def user(self, name: str, perms: list[str]):
@@ -61,7 +65,8 @@ class Partition:
         return self.api.login(name, PASSWORD)
 
     def connect(self, token: str | bytes) -> MatchClient:
-        return self.make_client(self.endpoints, credentials=token.encode() if isinstance(token, str) else token)
+        return self.make_client(self.endpoints, credentials=token.encode() if isinstance(token, str) else token,
+                                **self.client_kwargs)
 
     def refused_at_connect(self, token: bytes, reason: str) -> None:
         client = self.connect(token)
@@ -95,7 +100,7 @@ def run_attacks(part: Partition) -> None:
     before = observed()
 
     # refused at connect, by the leader's authenticator
-    signer = active_signer(part.auth_db)
+    signer = part.signer
     expired = signer.mint("u-alice", "alice", ["trade", "read"], ttl_s=60, now_s=int(time.time()) - 3600)
     stranger = TokenSigner.generate()
     impostor = TokenSigner(TokenSigner.generate().private_key, signer.kid)  # the real kid, another key

@@ -15,7 +15,7 @@ from coordinator.auth.client import AuthClient
 from coordinator.auth.feed import commands_for
 from pyengine.node.localcluster import LocalCluster, wait_for
 from tests.conftest import next_port_base
-from tests.integration.auth_attacks import Partition, run_attacks
+from tests.integration.auth_attacks import Partition, active_signer, run_attacks
 from tests.integration.test_auth_service import ADMIN_KEY, AuthServer
 
 pytestmark = pytest.mark.cluster
@@ -46,7 +46,8 @@ def test_matchctl_up_with_the_auth_service_refuses_every_attack(secured_system, 
     with system.auth_client() as api:
         control = make_client(system.topology.ingress_endpoints("p1"), **system.control_credentials())
         assert control.wait_connected(30), control.last_error
-        part = Partition(system.topology.ingress_endpoints("p1"), api, system.dir / "auth.db", control, make_client)
+        part = Partition(system.topology.ingress_endpoints("p1"), api, active_signer(system.dir / "auth.db"), control,
+                         make_client)
         run_attacks(part)
     # the pusher acknowledged the revocation and wrote where it stands
     cursor = json.loads((system.dir / "pusher.json").read_text())["partitions"]
@@ -96,7 +97,7 @@ def test_matchctl_cluster_up_with_a_keys_file_refuses_every_attack(cli_cluster, 
     assert control.wait_connected(60), control.last_error
     assert control.request({"op": "add_symbol", "symbol": "BTC-USDT", "base": "BTC", "quote": "USDT",
                             "tick_size": "0.01", "lot_size": "0.001"}, timeout=30).events[0]["type"] != "rejected"
-    part = Partition(cluster.ingress_endpoints(), api, server.db, control, make_client)
+    part = Partition(cluster.ingress_endpoints(), api, active_signer(server.db), control, make_client)
 
     # A single partition started by hand has no pusher: the operator pushes what the feed
     # says (as the pusher would); here in a thread while the attacks run.
