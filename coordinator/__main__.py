@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -23,6 +24,8 @@ import uvicorn
 
 from coordinator.api import create_app
 from coordinator.errors import CoordinatorError
+from coordinator.migrations import Driver
+from coordinator.partition_link import ClientTransport, token_file_provider
 from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore
 
 log = logging.getLogger("coordinator")
@@ -51,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "so changes made through the API survive restarts; replace: make the map equal to "
         "the file at every start (idempotent)",
     )
+    p.add_argument("--control-token-file", type=Path, default=None,
+                   help="access token (admin) for the migration steps sent to partitions whose tokens "
+                   "are on; read again when it expires (default: $MATCHX_CONTROL_TOKEN_FILE, else none)")
+    p.add_argument("--migration-step-timeout", type=float, default=30.0,
+                   help="seconds a partition may stay unreachable before a migration that has not "
+                   "reached its point of no return is rolled back (default 30)")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -85,8 +94,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple[Driver, ClientTransport]:
+    """The migration driver, talking to partitions through the SDK (a JVM only once it does)."""
+    kwargs: dict = {}
+    token_file = args.control_token_file or (Path(os.environ["MATCHX_CONTROL_TOKEN_FILE"])
+                                             if os.environ.get("MATCHX_CONTROL_TOKEN_FILE") else None)
+    if token_file is not None:
+        if not token_file.is_file():
+            raise RuntimeError(f"control token file {token_file} does not exist")
+        kwargs["token_provider"] = token_file_provider(token_file)
+    transport = ClientTransport(store, client_kwargs=kwargs)
+    return Driver(store, transport, step_timeout=args.migration_step_timeout), transport
+
+
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:
-    app = create_app(store)
+    driver, transport = migration_driver(args, store)
+    app = create_app(store, migration_driver=driver)
     sock = _bind(args.host, args.port)
     config = uvicorn.Config(
         app,
@@ -127,6 +150,7 @@ async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:
         sock.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    transport.close()
     if not server.started:
         raise RuntimeError("server failed to start")
 

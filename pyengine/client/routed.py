@@ -40,7 +40,14 @@ from typing import Any
 import httpx
 
 from pyengine.client.match_client import ClientError, MatchClient, MovedError, Reply
-from pyengine.client.routing import CoordinatorUnavailable, Route, RouteCache, RoutingError, UnknownSymbol
+from pyengine.client.routing import (
+    CoordinatorUnavailable,
+    Route,
+    RouteCache,
+    RoutingError,
+    StaleRoute,
+    UnknownSymbol,
+)
 
 log = logging.getLogger("matchx.routed_client")
 
@@ -48,7 +55,18 @@ log = logging.getLogger("matchx.routed_client")
 _SYMBOL_CHECKED_OPS = frozenset({"deposit", "withdraw", "balances"})
 
 __all__ = ["RoutedClient", "RoutedStats", "UnknownSymbol", "CoordinatorUnavailable", "RoutingError",
-           "UnknownPartition"]
+           "UnknownPartition", "MoveTimeout"]
+
+
+class MoveTimeout(MovedError):
+    """A command kept being answered MOVED for longer than ``moved_timeout``: its symbol is moving
+    and the move neither finished nor was rolled back in time (or the map is stuck)."""
+
+    def __init__(self, symbol: str, epoch: int, waited: float) -> None:
+        super().__init__(symbol, epoch)
+        self.args = (f"{symbol} is moving between partitions: no owner took the command within "
+                     f"{waited:.1f} s (migration stuck or aborted; the command had no effect)",)
+        self.waited = waited
 
 
 class UnknownPartition(RoutingError):
@@ -65,7 +83,10 @@ class RoutedClient:
     """Sends commands to the partition that owns their symbol; thread-safe.
 
     ``coordinator_url``: the coordinator's base URL. ``max_moved_retries``: how many MOVED answers
-    one command may get before the last one is raised as ``MovedError``. ``route_cache``: a
+    one command may get before the last one is raised as ``MovedError``; while a symbol moves
+    (freeze-sync-switch, docs/migration.md) its commands are answered MOVED until the new owner
+    takes over, so they are sent again for up to ``moved_timeout`` seconds whatever the count,
+    then ``MoveTimeout`` is raised (the command had no effect). ``route_cache``: a
     ``RouteCache`` to use (otherwise one is made with ``cache_options``). Other keyword arguments go
     to every ``MatchClient`` (``credentials``, ``client_id``, timeouts, ...).
     """
@@ -75,12 +96,14 @@ class RoutedClient:
         coordinator_url: str,
         *,
         max_moved_retries: int = 5,
+        moved_timeout: float = 10.0,
         route_cache: RouteCache | None = None,
         cache_options: dict[str, Any] | None = None,
         **client_kwargs: Any,
     ) -> None:
         self.coordinator_url = coordinator_url.rstrip("/")
         self.max_moved_retries = max_moved_retries
+        self.moved_timeout = moved_timeout
         self._owns_cache = route_cache is None
         self.routes = route_cache if route_cache is not None else RouteCache(coordinator_url, **(cache_options or {}))
         self.client_kwargs = client_kwargs
@@ -195,7 +218,7 @@ class RoutedClient:
         return endpoints
 
     def _send(self, outer: Future, command: dict, partition: str | None, symbol: str | None,
-              attempt: int, raise_now: bool = False) -> None:
+              attempt: int, raise_now: bool = False, since: float | None = None) -> None:
         try:
             target = partition if partition is not None else self.route(symbol).partition
             inner = self.client(target).submit(command)
@@ -204,25 +227,30 @@ class RoutedClient:
                 raise
             outer.set_exception(exc)
             return
-        inner.add_done_callback(lambda f: self._on_answer(f, outer, command, partition, symbol, target, attempt))
+        inner.add_done_callback(
+            lambda f: self._on_answer(f, outer, command, partition, symbol, target, attempt, since))
 
     def _on_answer(self, inner: Future, outer: Future, command: dict, partition: str | None,
-                   symbol: str | None, target: str, attempt: int) -> None:
+                   symbol: str | None, target: str, attempt: int, since: float | None = None) -> None:
         exc = inner.exception()
         if exc is None:
             outer.set_result(inner.result())
-        elif isinstance(exc, MovedError) and partition is None and attempt < self.max_moved_retries \
-                and not self._closed:
+        elif isinstance(exc, MovedError) and partition is None and not self._closed:
+            now = time.monotonic()
+            since = now if since is None else since
+            if attempt >= self.max_moved_retries and now - since >= self.moved_timeout:
+                outer.set_exception(MoveTimeout(exc.symbol, exc.epoch, now - since))
+                return
             self.stats.moved += 1
             try:
-                self._retry_pool.submit(self._after_moved, exc, outer, command, symbol, target, attempt)
+                self._retry_pool.submit(self._after_moved, exc, outer, command, symbol, target, attempt, since)
             except RuntimeError:  # closing
                 outer.set_exception(exc)
         else:
             outer.set_exception(exc)
 
     def _after_moved(self, moved: MovedError, outer: Future, command: dict, symbol: str, target: str,
-                     attempt: int) -> None:
+                     attempt: int, since: float | None = None) -> None:
         log.info("%s: partition %s answered MOVED (epoch %d); refreshing routes", moved.symbol, target, moved.epoch)
         try:
             route = self.routes.invalidate(moved.symbol, moved.epoch)
@@ -231,10 +259,17 @@ class RoutedClient:
                 # (a move in progress). Give it a moment, then look again.
                 time.sleep(min(0.05 * 2**attempt, 1.0))
                 self.routes.refresh()
+        except StaleRoute as exc:
+            waited = time.monotonic() - since if since is not None else 0.0
+            if waited >= self.moved_timeout:
+                outer.set_exception(MoveTimeout(moved.symbol, moved.epoch, waited))
+                return
+            # a symbol being moved: the map gets the new owner when the move switches over
+            log.debug("%s: %s; asking again", moved.symbol, exc)
         except RoutingError as exc:
             outer.set_exception(exc)
             return
         except Exception as exc:  # noqa: BLE001 - the future must always be completed
             outer.set_exception(exc)
             return
-        self._send(outer, command, None, symbol, attempt + 1)
+        self._send(outer, command, None, symbol, attempt + 1, since=since)

@@ -537,6 +537,7 @@ class System:
         A partition without symbols gets an empty ``own_symbols``, so it owns none (a partition
         that never got the command owns every symbol, as a single-partition system does)."""
         from pyengine.client.match_client import MatchClient
+        from pyengine.service.migration import ID_SPACE
 
         with self._http() as http:
             routes = http.get("/v1/routes").json()
@@ -550,6 +551,9 @@ class System:
                     raise SystemStateError(f"could not connect to partition {p.id}: {client.last_error}")
                 left = max(1.0, deadline - time.monotonic())
                 client.admin({"op": "own_symbols", "symbols": owned[p.id]}, timeout=left)
+                # each partition its own order id range, so orders keep their ids when their
+                # symbol moves (docs/migration.md); never lowers a partition's next id
+                client.admin({"op": "id_base", "base": p.cluster_id * ID_SPACE}, timeout=left)
                 for symbol in owned[p.id]:
                     spec = self.topology.symbol(symbol)
                     if spec is None:

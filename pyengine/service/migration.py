@@ -39,7 +39,8 @@ log = logging.getLogger("matchx.migration")
 
 MIG_OPS = frozenset({"mig_freeze", "mig_export_chunk", "mig_drop", "mig_restore", "mig_prepare",
                      "mig_import_chunk", "mig_import", "mig_activate", "mig_discard", "mig_state",
-                     "xfer_out", "xfer_in", "funds_check"})
+                     "xfer_out", "xfer_in", "funds_check", "id_base"})
+ID_SPACE = 1 << 40  # order and trade ids per partition: cluster_id * ID_SPACE onwards
 XFER_PREFIX = "xfer:"  # the engine tx ids of transfer legs; refused in user deposits/withdrawals
 MAX_CHUNK = 64 * 1024  # raw bytes per export chunk (its base64 must fit one reply message)
 
@@ -119,6 +120,8 @@ class Migrations:
                         "net_in": {a: str(v) for a, v in sorted(self.net_in.items())}})
         if op in ("xfer_out", "xfer_in"):
             return self._xfer(svc, cmd, op)
+        if op == "id_base":
+            return self._id_base(svc, cmd)
         mid = cmd.get("id")
         if not isinstance(mid, str) or not mid or len(mid) > 64:
             return _err(f"{op} needs id: a migration id of 1..64 chars")
@@ -348,6 +351,20 @@ class Migrations:
             self.blobs.pop(mid, None)
             rec["state"] = DISCARDED
         return _ok(self._dest_answer(rec))
+
+    # ---- ids ---------------------------------------------------------------------------------
+
+    def _id_base(self, svc: Any, cmd: dict) -> Answer:
+        """Order and trade ids from ``base`` on (never backwards): each partition gets its own
+        range, so an order keeps its id when its symbol moves and never meets an order of the
+        destination with the same id."""
+        base = cmd.get("base")
+        if type(base) is not int or not 0 <= base < 2**62:
+            return _err("id_base needs base: an int in [0, 2**62)")
+        eng = svc.engine
+        eng.next_oid = max(eng.next_oid, base)
+        eng.next_tid = max(eng.next_tid, base)
+        return _ok({"type": "id_base", "next_order_id": eng.next_oid, "next_trade_id": eng.next_tid})
 
     # ---- transfers of free funds -----------------------------------------------------------
 
