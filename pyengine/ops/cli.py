@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (sys_up, sys_status, sys_down):
         p.add_argument("--dir", type=Path, default=DEFAULT_SYSTEM_DIR,
                        help=f"system directory (default {DEFAULT_SYSTEM_DIR})")
+    from pyengine.ops import migrate
+
+    migrate.add_parsers(sub, DEFAULT_SYSTEM_DIR)  # matchctl migrate / migrations (docs/migration.md)
 
     replay = sub.add_parser("replay", help="apply JSON-lines commands to a fresh engine, print events")
     replay.add_argument("file", nargs="?", type=Path)

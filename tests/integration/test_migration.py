@@ -6,6 +6,8 @@ keeps trading; then it moves back while orders keep arriving for it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -131,3 +133,19 @@ def test_migrate_there_and_back_under_flow(topology_doc, make_system, make_route
         again = client.request({"op": "place", "account": ev[0]["account"], "symbol": BTC, "side": ev[0]["side"],
                                 "price": "1000", "qty": "0.01", "client_order_id": coid}, timeout=30).events
         assert again[0].get("duplicate") is True and again[0]["order_id"] == ev[0]["order_id"], (coid, again)
+
+    # the operator's way: matchctl migrate / migrations, and bad input refused with one line
+    def matchctl(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pyengine.ops.cli", *argv, "--dir", str(system.dir)],
+                              capture_output=True, text=True, timeout=180)
+
+    out = matchctl("migrate", ETH, "--to", "p2")
+    assert out.returncode == 0, out.stderr
+    assert f"{ETH}: moved" in out.stdout and "pause" in out.stdout, out.stdout
+    bad = matchctl("migrate", ETH, "--to", "p2")
+    assert bad.returncode == 2 and "migration_to_owner" in bad.stderr, bad
+    bad = matchctl("migrate", "NOPE-USDT", "--to", "p1")
+    assert bad.returncode == 2 and "symbol_not_found" in bad.stderr, bad
+    listing = matchctl("migrations")
+    assert listing.returncode == 0 and listing.stdout.count(" done ") == 3, listing.stdout
+    funds_ok(client)
