@@ -116,6 +116,8 @@ class RouteOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     version: int
+    # long-polls on /v1/routes held by this process right now: how many clients follow the map
+    long_polls_waiting: int = 0
 
 
 class TopologyResult(BaseModel):
@@ -137,6 +139,7 @@ class VersionWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self.closing = False
+        self.waiting = 0  # long-polls held now (event loop thread only)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -181,16 +184,20 @@ class VersionWatcher:
         """Return once version > after_version, on timeout, on close or client disconnect."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._store.version <= after_version and not self.closing:
-            remaining = deadline - loop.time()
-            if remaining <= 0 or self._event is None:
-                return
-            event = self._event
-            try:
-                await asyncio.wait_for(event.wait(), min(remaining, _DISCONNECT_CHECK_SECONDS))
-            except TimeoutError:
-                if request is not None and await request.is_disconnected():
+        self.waiting += 1
+        try:
+            while self._store.version <= after_version and not self.closing:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._event is None:
                     return
+                event = self._event
+                try:
+                    await asyncio.wait_for(event.wait(), min(remaining, _DISCONNECT_CHECK_SECONDS))
+                except TimeoutError:
+                    if request is not None and await request.is_disconnected():
+                        return
+        finally:
+            self.waiting -= 1
 
 
 # ---------------------------------------------------------------------- middleware
@@ -310,7 +317,7 @@ def create_app(
 
     @public.get("/health", response_model=HealthOut, tags=["health"])
     async def health() -> Any:
-        return store.health()
+        return {**store.health(), "long_polls_waiting": watcher.waiting}
 
     # workers
     @public.get("/workers", response_model=list[WorkerOut], tags=["workers"])

@@ -17,6 +17,9 @@ from pyengine.node.settings import ClusterLayout, Timeouts
 
 _bases = itertools.count()
 TEST_TIMEOUTS = Timeouts(heartbeat_interval_ms=50, heartbeat_timeout_ms=500, election_timeout_ms=100)
+# The Raft timing a user gets (pyengine/node/settings.py): the failover and exactly-once tests
+# run it, so that what ships is what is tested.
+SHIPPED_TIMEOUTS = Timeouts()
 
 
 def next_port_base() -> int:

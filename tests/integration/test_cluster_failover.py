@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from pyengine.node.localcluster import wait_for
+from tests.conftest import SHIPPED_TIMEOUTS
 
 pytestmark = pytest.mark.cluster
 
@@ -41,7 +43,7 @@ def hashes_at_one_position(cluster, client, members):
 
 
 def test_follower_only_client_survives_leader_kill(make_cluster, make_client):
-    cluster = make_cluster()
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     cluster.await_followers(2)
     follower = next(m for m in range(3) if m != leader)
@@ -75,33 +77,54 @@ def test_follower_only_client_survives_leader_kill(make_cluster, make_client):
 
 
 def test_resend_returns_the_original_outcome(make_cluster, make_client):
-    """A resend with the same request id is answered from the service's memory, not re-applied."""
-    from pyengine.wire import protocol
-    from pyengine.wire.protocol import Channel, Command
+    """The reply cache, alone: a command without a client_order_id (nothing in the engine can
+    recognise it) resent with its request id, before and after a leader failover, is answered
+    with the original answer byte for byte and applied once. The session is driven by hand
+    (tests/integration/raw_session.py) so that the request id is the test's choice."""
+    import secrets
 
-    cluster = make_cluster()
-    cluster.await_leader(60)
+    from pyengine.wire.protocol import Channel, Status
+    from tests.integration.raw_session import RawSession
+
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2)
     client = make_client(cluster.ingress_endpoints())
     assert client.wait_connected(30)
     setup_market(client)
-    first = client.request(order("bob", "sell", "51000.00", "1", "dup-1"))
-    # Send the same request id again by hand, as the SDK does after a failover.
-    import orjson
-    fut = client._submit(Channel.ENGINE_JSON, orjson.dumps(order("bob", "sell", "51000.00", "1", "dup-1")))
-    second = fut.result(20)
-    assert not second.duplicate  # a new request id: the engine's client_order_id dedupe answers
-    assert second.events[0].get("duplicate") is True
-    raw = protocol.encode_request(client.client_id, [Command(first.request_id, Channel.ENGINE_JSON, b"{}")])
-    assert client._java.offer(client._jpype.JArray(client._jpype.JByte)(raw)) > 0
-    book = client.request({"op": "book", "symbol": SYMBOL, "depth": 5}).events
-    asks = book[0]["asks"]
-    assert len(asks) == 1 and asks[0][1] == "1"  # one order resting, not two
+    sell = order("bob", "sell", "51000.00", "1", None)
+    del sell["client_order_id"]
+    with RawSession(cluster.ingress_endpoints(), secrets.randbits(62) | 1) as raw:
+        raw.send(7, Channel.ENGINE_JSON, orjson.dumps(sell))
+        first = raw.answer(7)
+        assert first.status == Status.OK
+        assert orjson.loads(first.payload)[0]["type"] == "accepted"
+
+        raw.send(7, Channel.ENGINE_JSON, orjson.dumps(sell))  # the SDK's resend: same id, same bytes
+        again = raw.answer(7)
+        assert (again.status, again.payload) == (Status.DUPLICATE, first.payload)
+        # the request id alone names the command: other bytes under it are not applied either
+        raw.send(7, Channel.ENGINE_JSON, b"{}")
+        other = raw.answer(7)
+        assert (other.status, other.payload) == (Status.DUPLICATE, first.payload)
+
+        cluster.kill(leader)
+        new_leader = cluster.await_leader(30, exclude=leader)
+        raw.wait_leader(new_leader)
+        raw.send(7, Channel.ENGINE_JSON, orjson.dumps(sell))
+        after = raw.answer(7)
+        assert (after.status, after.payload) == (Status.DUPLICATE, first.payload)
+
+    book = client.request({"op": "book", "symbol": SYMBOL, "depth": 5}, timeout=30).events[0]
+    assert book["asks"] == [["51000", "1"]], book  # one order resting, not two or four
+    btc = client.request({"op": "balances", "account": "bob"}, timeout=30).events[0]["balances"]["BTC"]
+    assert (btc["available"], btc["held"]) == ("99", "1"), btc
 
 
 def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_cluster, make_client):
     from pyengine.wire import protocol
 
-    cluster = make_cluster()
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     client = make_client(cluster.ingress_endpoints())
     assert client.wait_connected(30)
@@ -128,7 +151,7 @@ def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, 
     from pyengine.engine.model import EV_ACCEPTED, EV_TRADE
     from pyengine.wire.bulk import BulkBuilder
 
-    cluster = make_cluster()
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     cluster.await_followers(2)
     client = make_client(cluster.ingress_endpoints())
@@ -177,7 +200,7 @@ def test_an_answer_larger_than_one_message_arrives_whole(make_cluster, make_clie
     also as the DUPLICATE answer to a resend of the same request."""
     from pyengine.wire.bulk import BulkBuilder
 
-    cluster = make_cluster()
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     cluster.await_leader(60)
     cluster.await_followers(2)
     client = make_client(cluster.ingress_endpoints())

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -117,31 +119,77 @@ def test_move_bumps_epoch(http):
     http.put("/v1/symbols/ETH-USD", json={"partition": "p1"}).raise_for_status()
 
 
-def test_long_poll_returns_on_change(coord, http):
-    v = http.get("/v1/health").json()["version"]
-    result: dict = {}
+def waiting_polls(http: httpx.Client) -> int:
+    return http.get("/v1/health").json()["long_polls_waiting"]
 
-    def poll() -> None:
-        with httpx.Client(base_url=coord.url, timeout=20) as c:
-            t0 = time.monotonic()
-            result["table"] = c.get(f"/v1/routes?wait_version={v}&timeout=15").json()
-            result["elapsed"] = time.monotonic() - t0
 
-    t = threading.Thread(target=poll)
+def change_while_held(http: httpx.Client, poll: Callable[[], Any], change: Callable[[], object]) -> Any:
+    """Runs ``poll`` (a long-poll) in a thread, waits until the coordinator says it holds it (the
+    proof that the poll reached the server and waits there, not a guess from a sleep), then
+    makes ``change``; returns what ``poll`` returned, after checking the change answered it."""
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["result"] = poll()
+        outcome["answered"] = time.monotonic()
+
+    t = threading.Thread(target=run)
     t.start()
     try:
-        time.sleep(0.4)
-        assert t.is_alive(), "long-poll returned before any change"
-        http.post("/v1/partitions/p2/symbols", json={"symbols": ["LP-USD"]}).raise_for_status()
+        deadline = time.monotonic() + 15
+        while waiting_polls(http) != 1:
+            assert t.is_alive(), "the long-poll returned before any change"
+            assert time.monotonic() < deadline, "the coordinator never held the long-poll"
+            time.sleep(0.02)
+        changed = time.monotonic()
+        change()
     finally:
         t.join(20)
-    assert result["table"]["version"] == v + 1
-    assert result["table"]["symbols"]["LP-USD"]["partition"] == "p2"
-    assert result["elapsed"] < 5
+    assert outcome["answered"] - changed < 5, "answered by its timeout, not by the change"
+    assert waiting_polls(http) == 0
+    return outcome["result"]
+
+
+def test_long_poll_returns_on_change(coord, http):
+    v = http.get("/v1/health").json()["version"]
+    assert waiting_polls(http) == 0
+
+    def poll() -> dict:
+        with httpx.Client(base_url=coord.url, timeout=20) as c:
+            return c.get(f"/v1/routes?wait_version={v}&timeout=15").json()
+
+    table = change_while_held(
+        http, poll, lambda: http.post("/v1/partitions/p2/symbols", json={"symbols": ["LP-USD"]}).raise_for_status())
+    assert table["version"] == v + 1
+    assert table["symbols"]["LP-USD"]["partition"] == "p2"
     # timeout path: answers with the unchanged table
     t0 = time.monotonic()
     r = http.get(f"/v1/routes?wait_version={v + 1}&timeout=0.3")
     assert r.json()["version"] == v + 1 and time.monotonic() - t0 >= 0.25
+
+
+def test_route_cache_wait_for_update_against_the_real_coordinator(coord, http):
+    """RouteCache's background refresh (its long-poll) against the coordinator process: it waits
+    at the server, a change wakes it with the new route, and without a change it waits out its
+    timeout and keeps the map."""
+    with RouteCache(coord.url, timeout=5.0) as cache:
+        assert cache.refresh() is True
+        before = cache.version
+        assert cache.lookup("BTC-USD").partition == "p1"
+        try:
+            changed = change_while_held(
+                http, lambda: cache.wait_for_update(timeout=15),
+                lambda: http.put("/v1/symbols/BTC-USD", json={"partition": "p2"}).raise_for_status())
+            assert changed is True
+            assert cache.version == before + 1
+            assert cache.lookup("BTC-USD") == Route("p2", 2, ep(9020))
+
+            t0 = time.monotonic()
+            assert cache.wait_for_update(timeout=0.5) is False  # nothing changed: held, then the same map
+            assert time.monotonic() - t0 >= 0.45
+            assert cache.version == before + 1 and cache.last_error is None
+        finally:
+            http.put("/v1/symbols/BTC-USD", json={"partition": "p1"}).raise_for_status()
 
 
 def test_restart_keeps_map_and_version(tmp_path):

@@ -70,7 +70,7 @@ def version(client) -> int:
 
 def test_health_and_openapi(client):
     r = client.get("/v1/health")
-    assert r.json() == {"status": "ok", "version": 0}
+    assert r.json() == {"status": "ok", "version": 0, "long_polls_waiting": 0}
     assert r.headers["x-routing-version"] == "0"
     spec = client.get("/openapi.json").json()
     for path in (
