@@ -36,7 +36,7 @@ def compose_system(docker_client):
     admin_key = secrets.token_urlsafe(24)
     ports = {"MATCHX_COORDINATOR_PORT": str(_free_port()), "MATCHX_AUTH_PORT": str(_free_port())}
     env = {**os.environ, **ports, "MATCHX_COMPOSE_PROJECT": f"mxauth{RUN_ID}", "MATCHX_SUBNET": prefix,
-           "MATCHX_AUTH_ADMIN_KEY": admin_key, "MATCHX_HEARTBEAT_TIMEOUT_MS": "1000"}
+           "MATCHX_AUTH_ADMIN_KEY": admin_key}
 
     def compose(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([str(REPO / "docker" / "compose.sh"), *args], env=env, capture_output=True, text=True,
