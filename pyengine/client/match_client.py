@@ -42,6 +42,9 @@ log = logging.getLogger("matchx.client")
 
 _EVENT = struct.Struct("<BI")
 EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 4
+# a failed connect is logged at WARNING at most once per this interval: while the cluster is
+# away the client retries every connect timeout, and one line per attempt would flood the log
+CONNECT_WARNING_INTERVAL_S = 10.0
 EVENT_CONNECT_FAILED, EVENT_SESSION_EVENT = 5, 6
 
 MAX_BATCH_BYTES = 60_000
@@ -112,6 +115,7 @@ class ClientStats:
     new_leaders: int = 0
     disconnects: int = 0
 
+    connect_failures: int = 0  # since the last successful connect
 
 class MatchClient:
     """A session with one partition. Thread-safe: submit from any thread."""
@@ -152,6 +156,7 @@ class MatchClient:
         self._resend_due = threading.Event()  # set by the receiving thread, see _RESEND_ALL
         self._closed = False
         self._auth_failure: str | None = None
+        self._connect_warned_at = float("-inf")
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
         self.aeron_dir = f"/dev/shm/matchx-client-{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
@@ -373,12 +378,7 @@ class MatchClient:
                 raise
             if blob is None:
                 continue
-            buf = memoryview(blob).tobytes()
-            offset = 0
-            while offset < len(buf):
-                kind, length = _EVENT.unpack_from(buf, offset)
-                body = buf[offset + 5 : offset + 5 + length]
-                offset += 5 + length
+            for kind, body in split_events(memoryview(blob).tobytes()):
                 try:
                     self._on_event(kind, body)
                 except Exception:  # noqa: BLE001 - one bad event must not stop the receiver
@@ -392,7 +392,10 @@ class MatchClient:
             self.leader_member_id = leader
             self.stats.connects += 1
             self._connected.set()
-            log.info("connected; leader is member %d", leader)
+            log.info("connected; leader is member %d%s", leader, f" after {self.stats.connect_failures} failed "
+                     "attempts" if self.stats.connect_failures else "")
+            self.stats.connect_failures = 0
+            self._connect_warned_at = float("-inf")
             self._resend_due.set()
             self._outbox.put(_RESEND_ALL)
         elif kind == EVENT_NEW_LEADER:
@@ -419,7 +422,12 @@ class MatchClient:
                     return
                 self._auth_failure = reason
                 self._fail_all(AuthenticationError(reason))
-            log.debug("connect failed: %s", text)
+            self.stats.connect_failures += 1
+            now = time.monotonic()
+            if now - self._connect_warned_at >= CONNECT_WARNING_INTERVAL_S:
+                self._connect_warned_at = now
+                log.warning("cannot connect to the cluster (%d failed attempts so far; retrying): %s",
+                            self.stats.connect_failures, text)
         elif kind == EVENT_SESSION_EVENT:
             text = body.decode(errors="replace")
             self.last_error = text
@@ -500,3 +508,14 @@ class MatchClient:
 
 def _as_bytes(token: str | bytes) -> bytes:
     return token.encode() if isinstance(token, str) else bytes(token)
+
+
+def split_events(buf: bytes) -> list[tuple[int, bytes]]:
+    """The (kind, body) events of one ``ClusterClient.poll`` result, in order."""
+    events = []
+    offset = 0
+    while offset < len(buf):
+        kind, length = _EVENT.unpack_from(buf, offset)
+        events.append((kind, buf[offset + _EVENT.size : offset + _EVENT.size + length]))
+        offset += _EVENT.size + length
+    return events

@@ -13,10 +13,13 @@ import time
 
 import jpype
 import jpype.nio
+import orjson
 from jpype import JImplements, JOverride
 
 from pyengine.node.metrics import MessageTimer
 from pyengine.service.matching import MatchingService
+from pyengine.wire import protocol
+from pyengine.wire.protocol import Answer
 
 log = logging.getLogger("matchx.bridge")
 
@@ -53,9 +56,10 @@ class ServiceBridge:
         started = time.perf_counter()
         try:
             frames = self.service.on_message(int(session_id), int(timestamp), int(position), message)
-        except Exception:  # noqa: BLE001 - the service already turns errors into answers
-            log.exception("service raised; no reply for this message")
-            return 0
+        except Exception as exc:  # noqa: BLE001 - a member must go on applying the log
+            log.exception("service raised at log position %d; every command of the message is answered "
+                          "with an error", int(position))
+            frames = failure_replies(self.service, int(session_id), int(position), message, exc)
         self.timer.observe(time.perf_counter() - started, self.service.counters.last_commands)
         out = self.output
         offset = 0
@@ -106,6 +110,29 @@ class ServiceBridge:
     @JOverride
     def onTerminate(self) -> None:
         log.info("service terminating")
+
+
+def failure_replies(
+    service: MatchingService, session_id: int, position: int, message: memoryview, exc: Exception
+) -> list[tuple[int, bytes | None]]:
+    """The answers to a message the service raised on (its own errors are answers already; this
+    is for a bug outside them). Without an answer the client would resend the command forever.
+    A command of the message answered before the failure (in the reply cache) keeps its answer;
+    every other one gets ERROR naming the failure. Built from the message, the reply cache and
+    the exception's type only, so every member answers alike (followers' answers are not sent,
+    but a new leader answers a resend from the same state)."""
+    try:
+        client_id, commands = protocol.decode_request(message)
+    except protocol.ProtocolError as bad:
+        return [(session_id, protocol.encode_error(f"malformed request: {bad}"))]
+    error = orjson.dumps({"error": f"internal: the service failed on this message ({type(exc).__name__}) "
+                                   f"at log position {position}; see the member log"})
+    answers = []
+    for command in commands:
+        cached = service.replies.get(client_id, command.request_id)
+        status, payload = cached if cached is not None else (protocol.Status.ERROR, error)
+        answers.append(Answer(command.request_id, status, payload))
+    return [(session_id, reply) for reply in protocol.encode_replies(answers, service.max_reply_bytes)]
 
 
 @JImplements("io.matchx.cluster.CredentialsVerifier")

@@ -11,17 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import struct
 import time
 from pathlib import Path
 
 from pyengine import jvm
+from pyengine.client.match_client import EVENT_CONNECTED, EVENT_MESSAGE, EVENT_NEW_LEADER, split_events
 from pyengine.wire import protocol
 from pyengine.wire.protocol import Answer, Command
 
-_EVENT = struct.Struct("<BI")
-EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER = 1, 2, 3
-NOT_CONNECTED = -100
 _seq = itertools.count()
 
 
@@ -64,12 +61,7 @@ class RawSession:
         blob = self.java.poll(int(timeout * 1000))
         if blob is None:
             return
-        buf = memoryview(blob).tobytes()
-        offset = 0
-        while offset < len(buf):
-            kind, length = _EVENT.unpack_from(buf, offset)
-            body = buf[offset + _EVENT.size : offset + _EVENT.size + length]
-            offset += _EVENT.size + length
+        for kind, body in split_events(memoryview(blob).tobytes()):
             if kind == EVENT_MESSAGE:
                 what, answers = protocol.decode_reply(body)
                 assert what == protocol.KIND_REPLY, answers
