@@ -141,6 +141,15 @@ def cmd_up(args) -> int:
     system = System.up(args.topology, args.dir, timeout=args.timeout)
     print(describe(system.status()))
     print(f"coordinator: {system.coordinator_url}")
+    if args.monitoring:
+        from pyengine.ops.monitoring import MonitoringError
+
+        try:
+            print(f"prometheus: {system.start_prometheus(args.prometheus_port)} (alert rules loaded; "
+                  f"Grafana dashboard: pyengine/ops/monitoring/dashboard.json)")
+        except MonitoringError as exc:
+            print(f"matchctl: {exc}; the system runs without monitoring (`matchctl down` stops it)", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -212,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sys_up = sub.add_parser("up", help="start a partitioned system from a topology file (docs/partitions.md)")
     sys_up.add_argument("topology", type=Path)
     sys_up.add_argument("--timeout", type=float, default=120.0)
+    sys_up.add_argument("--monitoring", action="store_true",
+                        help="also start Prometheus scraping every process, with the alert rules (docs/operations.md)")
+    sys_up.add_argument("--prometheus-port", type=int, default=None, metavar="PORT", help="default 9090")
     sys_up.set_defaults(func=cmd_up)
     sys_status = sub.add_parser("status", help="coordinator, workers and every partition member's role")
     sys_status.add_argument("--json", action="store_true")

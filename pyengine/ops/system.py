@@ -524,8 +524,28 @@ class System:
         workers = {wid: {"pid": pid, "running": _ours(pid, "pyengine.node.worker"),
                          "metrics_url": self.worker_metrics_url(wid)}
                    for wid, pid in state.get("workers", {}).items()}
-        return {"dir": str(self.dir), "coordinator": coordinator, "workers": workers,
-                "partitions": {p.id: self.partition_status(p.id) for p in self.topology.partitions}}
+        doc = {"dir": str(self.dir), "coordinator": coordinator, "workers": workers,
+               "partitions": {p.id: self.partition_status(p.id) for p in self.topology.partitions}}
+        a = state.get("auth")
+        if a:
+            doc["auth"] = {"pid": a["pid"], "port": a["port"], "running": _ours(a["pid"], "coordinator.auth"),
+                           "metrics_url": f"{self.auth_url}/metrics"}
+        p = state.get("prometheus")
+        if p:
+            doc["prometheus"] = {"pid": p["pid"], "url": p["url"], "running": _ours(p["pid"], "prometheus")}
+        return doc
+
+    def start_prometheus(self, port: int | None = None) -> str:
+        """Starts Prometheus scraping every worker, the coordinator and the auth service, with the
+        alert rules; its data in DIR/monitoring. Returns its URL."""
+        from pyengine.ops.monitoring import DEFAULT_PROMETHEUS_PORT, Prometheus, system_targets
+
+        prom = Prometheus(self.dir / "monitoring", port or DEFAULT_PROMETHEUS_PORT)
+        pid = prom.start(system_targets(self.status()))
+        state = self.state()
+        state["prometheus"] = {"pid": pid, "url": prom.url}
+        self._save_state(state)
+        return prom.url
 
     # ---- symbols ---------------------------------------------------------------------------
 
@@ -588,6 +608,8 @@ class System:
             _stop_pid(c["pid"], "coordinator", timeout)
         if state.get("auth"):
             _stop_pid(state["auth"]["pid"], "coordinator.auth", timeout)
+        if state.get("prometheus"):
+            _stop_pid(state["prometheus"]["pid"], "prometheus", timeout)
         try:
             topo = self.topology
         except (SystemStateError, ConfigError):
