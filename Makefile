@@ -24,10 +24,14 @@ $(VENV)/.installed: pyproject.toml
 
 build: $(JAR) engine-native
 
-# The engine compiled with mypyc (same source; see docs/engine.md). Optional: without a C
-# compiler the engine runs as plain Python, so a failed build warns and carries on.
+# The engine compiled with mypyc (same source; see docs/engine.md). Optional for `make demo`:
+# without a C compiler the engine runs as plain Python, so a failed build warns and carries on.
+# Under `make test` (MATCHX_REQUIRE_ALL=1) it is required: a failed build stops the run.
 engine-native: venv
-	@$(PY) -m pyengine.ops.build_engine || echo "warning: the compiled engine was not built; the engine runs as plain Python (slower)"
+	@$(PY) -m pyengine.ops.build_engine || { \
+	  if [ "$$MATCHX_REQUIRE_ALL" = 1 ]; then \
+	    echo "error: missing prerequisite: the compiled engine (mypyc build failed: python -m pyengine.ops.build_engine)" >&2; exit 1; fi; \
+	  echo "warning: the compiled engine was not built; the engine runs as plain Python (slower)"; }
 
 # Tests of the Java shim run in `make test`; the demo only needs the jar.
 $(JAR): $(JAVA_SOURCES)
@@ -36,6 +40,10 @@ $(JAR): $(JAVA_SOURCES)
 demo: setup
 	$(PY) -m pyengine.ops.demo
 
+# Everything is required under `make test`: a missing prerequisite (Docker, the compiled engine,
+# a kernel setting) fails with one line naming it instead of skipping (tests/prereq.py). The
+# variable reaches the prerequisites made for this target (setup -> engine-native) too.
+test: export MATCHX_REQUIRE_ALL = 1
 test: setup test-java test-python
 
 test-java:

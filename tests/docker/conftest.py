@@ -38,6 +38,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from pyengine.node.localcluster import wait_for  # noqa: E402
 from pyengine.node.settings import ClusterLayout, Timeouts  # noqa: E402
+from tests.prereq import missing  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 JAR = REPO / "java-cluster" / "target" / "matchx-cluster.jar"
@@ -79,17 +80,17 @@ def _ensure_engine() -> None:
     if os.geteuid() != 0:
         why = _engine_reachable()
         if why is not None:
-            pytest.skip(f"docker engine cannot be started: not root (docker/ensure-docker.sh needs root) "
-                        f"and no engine answers `docker info`: {why}")
+            missing(f"a Docker engine: not root (docker/ensure-docker.sh needs root) "
+                    f"and no engine answers `docker info`: {why}")
         return
     try:
         r = subprocess.run([str(REPO / "docker" / "ensure-docker.sh")], capture_output=True, text=True,
                            timeout=900)
     except subprocess.TimeoutExpired:
-        pytest.skip("docker engine cannot be started: docker/ensure-docker.sh took more than 15 min")
+        missing("a Docker engine: docker/ensure-docker.sh took more than 15 min")
     if r.returncode != 0:
-        pytest.skip(f"docker engine cannot be started: docker/ensure-docker.sh exited {r.returncode}:\n"
-                    f"{_tail(r.stdout + r.stderr)}")
+        missing(f"a Docker engine: docker/ensure-docker.sh exited {r.returncode}: "
+                f"{' | '.join(_tail(r.stdout + r.stderr, 5).splitlines())}")
 
 
 def _run_logged(cmd: list[str], what: str, env: dict | None = None, timeout: float = 1800) -> float:
@@ -297,7 +298,8 @@ class DockerCluster:
         its network: the host and its clients still reach it."""
         knob = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
         if not knob.is_file() or knob.read_text().strip() != "1":
-            pytest.skip("bridged traffic bypasses iptables here (net.bridge.bridge-nf-call-iptables != 1)")
+            missing("net.bridge.bridge-nf-call-iptables=1 (bridged traffic bypasses iptables here, so the "
+                    "split-brain test cannot cut members apart)")
         for rule in self._peer_rules(member_id):
             subprocess.run(["iptables", "-I", "DOCKER-USER", *rule], check=True, capture_output=True, timeout=30)
             self._blocked.append(rule)

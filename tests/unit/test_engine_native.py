@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pyengine.engine import native_stamp
+from tests.prereq import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +72,8 @@ def _run(code: str, cwd: Path, pure: bool) -> subprocess.CompletedProcess[str]:
 
 def _needs_build() -> None:
     if not native_stamp.is_current():
-        pytest.skip("compiled engine not built (python -m pyengine.ops.build_engine)")
+        missing("the compiled engine (mypyc): not built or older than its source; "
+                "run python -m pyengine.ops.build_engine")
 
 
 def test_compiled_and_plain_engine_agree_event_for_event():
