@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from pyengine import jvm
+from pyengine.client.market import Callback, Subscription
 from pyengine.wire import protocol
 from pyengine.wire.bulk import BulkBuilder
 from pyengine.wire.bulk import decode_answer as decode_bulk_answer
@@ -41,10 +42,10 @@ from pyengine.wire.protocol import Channel, Command, Status
 log = logging.getLogger("matchx.client")
 
 _EVENT = struct.Struct("<BI")
-EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 4
 # a failed connect is logged at WARNING at most once per this interval: while the cluster is
 # away the client retries every connect timeout, and one line per attempt would flood the log
 CONNECT_WARNING_INTERVAL_S = 10.0
+EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 4
 EVENT_CONNECT_FAILED, EVENT_SESSION_EVENT = 5, 6
 
 MAX_BATCH_BYTES = 60_000
@@ -114,8 +115,8 @@ class ClientStats:
     connects: int = 0
     new_leaders: int = 0
     disconnects: int = 0
-
     connect_failures: int = 0  # since the last successful connect
+
 
 class MatchClient:
     """A session with one partition. Thread-safe: submit from any thread."""
@@ -155,8 +156,9 @@ class MatchClient:
         self._connected = threading.Event()
         self._resend_due = threading.Event()  # set by the receiving thread, see _RESEND_ALL
         self._closed = False
-        self._auth_failure: str | None = None
         self._connect_warned_at = float("-inf")
+        self._subs: dict[str, Subscription] = {}  # market data, by symbol
+        self._auth_failure: str | None = None
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
         self.aeron_dir = f"/dev/shm/matchx-client-{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
@@ -195,6 +197,25 @@ class MatchClient:
         ``bulk.decode_answer`` gives them. The bulk is the unit of idempotency: a resend after
         failover is answered with the original outcomes of all its commands."""
         return self._submit(Channel.ENGINE_BULK, bulk.encode() if isinstance(bulk, BulkBuilder) else bytes(bulk))
+
+    def subscribe(self, symbol: str, channels: list[str], callback: Callback, depth: int = 1000) -> Subscription:
+        """Market data of ``symbol``: ``callback(msg)`` gets the book snapshot, then each update
+        (channels: "trades", "l2", "top"), on the receiving thread; the subscription re-syncs by
+        itself after a gap or a failover (pyengine/client/market.py, docs/market-data.md). One
+        subscription per symbol and client: a second replaces the first."""
+        sub = Subscription(symbol, channels, callback, self.submit, depth)
+        old = self._subs.get(symbol)
+        if old is not None:
+            old.closed = True
+        self._subs[symbol] = sub
+        sub.resync("subscribe")
+        return sub
+
+    def unsubscribe(self, symbol: str) -> None:
+        sub = self._subs.pop(symbol, None)
+        if sub is not None:
+            sub.closed = True
+            self.submit({"op": "unsubscribe", "symbol": symbol})
 
     def submit_admin(self, command: dict) -> Future:
         return self._submit(Channel.ADMIN_JSON, orjson.dumps(command))
@@ -398,6 +419,7 @@ class MatchClient:
             self._connect_warned_at = float("-inf")
             self._resend_due.set()
             self._outbox.put(_RESEND_ALL)
+            self._resync_all("new session")  # subscriptions belong to a session
         elif kind == EVENT_NEW_LEADER:
             leader = int(body.split(b" ")[0])
             self.leader_member_id = leader
@@ -408,6 +430,8 @@ class MatchClient:
             # must go on taking answers meanwhile
             self._resend_due.set()
             self._outbox.put(_RESEND_ALL)
+            # updates the old leader had not sent are lost: a fresh snapshot, not a silent gap
+            self._resync_all("new leader")
         elif kind == EVENT_DISCONNECTED:
             self.stats.disconnects += 1
             self._connected.clear()
@@ -476,6 +500,15 @@ class MatchClient:
             log.error("the cluster refused a message: %s", answers)
             self.last_error = str(answers)
             return
+        if kind == protocol.KIND_MARKET:
+            for msg in orjson.loads(answers):
+                sub = self._subs.get(msg.get("symbol"))
+                if sub is not None and not sub.closed:
+                    sub.on_update(msg)
+                elif msg.get("type") == "gap":  # an oversized message: every stream re-syncs
+                    for s in list(self._subs.values()):
+                        s.on_update(msg)
+            return
         for piece in answers:
             try:
                 a = self._parts.feed(piece)
@@ -506,8 +539,10 @@ class MatchClient:
                 p.future.set_result(Reply(a.request_id, payload, a.status == Status.DUPLICATE))
 
 
-def _as_bytes(token: str | bytes) -> bytes:
-    return token.encode() if isinstance(token, str) else bytes(token)
+    def _resync_all(self, why: str) -> None:
+        for sub in list(self._subs.values()):
+            if not sub.closed:
+                sub.resync(why)
 
 
 def split_events(buf: bytes) -> list[tuple[int, bytes]]:
@@ -519,3 +554,7 @@ def split_events(buf: bytes) -> list[tuple[int, bytes]]:
         events.append((kind, buf[offset + _EVENT.size : offset + _EVENT.size + length]))
         offset += _EVENT.size + length
     return events
+
+
+def _as_bytes(token: str | bytes) -> bytes:
+    return token.encode() if isinstance(token, str) else bytes(token)

@@ -28,6 +28,7 @@ from pyengine import engine as engine_pkg
 from pyengine.engine import Engine, SnapshotError
 from pyengine.engine.bulk import apply_bulk
 from pyengine.service.counters import ServiceCounters
+from pyengine.service.marketdata import MarketData, SubscriptionError
 from pyengine.service.migration import MIG_OPS, Migrations
 from pyengine.service.tokens import AuthState, Principal, TokenError
 from pyengine.wire import protocol
@@ -41,13 +42,15 @@ log = logging.getLogger("matchx.service")
 GC_THRESHOLDS = (50_000, 20, 100)
 
 SNAPSHOT_MAGIC = b"MXSV"
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4  # 4: market data subscriptions after the auth section
+_SNAPSHOT_READS = (3, 4)
 
 # The permission each command needs when authentication is on; the account named in the
 # command must be the token's for trade and read commands.
 ENGINE_PERMS = {
     "place": "trade", "cancel": "trade", "cancel_all": "trade", "amend": "trade",
     "book": "read", "order": "read", "balances": "read",
+    "open_orders": "read", "fills": "read", "trades": "read", "subscribe": "read", "unsubscribe": "read",
     "add_symbol": "admin", "deposit": "admin", "withdraw": "admin",
 }
 ADMIN_PERMS = {"ping": "read", "state_hash": "read"}  # every other admin op needs "admin"
@@ -199,6 +202,8 @@ class MatchingService:
         self._add_bootstrap_keys()
         self.principals: dict[int, Principal] = {}
         self._closing: list[int] = []
+        self.market = MarketData()
+        self._session = 0  # the session of the log message being applied
         self.counters = ServiceCounters()  # for /metrics; output only, never read back
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -247,6 +252,7 @@ class MatchingService:
     def on_session_close(self, session_id: int, timestamp: int) -> None:
         self.sessions.pop(session_id, None)
         self.principals.pop(session_id, None)
+        self.market.drop_session(self.engine, session_id)
 
     # ---- the log ---------------------------------------------------------------------------
 
@@ -262,6 +268,7 @@ class MatchingService:
             self.counters.malformed()
             return [(session_id, protocol.encode_error(f"malformed request: {exc}"))]
         ts_ns = timestamp_ms * 1_000_000
+        self._session = session_id
         self._closing: list[int] = []
         principal = self.principals.get(session_id) if self.auth is not None else None
         answers = [self._apply(client_id, c, ts_ns, position, principal) for c in commands]
@@ -269,6 +276,10 @@ class MatchingService:
         frames: list[tuple[int, bytes | None]] = [
             (session_id, r) for r in protocol.encode_replies(answers, self.max_reply_bytes)]
         frames.extend((sid, None) for sid in self._closing)
+        # market data after the answers: a subscriber gets its subscribe answer (the book at its
+        # sequence) before the updates that follow it. Followers (role 0) encode nothing.
+        frames.extend(self.market.collect(self.engine, self.owned, self.moved, self.role != 0,
+                                          self.max_reply_bytes))
         return frames
 
     def _apply(
@@ -299,6 +310,9 @@ class MatchingService:
                 moved = self._moved(cmd)
                 if moved is not None:
                     return moved
+                op = cmd.get("op")
+                if op == "subscribe" or op == "unsubscribe":
+                    return Status.OK, orjson.dumps(self._subscription(op, cmd))
                 return Status.OK, orjson.dumps(self.engine.apply(cmd, ts_ns))
             if command.channel == Channel.ENGINE_BINARY:
                 if self.owned is not None:
@@ -362,6 +376,14 @@ class MatchingService:
             self._publish_hash(info)
             return Status.OK, orjson.dumps({"type": "state_hash", **info})
         return Status.ERROR, _error(f"unknown admin op {op!r}")
+
+    def _subscription(self, op: str, cmd: dict) -> list[dict]:
+        try:
+            if op == "subscribe":
+                return [self.market.subscribe(self.engine, self._session, cmd)]
+            return [self.market.unsubscribe(self.engine, self._session, cmd)]
+        except SubscriptionError as exc:
+            return [{"type": "rejected", "op": op, "reason": exc.reason, "detail": str(exc)}]
 
     # ---- authorisation ---------------------------------------------------------------------
 
@@ -503,6 +525,7 @@ class MatchingService:
         routing = orjson.dumps({"owned": self.owned, "moved": self.moved,
                                 "migrations": self.migrations.to_json()}, option=orjson.OPT_SORT_KEYS)
         auth = self.auth.to_bytes() if self.auth is not None else b""
+        market = self.market.encode()
         parts = [
             _SNAP_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, self.applied, self.last_position, self.chain),
             _U64.pack(len(engine_blob)),
@@ -511,6 +534,8 @@ class MatchingService:
             routing,
             _U64.pack(len(auth)),
             auth,
+            _U64.pack(len(market)),
+            market,
         ]
         parts.extend(self.replies.encode_parts())
         return parts
@@ -523,7 +548,7 @@ class MatchingService:
         magic, version, applied, position, chain = _SNAP_HEADER.unpack_from(buf, 0)
         if magic != SNAPSHOT_MAGIC:
             raise ServiceSnapshotError("not a matchx service snapshot (bad magic)")
-        if version != SNAPSHOT_VERSION:
+        if version not in _SNAPSHOT_READS:
             raise ServiceSnapshotError(
                 f"service snapshot version {version} is not supported (expected {SNAPSHOT_VERSION})"
             )
@@ -538,14 +563,14 @@ class MatchingService:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._restore_sections(buf, off, engine_len, applied, position, chain)
+            self._restore_sections(buf, off, engine_len, applied, position, chain, version)
             gc.freeze()
         finally:
             if gc_was_enabled:
                 gc.enable()
 
     def _restore_sections(self, buf: memoryview, off: int, engine_len: int, applied: int,
-                          position: int, chain: bytes) -> None:
+                          position: int, chain: bytes, version: int = SNAPSHOT_VERSION) -> None:
         try:
             engine = Engine.restore(bytes(buf[off : off + engine_len]))
             off += engine_len
@@ -561,13 +586,22 @@ class MatchingService:
             if off + auth_len > len(buf):
                 raise ServiceSnapshotError("auth section runs past the snapshot end")
             auth = AuthState.from_bytes(bytes(buf[off : off + auth_len])) if auth_len else None
-            replies = ReplyCache.decode(buf[off + auth_len :], self.replies.window, self.replies.max_bytes)
+            off += auth_len
+            market = MarketData()
+            if version >= 4:
+                (market_len,) = _U64.unpack_from(buf, off)
+                off += 8
+                if off + market_len > len(buf):
+                    raise ServiceSnapshotError("market data section runs past the snapshot end")
+                market = MarketData.decode(bytes(buf[off : off + market_len]), engine)
+                off += market_len
+            replies = ReplyCache.decode(buf[off:], self.replies.window, self.replies.max_bytes)
         except ServiceSnapshotError:
             raise
         except (SnapshotError, struct.error, ValueError, KeyError, TypeError, orjson.JSONDecodeError,
                 TokenError) as exc:
             raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
-        self.engine, self.replies = engine, replies
+        self.engine, self.replies, self.market = engine, replies, market
         self.owned, self.moved = routing["owned"], routing["moved"]
         self.migrations = migrations
         if self.auth is not None:

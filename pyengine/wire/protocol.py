@@ -9,6 +9,8 @@ Request:  ``'MX' u8 version u8 kind=1 u64 client_id u16 count`` then per command
 Reply:    ``'MX' u8 version u8 kind=2 u16 count`` then per answer
           ``u64 request_id u8 status u32 length`` and the payload.
 Error:    ``'MX' u8 version u8 kind=3 u16 0`` then a UTF-8 text: the message was not understood.
+Market:   ``'MX' u8 version u8 kind=4 u16 0`` then a JSON list of market data updates pushed to a
+          subscribed session (docs/market-data.md); not an answer to any request.
 
 An answer too large for one message travels as consecutive PART answers (``Status.PART``),
 each ``u32 offset u32 total u8 status`` and a piece of the payload; ``Reassembler`` joins them.
@@ -29,6 +31,7 @@ VERSION = 1
 KIND_REQUEST = 1
 KIND_REPLY = 2
 KIND_ERROR = 3
+KIND_MARKET = 4
 
 REQUEST_HEADER = struct.Struct("<2sBBQH")
 REPLY_HEADER = struct.Struct("<2sBBH")
@@ -215,8 +218,12 @@ def encode_error(text: str) -> bytes:
     return REPLY_HEADER.pack(MAGIC, VERSION, KIND_ERROR, 0) + text.encode()
 
 
-def decode_reply(buf: bytes | memoryview) -> tuple[int, list[Answer] | str]:
-    """Returns (KIND_REPLY, answers) or (KIND_ERROR, text)."""
+def encode_market(payload: bytes) -> bytes:
+    return REPLY_HEADER.pack(MAGIC, VERSION, KIND_MARKET, 0) + payload
+
+
+def decode_reply(buf: bytes | memoryview) -> tuple[int, list[Answer] | str | bytes]:
+    """Returns (KIND_REPLY, answers), (KIND_ERROR, text) or (KIND_MARKET, JSON bytes)."""
     n = len(buf)
     if n < REPLY_HEADER.size:
         raise ProtocolError(f"reply of {n} bytes is shorter than its header")
@@ -225,6 +232,8 @@ def decode_reply(buf: bytes | memoryview) -> tuple[int, list[Answer] | str]:
         raise ProtocolError("not a matchx reply of this version")
     if kind == KIND_ERROR:
         return KIND_ERROR, bytes(buf[REPLY_HEADER.size :]).decode(errors="replace")
+    if kind == KIND_MARKET:
+        return KIND_MARKET, bytes(buf[REPLY_HEADER.size :])
     if kind != KIND_REPLY:
         raise ProtocolError(f"reply kind {kind} unknown")
     offset = REPLY_HEADER.size
