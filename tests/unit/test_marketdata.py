@@ -51,7 +51,8 @@ class Session:
             batch, self.queued = self.queued, []
             for c, f in batch:
                 self.pending[c.request_id] = f
-            frames = self.service.on_message(self.session_id, ts, 64, protocol.encode_request(self.session_id, [c for c, _ in batch]))
+            message = protocol.encode_request(self.session_id, [c for c, _ in batch])
+            frames = self.service.on_message(self.session_id, ts, 64, message)
             self.deliver(frames)
 
     def deliver(self, frames: list) -> None:
@@ -101,7 +102,8 @@ def random_commands(rng: random.Random, n: int) -> list[dict]:
             out.append({"op": "cancel", "account": acct, "symbol": SYM, "client_order_id": f"o{rng.randint(0, i)}"})
         elif r < 0.95:
             out.append({"op": "amend", "account": acct, "symbol": SYM, "client_order_id": f"o{rng.randint(0, i)}",
-                        "qty": str(rng.randint(1, 4)), **({"price": str(rng.randint(90, 110))} if rng.random() < .5 else {})})
+                        "qty": str(rng.randint(1, 4)),
+                        **({"price": str(rng.randint(90, 110))} if rng.random() < .5 else {})})
         else:
             out.append({"op": "cancel_all", "account": acct})
     return out
@@ -167,7 +169,8 @@ def test_lost_updates_are_noticed_and_the_resync_lands_on_the_right_book_with_ev
     for i in range(0, len(cmds), 10):
         w.lose_market = (i // 10) % 17 == 3  # now and then an update never arrives
         for answer in trader(s, cmds[i:i + 10], [w]):
-            all_trades += [e["trade_id"] for e in answer if e["type"] == "trade" and e["symbol"] == SYM and not e.get("duplicate")]
+            all_trades += [e["trade_id"] for e in answer
+                           if e["type"] == "trade" and e["symbol"] == SYM and not e.get("duplicate")]
     w.lose_market = False
     trader(s, [{"op": "place", "account": "a", "symbol": SYM, "side": "buy", "price": "1", "qty": "1"}], [w])
     assert sub.gaps > 10
@@ -227,8 +230,8 @@ def test_updates_are_one_message_per_session_per_log_message_and_stop_at_session
     [upd] = orjson.loads(market[0][1][1])
     assert upd["u"] - upd["U"] == 19 and len(upd["bids"]) == 20
     s.on_session_close(101, 2000)
-    frames = s.on_message(1, 1000, 64, protocol.encode_request(3, [Command(next(_rids), Channel.ENGINE_JSON, orjson.dumps(
-        {"op": "cancel_all", "account": "a"}))]))
+    cancel = Command(next(_rids), Channel.ENGINE_JSON, orjson.dumps({"op": "cancel_all", "account": "a"}))
+    frames = s.on_message(1, 1000, 64, protocol.encode_request(3, [cancel]))
     assert sorted(t for t, b in frames if protocol.decode_reply(b)[0] == protocol.KIND_MARKET) == [100, 102]
 
 
@@ -256,8 +259,8 @@ def test_followers_encode_nothing_but_keep_the_same_sequence():
         Session(svc, 50).subscribe(SYM, ["l2"], lambda m: None)
     cmds = random_commands(random.Random(3), 200)
     for svc in (leader, follower):
-        frames = svc.on_message(1, 1000, 64, protocol.encode_request(3, [Command(i + 1, Channel.ENGINE_JSON,
-                                                                              orjson.dumps(c)) for i, c in enumerate(cmds)]))
+        batch = [Command(i + 1, Channel.ENGINE_JSON, orjson.dumps(c)) for i, c in enumerate(cmds)]
+        frames = svc.on_message(1, 1000, 64, protocol.encode_request(3, batch))
         kinds = [protocol.decode_reply(b)[0] for _, b in frames]
         assert (protocol.KIND_MARKET in kinds) == (svc is leader)
     assert leader.engine.state_hash() == follower.engine.state_hash()
