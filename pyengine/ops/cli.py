@@ -124,6 +124,34 @@ def _token(args) -> bytes:
     return os.environ.get("MATCHX_TOKEN", "").strip().encode()
 
 
+def cmd_cluster_describe(args) -> int:
+    from pyengine.ops import members
+
+    print(members.describe(args.dir, args.partition))
+    return 0
+
+
+def cmd_errors(args) -> int:
+    from pyengine.ops import members
+
+    print(members.errors(args.dir, args.partition, args.member))
+    return 0
+
+
+def cmd_member(args) -> int:
+    from pyengine.ops import members
+
+    cluster = members.local_cluster(args.dir, args.partition)
+    if args.action in ("stop", "restart"):
+        members.stop_member(cluster, args.member, args.timeout)
+        print(f"member {args.member} of partition {args.partition} stopped")
+    if args.action in ("start", "restart"):
+        s = members.start_member(cluster, args.member, args.timeout)
+        print(f"member {args.member} of partition {args.partition} is {s['role']} (pid {s['pid']}, "
+              f"leader {s['leader_member_id']})")
+    return 0
+
+
 def cmd_cluster_snapshot(args) -> int:
     cluster = LocalCluster.open(args.dir)
     taken = cluster.request_snapshot(args.timeout)
@@ -215,8 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
     snap = csub.add_parser("snapshot", help="take a snapshot on every member now (needs access to the leader's files)")
     snap.add_argument("--timeout", type=float, default=60.0)
     snap.set_defaults(func=cmd_cluster_snapshot)
-    for p in (up, status, down, hash_, snap):
+    describe_ = csub.add_parser("describe", help="members, leader, term, positions, snapshots, recording log "
+                                "(Aeron's ClusterTool on each member's files; also a `matchctl up` directory)")
+    describe_.add_argument("--partition", default=None, help="only this partition")
+    describe_.set_defaults(func=cmd_cluster_describe)
+    for p in (up, status, down, hash_, snap, describe_):
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
+
+    member = sub.add_parser("member", help="start, stop or restart one member of a `matchctl cluster` partition")
+    member.add_argument("action", choices=("start", "stop", "restart"))
+    member.add_argument("partition", help="the partition (a `matchctl cluster` directory's cluster id, 0 by default)")
+    member.add_argument("member", type=int)
+    member.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
+    member.add_argument("--timeout", type=float, default=60.0)
+    member.set_defaults(func=cmd_member)
+    errs = sub.add_parser("errors", help="the members' Aeron error logs (consensus module, service container)")
+    errs.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="a cluster or system directory")
+    errs.add_argument("--partition", default=None)
+    errs.add_argument("--member", type=int, default=None)
+    errs.set_defaults(func=cmd_errors)
 
     sys_up = sub.add_parser("up", help="start a partitioned system from a topology file (docs/partitions.md)")
     sys_up.add_argument("topology", type=Path)
