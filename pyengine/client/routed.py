@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from pyengine.client.market import Callback, Subscription
 from pyengine.client.match_client import ClientError, MatchClient, MovedError, Reply
 from pyengine.client.routing import (
     CoordinatorUnavailable,
@@ -115,6 +116,9 @@ class RoutedClient:
         # resending happen here instead, so a slow coordinator never stalls any client's replies.
         self._retry_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matchx-route")
         self._closed = False
+        # market data subscriptions, by symbol: registered with every partition's client, so the
+        # updates reach them from whichever partition owns the symbol now
+        self._subs: dict[str, Subscription] = {}
 
     # ---- public API ------------------------------------------------------------------------
 
@@ -165,10 +169,33 @@ class RoutedClient:
                 raise ClientError("client is closed")
             endpoints = self._partition_endpoints(partition)
             client = MatchClient(endpoints, **self.client_kwargs)
+            client._subs.update(self._subs)
             self._clients[partition] = client
             self.stats.clients += 1
             log.info("partition %s: client for %s", partition, endpoints)
             return client
+
+    def subscribe(self, symbol: str, channels: list[str], callback: Callback, depth: int = 1000) -> Subscription:
+        """``MatchClient.subscribe`` across partitions: the subscription goes to the symbol's
+        owner, and when the symbol moves (a ``moved`` message, or MOVED answers) it subscribes
+        at the new owner, where the sequence continues; re-syncs like ``MatchClient``'s."""
+
+        def on(msg: dict) -> None:
+            callback(msg)
+            if msg.get("type") == "moved" and not self._closed:
+                sub.closed = False
+                sub.resync("moved")  # routed: the MOVED answer refreshes the map, then retries
+
+        sub = Subscription(symbol, channels, on, self.submit, depth)
+        with self._lock:
+            old = self._subs.get(symbol)
+            if old is not None:
+                old.closed = True
+            self._subs[symbol] = sub
+            for c in self._clients.values():
+                c._subs[symbol] = sub
+        sub.resync("subscribe")
+        return sub
 
     def clients(self) -> dict[str, MatchClient]:
         with self._lock:
