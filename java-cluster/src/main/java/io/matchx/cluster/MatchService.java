@@ -25,6 +25,9 @@ public final class MatchService implements ClusteredService
 {
     /** Bounded retries of a back-pressured reply: a slow client must not stall the log. */
     static final int MAX_OFFER_ATTEMPTS = 16;
+    /** The reply kind byte of a message (after 'MX' and the version) and the market data kind. */
+    static final int MARKET_KIND_AT = 3;
+    static final byte KIND_MARKET = 4;
 
     private final ServiceHandler handler;
     private final UnsafeBuffer input;
@@ -201,7 +204,12 @@ public final class MatchService implements ClusteredService
         }
         final IdleStrategy idle = cluster.idleStrategy();
         idle.reset();
-        for (int attempt = 0; attempt < MAX_OFFER_ATTEMPTS; attempt++)
+        // Market data (reply kind 4, pyengine/wire/protocol.py) is offered once: a subscriber
+        // that cannot keep up loses the message, notices the jump in the sequence and re-syncs
+        // (docs/market-data.md); retrying would let one slow reader stall the whole service.
+        final int attempts = length > MARKET_KIND_AT && output.getByte(offset + MARKET_KIND_AT) == KIND_MARKET ?
+            1 : MAX_OFFER_ATTEMPTS;
+        for (int attempt = 0; attempt < attempts; attempt++)
         {
             final long result = target.offer(output, offset, length);
             if (result > 0)
@@ -216,6 +224,10 @@ public final class MatchService implements ClusteredService
             }
             backPressure++;
             idle.idle();
+        }
+        if (attempts == 1)
+        {
+            return; // not counted as a dropped reply: the subscriber's sequence shows the loss
         }
         droppedReplies++;
     }
