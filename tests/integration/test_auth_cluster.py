@@ -166,3 +166,26 @@ def test_revoked_token_closes_its_session_also_on_a_member_that_was_down(secured
     again = make_client(cluster.ingress_endpoints(), credentials=pair.access_token.encode())
     wait_for(lambda: again._auth_failure, 30, "the rejection")
     assert again._auth_failure == "revoked"
+
+
+def test_a_member_restored_from_a_snapshot_knows_the_sessions_opened_before_it(secured, make_client):
+    """Aeron restores the open sessions from a snapshot without opening them again: the member
+    must still know their principals, or it alone refuses their commands and the replicas part."""
+    cluster, admin, api, login = secured  # admin's session opened before the snapshot
+    cluster.request_snapshot(60)
+    leader = cluster.await_leader(30)
+    restarted = next(m for m in range(3) if m != leader)
+    cluster.stop_member(restarted)
+    cluster.start_member(restarted)  # loads the snapshot: admin's session comes from it
+    cluster.await_followers(2, 60)
+    reply = admin.request({"op": "deposit", "account": "alice", "asset": "BTC", "amount": "1", "tx_id": "after"},
+                          timeout=30)
+    assert reply.events[0]["type"] != "rejected", reply.events
+    info = admin.admin({"op": "state_hash"}, timeout=30).events
+
+    def reported():
+        hs = [cluster.member_hash(m) for m in range(3)]
+        return hs if all(h and h["position"] == info["position"] for h in hs) else None
+
+    hashes = wait_for(reported, 60, "every member to report the state hash")
+    assert len({h["engine_hash"] for h in hashes}) == 1, hashes  # the restored member applied it too

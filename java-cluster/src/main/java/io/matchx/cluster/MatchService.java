@@ -145,6 +145,13 @@ public final class MatchService implements ClusteredService
         try
         {
             handler.onStart(memberId, snapshot);
+            // The sessions a snapshot restores (Aeron loads them before onStart) are never
+            // opened again: hand their principals over now, or this member alone would refuse
+            // their commands (missing_token) while members that replayed the log accept them.
+            for (final ClientSession session : cluster.clientSessions())
+            {
+                handler.onSessionOpen(session.id(), cluster.time(), session.encodedPrincipal());
+            }
         }
         catch (final RuntimeException ex)
         {
