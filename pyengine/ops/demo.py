@@ -47,6 +47,7 @@ def show(events) -> None:
 
 
 def run(base_dir: Path, port_base: int) -> int:
+    from pyengine.client.market import LocalBook
     from pyengine.client.match_client import MatchClient
 
     shutil.rmtree(base_dir, ignore_errors=True)
@@ -55,7 +56,7 @@ def run(base_dir: Path, port_base: int) -> int:
     say(f"== starting a 3-member Aeron cluster in {base_dir} (ingress {cluster.ingress_endpoints()})")
     t0 = time.monotonic()
     cluster.start()
-    client = None
+    client = watcher = None
     try:
         leader = cluster.await_leader(60)
         say(f"   member {leader} is leader after {time.monotonic() - t0:.1f}s")
@@ -80,6 +81,19 @@ def run(base_dir: Path, port_base: int) -> int:
         show(client.request(_order("bob", "sell", "50000.00", "1.0", "b-1")).events)
         show(client.request(_order("bob", "sell", "50010.00", "1.0", "b-2")).events)
         show(client.request(_order("alice", "buy", "50010.00", "1.5", "a-1")).events)
+
+        say("== a second client subscribes to BTC-USDT market data (l2 + trades): its local book follows")
+        watcher = MatchClient(cluster.ingress_endpoints())
+        updates = [0]
+
+        def follow(b: LocalBook) -> None:
+            updates[0] += 1
+            if updates[0] % 25 == 1:
+                top = b.levels(1)
+                say(f"   [subscriber] seq {top['seq']}: best bid {top['bids'][:1]} best ask {top['asks'][:1]}")
+
+        watcher.wait_connected(30)
+        book = LocalBook(watcher, SYMBOL, on_change=follow, channels=("l2", "trades")).wait_ready(30)
 
         say("== a stream of 120 crossing orders; the leader is SIGKILLed after the 40th")
         futures = []
@@ -129,6 +143,14 @@ def run(base_dir: Path, port_base: int) -> int:
         pulled = client.submit_bulk(pulls).result(30).events
         say(f"   {sum(1 for evs in pulled if evs[0][0] == EV_CANCELLED)} cancelled by client_order_id")
 
+        def same_book():
+            [q] = watcher.request({"op": "book", "symbol": SYMBOL, "depth": 1000}).events
+            return q if book.levels(1000) == {k: q[k] for k in ("seq", "bids", "asks")} else None
+
+        q = wait_for(same_book, 30, "the subscriber's book to catch up")
+        say(f"   [subscriber] its book at seq {q['seq']} equals the members' book; {len(book.trades)} trades "
+            f"streamed; {book.gaps} gaps noticed, {book.sub.resyncs - 1} re-syncs (one per new leader or gap)")
+
         say("== alice's balances after the session")
         show_balances(client.request({"op": "balances", "account": "alice"}).events)
 
@@ -145,6 +167,8 @@ def run(base_dir: Path, port_base: int) -> int:
         say("   members agree" if agree else "   MEMBERS DIFFER")
         return 0 if agree else 1
     finally:
+        if watcher is not None:
+            watcher.close()
         if client is not None:
             client.close()
         say("== stopping the cluster")
