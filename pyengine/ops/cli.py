@@ -152,6 +152,16 @@ def cmd_member(args) -> int:
     return 0
 
 
+def cmd_cluster_handover(args) -> int:
+    from pyengine.ops import members
+
+    cluster = LocalCluster.open(args.dir)
+    old, new, took = members.handover(cluster, args.timeout)
+    print(f"member {old} stopped leading; member {new} leads (seen {took * 1000:.0f} ms after the stop); "
+          f"member {old} restarted as a follower")
+    return 0
+
+
 def cmd_cluster_snapshot(args) -> int:
     cluster = LocalCluster.open(args.dir)
     taken = cluster.request_snapshot(args.timeout)
@@ -247,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(Aeron's ClusterTool on each member's files; also a `matchctl up` directory)")
     describe_.add_argument("--partition", default=None, help="only this partition")
     describe_.set_defaults(func=cmd_cluster_describe)
-    for p in (up, status, down, hash_, snap, describe_):
+    handover = csub.add_parser("handover", help="planned leader change: the leader ends its log and restarts "
+                               "as a follower; the others elect at once (docs/operations.md)")
+    handover.add_argument("--timeout", type=float, default=60.0)
+    handover.set_defaults(func=cmd_cluster_handover)
+    for p in (up, status, down, hash_, snap, describe_, handover):
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
 
     member = sub.add_parser("member", help="start, stop or restart one member of a `matchctl cluster` partition")

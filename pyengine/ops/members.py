@@ -1,6 +1,7 @@
 """Member-level operations: what Aeron's ClusterTool gives an operator, with our directories and names.
 
     matchctl member start|stop|restart P M [--dir var/cluster]
+    matchctl cluster handover [--dir DIR]      # planned leader change (java-cluster Handover.java)
     matchctl cluster describe [--dir DIR]      # members, leader, term, positions, snapshots, recording log
     matchctl errors [--dir DIR] [--partition P] [--member M]   # the members' Aeron error logs
 
@@ -16,7 +17,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +165,18 @@ def start_member(cluster: LocalCluster, member_id: int, timeout: float) -> dict:
 def stop_member(cluster: LocalCluster, member_id: int, timeout: float) -> None:
     check_member(cluster, member_id)
     cluster.stop_member(member_id, timeout)
+
+
+def handover(cluster: LocalCluster, timeout: float) -> tuple[int, int, float]:
+    """A planned leader change: SIGTERM to the leader, which ends its log first so that the others
+    elect at once (java-cluster Handover.java); then the old leader restarts as a follower.
+    Returns (old leader, new leader, seconds from the stop to the new leader in the status files)."""
+    old = cluster.await_leader(timeout)
+    cluster.await_followers(cluster.layout.members - 1, timeout)
+    started = time.monotonic()
+    cluster.kill(old, signal.SIGTERM)
+    new = cluster.await_leader(timeout, exclude=old)
+    took = time.monotonic() - started
+    stop_member(cluster, old, timeout)  # reaps the stopping process
+    start_member(cluster, old, timeout)
+    return old, new, took

@@ -60,3 +60,32 @@ def test_member_stop_start_restart_describe_and_errors(make_cluster):
     assert f"== partition 0 member {follower} (running)" in out.stdout
     assert "error log" in out.stdout
     assert all(f"member {m} (" not in out.stdout for m in range(3) if m != follower)
+
+
+def test_planned_handover_ends_the_log_so_followers_elect_on_it(make_cluster, make_client):
+    cluster = make_cluster()
+    old = cluster.await_leader(60)
+    cluster.await_followers(2, 60)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30), client.last_error
+    client.request({"op": "add_symbol", "symbol": "BTC-USDT", "base": "BTC", "quote": "USDT",
+                    "tick_size": "0.01", "lot_size": "0.001"}, timeout=30)
+    connects = client.stats.connects
+
+    out = matchctl("cluster", "handover", "--dir", str(cluster.dir))
+    assert out.returncode == 0, out.stderr
+    new = cluster.await_leader(60)
+    assert new != old and f"member {old} stopped leading; member {new} leads" in out.stdout
+    assert cluster.member_status(old)["role"] == "follower"
+    assert "leader stopping: log ended for a handover" in cluster.member_log(old)
+    # a survivor entered its election on the end of the old leader's log, not on a timeout
+    survivors = [m for m in range(3) if m != old]
+    logs = matchctl("errors", "--dir", str(cluster.dir)).stdout
+    sections = {m: logs.split(f"== partition 0 member {m} ")[1].split("== partition")[0] for m in survivors}
+    assert any("eos=true" in sections[m] for m in survivors), sections
+
+    # the client followed the new leader on its own: same session, no reconnect
+    events = client.request({"op": "deposit", "account": "a", "asset": "USDT", "amount": "1", "tx_id": "h1"},
+                            timeout=30).events
+    assert events[0]["type"] != "rejected", events
+    assert client.stats.connects == connects and client.leader_member_id == new

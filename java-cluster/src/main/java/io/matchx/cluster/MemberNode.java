@@ -325,6 +325,10 @@ public final class MemberNode implements AutoCloseable
     public void close()
     {
         snapshotSchedule.close();
+        if (Handover.endLeadership("[matchx member " + settings.memberId + "]", service, driver.consensusModule()))
+        {
+            Handover.linger();
+        }
         CloseHelper.closeAll(container, driver);
     }
 }

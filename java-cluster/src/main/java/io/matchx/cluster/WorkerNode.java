@@ -167,6 +167,17 @@ public final class WorkerNode implements AutoCloseable
         }
         closed = true;
         snapshotSchedule.close();
+        boolean ledAny = false;
+        for (final Member m : members)
+        {
+            ledAny |= Handover.endLeadership(
+                "[matchx worker " + workerId + " c" + m.settings.clusterId + " m" + m.settings.memberId + "]",
+                m.service, m.consensusModule);
+        }
+        if (ledAny)
+        {
+            Handover.linger();
+        }
         for (int i = members.size() - 1; i >= 0; i--)
         {
             CloseHelper.quietClose(members.get(i));
