@@ -162,6 +162,27 @@ def cmd_cluster_handover(args) -> int:
     return 0
 
 
+def cmd_capacity(args) -> int:
+    from dataclasses import asdict
+
+    from pyengine.ops import capacity
+
+    try:
+        constants = capacity.Constants.load(args.constants)
+        p = capacity.plan(args.orders_per_s, args.symbols, args.resting_orders, api=args.api, headroom=args.headroom,
+                          cores_per_worker=args.cores_per_worker, recovery_target_s=args.recovery_target_s,
+                          constants=constants)
+    except capacity.CapacityError as exc:
+        print(f"matchctl capacity: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"plan": asdict(p), "constants": capacity.constants_doc(constants)}, indent=2))
+    else:
+        print(capacity.describe(p, args.orders_per_s, args.symbols, args.resting_orders, args.api))
+        print("  (constants measured by the benches on a shared 2-core machine: docs/capacity.md)")
+    return 0
+
+
 def cmd_cluster_snapshot(args) -> int:
     cluster = LocalCluster.open(args.dir)
     taken = cluster.request_snapshot(args.timeout)
@@ -271,6 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     member.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"cluster directory (default {DEFAULT_DIR})")
     member.add_argument("--timeout", type=float, default=60.0)
     member.set_defaults(func=cmd_member)
+    cap = sub.add_parser("capacity", help="partitions, workers, cores and memory for a load (docs/capacity.md)")
+    cap.add_argument("--orders-per-s", type=float, required=True)
+    cap.add_argument("--symbols", type=int, required=True)
+    cap.add_argument("--resting-orders", type=int, required=True)
+    cap.add_argument("--api", choices=("bulk", "single"), default="bulk",
+                     help="how clients send: bulk orders, or one command per order")
+    cap.add_argument("--headroom", type=float, default=0.5, help="run each partition and core at this share of "
+                     "its measured ceiling (default 0.5)")
+    cap.add_argument("--cores-per-worker", type=int, default=8)
+    cap.add_argument("--recovery-target-s", type=float, default=10.0)
+    cap.add_argument("--constants", type=Path, default=None, help="JSON of re-measured constants (docs/capacity.md)")
+    cap.add_argument("--json", action="store_true")
+    cap.set_defaults(func=cmd_capacity)
     errs = sub.add_parser("errors", help="the members' Aeron error logs (consensus module, service container)")
     errs.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="a cluster or system directory")
     errs.add_argument("--partition", default=None)
