@@ -41,6 +41,8 @@ from pathlib import Path
 log = logging.getLogger("matchx.pusher")
 
 DEFAULT_INTERVAL_S = 0.2
+# one client start at a time: JPype crashed (SIGSEGV) with two threads starting clients at once
+_CLIENT_START = threading.Lock()
 
 
 class PartitionPusher(threading.Thread):
@@ -66,7 +68,8 @@ class PartitionPusher(threading.Thread):
             while not self.stop.is_set():
                 try:
                     if client is None:
-                        client = MatchClient(self.endpoints, **self.client_kwargs)
+                        with _CLIENT_START:
+                            client = MatchClient(self.endpoints, **self.client_kwargs)
                     if not client.wait_connected(5.0):
                         raise RuntimeError(f"not connected: {client.last_error}")
                     if applied is None:
@@ -174,6 +177,9 @@ class Pusher:
             os.replace(tmp, self.cursor_file)
 
     def run(self) -> None:
+        from pyengine import jvm
+
+        jvm.start()  # in the main thread, before any partition thread needs it
         topo = self.topology
         threads = [PartitionPusher(p.id, topo.ingress_endpoints(p.id), self.auth_client_factory, self.client_kwargs,
                                    self._acked, self.stop, self.interval_s) for p in topo.partitions]

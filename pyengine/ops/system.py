@@ -217,7 +217,7 @@ class System:
             system.await_leaders(max(1.0, deadline - time.monotonic()))
             system.assign_symbols(max(5.0, deadline - time.monotonic()))
             if topo.auth is not None:
-                system.start_pusher(log_level=log_level, timeout=max(10.0, deadline - time.monotonic()))
+                system.start_pusher(log_level=log_level, timeout=max(60.0, deadline - time.monotonic()))
         except BaseException:
             system.down()
             raise

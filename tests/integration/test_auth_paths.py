@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def secured_system(make_system, topology_doc, monkeypatch):
     tokens, the symbols were handed out with the service credential, the pusher runs."""
     for k, v in CHEAP_ARGON2.items():
         monkeypatch.setenv(k, v)
-    return make_system({**topology_doc, "auth": {"port": 0}})
+    return make_system({**topology_doc, "auth": {"port": 0}}, timeout=180)  # auth service + pusher too
 
 
 def test_matchctl_up_with_the_auth_service_refuses_every_attack(secured_system, make_client):
@@ -125,3 +126,44 @@ def test_matchctl_cluster_up_with_a_keys_file_refuses_every_attack(cli_cluster, 
     token_file.write_text(pair.access_token)
     done = matchctl("cluster", "hash", "--dir", str(cluster.dir), "--token-file", str(token_file))
     assert done.returncode == 0 and "members agree" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_pusher_resumes_after_its_restart_and_a_leader_failover(secured_system, make_client):
+    """Revocations made while the pusher is down, and while p1 has lost its leader, reach the
+    partitions once it is back: it resumes from what each partition says it holds."""
+    system = secured_system
+    topo = system.topology
+    with system.auth_client() as api:
+        api.create_account("vic")
+        api.create_user("vic", "password-for-tests", "vic", ["trade", "read"])
+        pairs = [api.login("vic", "password-for-tests") for _ in range(2)]
+        sessions = []
+        for pair in pairs:
+            s = make_client(topo.ingress_endpoints("p1"), credentials=pair.access_token.encode())
+            assert s.wait_connected(60), s.last_error
+            sessions.append(s)
+
+        api.revoke(refresh_token=pairs[0].refresh_token)  # pushed by the running pusher
+        wait_for(lambda: sessions[0]._auth_failure, 30, "the first revocation")
+        assert sessions[0]._auth_failure == "revoked"
+
+        system.stop_pusher()
+        assert not any("pusher" in r for r in system.running())
+        leader = system.leader("p1")
+        killed = topo.partition("p1").members[leader]
+        system.stop_worker(killed, sig=signal.SIGKILL)  # p1 (and p2) lose a member, p1 its leader
+        api.revoke(refresh_token=pairs[1].refresh_token)  # nobody pushes this one yet
+        seq = api.revocations(since=0)[-1]["seq"]
+        control = make_client(topo.ingress_endpoints("p1"), **system.control_credentials())
+        assert control.wait_connected(60), control.last_error
+        assert control.admin({"op": "auth_state"}, timeout=30).events["last_seq"] < seq  # really not pushed
+        still = sessions[1].request({"op": "book", "symbol": "BTC-USDT", "depth": 1}, timeout=30)
+        assert still.events[0]["type"] == "book"  # the revoked token still works: nobody pushed
+
+        system.start_pusher()  # waits until it has read every partition's state and caught up
+        wait_for(lambda: sessions[1]._auth_failure, 30, "the revocation made while the pusher was down")
+        assert sessions[1]._auth_failure == "revoked"
+        assert control.admin({"op": "auth_state"}, timeout=30).events["last_seq"] >= seq
+        system.start_worker(killed)
+        cursor = json.loads((system.dir / "pusher.json").read_text())["partitions"]
+        assert all(c["last_seq"] >= seq for c in cursor.values())
