@@ -8,6 +8,7 @@ import io.aeron.cluster.ClusterControl;
 import io.aeron.cluster.ClusteredMediaDriver;
 import io.aeron.cluster.RecordingLog;
 import io.aeron.cluster.ConsensusModule;
+import io.aeron.cluster.service.ClusteredService;
 import io.aeron.cluster.service.ClusteredServiceContainer;
 import io.aeron.driver.MediaDriver;
 import io.aeron.driver.ThreadingMode;
@@ -94,6 +95,33 @@ public final class MemberNode implements AutoCloseable
         }
     }
 
+    /**
+     * A member around any {@link ClusteredService}, with the contexts, ports and idle strategies a
+     * matchx member gets: bench/latency.py runs a trivial echo service this way as the floor that
+     * says what Aeron itself costs on the machine ({@code io.matchx.cluster.bench.EchoFloor}).
+     */
+    public static AutoCloseable launchBare(final Properties properties, final ClusteredService service)
+    {
+        final MemberSettings s = MemberSettings.from(properties);
+        final ErrorHandler errorHandler = MemberNode::logError;
+        final MediaDriver.Context driverCtx = newDriverContext(
+            s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s), errorHandler);
+        final Contexts ctx = newContexts(s, service, errorHandler);
+        ClusteredMediaDriver driver = null;
+        try
+        {
+            driver = ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
+            final ClusteredServiceContainer container = ClusteredServiceContainer.launch(ctx.container);
+            final ClusteredMediaDriver launched = driver;
+            return () -> CloseHelper.closeAll(container, launched);
+        }
+        catch (final RuntimeException ex)
+        {
+            CloseHelper.quietClose(driver);
+            throw ex;
+        }
+    }
+
     /** The contexts of one member's archive, consensus module and service container. */
     static final class Contexts
     {
@@ -152,6 +180,19 @@ public final class MemberNode implements AutoCloseable
      * the member's own port.
      */
     static Contexts newContexts(final MemberSettings s, final MatchService service, final ErrorHandler errorHandler)
+    {
+        final Contexts ctx = newContexts(s, (ClusteredService)service, errorHandler);
+        final CredentialsVerifier verifier = service.credentialsVerifier();
+        if (null != verifier)
+        {
+            ctx.consensusModule.authenticatorSupplier(() -> new TokenAuthenticator(verifier));
+        }
+        service.snapshotSource(describeLatestSnapshot(ctx.consensusModule.clusterDir(), ctx.archive.archiveDir()));
+        return ctx;
+    }
+
+    /** As above for any {@link ClusteredService}: no authenticator, no snapshot description. */
+    static Contexts newContexts(final MemberSettings s, final ClusteredService service, final ErrorHandler errorHandler)
     {
         final int off = s.streamIdOffset;
         final Supplier<IdleStrategy> idle = () -> newIdleStrategy(s);
@@ -235,12 +276,6 @@ public final class MemberNode implements AutoCloseable
             .idleStrategySupplier(idle)
             .errorHandler(errorHandler);
 
-        final CredentialsVerifier verifier = service.credentialsVerifier();
-        if (null != verifier)
-        {
-            cmCtx.authenticatorSupplier(() -> new TokenAuthenticator(verifier));
-        }
-        service.snapshotSource(describeLatestSnapshot(clusterDir, archiveDir));
         return new Contexts(archiveCtx, cmCtx, serviceCtx);
     }
 
