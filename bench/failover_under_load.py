@@ -3,6 +3,16 @@ client sends the order flow at a steady rate.
 
     .venv/bin/python bench/failover_under_load.py                     # 15 trials at 1,000 orders/s
     .venv/bin/python bench/failover_under_load.py --trials 10 --rate 2000
+    .venv/bin/python bench/failover_under_load.py --schedule fixed --trials 100 --rate 300   # faults on a clock
+    .venv/bin/python bench/failover_under_load.py --schedule fixed --fault stop --trials 100 --rate 300
+
+``--schedule fixed`` does not wait for the cluster to settle: it kills the leader, restarts it
+from its own command line 2.5 s later, and kills the next leader 5 s after that restart (with
+``--fault stop``: SIGSTOP, SIGCONT 2 s later). It reports each fault's pause (the longest gap
+between two answers from just before the fault to the next one), the victim's time back in step
+(restart to its election closing), the other members' election/module states at the fault (a
+second fault is marked), and the trend (median of the first 20 faults against the last 20), in
+bench/reports/failover_fixed_kill.md or _stop.md. The default mode is described below.
 
 A client process (its own MatchClient; binary codec; the seeded order flow of bench/common.py)
 sends open loop at ``--rate`` for the whole run and records, for every order, when it was
@@ -356,17 +366,22 @@ def main(argv: list[str] | None = None) -> int:
                          "(--restart-after-s, --next-fault-after-s) whatever state the cluster is in")
     ap.add_argument("--fault", choices=("kill", "stop"), default="kill",
                     help="with --schedule fixed: SIGKILL the leader (restarted later), or SIGSTOP it (SIGCONT later)")
-    ap.add_argument("--restart-after-s", type=float, default=2.5,
-                    help="fixed: restart/SIGCONT this long after the fault")
+    ap.add_argument("--restart-after-s", type=float, default=None,
+                    help="fixed: restart (default 2.5 s) or SIGCONT (default 2 s) this long after the fault")
     ap.add_argument("--next-fault-after-s", type=float, default=5.0, help="fixed: next fault this long after that")
     ap.add_argument("--catchup-timeout-s", type=float, default=180.0)
     ap.add_argument("--api", choices=("binary", "bulk"), default="binary",
                     help="how the client sends: one command per order, or what is due as one bulk")
     ap.add_argument("--bulk-linger-ms", type=float, default=5.0, help="with --api bulk: at least this apart")
     ap.add_argument("--keep-dir", type=Path, help="run the cluster here and keep it (member logs) afterwards")
-    ap.add_argument("--port-start", type=int, default=42000)
+    # below Linux's ephemeral range (32768-60999): a killed member's ports are free until it
+    # restarts, and any socket bound to port 0 meanwhile (the client's egress, other programs)
+    # can take one of them; the restart then fails with "Address already in use"
+    ap.add_argument("--port-start", type=int, default=26000)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
+    if args.restart_after_s is None:
+        args.restart_after_s = 2.0 if args.fault == "stop" else 2.5
     if args.worker:
         return worker(json.loads(args.worker))
 

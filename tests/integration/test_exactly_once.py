@@ -129,6 +129,8 @@ def test_leader_killed_ten_times_under_load_loses_and_duplicates_nothing(make_cl
     elections = leader_elections(cluster) - elections_before
     followed = (client.stats.new_leaders - leaders_before) + (client.stats.connects - connects_before)
     assert elections >= KILLS
-    assert followed <= elections, (elections, client.stats)
+    # (followed may exceed the count: a member re-elected before its service saw its role drop
+    # logs no new 'role -> leader' line, while the client still gets that term's event)
+    assert followed >= KILLS, client.stats
     assert not missed_leaders(leader_terms(cluster), watch.events, connected_at, time.time()), watch.events
     wait_for(lambda: client.pending_count() == 0, 10, "no pending requests")
