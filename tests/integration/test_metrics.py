@@ -4,7 +4,6 @@ running partitioned system whose series cover every query of the dashboard and t
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pyengine.node.localcluster import wait_for
 from pyengine.ops.monitoring import dashboard_exprs, metric_names, rule_exprs
+from tests.prereq import missing as missing_prerequisite
 
 pytestmark = pytest.mark.cluster
 
@@ -135,9 +135,7 @@ def free_port() -> int:
 
 def test_prometheus_scrapes_a_running_system_and_sees_every_referenced_metric(make_system, topology_doc):
     if shutil.which("prometheus") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is missing: install Debian's prometheus package (bash .ci/system-deps.sh)")
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
+        missing_prerequisite("prometheus: install Debian's prometheus package (bash .ci/system-deps.sh)")
     # (the auth service's /metrics: tests/unit/test_monitoring.py; with an auth section the system
     # also runs it and Prometheus scrapes it as job matchx-auth)
     system = make_system(topology_doc)

@@ -2,12 +2,12 @@
 their unit tests; the generated scrape configuration is one Prometheus accepts.
 
 promtool comes with Debian's ``prometheus`` package (.ci/system-deps.sh installs it). Without it
-these tests skip, except under CI=true, where a missing promtool fails loudly.
+these tests skip, except under `make test` (MATCHX_REQUIRE_ALL=1) or CI=true, where a missing
+promtool fails loudly (tests/prereq.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,15 +24,14 @@ from pyengine.ops.monitoring import (
     scrape_config,
     system_targets,
 )
+from tests.prereq import missing
 
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing: install Debian's prometheus package (bash .ci/system-deps.sh)")
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+        missing("promtool: install Debian's prometheus package (bash .ci/system-deps.sh)")
     return found
 
 
