@@ -2,6 +2,7 @@
 
     matchctl member start|stop|restart P M [--dir var/cluster]
     matchctl cluster handover [--dir DIR]      # planned leader change (java-cluster Handover.java)
+    matchctl cluster rolling-restart [--dir DIR]   # every member, followers first, then a handover
     matchctl cluster describe [--dir DIR]      # members, leader, term, positions, snapshots, recording log
     matchctl errors [--dir DIR] [--partition P] [--member M]   # the members' Aeron error logs
 
@@ -180,3 +181,23 @@ def handover(cluster: LocalCluster, timeout: float) -> tuple[int, int, float]:
     stop_member(cluster, old, timeout)  # reaps the stopping process
     start_member(cluster, old, timeout)
     return old, new, took
+
+
+def rolling_restart(cluster: LocalCluster, timeout: float) -> list[str]:
+    """Restarts every member one at a time: each follower (waiting until it is back in step),
+    then the leader by a planned handover. Returns what was done, one line per member."""
+    leader = cluster.await_leader(timeout)
+    cluster.await_followers(cluster.layout.members - 1, timeout)
+    done = []
+    for member_id in range(cluster.layout.members):
+        if member_id == leader:
+            continue
+        started = time.monotonic()
+        stop_member(cluster, member_id, timeout)
+        start_member(cluster, member_id, timeout)
+        cluster.await_followers(cluster.layout.members - 1, timeout)
+        done.append(f"member {member_id} (follower) restarted in {time.monotonic() - started:.1f} s")
+    old, new, took = handover(cluster, timeout)
+    cluster.await_followers(cluster.layout.members - 1, timeout)
+    done.append(f"member {old} (leader) handed over to member {new} ({took * 1000:.0f} ms) and restarted")
+    return done
