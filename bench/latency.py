@@ -151,7 +151,7 @@ def ours_worker(spec: dict) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     out = Path(spec["out"])
-    with MatchClient(spec["endpoints"]) as client:
+    with MatchClient(spec["endpoints"], direct_send=bool(spec.get("direct_send"))) as client:
         if not client.wait_connected(120):
             _emit(f"ERROR not connected: {client.last_error}")
             return 1
@@ -244,14 +244,14 @@ def client_spec(args, out: Path, endpoints: str) -> dict:
             "binary": args.binary}
 
 
-def run_ours(args, layout: ClusterLayout, out: Path) -> dict[str, PhaseResult]:
+def run_ours(args, layout: ClusterLayout, out: Path, direct_send: bool) -> dict[str, PhaseResult]:
     cluster = LocalCluster(layout, log_level="WARNING")
     try:
         cluster.start()
         cluster.await_leader(120)
         cluster.await_followers(2, 120)
         pids = {f"member {m}": pid for m, pid in cluster.pids().items()}
-        spec = client_spec(args, out, cluster.ingress_endpoints())
+        spec = {**client_spec(args, out, cluster.ingress_endpoints()), "direct_send": direct_send}
         return drive_client([sys.executable, __file__, "--worker", json.dumps(spec)], pids, out, args.client_timeout_s)
     finally:
         cluster.stop()
@@ -297,8 +297,8 @@ def run_floor(args, layout: ClusterLayout, out: Path, jar: Path, client_park_us:
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value`` (ClusterLayout fields; ``client_park_us`` for
-    the floor's client)."""
+    """``NAME`` or ``NAME:key=value,key=value``: ClusterLayout fields, and for the clients
+    ``client_park_us`` (the floor's) and ``client_direct_send=1`` (MatchClient(direct_send=True))."""
     name, _, rest = text.partition(":")
     kw: dict = {}
     for item in filter(None, rest.split(",")):
@@ -432,12 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     env, started = environment(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     totals: dict[tuple[str, str, str], Totals] = {}
     port_base = free_port_base(args.port_start)
+    failures: list[str] = []
     with MachineLoad() as load:
         for rnd in range(args.rounds):
             for vname, kw in variants:
                 order = systems if rnd % 2 == 0 else systems[::-1]
                 for system in order:
-                    layout_kw = {k: v for k, v in kw.items() if k != "client_park_us"}
+                    layout_kw = {k: v for k, v in kw.items() if not k.startswith("client_")}
                     with tempfile.TemporaryDirectory(prefix=f"matchx-lat-{system}-") as tmp:
                         layout = ClusterLayout(base_dir=Path(tmp), port_base=port_base, **layout_kw)
                         deadline = time.monotonic() + 60
@@ -449,13 +450,22 @@ def main(argv: list[str] | None = None) -> int:
                         out.mkdir()
                         log(f"round {rnd + 1}/{args.rounds} variant {vname}: {system} "
                             f"(load {os.getloadavg()[0]:.1f})")
-                        if system == "ours":
-                            results = run_ours(args, layout, out)
-                        else:
-                            results = run_floor(args, layout, out, jar, kw.get("client_park_us", SDK_PARK_US))
+                        try:
+                            if system == "ours":
+                                results = run_ours(args, layout, out, bool(kw.get("client_direct_send")))
+                            else:
+                                results = run_floor(args, layout, out, jar, kw.get("client_park_us", SDK_PARK_US))
+                        except (RuntimeError, OSError) as exc:
+                            # one failed start must not lose the other systems' figures; the
+                            # report shows the hole
+                            log(f"  {system} failed: {exc}")
+                            failures.append(f"round {rnd + 1} {vname} {system}: {str(exc)[:300]}")
+                            continue
                     for phase, r in results.items():
                         totals.setdefault((vname, system, phase), Totals()).add(r)
     text = report(args, totals, variants, env, load.summary(), started)
+    if failures:
+        text += "\nFailed runs (left out above):\n\n" + "".join(f"- {f}\n" for f in failures)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(text)
     print(text)

@@ -37,6 +37,10 @@ def make_cluster(tmp_path: Path):
         # Looser than the production defaults: a member restarting (JVM start, JIT) on this
         # 2-core machine can starve the others for a moment; failover speed is a benchmark's job.
         timeouts = overrides.pop("timeouts", TEST_TIMEOUTS)
+        # the failover and exactly-once tests under another member threading (issue #20):
+        # MATCHX_TEST_MEMBER_THREADING=compact pytest tests/integration/test_cluster_failover.py
+        if os.environ.get("MATCHX_TEST_MEMBER_THREADING"):
+            overrides.setdefault("member_threading", os.environ["MATCHX_TEST_MEMBER_THREADING"])
         layout = ClusterLayout(
             base_dir=tmp_path / f"cluster-{len(started)}", members=members,
             port_base=next_port_base(), timeouts=timeouts, **overrides,

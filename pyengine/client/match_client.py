@@ -132,6 +132,7 @@ class MatchClient:
         new_leader_timeout_ms: int = 5000,
         resend_after_s: float = 1.0,
         egress_host: str = "127.0.0.1",
+        direct_send: bool = False,
     ) -> None:
         jvm.start()
         import jpype
@@ -144,6 +145,12 @@ class MatchClient:
         self._jpype = jpype
         self.client_id = client_id if client_id is not None else secrets.randbits(63) | 1
         self.resend_after_s = resend_after_s
+        # direct_send: a submit offers from the caller's thread when nothing queued is ahead of
+        # it, instead of waking the send thread (one thread hand-over less per command; opt-in
+        # until measured better: bench/latency.py, docs/operations.md "Latency settings")
+        self._direct_send = direct_send
+        self._direct_lock = threading.Lock()
+        self._queued = 0  # commands in the outbox or taken but not yet offered (under _lock)
         self.stats = ClientStats()
         self.leader_member_id = -1
         self.last_error: str | None = None
@@ -271,8 +278,27 @@ class MatchClient:
         p = _Pending(next(self._ids), channel, payload, Future())
         with self._lock:
             self._pending[p.request_id] = p
+        if self._direct_send and self._offer_direct(p):
+            return p.future
+        with self._lock:
+            self._queued += 1
         self._outbox.put(p)
         return p.future
+
+    def _offer_direct(self, p: _Pending) -> bool:
+        """Offers ``p`` on the caller's thread if no queued command is waiting to go before it
+        (a thread's submits keep their order); False leaves it to the send thread."""
+        if not self._connected.is_set() or self._resend_due.is_set():
+            return False
+        if not self._direct_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                if self._queued:
+                    return False
+            return self._offer([p], wait=False)
+        finally:
+            self._direct_lock.release()
 
     def _send_loop(self) -> None:
         # The stale scan walks every pending command under the lock: under load, once per
@@ -313,6 +339,8 @@ class MatchClient:
                 size += len(nxt.payload)
             # (those the resend above has just sent go once)
             self._send([p for p in batch if p.sends == 0])
+            with self._lock:
+                self._queued -= len(batch)
             now = time.monotonic()
             if now - last_scan >= scan_every:
                 last_scan = now
@@ -335,7 +363,7 @@ class MatchClient:
             ok = self._offer(part) and ok
         return ok
 
-    def _offer(self, live: list[_Pending]) -> bool:
+    def _offer(self, live: list[_Pending], wait: bool = True) -> bool:
         message = protocol.encode_request(
             self.client_id, [Command(p.request_id, p.channel, p.payload) for p in live]
         )
@@ -359,6 +387,8 @@ class MatchClient:
                     p.sends += 1
                 self.stats.sent_batches += 1
                 return True
+            if not wait:
+                return False  # the caller queues it for the send thread, which waits
             # not connected, or a new leader (whose event resends everything): stop here
             if result == -100 or self._closed or self.stats.new_leaders != leaders:
                 break

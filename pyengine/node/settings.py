@@ -22,6 +22,8 @@ PORTS_PER_PARTITION = 100
 DEFAULT_SNAPSHOT_INTERVAL_S = 30
 DEFAULT_SNAPSHOT_LOG_BYTES = 8 << 20
 
+MEMBER_THREADING = ("shared", "compact")  # as MemberSettings.java
+
 ARCHIVE_OFFSET, INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET, METRICS_OFFSET = range(6)
 
 
@@ -108,6 +110,11 @@ class ClusterLayout:
     idle_max_park_us: int = 1000
     idle_min_park_us: int = 1
     idle_yields: int = 10
+    # agent threads of a member process: "shared" (driver, archive, consensus module, service:
+    # four) or "compact" (the archive's thread also runs the driver: three). What each trades:
+    # docs/operations.md, "Latency settings"; measured in bench/reports/latency.md. A worker's
+    # members share one driver whatever this says.
+    member_threading: str = "shared"
     # a snapshot every this many seconds while the log grows, and whenever the log has grown by
     # snapshot_log_bytes since the last one: a restarted member replays at most that much log
     # (0 turns a trigger off; docs/operations.md, "Snapshots and recovery")
@@ -127,6 +134,9 @@ class ClusterLayout:
             raise ConfigError(f"{len(self.hosts)} hosts given for {self.members} members")
         if self.term_length & (self.term_length - 1) or self.term_length < 65536:
             raise ConfigError("term_length must be a power of two >= 65536")
+        if self.member_threading not in MEMBER_THREADING:
+            raise ConfigError(f"member_threading must be one of {', '.join(MEMBER_THREADING)}, "
+                              f"not {self.member_threading!r}")
         if self.snapshot_interval_s < 0 or self.snapshot_log_bytes < 0:
             raise ConfigError("snapshot_interval_s and snapshot_log_bytes must be >= 0 (0 = that trigger off)")
         self.timeouts.check()
@@ -194,6 +204,7 @@ class ClusterLayout:
             "idle.max.park.us": str(self.idle_max_park_us),
             "idle.min.park.us": str(self.idle_min_park_us),
             "idle.yields": str(self.idle_yields),
+            "threading": self.member_threading,
             "snapshot.interval.s": str(self.snapshot_interval_s),
             "snapshot.log.bytes": str(self.snapshot_log_bytes),
         }

@@ -26,6 +26,7 @@ from pyengine.node.settings import (
     DEFAULT_PORT_BASE,
     DEFAULT_SNAPSHOT_INTERVAL_S,
     DEFAULT_SNAPSHOT_LOG_BYTES,
+    MEMBER_THREADING,
     ClusterLayout,
     ConfigError,
 )
@@ -64,7 +65,8 @@ def cmd_cluster_up(args) -> int:
     keys_file = str(args.auth_keys_file.resolve()) if args.auth_keys_file is not None else None
     layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base,
                            snapshot_interval_s=args.snapshot_interval,
-                           snapshot_log_bytes=args.snapshot_log_mib << 20, auth_keys_file=keys_file)
+                           snapshot_log_bytes=args.snapshot_log_mib << 20, auth_keys_file=keys_file,
+                           member_threading=args.threading, idle_max_park_us=args.idle_max_park_us)
     layout.auth_keys()  # a bad keys file is reported here, before any member starts
     cluster = LocalCluster(layout)
     cluster.start(detach=True)
@@ -268,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--auth-keys-file", type=Path, metavar="FILE",
                     help="turn tokens on: the auth service's public keys (GET /v1/keys saved to FILE); every "
                          "session must then present an access token (docs/auth.md)")
+    up.add_argument("--threading", choices=MEMBER_THREADING, default=ClusterLayout.member_threading,
+                    help="agent threads per member: shared (4) or compact (the archive's thread runs the driver: "
+                         "3); default %(default)s; docs/operations.md, 'Latency settings'")
+    up.add_argument("--idle-max-park-us", type=int, default=ClusterLayout.idle_max_park_us, metavar="US",
+                    help="longest park of an idle member agent (default %(default)s): shorter answers sooner "
+                         "and costs idle CPU; docs/operations.md, 'Latency settings'")
     up.set_defaults(func=cmd_cluster_up)
     status = csub.add_parser("status", help="role, leader, log position and state hash of each member")
     status.add_argument("--json", action="store_true")

@@ -38,3 +38,15 @@ def test_bad_timeouts_are_refused_by_name(tmp_path: Path, change: dict, named: s
         bad.check()
     with pytest.raises(ConfigError, match=named):
         ClusterLayout(base_dir=tmp_path, timeouts=bad)
+
+
+def test_member_threading_reaches_the_member_and_survives_cluster_json(tmp_path: Path) -> None:
+    assert ClusterLayout(base_dir=tmp_path).member_properties(0)["threading"] == "shared"
+    compact = ClusterLayout(base_dir=tmp_path, member_threading="compact")
+    assert compact.member_properties(2)["threading"] == "compact"
+    assert ClusterLayout.from_json(compact.to_json()).member_threading == "compact"
+
+
+def test_unknown_member_threading_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="member_threading"):
+        ClusterLayout(base_dir=tmp_path, member_threading="dedicated")

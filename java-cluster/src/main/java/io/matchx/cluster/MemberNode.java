@@ -6,6 +6,7 @@ import io.aeron.archive.checksum.Checksums;
 import io.aeron.archive.client.AeronArchive;
 import io.aeron.cluster.ClusterControl;
 import io.aeron.cluster.ClusteredMediaDriver;
+import io.aeron.cluster.CompactClusteredMediaDriver;
 import io.aeron.cluster.RecordingLog;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.service.ClusteredService;
@@ -70,8 +71,7 @@ public final class MemberNode implements AutoCloseable
     {
         final MemberSettings s = MemberSettings.from(properties);
         final ErrorHandler errorHandler = MemberNode::logError;
-        final MediaDriver.Context driverCtx = newDriverContext(
-            s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s), errorHandler);
+        final MediaDriver.Context driverCtx = newMemberDriverContext(s, errorHandler);
         final Contexts ctx = newContexts(s, service, errorHandler);
 
         ClusteredMediaDriver driver = null;
@@ -79,7 +79,7 @@ public final class MemberNode implements AutoCloseable
         try
         {
             final long started = System.nanoTime();
-            driver = ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
+            driver = launchDriver(s, driverCtx, ctx, errorHandler);
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
             StartPhases.watchElection(LOG_PREFIX, driver.consensusModule().context().electionStateCounter());
@@ -104,13 +104,12 @@ public final class MemberNode implements AutoCloseable
     {
         final MemberSettings s = MemberSettings.from(properties);
         final ErrorHandler errorHandler = MemberNode::logError;
-        final MediaDriver.Context driverCtx = newDriverContext(
-            s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s), errorHandler);
+        final MediaDriver.Context driverCtx = newMemberDriverContext(s, errorHandler);
         final Contexts ctx = newContexts(s, service, errorHandler);
         ClusteredMediaDriver driver = null;
         try
         {
-            driver = ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
+            driver = launchDriver(s, driverCtx, ctx, errorHandler);
             final ClusteredServiceContainer container = ClusteredServiceContainer.launch(ctx.container);
             final ClusteredMediaDriver launched = driver;
             return () -> CloseHelper.closeAll(container, launched);
@@ -163,6 +162,28 @@ public final class MemberNode implements AutoCloseable
             .publicationTermBufferLength(termLength)
             .ipcTermBufferLength(termLength)
             .errorHandler(errorHandler);
+    }
+
+    /** The driver context of a member process (not a worker's). */
+    static MediaDriver.Context newMemberDriverContext(final MemberSettings s, final ErrorHandler errorHandler)
+    {
+        return newDriverContext(s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s), errorHandler);
+    }
+
+    /**
+     * The driver, archive and consensus module of a member process: with {@code threading=compact}
+     * the driver and the archive share one agent thread ({@link CompactClusteredMediaDriver}), one
+     * thread fewer competing for the cores; otherwise each has its own (SHARED modes).
+     */
+    static ClusteredMediaDriver launchDriver(
+        final MemberSettings s, final MediaDriver.Context driverCtx, final Contexts ctx, final ErrorHandler errorHandler)
+    {
+        if (MemberSettings.THREADING_COMPACT.equals(s.threading))
+        {
+            return CompactClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule, newIdleStrategy(s),
+                errorHandler);
+        }
+        return ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
     }
 
     /**

@@ -20,6 +20,13 @@ public final class MemberSettings
     static final long DEFAULT_SNAPSHOT_INTERVAL_S = 30;
     /** ... and whenever the log has grown this much since the last one (docs/operations.md). */
     static final long DEFAULT_SNAPSHOT_LOG_BYTES = 8L << 20;
+    /** Driver SHARED (its own thread), archive SHARED, consensus module and service: four agent threads. */
+    static final String THREADING_SHARED = "shared";
+    /**
+     * The driver in INVOKER mode, run by the archive's agent thread (the archive conductor invokes
+     * it): one thread fewer per member. Only for a member with its own driver, not a worker's.
+     */
+    static final String THREADING_COMPACT = "compact";
 
     final int clusterId;
     final int memberId;
@@ -45,6 +52,7 @@ public final class MemberSettings
     final long snapshotLogBytes;
     final long setupRepeatMs;
     final int streamIdOffset;
+    final String threading;
 
     private MemberSettings(final Properties p)
     {
@@ -71,6 +79,7 @@ public final class MemberSettings
         snapshotIntervalS = longValue(p, "snapshot.interval.s", DEFAULT_SNAPSHOT_INTERVAL_S);
         snapshotLogBytes = longValue(p, "snapshot.log.bytes", DEFAULT_SNAPSHOT_LOG_BYTES);
         setupRepeatMs = longValue(p, "setup.repeat.ms", SetupRepeat.DEFAULT_MS);
+        threading = p.getProperty("threading", THREADING_SHARED).trim();
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
         check(memberId >= 0, "member.id must be >= 0");
@@ -89,6 +98,8 @@ public final class MemberSettings
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
         check(idleMinParkUs > 0 && idleMinParkUs <= idleMaxParkUs, "idle.min.park.us must be in 1..idle.max.park.us");
         check(idleYields >= 0, "idle.yields must be >= 0");
+        check(THREADING_SHARED.equals(threading) || THREADING_COMPACT.equals(threading),
+            "threading must be " + THREADING_SHARED + " or " + THREADING_COMPACT);
         check(setupRepeatMs >= 1 && setupRepeatMs <= SetupRepeat.MAX_MS,
             "setup.repeat.ms must be in 1.." + SetupRepeat.MAX_MS);
         check(snapshotIntervalS >= 0, "snapshot.interval.s must be >= 0 (0 = no schedule)");
