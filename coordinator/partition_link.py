@@ -54,8 +54,13 @@ class ClientTransport:
                 return client
             if client is not None:
                 client.close()  # the partition's members moved
+            from pyengine import jvm
             from pyengine.client import MatchClient
 
+            # -Xrs: the JVM leaves SIGTERM/SIGINT to the coordinator, which then shuts down
+            # cleanly (closing these clients and their /dev/shm dirs); without it the JVM's own
+            # handler ends the process at once
+            jvm.start(("-Xrs",))
             if not endpoints:
                 raise PartitionUnavailable(f"partition {partition} has no members")
             client = MatchClient(endpoints, **self.client_kwargs)

@@ -6,6 +6,7 @@ keeps trading; then it moves back while orders keep arriving for it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -149,3 +150,9 @@ def test_migrate_there_and_back_under_flow(topology_doc, make_system, make_route
     listing = matchctl("migrations")
     assert listing.returncode == 0 and listing.stdout.count(" done ") == 3, listing.stdout
     funds_ok(client)
+
+    # the coordinator's links to the partitions close with it (no /dev/shm left behind)
+    pid = system.state()["coordinator"]["pid"]
+    system.down()
+    left = [d for d in os.listdir("/dev/shm") if d.startswith(f"matchx-client-{pid}-")]
+    assert not left, (left, (system.dir / "coordinator.log").read_text()[-3000:])

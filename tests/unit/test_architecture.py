@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     # the coordinator and the auth service verify and issue the same tokens the members check;
     # the migration driver is a client of the partitions: coordinator/partition_link.py sends
     # its steps through the SDK's MatchClient (lazily: no JVM until a migration runs)
-    "coordinator": {"pyengine.service", "pyengine.wire", "pyengine.client"},
+    "coordinator": {"pyengine.service", "pyengine.wire", "pyengine.client", "pyengine.jvm"},
 }
 # the engine also may not import anything that reaches the JVM, the network or the clock
 ENGINE_FORBIDDEN_STDLIB = {"jpype", "socket", "http", "urllib", "httpx", "asyncio", "time", "datetime",
