@@ -1,18 +1,29 @@
-"""Symbol migration, the engine's share of the pause: export of one symbol with N resting orders
-at the source, import at the destination (pyengine/engine/migration.py), in one process.
+"""Symbol migration benchmarks.
 
     .venv/bin/python bench/migration.py --orders 1000 10000 100000 [--report bench/reports/migration_engine.md]
+    .venv/bin/python bench/migration.py --cluster --orders 1000 10000 [--report bench/reports/migration.md]
 
-This is NOT the pause a client sees (docs/migration.md): that adds the log round trips of every
-step and the chunked copy of the export through the coordinator; a bench with real processes is
-still to be written (issue #19).
+Without ``--cluster``: the engine's share of the pause, export of one symbol with N resting orders
+at the source and import at the destination (pyengine/engine/migration.py), in one process.
+
+With ``--cluster``: real processes (``matchctl up`` of docs/examples/topology-2x3.json on free
+ports: a coordinator running the migration driver, three workers, two partitions). BTC-USDT gets N
+resting orders, then moves p1 -> p2 while one client keeps placing BTC orders (through
+RoutedClient: "moving" answers are sent again until the new owner takes them) and another places
+and cancels ETH-USDT orders on the source partition. Reported: the pause a client sees (the
+longest BTC command during the migration, send to answer), the driver's freeze-to-activation time,
+and ETH's p50/p99 during the migration against a window without one.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import platform
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,12 +61,189 @@ def measure(n: int) -> dict:
     return {"orders": n, "export_ms": (t1 - t0) * 1000, "import_ms": (t2 - t1) * 1000, "bytes": len(blob)}
 
 
+class Sender(threading.Thread):
+    """Sequential commands from one thread; every (start, latency) kept."""
+
+    def __init__(self, make) -> None:
+        super().__init__(daemon=True)
+        self.make = make
+        self.stop = threading.Event()
+        self.samples: list[tuple[float, float]] = []
+        self.errors = 0
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            t = time.monotonic()
+            try:
+                self.make(i)
+            except Exception:  # noqa: BLE001 - counted, reported
+                self.errors += 1
+            self.samples.append((t, time.monotonic() - t))
+            time.sleep(0.002)
+
+    def window(self, t0: float, t1: float) -> list[float]:
+        return [lat for t, lat in self.samples if t0 <= t <= t1]
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
+    import httpx
+
+    from pyengine.client.routed import RoutedClient
+    from pyengine.node.localcluster import free_port_base
+    from pyengine.node.settings import PORTS_PER_PARTITION
+    from pyengine.ops.system import System
+    from pyengine.wire.bulk import BulkBuilder
+
+    root = Path(__file__).resolve().parents[1]
+    doc = copy.deepcopy(json.loads((root / "docs/examples/topology-2x3.json").read_text()))
+    doc["coordinator"]["port"] = 0
+    doc["settings"] = {"timeouts": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
+                                    "election_timeout_ms": 300, "startup_canvass_timeout_ms": 4000}}
+    base = 30000
+    for p in doc["partitions"]:
+        base = free_port_base(base)
+        p["port_base"] = base
+        base += PORTS_PER_PARTITION
+    tmp = Path(tempfile.mkdtemp(prefix="matchx-migbench-"))
+    (tmp / "topology.json").write_text(json.dumps(doc))
+    system = System.up(tmp / "topology.json", tmp / "system", timeout=180)
+    rows: list[dict] = []
+    extra: dict = {}
+    try:
+        url = system.coordinator_url
+        client = RoutedClient(url, moved_timeout=120.0)
+        try:
+            for sym, base_asset in (("BTC-USDT", "BTC"), ("ETH-USDT", "ETH")):
+                for i in range(ACCOUNTS):
+                    for asset, amount in ((base_asset, "1000000"), ("USDT", "100000000000")):
+                        client.request({"op": "deposit", "account": f"a{i}", "asset": asset, "amount": amount,
+                                        "tx_id": f"{sym}-{i}-{asset}"}, timeout=60, symbol=sym)
+            placed = 0
+            where = "p1"
+            eth_n = [0]
+
+            def eth(i: int) -> None:
+                coid = f"e{i}"
+                client.request({"op": "place", "account": "a0", "symbol": "ETH-USDT", "side": "buy",
+                                "price": "100.00", "qty": "0.001", "client_order_id": coid}, timeout=60)
+                client.request({"op": "cancel", "account": "a0", "symbol": "ETH-USDT", "client_order_id": coid},
+                               timeout=60)
+                eth_n[0] += 1
+
+            def btc(i: int) -> None:
+                client.request({"op": "place", "account": f"a{i % ACCOUNTS}", "symbol": "BTC-USDT", "side": "buy",
+                                "price": "10.00", "qty": "0.001", "client_order_id": f"p{time.time_ns()}"},
+                               timeout=120)
+
+            for n in sizes:
+                # top the book up to n resting orders (bulks of 1000, far from the probes' price)
+                futures = []
+                while placed < n:
+                    b = BulkBuilder()
+                    for _ in range(min(1000, n - placed)):
+                        buy = placed % 2 == 0
+                        b.place(f"a{placed % ACCOUNTS}", "BTC-USDT", "buy" if buy else "sell",
+                                2000000 - placed % 5000 if buy else 3000000 + placed % 5000, 1,
+                                client_order_id=1_000_000 + placed)
+                        placed += 1
+                    futures.append(client.client(where).submit_bulk(b))
+                for f in futures:
+                    f.result(300)
+                other = Sender(eth)
+                other.start()
+                time.sleep(10.0)  # the window without a migration
+                probe = Sender(btc)
+                probe.start()
+                time.sleep(2.0)
+                to = "p2" if where == "p1" else "p1"
+                t0 = time.monotonic()
+                r = httpx.post(f"{url}/v1/migrations", json={"symbol": "BTC-USDT", "to": to}, timeout=30)
+                r.raise_for_status()
+                mid = r.json()["id"]
+                while True:
+                    rec = httpx.get(f"{url}/v1/migrations/{mid}", timeout=30).json()
+                    if rec["state"] in ("done", "aborted"):
+                        break
+                    time.sleep(0.05)
+                t1 = time.monotonic()
+                time.sleep(2.0)
+                probe.stop.set()
+                other.stop.set()
+                probe.join(180)
+                other.join(180)
+                base_w = other.window(t0 - 10.0, t0 - 0.5)
+                during = other.window(t0, t1)
+                rows.append({
+                    "orders": n, "state": rec["state"], "migration_s": t1 - t0,
+                    "pause_ms": max(probe.window(t0, t1 + 2.0), default=0) * 1000,
+                    "driver_pause_ms": rec["info"].get("pause_ms"),
+                    "eth_p50_without": pct(base_w, 0.5), "eth_p99_without": pct(base_w, 0.99),
+                    "eth_p50_during": pct(during, 0.5), "eth_p99_during": pct(during, 0.99),
+                    "eth_samples_during": len(during), "probe_errors": probe.errors, "eth_errors": other.errors,
+                })
+                print(rows[-1], flush=True)
+                where = to
+            extra["load_after"] = os.getloadavg()
+        finally:
+            client.close()
+    finally:
+        system.down()
+    return rows, extra
+
+
+def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extra: dict) -> str:
+    lines = [
+        "# Symbol migration with real processes: the pause a client sees",
+        "",
+        f"`.venv/bin/python bench/migration.py --cluster --orders {' '.join(map(str, args.orders))}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; engine {'compiled' if NATIVE else 'plain Python'}; "
+        f"{os.cpu_count()} cores shared with other sessions' tests; load average before "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after "
+        f"{extra.get('load_after', (0, 0, 0))[0]:.1f} (measured on a shared, heavily loaded machine).",
+        "",
+        "`matchctl up` of docs/examples/topology-2x3.json (3 workers, 2 partitions of 3 members). BTC-USDT moves",
+        "p1 -> p2 (then back for the next size) with N resting orders of 30 accounts, while one client places",
+        "BTC orders one after another through RoutedClient and another places and cancels ETH-USDT orders on",
+        "the source partition. *Pause*: the longest BTC command (send to answer) during the migration, i.e.",
+        "from the first \"moving\" answer to the first command the destination accepted, plus one round trip.",
+        "*Driver*: freeze acknowledged to activation acknowledged, as the coordinator recorded it.",
+        "ETH figures are per place+cancel pair, sequential.",
+        "",
+        "| resting orders | pause ms | driver ms | migration s | ETH p50 / p99 ms without | ETH p50 / p99 ms during |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['orders']:,} | {r['pause_ms']:.0f} | {r['driver_pause_ms']} | {r['migration_s']:.1f} | "
+                     f"{r['eth_p50_without']:.0f} / {r['eth_p99_without']:.0f} | "
+                     f"{r['eth_p50_during']:.0f} / {r['eth_p99_during']:.0f} ({r['eth_samples_during']} pairs) |")
+    lines += ["", "Errors: " + ", ".join(f"{r['orders']:,}: BTC {r['probe_errors']}, ETH {r['eth_errors']}"
+                                          for r in rows)]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--orders", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--report", type=Path)
+    p.add_argument("--cluster", action="store_true", help="real processes: the pause a client sees")
     args = p.parse_args()
     load = os.getloadavg()
+    if args.cluster:
+        crow, extra = cluster(args.orders)
+        text = cluster_report(args, crow, load, extra)
+        print(text)
+        if args.report:
+            args.report.write_text(text)
+        return 0
     rows = [measure(n) for n in args.orders]
     lines = [
         "# Symbol migration: the engine's share of the pause",

@@ -272,12 +272,14 @@ class Driver:
     def run(self, mid: str) -> dict[str, Any]:
         """Drive ``mid`` until it is done or aborted (or the driver stops)."""
         rec = self.migs.get(mid)
+        first = True  # the first step of this run may repeat one an earlier run sent
         while rec["state"] not in ("done", "aborted") and not self._stop.is_set():
             try:
                 if rec["abort"] and rec["state"] not in NO_RETURN and rec["state"] != "aborting":
                     rec = self._set(mid, "aborting")
                     continue
-                rec = self._step(rec)
+                rec = self._step(rec, resumed=first)
+                first = False
             except StepRefused as exc:
                 if rec["state"] in NO_RETURN or rec["state"] == "aborting":
                     # forward only: a refusal here is a defect to look at, not a reason to undo
@@ -322,7 +324,7 @@ class Driver:
                 raise StepRefused(f"{partition}: {body.get('error', body)}")
             return body
 
-    def _step(self, rec: dict[str, Any]) -> dict[str, Any]:
+    def _step(self, rec: dict[str, Any], resumed: bool = True) -> dict[str, Any]:
         mid, st, sym = rec["id"], rec["state"], rec["symbol"]
         src, dst, epoch = rec["source"], rec["dest"], rec["epoch"]
         if st == "new":
@@ -335,7 +337,7 @@ class Driver:
                              accounts=meta["accounts"], finished=meta["finished"], holds=meta["holds"],
                              frozen_at=time.time())
         if st == "frozen":
-            self._copy(rec)
+            self._copy(rec, resumed)
             return self._set(mid, "imported")
         if st == "imported":
             # the point of no return, recorded before the destination is asked to take over
@@ -353,14 +355,17 @@ class Driver:
             return self._abort(rec)
         raise AssertionError(st)
 
-    def _copy(self, rec: dict[str, Any]) -> None:
-        """Export chunks from the source into the destination's staging, then import. Resumes
-        from what the destination has staged (its prepare answer says how much)."""
+    def _copy(self, rec: dict[str, Any], resumed: bool) -> None:
+        """Export chunks from the source into the destination's staging, then import. After a
+        restart it resumes from what the destination has staged (its prepare answer says how
+        much); straight after the freeze nothing is staged (one round trip less in the pause)."""
         mid, src, dst = rec["id"], rec["source"], rec["dest"]
         info = rec["info"]
         size, sha = info["size"], info["sha256"]
-        state = self._call(rec, dst, {"op": "mig_prepare", "id": mid, "symbol": rec["symbol"], "source": src,
-                                      "epoch": rec["epoch"]})
+        state = {"state": "prepared", "staged": 0}
+        if resumed:
+            state = self._call(rec, dst, {"op": "mig_prepare", "id": mid, "symbol": rec["symbol"], "source": src,
+                                          "epoch": rec["epoch"]})
         if state["state"] == "prepared":
             off = state["staged"]
             while off < size:

@@ -153,6 +153,34 @@ class RoutedClient:
         """An admin command (``{"op": "ping"}``, ``state_hash``, ...) to one partition."""
         return self.client(partition).admin(command, timeout)
 
+    def balances(self, account: str, timeout: float = 10.0) -> dict:
+        """``account``'s balances in every partition that has members, and their sum per asset:
+        ``{"account", "total": {asset: {"available", "held"}}, "partitions": {partition: {asset:
+        {"available", "held"}}}}`` (decimal strings). A partition that does not know the account
+        is left out."""
+        from decimal import Decimal
+
+        try:
+            with httpx.Client(timeout=self.routes.timeout) as http:
+                resp = http.get(f"{self.coordinator_url}/v1/partitions")
+                resp.raise_for_status()
+                parts = [p["id"] for p in resp.json() if p.get("ingress_endpoints")]
+        except httpx.HTTPError as exc:
+            raise CoordinatorUnavailable(f"cannot list the partitions ({exc})") from exc
+        per: dict[str, dict] = {}
+        total: dict[str, list[Decimal]] = {}
+        for p in sorted(parts):
+            ev = self.request({"op": "balances", "account": account}, timeout, partition=p).events[0]
+            if ev.get("type") != "balances":
+                continue  # unknown_account there
+            per[p] = ev["balances"]
+            for asset, b in ev["balances"].items():
+                t = total.setdefault(asset, [Decimal(0), Decimal(0)])
+                t[0] += Decimal(b["available"])
+                t[1] += Decimal(b["held"])
+        return {"account": account, "partitions": per,
+                "total": {a: {"available": str(v[0]), "held": str(v[1])} for a, v in sorted(total.items())}}
+
     def route(self, symbol: str) -> Route:
         """The cached route of ``symbol`` (asks the coordinator only if it is not cached)."""
         route = self.routes.lookup(symbol)
@@ -280,19 +308,34 @@ class RoutedClient:
                      attempt: int, since: float | None = None) -> None:
         log.info("%s: partition %s answered MOVED (epoch %d); refreshing routes", moved.symbol, target, moved.epoch)
         try:
-            route = self.routes.invalidate(moved.symbol, moved.epoch)
+            cached = self.routes.routes().get(moved.symbol)
+            if cached is None or cached.epoch < moved.epoch:
+                self.routes.refresh()  # one look; a move still under way ends in the long-poll below
+                cached = self.routes.routes().get(moved.symbol)
+                if cached is None:
+                    raise UnknownSymbol(moved.symbol)
+                if cached.epoch < moved.epoch:
+                    raise StaleRoute(moved.symbol, moved.epoch, cached.epoch)
+            route = cached
             if route.partition == target:
                 # The map still names the partition that refused: it may lag behind the partitions
                 # (a move in progress). Give it a moment, then look again.
                 time.sleep(min(0.05 * 2**attempt, 1.0))
                 self.routes.refresh()
         except StaleRoute as exc:
-            waited = time.monotonic() - since if since is not None else 0.0
-            if waited >= self.moved_timeout:
-                outer.set_exception(MoveTimeout(moved.symbol, moved.epoch, waited))
-                return
-            # a symbol being moved: the map gets the new owner when the move switches over
-            log.debug("%s: %s; asking again", moved.symbol, exc)
+            # a symbol being moved ("moving": the map gets the new owner at the switch): wait for
+            # the map's next version (a long-poll answered at the flip), not on a back-off timer
+            start = since if since is not None else time.monotonic()
+            while True:
+                waited = time.monotonic() - start
+                if waited >= self.moved_timeout:
+                    outer.set_exception(MoveTimeout(moved.symbol, moved.epoch, waited))
+                    return
+                cached = self.routes.routes().get(moved.symbol)
+                if cached is not None and cached.epoch >= moved.epoch:
+                    break
+                self.routes.wait_for_update(min(1.0, self.moved_timeout - waited))
+            log.debug("%s: %s; the map caught up", moved.symbol, exc)
         except RoutingError as exc:
             outer.set_exception(exc)
             return
