@@ -422,6 +422,51 @@ def trade_record(e: tuple) -> tuple:
     return (TRADE, e[1], e[2], e[3], t.side)
 
 
+def market_update(sym: Symbol, first: int, trades: bool, l2: bool, top: bool) -> dict:
+    """One symbol's market data update for one channel set: the changes recorded since its
+    sequence was ``first`` - 1 (``Symbol.md_levels``, ``Symbol.md_trades``). Here, compiled
+    with the engine, because the leader runs it after every log message that changed a
+    watched book (pyengine/service/marketdata.py)."""
+    upd: dict = {"type": "update", "symbol": sym.name, "U": first, "u": sym.seq}
+    if trades:
+        tl: list = []
+        for e in sym.md_trades:
+            t: Order = e[5]
+            tl.append([e[1], sym.price_str(e[2]), sym.qty_str(e[3]), SIDE_NAMES[t.side]])
+        upd["trades"] = tl
+    if l2:
+        bids: list = []
+        asks: list = []
+        for k in dict.fromkeys(sym.md_levels):  # each touched level once, in the order touched
+            if k > 0:
+                lvl = sym.bids.get(k)
+                bids.append([sym.price_str(k), sym.qty_str(lvl.total) if lvl is not None else "0"])
+            else:
+                lvl = sym.asks.get(-k)
+                asks.append([sym.price_str(-k), sym.qty_str(lvl.total) if lvl is not None else "0"])
+        upd["bids"] = bids
+        upd["asks"] = asks
+    if top:
+        upd["top"] = top_of_book(sym)
+    return upd
+
+
+def top_of_book(sym: Symbol) -> list:
+    """[best bid price, its qty, best ask price, its qty]; None for an empty side."""
+    bk = sym.bid_keys
+    ak = sym.ask_keys
+    out: list = [None, None, None, None]
+    if bk:
+        p = bk[-1]
+        out[0] = sym.price_str(p)
+        out[1] = sym.qty_str(sym.bids[p].total)
+    if ak:
+        p = -ak[-1]
+        out[2] = sym.price_str(p)
+        out[3] = sym.qty_str(sym.asks[p].total)
+    return out
+
+
 def json_int(v: int) -> object:
     """``v`` as JSON can hold it: a fee beyond 64 bits (notional up to 10**30 quote units) goes
     as its decimal digits."""

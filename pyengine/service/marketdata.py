@@ -21,6 +21,7 @@ import logging
 import orjson
 
 from pyengine.engine import Engine
+from pyengine.engine.model import Symbol, market_update
 from pyengine.wire import protocol
 
 log = logging.getLogger("matchx.marketdata")
@@ -140,7 +141,7 @@ class MarketData:
                 for sid, channels in subs.items():
                     frag = encoded.get(channels)
                     if frag is None:
-                        frag = encoded[channels] = _update(engine, sym, channels, last + 1)
+                        frag = encoded[channels] = _update(sym, channels, last + 1)
                     per_session.setdefault(sid, []).append(frag)
             sym.md_levels.clear()
             sym.md_trades.clear()
@@ -195,36 +196,6 @@ def _parse(cmd: dict) -> tuple[str, tuple[str, ...]]:
     return symbol, tuple(c for c in CHANNELS if c in channels)
 
 
-def _update(engine: Engine, sym, channels: tuple[str, ...], first: int) -> bytes:
+def _update(sym: Symbol, channels: tuple[str, ...], first: int) -> bytes:
     """One symbol's update for one channel set: what changed since ``first`` - 1."""
-    upd: dict = {"type": "update", "symbol": sym.name, "U": first, "u": sym.seq}
-    if "trades" in channels:
-        side = ("buy", "sell")
-        upd["trades"] = [[e[1], sym.price_str(e[2]), sym.qty_str(e[3]), side[e[5].side]] for e in sym.md_trades]
-    if "l2" in channels:
-        bids: list = []
-        asks: list = []
-        ps, qs = sym.price_str, sym.qty_str
-        for k in dict.fromkeys(sym.md_levels):  # each touched level once, in the order touched
-            if k > 0:
-                lvl = sym.bids.get(k)
-                bids.append([ps(k), qs(lvl.total) if lvl is not None else "0"])
-            else:
-                lvl = sym.asks.get(-k)
-                asks.append([ps(-k), qs(lvl.total) if lvl is not None else "0"])
-        upd["bids"] = bids
-        upd["asks"] = asks
-    if "top" in channels:
-        upd["top"] = _top(sym)
-    return orjson.dumps(upd)
-
-
-def _top(sym) -> list:
-    """[best bid price, its qty, best ask price, its qty]; None for an empty side."""
-    bk, ak = sym.bid_keys, sym.ask_keys
-    out: list = [None, None, None, None]
-    if bk:
-        out[0], out[1] = sym.price_str(bk[-1]), sym.qty_str(sym.bids[bk[-1]].total)
-    if ak:
-        out[2], out[3] = sym.price_str(-ak[-1]), sym.qty_str(sym.asks[-ak[-1]].total)
-    return out
+    return orjson.dumps(market_update(sym, first, "trades" in channels, "l2" in channels, "top" in channels))
