@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -33,6 +34,8 @@ from coordinator.models import (
     PartitionUpdate,
     SymbolsIn,
     Topology,
+    TransferIn,
+    TransferOut,
     WorkerIn,
     WorkerUpdate,
 )
@@ -462,6 +465,23 @@ def create_app(
     async def abort_migration(mid: str) -> Any:
         """Abort before the point of no return: the source takes the symbol back."""
         return driver().abort(mid)
+
+    @public.get("/transfers", response_model=list[TransferOut], tags=["transfers"])
+    async def list_transfers() -> Any:
+        return driver().transfers.list()
+
+    @public.get("/transfers/{tid}", response_model=TransferOut, tags=["transfers"])
+    async def get_transfer(tid: str) -> Any:
+        return driver().transfers.get(tid)
+
+    @admin.post("/transfers", response_model=TransferOut, status_code=202, tags=["transfers"])
+    async def start_transfer(body: TransferIn) -> Any:
+        """Move free funds of an account between partitions, exactly once by id (debit, in transit,
+        credit; a refused credit is paid back). Answers at once; poll GET /v1/transfers/{id}."""
+        d = driver()
+        rec = d.transfers.create(body.id, body.account, body.asset, body.amount, body.from_, body.to)
+        threading.Thread(target=d.transfers.run, args=(body.id,), daemon=True, name=f"transfer-{body.id}").start()
+        return rec
 
     app.include_router(public)
     app.include_router(admin)

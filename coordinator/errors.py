@@ -36,6 +36,8 @@ ERROR_STATUS: dict[str, int] = {
     "migration_in_progress": 409,  # the symbol is already moving
     "migration_past_no_return": 409,  # abort after the destination was asked to activate
     "migrations_unavailable": 503,  # this coordinator runs no migration driver
+    "transfer_not_found": 404,
+    "transfer_id_conflict": 409,  # a transfer id reused with other values
     "internal_error": 500,
 }
 

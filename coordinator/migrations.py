@@ -207,6 +207,7 @@ class Driver:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.transfers = Transfers(self)
 
     # ---- public ----------------------------------------------------------------------------
 
@@ -228,6 +229,7 @@ class Driver:
         ids = [m["id"] for m in self.migs.live()]
         for mid in ids:
             self._spawn(mid)
+        self.transfers.resume()
         for m in self.migs.list():
             if m["state"] == "aborted" and m["info"].get("discard_pending"):
                 t = threading.Thread(target=self.retry_discard, args=(m["id"],), daemon=True,
@@ -400,6 +402,98 @@ class Driver:
                 pending = True
                 log.warning("migration %s: destination discard pending: %s", mid, exc)
         return self._set(mid, "aborted", discard_pending=pending)
+
+
+TRANSFER_LIVE = ("new", "debited", "refunding")
+
+
+class Transfers:
+    """Moves free funds of one account between partitions, exactly once by transfer id and
+    resumable after any crash: the debit (``xfer_out``) and the credit (``xfer_in``) are each
+    idempotent by the id at their partition, and the record here, written before each, says
+    which one to send (again). Between them the funds are in transit (state ``debited``). A
+    credit the destination refuses (e.g. it does not know the asset) is paid back at the source
+    (``refunded``)."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.d = driver
+        self.store = driver.migs.store
+
+    def _get(self, conn: sqlite3.Connection, tid: str) -> dict[str, Any] | None:
+        r = conn.execute("SELECT * FROM transfers WHERE id = ?", (tid,)).fetchone()
+        return None if r is None else dict(r)
+
+    def get(self, tid: str) -> dict[str, Any]:
+        with self.store._read() as conn:
+            r = self._get(conn, tid)
+        if r is None:
+            raise CoordinatorError("transfer_not_found", f"no transfer {tid}", id=tid)
+        return r
+
+    def list(self) -> list[dict[str, Any]]:
+        with self.store._read() as conn:
+            return [dict(r) for r in conn.execute("SELECT * FROM transfers ORDER BY created, id").fetchall()]
+
+    def create(self, tid: str, account: str, asset: str, amount: str, source: str, dest: str) -> dict[str, Any]:
+        if not _ID.match(tid) or len(tid) > 40:
+            raise CoordinatorError("validation_error", "a transfer id is 1..40 of [A-Za-z0-9_.:-]", id=tid)
+        if source == dest:
+            raise CoordinatorError("validation_error", "a transfer needs two different partitions")
+        req = {"account": account, "asset": asset, "amount": amount, "source": source, "dest": dest}
+
+        def op(conn: sqlite3.Connection) -> tuple[bool, dict[str, Any]]:
+            prev = self._get(conn, tid)
+            if prev is not None:
+                if {k: prev[k] for k in req} != req:
+                    raise CoordinatorError("transfer_id_conflict", f"transfer {tid} exists with other values", id=tid)
+                return False, prev
+            for p in (source, dest):
+                self.store._require_partition(conn, p)
+                if self.store._member_count(conn, p) == 0:
+                    raise CoordinatorError("partition_has_no_members", f"partition {p!r} has no members", partition=p)
+            now = time.time()
+            conn.execute("INSERT INTO transfers(id, account, asset, amount, source, dest, state, created, "
+                         "updated) VALUES (?, ?, ?, ?, ?, ?, 'new', ?, ?)",
+                         (tid, account, asset, amount, source, dest, now, now))
+            return False, self._get(conn, tid)
+
+        return self.store._mutate(op)
+
+    def _set(self, tid: str, state: str, error: str | None = None) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, dict[str, Any]]:
+            conn.execute("UPDATE transfers SET state = ?, error = COALESCE(?, error), updated = ? WHERE id = ?",
+                         (state, error, time.time(), tid))
+            return False, self._get(conn, tid)
+
+        return self.store._mutate(op)
+
+    def run(self, tid: str) -> dict[str, Any]:
+        t = self.get(tid)
+        leg = {"account": t["account"], "asset": t["asset"], "amount": t["amount"]}
+        while t["state"] in TRANSFER_LIVE:
+            try:
+                if t["state"] == "new":
+                    self.d._call(t, t["source"], {"op": "xfer_out", "id": tid, **leg})
+                    t = self._set(tid, "debited")
+                elif t["state"] == "debited":
+                    try:
+                        self.d._call(t, t["dest"], {"op": "xfer_in", "id": tid, **leg}, forever=True)
+                        t = self._set(tid, "done")
+                    except StepRefused as exc:
+                        t = self._set(tid, "refunding", error=str(exc))
+                else:  # refunding: the credit back at the source, exactly once by its own id
+                    self.d._call(t, t["source"], {"op": "xfer_in", "id": tid + ".refund", **leg}, forever=True)
+                    t = self._set(tid, "refunded")
+            except StepRefused as exc:
+                if t["state"] != "new":
+                    raise
+                t = self._set(tid, "refused", error=str(exc))  # nothing was debited
+        return t
+
+    def resume(self) -> None:
+        for t in self.list():
+            if t["state"] in TRANSFER_LIVE:
+                threading.Thread(target=self.run, args=(t["id"],), daemon=True, name=f"transfer-{t['id']}").start()
 
 
 def states_summary(migs: list[dict[str, Any]]) -> dict[str, tuple[int, float | None]]:

@@ -165,3 +165,29 @@ class MigrationOut(BaseModel):
     info: dict
     created: float
     updated: float
+
+
+class TransferIn(_Strict):
+    """Free funds of ``account`` from partition ``from_`` to ``to``, exactly once by ``id``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,40}$", description="the transfer id (idempotency key)")
+    account: str = Field(min_length=1, max_length=64)
+    asset: str = Field(min_length=1, max_length=64)
+    amount: str = Field(pattern=r"^[0-9]+(\.[0-9]+)?$")
+    from_: Id = Field(alias="from")
+    to: Id
+
+
+class TransferOut(BaseModel):
+    id: str
+    account: str
+    asset: str
+    amount: str
+    source: str
+    dest: str
+    state: str = Field(description="new, debited (in transit), done; refused (nothing moved), refunding, refunded")
+    error: str | None
+    created: float
+    updated: float

@@ -181,6 +181,34 @@ class RoutedClient:
         return {"account": account, "partitions": per,
                 "total": {a: {"available": str(v[0]), "held": str(v[1])} for a, v in sorted(total.items())}}
 
+    def transfer(self, account: str, asset: str, amount: str, from_partition: str, to_partition: str,
+                 transfer_id: str, timeout: float = 60.0) -> dict:
+        """Move free funds of ``account`` between partitions through the coordinator, exactly once
+        by ``transfer_id`` (calling again with the same id resumes or returns the first outcome).
+        Returns the transfer's record once it is ``done``; raises ``ClientError`` if it was
+        refused (nothing moved) or refunded (the destination refused the credit)."""
+        body = {"id": transfer_id, "account": account, "asset": asset, "amount": amount,
+                "from": from_partition, "to": to_partition}
+        deadline = time.monotonic() + timeout
+        try:
+            with httpx.Client(base_url=self.coordinator_url, timeout=self.routes.timeout) as http:
+                resp = http.post("/v1/transfers", json=body)
+                if resp.status_code >= 400:
+                    raise ClientError(f"transfer {transfer_id} refused: {resp.text[:300]}")
+                while True:
+                    rec = http.get(f"/v1/transfers/{transfer_id}").json()
+                    if rec["state"] == "done":
+                        return rec
+                    if rec["state"] in ("refused", "refunded"):
+                        raise ClientError(f"transfer {transfer_id} {rec['state']}: {rec.get('error')}")
+                    if time.monotonic() > deadline:
+                        raise ClientError(f"transfer {transfer_id} still {rec['state']} after {timeout:.0f} s "
+                                          "(it carries on in the coordinator: call again with the same id)")
+                    time.sleep(0.05)
+        except httpx.HTTPError as exc:
+            raise CoordinatorUnavailable(f"transfer {transfer_id}: coordinator unreachable ({exc}); call "
+                                         "again with the same id") from exc
+
     def route(self, symbol: str) -> Route:
         """The cached route of ``symbol`` (asks the coordinator only if it is not cached)."""
         route = self.routes.lookup(symbol)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -103,6 +104,21 @@ def test_migrate_there_and_back_under_flow(topology_doc, make_system, make_route
     assert rec["info"]["orders"] == 60 and rec["epoch"] == rec["old_epoch"] + 1
     assert httpx.get(f"{url}/v1/routes/{BTC}").json()["partition"] == "p2"
     assert l2(client, BTC) == before  # the same book at the destination
+    funds_ok(client)
+    # alice's BTC is now split: free at p1, held by her sells at p2; together still her deposit
+    bal = client.balances("alice")
+    assert bal["partitions"]["p2"]["BTC"]["held"] != "0" and bal["partitions"]["p1"]["BTC"]["held"] == "0", bal
+    assert Decimal(bal["total"]["BTC"]["available"]) + Decimal(bal["total"]["BTC"]["held"]) == 1000, bal
+    # dave (who trades nothing here) moves free USDT to p2: exactly once by id, his total unchanged
+    ev = client.request({"op": "deposit", "account": "dave", "asset": "USDT", "amount": "800", "tx_id": "dave"},
+                        timeout=30, partition="p1").events
+    assert ev[0]["type"] == "deposited", ev
+    for _ in range(2):  # the same transfer id twice: one transfer
+        assert client.transfer("dave", "USDT", "500", "p1", "p2", "move-usdt")["state"] == "done"
+    dave = client.balances("dave")
+    assert dave["partitions"]["p1"]["USDT"]["available"] == "300", dave
+    assert dave["partitions"]["p2"]["USDT"]["available"] == "500", dave
+    assert Decimal(dave["total"]["USDT"]["available"]) == 800, dave
     funds_ok(client)
     # never two owners: p1 refuses BTC, p2 takes it
     with pytest.raises(ClientError):

@@ -7,6 +7,8 @@ Processes, sockets and Aeron are in tests/integration/test_migration*.py; this i
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from coordinator.errors import CoordinatorError
@@ -271,6 +273,70 @@ def test_rest_api_and_openapi(system):
         assert c.get("/v1/migrations/nope").status_code == 404
         assert c.get("/v1/routes/" + BTC).json()["partition"] == "p2"
         assert 'matchx_coordinator_migrations{state="done"} 1.0' in c.get("/metrics").text
+        r = c.post("/v1/transfers", json={"id": "x1", "account": "a", "asset": "USDT", "amount": "2",
+                                          "from": "p1", "to": "p2"})
+        assert r.status_code == 202, r.text
+        for _ in range(200):
+            if c.get("/v1/transfers/x1").json()["state"] == "done":
+                break
+            time.sleep(0.05)
+        assert c.get("/v1/transfers/x1").json()["state"] == "done"
+        r = c.post("/v1/transfers", json={"id": "x1", "account": "a", "asset": "USDT", "amount": "3",
+                                          "from": "p1", "to": "p2"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "transfer_id_conflict"
+        assert c.post("/v1/transfers", json={"id": "x2", "account": "a", "asset": "USDT", "amount": "-1",
+                                             "from": "p1", "to": "p2"}).status_code == 422
+        assert "/v1/transfers" in c.get("/openapi.json").json()["paths"]
     with TestClient(create_app(store)) as c:  # no driver: a clear answer, not a 500
         r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p1"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "migrations_unavailable"
+
+
+def avail(p: Part, account: str, asset: str) -> str:
+    st, ev = p.eng({"op": "balances", "account": account})
+    return ev[0]["balances"].get(asset, {}).get("available", "0")
+
+
+def test_transfers_exactly_once_resumable_and_refunded(system):
+    store, transport, parts, _ = system
+    p1, p2 = parts["p1"], parts["p2"]
+    d = Driver(store, transport)
+    tr = d.transfers
+    a1, a2 = avail(p1, "a", "USDT"), avail(p2, "a", "USDT")
+    tr.create("t1", "a", "USDT", "10", "p1", "p2")
+    assert tr.run("t1")["state"] == "done"
+    assert tr.create("t1", "a", "USDT", "10", "p1", "p2")["state"] == "done"  # the same request again
+    assert tr.run("t1")["state"] == "done"
+    assert (float(avail(p1, "a", "USDT")), float(avail(p2, "a", "USDT"))) == (float(a1) - 10, float(a2) + 10)
+    with pytest.raises(CoordinatorError) as info:
+        tr.create("t1", "a", "USDT", "11", "p1", "p2")
+    assert info.value.code == "transfer_id_conflict"
+    for bad, code in ((("t2", "a", "USDT", "1", "p1", "p3"), "partition_has_no_members"),
+                      (("t2", "a", "USDT", "1", "p1", "p1"), "validation_error"),
+                      (("t2", "a", "USDT", "1", "p1", "p9"), "partition_not_found")):
+        with pytest.raises(CoordinatorError) as info:
+            tr.create(*bad)
+        assert info.value.code == code
+    # not enough free funds: refused, nothing moved
+    tr.create("t3", "a", "USDT", "99999999", "p1", "p2")
+    t = tr.run("t3")
+    assert t["state"] == "refused" and "insufficient" in t["error"]
+    # the coordinator dies after the debit: the funds are in transit until it runs again
+    transport.crash_at, transport.crash_after = transport.calls + 1, True
+    tr.create("t4", "a", "USDT", "5", "p1", "p2")
+    with pytest.raises(Crash):
+        tr.run("t4")
+    transport.crash_at = None
+    assert tr.get("t4")["state"] == "new"  # its debit was applied, not yet recorded
+    assert tr.run("t4")["state"] == "done"  # sent again: a duplicate at p1, then the credit
+    assert (float(avail(p1, "a", "USDT")), float(avail(p2, "a", "USDT"))) == (float(a1) - 15, float(a2) + 15)
+    # a destination that does not know the asset: paid back at the source
+    p1.ok({"op": "own_symbols", "symbols": {"SOL-USDT": 1}})
+    p1.eng({"op": "add_symbol", "symbol": "SOL-USDT", "base": "SOL", "quote": "USDT", "tick_size": "0.5",
+            "lot_size": "0.01"})
+    p1.eng({"op": "deposit", "account": "a", "asset": "SOL", "amount": "3", "tx_id": "sol"})
+    tr.create("t5", "a", "SOL", "2", "p1", "p2")
+    t = tr.run("t5")
+    assert t["state"] == "refunded" and "unknown_asset" in t["error"], t
+    assert avail(p1, "a", "SOL") == "3"
+    funds_ok(parts)
