@@ -22,10 +22,17 @@ TEST_TIMEOUTS = Timeouts(heartbeat_interval_ms=50, heartbeat_timeout_ms=500, ele
 SHIPPED_TIMEOUTS = Timeouts()
 
 
+# Test clusters stay below Linux's ephemeral port range (32768-60999 by default): a member
+# restarted on a port inside it can find that port taken by some process's outgoing socket
+# ("Address already in use"), which a fixture cannot foresee when it probes the range.
+TEST_PORTS = (21000, 32000)
+
+
 def next_port_base() -> int:
     # Spread by pid so parallel pytest processes on one machine rarely probe the same range.
-    start = 30000 + (os.getpid() % 20) * 1000 + next(_bases) * 100
-    return free_port_base(start if start < 60000 else 30000)
+    low, high = TEST_PORTS
+    start = low + ((os.getpid() % 10) * 1000 + next(_bases) * 100) % (high - low)
+    return free_port_base(start)
 
 
 @pytest.fixture
