@@ -386,7 +386,7 @@ def report(args, totals: dict[tuple[str, str, str], Totals], variants: list[tupl
                       "; ".join(cells), ""]
         lines += ["| phase | ours p50 | p99 | p99.9 | max | floor p50 | p99 | p99.9 | max | ratio p50 | "
                   "ratio p99 | answered/s ours / floor | CPU us/order members ours / floor | client ours / floor |",
-                  "|---|" + "---|" * 14]
+                  "|---|" + "---|" * 13]
         for phase in ["rtt"] + [f"open-{r}" for r in args.rates]:
             o, f = totals.get((vname, "ours", phase)), totals.get((vname, "floor", phase))
             if o is None or f is None:

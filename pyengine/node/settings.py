@@ -112,8 +112,9 @@ class ClusterLayout:
     idle_yields: int = 10
     # agent threads of a member process: "shared" (driver, archive, consensus module, service:
     # four) or "compact" (the archive's thread also runs the driver: three). What each trades:
-    # docs/operations.md, "Latency settings"; measured in bench/reports/latency.md. A worker's
-    # members share one driver whatever this says.
+    # docs/operations.md, "Latency settings"; measured in bench/reports/latency.md (no gain
+    # there; compact is experimental: it failed failover tests). A worker's members share one
+    # driver whatever this says.
     member_threading: str = "shared"
     # a snapshot every this many seconds while the log grows, and whenever the log has grown by
     # snapshot_log_bytes since the last one: a restarted member replays at most that much log

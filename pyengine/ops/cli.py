@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "session must then present an access token (docs/auth.md)")
     up.add_argument("--threading", choices=MEMBER_THREADING, default=ClusterLayout.member_threading,
                     help="agent threads per member: shared (4) or compact (the archive's thread runs the driver: "
-                         "3); default %(default)s; docs/operations.md, 'Latency settings'")
+                         "3; experimental, it fails failover tests); default %(default)s; docs/operations.md, "
+                         "'Latency settings'")
     up.add_argument("--idle-max-park-us", type=int, default=ClusterLayout.idle_max_park_us, metavar="US",
                     help="longest park of an idle member agent (default %(default)s): shorter answers sooner "
                          "and costs idle CPU; docs/operations.md, 'Latency settings'")
