@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -56,6 +57,18 @@ _client_seq = itertools.count()
 # wakes the send thread after a (re)connect or a new leader (with MatchClient._resend_due set):
 # it then resends every pending command
 _RESEND_ALL = object()
+
+
+# Each MatchClient's embedded media driver directory: this prefix, the process id, then a
+# per-client suffix. A process that ends without closing its clients (SIGKILL, os._exit)
+# leaves them behind; whoever stopped it removes them (client_aeron_dirs).
+CLIENT_DIR_PREFIX = "/dev/shm/matchx-client-"
+
+
+def client_aeron_dirs(pid: int) -> list[Path]:
+    """The client driver directories process ``pid`` made."""
+    prefix = Path(CLIENT_DIR_PREFIX)
+    return sorted(prefix.parent.glob(f"{prefix.name}{pid}-*"))
 
 
 class ClientError(RuntimeError):
@@ -168,7 +181,7 @@ class MatchClient:
         self._auth_failure: str | None = None
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
-        self.aeron_dir = f"/dev/shm/matchx-client-{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
+        self.aeron_dir = f"{CLIENT_DIR_PREFIX}{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
         JClient = jpype.JClass("io.matchx.cluster.client.ClusterClient")
         self._java = JClient(
             ingress_endpoints, self.aeron_dir, egress_host, connect_timeout_ms,

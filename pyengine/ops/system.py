@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pyengine.client.match_client import client_aeron_dirs
 from pyengine.node.procs import pid_alive
 from pyengine.node.settings import ClusterLayout, ConfigError, load_auth_keys
 from pyengine.node.topology import (
@@ -610,6 +611,13 @@ class System:
             _stop_pid(state["auth"]["pid"], "coordinator.auth", timeout)
         if state.get("prometheus"):
             _stop_pid(state["prometheus"]["pid"], "prometheus", timeout)
+        # the coordinator and the pusher end with os._exit once their JVM runs (and a worker may
+        # have needed SIGKILL): their clients' driver directories stay unless removed here
+        stopped = [state.get("pusher"), *workers.values(), (c or {}).get("pid"), (state.get("auth") or {}).get("pid")]
+        for pid in stopped:
+            if isinstance(pid, int) and not pid_alive(pid):
+                for d in client_aeron_dirs(pid):
+                    shutil.rmtree(d, ignore_errors=True)
         try:
             topo = self.topology
         except (SystemStateError, ConfigError):
