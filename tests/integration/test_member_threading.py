@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from pyengine.node.localcluster import wait_for
-from tests.conftest import SHIPPED_TIMEOUTS
+from tests.conftest import TEST_TIMEOUTS
 
 pytestmark = pytest.mark.cluster
 
@@ -25,7 +25,7 @@ def thread_names(pid: int) -> list[str]:
 
 
 def test_compact_members_serve_and_fail_over(make_cluster, make_client):
-    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS, member_threading="compact")
+    cluster = make_cluster(timeouts=TEST_TIMEOUTS, member_threading="compact")
     leader = cluster.await_leader(90)
     cluster.await_followers(2, 90)
     for member, pid in cluster.pids().items():
