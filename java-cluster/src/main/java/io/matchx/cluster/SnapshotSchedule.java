@@ -1,6 +1,7 @@
 package io.matchx.cluster;
 
 import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
@@ -27,13 +28,13 @@ final class SnapshotSchedule implements AutoCloseable
     /**
      * Checks {@code service}'s snapshot conditions every {@link #CHECK_INTERVAL_MS} and calls
      * {@code takeSnapshot} (which acts only on the leader) when they hold. No-op when both
-     * settings are 0.
+     * settings are 0. Returns the check's future (cancel it when the member leaves), or null.
      */
-    synchronized void add(final MemberSettings settings, final MatchService service, final BooleanSupplier takeSnapshot)
+    synchronized Future<?> add(final MemberSettings settings, final MatchService service, final BooleanSupplier takeSnapshot)
     {
         if (settings.snapshotIntervalS <= 0 && settings.snapshotLogBytes <= 0)
         {
-            return;
+            return null;
         }
         if (null == scheduler)
         {
@@ -45,7 +46,7 @@ final class SnapshotSchedule implements AutoCloseable
             });
         }
         final long intervalNs = TimeUnit.SECONDS.toNanos(settings.snapshotIntervalS);
-        scheduler.scheduleWithFixedDelay(
+        return scheduler.scheduleWithFixedDelay(
             () ->
             {
                 try

@@ -144,8 +144,32 @@ public final class WorkerNode implements AutoCloseable
         }
         final Member member = new Member(s, archive, consensusModule, container, service);
         members.add(member);
-        snapshotSchedule.add(s, service, member::takeSnapshot);
+        member.snapshotCheck = snapshotSchedule.add(s, service, member::takeSnapshot);
         return member;
+    }
+
+    /**
+     * Stops and forgets the member of cluster {@code clusterId} (its partition was removed from
+     * this worker): its snapshot checks end, then its container, consensus module and archive
+     * close. Its directory stays on disk. Returns false when the worker hosts no such member.
+     */
+    public synchronized boolean removeMember(final int clusterId)
+    {
+        for (int i = 0; i < members.size(); i++)
+        {
+            final Member m = members.get(i);
+            if (m.settings.clusterId == clusterId)
+            {
+                members.remove(i);
+                if (null != m.snapshotCheck)
+                {
+                    m.snapshotCheck.cancel(false);
+                }
+                CloseHelper.quietClose(m);
+                return true;
+            }
+        }
+        return false;
     }
 
     public String aeronDirectoryName()
@@ -200,6 +224,7 @@ public final class WorkerNode implements AutoCloseable
         private final ConsensusModule consensusModule;
         private final ClusteredServiceContainer container;
         private final MatchService service;
+        private java.util.concurrent.Future<?> snapshotCheck;
 
         Member(
             final MemberSettings settings,
