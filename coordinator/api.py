@@ -123,6 +123,11 @@ class HealthOut(BaseModel):
     long_polls_waiting: int = 0
 
 
+class PlacementOut(BaseModel):
+    workers: list[str]  # where the new partition's members go: member i on workers[i]
+    load: dict[str, int]  # members per worker now
+
+
 class TopologyResult(BaseModel):
     changed: bool
     version: int
@@ -352,6 +357,12 @@ def create_app(
     @public.get("/partitions/{partition_id}", response_model=PartitionOut, tags=["partitions"])
     async def get_partition(partition_id: str) -> Any:
         return store.get_partition(partition_id)
+
+    @public.get("/placement", response_model=PlacementOut, responses=_ERRORS, tags=["partitions"])
+    async def placement(members: Annotated[int, Query(ge=1, le=3)] = 3) -> Any:
+        """The coordinator's choice of workers for a new partition: the least-loaded ones (fewest
+        members), one member per worker (``matchctl partition add`` without ``--workers``)."""
+        return store.placement(members)
 
     @admin.post("/partitions", status_code=201, response_model=PartitionOut, tags=["partitions"])
     async def create_partition(body: PartitionIn) -> Any:

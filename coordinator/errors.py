@@ -38,6 +38,7 @@ ERROR_STATUS: dict[str, int] = {
     "migrations_unavailable": 503,  # this coordinator runs no migration driver
     "transfer_not_found": 404,
     "transfer_id_conflict": 409,  # a transfer id reused with other values
+    "not_enough_workers": 409,  # placement of more members than there are workers
     "internal_error": 500,
 }
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from coordinator.errors import CoordinatorError
 from coordinator.models import (
+    MAX_MEMBERS,
     MemberIn,
     MoveIn,
     PartitionIn,
@@ -524,10 +525,48 @@ class CoordinatorStore:
                     partition=partition_id,
                     symbols=owned,
                 )
+            live = self._live_migrations(conn, partition_id)
+            if live:
+                raise CoordinatorError(
+                    "migration_in_progress",
+                    f"partition {partition_id!r} is the source or destination of live migration(s) "
+                    f"{', '.join(live)}; let them finish or abort them first",
+                    partition=partition_id,
+                    migrations=live,
+                )
             conn.execute("DELETE FROM partitions WHERE id = ?", (partition_id,))
             return True, None
 
         self._mutate(op)
+
+    @staticmethod
+    def _live_migrations(conn: sqlite3.Connection, partition_id: str) -> list[str]:
+        """Ids of the migrations from or to the partition that are not done or aborted (none
+        where this database has no migration driver's table)."""
+        try:
+            rows = conn.execute("SELECT id FROM migrations WHERE (source = ? OR dest = ?) "
+                                "AND state NOT IN ('done', 'aborted') ORDER BY id",
+                                (partition_id, partition_id)).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        return [r[0] for r in rows]
+
+    def placement(self, members: int = 3) -> dict[str, Any]:
+        """Where a new partition's ``members`` go: the least-loaded workers (fewest members of
+        any partition; ties by worker id), one member per worker."""
+        if members < 1 or members > MAX_MEMBERS:
+            raise CoordinatorError("validation_error", f"members must be 1..{MAX_MEMBERS}, not {members}",
+                                   members=members)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT w.id, COUNT(m.worker_id) AS n FROM workers w LEFT JOIN members m ON m.worker_id = w.id "
+                "GROUP BY w.id ORDER BY n, w.id").fetchall()
+        if len(rows) < members:
+            raise CoordinatorError(
+                "not_enough_workers",
+                f"{members} members need {members} workers (one member per worker); there are {len(rows)}",
+                members=members, workers=len(rows))
+        return {"workers": [r[0] for r in rows[:members]], "load": {r[0]: r[1] for r in rows}}
 
     # ------------------------------------------------------------------ symbols
 

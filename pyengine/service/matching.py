@@ -371,11 +371,35 @@ class MatchingService:
             return self._release_symbol(cmd)
         if op == "owned_symbols":
             return Status.OK, orjson.dumps({"type": "owned_symbols", "symbols": self.owned})
+        if op == "funds":
+            return Status.OK, orjson.dumps(self._funds(cmd))
         if op == "state_hash":
             info = self.hash_info(position)
             self._publish_hash(info)
             return Status.OK, orjson.dumps({"type": "state_hash", **info})
         return Status.ERROR, _error(f"unknown admin op {op!r}")
+
+    def _funds(self, cmd: dict) -> dict:
+        """What this partition holds: every account balance that is not zero (name order, at most
+        ``limit``), how many there are, and the fee pool; before a partition is retired
+        (``matchctl partition remove`` refuses one that holds funds, docs/partitions.md)."""
+        limit = cmd.get("limit", 1000)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            limit = 1000
+        eng = self.engine
+        rows = []
+        count = 0
+        for name in sorted(eng.accounts):
+            acct = eng.accounts[name]
+            for asset in sorted(acct.bal):
+                b = acct.bal[asset]
+                if b.avail or b.held:
+                    count += 1
+                    if len(rows) < limit:
+                        rows.append({"account": name, "asset": asset, "available": eng._asset_str(asset, b.avail),
+                                     "held": eng._asset_str(asset, b.held)})
+        fees = {a: eng._asset_str(a, v) for a, v in sorted(eng.fees.items()) if v}
+        return {"type": "funds", "balances": rows, "count": count, "fees": fees}
 
     def _subscription(self, op: str, cmd: dict) -> list[dict]:
         try:

@@ -261,3 +261,24 @@ def test_app_owning_its_db(tmp_path):
         assert c.post("/v1/workers", json={"id": "w1", "address": "h"}).status_code == 201
     with CoordinatorStore(tmp_path / "own.db") as s:
         assert s.version == 1
+
+
+def test_placement_picks_least_loaded_workers_one_each(client):
+    for w in ("w1", "w2", "w3", "w4"):
+        assert client.post("/v1/workers", json={"id": w, "address": "127.0.0.1"}).status_code == 201
+    busy = [{"worker_id": w, "member_id": i, "ingress_endpoint": f"127.0.0.1:{9100 + i}"}
+            for i, w in enumerate(("w1", "w2", "w3"))]
+    assert client.post("/v1/partitions", json={"id": "p1", "members": busy}).status_code == 201
+    r = client.get("/v1/placement", params={"members": 3})
+    assert r.status_code == 200
+    assert r.json() == {"workers": ["w4", "w1", "w2"], "load": {"w1": 1, "w2": 1, "w3": 1, "w4": 0}}
+    assert "/v1/placement" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/v1/placement", params={"members": 4}).status_code == 422
+    assert client.delete("/v1/partitions/p1").status_code == 204
+    for w in ("w2", "w3"):
+        assert client.delete(f"/v1/workers/{w}").status_code == 204
+    version = client.get("/v1/health").json()["version"]
+    r = client.get("/v1/placement", params={"members": 3})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_enough_workers"
+    assert client.get("/v1/placement", params={"members": 2}).json()["workers"] == ["w1", "w4"]
+    assert client.get("/v1/health").json()["version"] == version  # placement only answers

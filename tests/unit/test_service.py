@@ -254,3 +254,22 @@ def test_a_batch_whose_answers_exceed_the_message_limit_is_answered_in_several_m
     answers = [a for _, r in frames for a in protocol.decode_reply(r)[1]]
     assert [a.request_id for a in answers] == list(range(1, 61))
     assert all(a.status == Status.OK for a in answers)
+
+
+def test_funds_admin_lists_nonzero_balances_and_changes_nothing():
+    s = MatchingService()
+    admin = Command(9, Channel.ADMIN_JSON, b'{"op":"funds"}')
+    [empty] = run(s, 9, [admin])
+    assert orjson.loads(empty.payload) == {"type": "funds", "balances": [], "count": 0, "fees": {}}
+    run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP)])
+    run(s, 9, [eng(3, {"op": "deposit", "account": "b", "asset": "USDT", "amount": "5", "tx_id": "2"}),
+               eng(4, {"op": "place", "account": "a", "symbol": "ETH-USDT", "side": "buy", "type": "limit",
+                       "tif": "GTC", "price": "10", "qty": "1", "client_order_id": "x"})])
+    before = s.engine.state_hash()
+    [a] = run(s, 9, [Command(10, Channel.ADMIN_JSON, b'{"op":"funds","limit":1}')])
+    doc = orjson.loads(a.payload)
+    assert doc["count"] == 2 and len(doc["balances"]) == 1
+    row = doc["balances"][0]
+    assert (row["account"], row["asset"]) == ("a", "USDT")
+    assert float(row["available"]) == 990 and float(row["held"]) == 10
+    assert s.engine.state_hash() == before
