@@ -246,6 +246,7 @@ class MetricsServer:
     def start(self) -> None:
         """Raises OSError when the port is taken: the process must not run unobservable."""
         self._server, self._thread = start_http_server(self.port, addr=self.host, registry=self.registry)
+        self.port = self._server.server_address[1]  # the one chosen when asked for port 0
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
 
     def stop(self) -> None:

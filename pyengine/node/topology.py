@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -305,6 +306,47 @@ class Topology:
             partitions.append({"id": p.id, "state": "active", "members": members,
                                "symbols": [s.symbol for s in p.symbols]})
         return {"workers": workers, "partitions": partitions}
+
+    # ---- changes (matchctl partition add/remove, worker add): each a new, checked topology ----
+
+    def with_worker(self, worker_id: str, host: str = "127.0.0.1") -> Topology:
+        if any(w.id == worker_id for w in self.workers):
+            raise TopologyError(f"worker {worker_id!r} is already in the topology")
+        doc = self.to_dict()
+        doc["workers"].append({"id": worker_id, "host": host})
+        return Topology.from_dict(doc)
+
+    def with_partition(self, partition_id: str, workers: list[str], taken_ports: Sequence[int] = ()) -> Topology:
+        """A new partition without symbols, member i on ``workers[i]``: the next cluster id, and
+        ports from the next hundred above every partition's and every ``taken_ports``."""
+        if any(p.id == partition_id for p in self.partitions):
+            raise TopologyError(f"partition {partition_id!r} is already in the topology")
+        high = max([p.port_range.stop for p in self.partitions] + [q + 1 for q in taken_ports if q])
+        doc = self.to_dict()
+        doc["partitions"].append({"id": partition_id, "cluster_id": max(p.cluster_id for p in self.partitions) + 1,
+                                  "port_base": -(-high // 100) * 100, "members": list(workers), "symbols": []})
+        return Topology.from_dict(doc)
+
+    def without_partition(self, partition_id: str, owners: dict[str, str]) -> Topology:
+        """The topology without the partition; the symbol descriptions it still lists (tick,
+        lot: where ``up`` reads them) go to the partition that owns each symbol in ``owners``."""
+        self.partition(partition_id)
+        doc = self.to_dict()
+        gone = next(p for p in doc["partitions"] if p["id"] == partition_id)
+        doc["partitions"].remove(gone)
+        if not doc["partitions"]:
+            raise TopologyError(f"partition {partition_id!r} is the last one; a system keeps at least one")
+        for spec in gone["symbols"]:
+            owner = owners.get(spec["symbol"])
+            dest = next((p for p in doc["partitions"] if p["id"] == owner), doc["partitions"][0])
+            dest["symbols"].append(spec)
+        return Topology.from_dict(doc)
+
+    def save(self, path: Path) -> None:
+        """Write the document atomically (workers follow this file: docs/partitions.md)."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
 
     def worker_aeron_dir(self, worker_id: str, system_dir: Path) -> str:
         """The worker's driver directory in /dev/shm: unique per system directory and worker."""

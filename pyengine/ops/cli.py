@@ -6,6 +6,9 @@
     matchctl cluster snapshot [--dir var/cluster]    # snapshot every member now
     matchctl cluster down [--dir var/cluster]
     matchctl up TOPOLOGY [--dir var/system]           # coordinator + workers + partitions
+    matchctl up --dir var/system                      # restart it as it was last changed
+    matchctl partition add|remove|move P ...          # while it runs (docs/partitions.md)
+    matchctl worker add W [--dir var/system]
     matchctl status [--dir var/system] [--json]
     matchctl down [--dir var/system]
     matchctl replay [FILE]                            # JSON-lines commands in, events out
@@ -205,9 +208,11 @@ def cmd_up(args) -> int:
     from pyengine.node.topology import Topology
     from pyengine.ops.system import System, describe
 
-    Topology.load(args.topology)  # a bad file is reported before anything is said or started
-    print(f"starting the system of {args.topology} in {args.dir} ...", flush=True)
-    system = System.up(args.topology, args.dir, timeout=args.timeout)
+    topology = args.topology_file or args.topology  # None: restart the system of --dir as it is
+    if topology is not None:
+        Topology.load(topology)  # a bad file is reported before anything is said or started
+    print(f"starting the system of {topology or args.dir / 'topology.json'} in {args.dir} ...", flush=True)
+    system = System.up(topology, args.dir, timeout=args.timeout)
     print(describe(system.status()))
     print(f"coordinator: {system.coordinator_url}")
     if args.monitoring:
@@ -333,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     errs.set_defaults(func=cmd_errors)
 
     sys_up = sub.add_parser("up", help="start a partitioned system from a topology file (docs/partitions.md)")
-    sys_up.add_argument("topology", type=Path)
+    sys_up.add_argument("topology", type=Path, nargs="?", default=None,
+                        help="topology file; leave it out to restart the system of --dir as it was last changed")
+    sys_up.add_argument("--topology", dest="topology_file", type=Path, default=None, help="the same as TOPOLOGY")
     sys_up.add_argument("--timeout", type=float, default=120.0)
     sys_up.add_argument("--monitoring", action="store_true",
                         help="also start Prometheus scraping every process, with the alert rules (docs/operations.md)")
@@ -350,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pyengine.ops import migrate
 
     migrate.add_parsers(sub, DEFAULT_SYSTEM_DIR)  # matchctl migrate / migrations (docs/migration.md)
+    from pyengine.ops import elastic
+
+    elastic.add_parsers(sub, DEFAULT_SYSTEM_DIR)  # matchctl partition add/remove/move, worker add
 
     replay = sub.add_parser("replay", help="apply JSON-lines commands to a fresh engine, print events")
     replay.add_argument("file", nargs="?", type=Path)

@@ -179,14 +179,21 @@ class System:
     # ---- up --------------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, topology_file: str | os.PathLike[str], directory: str | os.PathLike[str] = DEFAULT_SYSTEM_DIR,
+    def up(cls, topology_file: str | os.PathLike[str] | None, directory: str | os.PathLike[str] = DEFAULT_SYSTEM_DIR,
            timeout: float = 90.0, log_level: str = "INFO") -> System:
         """Check the topology, start everything, wait for leaders, hand out the symbols.
+        ``topology_file`` None: the directory's own DIR/topology.json (the system as it was last
+        changed by ``matchctl partition``/``worker`` commands).
 
         On any failure whatever was started is stopped again and the error raised."""
-        topo = Topology.load(topology_file)  # nothing is touched before the file is known good
+        own = topology_file is None
+        if own and not cls(directory).topology_file.is_file():
+            raise SystemStateError(f"no system in {Path(directory).resolve()} to restart (no topology.json); "
+                                   "give a topology file")
+        # nothing is touched before the file is known good
+        topo = Topology.load(cls(directory).topology_file if own else topology_file)
         system = cls(directory)
-        if topo.auth is not None:
+        if topo.auth is not None and not own:
             if topo.auth_keys_file is not None:
                 raise SystemStateError("the topology runs an auth service (auth) and names settings.auth_keys_file: "
                                        "leave the file out, `matchctl up` writes the service's keys to "
@@ -201,7 +208,8 @@ class System:
             previous = json.loads(system.topology_file.read_text())
             if previous != topo.to_dict():
                 raise SystemStateError(f"{system.dir} holds a system set up with a different topology "
-                                  f"({system.topology_file}); use another --dir, or remove this one")
+                                  f"({system.topology_file}; partitions or workers added or removed since count): "
+                                  f"`matchctl up --dir {directory}` restarts it as it is, or use another --dir")
         system.topology_file.write_text(json.dumps(topo.to_dict(), indent=2) + "\n")
         system._topology = topo
         system._save_state({"coordinator": None, "workers": {}})
@@ -213,7 +221,7 @@ class System:
                 load_auth_keys(topo.auth_keys_file)  # the workers would refuse it: say so once, here
             system.start_coordinator(timeout=min(30.0, timeout))
             system._check_coordinator_map()
-            for w in topo.active_workers():
+            for w in topo.workers:  # one without members yet runs idle and follows the topology
                 system.start_worker(w.id, log_level=log_level)
             system.await_leaders(max(1.0, deadline - time.monotonic()))
             system.assign_symbols(max(5.0, deadline - time.monotonic()))
@@ -458,8 +466,19 @@ class System:
 
     # ---- observing -------------------------------------------------------------------------
 
+    def worker_report(self, worker_id: str) -> dict | None:
+        """What the running worker says it runs (DIR/workers/W.json: members, metrics port), or
+        None when it has not written it or the file is from an earlier process."""
+        pid = self.state().get("workers", {}).get(worker_id)
+        try:
+            doc = json.loads((self.dir / "workers" / f"{worker_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc if pid is not None and doc.get("pid") == pid and _ours(pid, "pyengine.node.worker") else None
+
     def worker_metrics_url(self, worker_id: str) -> str | None:
-        port = self.topology.worker_metrics_port(worker_id)
+        report = self.worker_report(worker_id)
+        port = report["metrics_port"] if report else self.topology.worker_metrics_port(worker_id)
         return None if port is None else f"http://{self.topology.worker(worker_id).host}:{port}/metrics"
 
     def member_status(self, partition_id: str, member_id: int) -> dict:
@@ -550,13 +569,14 @@ class System:
 
     # ---- symbols ---------------------------------------------------------------------------
 
-    def assign_symbols(self, timeout: float = 60.0) -> dict[str, dict[str, int]]:
+    def assign_symbols(self, timeout: float = 60.0, only: str | None = None) -> dict[str, dict[str, int]]:
         """Tells every partition which symbols it owns (epochs from the coordinator's routes) and
         adds them to its engine (tick/lot from the topology). Idempotent: a restart sends the
         same ownership again and the engine answers ``duplicate_symbol`` for known symbols.
 
         A partition without symbols gets an empty ``own_symbols``, so it owns none (a partition
-        that never got the command owns every symbol, as a single-partition system does)."""
+        that never got the command owns every symbol, as a single-partition system does).
+        ``only``: just this partition (a partition added to a running system)."""
         from pyengine.client.match_client import MatchClient
         from pyengine.service.migration import ID_SPACE
 
@@ -567,6 +587,8 @@ class System:
             owned.setdefault(route["partition"], {})[symbol] = route["epoch"]
         deadline = time.monotonic() + timeout
         for p in self.topology.partitions:
+            if only is not None and p.id != only:
+                continue
             with MatchClient(self.topology.ingress_endpoints(p.id), **self.control_credentials()) as client:
                 if not client.wait_connected(max(1.0, deadline - time.monotonic())):
                     raise SystemStateError(f"could not connect to partition {p.id}: {client.last_error}")

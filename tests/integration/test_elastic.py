@@ -1,0 +1,112 @@
+"""Partitions and workers added and retired while a real system runs (pyengine/ops/elastic.py,
+docs/partitions.md): one partition on three workers, then a fourth worker, a partition placed on
+it, a symbol with resting orders migrated there and traded, removals refused and allowed, and the
+changed system restarted from its directory. One system for every step (heavy on 2 cores)."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pyengine.ops import elastic, migrate
+from pyengine.ops.system import System
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
+
+BTC = "BTC-USDT"
+
+
+def place(client, account: str, side: str, price: str, coid: str) -> list[dict]:
+    return client.request({"op": "place", "account": account, "symbol": BTC, "side": side, "type": "limit",
+                           "price": price, "qty": "0.5", "client_order_id": coid}, timeout=60).events
+
+
+def book(client) -> tuple[list, list]:
+    [ev] = client.request({"op": "book", "symbol": BTC}, timeout=60).events
+    return ([(Decimal(p), Decimal(q)) for p, q in ev["bids"]], [(Decimal(p), Decimal(q)) for p, q in ev["asks"]])
+
+
+def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_system, make_routed_client):
+    doc = copy.deepcopy(topology_doc)
+    doc["partitions"] = doc["partitions"][:1]  # p1 on w1, w2, w3 with BTC-USDT and ETH-USDT
+    system = make_system(doc)
+    url = system.coordinator_url
+    client = make_routed_client(url, moved_timeout=60.0)
+
+    # bad input changes nothing
+    before = system.topology_file.read_text()
+    with pytest.raises(elastic.ElasticError, match="already exists"):
+        elastic.add_partition(system, "p1", ["w1", "w2", "w3"])
+    with pytest.raises(elastic.ElasticError, match="w9"):
+        elastic.add_partition(system, "p2", ["w1", "w2", "w9"])
+    with pytest.raises(elastic.ElasticError, match="already in the topology"):
+        elastic.add_worker(system, "w1")
+    assert system.topology_file.read_text() == before
+    assert [p["id"] for p in httpx.get(f"{url}/v1/partitions").json()] == ["p1"]
+
+    # a fourth worker joins; it runs idle until a partition is placed on it
+    report = elastic.add_worker(system, "w4")
+    assert report["members"] == [] and System(system.dir).status()["workers"]["w4"]["running"]
+    assert "w4" in [w["id"] for w in httpx.get(f"{url}/v1/workers").json()]
+
+    rec = elastic.add_partition(system, "p2", ["w4", "w2", "w3"])
+    assert [m["worker_id"] for m in rec["members"]] == ["w4", "w2", "w3"] and rec["symbols"] == []
+    status = System(system.dir).status()
+    assert sorted(m["role"] for m in status["partitions"]["p2"]) == ["follower", "follower", "leader"], status
+
+    # resting orders of two accounts at p1, migrated to p2, then a trade there
+    for account, asset, amount in (("alice", "USDT", "100000"), ("bob", "BTC", "10")):
+        ev = client.request({"op": "deposit", "account": account, "asset": asset, "amount": amount,
+                             "tx_id": f"d-{account}"}, timeout=60, partition="p1").events
+        assert ev[0]["type"] == "deposited", ev
+    assert place(client, "alice", "buy", "100", "a1")[0]["type"] == "accepted"
+    assert place(client, "bob", "sell", "120", "b1")[0]["type"] == "accepted"
+    mig = migrate.follow(url, migrate.start(url, BTC, "p2")["id"], 180.0)
+    assert mig["state"] == "done" and mig["info"]["orders"] == 2, mig
+    assert httpx.get(f"{url}/v1/routes/{BTC}").json()["partition"] == "p2"
+    # alice's free USDT stayed at p1 (only holds move with orders): she moves some to p2
+    assert client.transfer("alice", "USDT", "1000", "p1", "p2", "t-alice")["state"] == "done"
+    events = place(client, "alice", "buy", "120", "a2")  # crosses bob's migrated sell at p2
+    assert [e["type"] for e in events if e["type"] == "trade"] == ["trade"], events
+    assert client.route(BTC).partition == "p2"
+    assert book(client) == ([(Decimal(100), Decimal("0.5"))], [])
+
+    # p2 owns a symbol: refused, nothing changed
+    before = system.topology_file.read_text()
+    with pytest.raises(elastic.ElasticError, match="still owns BTC-USDT"):
+        elastic.remove_partition(system, "p2")
+    assert system.topology_file.read_text() == before
+    assert httpx.get(f"{url}/v1/partitions/p2").json()["state"] == "active"
+
+    # BTC-USDT goes back to p1; p2 owns no symbol but holds funds (alice's and bob's free
+    # balances stayed): refused, nothing changed
+    assert migrate.follow(url, migrate.start(url, BTC, "p1")["id"], 180.0)["state"] == "done"
+    with pytest.raises(elastic.ElasticError, match="holds funds"):
+        elastic.remove_partition(system, "p2")
+    assert system.topology_file.read_text() == before
+    assert httpx.get(f"{url}/v1/partitions/p2").json()["state"] == "active"
+
+    # a partition placed by the coordinator on the least-loaded workers (w1 and w4 host one
+    # member each, w2 and w3 two), empty: retired
+    rec = elastic.add_partition(system, "p3")
+    assert [m["worker_id"] for m in rec["members"]] == ["w1", "w4", "w2"], rec
+    assert "p3" in System(system.dir).status()["partitions"]
+    done = elastic.remove_partition(system, "p3")
+    assert Path(done["retired_dir"]).is_dir()
+    assert httpx.get(f"{url}/v1/partitions/p3").status_code == 404
+    assert "p3" not in [p.id for p in System(system.dir).topology.partitions]
+    for w in ("w1", "w4", "w2"):
+        assert "p3" not in {m["partition"] for m in system.worker_report(w)["members"]}
+
+    # down, then up from the directory: p2 and w4 come back, BTC-USDT's book is at p1
+    system.down()
+    again = System.up(None, system.dir, timeout=120)
+    status = again.status()
+    assert set(status["partitions"]) == {"p1", "p2"} and status["workers"]["w4"]["running"], status
+    client2 = make_routed_client(again.coordinator_url, moved_timeout=60.0)
+    assert book(client2) == ([(Decimal(100), Decimal("0.5"))], [])  # alice's bid moved there and back
+    assert client2.route(BTC).partition == "p1"
