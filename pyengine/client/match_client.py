@@ -129,6 +129,7 @@ class ClientStats:
     new_leaders: int = 0
     disconnects: int = 0
     connect_failures: int = 0  # since the last successful connect
+    silent_reconnects: int = 0  # new sessions opened because the cluster fell silent
 
 
 class MatchClient:
@@ -146,6 +147,7 @@ class MatchClient:
         resend_after_s: float = 1.0,
         egress_host: str = "127.0.0.1",
         direct_send: bool = False,
+        silence_reconnect_s: float | None = None,
     ) -> None:
         jvm.start()
         import jpype
@@ -162,6 +164,13 @@ class MatchClient:
         # it, instead of waking the send thread (one thread hand-over less per command; opt-in
         # until measured better: bench/latency.py, docs/operations.md "Latency settings")
         self._direct_send = direct_send
+        # silence_reconnect_s: open a new session (through every member) when commands have
+        # waited this long and the cluster has sent nothing at all meanwhile. Aeron notices a
+        # leader that died without a NewLeader event only after its publication and new-leader
+        # timeouts (5 s + 5 s); a resend on the new session is answered once (the request ids
+        # stay). Off by default: a spurious reconnect turns answers into duplicates.
+        self.silence_reconnect_s = silence_reconnect_s
+        self._last_heard = time.monotonic()
         self._direct_lock = threading.Lock()
         self._queued = 0  # commands in the outbox or taken but not yet offered (under _lock)
         self.stats = ClientStats()
@@ -420,6 +429,8 @@ class MatchClient:
 
     def _resend_stale(self, everything: bool = False) -> None:
         now = time.monotonic()
+        if self.silence_reconnect_s is not None and self._silent_too_long(now):
+            return
         with self._lock:
             # Never yet-unsent ones (sends == 0) unless everything: the send loop has them queued,
             # and sending them here too would send every command twice.
@@ -430,6 +441,24 @@ class MatchClient:
         stale.sort(key=lambda p: p.request_id)
         self.stats.resent += sum(1 for p in stale if p.sends)
         self._send(stale)
+
+    def _silent_too_long(self, now: float) -> bool:
+        """Starts a new session if commands sent over ``silence_reconnect_s`` ago are waiting
+        and the cluster has sent nothing since (see __init__); True if it did."""
+        limit = self.silence_reconnect_s
+        if not self._connected.is_set() or now - self._last_heard < limit:
+            return False
+        with self._lock:
+            waiting = sum(1 for p in self._pending.values() if p.sends > 0 and now - p.submitted_at >= limit)
+        if not waiting:
+            return False
+        log.warning("no word from the cluster for %.1f s with %d command(s) waiting; reconnecting",
+                    now - self._last_heard, waiting)
+        self.stats.silent_reconnects += 1
+        self._last_heard = now
+        self._connected.clear()
+        self._java.reconnect()  # the poller connects through every member; EVENT_CONNECTED resends
+        return True
 
     def _receive_loop(self) -> None:
         java = self._java
@@ -442,6 +471,7 @@ class MatchClient:
                 raise
             if blob is None:
                 continue
+            self._last_heard = time.monotonic()
             for kind, body in split_events(memoryview(blob).tobytes()):
                 try:
                     self._on_event(kind, body)

@@ -1,6 +1,7 @@
 """matchctl: run and inspect a local matchx system.
 
     matchctl cluster up [--members 3] [--dir var/cluster] [--port-base 20000] [--auth-keys-file FILE]
+                        [--auth-url URL --service-password-file FILE]   # + the revocation pusher
     matchctl cluster status [--dir var/cluster] [--json]
     matchctl cluster hash [--dir var/cluster]        # prove the members agree
     matchctl cluster snapshot [--dir var/cluster]    # snapshot every member now
@@ -66,6 +67,13 @@ def _snapshot_cost(status: dict) -> str:
 
 def cmd_cluster_up(args) -> int:
     keys_file = str(args.auth_keys_file.resolve()) if args.auth_keys_file is not None else None
+    if (args.auth_url is None) != (args.service_password_file is None) or (args.auth_url and keys_file is None):
+        print("matchctl: --auth-url and --service-password-file go together, and with --auth-keys-file",
+              file=sys.stderr)
+        return 2
+    if args.service_password_file is not None and not args.service_password_file.is_file():
+        print(f"matchctl: no service password file {args.service_password_file}", file=sys.stderr)
+        return 2
     layout = ClusterLayout(base_dir=args.dir.resolve(), members=args.members, port_base=args.port_base,
                            snapshot_interval_s=args.snapshot_interval,
                            snapshot_log_bytes=args.snapshot_log_mib << 20, auth_keys_file=keys_file,
@@ -81,8 +89,51 @@ def cmd_cluster_up(args) -> int:
         cluster.stop()
         return 1
     print(f"member {leader} is leader")
+    if args.auth_url is not None:
+        try:
+            pid = _start_cluster_pusher(cluster.dir, args.auth_url, args.service_password_file.resolve(),
+                                        max(60.0, args.timeout))
+        except RuntimeError as exc:
+            print(f"matchctl: {exc}; stopping the members", file=sys.stderr)
+            cluster.stop()
+            return 1
+        print(f"revocation pusher pid {pid} follows {args.auth_url} (log: {cluster.dir / 'pusher.log'})")
     _print_status(cluster, False)
     return 0
+
+
+def _start_cluster_pusher(cluster_dir: Path, auth_url: str, password_file: Path, timeout: float) -> int:
+    """The revocation pusher for a `matchctl cluster up` partition, in step with it when this
+    returns; its pid in DIR/pusher.pid for `matchctl cluster down`."""
+    from pyengine.ops.pusher import cluster_partition, spawn
+    from pyengine.ops.system import REPO_ROOT, _env
+
+    pid_file = cluster_dir / "pusher.pid"
+    cursor = cluster_dir / "pusher.json"
+    args = ["--cluster-dir", str(cluster_dir), "--auth-url", auth_url, "--password-file", str(password_file),
+            "--state", str(cursor)]
+    return spawn(args, cluster_dir / "pusher.log", cursor, set(cluster_partition(cluster_dir)), REPO_ROOT, _env(),
+                 timeout, lambda pid: pid_file.write_text(json.dumps({"pid": pid}) + "\n"))
+
+
+def _stop_cluster_pusher(cluster_dir: Path) -> None:
+    """Stops the pusher `matchctl cluster up --auth-url` started, if any, and cleans its /dev/shm."""
+    import shutil
+
+    from pyengine.client.match_client import client_aeron_dirs
+    from pyengine.node.procs import pid_alive
+    from pyengine.ops.system import _stop_pid
+
+    pid_file = cluster_dir / "pusher.pid"
+    try:
+        pid = int(json.loads(pid_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    _stop_pid(pid, "pyengine.ops.pusher", 10.0)
+    if not pid_alive(pid):  # it ends with os._exit once its JVM runs: its client dirs stay
+        for d in client_aeron_dirs(pid):
+            shutil.rmtree(d, ignore_errors=True)
+        pid_file.unlink()
 
 
 def cmd_cluster_status(args) -> int:
@@ -92,6 +143,7 @@ def cmd_cluster_status(args) -> int:
 
 def cmd_cluster_down(args) -> int:
     cluster = LocalCluster.open(args.dir)
+    _stop_cluster_pusher(cluster.dir)
     cluster.stop()
     print(f"stopped the members of {args.dir}")
     return 0
@@ -275,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--auth-keys-file", type=Path, metavar="FILE",
                     help="turn tokens on: the auth service's public keys (GET /v1/keys saved to FILE); every "
                          "session must then present an access token (docs/auth.md)")
+    up.add_argument("--auth-url", metavar="URL",
+                    help="with --auth-keys-file: also run the revocation pusher, following this auth service's "
+                         "revocations and key changes into the partition's log (stopped by `cluster down`)")
+    up.add_argument("--service-password-file", type=Path, metavar="FILE",
+                    help="with --auth-url: the password of the service user `matchctl` (admin, read), as "
+                         "`python -m coordinator.auth.setup` creates it")
     up.add_argument("--threading", choices=MEMBER_THREADING, default=ClusterLayout.member_threading,
                     help="agent threads per member: shared (4) or compact (the archive's thread runs the driver: "
                          "3; experimental, it fails failover tests); default %(default)s; docs/operations.md, "

@@ -4,10 +4,13 @@ partition's log, as admin commands, by itself.
     python -m pyengine.ops.pusher --dir DIR [--interval 0.2]          # a `matchctl up` system
     python -m pyengine.ops.pusher --topology-env MATCHX_TOPOLOGY --auth-url http://auth:8081 \
         --password-file /auth/service.password --state /data/pusher.json  # compose
+    python -m pyengine.ops.pusher --cluster-dir var/cluster --auth-url http://127.0.0.1:8081 \
+        --password-file var/auth/service.password --state var/cluster/pusher.json  # `matchctl cluster up`
 
 ``matchctl up`` starts it (one per system) when the topology runs an auth service, and stops it
-with ``matchctl down``. One thread per partition, so a partition that is electing a leader does
-not hold up the others. Each thread, every ``--interval`` seconds:
+with ``matchctl down``; ``matchctl cluster up --auth-url`` starts one for its single partition
+(``spawn``), stopped by ``matchctl cluster down``. One thread per partition, so a partition that
+is electing a leader does not hold up the others. Each thread, every ``--interval`` seconds:
 
 1. asks its partition (through the log, so the answer is committed state) which keys it holds
    and the last revocation ``seq`` it applied (``auth_state``) -- on start, and again after any
@@ -41,6 +44,11 @@ from pathlib import Path
 log = logging.getLogger("matchx.pusher")
 
 DEFAULT_INTERVAL_S = 0.2
+# A new session when a command has had no word from the partition for this long: a client whose
+# leader died and whose NewLeader event never came would otherwise wait for Aeron's publication
+# and new-leader timeouts (10 s: the failover rounds of bench/reports/auth_revocation.md). The
+# pusher's commands are idempotent, so a spurious reconnect costs a resend and nothing else.
+SILENCE_RECONNECT_S = 1.0
 # one client start at a time: JPype crashed (SIGSEGV) with two threads starting clients at once
 _CLIENT_START = threading.Lock()
 
@@ -69,7 +77,8 @@ class PartitionPusher(threading.Thread):
                 try:
                     if client is None:
                         with _CLIENT_START:
-                            client = MatchClient(self.endpoints, **self.client_kwargs)
+                            client = MatchClient(self.endpoints, silence_reconnect_s=SILENCE_RECONNECT_S,
+                                                 **self.client_kwargs)
                     if not client.wait_connected(5.0):
                         raise RuntimeError(f"not connected: {client.last_error}")
                     if applied is None:
@@ -123,9 +132,9 @@ class Pusher:
     ``Pusher.for_system(DIR)`` for `matchctl up`; the explicit form for compose, where the
     topology, the auth service and the service password come from the container's setup."""
 
-    def __init__(self, topology, auth_client_factory: Callable, client_kwargs: dict, cursor_file: Path,
-                 interval_s: float = DEFAULT_INTERVAL_S) -> None:
-        self.topology = topology
+    def __init__(self, partitions: dict[str, str], auth_client_factory: Callable, client_kwargs: dict,
+                 cursor_file: Path, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+        self.partitions = partitions  # partition id -> its ingress endpoints
         self.auth_client_factory = auth_client_factory
         self.client_kwargs = client_kwargs
         self.interval_s = interval_s
@@ -140,11 +149,11 @@ class Pusher:
 
         system = System(system_dir)
         system.auth_url  # noqa: B018 - a clear error now rather than in every thread
-        return cls(system.topology, system.auth_client, system.control_credentials(), system.dir / "pusher.json",
-                   interval_s)
+        return cls(endpoints_of(system.topology), system.auth_client, system.control_credentials(),
+                   system.dir / "pusher.json", interval_s)
 
     @classmethod
-    def for_service(cls, topology, auth_url: str, password_file: Path, cursor_file: Path,
+    def for_service(cls, partitions: dict[str, str], auth_url: str, password_file: Path, cursor_file: Path,
                     egress_host: str | None = None, interval_s: float = DEFAULT_INTERVAL_S) -> Pusher:
         from coordinator.auth.client import AuthClient
         from coordinator.auth.setup import service_token_provider
@@ -156,7 +165,7 @@ class Pusher:
         kwargs: dict = {"token_provider": tokens}
         if egress_host:
             kwargs["egress_host"] = egress_host
-        return cls(topology, lambda: AuthClient(auth_url), kwargs, cursor_file, interval_s)
+        return cls(partitions, lambda: AuthClient(auth_url), kwargs, cursor_file, interval_s)
 
     def _load_cursor(self) -> dict[str, dict]:
         try:
@@ -180,9 +189,8 @@ class Pusher:
         from pyengine import jvm
 
         jvm.start()  # in the main thread, before any partition thread needs it
-        topo = self.topology
-        threads = [PartitionPusher(p.id, topo.ingress_endpoints(p.id), self.auth_client_factory, self.client_kwargs,
-                                   self._acked, self.stop, self.interval_s) for p in topo.partitions]
+        threads = [PartitionPusher(pid, endpoints, self.auth_client_factory, self.client_kwargs, self._acked,
+                                   self.stop, self.interval_s) for pid, endpoints in self.partitions.items()]
         for t in threads:
             t.start()
         log.info("pushing keys and revocations to %d partition(s) every %.2f s", len(threads), self.interval_s)
@@ -191,12 +199,64 @@ class Pusher:
             t.join(15)
 
 
+def endpoints_of(topology) -> dict[str, str]:
+    """Each partition of a topology and its ingress endpoints."""
+    return {p.id: topology.ingress_endpoints(p.id) for p in topology.partitions}
+
+
+def cluster_partition(cluster_dir: Path) -> dict[str, str]:
+    """The one partition of a `matchctl cluster up` directory (named by its cluster id)."""
+    from pyengine.node.localcluster import LocalCluster
+
+    cluster = LocalCluster.open(cluster_dir)
+    return {f"cluster-{cluster.layout.cluster_id}": cluster.ingress_endpoints()}
+
+
+def spawn(args: list[str], log_file: Path, cursor_file: Path, partition_ids: set[str], cwd: Path,
+          env: dict[str, str], timeout: float, on_started: Callable[[int], None] = lambda pid: None) -> int:
+    """Starts ``python -m pyengine.ops.pusher ARGS`` in its own session (output to ``log_file``)
+    and returns its pid once it is in step with every partition (``cursor_file`` names its pid
+    and them all): a revoke right after would otherwise wait for its JVM to start.
+    ``on_started(pid)`` records the pid before the wait; on failure the process is stopped and
+    ``RuntimeError`` says why."""
+    import subprocess
+
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pyengine.ops.pusher", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                cwd=str(cwd), env=env)
+    on_started(proc.pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            doc = json.loads(cursor_file.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if doc.get("pid") == proc.pid and set(doc.get("partitions", {})) >= partition_ids:
+            return proc.pid
+        if proc.poll() is not None:
+            raise RuntimeError(f"the revocation pusher exited with status {proc.returncode}; see {log_file}")
+        if time.monotonic() > deadline:
+            import shutil
+
+            from pyengine.client.match_client import client_aeron_dirs
+
+            proc.kill()
+            proc.wait(10)
+            for d in client_aeron_dirs(proc.pid):
+                shutil.rmtree(d, ignore_errors=True)
+            raise RuntimeError(f"the revocation pusher did not reach every partition within {timeout:.0f} s; "
+                               f"see {log_file}")
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="matchx-pusher", description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, help="the system directory of `matchctl up`")
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--topology", type=Path, help="without --dir: the topology file")
     src.add_argument("--topology-env", metavar="VAR", help="without --dir: a variable holding the topology JSON")
+    src.add_argument("--cluster-dir", type=Path, help="without --dir: a `matchctl cluster up` directory")
     parser.add_argument("--auth-url", help="without --dir: the auth service, e.g. http://auth:8081")
     parser.add_argument("--password-file", type=Path, help="without --dir: the service user's password")
     parser.add_argument("--state", type=Path, default=Path("pusher.json"), help="without --dir: the cursor file")
@@ -211,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.interval <= 0:
         print("matchx pusher: --interval must be positive", file=sys.stderr)
         return 2
+    from pyengine.node.localcluster import ClusterError
     from pyengine.node.settings import ConfigError
     from pyengine.node.topology import SystemStateError, Topology
 
@@ -218,13 +279,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.dir is not None:
             pusher = Pusher.for_system(args.dir.resolve(), args.interval)
         else:
-            if not (args.auth_url and args.password_file and (args.topology or args.topology_env)):
-                parser.error("give --dir, or --topology/--topology-env with --auth-url and --password-file")
-            topology = (Topology.load(args.topology) if args.topology is not None
-                        else Topology.from_dict(json.loads(os.environ[args.topology_env])))
-            pusher = Pusher.for_service(topology, args.auth_url, args.password_file, args.state,
+            if not (args.auth_url and args.password_file and (args.topology or args.topology_env or args.cluster_dir)):
+                parser.error("give --dir, or --topology/--topology-env/--cluster-dir with --auth-url and "
+                             "--password-file")
+            if args.cluster_dir is not None:
+                partitions = cluster_partition(args.cluster_dir)
+            else:
+                partitions = endpoints_of(Topology.load(args.topology) if args.topology is not None
+                                          else Topology.from_dict(json.loads(os.environ[args.topology_env])))
+            pusher = Pusher.for_service(partitions, args.auth_url, args.password_file, args.state,
                                         args.egress_host, args.interval)
-    except (ConfigError, SystemStateError, OSError, KeyError, ValueError) as exc:
+    except (ConfigError, SystemStateError, ClusterError, OSError, KeyError, ValueError) as exc:
         print(f"matchx pusher: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):

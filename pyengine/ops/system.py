@@ -375,35 +375,23 @@ class System:
         return {}
 
     def start_pusher(self, log_level: str = "INFO", timeout: float = 60.0) -> int:
-        """Starts the revocation pusher (pyengine/ops/pusher.py) for this system."""
-        cmd = [sys.executable, "-m", "pyengine.ops.pusher", "--dir", str(self.dir), "--log-level", log_level]
-        with open(self.dir / "pusher.log", "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=str(REPO_ROOT), env=_env())
-        state = self.state()
-        state["pusher"] = proc.pid
-        self._save_state(state)
-        # In step before `up` returns: every partition's keys and revocations read back and
-        # brought up to date (else a revoke right after `up` would wait for the JVM to start).
-        cursor_file = self.dir / "pusher.json"
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                doc = json.loads(cursor_file.read_text())
-            except (OSError, ValueError):
-                doc = {}
-            synced = set(doc.get("partitions", {}))
-            if doc.get("pid") == proc.pid and synced >= {p.id for p in self.topology.partitions}:
-                break
-            if proc.poll() is not None:
-                raise SystemStateError(f"the revocation pusher exited with status {proc.returncode}:\n"
-                                       f"{_tail(self.dir / 'pusher.log')}")
-            if time.monotonic() > deadline:
-                raise SystemStateError(f"the revocation pusher did not reach every partition within {timeout:.0f} s; "
-                                       f"see {self.dir / 'pusher.log'}")
-            time.sleep(0.05)
-        log.info("revocation pusher pid %d, in step with every partition", proc.pid)
-        return proc.pid
+        """Starts the revocation pusher (pyengine/ops/pusher.py) for this system, in step with
+        every partition before it returns (keys and revocations read back and brought up to date)."""
+        from pyengine.ops.pusher import spawn
+
+        def record(pid: int) -> None:
+            state = self.state()
+            state["pusher"] = pid
+            self._save_state(state)
+
+        try:
+            pid = spawn(["--dir", str(self.dir), "--log-level", log_level], self.dir / "pusher.log",
+                        self.dir / "pusher.json", {p.id for p in self.topology.partitions}, REPO_ROOT, _env(),
+                        timeout, record)
+        except RuntimeError as exc:
+            raise SystemStateError(f"{exc}:\n{_tail(self.dir / 'pusher.log')}") from None
+        log.info("revocation pusher pid %d, in step with every partition", pid)
+        return pid
 
     def stop_pusher(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         pid = self.state().get("pusher")
