@@ -292,7 +292,10 @@ class MatchingService:
                 return Answer(command.request_id, Status.UNAUTHORISED, orjson.dumps({"reason": denied}))
         cached = self.replies.get(client_id, command.request_id)
         if cached is not None:
-            return Answer(command.request_id, Status.DUPLICATE, cached[1])
+            # only a success is marked DUPLICATE: a resent command that failed (bad JSON, MOVED)
+            # gets its original failure, or the client would read the error payload as a result
+            status = Status.DUPLICATE if cached[0] == Status.OK else cached[0]
+            return Answer(command.request_id, status, cached[1])
         if self.replies.too_old(client_id, command.request_id):
             return Answer(command.request_id, Status.ERROR, _error("request_id_too_old"))
         status, payload = self._execute(command, ts_ns, position)

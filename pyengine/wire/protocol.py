@@ -55,7 +55,8 @@ class Channel(IntEnum):
 
 class Status(IntEnum):
     OK = 0
-    DUPLICATE = 1  # a resend: the payload is the original answer
+    DUPLICATE = 1  # a resend of a command that succeeded: the payload is the original answer
+    # (a resend of a command that failed is answered with its original status and payload)
     ERROR = 2  # the command could not be processed at all; payload is JSON {"error": ...}
     MOVED = 3  # this partition does not own the symbol; payload is JSON {"symbol", "epoch"}
     UNAUTHORISED = 4  # the session's token does not allow it; payload is JSON {"reason": code}

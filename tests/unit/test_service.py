@@ -64,6 +64,10 @@ def test_bad_command_payloads_become_error_answers():
                          Command(3, Channel.ENGINE_JSON, b"[1,2]"), Command(4, Channel.ADMIN_JSON, b'{"op":"zap"}')])
     assert [a.status for a in answers] == [Status.ERROR] * 4
     assert b"bad JSON" in answers[0].payload and b"unknown channel" in answers[1].payload
+    # A resend of a failed command gets the original failure, not a DUPLICATE that reads as a success.
+    again = run(s, 1, [Command(1, Channel.ENGINE_JSON, b"{nope"), Command(4, Channel.ADMIN_JSON, b'{"op":"zap"}')])
+    assert [(a.status, a.payload) for a in again] == [(Status.ERROR, answers[0].payload),
+                                                        (Status.ERROR, answers[3].payload)]
 
 
 def test_snapshot_round_trip_and_hash(tmp_path):
