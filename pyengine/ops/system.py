@@ -402,6 +402,9 @@ class System:
         elif _ours(pid, "pyengine.ops.pusher"):
             os.kill(pid, sig)
             _wait_gone(pid, timeout)
+        if not pid_alive(pid):  # it ends with os._exit once its JVM runs: its client dirs stay
+            for d in client_aeron_dirs(pid):
+                shutil.rmtree(d, ignore_errors=True)
 
     def _http(self, timeout: float = 5.0):
         import httpx

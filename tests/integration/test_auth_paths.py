@@ -14,6 +14,7 @@ import pytest
 
 from coordinator.auth.client import AuthClient
 from coordinator.auth.feed import commands_for
+from pyengine.client.match_client import client_aeron_dirs
 from pyengine.node.localcluster import LocalCluster, wait_for
 from tests.conftest import next_port_base
 from tests.integration.auth_attacks import Partition, active_signer, run_attacks
@@ -147,8 +148,10 @@ def test_the_pusher_resumes_after_its_restart_and_a_leader_failover(secured_syst
         wait_for(lambda: sessions[0]._auth_failure, 30, "the first revocation")
         assert sessions[0]._auth_failure == "revoked"
 
+        first_pusher = system.state()["pusher"]
         system.stop_pusher()
         assert not any("pusher" in r for r in system.running())
+        assert client_aeron_dirs(first_pusher) == []  # its clients' driver dirs went with it
         leader = system.leader("p1")
         killed = topo.partition("p1").members[leader]
         system.stop_worker(killed, sig=signal.SIGKILL)  # p1 (and p2) lose a member, p1 its leader
