@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from pyengine.node.localcluster import wait_for
-from tests.conftest import TEST_TIMEOUTS
+from tests.conftest import SHIPPED_TIMEOUTS
 
 pytestmark = pytest.mark.cluster
 
@@ -43,7 +43,7 @@ def hashes_at_one_position(cluster, client, members):
 
 
 def test_follower_only_client_survives_leader_kill(make_cluster, make_client):
-    cluster = make_cluster(timeouts=TEST_TIMEOUTS)
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     cluster.await_followers(2)
     follower = next(m for m in range(3) if m != leader)
@@ -86,7 +86,7 @@ def test_resend_returns_the_original_outcome(make_cluster, make_client):
     from pyengine.wire.protocol import Channel, Status
     from tests.integration.raw_session import RawSession
 
-    cluster = make_cluster(timeouts=TEST_TIMEOUTS)
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     cluster.await_followers(2)
     client = make_client(cluster.ingress_endpoints())
@@ -124,7 +124,7 @@ def test_resend_returns_the_original_outcome(make_cluster, make_client):
 def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_cluster, make_client):
     from pyengine.wire import protocol
 
-    cluster = make_cluster(timeouts=TEST_TIMEOUTS)
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     client = make_client(cluster.ingress_endpoints())
     assert client.wait_connected(30)
@@ -151,7 +151,7 @@ def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, 
     from pyengine.engine.model import EV_ACCEPTED, EV_TRADE
     from pyengine.wire.bulk import BulkBuilder
 
-    cluster = make_cluster(timeouts=TEST_TIMEOUTS)
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     leader = cluster.await_leader(60)
     cluster.await_followers(2)
     client = make_client(cluster.ingress_endpoints())
@@ -200,7 +200,7 @@ def test_an_answer_larger_than_one_message_arrives_whole(make_cluster, make_clie
     also as the DUPLICATE answer to a resend of the same request."""
     from pyengine.wire.bulk import BulkBuilder
 
-    cluster = make_cluster(timeouts=TEST_TIMEOUTS)
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     cluster.await_leader(60)
     cluster.await_followers(2)
     client = make_client(cluster.ingress_endpoints())

@@ -19,7 +19,7 @@ import pytest
 
 from pyengine.engine.model import DEFAULT_DEDUP_WINDOW
 from pyengine.node.localcluster import wait_for
-from tests.conftest import TEST_TIMEOUTS
+from tests.conftest import SHIPPED_TIMEOUTS
 from tests.integration.test_client_follows_leader import (
     ClientLeaderEvents,
     await_in_step,
@@ -36,7 +36,7 @@ KILLS = 10
 
 
 def test_leader_killed_ten_times_under_load_loses_and_duplicates_nothing(make_cluster, make_client):
-    cluster = make_cluster(timeouts=TEST_TIMEOUTS)
+    cluster = make_cluster(timeouts=SHIPPED_TIMEOUTS)
     cluster.await_leader(60)
     cluster.await_followers(2)
     watch = ClientLeaderEvents().__enter__()

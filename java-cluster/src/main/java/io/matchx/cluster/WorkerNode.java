@@ -131,10 +131,12 @@ public final class WorkerNode implements AutoCloseable
                 .mediaDriverAgentInvoker(driver.sharedAgentInvoker())
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
             final long started = System.nanoTime();
+            final StartupGrace grace = StartupGrace.beforeLaunch(ctx.consensusModule);
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
+            grace.afterLaunch();
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            StartPhases.watchElection(prefix, consensusModule.context().electionStateCounter());
+            StartPhases.watchElection(prefix, consensusModule.context().electionStateCounter(), () -> grace.inStep(prefix));
             container = ClusteredServiceContainer.launch(ctx.container);
         }
         catch (final RuntimeException ex)
