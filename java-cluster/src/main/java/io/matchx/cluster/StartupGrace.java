@@ -20,7 +20,7 @@ import java.util.concurrent.TimeUnit;
  * from the context on every use, while {@code ConsensusModuleAgent} copies the heartbeat timeout
  * in its constructor (its leader-failure detection). So the election timeout is widened before
  * launch, the heartbeat timeout (election deadlines only) right after it, and both are put back a
- * few seconds after the member is first in step: failure detection is the configured one from
+ * second after the member is first in step: failure detection is the configured one from
  * the first moment, and every later election (a failover) runs the configured timing. The writes
  * are plain fields read by the consensus module's thread; its duty cycle crosses volatile reads
  * each turn, so it sees them within a cycle.
@@ -31,8 +31,12 @@ final class StartupGrace
     static final long ELECTION_TIMEOUT_MS = 300;
     /** A cold follower's deadline to join the catch-up and live log, and to replicate the log. */
     static final long JOIN_TIMEOUT_MS = 2_000;
-    /** How long after the member is first in step the configured timing comes back. */
-    static final long WARM_AFTER_IN_STEP_MS = 5_000;
+    /**
+     * How long after the member is first in step the configured timing comes back. Short: while
+     * the grace lasts, this member waits up to {@link #JOIN_TIMEOUT_MS} before it nominates
+     * itself, which slows a failover in which it is the only member able to lead.
+     */
+    static final long WARM_AFTER_IN_STEP_MS = 1_000;
 
     private final ConsensusModule.Context ctx;
     private final long electionTimeoutNs;
