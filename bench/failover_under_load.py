@@ -55,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import election_trace  # noqa: E402
 from bench.common import (  # noqa: E402
+    MID,
+    SYMBOLS,
     MachineLoad,
     OrderFlow,
     bench_cluster,
@@ -101,6 +103,8 @@ def worker(spec: dict) -> int:
     if spec.get("setup"):
         for f in [client.submit(c) for c in setup_commands(spec["accounts"])]:
             f.result(120)
+    if spec.get("resting"):
+        preload_resting(client, spec["resting"], spec["accounts"])
     flow = OrderFlow(spec["seed"], spec["accounts"], "f")
     rate = spec["rate"]
     cap = int(rate * spec["max_s"]) + 1
@@ -184,6 +188,29 @@ def worker(spec: dict) -> int:
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
     os._exit(0)
+
+
+def preload_resting(client, n: int, accounts: int) -> None:
+    """``n`` resting GTC orders far from the order flow's prices (buys 30-50 % below the mid,
+    sells 30-50 % above: the flow drifts by a tick now and then, so they never trade), in bulks
+    of 1,000: the state a restarted member must load from its snapshot."""
+    from pyengine.wire.bulk import BulkBuilder
+
+    started = time.monotonic()
+    futures = []
+    for first in range(0, n, 1000):
+        b = BulkBuilder()
+        for k in range(first, min(n, first + 1000)):
+            sym = SYMBOLS[k % len(SYMBOLS)]
+            offset = 3000 + (k // len(SYMBOLS)) % 2000
+            side, price = ("buy", MID - offset) if k % 2 else ("sell", MID + offset)
+            b.place(f"a{k % accounts}", sym, side, price, 1 + k % 7)
+        futures.append(client.submit_bulk(b))
+        if len(futures) >= 8:
+            futures.pop(0).result(120)
+    for f in futures:
+        f.result(120)
+    print(f"{n:,} resting orders placed in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 # ============================================================================ parent
@@ -293,8 +320,13 @@ def write_fixed_report(args, env, timeouts, trials, summary, res, agree) -> None
         f"# Failover on a fixed schedule: leader {verb} {args.restart_after_s:g} s later, next fault "
         f"{args.next_fault_after_s:g} s after that\n",
         f"Command: `{cmd.strip()}`  ",
-        f"Environment: {env}; 3 members + the client on one 2-core machine (loopback), **measured on a shared, "
-        f"loaded machine** (other work ran beside it; the load figures above are the machine's).  ",
+        f"Environment: {env}; 3 members + the client on one 2-core machine (loopback)"
+        + (", **measured on a shared, loaded machine** (other work ran beside it; the load figures above are the "
+           "machine's).  " if args.load_before > 2.5 else
+           f"; nothing else ran beside it (load average {args.load_before:.2f} before the run; this bench's own "
+           "processes make the load during it).  "),
+        f"State: {args.resting:,} resting orders (placed before the faults) besides the flow's own book.  "
+        if args.resting else "",
         f"Settings: heartbeat interval {timeouts.heartbeat_interval_ms} ms, heartbeat timeout "
         f"{timeouts.heartbeat_timeout_ms} ms, election timeout {timeouts.election_timeout_ms} ms; snapshots "
         f"{'by the layout defaults' if args.snapshot_interval_s is None else f'every {args.snapshot_interval_s} s'}"
@@ -369,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restart-after-s", type=float, default=None,
                     help="fixed: restart (default 2.5 s) or SIGCONT (default 2 s) this long after the fault")
     ap.add_argument("--next-fault-after-s", type=float, default=5.0, help="fixed: next fault this long after that")
+    ap.add_argument("--resting", type=int, default=0,
+                    help="resting orders placed (far from the flow's prices) before the faults begin")
     ap.add_argument("--catchup-timeout-s", type=float, default=180.0)
     ap.add_argument("--api", choices=("binary", "bulk"), default="binary",
                     help="how the client sends: one command per order, or what is due as one bulk")
@@ -391,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                         election_status_interval_ms=args.election_status_interval_ms,
                         setup_repeat_ms=args.setup_repeat_ms,
                         startup_canvass_timeout_ms=max(2000, 2 * args.heartbeat_timeout_ms))
+    args.load_before = os.getloadavg()[0]
     env = environment()
     log(f"environment: {env}")
     trials: list[dict] = []
@@ -409,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         work = cluster.dir / "bench"
         work.mkdir(exist_ok=True)
         spec = {"endpoints": cluster.ingress_endpoints(), "accounts": args.accounts, "setup": True,
+                "resting": args.resting,
                 "api": args.api, "bulk_linger_s": args.bulk_linger_ms / 1000,
                 "seed": 11, "rate": args.rate, "max_s": 60 + args.trials * 60,
                 "stop_file": str(work / "stop"), "ready_file": str(work / "ready"),
