@@ -22,6 +22,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import socket
 import subprocess
 import tarfile
@@ -74,15 +75,20 @@ def _engine_reachable() -> str | None:
     return None if r.returncode == 0 else _tail(r.stderr or r.stdout, 5)
 
 
-def _ensure_engine() -> None:
+DOCKERD_PIDFILE = Path("/var/run/matchx-dockerd.pid")  # written by docker/ensure-docker.sh
+
+
+def _ensure_engine() -> int | None:
     """Starts the engine with docker/ensure-docker.sh; skips the docker tests only when that is
-    impossible (not root and no engine reachable, or the script fails)."""
+    impossible (not root and no engine reachable, or the script fails). Returns the pid of the
+    dockerd this started (the session stops it at the end), None when an engine already ran."""
     if os.geteuid() != 0:
         why = _engine_reachable()
         if why is not None:
             missing(f"a Docker engine: not root (docker/ensure-docker.sh needs root) "
                     f"and no engine answers `docker info`: {why}")
-        return
+        return None
+    already_running = _engine_reachable() is None
     try:
         r = subprocess.run([str(REPO / "docker" / "ensure-docker.sh")], capture_output=True, text=True,
                            timeout=900)
@@ -91,6 +97,37 @@ def _ensure_engine() -> None:
     if r.returncode != 0:
         missing(f"a Docker engine: docker/ensure-docker.sh exited {r.returncode}: "
                 f"{' | '.join(_tail(r.stdout + r.stderr, 5).splitlines())}")
+    if already_running:
+        return None
+    try:
+        return int(DOCKERD_PIDFILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _stop_dockerd(pid: int, timeout: float = 60.0) -> None:
+    """Stops the dockerd this session started (SIGTERM: it stops its containerd and its
+    containers), then SIGKILL if it is still there after ``timeout``."""
+    comm = Path(f"/proc/{pid}/comm")
+    try:
+        if comm.read_text().strip() != "dockerd":
+            return  # gone, and the pid reused
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ProcessLookupError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if comm.read_text().strip() != "dockerd" or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        print(f"[docker tests] dockerd (pid {pid}) did not stop within {timeout:.0f} s; SIGKILL")
+        os.kill(pid, signal.SIGKILL)
+    DOCKERD_PIDFILE.unlink(missing_ok=True)
+    print(f"[docker tests] stopped the dockerd this run started (pid {pid})")
 
 
 def _run_logged(cmd: list[str], what: str, env: dict | None = None, timeout: float = 1800) -> float:
@@ -140,8 +177,8 @@ def _from_dead_run(labels: dict) -> bool:
 def docker_client():
     """The engine (started if needed), the jar, and the images built by docker/build-images.sh
     (2-6 s when nothing changed). Yields a docker SDK client; removes every labelled leftover
-    of this run at the end."""
-    _ensure_engine()
+    of this run at the end, and stops the engine when this session started it."""
+    started_dockerd = _ensure_engine()
     from testcontainers.core.config import testcontainers_config
 
     import docker
@@ -164,6 +201,8 @@ def docker_client():
         if left:
             print(f"[docker tests] removed at session end: {', '.join(left)}")
         client.close()
+        if started_dockerd is not None:
+            _stop_dockerd(started_dockerd)
 
 
 # ---- one cluster ---------------------------------------------------------------------------
