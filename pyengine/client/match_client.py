@@ -124,7 +124,10 @@ class _Pending:
 @dataclass
 class ClientStats:
     sent_batches: int = 0
-    resent: int = 0
+    resent: int = 0  # every resend of a command sent before
+    # of those, resent by the periodic check (unanswered for resend_after_s), not because a new
+    # leader or session asked for it: a handover the client followed by itself leaves this at 0
+    resent_on_timer: int = 0
     connects: int = 0
     new_leaders: int = 0
     disconnects: int = 0
@@ -439,7 +442,10 @@ class MatchClient:
         if not stale or not self._connected.is_set():
             return
         stale.sort(key=lambda p: p.request_id)
-        self.stats.resent += sum(1 for p in stale if p.sends)
+        resends = sum(1 for p in stale if p.sends)
+        self.stats.resent += resends
+        if not everything:
+            self.stats.resent_on_timer += resends
         self._send(stale)
 
     def _silent_too_long(self, now: float) -> bool:

@@ -33,6 +33,9 @@ log = logging.getLogger("matchx.members")
 JAVA_OPTIONS = ("--add-opens=java.base/jdk.internal.misc=ALL-UNNAMED",
                 "--add-opens=java.base/java.util.zip=ALL-UNNAMED")
 TOOL_TIMEOUT_S = 60.0
+# what a starting member logs once its first election closed (StartPhases.java): it has caught up
+# and acknowledges the log again. The status file says 'follower' before that, while it catches up
+IN_STEP = "in step with the cluster"
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def start_member(cluster: LocalCluster, member_id: int, timeout: float) -> dict:
     check_member(cluster, member_id)
     if cluster.is_running(member_id):
         raise ClusterError(f"member {member_id} is already running (pid {cluster.pids()[member_id]})")
+    in_step_before = cluster.member_log(member_id).count(IN_STEP)
     pid = cluster.start_member(member_id, detach=True)
 
     def in_step():
@@ -158,7 +162,11 @@ def start_member(cluster: LocalCluster, member_id: int, timeout: float) -> dict:
             raise ClusterError(f"member {member_id} (pid {pid}) exited while starting; see "
                                f"{cluster.layout.member_dir(member_id) / 'member.log'}")
         s = cluster.member_status(member_id)
-        return s if s.get("role") in ("follower", "leader") and s.get("leader_member_id", -1) >= 0 else None
+        if s.get("role") not in ("follower", "leader") or s.get("leader_member_id", -1) < 0:
+            return None
+        # in step, not only following: a rolling restart that stops the next member while this
+        # one still catches up stops two of three (no quorum until it has caught up)
+        return s if cluster.member_log(member_id).count(IN_STEP) > in_step_before else None
 
     return wait_for(in_step, timeout, f"member {member_id} to join its cluster", interval=0.1)
 

@@ -3,6 +3,7 @@ service -> reply from the leader, with real member processes and a leader SIGKIL
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import orjson
@@ -30,6 +31,18 @@ def setup_market(client) -> None:
 def order(account, side, price, qty, coid):
     return {"op": "place", "account": account, "symbol": SYMBOL, "side": side, "type": "limit", "tif": "GTC",
             "price": price, "qty": qty, "client_order_id": coid}
+
+
+def order_flow(client, submitted: list, stop, interval_s: float) -> None:
+    """Until ``stop`` is set: a GTC order every ``interval_s``, bob selling and alice buying in
+    turn at one price (client order ids o0, o1, ...), each (coid, future) appended to ``submitted``."""
+    i = 0
+    while not stop.is_set():
+        account, side = ("bob", "sell") if i % 2 == 0 else ("alice", "buy")
+        coid = f"o{i}"
+        submitted.append((coid, client.submit(order(account, side, "50000.00", "0.01", coid))))
+        i += 1
+        time.sleep(interval_s)
 
 
 def hashes_at_one_position(cluster, client, members):

@@ -28,7 +28,7 @@ from tests.integration.test_client_follows_leader import (
     leader_terms,
     missed_leaders,
 )
-from tests.integration.test_cluster_failover import hashes_at_one_position, order, setup_market
+from tests.integration.test_cluster_failover import hashes_at_one_position, order, order_flow, setup_market
 
 pytestmark = pytest.mark.cluster
 
@@ -51,16 +51,7 @@ def test_leader_killed_ten_times_under_load_loses_and_duplicates_nothing(make_cl
     submitted: list[tuple[str, object]] = []
     stop = threading.Event()
 
-    def load():
-        i = 0
-        while not stop.is_set():
-            account, side = ("bob", "sell") if i % 2 == 0 else ("alice", "buy")
-            coid = f"o{i}"
-            submitted.append((coid, client.submit(order(account, side, "50000.00", "0.01", coid))))
-            i += 1
-            time.sleep(0.01)
-
-    loader = threading.Thread(target=load, daemon=True)
+    loader = threading.Thread(target=order_flow, args=(client, submitted, stop, 0.01), daemon=True)
     loader.start()
     kills = []
     leaders_before, connects_before = client.stats.new_leaders, client.stats.connects

@@ -16,7 +16,13 @@ import java.util.concurrent.TimeUnit;
  */
 final class Handover
 {
-    /** How long the media driver keeps running after the consensus module closed. */
+    /**
+     * How long the media driver keeps running after the consensus module closed, at least: the end
+     * of stream travels on the closed publication's next idle heartbeat, sent one heartbeat interval
+     * after its last frame ({@link SetupRepeat#HEARTBEAT_MS}; Aeron's 100 ms if that could not be
+     * set). A driver closed before then never sends it, and the followers wait out the leader
+     * heartbeat timeout instead (the 100 ms linger against a 100 ms heartbeat was such a race).
+     */
     static final long LINGER_MS = 100;
 
     private Handover()
@@ -38,12 +44,18 @@ final class Handover
         return true;
     }
 
+    /** The linger in force: three heartbeat intervals, at least {@link #LINGER_MS}. */
+    static long lingerMs()
+    {
+        return Math.max(LINGER_MS, 3 * TimeUnit.NANOSECONDS.toMillis(SetupRepeat.currentHeartbeat()));
+    }
+
     /** Lets the driver send the end of stream before it is closed. */
     static void linger()
     {
         try
         {
-            Thread.sleep(LINGER_MS);
+            Thread.sleep(lingerMs());
         }
         catch (final InterruptedException ex)
         {

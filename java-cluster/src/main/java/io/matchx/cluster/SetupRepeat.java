@@ -23,11 +23,22 @@ import java.util.concurrent.TimeUnit;
  * asks), so a shorter interval costs a few 40-byte packets per publication that has no receiver.
  * If the field is gone or cannot be written (another Aeron version), Aeron's interval stays and
  * {@link #apply} says so.
+ *
+ * <p>{@link #apply} also sets how long an idle publication waits before its next heartbeat
+ * ({@code Configuration.PUBLICATION_HEARTBEAT_TIMEOUT_NS}, Aeron's fixed 100 ms, read the same way)
+ * to {@link #HEARTBEAT_MS}: a closed publication's end of stream travels only on that heartbeat, so
+ * a leader that ends its log for a handover ({@link Handover}) was seen to end it ~100 ms after its
+ * last log entry, and its followers could elect only then. Costs idle heartbeats: one per idle
+ * network publication every {@link #HEARTBEAT_MS} instead of every 100 ms (a member has a few, plus
+ * two per idle client session). Clients keep Aeron's heartbeat ({@link #applySetupOnly}).
  */
 public final class SetupRepeat
 {
     static final String FIELD = "PUBLICATION_SETUP_TIMEOUT_NS";
+    static final String HEARTBEAT_FIELD = "PUBLICATION_HEARTBEAT_TIMEOUT_NS";
     public static final long DEFAULT_MS = 10;
+    /** An idle publication's heartbeat interval in a member's driver: its end of stream goes out this soon. */
+    public static final long HEARTBEAT_MS = 10;
     static final long MAX_MS = 1_000;
 
     private SetupRepeat()
@@ -42,6 +53,15 @@ public final class SetupRepeat
      * @return the interval now in force, in ns (Aeron's own if it could not be changed).
      */
     public static synchronized long apply(final long intervalMs)
+    {
+        final long setupNs = applySetupOnly(intervalMs);
+        write(HEARTBEAT_FIELD, TimeUnit.MILLISECONDS.toNanos(HEARTBEAT_MS), "heartbeat (end of stream) interval",
+            "a handover's end of log goes out up to 100 ms later");
+        return setupNs;
+    }
+
+    /** Like {@link #apply} but leaves the heartbeat interval at Aeron's (for clients). */
+    public static synchronized long applySetupOnly(final long intervalMs)
     {
         if (intervalMs < 1 || intervalMs > MAX_MS)
         {
@@ -71,5 +91,26 @@ public final class SetupRepeat
     static long current()
     {
         return Configuration.PUBLICATION_SETUP_TIMEOUT_NS;
+    }
+
+    /** The idle heartbeat interval in force, in ns. */
+    static long currentHeartbeat()
+    {
+        return Configuration.PUBLICATION_HEARTBEAT_TIMEOUT_NS;
+    }
+
+    private static void write(final String name, final long valueNs, final String what, final String otherwise)
+    {
+        try
+        {
+            Class.forName(Configuration.class.getName(), true, Configuration.class.getClassLoader());
+            final Field field = Configuration.class.getField(name);
+            UnsafeApi.putLong(UnsafeApi.staticFieldBase(field), UnsafeApi.staticFieldOffset(field), valueNs);
+        }
+        catch (final ReflectiveOperationException | RuntimeException | LinkageError ex)
+        {
+            System.err.println("[matchx] WARN cannot set the media driver's " + what + " to " +
+                TimeUnit.NANOSECONDS.toMillis(valueNs) + " ms (" + ex + "); Aeron's own stays: " + otherwise);
+        }
     }
 }

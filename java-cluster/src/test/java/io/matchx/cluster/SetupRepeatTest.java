@@ -38,6 +38,15 @@ class SetupRepeatTest
         }
     }
 
+    /** A member's driver heartbeats (and so ends a closed log) every 10 ms; a handover lingers 3 of those. */
+    @Test
+    void membersShortenTheIdleHeartbeatAndTheHandoverOutlastsIt()
+    {
+        SetupRepeat.apply(SetupRepeat.DEFAULT_MS);
+        assertEquals(TimeUnit.MILLISECONDS.toNanos(SetupRepeat.HEARTBEAT_MS), SetupRepeat.currentHeartbeat());
+        assertTrue(Handover.lingerMs() >= 3 * SetupRepeat.HEARTBEAT_MS);
+    }
+
     /**
      * A publication nobody answers: a plain UDP socket at its endpoint sees the driver's SETUP
      * frames, and they come every ~10 ms instead of Aeron's 100.

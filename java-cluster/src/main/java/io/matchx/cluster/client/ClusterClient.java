@@ -77,7 +77,8 @@ public final class ClusterClient implements AutoCloseable
 
         // after a failover the client opens a new ingress publication to the new leader: if its
         // first SETUP is missed, the next one comes after this interval, not Aeron's 100 ms
-        SetupRepeat.apply(SetupRepeat.DEFAULT_MS);
+        // (Aeron's 100 ms idle heartbeat stays: a shorter one would cost every idle client's leader)
+        SetupRepeat.applySetupOnly(SetupRepeat.DEFAULT_MS);
         driver = MediaDriver.launchEmbedded(new MediaDriver.Context()
             .aeronDirectoryName(aeronDir)
             .dirDeleteOnStart(true)
