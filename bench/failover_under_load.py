@@ -181,7 +181,8 @@ def worker(spec: dict) -> int:
     except Exception as exc:  # noqa: BLE001 - reported, the samples are already written
         leader_hash = {"error": str(exc)}
     result = {"n": n, "unanswered": unanswered, "events": events.times, "drain_s": drain_s,
-              "resent": client.stats.resent, "new_leaders": client.stats.new_leaders,
+              "resent": client.stats.resent, "resent_on_timer": client.stats.resent_on_timer,
+              "new_leaders": client.stats.new_leaders,
               "connects": client.stats.connects, "batches": client.stats.sent_batches,
               "leader_hash": leader_hash}
     client.close()
@@ -216,28 +217,33 @@ def preload_resting(client, n: int, accounts: int) -> None:
 # ============================================================================ parent
 
 
+def wait_settled(cluster, args, trace_file: Path) -> None:
+    """Until the cluster has settled: the restarted member caught up, every member out of its
+    election, then ``--settle-s`` of quiet."""
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2, 120)
+    # the restarted member has caught up with where the leader was when it rejoined
+    mark = cluster.member_status(leader).get("log_position", 0)
+    try:
+        wait_for(lambda mark=mark: all(cluster.member_status(m).get("log_position", -1) >= mark
+                                       for m in range(3)), args.catchup_timeout_s,
+                 "the restarted member to catch up")
+    except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
+        log(f"  {exc}; going on anyway")
+    # ... and has left its election (a member still catching up is in one; its status
+    # file can say follower before that)
+    try:
+        wait_for(lambda: election_trace.settled(election_trace.parse(trace_file)),
+                 args.catchup_timeout_s, "every member to leave its election")
+    except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
+        log(f"  {exc}; going on anyway")
+    time.sleep(args.settle_s)
+
+
 def settled_trials(cluster, args, trace_file: Path, trials: list[dict]) -> None:
-    """Each kill after the cluster has settled: the restarted member caught up, every member out of
-    its election, then ``--settle-s`` of quiet."""
+    """Each kill after the cluster has settled (wait_settled)."""
     for t in range(1, args.trials + 1):
-        leader = cluster.await_leader(60)
-        cluster.await_followers(2, 120)
-        # the restarted member has caught up with where the leader was when it rejoined
-        mark = cluster.member_status(leader).get("log_position", 0)
-        try:
-            wait_for(lambda mark=mark: all(cluster.member_status(m).get("log_position", -1) >= mark
-                                           for m in range(3)), args.catchup_timeout_s,
-                     "the restarted member to catch up")
-        except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
-            log(f"  {exc}; killing the leader anyway")
-        # ... and has left its election (a member still catching up is in one; its status
-        # file can say follower before that)
-        try:
-            wait_for(lambda: election_trace.settled(election_trace.parse(trace_file)),
-                     args.catchup_timeout_s, "every member to leave its election")
-        except Exception as exc:  # noqa: BLE001 - report it and go on with the trial
-            log(f"  {exc}; killing the leader anyway")
-        time.sleep(args.settle_s)
+        wait_settled(cluster, args, trace_file)
         leader = cluster.await_leader(60)
         killed_at = time.monotonic()
         cluster.kill(leader)
@@ -515,8 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     log(machine.summary())
 
     ev_times = [(t, m) for t, m in res["events"]]
-    for tr in trials:
+    answers = sorted(answered_at[i] for i in range(n) if status[i] in (1, 2))
+    for j, tr in enumerate(trials):
         k = tr["killed_at"]
+        # the longest time without any answer, from the last answer before the fault until the
+        # next trial (a stopped leader can still answer orders sent after its SIGTERM, so the
+        # first answer after the fault does not show a handover's pause; this does)
+        tr["pause_ms"] = longest_gap(answers, k, trials[j + 1]["killed_at"] if j + 1 < len(trials) else k + 10) * 1000
         first = None
         worst_before = 0.0
         for i in range(n):
@@ -623,7 +634,8 @@ def write_report(args, env, timeouts, trials, summary, res, agree, fo, snaps) ->
     lines.append(f"After the last trial the client needed {res['drain_s']:.0f} s to receive every outstanding "
                  "answer (a backlog means the cluster did not keep up with the offered rate on this machine).\n")
     lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "
-                 f"orders resent by the SDK, {res['batches']:,} cluster messages.\n")
+                 f"orders resent by the SDK ({res.get('resent_on_timer', 0):,} of them by its periodic resend, "
+                 f"not on a new leader's event), {res['batches']:,} cluster messages.\n")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,12 +177,15 @@ def stop_member(cluster: LocalCluster, member_id: int, timeout: float) -> None:
     cluster.stop_member(member_id, timeout)
 
 
-def handover(cluster: LocalCluster, timeout: float) -> tuple[int, int, float]:
+def handover(cluster: LocalCluster, timeout: float,
+             on_stop: Callable[[int, int], None] | None = None) -> tuple[int, int, float]:
     """A planned leader change: SIGTERM to the leader, which ends its log first so that the others
     elect at once (java-cluster Handover.java); then the old leader restarts as a follower.
     Returns (old leader, new leader, seconds from the stop to the new leader in the status files)."""
     old = cluster.await_leader(timeout)
     cluster.await_followers(cluster.layout.members - 1, timeout)
+    if on_stop is not None:
+        on_stop(old, old)
     started = time.monotonic()
     cluster.kill(old, signal.SIGTERM)
     new = cluster.await_leader(timeout, exclude=old)
@@ -191,9 +195,12 @@ def handover(cluster: LocalCluster, timeout: float) -> tuple[int, int, float]:
     return old, new, took
 
 
-def rolling_restart(cluster: LocalCluster, timeout: float) -> list[str]:
+def rolling_restart(cluster: LocalCluster, timeout: float,
+                    on_stop: Callable[[int, int], None] | None = None) -> list[str]:
     """Restarts every member one at a time: each follower (waiting until it is back in step),
-    then the leader by a planned handover. Returns what was done, one line per member."""
+    then the leader by a planned handover. Returns what was done, one line per member.
+    ``on_stop(member, leader)`` is called just before each member is stopped (bench/handover.py
+    times each step from there)."""
     leader = cluster.await_leader(timeout)
     cluster.await_followers(cluster.layout.members - 1, timeout)
     done = []
@@ -201,11 +208,13 @@ def rolling_restart(cluster: LocalCluster, timeout: float) -> list[str]:
         if member_id == leader:
             continue
         started = time.monotonic()
+        if on_stop is not None:
+            on_stop(member_id, leader)
         stop_member(cluster, member_id, timeout)
         start_member(cluster, member_id, timeout)
         cluster.await_followers(cluster.layout.members - 1, timeout)
         done.append(f"member {member_id} (follower) restarted in {time.monotonic() - started:.1f} s")
-    old, new, took = handover(cluster, timeout)
+    old, new, took = handover(cluster, timeout, on_stop)
     cluster.await_followers(cluster.layout.members - 1, timeout)
     done.append(f"member {old} (leader) handed over to member {new} ({took * 1000:.0f} ms) and restarted")
     return done
