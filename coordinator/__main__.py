@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--control-token-file", type=Path, default=None,
                    help="access token (admin) for the migration steps sent to partitions whose tokens "
                    "are on; read again when it expires (default: $MATCHX_CONTROL_TOKEN_FILE, else none)")
+    p.add_argument("--control-auth-url", default=None,
+                   help="with --control-password-file: log in to this auth service as the service user "
+                   "(admin and read) for the migration steps, again whenever the token expires; what "
+                   "`matchctl up` passes when its topology runs the auth service")
+    p.add_argument("--control-password-file", type=Path, default=None,
+                   help="the service user's password (with --control-auth-url)")
     p.add_argument("--migration-step-timeout", type=float, default=30.0,
                    help="seconds a partition may stay unreachable before a migration that has not "
                    "reached its point of no return is rolled back (default 30)")
@@ -69,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds to let in-flight requests finish on shutdown",
     )
     args = p.parse_args(argv)
+    if (args.control_auth_url is None) != (args.control_password_file is None):
+        p.error("--control-auth-url and --control-password-file go together")
+    if args.control_auth_url and args.control_token_file:
+        p.error("give --control-token-file or --control-auth-url with --control-password-file, not both")
     if args.listen:
         host, sep, port = args.listen.rpartition(":")
         if not sep or not port.isdigit():
@@ -99,7 +109,14 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
     kwargs: dict = {}
     token_file = args.control_token_file or (Path(os.environ["MATCHX_CONTROL_TOKEN_FILE"])
                                              if os.environ.get("MATCHX_CONTROL_TOKEN_FILE") else None)
-    if token_file is not None:
+    if args.control_auth_url is not None:  # before the environment's token file
+        from coordinator.auth.setup import service_token_provider
+
+        password = args.control_password_file.read_text().strip()
+        if not password:
+            raise RuntimeError(f"control password file {args.control_password_file} is empty")
+        kwargs["token_provider"] = service_token_provider(args.control_auth_url, password)
+    elif token_file is not None:
         if not token_file.is_file():
             raise RuntimeError(f"control token file {token_file} does not exist")
         kwargs["token_provider"] = token_file_provider(token_file)

@@ -268,7 +268,7 @@ class System:
         out_file.write_bytes(b"")
         cmd = [sys.executable, "-m", "coordinator", "--host", topo.coordinator.host, "--port", str(port),
                "--db", str(self.coordinator_db), "--topology", str(doc), "--topology-mode", "bootstrap",
-               "--log-level", "warning"]
+               "--log-level", "warning", *self._coordinator_control_args()]
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())
@@ -279,6 +279,26 @@ class System:
         self._save_state(state)
         log.info("coordinator pid %d on port %d", proc.pid, actual)
         return actual
+
+    def _coordinator_control_args(self) -> list[str]:
+        """The coordinator's credential for the migration steps it sends to the partitions, as
+        control_credentials() gives the system's own connections: it logs in as the service user
+        when the system runs its auth service; with an outside one it reads $MATCHX_TOKEN, written
+        to DIR/auth/control.token (0600); nothing when tokens are off."""
+        topo = self.topology
+        if topo.auth is not None:
+            self._secret("service.password")  # made now if the auth service has not run yet
+            return ["--control-auth-url", self.auth_url,
+                    "--control-password-file", str(self.auth_secrets_dir / "service.password")]
+        if topo.auth_keys_file is not None:
+            token = os.environ.get("MATCHX_TOKEN", "").strip()
+            if not token:
+                raise SystemStateError("tokens are on (settings.auth_keys_file) and the topology runs no auth "
+                                       "service: set MATCHX_TOKEN to an access token with admin and read")
+            path = self.auth_secrets_dir / "control.token"
+            _write_secret(path, token + "\n")
+            return ["--control-token-file", str(path)]
+        return []
 
     def stop_coordinator(self, timeout: float = 10.0) -> None:
         """SIGTERM (then SIGKILL) the coordinator; its port stays recorded for a restart."""

@@ -55,3 +55,26 @@ def test_bad_topology_file(tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps({"partitions": [{"id": "p", "symbols": ["X"]}]}))
         assert apply_topology(store, args) is False
         assert store.version == 0
+
+
+def test_control_credential_options(tmp_path, capsys):
+    """The service user's login (auth URL and password file, what `matchctl up` passes with its
+    auth service) goes as a pair and not with a token file; it becomes the driver's token provider."""
+    import pytest
+
+    from coordinator.__main__ import migration_driver
+
+    pw = tmp_path / "service.password"
+    pw.write_text("secret\n")
+    for argv in (["--control-auth-url", "http://127.0.0.1:1"], ["--control-password-file", str(pw)],
+                 ["--control-auth-url", "http://127.0.0.1:1", "--control-password-file", str(pw),
+                  "--control-token-file", str(pw)]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+    assert "control" in capsys.readouterr().err
+    args = parse_args(["--db", str(tmp_path / "c.db"), "--control-auth-url", "http://127.0.0.1:1",
+                       "--control-password-file", str(pw)])
+    driver, transport = migration_driver(args, CoordinatorStore(args.db))
+    assert callable(transport.client_kwargs["token_provider"])
+    assert "token_provider" not in migration_driver(parse_args(["--db", str(tmp_path / "d.db")]),
+                                                    CoordinatorStore(str(tmp_path / "d.db")))[1].client_kwargs
