@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from pyengine.engine import NATIVE, Engine
 from pyengine.engine.migration import export_symbol, import_symbol
@@ -94,14 +95,12 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
-    import httpx
-
-    from pyengine.client.routed import RoutedClient
+def up_2x3(prefix: str) -> tuple[Any, Path]:
+    """`matchctl up` of docs/examples/topology-2x3.json on free ports in a new temporary
+    directory (relaxed Raft timing, as the integration tests): (the System, the directory)."""
     from pyengine.node.localcluster import free_port_base
     from pyengine.node.settings import PORTS_PER_PARTITION
     from pyengine.ops.system import System
-    from pyengine.wire.bulk import BulkBuilder
 
     root = Path(__file__).resolve().parents[1]
     doc = copy.deepcopy(json.loads((root / "docs/examples/topology-2x3.json").read_text()))
@@ -113,9 +112,18 @@ def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
         base = free_port_base(base)
         p["port_base"] = base
         base += PORTS_PER_PARTITION
-    tmp = Path(tempfile.mkdtemp(prefix="matchx-migbench-"))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     (tmp / "topology.json").write_text(json.dumps(doc))
-    system = System.up(tmp / "topology.json", tmp / "system", timeout=180)
+    return System.up(tmp / "topology.json", tmp / "system", timeout=180), tmp
+
+
+def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
+    import httpx
+
+    from pyengine.client.routed import RoutedClient
+    from pyengine.wire.bulk import BulkBuilder
+
+    system, _tmp = up_2x3("matchx-migbench-")
     rows: list[dict] = []
     extra: dict = {}
     try:

@@ -113,11 +113,12 @@ def cmd_migrations(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(recs, indent=2))
         return 0
-    print(f"{'id':<18} {'symbol':<12} {'from':<6} {'to':<6} {'state':<11} {'orders':>7} {'pause ms':>9}")
+    print(f"{'id':<18} {'symbol':<12} {'from':<6} {'to':<6} {'state':<11} {'orders':>7} {'pause ms':>9}  why aborted")
     for r in recs:
         pause = r["info"].get("pause_ms")
         print(f"{r['id']:<18} {r['symbol']:<12} {r['source']:<6} {r['dest']:<6} {r['state']:<11} "
-              f"{r['info'].get('orders', ''):>7} {'' if pause is None else pause:>9}")
+              f"{r['info'].get('orders', ''):>7} {'' if pause is None else pause:>9}"
+              + (f"  {r['error']}" if r.get("error") and r["state"] in ("aborting", "aborted") else ""))
     return 0
 
 
