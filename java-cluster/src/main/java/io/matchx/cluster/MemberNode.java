@@ -79,13 +79,13 @@ public final class MemberNode implements AutoCloseable
         try
         {
             final long started = System.nanoTime();
-            final StartupGrace grace = StartupGrace.beforeLaunch(ctx.consensusModule, LOG_PREFIX);
+            final ElectionTiming timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX);
             driver = launchDriver(s, driverCtx, ctx, errorHandler);
-            grace.afterLaunch(driver.consensusModule());
+            timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
             StartPhases.watchElection(
-                LOG_PREFIX, driver.consensusModule().context().electionStateCounter(), grace::inStep);
+                LOG_PREFIX, driver.consensusModule().context().electionStateCounter());
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service);
             node.snapshotSchedule.add(s, service, node::takeSnapshot);

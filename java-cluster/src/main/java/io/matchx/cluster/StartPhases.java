@@ -40,9 +40,9 @@ final class StartPhases
     /**
      * Logs each change of the member's election state until its first election closes (the
      * member is then in step: a follower has caught up with the leader and joined its live log).
-     * One daemon thread, gone once the member is in step; {@code onInStep} runs on it then.
+     * One daemon thread, gone once the member is in step.
      */
-    static void watchElection(final String prefix, final Counter electionState, final Runnable onInStep)
+    static void watchElection(final String prefix, final Counter electionState)
     {
         final Thread t = new Thread(() ->
         {
@@ -61,7 +61,6 @@ final class StartPhases
                             (state == ElectionState.CLOSED ? ": in step with the cluster" : ""));
                         if (state == ElectionState.CLOSED)
                         {
-                            onInStep.run();
                             return;
                         }
                     }

@@ -131,12 +131,12 @@ public final class WorkerNode implements AutoCloseable
                 .mediaDriverAgentInvoker(driver.sharedAgentInvoker())
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
             final long started = System.nanoTime();
-            final StartupGrace grace = StartupGrace.beforeLaunch(ctx.consensusModule, prefix);
+            final ElectionTiming timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix);
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
-            grace.afterLaunch(consensusModule);
+            timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            StartPhases.watchElection(prefix, consensusModule.context().electionStateCounter(), grace::inStep);
+            StartPhases.watchElection(prefix, consensusModule.context().electionStateCounter());
             container = ClusteredServiceContainer.launch(ctx.container);
         }
         catch (final RuntimeException ex)

@@ -1,0 +1,230 @@
+package io.matchx.cluster;
+
+import io.aeron.Counter;
+import io.aeron.cluster.ConsensusModule;
+import io.aeron.cluster.ElectionState;
+import io.aeron.cluster.service.Cluster;
+
+import java.lang.reflect.Field;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Keeps Aeron's heartbeat timeout short where it detects a dead leader and long where it only
+ * bounds progress, and loosens the election timing while a member's JVM starts.
+ *
+ * <p>Why: Aeron uses one setting, the leader heartbeat timeout, both to notice a dead leader
+ * (we ship 120 ms so that a failover takes about 250 ms) and as the deadline of every step of an
+ * election: replicating the log, joining the catch-up replay and the live log, catch-up progress,
+ * a new leader waiting for its followers. On this 2-core machine, with three members and a
+ * client, those steps often take longer than 120 ms after a fault, and Aeron then abandons the
+ * step and starts the election again ("log replication has not progressed", "failed to join
+ * catchup log", "no catchup progress"): a restarted member looped in FOLLOWER_CATCHUP_AWAIT for
+ * 40 s in one fresh-clone test run, and faults on a fixed schedule paused trading for seconds.
+ * A member that starts is also starved (JIT, class loading, the Python service starting): all
+ * three members are unanimous candidates at a fresh start and pick their nomination delay in
+ * [0, election timeout / 2), so a 10 ms spread let a second candidate start a new term while the
+ * first still collected votes (two leaders in 50 ms), and a fresh leader stepped down over its
+ * starting followers' silence ("inactive follower quorum").
+ *
+ * <p>How: {@code Election} reads {@code leaderHeartbeatTimeoutNs} and {@code electionTimeoutNs}
+ * from the context on every use; {@code ConsensusModuleAgent} copies the heartbeat timeout into
+ * a final field when it is built and uses it for failure detection outside elections, for
+ * catch-up progress inside one. One thread per member samples the election state every
+ * {@link #POLL_MS} ms and sets both (the field through reflection: Aeron has no setter, HotSpot
+ * does not fold final instance fields): the configured value outside an election and while
+ * canvassing (when a survivor decides the leader is gone), {@link #PROGRESS_TIMEOUT_MS} in the
+ * election's later steps. Until the member is first in step, and for a second after that when it
+ * leads, both are {@link #START_TIMEOUT_MS} and the election timeout is at least
+ * {@link #START_ELECTION_TIMEOUT_MS} (a second after it is in step the configured one). A
+ * follower gets the configured detection the moment it is in step: outside an election it does
+ * not answer another member's canvass, and a survivor of a failover needs that answer.
+ *
+ * <p>Writes are plain fields read by the consensus module's thread; its duty cycle crosses
+ * volatile reads each turn, so it sees them within a cycle. A deadline is recomputed from the
+ * current value on every duty cycle, so the sampling lag ({@link #POLL_MS}) shifts a deadline by
+ * at most that much. If the field cannot be reached (another Aeron version) the member logs one
+ * warning and the consensus module keeps the configured value.
+ */
+final class ElectionTiming
+{
+    static final long POLL_MS = 5;
+    /** A deadline for an election step after a fault, when the member is warm. */
+    static final long PROGRESS_TIMEOUT_MS = 1_000;
+    /** The same while the member's JVM starts. */
+    static final long START_TIMEOUT_MS = 2_000;
+    /** Spreads the start-up nominations over up to 150 ms instead of 10 ms. */
+    static final long START_ELECTION_TIMEOUT_MS = 300;
+    /** How long after the member is first in step the start-up timing lasts (when it leads). */
+    static final long WARM_AFTER_IN_STEP_MS = 1_000;
+
+    private final ConsensusModule.Context ctx;
+    private final String logPrefix;
+    private final long heartbeatTimeoutNs;
+    private final long electionTimeoutNs;
+    private final long progressTimeoutNs;
+    private final long startTimeoutNs;
+    private Object agent;
+    private Field agentTimeout;
+    private long agentValueNs;
+
+    private ElectionTiming(final ConsensusModule.Context ctx, final String logPrefix)
+    {
+        this.ctx = ctx;
+        this.logPrefix = logPrefix;
+        this.heartbeatTimeoutNs = ctx.leaderHeartbeatTimeoutNs();
+        this.electionTimeoutNs = ctx.electionTimeoutNs();
+        this.progressTimeoutNs = Math.max(heartbeatTimeoutNs, TimeUnit.MILLISECONDS.toNanos(PROGRESS_TIMEOUT_MS));
+        this.startTimeoutNs = Math.max(heartbeatTimeoutNs, TimeUnit.MILLISECONDS.toNanos(START_TIMEOUT_MS));
+    }
+
+    /** Before launch: the start-up election timeout (the consensus module copies nothing of it). */
+    static ElectionTiming beforeLaunch(final ConsensusModule.Context ctx, final String logPrefix)
+    {
+        final ElectionTiming timing = new ElectionTiming(ctx, logPrefix);
+        ctx.electionTimeoutNs(Math.max(timing.electionTimeoutNs,
+            TimeUnit.MILLISECONDS.toNanos(START_ELECTION_TIMEOUT_MS)));
+        return timing;
+    }
+
+    /** After launch: the start-up deadlines, then the thread that keeps them right. */
+    void afterLaunch(final ConsensusModule consensusModule)
+    {
+        ctx.leaderHeartbeatTimeoutNs(startTimeoutNs);
+        try
+        {
+            final Field conductor = ConsensusModule.class.getDeclaredField("conductor");
+            conductor.setAccessible(true);
+            final Object found = conductor.get(consensusModule);
+            final Field timeout = found.getClass().getDeclaredField("leaderHeartbeatTimeoutNs");
+            timeout.setAccessible(true);
+            timeout.setLong(found, startTimeoutNs);
+            agent = found;
+            agentTimeout = timeout;
+            agentValueNs = startTimeoutNs;
+        }
+        catch (final ReflectiveOperationException | RuntimeException ex)
+        {
+            warn("the consensus module's heartbeat timeout stays as configured (" + ex +
+                "): catch-up progress and a fresh leader's check of its followers use it");
+        }
+        final Thread t = new Thread(this::run, "matchx-election-timing");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    private void run()
+    {
+        final Counter electionState = ctx.electionStateCounter();
+        final Counter role = ctx.clusterNodeRoleCounter();
+        long inStepAtNs = 0;
+        boolean warm = false;
+        try
+        {
+            while (!electionState.isClosed())
+            {
+                final long nowNs = System.nanoTime();
+                final ElectionState state = stateOf(electionState.get());
+                if (inStepAtNs == 0 && state == ElectionState.CLOSED)
+                {
+                    inStepAtNs = nowNs;
+                }
+                final boolean starting = inStepAtNs == 0;
+                final boolean leads = role.get() == Cluster.Role.LEADER.code();
+                final boolean startLeader = !starting && leads &&
+                    nowNs - inStepAtNs < TimeUnit.MILLISECONDS.toNanos(WARM_AFTER_IN_STEP_MS);
+                if (!warm && !starting && nowNs - inStepAtNs >= TimeUnit.MILLISECONDS.toNanos(WARM_AFTER_IN_STEP_MS))
+                {
+                    warm = true;
+                    ctx.electionTimeoutNs(electionTimeoutNs);
+                    StartPhases.log(logPrefix, "configured election timing in force (heartbeat timeout " +
+                        TimeUnit.NANOSECONDS.toMillis(heartbeatTimeoutNs) + " ms outside elections, " +
+                        TimeUnit.NANOSECONDS.toMillis(progressTimeoutNs) + " ms per election step; election timeout " +
+                        TimeUnit.NANOSECONDS.toMillis(electionTimeoutNs) + " ms)");
+                }
+                final long valueNs;
+                if (starting || startLeader)
+                {
+                    valueNs = startTimeoutNs;
+                }
+                else if (isProgressStep(state))
+                {
+                    valueNs = progressTimeoutNs;
+                }
+                else
+                {
+                    valueNs = heartbeatTimeoutNs;
+                }
+                set(valueNs);
+                Thread.sleep(POLL_MS);
+            }
+        }
+        catch (final InterruptedException ex)
+        {
+            Thread.currentThread().interrupt();
+        }
+        catch (final RuntimeException ex)
+        {
+            // the member is closing under us
+        }
+    }
+
+    private static ElectionState stateOf(final long code)
+    {
+        try
+        {
+            return ElectionState.get(code);
+        }
+        catch (final IllegalArgumentException ex)
+        {
+            return ElectionState.INIT;  // not set yet
+        }
+    }
+
+    /**
+     * Steps from the vote on: a deadline there bounds progress, not the leader's silence. A
+     * follower's ballot counts too: it waits on the election timeout alone, and the log
+     * replication that follows it fixes its deadline when it starts, before a sample could
+     * catch the new state.
+     */
+    static boolean isProgressStep(final ElectionState state)
+    {
+        switch (state)
+        {
+            case INIT:
+            case CANVASS:
+            case NOMINATE:
+            case CANDIDATE_BALLOT:
+            case CLOSED:
+                return false;
+            default:
+                return true;
+        }
+    }
+
+    private void set(final long valueNs)
+    {
+        if (ctx.leaderHeartbeatTimeoutNs() != valueNs)
+        {
+            ctx.leaderHeartbeatTimeoutNs(valueNs);
+        }
+        if (agent != null && agentValueNs != valueNs)
+        {
+            try
+            {
+                agentTimeout.setLong(agent, valueNs);
+                agentValueNs = valueNs;
+            }
+            catch (final IllegalAccessException ex)
+            {
+                warn("could not set the consensus module's heartbeat timeout: " + ex);
+                agent = null;
+            }
+        }
+    }
+
+    private void warn(final String what)
+    {
+        System.err.println(logPrefix + " WARN start: " + what);
+        System.err.flush();
+    }
+}
