@@ -5,7 +5,8 @@ Part one starts a 3-member cluster on loopback, connects a client through a foll
 order stream, shows the client carrying on with the new leader, proves the surviving members
 agree (state hash at one log position) and stops everything, leaving no process or /dev/shm
 directory. Part two starts two partitions on three workers with the coordinator
-(docs/examples/topology-2x3.json) and trades a symbol of each through the routed client.
+(docs/examples/topology-2x3.json), trades a symbol of each through the routed client, and moves
+BTC-USDT with its resting book to the other partition while a client keeps trading it.
 """
 
 from __future__ import annotations
@@ -205,11 +206,77 @@ def run_partitioned(base_dir: Path) -> int:
                 reply = client.request(buy)
                 say(f"   {symbol} is served by partition {client.route(symbol).partition}:")
                 show(reply.events)
-        return 0
+            return live_migration(system, client)
     finally:
         say("== stopping the partitioned system")
         system.down()
         say("   stopped")
+
+
+def live_migration(system, client) -> int:
+    """BTC-USDT, with a resting book, moves p1 -> p2 while a client keeps buying from it."""
+    from pyengine.ops.migrate import follow, start, summary
+
+    symbol = "BTC-USDT"
+    resting = []
+    for k in range(10):  # dan's offers and carol's bids, five levels a side; dan's best offer is deep
+        side, account = ("sell", "dan") if k % 2 else ("buy", "carol")
+        price = 50100 + 10 * (k // 2) if k % 2 else 49900 - 10 * (k // 2)
+        ev = client.request({"op": "place", "account": account, "symbol": symbol, "side": side,
+                             "price": f"{price}.00", "qty": "5" if k == 1 else "0.1",
+                             "client_order_id": f"rest-{k}"}).events
+        resting.append(ev[0]["order_id"])
+    # free balances stay where they are (only held funds move with orders): carol's USDT at p2 too
+    client.request({"op": "deposit", "account": "carol", "asset": "USDT", "amount": "100000", "tx_id": "c-p2"},
+                   partition="p2")
+
+    def rest() -> list[int]:
+        answers = [client.request({"op": "open_orders", "account": a, "symbol": symbol}).events[0]
+                   for a in ("carol", "dan")]
+        return sorted(o["order_id"] for ans in answers for o in ans["orders"])
+
+    before = rest()
+    say(f"== live migration: {symbol} ({len(before)} resting orders) moves p1 -> p2 while a client buys from "
+        "dan's best offer")
+    stop = threading.Event()
+    waits: list[float] = []
+    failures: list[str] = []
+    fills = [0]
+
+    def trade() -> None:  # carol buys 0.001 BTC at a time through the routed client
+        i = 0
+        while not stop.is_set():
+            i += 1
+            t = time.monotonic()
+            try:
+                ev = client.request({"op": "place", "account": "carol", "symbol": symbol, "side": "buy",
+                                     "price": "50100.00", "qty": "0.001", "client_order_id": f"live-{i}"},
+                                    timeout=60).events
+                fills[0] += sum(1 for e in ev if e.get("type") == "trade")
+                if ev[0]["type"] != "accepted":
+                    failures.append(str(ev[0]))
+            except Exception as exc:  # noqa: BLE001 - shown below, the demo goes on
+                failures.append(repr(exc))
+            waits.append(time.monotonic() - t)
+            time.sleep(0.01)
+
+    trader = threading.Thread(target=trade, daemon=True)
+    trader.start()
+    time.sleep(0.5)
+    rec = start(system.coordinator_url, symbol, "p2")
+    rec = follow(system.coordinator_url, rec["id"], 120)
+    time.sleep(0.5)
+    stop.set()
+    trader.join(90)
+    say(f"   {summary(rec)}")
+    say(f"   the trading client: {len(waits)} orders, {fills[0]} fills, longest wait {max(waits) * 1000:.0f} ms "
+        f"(orders answered 'moving' were sent again to p2){'; FAILED: ' + failures[0] if failures else ''}")
+    owner = client.route(symbol).partition
+    moved = owner == "p2" and rest() == before and sorted(resting) == before
+    say(f"   {symbol} is now served by partition {owner}: "
+        + ("the same resting orders (ids, sides, prices) are there, dan's offer reduced by the fills"
+           if moved else f"its resting orders DIFFER: {rest()} vs {before}"))
+    return 0 if rec["state"] == "done" and moved and not failures else 1
 
 
 def show_balances(events) -> None:
