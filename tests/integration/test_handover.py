@@ -36,25 +36,64 @@ def survivors_elected_on_end_of_stream(cluster) -> int:
     return matchctl("errors", "--dir", str(cluster.dir)).stdout.count("eos=true")
 
 
+class OrderFlow:
+    """A cluster with a funded market and a client sending a GTC order every 5 ms."""
+
+    def __init__(self, make_cluster, make_client) -> None:
+        self.cluster = make_cluster()
+        self.cluster.await_leader(60)
+        self.cluster.await_followers(2, 60)
+        self.client = make_client(self.cluster.ingress_endpoints(), resend_after_s=RESEND_AFTER_S)
+        assert self.client.wait_connected(30), self.client.last_error
+        setup_market(self.client)
+        self.client.request({"op": "deposit", "account": "alice", "asset": "USDT", "amount": "99000000",
+                             "tx_id": "t3"})
+        self.client.request({"op": "deposit", "account": "bob", "asset": "BTC", "amount": "9900", "tx_id": "t4"})
+        self.connects = self.client.stats.connects
+        self.submitted: list[tuple[str, object]] = []
+        self.stop = threading.Event()
+        self.loader = threading.Thread(target=order_flow, args=(self.client, self.submitted, self.stop, 0.005),
+                                       daemon=True)
+        self.loader.start()
+        self.more(100)
+
+    def more(self, n: int) -> None:
+        """Waits until the flow has sent ``n`` more orders."""
+        sent = len(self.submitted)
+        wait_for(lambda: len(self.submitted) > sent + n, 30, "the order flow to go on")
+
+    def end(self) -> None:
+        self.stop.set()
+        self.loader.join(5)
+
+    def check_all_answered_once(self) -> None:
+        """Every order answered (none lost) and accepted once; the fills the client was told of are
+        what the balances and the book show; funds conserved (nothing applied twice)."""
+        client, submitted = self.client, self.submitted
+        replies = {coid: fut.result(120) for coid, fut in submitted}
+        assert len(replies) == len(submitted) > 300
+        accepted = [r.events[0] for r in replies.values()]
+        assert all(e["type"] == "accepted" and not e.get("duplicate") for e in accepted), [
+            e for e in accepted if e["type"] != "accepted" or e.get("duplicate")][:3]
+        book = client.request({"op": "book", "symbol": "BTC-USDT", "depth": 10}).events[0]
+        traded = sum(Decimal(e["qty"]) for r in replies.values() for e in r.events if e["type"] == "trade")
+        alice = client.request({"op": "balances", "account": "alice"}).events[0]["balances"]
+        bob = client.request({"op": "balances", "account": "bob"}).events[0]["balances"]
+        assert traded > 0 and Decimal(alice["BTC"]["available"]) == traded
+        n_buys = sum(1 for coid, _ in submitted if int(coid[1:]) % 2 == 1)
+        assert traded + sum(Decimal(q) for _, q in book["bids"]) == Decimal("0.01") * n_buys
+        assert traded + sum(Decimal(q) for _, q in book["asks"]) == Decimal("0.01") * (len(submitted) - n_buys)
+        for asset, amount in (("USDT", "100000000"), ("BTC", "10000")):
+            assert sum(Decimal(b[asset]["available"]) + Decimal(b[asset]["held"])
+                       for b in (alice, bob) if asset in b) == Decimal(amount)
+
+
 def test_handover_under_load_loses_nothing_applies_nothing_twice_and_needs_no_resend(make_cluster, make_client):
-    cluster = make_cluster()
+    flow = OrderFlow(make_cluster, make_client)
+    cluster, client = flow.cluster, flow.client
     first = cluster.await_leader(60)
-    cluster.await_followers(2, 60)
-    client = make_client(cluster.ingress_endpoints(), resend_after_s=RESEND_AFTER_S)
-    assert client.wait_connected(30), client.last_error
-    setup_market(client)
-    client.request({"op": "deposit", "account": "alice", "asset": "USDT", "amount": "99000000", "tx_id": "t3"})
-    client.request({"op": "deposit", "account": "bob", "asset": "BTC", "amount": "9900", "tx_id": "t4"})
-    connects = client.stats.connects
     eos_before = survivors_elected_on_end_of_stream(cluster)
-
-    submitted: list[tuple[str, object]] = []
-    stop = threading.Event()
-
-    loader = threading.Thread(target=order_flow, args=(client, submitted, stop, 0.005), daemon=True)
-    loader.start()
     try:
-        wait_for(lambda: len(submitted) > 100, 30, "the order flow to run")
         # 1: the operator's command (SIGTERM, then the old leader restarts as a follower)
         out = matchctl("cluster", "handover", "--dir", str(cluster.dir))
         assert out.returncode == 0, out.stderr
@@ -62,47 +101,23 @@ def test_handover_under_load_loses_nothing_applies_nothing_twice_and_needs_no_re
         assert second != first and f"member {first} stopped leading; member {second} leads" in out.stdout
         cluster.await_followers(2, 60)
         wait_for(lambda: client.leader_member_id == second, 30, "the client to follow the first handover")
-        sent = len(submitted)
-        wait_for(lambda: len(submitted) > sent + 100, 30, "the order flow to go on")
+        flow.more(100)
         # 2: a plain SIGTERM to the leader (what a service manager sends)
         cluster.kill(second, signal.SIGTERM)
         third = cluster.await_leader(60, exclude=second)
         wait_for(lambda: client.leader_member_id == third, 30, "the client to follow the second handover")
-        sent = len(submitted)
-        wait_for(lambda: len(submitted) > sent + 100, 30, "the order flow to go on")
+        flow.more(100)
     finally:
-        stop.set()
-        loader.join(5)
+        flow.end()
     cluster.stop_member(second, 60)  # reaps the stopped leader
     assert not cluster.is_running(second)
-
-    # Every order answered (none lost), accepted once: a resend's answer would say 'duplicate'
-    # only if an order were sent twice and the second copy reached the engine as a new place.
-    replies = {coid: fut.result(120) for coid, fut in submitted}
-    assert len(replies) == len(submitted) > 300
-    accepted = [r.events[0] for r in replies.values()]
-    assert all(e["type"] == "accepted" and not e.get("duplicate") for e in accepted), [
-        e for e in accepted if e["type"] != "accepted" or e.get("duplicate")][:3]
-
-    # Nothing applied twice: the fills the clients were told of are what the balances and the
-    # book show, and funds are conserved.
-    book = client.request({"op": "book", "symbol": "BTC-USDT", "depth": 10}).events[0]
-    traded = sum(Decimal(e["qty"]) for r in replies.values() for e in r.events if e["type"] == "trade")
-    alice = client.request({"op": "balances", "account": "alice"}).events[0]["balances"]
-    bob = client.request({"op": "balances", "account": "bob"}).events[0]["balances"]
-    assert traded > 0 and Decimal(alice["BTC"]["available"]) == traded
-    n_buys = sum(1 for coid, _ in submitted if int(coid[1:]) % 2 == 1)
-    assert traded + sum(Decimal(q) for _, q in book["bids"]) == Decimal("0.01") * n_buys
-    assert traded + sum(Decimal(q) for _, q in book["asks"]) == Decimal("0.01") * (len(submitted) - n_buys)
-    for asset, amount in (("USDT", "100000000"), ("BTC", "10000")):
-        assert sum(Decimal(b[asset]["available"]) + Decimal(b[asset]["held"])
-                   for b in (alice, bob) if asset in b) == Decimal(amount)
+    flow.check_all_answered_once()
 
     # The client followed both new leaders on its own session (no reconnect, no closed session),
     # and no command waited for the periodic resend: what was in flight was resent (if at all)
     # because the new leader announced itself.
     assert client.stats.new_leaders >= 2, client.stats
-    assert client.stats.connects == connects and client.stats.disconnects == 0, client.stats
+    assert client.stats.connects == flow.connects and client.stats.disconnects == 0, client.stats
     assert client.stats.resent_on_timer == 0, client.stats
     # both handovers took the planned path: survivors elected on the end of the leader's log
     assert survivors_elected_on_end_of_stream(cluster) >= eos_before + 2
@@ -110,4 +125,24 @@ def test_handover_under_load_loses_nothing_applies_nothing_twice_and_needs_no_re
     cluster.start_member(second)
     cluster.await_followers(2, 120)
     _, hashes = hashes_at_one_position(cluster, client, [m for m in range(3) if m != second])
+    assert len({(h["engine_hash"], h["sequence_hash"]) for h in hashes}) == 1
+
+
+def test_rolling_restart_under_load_loses_nothing_and_the_client_stays_on_its_session(make_cluster, make_client):
+    flow = OrderFlow(make_cluster, make_client)
+    cluster, client = flow.cluster, flow.client
+    before = cluster.pids()
+    try:
+        out = matchctl("cluster", "rolling-restart", "--dir", str(cluster.dir), timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count("restarted") == 3 and "handed over" in out.stdout
+        flow.more(100)
+    finally:
+        flow.end()
+    after = cluster.pids()
+    assert all(after[m] != before[m] for m in range(3)) and all(cluster.is_running(m) for m in range(3))
+    flow.check_all_answered_once()
+    assert client.stats.new_leaders >= 1, client.stats
+    assert client.stats.connects == flow.connects and client.stats.disconnects == 0, client.stats
+    _, hashes = hashes_at_one_position(cluster, client, range(3))
     assert len({(h["engine_hash"], h["sequence_hash"]) for h in hashes}) == 1
