@@ -5,8 +5,8 @@
 `matchctl up` of docs/examples/topology-2x3.json on free ports; 300 resting BTC orders of three
 accounts; one RoutedClient trades BTC (crossing buys and sells) the whole time while the symbol
 moves p1 -> p2 -> p1 ``--round-trips`` times. The checks are those of
-tests/integration/test_migration_destination.py::test_round_trips_under_trading (which runs 3
-round trips in `make test`): every resting order open at the owner, unchanged and in its order;
+tests/integration/test_migration_destination.py::test_round_trips_under_trading (20 round trips
+too, in `make test`); this script adds the timings: every resting order open at the owner, unchanged and in its order;
 the trader's open orders only its own acknowledged ones; funds_check on both partitions, nothing in
 transit; every unit deposited in an account or a fee pool; a resend of acknowledged
 client_order_ids answered as a duplicate of the same order. Reported: each migration's time and
