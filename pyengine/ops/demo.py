@@ -17,10 +17,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyengine.node.localcluster import LocalCluster, free_port_base, wait_for
 from pyengine.node.settings import DEFAULT_PORT_BASE, ClusterLayout
 from pyengine.wire.bulk import EV_ACCEPTED, EV_CANCELLED, BulkBuilder
+
+if TYPE_CHECKING:
+    from pyengine.client.routed import RoutedClient
+    from pyengine.ops.system import System
 
 SYMBOL = "BTC-USDT"
 
@@ -213,7 +218,7 @@ def run_partitioned(base_dir: Path) -> int:
         say("   stopped")
 
 
-def live_migration(system, client) -> int:
+def live_migration(system: System, client: RoutedClient) -> int:
     """BTC-USDT, with a resting book, moves p1 -> p2 while a client keeps buying from it."""
     from pyengine.ops.migrate import follow, start, summary
 
