@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -28,12 +29,16 @@ from pyengine.node.localcluster import wait_for
 from tests.integration.test_migration import ACCOUNTS, BTC, ETH, fund, l2
 from tests.integration.test_migration_faults import reached, wait_migration
 
+if TYPE_CHECKING:
+    from pyengine.client.routed import RoutedClient
+    from pyengine.ops.system import System
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 ROUND_TRIPS = 20  # as issue #19 asks; ~0.5 s a migration (bench/reports/migration_roundtrips.md: timings)
 
 
-def resting(client, n: int, tag: str = "rest") -> dict[str, int]:
+def resting(client: RoutedClient, n: int, tag: str = "rest") -> dict[str, int]:
     """``n`` resting BTC orders of the three accounts, far from 1000; client_order_id -> order id."""
     futures = {}
     for i in range(n):
@@ -51,7 +56,7 @@ def resting(client, n: int, tag: str = "rest") -> dict[str, int]:
     return ids
 
 
-def open_orders(client, partition: str | None = None) -> dict[str, list[tuple]]:
+def open_orders(client: RoutedClient, partition: str | None = None) -> dict[str, list[tuple]]:
     """Every account's open BTC orders, oldest first: (order id, side, price, remaining)."""
     out = {}
     for a in ACCOUNTS:
@@ -62,11 +67,11 @@ def open_orders(client, partition: str | None = None) -> dict[str, list[tuple]]:
     return out
 
 
-def totals(client) -> dict[str, dict]:
+def totals(client: RoutedClient) -> dict[str, dict]:
     return {a: client.balances(a)["total"] for a in ACCOUNTS}
 
 
-def nothing_in_transit(client, partitions: tuple[str, ...] = ("p1", "p2")) -> None:
+def nothing_in_transit(client: RoutedClient, partitions: tuple[str, ...] = ("p1", "p2")) -> None:
     """funds_check on each partition, and the holds exported equal the holds imported."""
     net: dict[str, int] = {}
     for p in partitions:
@@ -77,7 +82,7 @@ def nothing_in_transit(client, partitions: tuple[str, ...] = ("p1", "p2")) -> No
     assert all(v == 0 for v in net.values()), net
 
 
-def assert_duplicates(client, placed: dict[str, tuple[str, int]]) -> None:
+def assert_duplicates(client: RoutedClient, placed: dict[str, tuple[str, int]]) -> None:
     """Each acknowledged place, sent again with its client_order_id, answers as a duplicate of the
     same order (``placed``: client_order_id -> (account, order id))."""
     for coid, (account, oid) in placed.items():
@@ -180,7 +185,7 @@ class Trader(threading.Thread):
     """Trades BTC through RoutedClient (buys and sells at 1000 that cross each other) and records
     every acknowledged place: client_order_id -> (account, order id)."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: RoutedClient) -> None:
         super().__init__(daemon=True)
         self.client = client
         self.stop = threading.Event()
@@ -208,7 +213,8 @@ class Trader(threading.Thread):
             time.sleep(0.005)
 
 
-def round_trips(system, client, n: int, on_round: Callable[[int, dict, float], None] | None = None) -> dict:
+def round_trips(system: System, client: RoutedClient, n: int,
+                on_round: Callable[[int, dict, float], None] | None = None) -> dict:
     """BTC-USDT p1 -> p2 -> p1, ``n`` times (after one round trip without trading), with 300
     resting orders and a Trader the whole time; checks at the end. Returns the migration records
     and the counts."""
