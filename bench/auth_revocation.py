@@ -16,8 +16,8 @@ user logs in and opens a session on both partitions; the bench revokes the login
   command sent right after both refusals (its hash.json reaches that log position), an upper
   bound on the revoke reaching each member (the revoke is earlier in the same log).
 
-Failover rounds SIGKILL the worker that hosts p1's leader right after the revoke (so the
-revocation is pending when the leader dies), measure the same, then restart that worker and
+Failover rounds SIGKILL the worker that hosts p1's leader just before the revoke (so the
+revocation is pending through the whole election), measure the same, then restart that worker and
 wait for it to catch up; "every member" there counts the members alive at the time.
 Writes bench/reports/auth_revocation.md (with `uptime` load: a shared machine).
 """
@@ -153,24 +153,38 @@ def main(argv: list[str] | None = None) -> int:
             for v in victims.values():
                 assert v.wait_connected(60), v.last_error
             time.sleep(0.5)
-            killed = None
-            t0 = time.monotonic()
+            killed = kill_at = None
+            if kind == "failover":
+                # p1's leader dies just before the revoke, so the revocation is pending through
+                # the whole election (one leader reported: None while status files show an election)
+                leader = wait_for(lambda: (m,) if (m := system.leader("p1")) is not None else None, 30,
+                                  "a single leader of p1", interval=0.005)[0]
+                killed = topo.partition("p1").members[leader]
+                kill_at = time.monotonic()
+                system.stop_worker(killed, sig=signal.SIGKILL)
+            t0, wall0 = time.monotonic(), time.time()
+            kill_at = None if kill_at is None else kill_at - t0
             api.revoke(refresh_token=pair.refresh_token)
             seq = api.revocations(since=last_seq, limit=10000)[-1]["seq"]
             last_seq = seq
-            if kind == "failover":
-                leader = system.leader("p1")
-                killed = topo.partition("p1").members[leader]
-                system.stop_worker(killed, sig=signal.SIGKILL)
             # applied: the partition's own answer (through its log) says it holds the revocation;
             # refused: the victim's session there was closed and its reconnect refused `revoked`
+            # (watched on the side: a victim's reconnect must not hold up the other measures)
             applied: dict[str, float] = {}
             refused: dict[str, float] = {}
             deadline = time.monotonic() + 60
-            while (len(applied) < len(victims) or len(refused) < len(victims)) and time.monotonic() < deadline:
+
+            def watch_refusals(refused=refused, victims=victims, t0=t0, deadline=deadline) -> None:
+                while len(refused) < len(victims) and time.monotonic() < deadline:
+                    for pid, v in victims.items():
+                        if pid not in refused and v._auth_failure == "revoked":
+                            refused[pid] = time.monotonic() - t0
+                    time.sleep(0.005)
+
+            watcher = threading.Thread(target=watch_refusals, daemon=True)
+            watcher.start()
+            while len(applied) < len(victims) and time.monotonic() < deadline:
                 for p in topo.partitions:
-                    if p.id not in refused and victims[p.id]._auth_failure == "revoked":
-                        refused[p.id] = time.monotonic() - t0
                     if p.id not in applied:
                         try:
                             state = control[p.id].admin({"op": "auth_state"}, timeout=2).events
@@ -202,9 +216,15 @@ def main(argv: list[str] | None = None) -> int:
                 every = time.monotonic() - t0
             except ClusterError:  # a member still catching up (elections on a loaded machine): say so
                 every = None
+            watcher.join(max(0.0, deadline - time.monotonic()))
+            # acked: when the pusher had the partition's answer to the revoke (DIR/pusher.json;
+            # rewritten also when it re-reads a partition after a failure: an upper bound)
+            acks = json.loads((system.dir / "pusher.json").read_text())["partitions"]
+            acked = {pid: a["at"] - wall0 for pid, a in acks.items() if a["last_seq"] >= seq}
             row = {"round": i, "kind": kind, "p1": applied.get("p1"), "p2": applied.get("p2"),
                    "all": every, "refused_p1": refused.get("p1"), "refused_p2": refused.get("p2"),
-                   "killed": killed}
+                   "acked_p1": acked.get("p1"), "acked_p2": acked.get("p2"), "killed": killed,
+                   "kill_at": kill_at}
             rows.append(row)
             print(json.dumps(row), flush=True)
             for v in victims.values():
@@ -254,23 +274,33 @@ def write_report(args, rows: list[dict], trader, load_before: str, load_after: s
         f"* order flow on p1 during the whole run: {args.rate:.0f} orders/s requested, {trader.sent} sent, "
         f"{trader.failed} failed",
         "",
-        "Times in ms from the revoke request (`POST /v1/revoke`). *applied on pN*: the partition's "
+        "Times in ms from the revoke request (`POST /v1/revoke`). *pusher acked pN*: the pusher had pN's "
+        "answer to the `revoke` (its `DIR/pusher.json`; an upper bound of the partition committing it). "
+        "*applied on pN*: the partition's "
         "`auth_state` (read through its log) holds the revocation, so its leader refuses the token. *every "
         "member*: every (alive) member of both partitions applied a `state_hash` sent after both partitions "
         "answered (an upper bound for the revoke, earlier in the same log). *victim refused on pN*: the "
         "victim's open session there was closed and its client's reconnect refused with `revoked` (adds the "
-        "client SDK's reconnect, and after a kill its search for the new leader).",
+        "client SDK's reconnect, and after a kill its search for the new leader). *applied* and *every "
+        "member* are read through the bench's own sessions, so after a kill they include that session's "
+        "search for the new leader. *killed at*: when the SIGKILL went to the worker of p1's leader (and "
+        "p2's member there), before the revoke request: the revocation is pending through the whole "
+        "election.",
         "",
-        "| round | kind | applied on p1 | applied on p2 | every member | victim refused on p1 | on p2 | killed |",
-        "|---:|---|---:|---:|---:|---:|---:|---|",
+        "| round | kind | pusher acked p1 | acked p2 | applied on p1 | applied on p2 | every member "
+        "| victim refused on p1 | on p2 | killed | killed at |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['round']} | {r['kind']} | {_fmt(r['p1'])} | {_fmt(r['p2'])} | {_fmt(r['all'])} | "
-                     f"{_fmt(r['refused_p1'])} | {_fmt(r['refused_p2'])} | {r['killed'] or '-'} |")
-    names = {"p1": "applied on p1", "p2": "applied on p2", "all": "every member"}
+        lines.append(f"| {r['round']} | {r['kind']} | {_fmt(r['acked_p1'])} | {_fmt(r['acked_p2'])} | "
+                     f"{_fmt(r['p1'])} | {_fmt(r['p2'])} | {_fmt(r['all'])} | "
+                     f"{_fmt(r['refused_p1'])} | {_fmt(r['refused_p2'])} | {r['killed'] or '-'} | "
+                     f"{'-' if r['kill_at'] is None else _fmt(r['kill_at'])} |")
+    names = {"acked_p1": "pusher acked p1", "acked_p2": "pusher acked p2", "p1": "applied on p1",
+             "p2": "applied on p2", "all": "every member"}
     lines += ["", "| kind: measure | rounds | median ms | max ms | within 2 s |", "|---|---:|---:|---:|---:|"]
     for kind in ("steady", "failover"):
-        for what in ("p1", "p2", "all"):
+        for what in names:
             mine = [r[what] for r in rows if r["kind"] == kind]
             vals = [v for v in mine if v is not None]
             if mine:
