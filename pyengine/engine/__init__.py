@@ -2,8 +2,8 @@
 
 ``from pyengine.engine import Engine, SnapshotError`` -- see docs/engine.md.
 
-``make build`` compiles ``numbers``, ``model``, ``snapshot``, ``core`` and ``bulk`` with
-mypyc (same source, see pyengine/ops/build_engine.py). The compiled modules are used only
+``make build`` compiles ``numbers``, ``model``, ``snapshot``, ``core``, ``bulk`` and
+``migration`` with mypyc (same source, see pyengine/ops/build_engine.py). The compiled modules are used only
 while their stamp matches the sources; ``MATCHX_PURE_ENGINE=1`` forces the plain-Python
 modules. ``NATIVE`` says which one runs.
 """
@@ -20,7 +20,7 @@ from . import native_stamp as _build
 
 def _load_plain_sources() -> None:
     """Import the hot modules from their .py files even when compiled ones sit beside them."""
-    for name in _build.MODULES:  # dependency order: numbers <- model <- snapshot <- core <- bulk
+    for name in _build.MODULES:  # dependency order (native_stamp.MODULES)
         full = f"{__name__}.{name}"
         spec = importlib.util.spec_from_file_location(full, _build.HERE / f"{name}.py")
         assert spec is not None and spec.loader is not None

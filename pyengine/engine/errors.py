@@ -7,6 +7,11 @@ class SnapshotError(Exception):
     """Raised by :meth:`Engine.restore` for corrupt, truncated or incompatible snapshots."""
 
 
+class MigrationError(Exception):
+    """An export or import that cannot be done (pyengine/engine/migration.py); the engine is
+    unchanged."""
+
+
 class Reject(Exception):
     """Internal: a command is refused. Carries a stable reason code and a human detail."""
 

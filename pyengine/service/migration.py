@@ -288,7 +288,9 @@ class Migrations:
         if raw[:len(seen)] != seen:
             return _err(f"chunk at {off} differs from the bytes already staged there")
         if off + len(raw) > len(staged):
-            self.blobs[mid] = staged + raw[len(seen):]
+            if not isinstance(staged, bytearray):  # grown in place: no copy of all staged so far
+                staged = self.blobs[mid] = bytearray(staged)
+            staged += raw[len(seen):]
         return _ok(self._dest_answer(rec))
 
     def _import(self, svc: Any, mid: str, cmd: dict) -> Answer:
