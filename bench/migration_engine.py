@@ -157,7 +157,7 @@ def report(args: argparse.Namespace, results: list[dict], load0: tuple, load1: t
         "its partition's commands, so the machine's CPU for one migration is about 3 x (source + destination)",
         "+ coordinator. Before: the code at " + f"`{args.before}`" + " (export = the symbol's mini engine in the",
         "snapshot codec, ~75 bytes an order; plain-Python migration module); after: the working tree",
-        "(export format version 2: columns of narrow ints, ~15 bytes an order; migration module compiled",
+        "(export format version 2: columns of narrow ints, ~15-18 bytes an order; migration module compiled",
         "with the engine; the book built in one pass; staging without re-copying).",
         "",
         "| engine | orders | code | export | source chunks | coordinator | destination chunks | import "
