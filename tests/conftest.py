@@ -22,7 +22,7 @@ TEST_TIMEOUTS = Timeouts(heartbeat_interval_ms=50, heartbeat_timeout_ms=500, ele
 # and exactly-once tests run it. They once lost a test per fresh-clone run to election churn while
 # three JVMs start at once on 2 cores (two leaders within 50 ms, a follower that never joins the
 # live log); members now start on looser election timing until they are warm
-# (java-cluster/.../StartupGrace.java).
+# (java-cluster/.../ElectionTiming.java).
 SHIPPED_TIMEOUTS = Timeouts()
 
 
