@@ -51,6 +51,7 @@ public final class MatchService implements ClusteredService
     // started from, or its start): what the snapshot schedule measures log growth and time from
     private volatile long snapshotBaselinePosition;
     private volatile long snapshotBaselineNs = System.nanoTime();
+    private volatile long snapshotTakenAtMs;
     private volatile StatusFile.SnapshotStats lastSnapshot = StatusFile.SnapshotStats.NONE;
     private volatile long droppedReplies;
     private long nextStatusNs;
@@ -105,6 +106,17 @@ public final class MatchService implements ClusteredService
         this.snapshotSource = description;
     }
 
+    /**
+     * When the snapshot this member will load was taken (cluster time, epoch ms; 0 unknown). The
+     * snapshot schedule's time trigger counts from it, not from this member's start: with members
+     * restarted every few seconds (a failover run) a leader had nearly always started less than
+     * one interval ago, so only the size trigger fired and a restart's replay grew with the log.
+     */
+    public void snapshotTakenAtMs(final long epochMs)
+    {
+        this.snapshotTakenAtMs = epochMs;
+    }
+
     /** The buffer holding the current request; Python maps it once with a memoryview. */
     public ByteBuffer inputBuffer()
     {
@@ -125,6 +137,11 @@ public final class MatchService implements ClusteredService
         // restart would replay
         snapshotBaselinePosition = cluster.logPosition();
         snapshotBaselineNs = System.nanoTime();
+        if (null != snapshotImage && snapshotTakenAtMs > 0)
+        {
+            final long ageMs = Math.max(0, System.currentTimeMillis() - snapshotTakenAtMs);
+            snapshotBaselineNs -= TimeUnit.MILLISECONDS.toNanos(ageMs);
+        }
         byte[] snapshot = null;
         if (null != snapshotImage)
         {

@@ -212,6 +212,7 @@ public final class MemberNode implements AutoCloseable
             ctx.consensusModule.authenticatorSupplier(() -> new TokenAuthenticator(verifier));
         }
         service.snapshotSource(describeLatestSnapshot(ctx.consensusModule.clusterDir(), ctx.archive.archiveDir()));
+        service.snapshotTakenAtMs(latestSnapshotTimestampMs(ctx.consensusModule.clusterDir()));
         return ctx;
     }
 
@@ -301,6 +302,24 @@ public final class MemberNode implements AutoCloseable
             .errorHandler(errorHandler);
 
         return new Contexts(archiveCtx, cmCtx, serviceCtx);
+    }
+
+    /** When the snapshot a restarting member will load was taken (cluster time, epoch ms), 0 if none. */
+    static long latestSnapshotTimestampMs(final File clusterDir)
+    {
+        if (!new File(clusterDir, RecordingLog.RECORDING_LOG_FILE_NAME).exists())
+        {
+            return 0;
+        }
+        try (RecordingLog log = new RecordingLog(clusterDir, false))
+        {
+            final RecordingLog.Entry entry = log.getLatestSnapshot(0);
+            return null == entry ? 0 : entry.timestamp;
+        }
+        catch (final RuntimeException ex)
+        {
+            return 0;
+        }
     }
 
     /** Names the snapshot recording a restarting member will load, and its files. */
