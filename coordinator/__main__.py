@@ -24,7 +24,7 @@ import uvicorn
 
 from coordinator.api import create_app
 from coordinator.errors import CoordinatorError
-from coordinator.migrations import Driver
+from coordinator.migrations import CHUNK, MAX_CHUNK, MIN_CHUNK, Driver
 from coordinator.partition_link import ClientTransport, token_file_provider
 from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore
 
@@ -66,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--migration-step-timeout", type=float, default=30.0,
                    help="seconds a partition may stay unreachable before a migration that has not "
                    "reached its point of no return is rolled back (default 30)")
+    p.add_argument("--migration-chunk-bytes", type=int, default=CHUNK,
+                   help=f"raw bytes of a symbol's export copied per step (one log message at the source "
+                   f"and one at the destination), {MIN_CHUNK}..{MAX_CHUNK} (default {CHUNK}): fewer, larger "
+                   "chunks mean fewer log round trips in the migration's pause")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -75,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds to let in-flight requests finish on shutdown",
     )
     args = p.parse_args(argv)
+    if not MIN_CHUNK <= args.migration_chunk_bytes <= MAX_CHUNK:
+        p.error(f"--migration-chunk-bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {args.migration_chunk_bytes}")
     if (args.control_auth_url is None) != (args.control_password_file is None):
         p.error("--control-auth-url and --control-password-file go together")
     if args.control_auth_url and args.control_token_file:
@@ -121,7 +127,8 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
             raise RuntimeError(f"control token file {token_file} does not exist")
         kwargs["token_provider"] = token_file_provider(token_file)
     transport = ClientTransport(store, client_kwargs=kwargs)
-    return Driver(store, transport, step_timeout=args.migration_step_timeout), transport
+    return Driver(store, transport, step_timeout=args.migration_step_timeout,
+                  chunk_bytes=args.migration_chunk_bytes), transport
 
 
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:

@@ -460,11 +460,13 @@ def create_app(
 
     @public.get("/migrations", response_model=list[MigrationOut], tags=["migrations"])
     async def list_migrations() -> Any:
-        return driver().migs.list()
+        d = driver()
+        return [d.describe(m) for m in d.migs.list()]
 
     @public.get("/migrations/{mid}", response_model=MigrationOut, tags=["migrations"])
     async def get_migration(mid: str) -> Any:
-        return driver().migs.get(mid)
+        d = driver()
+        return d.describe(d.migs.get(mid))
 
     @admin.post("/migrations", response_model=MigrationOut, status_code=202, tags=["migrations"])
     async def start_migration(body: MigrationIn) -> Any:

@@ -37,7 +37,10 @@ log = logging.getLogger("coordinator.migrations")
 STATES = ("new", "prepared", "frozen", "imported", "activating", "switched", "done", "aborting", "aborted")
 LIVE = ("new", "prepared", "frozen", "imported", "activating", "switched", "aborting")
 NO_RETURN = ("activating", "switched", "done")
-CHUNK = 48 * 1024  # raw bytes per export chunk: its base64 fits one message with room to spare
+CHUNK = 48 * 1024  # default raw bytes per export chunk: its base64 fits one message with room to spare
+# the bounds of --migration-chunk-bytes: the source answers at most 64 KiB a chunk
+# (pyengine/service/migration.py MAX_CHUNK); below 1 KiB the round trips would dominate
+MIN_CHUNK, MAX_CHUNK = 1024, 64 * 1024
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 _SCHEMA = """
@@ -199,10 +202,17 @@ class Driver:
     """Runs migrations against the partitions; one thread per live migration."""
 
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
+                 chunk_bytes: int = CHUNK,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
+            raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
         self.migs = MigrationStore(store)
         self.transport = transport
         self.step_timeout = step_timeout
+        self.chunk_bytes = chunk_bytes
+        # the copy's progress per live migration, in memory only (a durable write per chunk would
+        # lengthen the pause): what GET /v1/migrations/{id} shows as "progress"
+        self._progress: dict[str, dict[str, Any]] = {}
         self.on_change = on_change
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -248,6 +258,18 @@ class Driver:
                 return False
         self.migs.set(mid, "aborted", discard_pending=False)
         return True
+
+    def progress(self, mid: str) -> dict[str, Any] | None:
+        """Where the copy of ``mid``'s export stands (this coordinator process's view): ``size``
+        (bytes), ``fetched`` (from the source), ``staged`` (at the destination), ``chunks``
+        (fetched so far), ``chunk_bytes``, ``imported``; None before the copy began (or after a
+        restart until it goes on)."""
+        p = self._progress.get(mid)
+        return dict(p) if p is not None else None
+
+    def describe(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """A migration record with its copy progress (the REST API's answer)."""
+        return {**rec, "progress": self.progress(rec["id"])}
 
     def wait(self, mid: str, timeout: float | None = None) -> dict[str, Any]:
         t = self._threads.get(mid)
@@ -370,12 +392,19 @@ class Driver:
                                           "epoch": rec["epoch"]})
         if state["state"] == "prepared":
             off = state["staged"]
+            prog = self._progress[mid] = {"size": size, "fetched": off, "staged": off, "chunks": 0,
+                                          "chunk_bytes": self.chunk_bytes, "imported": False}
             while off < size:
-                body = self._call(rec, src, {"op": "mig_export_chunk", "id": mid, "offset": off, "length": CHUNK})
+                body = self._call(rec, src, {"op": "mig_export_chunk", "id": mid, "offset": off,
+                                             "length": self.chunk_bytes})
                 data = body["data"]
+                n = len(base64.b64decode(data))
+                prog["fetched"], prog["chunks"] = off + n, prog["chunks"] + 1
                 self._call(rec, dst, {"op": "mig_import_chunk", "id": mid, "offset": off, "data": data})
-                off += len(base64.b64decode(data))
+                off += n
+                prog["staged"] = off
             self._call(rec, dst, {"op": "mig_import", "id": mid, "size": size, "sha256": sha})
+            prog["imported"] = True
 
     def _abort(self, rec: dict[str, Any]) -> dict[str, Any]:
         """Roll back: the source takes its export back (trading resumes there at once), the route

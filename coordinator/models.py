@@ -165,6 +165,10 @@ class MigrationOut(BaseModel):
     info: dict
     created: float
     updated: float
+    progress: dict | None = Field(default=None, description=(
+        "the copy of the export as this coordinator process drives it: size, fetched (bytes from the "
+        "source), staged (bytes at the destination), chunks, chunk_bytes, imported; null before the "
+        "copy began or after a coordinator restart until the copy goes on"))
 
 
 class TransferIn(_Strict):

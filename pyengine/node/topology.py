@@ -98,6 +98,9 @@ class CoordinatorSpec:
     host: str = "127.0.0.1"
     port: int = 0  # 0: an ephemeral port, recorded in DIR/system.json
     db: str = "coordinator.db"  # relative to the system directory
+    # raw bytes of an export copied per migration step (the coordinator's
+    # --migration-chunk-bytes); None: the coordinator's default (48 KiB)
+    migration_chunk_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ class Topology:
             settings["auth_keys_file"] = self.auth_keys_file
         doc: dict[str, Any] = {
             "description": self.description,
-            "coordinator": {"host": self.coordinator.host, "port": self.coordinator.port, "db": self.coordinator.db},
+            "coordinator": self._coordinator_doc(),
             "settings": settings,
             "workers": [{"id": w.id, "host": w.host} for w in self.workers],
             "partitions": [
@@ -293,6 +296,13 @@ class Topology:
 
     def ingress_endpoints(self, partition_id: str) -> str:
         return self.layout(partition_id, Path("/")).ingress_endpoints()
+
+    def _coordinator_doc(self) -> dict[str, Any]:
+        c = self.coordinator
+        doc: dict[str, Any] = {"host": c.host, "port": c.port, "db": c.db}
+        if c.migration_chunk_bytes is not None:
+            doc["migration_chunk_bytes"] = c.migration_chunk_bytes
+        return doc
 
     def coordinator_document(self) -> dict:
         """The coordinator's topology document (POST /v1/topology, --topology)."""
@@ -382,13 +392,18 @@ def _str(v: Any, where: str, pattern: re.Pattern, what: str) -> str:
 def _coordinator(d: Any) -> CoordinatorSpec:
     if not isinstance(d, dict):
         raise TopologyError("coordinator must be an object {host, port, db}")
-    _keys(d, "coordinator", optional=("host", "port", "db"))
+    _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
     if not isinstance(db, str) or not db:
         raise TopologyError("coordinator.db must be a file path")
-    return CoordinatorSpec(host, port, db)
+    chunk = d.get("migration_chunk_bytes")
+    if chunk is not None:
+        # the bounds of coordinator/migrations.py (MIN_CHUNK, MAX_CHUNK; the source answers at
+        # most 64 KiB a chunk)
+        chunk = _int(chunk, "coordinator.migration_chunk_bytes", 1024, 64 * 1024)
+    return CoordinatorSpec(host, port, db, chunk)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

@@ -269,6 +269,8 @@ class System:
         cmd = [sys.executable, "-m", "coordinator", "--host", topo.coordinator.host, "--port", str(port),
                "--db", str(self.coordinator_db), "--topology", str(doc), "--topology-mode", "bootstrap",
                "--log-level", "warning", *self._coordinator_control_args()]
+        if topo.coordinator.migration_chunk_bytes is not None:
+            cmd += ["--migration-chunk-bytes", str(topo.coordinator.migration_chunk_bytes)]
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())

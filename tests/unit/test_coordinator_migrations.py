@@ -101,6 +101,22 @@ def test_migration_end_to_end(system):
     assert d.start(BTC, "p2", "m1")["state"] == "done"
 
 
+def test_chunk_size_sets_the_copy_steps_and_progress_shows_them(system):
+    store, transport, parts, _ = system
+    before = book(parts["p1"])
+    d = Driver(store, transport, chunk_bytes=1024)
+    rec = d.start(BTC, "p2", "c1", wait=True)
+    assert rec["state"] == "done" and book(parts["p2"]) == before
+    size = rec["info"]["size"]
+    progress = d.describe(rec)["progress"]
+    assert progress == {"size": size, "fetched": size, "staged": size, "chunks": -(-size // 1024),
+                        "chunk_bytes": 1024, "imported": True}, progress
+    assert progress["chunks"] >= 2, progress  # the export spans several chunks
+    for bad in (1023, 64 * 1024 + 1):
+        with pytest.raises(ValueError, match="chunk_bytes"):
+            Driver(store, transport, chunk_bytes=bad)
+
+
 @pytest.mark.parametrize("code, args", [
     ("symbol_not_found", ("NOPE-USDT", "p2")),
     ("partition_not_found", (BTC, "p9")),
@@ -246,7 +262,8 @@ def test_there_and_back_twenty_times_under_flow(system):
     assert store.get_symbol(BTC)["partition"] == where
 
 
-def test_rest_api_and_openapi(system):
+def rest(store: CoordinatorStore, driver: Driver | None):
+    """The coordinator's REST app (the real one, in this process) as a TestClient."""
     import warnings
 
     with warnings.catch_warnings():
@@ -255,9 +272,25 @@ def test_rest_api_and_openapi(system):
 
     from coordinator.api import create_app
 
+    return TestClient(create_app(store, migration_driver=driver))
+
+
+def transfer_done(c, tid: str, amount: str) -> None:
+    """POST a transfer of ``amount`` USDT of account a from p1 to p2 and wait until it is done."""
+    r = c.post("/v1/transfers", json={"id": tid, "account": "a", "asset": "USDT", "amount": amount,
+                                      "from": "p1", "to": "p2"})
+    assert r.status_code == 202, r.text
+    for _ in range(200):
+        if c.get(f"/v1/transfers/{tid}").json()["state"] == "done":
+            break
+        time.sleep(0.05)
+    assert c.get(f"/v1/transfers/{tid}").json()["state"] == "done"
+
+
+def test_rest_api_and_openapi(system):
     store, transport, parts, _ = system
     d = Driver(store, transport)
-    with TestClient(create_app(store, migration_driver=d)) as c:
+    with rest(store, d) as c:
         paths = c.get("/openapi.json").json()["paths"]
         assert {"post", "get"} <= set(paths["/v1/migrations"]) and "delete" in paths["/v1/migrations/{mid}"]
         r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p2", "id": "m1"})
@@ -273,25 +306,59 @@ def test_rest_api_and_openapi(system):
         assert c.get("/v1/migrations/nope").status_code == 404
         assert c.get("/v1/routes/" + BTC).json()["partition"] == "p2"
         assert 'matchx_coordinator_migrations{state="done"} 1.0' in c.get("/metrics").text
-        r = c.post("/v1/transfers", json={"id": "x1", "account": "a", "asset": "USDT", "amount": "2",
-                                          "from": "p1", "to": "p2"})
-        assert r.status_code == 202, r.text
-        for _ in range(200):
-            if c.get("/v1/transfers/x1").json()["state"] == "done":
-                break
-            time.sleep(0.05)
-        assert c.get("/v1/transfers/x1").json()["state"] == "done"
+        transfer_done(c, "x1", "2")
         r = c.post("/v1/transfers", json={"id": "x1", "account": "a", "asset": "USDT", "amount": "3",
                                           "from": "p1", "to": "p2"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "transfer_id_conflict"
         assert c.post("/v1/transfers", json={"id": "x2", "account": "a", "asset": "USDT", "amount": "-1",
                                              "from": "p1", "to": "p2"}).status_code == 422
         assert "/v1/transfers" in c.get("/openapi.json").json()["paths"]
-    with TestClient(create_app(store)) as c:  # no driver: a clear answer, not a 500
+    with rest(store, None) as c:  # no driver: a clear answer, not a 500
         r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p1"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "migrations_unavailable"
 
 
+def test_rest_bad_input_gets_a_clear_error_and_changes_nothing(system):
+    """Issue #19's bad-input list through the REST API: unknown symbol or partition, migrating to
+    the owner, a partition without members, a migration or transfer id reused with other values,
+    removing a partition that owns symbols (its funds are checked by `matchctl partition remove`,
+    tests/integration/test_elastic.py)."""
+    store, transport, parts, _ = system
+    d = Driver(store, transport)
+    with rest(store, d) as c:
+        r = c.post("/v1/migrations", json={"symbol": BTC, "to": "p2", "id": "m1"})
+        assert r.status_code == 202, r.text
+        assert d.wait("m1", 30)["state"] == "done"
+        transfer_done(c, "x1", "2")
+
+        def state() -> tuple:
+            return (store.version, store.list_symbols(), store.list_partitions(), c.get("/v1/migrations").json(),
+                    c.get("/v1/transfers").json(), [p.svc.engine.state_hash() for p in parts.values()])
+
+        before = state()
+        xfer = {"account": "a", "asset": "USDT", "amount": "1", "from": "p1", "to": "p2"}
+        for method, path, body, status, code in (
+            ("post", "/v1/migrations", {"symbol": "NOPE-USDT", "to": "p1"}, 404, "symbol_not_found"),
+            ("post", "/v1/migrations", {"symbol": ETH, "to": "p9"}, 404, "partition_not_found"),
+            ("post", "/v1/migrations", {"symbol": BTC, "to": "p2"}, 409, "migration_to_owner"),
+            ("post", "/v1/migrations", {"symbol": ETH, "to": "p3"}, 409, "partition_has_no_members"),
+            ("post", "/v1/migrations", {"symbol": ETH, "to": "p2", "id": "m1"}, 409, "migration_id_conflict"),
+            ("post", "/v1/migrations", {"symbol": BTC, "to": "p1", "id": "m1"}, 409, "migration_id_conflict"),
+            ("post", "/v1/migrations", {"symbol": ETH, "to": "p2", "id": "bad id!"}, 422, "validation_error"),
+            ("delete", "/v1/migrations/nope", None, 404, "migration_not_found"),
+            ("post", "/v1/transfers", {"id": "x1", **xfer}, 409, "transfer_id_conflict"),
+            ("post", "/v1/transfers", {"id": "x1", **xfer, "amount": "2", "to": "p1", "from": "p2"}, 409,
+             "transfer_id_conflict"),
+            ("post", "/v1/transfers", {"id": "x2", **xfer, "to": "p9"}, 404, "partition_not_found"),
+            ("post", "/v1/transfers", {"id": "x2", **xfer, "to": "p3"}, 409, "partition_has_no_members"),
+            ("post", "/v1/transfers", {"id": "x2", **xfer, "to": "p1"}, 422, "validation_error"),
+            ("delete", "/v1/partitions/p2", None, 409, "partition_has_symbols"),
+            ("delete", "/v1/partitions/p9", None, 404, "partition_not_found"),
+        ):
+            r = c.request(method.upper(), path, json=body)
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), (path, body, r.text)
+            assert r.json()["error"]["message"], r.text  # says what is wrong
+            assert state() == before, (path, body)
 def avail(p: Part, account: str, asset: str) -> str:
     st, ev = p.eng({"op": "balances", "account": account})
     return ev[0]["balances"].get(asset, {}).get("available", "0")
@@ -340,3 +407,26 @@ def test_transfers_exactly_once_resumable_and_refunded(system):
     assert t["state"] == "refunded" and "unknown_asset" in t["error"], t
     assert avail(p1, "a", "SOL") == "3"
     funds_ok(parts)
+
+
+def test_chunk_size_setting_reaches_the_coordinator_and_bad_values_are_refused(tmp_path):
+    """``coordinator.migration_chunk_bytes`` in the topology survives the file the system
+    keeps and becomes ``--migration-chunk-bytes``; out-of-range values are refused by name."""
+    import json
+    from pathlib import Path
+
+    from coordinator.__main__ import parse_args
+    from pyengine.node.topology import Topology, TopologyError
+
+    doc = json.loads((Path(__file__).resolve().parents[2] / "docs/examples/topology-2x3.json").read_text())
+    doc["coordinator"]["migration_chunk_bytes"] = 4096
+    topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
+    assert topo.coordinator.migration_chunk_bytes == 4096
+    for bad in (512, 70000, "4096"):
+        doc["coordinator"]["migration_chunk_bytes"] = bad
+        with pytest.raises(TopologyError, match="migration_chunk_bytes"):
+            Topology.from_dict(doc)
+    assert parse_args(["--migration-chunk-bytes", "2048"]).migration_chunk_bytes == 2048
+    assert parse_args([]).migration_chunk_bytes == 48 * 1024
+    with pytest.raises(SystemExit):
+        parse_args(["--migration-chunk-bytes", "100"])
