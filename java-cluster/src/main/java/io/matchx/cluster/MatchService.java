@@ -107,10 +107,11 @@ public final class MatchService implements ClusteredService
     }
 
     /**
-     * When the snapshot this member will load was taken (cluster time, epoch ms; 0 unknown). The
-     * snapshot schedule's time trigger counts from it, not from this member's start: with members
-     * restarted every few seconds (a failover run) a leader had nearly always started less than
-     * one interval ago, so only the size trigger fired and a restart's replay grew with the log.
+     * When the snapshot this member will load was taken, or when the log began if the cluster never
+     * took one (cluster time, epoch ms; 0 unknown). The snapshot schedule's time trigger counts
+     * from it, not from this member's start: with members restarted every few seconds (a failover
+     * run) a leader had nearly always started less than one interval ago, so only the size trigger
+     * fired and a restart's replay grew with the log.
      */
     public void snapshotTakenAtMs(final long epochMs)
     {
@@ -137,7 +138,7 @@ public final class MatchService implements ClusteredService
         // restart would replay
         snapshotBaselinePosition = cluster.logPosition();
         snapshotBaselineNs = System.nanoTime();
-        if (null != snapshotImage && snapshotTakenAtMs > 0)
+        if (snapshotTakenAtMs > 0)
         {
             final long ageMs = Math.max(0, System.currentTimeMillis() - snapshotTakenAtMs);
             snapshotBaselineNs -= TimeUnit.MILLISECONDS.toNanos(ageMs);

@@ -304,7 +304,12 @@ public final class MemberNode implements AutoCloseable
         return new Contexts(archiveCtx, cmCtx, serviceCtx);
     }
 
-    /** When the snapshot a restarting member will load was taken (cluster time, epoch ms), 0 if none. */
+    /**
+     * Where the snapshot schedule's clock starts for a restarting member (cluster time, epoch ms):
+     * when the snapshot it will load was taken, or, when the cluster never took one, when its log
+     * began (the first term), because all of that log is what a restart replays; 0 for a member
+     * without a recording log (a fresh start: the clock starts now).
+     */
     static long latestSnapshotTimestampMs(final File clusterDir)
     {
         if (!new File(clusterDir, RecordingLog.RECORDING_LOG_FILE_NAME).exists())
@@ -314,7 +319,18 @@ public final class MemberNode implements AutoCloseable
         try (RecordingLog log = new RecordingLog(clusterDir, false))
         {
             final RecordingLog.Entry entry = log.getLatestSnapshot(0);
-            return null == entry ? 0 : entry.timestamp;
+            if (null != entry)
+            {
+                return entry.timestamp;
+            }
+            for (final RecordingLog.Entry e : log.entries())
+            {
+                if (RecordingLog.ENTRY_TYPE_TERM == e.type && e.isValid)
+                {
+                    return e.timestamp;
+                }
+            }
+            return 0;
         }
         catch (final RuntimeException ex)
         {
