@@ -118,6 +118,7 @@ class _Pending:
     sent_at: float = 0.0
     sends: int = 0
     refreshes: int = 0
+    abandoned: bool = False  # taken back by abandon(): never (re)sent
     submitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -258,6 +259,19 @@ class MatchClient:
     def admin(self, command: dict, timeout: float = 10.0) -> Reply:
         return self.submit_admin(command).result(timeout)
 
+    def abandon(self, future: Future) -> bool:
+        """Take back a command that has no answer yet: it is never sent (again) from here and a
+        late answer to it is dropped; its future stays unresolved. False if it is not pending
+        (its answer is being delivered, or it has one). For ``RoutedClient``, which sends a command
+        to the symbol's new owner when its partition has gone (docs/migration.md)."""
+        with self._lock:
+            for rid, p in self._pending.items():
+                if p.future is future:
+                    del self._pending[rid]
+                    p.abandoned = True
+                    return True
+        return False
+
     def pending_count(self) -> int:
         with self._lock:
             return len(self._pending)
@@ -374,7 +388,7 @@ class MatchClient:
     def _send(self, batch: list[_Pending]) -> bool:
         """Sends ``batch`` as one or more cluster messages (each within the count and byte
         limits); False if any part could not be sent now (it is resent later)."""
-        live = [p for p in batch if not p.future.done()]
+        live = [p for p in batch if not p.future.done() and not p.abandoned]
         ok = True
         part: list[_Pending] = []
         size = 0

@@ -17,6 +17,18 @@ one partition, failovers and resends. The loop:
    the command is sent again to the new owner; at most ``max_moved_retries`` times. The caller
    only sees the final answer. A MOVED command had no effect, so sending it again is safe.
 
+4. A partition that does not answer at all cannot say MOVED: e.g. it was retired after its
+   symbols moved (``matchctl partition move``/``remove``), so no member is left. A command routed
+   by its symbol whose partition's client has not been connected for ``min(1 s,
+   reroute_after)``, or that has waited ``reroute_after`` seconds (default 5) for an answer, makes
+   the client refresh the map: if the symbol's owner is now another partition (or the same
+   partition at other endpoints), the command is taken back from the old partition's client
+   (never sent there again) and sent to the owner (a place resent with its client_order_id
+   answers as a duplicate if it was applied before the move); a symbol gone from the map raises
+   ``UnknownSymbol``, a partition gone from the map ``UnknownPartition``. A retired partition's
+   client is closed. While the map still names the silent partition the command keeps waiting
+   for it (a failover; the caller's ``request`` timeout bounds the wait).
+
 The coordinator is never on the order path: while it is down, the cached map keeps being used.
 
 Commands without a symbol (``deposit``, ``withdraw``, ``balances``, ``cancel`` by order id) need
@@ -34,7 +46,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -78,6 +90,25 @@ class UnknownPartition(RoutingError):
 class RoutedStats:
     moved: int = 0  # MOVED answers handled (each one a resend to the new owner)
     clients: int = 0  # MatchClients created (one per partition used)
+    rerouted: int = 0  # commands taken back from a silent partition and sent to the symbol's new owner
+    retired: int = 0  # MatchClients closed because their partition left the map
+
+
+@dataclass(eq=False)
+class _Routed:
+    """A command routed by its symbol, waiting for its partition's answer (see ``_watch``)."""
+
+    outer: Future
+    command: dict
+    symbol: str
+    target: str
+    client: MatchClient
+    inner: Future
+    attempt: int
+    since: float | None
+    endpoints: str  # the endpoints ``client`` connects to
+    checked: float = field(default_factory=time.monotonic)  # sent, or the route last checked
+    settled: bool = False  # answered, or taken back and sent elsewhere (under RoutedClient._lock)
 
 
 class RoutedClient:
@@ -87,7 +118,11 @@ class RoutedClient:
     one command may get before the last one is raised as ``MovedError``; while a symbol moves
     (freeze-sync-switch, docs/migration.md) its commands are answered MOVED until the new owner
     takes over, so they are sent again for up to ``moved_timeout`` seconds whatever the count,
-    then ``MoveTimeout`` is raised (the command had no effect). ``route_cache``: a
+    then ``MoveTimeout`` is raised (the command had no effect). ``reroute_after``: seconds a
+    command routed by its symbol waits for an answer (1 s at most while its partition's client
+    is not connected) before the map is refreshed and the command, if its symbol has another
+    owner now, sent there (a partition that no longer exists cannot answer MOVED; module
+    docstring, point 4). ``route_cache``: a
     ``RouteCache`` to use (otherwise one is made with ``cache_options``). Other keyword arguments go
     to every ``MatchClient`` (``credentials``, ``client_id``, timeouts, ...).
     """
@@ -98,6 +133,7 @@ class RoutedClient:
         *,
         max_moved_retries: int = 5,
         moved_timeout: float = 10.0,
+        reroute_after: float = 5.0,
         route_cache: RouteCache | None = None,
         cache_options: dict[str, Any] | None = None,
         **client_kwargs: Any,
@@ -105,13 +141,22 @@ class RoutedClient:
         self.coordinator_url = coordinator_url.rstrip("/")
         self.max_moved_retries = max_moved_retries
         self.moved_timeout = moved_timeout
+        if reroute_after <= 0:
+            raise ValueError("reroute_after must be > 0")
+        self.reroute_after = reroute_after
         self._owns_cache = route_cache is None
         self.routes = route_cache if route_cache is not None else RouteCache(coordinator_url, **(cache_options or {}))
         self.client_kwargs = client_kwargs
         self.stats = RoutedStats()
         self._clients: dict[str, MatchClient] = {}
         self._endpoints: dict[str, str] = {}  # partition -> ingress endpoints, learned from routes
+        self._client_endpoints: dict[str, str] = {}  # partition -> the endpoints its MatchClient uses
         self._lock = threading.Lock()
+        self._waiting: set[_Routed] = set()  # commands routed by symbol without an answer yet
+        self._stop = threading.Event()
+        # notices partitions that do not answer (retired, moved): see _watch
+        self._watcher = threading.Thread(target=self._watch, name="matchx-route-watch", daemon=True)
+        self._watcher.start()
         # MOVED answers arrive on a MatchClient's receiver thread; refreshing the map (HTTP) and
         # resending happen here instead, so a slow coordinator never stalls any client's replies.
         self._retry_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="matchx-route")
@@ -227,6 +272,7 @@ class RoutedClient:
             client = MatchClient(endpoints, **self.client_kwargs)
             client._subs.update(self._subs)
             self._clients[partition] = client
+            self._client_endpoints[partition] = endpoints
             self.stats.clients += 1
             log.info("partition %s: client for %s", partition, endpoints)
             return client
@@ -261,6 +307,8 @@ class RoutedClient:
         if self._closed:
             return
         self._closed = True
+        self._stop.set()
+        self._watcher.join(10)
         self._retry_pool.shutdown(wait=True)
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
@@ -304,17 +352,32 @@ class RoutedClient:
               attempt: int, raise_now: bool = False, since: float | None = None) -> None:
         try:
             target = partition if partition is not None else self.route(symbol).partition
-            inner = self.client(target).submit(command)
+            client = self.client(target)
+            inner = client.submit(command)
         except Exception as exc:
             if raise_now:
                 raise
             outer.set_exception(exc)
             return
+        waiting = None
+        if partition is None and symbol is not None:
+            # watched until answered: its partition may never answer (_watch)
+            waiting = _Routed(outer, command, symbol, target, client, inner, attempt, since,
+                              self._client_endpoints.get(target, ""))
+            with self._lock:
+                self._waiting.add(waiting)
         inner.add_done_callback(
-            lambda f: self._on_answer(f, outer, command, partition, symbol, target, attempt, since))
+            lambda f: self._on_answer(f, outer, command, partition, symbol, target, attempt, since, waiting))
 
     def _on_answer(self, inner: Future, outer: Future, command: dict, partition: str | None,
-                   symbol: str | None, target: str, attempt: int, since: float | None = None) -> None:
+                   symbol: str | None, target: str, attempt: int, since: float | None = None,
+                   waiting: _Routed | None = None) -> None:
+        if waiting is not None:
+            with self._lock:
+                if waiting.settled:
+                    return  # taken back and sent to the new owner meanwhile (_reroute)
+                waiting.settled = True
+                self._waiting.discard(waiting)
         exc = inner.exception()
         if exc is None:
             outer.set_result(inner.result())
@@ -331,6 +394,89 @@ class RoutedClient:
                 outer.set_exception(exc)
         else:
             outer.set_exception(exc)
+
+    def _watch(self) -> None:
+        """Every 0.25 s: commands routed by symbol that waited too long for their partition (not
+        connected for ``min(1 s, reroute_after)``, or no answer for ``reroute_after``) get their
+        routes checked (``_reroute``). A partition that was retired never answers, not even MOVED."""
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            quick = min(1.0, self.reroute_after)
+            with self._lock:
+                due = [w for w in self._waiting if not w.settled
+                       and now - w.checked >= (self.reroute_after if w.client.connected else quick)]
+            if due:
+                try:
+                    self._reroute(due)
+                except Exception:  # noqa: BLE001 - the watcher must keep watching
+                    log.exception("checking the routes of unanswered commands failed")
+
+    def _reroute(self, due: list[_Routed]) -> None:
+        """Refresh the map; send each of ``due`` whose symbol has another owner now (or whose
+        partition moved to other endpoints) there, taken back from the old partition's client;
+        close the clients of partitions that have left the map or moved."""
+        if not self.routes.refresh():
+            now = time.monotonic()
+            for w in due:
+                w.checked = now  # the coordinator is away: the cached map is all we know; wait
+            return
+        routes = self.routes.routes()
+        stale: dict[str, tuple[MatchClient, str]] = {}  # partition -> its old client, its endpoints
+        todo = list(due)
+        while todo:
+            w = todo.pop()
+            route = routes.get(w.symbol)
+            if route is not None and route.partition == w.target and route.ingress_endpoints == w.endpoints:
+                w.checked = time.monotonic()  # still the owner: a failover, or just slow; wait on
+                continue
+            # the symbol has another owner (or none): take the command back unless its answer
+            # is being delivered right now
+            with self._lock:
+                if w.settled or not w.client.abandon(w.inner):
+                    continue
+                w.settled = True
+                self._waiting.discard(w)
+                if w.target not in stale:
+                    stale[w.target] = (w.client, w.endpoints)
+                    if self._clients.get(w.target) is w.client and (route is None or route.partition == w.target):
+                        # the same partition at other endpoints: the resend needs a new client
+                        del self._clients[w.target]
+                        self._endpoints.pop(w.target, None)
+                    # every other command waiting on that client: checked now
+                    todo.extend(x for x in self._waiting if x.client is w.client and not x.settled and x not in todo)
+            if route is None:
+                w.outer.set_exception(UnknownSymbol(w.symbol))
+                continue
+            log.warning("%s: partition %s did not answer and the map names %s now; sending the command there",
+                        w.symbol, w.target, route.partition)
+            self.stats.rerouted += 1
+            self._send(w.outer, w.command, None, w.symbol, w.attempt + 1, since=w.since)
+        for partition, (client, endpoints) in stale.items():
+            self._retire_client(partition, client, endpoints, routes)
+
+    def _retire_client(self, partition: str, client: MatchClient, endpoints: str, routes: dict[str, Route]) -> None:
+        """Close ``client`` (of ``partition``, at ``endpoints``) if the partition left the map or
+        moved to other endpoints: a retired partition's client would reconnect forever."""
+        now = next((r.ingress_endpoints for r in routes.values() if r.partition == partition), None)
+        if now is None:  # it owns no symbol: does it still exist?
+            try:
+                with httpx.Client(timeout=self.routes.timeout) as http:
+                    resp = http.get(f"{self.coordinator_url}/v1/partitions/{partition}")
+            except httpx.HTTPError:
+                return  # unknown for now: looked at again when it next fails to answer
+            if resp.status_code != 404 and resp.status_code >= 400:
+                return
+            now = "" if resp.status_code == 404 else resp.json().get("ingress_endpoints") or ""
+        if now and now == endpoints:
+            return  # still there: it just no longer owns the symbol
+        with self._lock:
+            if self._clients.get(partition) is client:
+                del self._clients[partition]
+                self._client_endpoints.pop(partition, None)
+                self._endpoints.pop(partition, None)
+        self.stats.retired += 1
+        log.info("partition %s %s: its client closed", partition, "moved to other endpoints" if now else "is gone")
+        client.close()  # what still waits there (sent with partition=) fails: the partition is gone
 
     def _after_moved(self, moved: MovedError, outer: Future, command: dict, symbol: str, target: str,
                      attempt: int, since: float | None = None) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pyengine.client.routed import UnknownPartition
+from pyengine.node.localcluster import wait_for
 from pyengine.ops import elastic, migrate
 from pyengine.ops.system import System
 
@@ -55,8 +57,10 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
 
     rec = elastic.add_partition(system, "p2", ["w4", "w2", "w3"])
     assert [m["worker_id"] for m in rec["members"]] == ["w4", "w2", "w3"] and rec["symbols"] == []
-    status = System(system.dir).status()
-    assert sorted(m["role"] for m in status["partitions"]["p2"]) == ["follower", "follower", "leader"], status
+    # add_partition returns once p2 has a leader; on a loaded machine a follower may still be
+    # starting then
+    wait_for(lambda: sorted(m["role"] for m in System(system.dir).status()["partitions"]["p2"])
+             == ["follower", "follower", "leader"], 120, "p2's members to be leader and followers")
 
     # resting orders of two accounts at p1, migrated to p2, then a trade there
     for account, asset, amount in (("alice", "USDT", "100000"), ("bob", "BTC", "10")):
@@ -95,7 +99,29 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
     rec = elastic.add_partition(system, "p3")
     assert [m["worker_id"] for m in rec["members"]] == ["w1", "w4", "w2"], rec
     assert "p3" in System(system.dir).status()["partitions"]
+
+    # a RoutedClient whose cached map still names a retired partition (issue #19): BTC-USDT goes
+    # to p3, the client routes it there, BTC-USDT goes back to p1 and p3 is retired. Nobody is
+    # left to answer the client MOVED; it must notice p3 is silent, refresh its map and send the
+    # command to p1 (without the fix it waited for ever)
+    assert migrate.follow(url, migrate.start(url, BTC, "p3")["id"], 180.0)["state"] == "done"
+    stale = make_routed_client(url, moved_timeout=60.0)
+    assert book(stale) == ([(Decimal(100), Decimal("0.5"))], [])
+    assert stale.route(BTC).partition == "p3" and stale.client("p3").connected
+    assert migrate.follow(url, migrate.start(url, BTC, "p1")["id"], 180.0)["state"] == "done"
+    assert book(client) == ([(Decimal(100), Decimal("0.5"))], [])
     done = elastic.remove_partition(system, "p3")
+    assert stale.route(BTC).partition == "p3"  # nothing told it: its map is the old one
+    assert book(stale) == ([(Decimal(100), Decimal("0.5"))], [])  # answered by p1
+    assert stale.route(BTC).partition == "p1" and stale.stats.rerouted >= 1, stale.stats
+    # p3's client (reconnecting to members that are gone) is closed, right after the resend
+    wait_for(lambda: stale.stats.retired == 1 and "p3" not in stale.clients(), 30, "p3's client to be closed")
+    # a resend through it is idempotent: alice's bid, placed at p1 before everything, is a duplicate
+    again = place(stale, "alice", "buy", "100", "a1")
+    assert again[0].get("duplicate") is True, again
+    # a partition that is gone, named explicitly: a clear error, not a wait
+    with pytest.raises(UnknownPartition):
+        stale.request({"op": "balances", "account": "alice"}, timeout=30, partition="p3")
     assert Path(done["retired_dir"]).is_dir()
     assert httpx.get(f"{url}/v1/partitions/p3").status_code == 404
     assert "p3" not in [p.id for p in System(system.dir).topology.partitions]
