@@ -12,7 +12,11 @@ resting orders, then moves p1 -> p2 while one client keeps placing BTC orders (t
 RoutedClient: "moving" answers are sent again until the new owner takes them) and another places
 and cancels ETH-USDT orders on the source partition. Reported: the pause a client sees (the
 longest BTC command during the migration, send to answer), the driver's freeze-to-activation time,
-and ETH's p50/p99 during the migration against a window without one.
+and ETH's p50/p99 during the migration against a window without one. Per migration it also
+prints where the pause went: the driver's steps as the coordinator timed them (``info.timing``,
+coordinator/migration_timing.py: ms from the freeze sent) and the client's side (the first
+"moving" answer, the map naming the destination, the first command the destination accepted), on
+the machine's one monotonic clock. ``--repeat N`` migrates each size N times (back and forth).
 """
 
 from __future__ import annotations
@@ -95,9 +99,10 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-def up_2x3(prefix: str) -> tuple[Any, Path]:
+def up_2x3(prefix: str, chunk_bytes: int | None = None) -> tuple[Any, Path]:
     """`matchctl up` of docs/examples/topology-2x3.json on free ports in a new temporary
-    directory (relaxed Raft timing, as the integration tests): (the System, the directory)."""
+    directory (relaxed Raft timing, as the integration tests): (the System, the directory).
+    ``chunk_bytes``: the coordinator's migration chunk size (its default when None)."""
     from pyengine.node.localcluster import free_port_base
     from pyengine.node.settings import PORTS_PER_PARTITION
     from pyengine.ops.system import System
@@ -105,6 +110,8 @@ def up_2x3(prefix: str) -> tuple[Any, Path]:
     root = Path(__file__).resolve().parents[1]
     doc = copy.deepcopy(json.loads((root / "docs/examples/topology-2x3.json").read_text()))
     doc["coordinator"]["port"] = 0
+    if chunk_bytes is not None:
+        doc["coordinator"]["migration_chunk_bytes"] = chunk_bytes
     doc["settings"] = {"timeouts": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
                                     "election_timeout_ms": 300, "startup_canvass_timeout_ms": 4000}}
     base = 30000
@@ -117,18 +124,51 @@ def up_2x3(prefix: str) -> tuple[Any, Path]:
     return System.up(tmp / "topology.json", tmp / "system", timeout=180), tmp
 
 
-def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
+class Tracer:
+    """RoutedClient's move diagnostics for one symbol: (monotonic time, event, partition)."""
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.events: list[tuple[float, str, str]] = []
+
+    def __call__(self, event: str, symbol: str, partition: str) -> None:
+        if symbol == self.symbol:
+            self.events.append((time.monotonic(), event, partition))
+
+
+def client_side(tracer: Tracer, probe: Sender, t0: float, to: str, base: float | None) -> dict:
+    """The client's view of one migration: the first "moving" answer, the first time the map named
+    ``to``, the first BTC command answered after that (accepted at the destination); ms from the
+    driver's freeze sent (``base``) when known."""
+    moving = next((t for t, e, _p in tracer.events if t >= t0 and e == "moving"), None)
+    route = next((t for t, e, p in tracer.events if moving is not None and t >= moving and e == "route" and p == to),
+                 None)
+    not_yet = sum(1 for t, e, _p in tracer.events if t >= t0 and e == "not_yet")
+    accepted = min((t + lat for t, lat in probe.samples if route is not None and t + lat >= route), default=None)
+
+    def rel(x: float | None) -> float | None:
+        return None if x is None or base is None else round((x - base) * 1000, 1)
+
+    return {"first_moving": rel(moving), "route_seen": rel(route), "first_accepted": rel(accepted),
+            "not_yet_answers": not_yet,
+            "client_pause_ms": None if moving is None or accepted is None else round((accepted - moving) * 1000, 1),
+            "map_wait_ms": None if moving is None or route is None else round((route - moving) * 1000, 1),
+            "dest_ms": None if route is None or accepted is None else round((accepted - route) * 1000, 1)}
+
+
+def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -> tuple[list[dict], dict]:
     import httpx
 
     from pyengine.client.routed import RoutedClient
     from pyengine.wire.bulk import BulkBuilder
 
-    system, _tmp = up_2x3("matchx-migbench-")
+    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes)
     rows: list[dict] = []
     extra: dict = {}
     try:
         url = system.coordinator_url
-        client = RoutedClient(url, moved_timeout=120.0)
+        tracer = Tracer("BTC-USDT")
+        client = RoutedClient(url, moved_timeout=120.0, trace=tracer)
         try:
             for sym, base_asset in (("BTC-USDT", "BTC"), ("ETH-USDT", "ETH")):
                 for i in range(ACCOUNTS):
@@ -152,7 +192,7 @@ def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
                                 "price": "10.00", "qty": "0.001", "client_order_id": f"p{time.time_ns()}"},
                                timeout=120)
 
-            for n in sizes:
+            for n in [n for n in sizes for _ in range(repeat)]:
                 # top the book up to n resting orders (bulks of 1000, far from the probes' price)
                 futures = []
                 while placed < n:
@@ -190,15 +230,20 @@ def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
                 other.join(180)
                 base_w = other.window(t0 - 10.0, t0 - 0.5)
                 during = other.window(t0, t1)
+                timing = rec["info"].get("timing") or {}
                 rows.append({
-                    "orders": n, "state": rec["state"], "migration_s": t1 - t0,
+                    "orders": n, "to": to, "state": rec["state"], "migration_s": t1 - t0,
                     "pause_ms": max(probe.window(t0, t1 + 2.0), default=0) * 1000,
                     "driver_pause_ms": rec["info"].get("pause_ms"),
                     "eth_p50_without": pct(base_w, 0.5), "eth_p99_without": pct(base_w, 0.99),
                     "eth_p50_during": pct(during, 0.5), "eth_p99_during": pct(during, 0.99),
                     "eth_samples_during": len(during), "probe_errors": probe.errors, "eth_errors": other.errors,
+                    "timing": timing, "chunks": sum(1 for s in timing.get("steps", []) if s[0].startswith("import@")),
+                    **client_side(tracer, probe, t0, to, timing.get("base_monotonic")),
                 })
-                print(rows[-1], flush=True)
+                print({k: v for k, v in rows[-1].items() if k != "timing"}, flush=True)
+                for line in breakdown(rows[-1]):
+                    print("   ", line, flush=True)
                 where = to
             extra["load_after"] = os.getloadavg()
         finally:
@@ -208,11 +253,28 @@ def cluster(sizes: list[int]) -> tuple[list[dict], dict]:
     return rows, extra
 
 
+def breakdown(r: dict) -> list[str]:
+    """One migration's pause, step by step: the driver's steps, then the client's events (ms
+    from the freeze sent)."""
+    from coordinator.migration_timing import render
+
+    timing = r.get("timing") or {}
+    if not timing.get("steps"):
+        return ["(no step timing in the migration record: a coordinator without it)"]
+    return [*render(timing),
+            f"client: first \"moving\" answer at {r['first_moving']}, map names {r.get('to', 'the destination')} "
+            f"at {r['route_seen']}, first command accepted there at {r['first_accepted']} "
+            f"({r['not_yet_answers']} \"not yet\" answers): pause {r['client_pause_ms']} ms = waiting for the "
+            f"map {r['map_wait_ms']} + at the destination {r['dest_ms']}"]
+
+
 def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extra: dict) -> str:
     lines = [
         "# Symbol migration with real processes: the pause a client sees",
         "",
-        f"`.venv/bin/python bench/migration.py --cluster --orders {' '.join(map(str, args.orders))}` on "
+        f"`.venv/bin/python bench/migration.py --cluster --orders {' '.join(map(str, args.orders))}"
+        f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}"
+        f"{f' --chunk-bytes {args.chunk_bytes}' if args.chunk_bytes else ''}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; engine {'compiled' if NATIVE else 'plain Python'}; "
         f"{os.cpu_count()} cores shared with other sessions' tests; load average before "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after "
@@ -223,18 +285,29 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         "BTC orders one after another through RoutedClient and another places and cancels ETH-USDT orders on",
         "the source partition. *Pause*: the longest BTC command (send to answer) during the migration, i.e.",
         "from the first \"moving\" answer to the first command the destination accepted, plus one round trip.",
-        "*Driver*: freeze acknowledged to activation acknowledged, as the coordinator recorded it.",
+        "*Client pause*: the issue's measure, from the first \"moving\" answer the BTC client got to the first",
+        "BTC command the destination accepted (RoutedClient's trace hook, monotonic clock).",
+        "*Driver*: freeze acknowledged to activation acknowledged (then the route flip), as the coordinator",
+        "recorded it (`pause_ms`); *activation at*: the activation's answer, ms from the freeze sent (`timing`).",
         "ETH figures are per place+cancel pair, sequential.",
         "",
-        "| resting orders | pause ms | driver ms | migration s | ETH p50 / p99 ms without | ETH p50 / p99 ms during |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| resting orders | client pause ms | longest BTC command ms | driver ms | activation at ms | chunks | "
+        "migration s | ETH p50 / p99 ms without | ETH p50 / p99 ms during |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['orders']:,} | {r['pause_ms']:.0f} | {r['driver_pause_ms']} | {r['migration_s']:.1f} | "
+        lines.append(f"| {r['orders']:,} | {r.get('client_pause_ms')} | {r['pause_ms']:.0f} | {r['driver_pause_ms']} | "
+                     f"{(r.get('timing') or {}).get('activated_ms')} | {r.get('chunks')} | {r['migration_s']:.1f} | "
                      f"{r['eth_p50_without']:.0f} / {r['eth_p99_without']:.0f} | "
                      f"{r['eth_p50_during']:.0f} / {r['eth_p99_during']:.0f} ({r['eth_samples_during']} pairs) |")
     lines += ["", "Errors: " + ", ".join(f"{r['orders']:,}: BTC {r['probe_errors']}, ETH {r['eth_errors']}"
                                           for r in rows)]
+    lines += ["", "## Where each pause went", "",
+              "The driver's steps (start .. end, ms from the freeze sent; export and import chunks folded,",
+              "they overlap when the copy is pipelined), then the client's side of the same migration.", ""]
+    for i, r in enumerate(rows, 1):
+        lines += [f"Migration {i}: {r['orders']:,} resting orders, to {r.get('to')}", "", "```",
+                  *breakdown(r), "```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -243,10 +316,12 @@ def main() -> int:
     p.add_argument("--orders", type=int, nargs="+", default=[1000, 10000, 100000])
     p.add_argument("--report", type=Path)
     p.add_argument("--cluster", action="store_true", help="real processes: the pause a client sees")
+    p.add_argument("--repeat", type=int, default=1, help="with --cluster: migrations per size (back and forth)")
+    p.add_argument("--chunk-bytes", type=int, help="with --cluster: the coordinator's migration chunk size")
     args = p.parse_args()
     load = os.getloadavg()
     if args.cluster:
-        crow, extra = cluster(args.orders)
+        crow, extra = cluster(args.orders, args.repeat, args.chunk_bytes)
         text = cluster_report(args, crow, load, extra)
         print(text)
         if args.report:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +69,64 @@ class ClientTransport:
             return client
 
     def admin(self, partition: str, command: dict) -> tuple[str, dict]:
+        return self.submit(partition, command).result()
+
+    def submit(self, partition: str, command: dict) -> Future:
+        """Send one admin command without waiting: a future of ``admin``'s answer (it raises
+        ``PartitionUnavailable`` the same way). Commands submitted one after another from one
+        thread enter the partition's log in that order (one session), unless a failover makes
+        the client resend; the driver pipelines the export's copy with it."""
         from pyengine.client.match_client import ClientError, MovedError
 
+        out: Future = Future()
         try:
             client = self._client(partition)
-            reply = client.admin(command, self.timeout)
-        except (FutureTimeout, TimeoutError) as exc:
-            raise PartitionUnavailable(f"{partition}: no answer within {self.timeout:.0f} s") from exc
-        except MovedError as exc:
-            return "moved", {"symbol": exc.symbol, "epoch": exc.epoch}
+            inner = client.submit_admin(command)
+        except PartitionUnavailable as exc:
+            out.set_exception(exc)
+            return out
         except ClientError as exc:
-            if type(exc) is ClientError and client.connected():
-                return "error", {"error": str(exc)}  # the partition's own answer
-            raise PartitionUnavailable(f"{partition}: {exc}") from exc
-        body = reply.events
-        return "ok", body if isinstance(body, dict) else {"events": body}
+            out.set_exception(PartitionUnavailable(f"{partition}: {exc}"))
+            return out
+        timer = threading.Timer(self.timeout, self._expire, (out, partition))
+        timer.daemon = True
+        timer.start()
+
+        def done(f: Future) -> None:
+            timer.cancel()
+            if out.done():
+                return
+            exc = f.exception()
+            try:
+                if exc is None:
+                    body = f.result().events
+                    out.set_result(("ok", body if isinstance(body, dict) else {"events": body}))
+                elif isinstance(exc, MovedError):
+                    out.set_result(("moved", {"symbol": exc.symbol, "epoch": exc.epoch}))
+                elif type(exc) is ClientError and client.connected:
+                    out.set_result(("error", {"error": str(exc)}))  # the partition's own answer
+                else:
+                    out.set_exception(PartitionUnavailable(f"{partition}: {exc}"))
+            except InvalidStateError:
+                pass  # expired meanwhile
+
+        inner.add_done_callback(done)
+        return out
+
+    def _expire(self, out: Future, partition: str) -> None:
+        try:
+            out.set_exception(PartitionUnavailable(f"{partition}: no answer within {self.timeout:.0f} s"))
+        except InvalidStateError:
+            pass  # answered meanwhile
+
+    def connect(self, partitions: list[str], timeout: float = 10.0) -> None:
+        """Make and connect the partitions' clients now (before a migration's freeze), so that no
+        session is set up inside the pause; unreachable ones are left to the steps' retries."""
+        for p in partitions:
+            try:
+                self._client(p).wait_connected(timeout)
+            except Exception as exc:  # noqa: BLE001 - only a head start: the steps retry
+                log.info("partition %s: not connected ahead of the migration (%s)", p, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -78,10 +78,17 @@ class ClientError(RuntimeError):
 class MovedError(ClientError):
     """The partition does not own the symbol (any more); refresh routes to at least ``epoch``."""
 
-    def __init__(self, symbol: str, epoch: int) -> None:
+    def __init__(self, symbol: str, epoch: int, *, moving: bool = False, not_yet: bool = False,
+                 dest: str | None = None) -> None:
         super().__init__(f"{symbol} moved (epoch {epoch})")
         self.symbol = symbol
         self.epoch = epoch
+        # a migration under way (docs/migration.md): ``moving`` from the frozen source (``dest``:
+        # the partition it moves to), ``not_yet`` from the destination before its activation is
+        # applied (moments away once the map names it)
+        self.moving = moving
+        self.not_yet = not_yet
+        self.dest = dest
 
 
 class UnauthorisedError(ClientError):
@@ -627,7 +634,10 @@ class MatchClient:
             elif a.status == Status.UNAUTHORISED:
                 self._on_unauthorised(p, payload.get("reason", "unauthorised"))
             elif a.status == Status.MOVED:
-                p.future.set_exception(MovedError(payload.get("symbol"), payload.get("epoch", 0)))
+                p.future.set_exception(MovedError(payload.get("symbol"), payload.get("epoch", 0),
+                                                  moving=bool(payload.get("moving")),
+                                                  not_yet=bool(payload.get("not_yet")),
+                                                  dest=payload.get("dest")))
             else:
                 p.future.set_result(Reply(a.request_id, payload, a.status == Status.DUPLICATE))
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,9 +137,14 @@ class RoutedClient:
         reroute_after: float = 5.0,
         route_cache: RouteCache | None = None,
         cache_options: dict[str, Any] | None = None,
+        trace: Callable[[str, str, str], None] | None = None,
         **client_kwargs: Any,
     ) -> None:
         self.coordinator_url = coordinator_url.rstrip("/")
+        # diagnostics of a move, called on the routing thread: ("moving" | "not_yet" | "moved",
+        # symbol, partition that answered) and ("route", symbol, partition the map names, to which
+        # the command is sent again); bench/migration.py times the client's side of a pause with it
+        self.trace = trace
         self.max_moved_retries = max_moved_retries
         self.moved_timeout = moved_timeout
         if reroute_after <= 0:
@@ -152,6 +158,7 @@ class RoutedClient:
         self._endpoints: dict[str, str] = {}  # partition -> ingress endpoints, learned from routes
         self._client_endpoints: dict[str, str] = {}  # partition -> the endpoints its MatchClient uses
         self._lock = threading.Lock()
+        self._warming: set[str] = set()  # partitions whose client is being made ahead of a switch
         self._waiting: set[_Routed] = set()  # commands routed by symbol without an answer yet
         self._stop = threading.Event()
         # notices partitions that do not answer (retired, moved): see _watch
@@ -269,13 +276,23 @@ class RoutedClient:
             if self._closed:
                 raise ClientError("client is closed")
             endpoints = self._partition_endpoints(partition)
-            client = MatchClient(endpoints, **self.client_kwargs)
-            client._subs.update(self._subs)
-            self._clients[partition] = client
-            self._client_endpoints[partition] = endpoints
-            self.stats.clients += 1
-            log.info("partition %s: client for %s", partition, endpoints)
-            return client
+        # made outside the lock: setting a session up takes a while, and commands to the other
+        # partitions must not wait for it (e.g. a migration's destination, made during the freeze)
+        made: MatchClient | None = MatchClient(endpoints, **self.client_kwargs)
+        with self._lock:
+            client = self._clients.get(partition)
+            if client is None and not self._closed:
+                client, made = made, None
+                client._subs.update(self._subs)
+                self._clients[partition] = client
+                self._client_endpoints[partition] = endpoints
+                self.stats.clients += 1
+                log.info("partition %s: client for %s", partition, endpoints)
+        if made is not None:
+            made.close()  # another thread made one first, or this client closed meanwhile
+        if client is None:
+            raise ClientError("client is closed")
+        return client
 
     def subscribe(self, symbol: str, channels: list[str], callback: Callback, depth: int = 1000) -> Subscription:
         """``MatchClient.subscribe`` across partitions: the subscription goes to the symbol's
@@ -481,6 +498,9 @@ class RoutedClient:
     def _after_moved(self, moved: MovedError, outer: Future, command: dict, symbol: str, target: str,
                      attempt: int, since: float | None = None) -> None:
         log.info("%s: partition %s answered MOVED (epoch %d); refreshing routes", moved.symbol, target, moved.epoch)
+        self._trace("moving" if moved.moving else "not_yet" if moved.not_yet else "moved", moved.symbol, target)
+        if moved.moving and moved.dest:
+            self._warm(moved.dest)
         try:
             cached = self.routes.routes().get(moved.symbol)
             if cached is None or cached.epoch < moved.epoch:
@@ -491,7 +511,11 @@ class RoutedClient:
                 if cached.epoch < moved.epoch:
                     raise StaleRoute(moved.symbol, moved.epoch, cached.epoch)
             route = cached
-            if route.partition == target:
+            if route.partition == target and moved.not_yet:
+                # the map names the destination of a migration whose activation is being applied
+                # (the coordinator flips the route while it sends the activation): moments away
+                time.sleep(min(0.002 * 2**attempt, 0.05))
+            elif route.partition == target:
                 # The map still names the partition that refused: it may lag behind the partitions
                 # (a move in progress). Give it a moment, then look again.
                 time.sleep(min(0.05 * 2**attempt, 1.0))
@@ -516,4 +540,34 @@ class RoutedClient:
         except Exception as exc:  # noqa: BLE001 - the future must always be completed
             outer.set_exception(exc)
             return
+        now = self.routes.routes().get(moved.symbol)
+        if now is not None:
+            self._trace("route", moved.symbol, now.partition)
         self._send(outer, command, None, symbol, attempt + 1, since=since)
+
+    def _warm(self, partition: str) -> None:
+        """Open the session to a migration's destination now (on its own thread), so the first
+        command sent there after the switch does not wait for a connection to be set up."""
+        with self._lock:
+            if partition in self._clients or partition in self._warming or self._closed:
+                return
+            self._warming.add(partition)
+
+        def connect() -> None:
+            try:
+                self.client(partition)
+            except Exception as exc:  # noqa: BLE001 - only a head start: the resend connects anyway
+                log.info("partition %s: no session ahead of the switch (%s)", partition, exc)
+            finally:
+                with self._lock:
+                    self._warming.discard(partition)
+
+        threading.Thread(target=connect, name=f"matchx-warm-{partition}", daemon=True).start()
+
+    def _trace(self, event: str, symbol: str, partition: str) -> None:
+        if self.trace is None:
+            return
+        try:
+            self.trace(event, symbol, partition)
+        except Exception:  # noqa: BLE001 - a diagnostic hook must never lose a command
+            log.exception("trace hook failed")

@@ -119,7 +119,23 @@ def cmd_migrations(args: argparse.Namespace) -> int:
         print(f"{r['id']:<18} {r['symbol']:<12} {r['source']:<6} {r['dest']:<6} {r['state']:<11} "
               f"{r['info'].get('orders', ''):>7} {'' if pause is None else pause:>9}"
               + (f"  {r['error']}" if r.get("error") and r["state"] in ("aborting", "aborted") else ""))
+        if args.timing:
+            for line in timing_lines(r):
+                print(f"    {line}")
     return 0
+
+
+def timing_lines(rec: dict) -> list[str]:
+    """The driver's steps of a migration (coordinator/migration_timing.py): ms from the freeze
+    sent; empty for a migration recorded before the steps were timed."""
+    from coordinator.migration_timing import render
+
+    timing = rec["info"].get("timing")
+    if not timing or not timing.get("steps"):
+        return []
+    head = (f"steps (ms from the freeze sent{'; resumed after a coordinator restart' if timing.get('resumed') else ''}"
+            f"): activation answered at {timing.get('activated_ms')}, route flipped at {timing.get('route_ms')}")
+    return [head, *render(timing)]
 
 
 def add_parsers(sub: Any, default_dir: Path) -> None:
@@ -133,6 +149,8 @@ def add_parsers(sub: Any, default_dir: Path) -> None:
     mig.set_defaults(func=cmd_migrate)
     migs = sub.add_parser("migrations", help="every migration: id, symbol, from, to, state, pause")
     migs.add_argument("--json", action="store_true")
+    migs.add_argument("--timing", action="store_true",
+                      help="each migration's steps as the driver timed them (ms from the freeze sent)")
     migs.set_defaults(func=cmd_migrations)
     for p in (mig, migs):
         p.add_argument("--dir", type=Path, default=default_dir, help=f"system directory (default {default_dir})")

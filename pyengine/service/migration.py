@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import zlib
 from typing import Any
 
 import orjson
@@ -61,6 +62,18 @@ def _err(text: str) -> Answer:
     return Status.ERROR, orjson.dumps({"error": text})
 
 
+def _decompress(staged: bytes | bytearray, size: int) -> bytes | None:
+    """The export the coordinator compressed (zlib), never more than ``size`` + 1 bytes of it
+    (a stream that would give more is refused without being expanded); None if it is no whole
+    zlib stream."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(bytes(staged), size + 1)
+    except zlib.error:
+        return None
+    return out if d.eof and not d.unconsumed_tail and not d.unused_data else None
+
+
 def _holds(meta: dict) -> dict[str, int]:
     return {a: int(v) for a, v in meta.get("holds", {}).items()}
 
@@ -87,8 +100,9 @@ class Migrations:
             mid = self.frozen.get(symbol)
             if mid is not None:
                 rec = self.recs[mid]
+                # "dest": a client can open its session to the new owner while it waits for the map
                 return Status.MOVED, orjson.dumps({"type": "moved", "symbol": symbol, "epoch": rec["epoch"],
-                                                   "moving": True, "migration": mid})
+                                                   "moving": True, "migration": mid, "dest": rec["dest"]})
             mid = self.inert.get(symbol)
             if mid is not None:
                 rec = self.recs[mid]
@@ -301,11 +315,17 @@ class Migrations:
             return _ok(self._dest_answer(rec))
         if rec["state"] != PREPARED:
             return _err(f"migration {mid} is {rec['state']}")
-        blob = self.blobs[mid]
-        if len(blob) != cmd.get("size") or hashlib.sha256(blob).hexdigest() != cmd.get("sha256"):
+        size, encoding = cmd.get("size"), cmd.get("encoding")
+        if type(size) is not int or size < 0 or not isinstance(cmd.get("sha256"), str):
+            return _err("mig_import needs size and sha256 (the source's export)")
+        if encoding not in (None, "zlib"):
+            return _err(f"unknown encoding {encoding!r} (known: zlib)")
+        staged = self.blobs[mid]
+        blob = _decompress(staged, size) if encoding == "zlib" else bytes(staged)
+        if blob is None or len(blob) != size or hashlib.sha256(blob).hexdigest() != cmd.get("sha256"):
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
-            return _err(f"staged export is {len(blob)} bytes with another digest than the source's "
-                        f"({cmd.get('size')} bytes): send it again")
+            return _err(f"staged export is {len(staged)} bytes{' (zlib)' if encoding else ''} that do not give the "
+                        f"source's {size} bytes and digest: send it again")
         try:
             meta = import_symbol(svc.engine, blob)
         except MigrationError as exc:

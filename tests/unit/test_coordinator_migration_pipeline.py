@@ -1,0 +1,134 @@
+"""The migration driver's pipelined copy and its step timing (coordinator/migrations.py,
+coordinator/migration_timing.py) against real partition services in this process, through a
+transport that answers asynchronously, one partition's commands in the order they were sent (as
+one client session does): the same book moves, the timing is recorded, and a chunk lost on the
+way makes the copy go on one step at a time without a rollback.
+
+The same with processes and Aeron: tests/integration/test_migration*.py (the coordinator's
+ClientTransport has ``submit``, so those run the pipelined copy)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from coordinator.migration_timing import one_line, render
+from coordinator.migrations import Driver, PartitionUnavailable
+from pyengine.ops.migrate import timing_lines
+from tests.unit.test_coordinator_migrations import LocalTransport, funds_ok, owners, system  # noqa: F401
+from tests.unit.test_service_migration import BTC, book
+
+
+class PipeTransport(LocalTransport):
+    """``LocalTransport`` with ``submit``: each partition's commands applied in order on its own
+    thread, answered through futures. ``lose`` names (op, offset) pairs to drop once: never
+    applied, answered unreachable (a message lost with a leader)."""
+
+    def __init__(self, parts) -> None:
+        super().__init__(parts)
+        self.pools = {p: ThreadPoolExecutor(max_workers=1) for p in parts}
+        self.lose: set[tuple[str, int]] = set()
+        self.submitted: list[str] = []
+
+    def submit(self, partition: str, command: dict) -> Future:
+        self.submitted.append(command["op"])
+        key = (command["op"], command.get("offset", -1))
+        if key in self.lose:
+            self.lose.discard(key)
+            out: Future = Future()
+            out.set_exception(PartitionUnavailable(f"{partition}: lost"))
+            return out
+        return self.pools[partition].submit(super().admin, partition, command)
+
+    def admin(self, partition: str, command: dict) -> tuple[str, dict]:
+        return self.submit(partition, command).result()  # in order with the submitted ones
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def piped(system):  # noqa: F811 - the fixture of test_coordinator_migrations
+    store, transport, parts, path = system
+    for i in range(300):  # a book whose export spans several chunks of 1 KiB
+        buy = i % 2 == 1
+        parts["p1"].place(BTC, "abc"[i % 3], "buy" if buy else "sell", str(80 - i % 9 if buy else 120 + i % 9), f"x{i}")
+    t = PipeTransport(parts)
+    yield store, t, parts
+    t.close()
+
+
+def test_pipelined_copy_moves_the_book_and_times_every_step(piped):
+    store, transport, parts = piped
+    before = book(parts["p1"])
+    d = Driver(store, transport, chunk_bytes=1024)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert book(parts["p2"]) == before and book(parts["p1"]) == []
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+    size = rec["info"]["size"]
+    chunks = -(-size // 1024)
+    assert chunks >= 3, size  # several chunks in flight at once
+    assert rec["info"]["encoding"] == "zlib"
+    progress = d.describe(rec)["progress"]
+    staged = progress["encoded"]
+    assert progress["fetched"] == size and progress["staged"] == staged < size, progress
+    # the export chunks went without waiting for each other's answers, the compressed export to
+    # the destination the same way, with the import right behind its last chunk
+    assert transport.submitted.count("mig_import_chunk") == -(-staged // 1024)
+    timing = rec["info"]["timing"]
+    names = [s[0] for s in timing["steps"]]
+    for step in ("prepare", "freeze", "record frozen", "compress", "import", "record imported",
+                 "record activating", "route flip", "activate", "record switched", "drop"):
+        assert step in names, (step, names)
+    assert sum(n.startswith("export@") for n in names) >= chunks
+    assert sum(n.startswith("import@") for n in names) == -(-staged // 1024)
+    assert timing["resumed"] is False and timing["activated_ms"] >= 0 and timing["route_ms"] >= 0
+    start = dict((s[0], s[1]) for s in timing["steps"])
+    assert start["freeze"] == 0.0 and start["prepare"] < 0  # ms from the freeze sent
+    lines = render(timing)
+    assert any(f"export chunks x{chunks}" in line for line in lines), lines
+    assert any(f"import chunks x{-(-staged // 1024)}" in line for line in lines), lines
+    assert "freeze 0.0-" in one_line(timing)
+    assert timing_lines(rec)[0].startswith("steps (ms from the freeze sent)")
+
+
+def test_a_lost_chunk_makes_the_copy_go_on_step_by_step(piped):
+    store, transport, parts = piped
+    before = book(parts["p1"])
+    transport.lose = {("mig_import_chunk", 1024)}  # the second chunk never reaches p2
+    d = Driver(store, transport, chunk_bytes=1024)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec  # no rollback: the careful path finished the copy
+    assert book(parts["p2"]) == before
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+
+
+def test_a_lost_freeze_answer_is_sent_again(piped):
+    store, transport, parts = piped
+    before = book(parts["p1"])
+    transport.lose = {("mig_freeze", -1), ("mig_activate", -1)}
+    d = Driver(store, transport, chunk_bytes=2048)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert book(parts["p2"]) == before
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_lost_chunk_step_by_step_with_and_without_compression(piped, compress):
+    store, transport, parts = piped
+    before = book(parts["p1"])
+    transport.lose = {("mig_import_chunk", 0), ("mig_export_chunk", 2048)}
+    d = Driver(store, transport, chunk_bytes=1024, compress=compress)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert rec["info"]["encoding"] == ("zlib" if compress else None)
+    assert book(parts["p2"]) == before
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
