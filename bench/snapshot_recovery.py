@@ -20,7 +20,14 @@
 5. In isolation (this process, no cluster): the engine and service snapshot/restore of the same
    state, to show where the recovery time goes.
 
-Writes bench/reports/snapshot_recovery.md.
+``--isolated-only`` runs step 5 alone (no JVM), and ``--failover-state FLOW`` builds instead the
+state of ``bench/failover_under_load.py --resting N`` after FLOW orders of its order flow: N
+resting orders placed in bulks (no client order id), then the flow through the service (its
+finished orders fill the accounts' dedup windows, its answers the reply cache), which is what a
+member restarted in that bench loads. Run the same command on two checkouts to compare snapshot
+formats (``--tag`` names the run in the report).
+
+Writes bench/reports/snapshot_recovery.md (``--report`` to change).
 """
 
 from __future__ import annotations
@@ -247,6 +254,145 @@ def isolated(n: int, accounts: int, levels: int, coid: bool, reply_entries: int)
     return out
 
 
+def failover_state(resting: int, flow_n: int, accounts: int):
+    """The service state of bench/failover_under_load.py with ``--resting resting`` after
+    ``flow_n`` orders of its flow (one client, binary commands in batches of 10)."""
+    import orjson
+
+    from bench.common import MID, OrderFlow
+    from pyengine.service.matching import MatchingService
+    from pyengine.wire import protocol
+    from pyengine.wire.bulk import BulkBuilder
+    from pyengine.wire.codec import encode_command
+    from pyengine.wire.protocol import Channel, Command
+
+    svc = MatchingService()
+    rid = 0
+    position = 0
+
+    def send(payloads: list[bytes], channel: Channel) -> None:
+        nonlocal rid, position
+        cmds = []
+        for pl in payloads:
+            rid += 1
+            cmds.append(Command(rid, channel, pl))
+        position += 64
+        svc.on_message(1, 1_700_000_000_000 + rid, position, protocol.encode_request(777, cmds))
+
+    for c in setup_commands(accounts):
+        send([orjson.dumps(c)], Channel.ENGINE_JSON)
+    for first in range(0, resting, 1000):  # as failover_under_load.preload_resting
+        b = BulkBuilder()
+        for k in range(first, min(resting, first + 1000)):
+            offset = 3000 + (k // len(SYMBOLS)) % 2000
+            side, price = ("buy", MID - offset) if k % 2 else ("sell", MID + offset)
+            b.place(f"a{k % accounts}", SYMBOLS[k % len(SYMBOLS)], side, price, 1 + k % 7)
+        send([b.encode()], Channel.ENGINE_BULK)
+    flow = OrderFlow(1, accounts, "f")
+    for _ in range(0, flow_n, 10):
+        send([encode_command(flow.next()) for _ in range(10)], Channel.ENGINE_BINARY)
+    return svc
+
+
+def isolated_service(svc) -> dict:
+    """Snapshot (take) and restore (load) of ``svc``'s state in this process: sizes by part, wall
+    and CPU time of each step (the second snapshot: the first after a restore or a start may
+    encode what later snapshots copy)."""
+    import gc
+
+    from pyengine.service.matching import MatchingService
+
+    eng = svc.engine
+    out: dict = {"open_orders": len(eng.orders),
+                 "finished_orders": sum(len(a.finished) for a in eng.accounts.values()),
+                 "reply_entries": sum(len(e) for e in svc.replies.by_client.values()),
+                 "reply_bytes": sum(len(x) for e in svc.replies.by_client.values() for x in e.values())}
+
+    def timed(key: str, fn):
+        gc.collect()
+        w0, c0 = time.perf_counter(), time.process_time()
+        value = fn()
+        out[key] = time.perf_counter() - w0
+        out[key + "_cpu"] = time.process_time() - c0
+        return value
+
+    svc.snapshot()
+    blob = timed("take_s", svc.snapshot)
+    out["service_bytes"] = len(blob)
+    out["engine_bytes"] = len(eng.snapshot())
+    holder = [MatchingService()]
+    timed("load_s", lambda: holder[0].restore(blob))
+    restored = holder[0]
+    out["same_state"] = restored.engine.state_hash() == eng.state_hash()
+    # a restarted member's first snapshot after its restore
+    timed("take_after_restore_s", restored.snapshot)
+    out["state_hash_s"] = 0.0
+    timed("state_hash_s", eng.state_hash)
+    out["engine_version"] = int.from_bytes(blob[blob.index(b"MXENGSNP") + 8:blob.index(b"MXENGSNP") + 10],
+                                           "little")
+    return out
+
+
+def isolated_only(args) -> int:
+    env = environment()
+    log(f"environment: {env}")
+    machine = MachineLoad().__enter__()
+    t0 = time.perf_counter()
+    if args.failover_state is not None:
+        svc = failover_state(args.orders, args.failover_state, args.accounts)
+        state = (f"the state of `bench/failover_under_load.py --resting {args.orders}` after "
+                 f"{args.failover_state:,} orders of its flow ({args.accounts} accounts)")
+    else:
+        from pyengine.service.matching import MatchingService
+        from pyengine.wire.codec import encode_events
+
+        svc = MatchingService()
+        for c in setup_commands(args.accounts):
+            svc.engine.apply(c, 1)
+        last = None
+        for k in range(args.orders):
+            last = svc.engine.apply(resting_order(k, args.accounts, args.levels, not args.no_coid), 2)
+        payload = encode_events(last)
+        for r in range(50_000):
+            svc.replies.put(12345, r + 1, 0, payload)
+        state = (f"{args.orders:,} resting orders as in the cluster run ({args.accounts} accounts, "
+                 f"{args.levels} levels per side), 50,000 cached answers")
+    build_s = time.perf_counter() - t0
+    log(f"state built in {build_s:.1f} s; timing snapshot and restore ...")
+    r = isolated_service(svc)
+    machine.__exit__(None, None, None)
+    log(f"{r}; {machine.summary()}")
+    from pyengine import engine as engine_pkg
+
+    per = r["open_orders"] or 1
+    lines = [
+        f"# Snapshot size, take and load time in one process ({args.tag})\n",
+        f"Command: `python bench/snapshot_recovery.py {' '.join(sys.argv[1:])}`  ",
+        f"Environment: {env}; {machine.summary()}; engine {'compiled' if engine_pkg.NATIVE else 'plain Python'}; "
+        f"one process, no cluster.  ",
+        f"State: {state}: {r['open_orders']:,} open orders, {r['finished_orders']:,} finished orders in the "
+        f"dedup windows, {r['reply_entries']:,} cached answers ({r['reply_bytes']:,} bytes).\n",
+        "| | value |", "|---|---:|",
+        f"| engine snapshot version | {r['engine_version']} |",
+        f"| service snapshot (engine + reply cache + rest) | {r['service_bytes']:,} bytes "
+        f"({r['service_bytes'] / per:.0f} per open order) |",
+        f"| of which the engine | {r['engine_bytes']:,} bytes |",
+        f"| take: `MatchingService.snapshot()` | {r['take_s'] * 1000:.0f} ms wall, "
+        f"{r['take_s_cpu'] * 1000:.0f} ms CPU |",
+        f"| load: `MatchingService.restore()` | {r['load_s'] * 1000:.0f} ms wall, "
+        f"{r['load_s_cpu'] * 1000:.0f} ms CPU |",
+        f"| first take after the load | {r['take_after_restore_s'] * 1000:.0f} ms wall, "
+        f"{r['take_after_restore_s_cpu'] * 1000:.0f} ms CPU |",
+        f"| `state_hash()` | {r['state_hash_s'] * 1000:.0f} ms wall |",
+        f"| restored state equal (state hash) | {r['same_state']} |",
+        "",
+    ]
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text("\n".join(lines) + "\n")
+    log(f"wrote {args.report}")
+    return 0 if r["same_state"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -256,6 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-coid", action="store_true", help="orders without client_order_id")
     ap.add_argument("--window", type=int, default=20_000, help="orders outstanding while loading")
     ap.add_argument("--no-isolated", action="store_true", help="skip the in-process snapshot/restore timing")
+    ap.add_argument("--isolated-only", action="store_true",
+                    help="only the in-process snapshot/restore timing (no cluster, no JVM)")
+    ap.add_argument("--failover-state", type=int, default=None, metavar="FLOW",
+                    help="with --isolated-only: the failover bench's state (--orders resting orders "
+                         "in bulks) after FLOW orders of its flow")
+    ap.add_argument("--tag", default="", help="names the run (checkout, format) in the report's title")
     ap.add_argument("--port-start", type=int, default=43000)
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
@@ -263,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args.worker)
         {"load": worker_load, "snapshot": worker_snapshot, "probe": worker_probe}[spec["mode"]](spec)
         return 0
+    if args.isolated_only:
+        return isolated_only(args)
 
     env = environment()
     log(f"environment: {env}")

@@ -39,13 +39,14 @@ from __future__ import annotations
 import gc
 import hashlib
 import struct
-import sys
-from array import array
 from collections import deque
 from typing import Final
 
 import orjson
 
+# the book's column encoding, shared with engine snapshots (version 4)
+from .columns import Cols as _Cols
+from .columns import decode_orders, encode_orders
 from .errors import MigrationError, SnapshotError
 from .model import BUY, LIMIT, OPEN, SELL, Account, Bal, EngineState, Level, Order, Symbol
 from .snapshot import (
@@ -57,7 +58,6 @@ from .snapshot import (
     _F_STATUS_SHIFT,
     _F_STP_SHIFT,
     _F_TIF_SHIFT,
-    _I32,
     _events_bytes,
     _flags,
     dump,
@@ -69,13 +69,7 @@ VERSION = 2
 _READS = (1, 2)
 _HDR = struct.Struct("<8sHI")
 _U64 = struct.Struct("<Q")
-_SIDES = struct.Struct("<QQ")
 _DIGEST = 32
-_BIG = sys.byteorder == "big"
-# column codes: 0 all zero (no data), then the array type of each width
-_TYPECODES = ("", "b", "h", _I32, "q")
-_WIDTHS = (0, 1, 2, 4, 8)
-_NCOLS = 11
 # the snapshot's order flags, as constants of this module (compiled: no lookup per order)
 _FL_SELL: Final = _F_SELL
 _FL_MARKET: Final = _F_MARKET
@@ -118,24 +112,6 @@ def _detach_row(o: Order) -> None:
     o.row = None
 
 
-class _Cols:
-    """A book as columns (priority order): what the book part of an export holds."""
-
-    def __init__(self) -> None:
-        self.bids = 0
-        self.oid: list[int] = []
-        self.price: list[int] = []
-        self.qty: list[int] = []
-        self.oprice: list[int] = []
-        self.oqty: list[int] = []
-        self.filled: list[int] = []
-        self.ts: list[int] = []
-        self.acct: list[int] = []
-        self.flags: list[int] = []
-        self.coids: list[str | None] = []
-        self.evs: list[bytes | None] = []
-
-
 def _cols_of(orders: list[Order], bids: int, acct_ix: dict[str, int]) -> _Cols:
     c = _Cols()
     c.bids = bids
@@ -151,249 +127,6 @@ def _cols_of(orders: list[Order], bids: int, acct_ix: dict[str, int]) -> _Cols:
         c.flags.append(_flags(o))
         c.coids.append(o.coid)
         c.evs.append(None if o.ev is None else _events_bytes(o))
-    return c
-
-
-def _sums(v: list[int]) -> list[int]:
-    out: list[int] = []
-    acc = 0
-    for x in v:
-        acc += x
-        out.append(acc)
-    return out
-
-
-def _put_col(parts: list[bytes], vals: list[int], lo: int, hi: int) -> None:
-    """One column: its code and values, in the narrowest width that holds [lo, hi] (a range that
-    includes 0)."""
-    if lo == 0 and hi == 0:
-        parts.append(b"\x00")
-        return
-    code = 1
-    while code < 4 and not (-(1 << (8 * _WIDTHS[code] - 1)) <= lo and hi < (1 << (8 * _WIDTHS[code] - 1))):
-        code += 1
-    if not (-(1 << 63) <= lo and hi < (1 << 63)):
-        raise MigrationError("an order field does not fit 64 bits")
-    a = array(_TYPECODES[code], vals)
-    if _BIG:
-        a.byteswap()
-    parts.append(bytes([code]))
-    parts.append(a.tobytes())
-
-
-def _encode_orders(orders: list[Order], bids: int, acct_ix: dict[Account, int],
-                   accts: list[Account], held: list[int]) -> bytes:
-    """The book part of an export, in one pass over the orders (priority order). Numbers each
-    order's account by its first appearance (``acct_ix``, ``accts``) and adds up its holds
-    (``held``: per account, quote held by buys, base held by sells). Each column's range is
-    kept as it is filled (plain locals: compiled, no call per value)."""
-    oid: list[int] = []
-    price: list[int] = []
-    qty: list[int] = []
-    filled: list[int] = []
-    doprice: list[int] = []
-    doqty: list[int] = []
-    ts: list[int] = []
-    acct: list[int] = []
-    flags: list[int] = []
-    clen: list[int] = []
-    elen: list[int] = []
-    # ranges: signed columns lo/hi; columns that are never negative as an OR of their values
-    oid_lo = oid_hi = price_lo = price_hi = dop_lo = dop_hi = doq_lo = doq_hi = ts_lo = ts_hi = 0
-    # columns never negative: the OR of their values bounds them (and is negative if one is)
-    qty_or = filled_or = flags_or = clen_or = elen_or = 0
-    coid_parts: list[str] = []
-    ev_parts: list[bytes] = []
-    last_oid = 0
-    last_price = 0
-    last_ts = 0
-    for o in orders:
-        a = o.acct
-        ai = acct_ix.get(a)
-        if ai is None:
-            ai = acct_ix[a] = len(accts)
-            accts.append(a)
-            held.append(0)
-            held.append(0)
-        q = o.qty
-        f = o.filled
-        held[2 * ai + o.side] += q * o.unit
-        v = o.oid - last_oid
-        last_oid = o.oid
-        oid.append(v)
-        if v < oid_lo:
-            oid_lo = v
-        elif v > oid_hi:
-            oid_hi = v
-        p = o.price
-        v = p - last_price
-        last_price = p
-        price.append(v)
-        if v < price_lo:
-            price_lo = v
-        elif v > price_hi:
-            price_hi = v
-        v = o.oprice - p
-        doprice.append(v)
-        if v < dop_lo:
-            dop_lo = v
-        elif v > dop_hi:
-            dop_hi = v
-        v = o.oqty - q - f
-        doqty.append(v)
-        if v < doq_lo:
-            doq_lo = v
-        elif v > doq_hi:
-            doq_hi = v
-        v = o.ts - last_ts
-        last_ts = o.ts
-        ts.append(v)
-        if v < ts_lo:
-            ts_lo = v
-        elif v > ts_hi:
-            ts_hi = v
-        qty.append(q)
-        filled.append(f)
-        acct.append(ai)
-        fl = _flags(o)
-        flags.append(fl)
-        qty_or |= q
-        filled_or |= f
-        flags_or |= fl
-        c = o.coid
-        if c is None:
-            clen.append(0)
-        else:
-            coid_parts.append(c)
-            clen.append(len(c))
-            clen_or |= len(c)
-        if o.ev is None:
-            elen.append(0)
-        else:
-            e = _events_bytes(o)
-            ev_parts.append(e)
-            elen.append(len(e))
-            elen_or |= len(e)
-    if qty_or < 0 or filled_or < 0:
-        raise MigrationError("an order has a negative quantity")
-    text = "".join(coid_parts)
-    if text.isascii():
-        coid_b = text.encode("ascii")
-    else:  # lengths in bytes, not characters
-        enc = [x.encode() for x in coid_parts]
-        coid_b = b"".join(enc)
-        j = 0
-        for i in range(len(clen)):
-            if clen[i]:
-                clen[i] = len(enc[j])
-                clen_or |= clen[i]
-                j += 1
-    parts: list[bytes] = [_SIDES.pack(bids, len(orders) - bids)]
-    # (a column of values >= 0 whose OR is below 2^k fits a signed width of k + 1 bits)
-    for vals, lo, hi in ((oid, oid_lo, oid_hi), (price, price_lo, price_hi), (qty, 0, qty_or),
-                         (filled, 0, filled_or), (doprice, dop_lo, dop_hi), (doqty, doq_lo, doq_hi),
-                         (ts, ts_lo, ts_hi), (acct, 0, len(accts) - 1 if accts else 0),
-                         (flags, 0, flags_or), (clen, 0, clen_or), (elen, 0, elen_or)):
-        _put_col(parts, vals, lo, hi)
-    ev_b = b"".join(ev_parts)
-    parts.append(_U64.pack(len(coid_b)))
-    parts.append(coid_b)
-    parts.append(_U64.pack(len(ev_b)))
-    parts.append(ev_b)
-    return b"".join(parts)
-
-
-def _decode_book(b: bytes) -> _Cols:
-    """The book part of a version-2 export as columns; checks its shape, not its meaning."""
-    if len(b) < _SIDES.size:
-        raise MigrationError("export book truncated")
-    bids, asks = _SIDES.unpack_from(b, 0)
-    n = bids + asks
-    if n > len(b):
-        raise MigrationError("export book counts inconsistent")
-    pos = _SIDES.size
-    cols: list[list[int]] = []
-    zero: list[bool] = []
-    for _ in range(_NCOLS):
-        if pos >= len(b):
-            raise MigrationError("export book truncated")
-        code = b[pos]
-        pos += 1
-        zero.append(code == 0)
-        if code == 0:
-            cols.append([0] * n)
-            continue
-        if code > 4:
-            raise MigrationError(f"export book column code {code} unknown")
-        size = n * _WIDTHS[code]
-        if pos + size > len(b):
-            raise MigrationError("export book truncated")
-        a = array(_TYPECODES[code])
-        a.frombytes(b[pos:pos + size])
-        if _BIG:
-            a.byteswap()
-        cols.append(a.tolist())
-        pos += size
-    blobs: list[bytes] = []
-    for _ in range(2):
-        if pos + _U64.size > len(b):
-            raise MigrationError("export book truncated")
-        (ln,) = _U64.unpack_from(b, pos)
-        pos += _U64.size
-        if pos + ln > len(b):
-            raise MigrationError("export book truncated")
-        blobs.append(b[pos:pos + ln])
-        pos += ln
-    if pos != len(b):
-        raise MigrationError("trailing bytes after the export book")
-    c = _Cols()
-    c.bids = bids
-    c.oid = _sums(cols[0])
-    c.price = _sums(cols[1])
-    c.qty = cols[2]
-    c.filled = cols[3]
-    c.ts = _sums(cols[6])
-    c.acct = cols[7]
-    c.flags = cols[8]
-    # (columns are read only from here: one list may serve two of them)
-    if zero[4]:
-        c.oprice = c.price
-    else:
-        oprice_d = cols[4]
-        for i in range(n):
-            c.oprice.append(c.price[i] + oprice_d[i])
-    if zero[5] and zero[3]:
-        c.oqty = c.qty
-    else:
-        oqty_d = cols[5]
-        for i in range(n):
-            c.oqty.append(oqty_d[i] + c.qty[i] + c.filled[i])
-    coid_lens = cols[9]
-    ev_lens = cols[10]
-    coid_b, ev_b = blobs[0], blobs[1]
-    if sum(coid_lens) != len(coid_b) or sum(ev_lens) != len(ev_b) or min(coid_lens, default=0) < 0 \
-            or min(ev_lens, default=0) < 0:
-        raise MigrationError("export book strings inconsistent")
-    ascii_ = coid_b.isascii()
-    text = coid_b.decode("ascii") if ascii_ else ""
-    cpos = 0
-    epos = 0
-    for i in range(n):
-        ln = coid_lens[i]
-        if ln == 0:
-            c.coids.append(None)
-        else:
-            try:
-                c.coids.append(text[cpos:cpos + ln] if ascii_ else coid_b[cpos:cpos + ln].decode())
-            except UnicodeDecodeError as exc:
-                raise MigrationError("export book client order id not UTF-8") from exc
-            cpos += ln
-        ln = ev_lens[i]
-        if ln == 0:
-            c.evs.append(None)
-        else:
-            c.evs.append(ev_b[epos:epos + ln])
-            epos += ln
     return c
 
 
@@ -429,7 +162,7 @@ def _export(eng: EngineState, name: str, sym: Symbol) -> tuple[bytes, dict]:
     acct_ix: dict[Account, int] = {}
     accts: list[Account] = []
     held: list[int] = []
-    book_b = _encode_orders(book, nbids, acct_ix, accts, held)
+    book_b = encode_orders(book, nbids, acct_ix, accts, held, MigrationError)
     # the accounts with orders in the book (in their first order's priority), then those with
     # only finished orders of the symbol (in the engine's own, insertion, order): deterministic
     # on every member
@@ -549,7 +282,7 @@ def _read(blob: object) -> tuple[dict, EngineState, _Cols]:
             off += _U64.size
             if off + blen != len(body):
                 raise MigrationError("export book length inconsistent")
-            cols = _decode_book(body[off:])
+            cols = decode_orders(body[off:], MigrationError)
     except SnapshotError as exc:
         raise MigrationError(f"export state corrupt: {exc}") from exc
     except (ValueError, struct.error) as exc:

@@ -625,7 +625,9 @@ class MatchingService:
             replies = ReplyCache.decode(buf[off:], self.replies.window, self.replies.max_bytes)
         except ServiceSnapshotError:
             raise
-        except (SnapshotError, struct.error, ValueError, KeyError, TypeError, orjson.JSONDecodeError,
+        except SnapshotError as exc:  # the engine's: names what it cannot read (e.g. a version)
+            raise ServiceSnapshotError(f"its engine state cannot be loaded: {exc}") from exc
+        except (struct.error, ValueError, KeyError, TypeError, orjson.JSONDecodeError,
                 TokenError) as exc:
             raise ServiceSnapshotError(f"corrupt service snapshot: {exc}") from exc
         self.engine, self.replies, self.market = engine, replies, market

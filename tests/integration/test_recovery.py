@@ -175,8 +175,12 @@ def _rewrite_state(path: Path, change) -> None:
     [
         (lambda s: (s[:40] + bytes(b ^ 0xFF for b in s[40:48]) + s[48:], False), "CRC mismatch"),
         (lambda s: (s[:4] + struct.pack("<H", 99) + s[6:], True), "version 99 is not supported"),
+        # the engine's own snapshot inside the service's (header 38 bytes, its length 8, its
+        # magic 8, then its version): an engine snapshot version this member cannot read
+        (lambda s: (s[:54] + struct.pack("<H", 99) + s[56:], True),
+         "engine state cannot be loaded: unsupported snapshot version 99"),
     ],
-    ids=["corrupt", "incompatible-version"],
+    ids=["corrupt", "incompatible-version", "incompatible-engine-version"],
 )
 def test_snapshot_that_fails_to_load_stops_the_member_with_a_clear_error(make_cluster, make_client, change, words):
     cluster = make_cluster()

@@ -105,6 +105,40 @@ def test_bad_snapshots_are_refused_and_change_nothing(mutate):
     assert t.snapshot() == before
 
 
+def test_a_service_snapshot_holding_a_version_3_engine_snapshot_still_restores():
+    """A member's snapshot on disk from before 7 Dec 2026 (engine snapshot version 3 inside the
+    service snapshot) restores: the same engine state (state hash) and the same remembered
+    answers; the next snapshot it takes is version 4 and restores to the same state."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_engine import _snapshot_format_scenario
+
+    blob = (Path(__file__).parent / "data" / "service_snapshot_engine_v3.bin").read_bytes()
+    t = MatchingService()
+    t.restore(blob)
+    live = _snapshot_format_scenario()
+    assert t.engine.state_hash() == live.state_hash()
+    assert t.hash_info()["sequence_hash"] == "ae6c18498de1d895501cd20545810b84" and t.applied == 3
+    [again] = run(t, 42, [Command(2, Channel.ADMIN_JSON, b'{"op":"ping"}')])
+    assert again.status == Status.DUPLICATE
+    v4 = t.snapshot()
+    u = MatchingService()
+    u.restore(v4)
+    assert u.engine.snapshot()[8:10] == b"\x04\x00" and u.hash_info() == t.hash_info()
+
+
+def test_an_unknown_engine_snapshot_version_is_refused_with_its_number():
+    s = MatchingService()
+    run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP)])
+    blob = bytearray(s.snapshot())
+    at = blob.index(b"MXENGSNP")
+    blob[at + 8:at + 10] = b"\x63\x00"
+    with pytest.raises(ServiceSnapshotError, match="version 99"):
+        MatchingService().restore(bytes(blob))
+
+
 def test_reply_cache_window_is_bounded_and_old_ids_are_refused():
     s = MatchingService(dedupe_window=3)
     for rid in range(1, 6):
