@@ -167,6 +167,42 @@ def test_migrate_there_and_back_under_flow(topology_doc, make_system, make_route
     assert listing.returncode == 0 and listing.stdout.count(" done ") == 3, listing.stdout
     funds_ok(client)
 
+    # the rest of issue #19's bad input through matchctl: each a clear error, nothing changed
+    def unchanged() -> tuple:
+        # (not the map's version: `partition remove` takes the partition offline while it checks
+        # its funds, and back)
+        parts = {p["id"]: (p["state"], p["ingress_endpoints"], p["symbols"])
+                 for p in httpx.get(f"{url}/v1/partitions", timeout=10).json()}
+        return (httpx.get(f"{url}/v1/routes", timeout=10).json()["symbols"], parts,
+                httpx.get(f"{url}/v1/migrations", timeout=10).json(), system.topology_file.read_text())
+
+    def refused(argv: tuple[str, ...], text: str) -> None:
+        before = unchanged()
+        out = matchctl(*argv)
+        assert out.returncode != 0 and text in out.stderr, (argv, out)
+        assert unchanged() == before, argv
+
+    refused(("migrate", BTC, "--to", "p9"), "partition_not_found")
+    # m1 moved BTC-USDT to p2: the same request again is that migration (nothing new), a reuse of
+    # its id with other values is refused
+    before = unchanged()
+    again = matchctl("migrate", BTC, "--to", "p2", "--id", "m1")
+    assert again.returncode == 0 and "migration m1" in again.stdout, again
+    assert unchanged() == before
+    refused(("migrate", BTC, "--to", "p1", "--id", "m1"), "migration_id_conflict")
+    refused(("migrate", ETH, "--to", "p1", "--id", "m1"), "migration_id_conflict")
+    # a partition without members (only the REST API makes one: `matchctl partition add` places members)
+    r = httpx.post(f"{url}/v1/partitions", json={"id": "p9"}, timeout=10)
+    assert r.status_code == 201, r.text
+    refused(("migrate", BTC, "--to", "p9"), "partition_has_no_members")
+    assert httpx.delete(f"{url}/v1/partitions/p9", timeout=10).status_code == 204
+    refused(("partition", "remove", "p7"), "p7")
+    refused(("partition", "remove", "p2"), "still owns")
+    # p1 owns nothing once BTC-USDT is at p2 too, but it holds the accounts' free funds
+    assert matchctl("migrate", BTC, "--to", "p2").returncode == 0
+    refused(("partition", "remove", "p1"), "holds funds")
+    funds_ok(client)
+
     # the coordinator's links to the partitions close with it (no /dev/shm left behind)
     pid = system.state()["coordinator"]["pid"]
     system.down()

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from pyengine.client.match_client import ClientError
+from pyengine.node.localcluster import wait_for
 from pyengine.ops import elastic
 from tests.integration.test_migration import ACCOUNTS, l2
 from tests.integration.test_migration_faults import wait_migration
@@ -272,10 +273,15 @@ def test_split_merge_move_retire_while_eth_trades(topology_doc: dict, make_syste
         assert [m["worker_id"] for m in httpx.get(f"{url}/v1/partitions/p4", timeout=10).json()["members"]] \
             == ["w1", "w3", "w4"]
         # The client last routed BTC-USDT to p3, whose members are gone: nobody is left to answer
-        # it MOVED, and a command sent there is never answered (RoutedClient learns of a move only
-        # through MOVED or a miss; known defect, reported): refresh the map as a fresh client would
-        client.routes.refresh()
+        # it MOVED; it notices p3 is silent, refreshes its map and sends to p4 (RoutedClient)
+        # (unless a refresh for another reason, e.g. the ETH flow's commands waiting through an
+        # election, brought the new map already)
+        cached_p3 = client.route(BTC).partition == "p3"
         assert book(client, BTC, "p4") == before
+        print(f"after partition move: cached route at p3 {cached_p3}, {client.stats}")
+        if cached_p3:
+            assert client.stats.rerouted >= 1, client.stats
+            wait_for(lambda: "p3" not in client.clients(), 30, "p3's client to be closed")
         after_step({BTC: "p4", ETH: "p1", SOL: "p1", XRP: "p1"})
     finally:
         flow.stop.set()
