@@ -35,7 +35,7 @@ def book(client) -> tuple[list, list]:
 def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_system, make_routed_client):
     doc = copy.deepcopy(topology_doc)
     doc["partitions"] = doc["partitions"][:1]  # p1 on w1, w2, w3 with BTC-USDT and ETH-USDT
-    system = make_system(doc)
+    system = make_system(doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=60.0)
 

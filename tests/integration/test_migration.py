@@ -82,7 +82,7 @@ class Flow(threading.Thread):
 
 
 def test_migrate_there_and_back_under_flow(topology_doc, make_system, make_routed_client):
-    system = make_system(topology_doc)
+    system = make_system(topology_doc, timeout=120)  # generous: a start at load ~70 took over 50 s
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=60.0)
     fund(client, BTC, "f")

@@ -6,6 +6,7 @@ one sent after that; funds balance on both partitions at the end."""
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import shutil
@@ -28,9 +29,10 @@ class OwnerProbe(threading.Thread):
     """Places BTC orders on p1 and p2 directly (no routing) and records (sent, answered, partition,
     accepted) for each."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, account: str | None = None) -> None:
         super().__init__(daemon=True)
         self.client = client
+        self.account = account  # None: the three resting accounts in turn
         self.stop = threading.Event()
         self.log: list[tuple[float, float, str, bool]] = []
 
@@ -42,8 +44,8 @@ class OwnerProbe(threading.Thread):
                 sent = time.monotonic()
                 try:
                     ev = self.client.client(p).request(
-                        {"op": "place", "account": ACCOUNTS[i % 3], "symbol": BTC, "side": "buy", "price": "500",
-                         "qty": "0.01", "client_order_id": f"probe-{i}"}, timeout=30).events
+                        {"op": "place", "account": self.account or ACCOUNTS[i % 3], "symbol": BTC, "side": "buy",
+                         "price": "500", "qty": "0.01", "client_order_id": f"probe-{i}"}, timeout=30).events
                     ok = ev[0]["type"] == "accepted"
                 except (ClientError, TimeoutError):
                     ok = False
@@ -115,7 +117,7 @@ def resting_book(client, n: int) -> None:
 
 
 def test_coordinator_killed_mid_migration_resumes(topology_doc, make_system, make_routed_client):
-    system = make_system(topology_doc)
+    system = make_system(topology_doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=120.0)
     fund(client, BTC, "f")
@@ -153,7 +155,7 @@ def test_coordinator_killed_mid_migration_resumes(topology_doc, make_system, mak
 
 
 def test_source_leader_killed_while_frozen(topology_doc, make_system, make_routed_client):
-    system = make_system(topology_doc)
+    system = make_system(topology_doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=120.0)
     fund(client, BTC, "f")
@@ -175,3 +177,151 @@ def test_source_leader_killed_while_frozen(topology_doc, make_system, make_route
     assert rec["state"] == "done", (state, rec)
     assert l2(client, BTC) == book
     funds_ok(client)
+
+
+class DaveFlow(threading.Thread):
+    """dave's BTC buys at 950 (they cross nothing) through the RoutedClient, one after the other;
+    every acknowledged place is kept: client_order_id -> (account, order id)."""
+
+    def __init__(self, client) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.stop = threading.Event()
+        self.placed: dict[str, tuple[str, int]] = {}
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            coid = f"dave-{i}"
+            try:
+                ev = self.client.request({"op": "place", "account": "dave", "symbol": BTC, "side": "buy",
+                                          "price": "950", "qty": "0.01", "client_order_id": coid}, timeout=300).events
+            except (ClientError, TimeoutError) as exc:
+                self.errors.append(f"{coid}: {exc!r}")
+                continue
+            if ev[0]["type"] == "accepted":
+                self.placed[coid] = ("dave", ev[0]["order_id"])
+            else:
+                self.errors.append(f"{coid}: {ev[0]}")
+            time.sleep(0.02)
+
+
+def _poll_migration(url: str, mid: str, until, timeout: float = 300.0) -> dict:
+    """GET /v1/migrations/{mid} as fast as it answers until ``until(record)``; the record."""
+    deadline = time.monotonic() + timeout
+    rec: dict = {}
+    with httpx.Client(timeout=30) as http:
+        while time.monotonic() < deadline:
+            rec = http.get(f"{url}/v1/migrations/{mid}").json()
+            if until(rec):
+                return rec
+            if rec["state"] in ("done", "aborted"):
+                raise AssertionError(f"migration {mid} ended before the point waited for: {rec}")
+            time.sleep(0.002)
+    raise AssertionError(f"migration {mid}: the point waited for never came within {timeout:.0f} s: {rec}")
+
+
+@pytest.mark.parametrize("phase", ["export", "import"])
+def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make_routed_client):
+    """The worker of p1's leader SIGKILLed while the coordinator copies BTC's export out of p1
+    (``export``: after the first chunk was fetched and before the last), or once the whole
+    export was fetched and before the destination's import was answered (``import``: the
+    destination stages the last chunks and imports while the source elects a new leader). Seen
+    from outside: the progress of GET /v1/migrations/{id}; the export spans ~110 chunks
+    (``migration_chunk_bytes``)."""
+    from tests.integration.test_migration_destination import (
+        assert_duplicates,
+        nothing_in_transit,
+        open_orders,
+        resting,
+        totals,
+    )
+
+    doc = copy.deepcopy(topology_doc)
+    doc["coordinator"]["migration_chunk_bytes"] = 1024  # ~110 chunks: the kill lands inside the copy
+    system = make_system(doc, timeout=120)
+    url = system.coordinator_url
+    client = make_routed_client(url, moved_timeout=240.0)
+    fund(client, BTC, "f")
+    # dave places BTC through the routed client during the migration, erin is the prober's
+    # account: both funded at both partitions (free funds do not move with a symbol)
+    for p in ("p1", "p2"):
+        for account in ("dave", "erin"):
+            ev = client.request({"op": "deposit", "account": account, "asset": "USDT", "amount": "100000",
+                                 "tx_id": f"{account}-{p}"}, timeout=30, partition=p).events
+            assert ev[0]["type"] == "deposited", ev
+    # bids 601..900, asks 1100..1399 of alice, bob, carol (under open_orders' 1,000 per account)
+    ids = resting(client, 2900)
+    book, orders, balances = l2(client, BTC), open_orders(client, "p1"), totals(client)
+    epoch = httpx.get(f"{url}/v1/routes/{BTC}", timeout=10).json()["epoch"]
+
+    probe = OwnerProbe(client, account="erin")
+    flow = DaveFlow(client)
+    leader = system.leader("p1")
+    assert leader is not None
+    worker = system.topology.partition("p1").members[leader]
+    probe.start()
+    flow.start()
+    try:
+        wait_for(lambda: len(flow.placed) >= 5, 60, "dave's first orders")
+        r = httpx.post(f"{url}/v1/migrations", json={"symbol": BTC, "to": "p2", "id": "lx"}, timeout=10)
+        assert r.status_code == 202, r.text
+
+        def point(m: dict) -> bool:
+            progress = m.get("progress") or {}
+            if m["state"] != "frozen" or not progress:
+                return False
+            if phase == "export":
+                return progress["fetched"] >= 1024
+            return progress["fetched"] == progress["size"]
+
+        at = _poll_migration(url, "lx", point)
+        system.stop_worker(worker, sig=signal.SIGKILL)
+        after = httpx.get(f"{url}/v1/migrations/lx", timeout=10).json()
+        print(f"p1's leader's worker {worker} killed at {at['progress']}; then {after['state']} {after['progress']}")
+        assert at["progress"]["chunks"] >= 1 and not at["progress"]["imported"], at
+        if phase == "export":
+            # progress only grows: the export was not all fetched when the kill went out
+            assert after["state"] == "frozen" and after["progress"]["fetched"] < after["progress"]["size"], after
+        system.start_worker(worker)
+        rec = wait_migration(url, "lx", timeout=300)
+        time.sleep(2.0)  # a few more of dave's orders at the owner
+    finally:
+        flow.stop.set()
+        probe.stop.set()
+        flow.join(120)
+        probe.join(120)
+    print("migration", rec["state"], rec.get("error"), rec["info"].get("pause_ms"), "ms pause;",
+          len(flow.placed), "dave orders;", len(probe.log), "probes")
+    assert rec["state"] in ("done", "aborted"), rec
+    assert rec["info"]["orders"] >= 2900 + 5, rec  # the resting orders, dave's and the prober's
+    owner = "p2" if rec["state"] == "done" else "p1"
+    route = httpx.get(f"{url}/v1/routes/{BTC}", timeout=10).json()
+    assert route["partition"] == owner and route["epoch"] == epoch + 1, route
+    probe.check("p1", "p2")  # never two owners
+
+    # the resting accounts' book, open orders (ids, remaining, priority) and balances as before
+    # (dave's orders are at 950, the prober's at 500)
+    got = l2(client, BTC)
+    assert [b for b in got["bids"] if b[0] not in ("500", "950")] == book["bids"], got
+    assert got["asks"] == book["asks"]
+    assert open_orders(client, owner) == orders
+    assert totals(client) == balances
+    nothing_in_transit(client)  # funds_check everywhere, nothing left in transit
+    # every order dave had acknowledged is open at the owner exactly once; resends are duplicates
+    dave = client.request({"op": "open_orders", "account": "dave", "symbol": BTC}, timeout=30).events[0]
+    assert not dave["truncated"]
+    assert sorted(o["order_id"] for o in dave["orders"]) == sorted(oid for _a, oid in flow.placed.values()), dave
+    assert not flow.errors, flow.errors[:5]
+    assert_duplicates(client, {c: (ACCOUNTS[i % 3], ids[c]) for i, c in enumerate(list(ids)[:20])})
+    assert_duplicates(client, dict(list(flow.placed.items())[:20]))
+    # the owner trades BTC: carol's sell at 900 takes alice's best bid (carol's free BTC was
+    # deposited at p1: moved to the owner first)
+    if owner != "p1":
+        assert client.transfer("carol", "BTC", "1", "p1", owner, "carol-btc")["state"] == "done"
+    ev = client.request({"op": "place", "account": "carol", "symbol": BTC, "side": "sell", "price": "900",
+                         "qty": "0.01", "client_order_id": "after-1"}, timeout=30).events
+    assert ev[0]["type"] == "accepted" and any(e["type"] == "trade" for e in ev), ev
+    nothing_in_transit(client)
