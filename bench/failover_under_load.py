@@ -78,7 +78,7 @@ REPORT = ROOT / "bench" / "reports" / "failover_under_load.md"
 
 
 class _EventTimes(logging.Handler):
-    """Records when the SDK logs 'new leader' / 'connected' (monotonic clock)."""
+    """Records when the SDK logs 'new leader' / 'connected' / a handover's 'hold' (monotonic clock)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -86,7 +86,7 @@ class _EventTimes(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        if msg.startswith(("new leader", "connected", "session closed")):
+        if msg.startswith(("new leader", "connected", "session closed", "hold", "sent what the hold")):
             self.times.append((time.monotonic(), msg))
 
 
@@ -183,6 +183,8 @@ def worker(spec: dict) -> int:
     result = {"n": n, "unanswered": unanswered, "events": events.times, "drain_s": drain_s,
               "resent": client.stats.resent, "resent_on_timer": client.stats.resent_on_timer,
               "new_leaders": client.stats.new_leaders,
+              "holds": client.stats.holds, "held": client.stats.held,
+              "resent_after_hold": client.stats.resent_after_hold,
               "connects": client.stats.connects, "batches": client.stats.sent_batches,
               "leader_hash": leader_hash}
     client.close()
@@ -289,10 +291,17 @@ def fixed_schedule(cluster, args, trace_file: Path, trials: list[dict]) -> None:
 def longest_gap(answers: list[float], start: float, end: float) -> float:
     """The longest time between two consecutive answers from the last answer before ``start``
     to the first answer after ``end`` (seconds; ``answers`` sorted)."""
+    a, b = longest_gap_edges(answers, start, end)
+    return b - a
+
+
+def longest_gap_edges(answers: list[float], start: float, end: float) -> tuple[float, float]:
+    """The two answers around that longest gap (nan, nan without two answers)."""
     lo = max(0, bisect.bisect_left(answers, start) - 1)
     hi = min(len(answers), bisect.bisect_right(answers, end) + 1)
     window = answers[lo:hi]
-    return max((b - a for a, b in zip(window, window[1:], strict=False)), default=float("nan"))
+    return max(zip(window, window[1:], strict=False), key=lambda ab: ab[1] - ab[0],
+               default=(float("nan"), float("nan")))
 
 
 def fixed_analysis(trials: list[dict], sent_at, answered_at, status, trace) -> None:
@@ -527,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         # the longest time without any answer, from the last answer before the fault until the
         # next trial (a stopped leader can still answer orders sent after its SIGTERM, so the
         # first answer after the fault does not show a handover's pause; this does)
-        tr["pause_ms"] = longest_gap(answers, k, trials[j + 1]["killed_at"] if j + 1 < len(trials) else k + 10) * 1000
+        gap_from, gap_to = longest_gap_edges(answers, k, trials[j + 1]["killed_at"] if j + 1 < len(trials) else k + 10)
+        tr["pause_ms"] = (gap_to - gap_from) * 1000
+        tr["pause_from_ms"], tr["pause_to_ms"] = (gap_from - k) * 1000, (gap_to - k) * 1000
         first = None
         worst_before = 0.0
         for i in range(n):
@@ -542,6 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         seen = next((t for t, m in ev_times if t > k and (m.startswith("new leader") or m.startswith("connected"))),
                     None)
         tr["client_new_leader_ms"] = (seen - k) * 1000 if seen is not None else float("nan")
+        held = next((t for t, m in ev_times if t > k and m.startswith("hold")), None)
+        tr["client_hold_ms"] = (held - k) * 1000 if held is not None and (seen is None or held < seen) else None
+        sent = next((t for t, m in ev_times if t > k and m.startswith("sent what the hold")), None)
+        tr["client_sent_held_ms"] = (sent - k) * 1000 if sent is not None else None
         tr["worst_inflight_ms"] = worst_before * 1000
         tr.update(election_trace.breakdown(trace, k, tr["killed"]))
         log(f"trial {tr['trial']:>2}: failover {tr['failover_ms']:.0f} ms (client saw the new leader after "
@@ -635,7 +650,10 @@ def write_report(args, env, timeouts, trials, summary, res, agree, fo, snaps) ->
                  "answer (a backlog means the cluster did not keep up with the offered rate on this machine).\n")
     lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "
                  f"orders resent by the SDK ({res.get('resent_on_timer', 0):,} of them by its periodic resend, "
-                 f"not on a new leader's event), {res['batches']:,} cluster messages.\n")
+                 f"not on a new leader's event), {res['batches']:,} cluster messages; "
+                 f"{res.get('holds', 0)} hold notices followed, {res.get('held', 0):,} orders held by them and first "
+                 f"sent to the new leader, {res.get('resent_after_hold', 0):,} resent when a hold ended (in flight "
+                 "when the old leader ended its log).\n")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines) + "\n")
 

@@ -22,6 +22,7 @@ three rows. Writes bench/reports/rolling_restart.md.
 
 from __future__ import annotations
 
+import re
 import signal
 import statistics
 import sys
@@ -74,6 +75,91 @@ def rolling_trials(cluster, args, trace_file: Path, trials: list[dict]) -> None:
         done = members.rolling_restart(cluster, args.catchup_timeout_s, on_stop)
         trials[-1]["new_leader"] = cluster.await_leader(60)
         crash.log(f"rolling restart {r}/{rounds} in {time.monotonic() - started:.1f} s: " + "; ".join(done))
+
+
+# where a handover's time goes: (label, where it comes from), in the order the steps happen
+STEPS = (
+    ("hold sent", "hold_at"),  # the stopping leader starts its drain (Handover.java)
+    ("client held", "client_hold_ms"),
+    ("drained", "drained_at"),
+    ("log ended", "log_ended_at"),  # consensus module closed: the end of stream goes out
+    ("election started", "election INIT"),  # first survivor
+    ("canvass", "election CANVASS"),
+    ("nominate", "leader NOMINATE"),
+    ("ballot", "leader CANDIDATE_BALLOT"),
+    ("follower voted", "other FOLLOWER_BALLOT"),
+    ("leader elected", "leader LEADER_LOG_REPLICATION"),
+    ("leader replays tail", "leader LEADER_REPLAY"),
+    ("leader joins new log", "leader LEADER_INIT"),
+    ("leader ready", "leader LEADER_READY"),
+    ("follower replays tail", "other FOLLOWER_REPLAY"),
+    ("follower awaits log", "other FOLLOWER_LOG_AWAIT"),
+    ("follower in step", "other CLOSED"),
+    ("election closed", "leader CLOSED"),
+    ("client new-leader event", "client_new_leader_ms"),
+    ("client sent what it held", "client_sent_held_ms"),
+    ("last answer before the pause", "pause_from_ms"),
+    ("first answer after it", "pause_to_ms"),
+)
+_HANDOVER_LINE = re.compile(r"hold_at=([\d.]+) drained_at=([\d.]+) log_ended_at=([\d.]+)")
+
+
+def handover_marks(log_text: str, killed_at: float) -> dict[str, float]:
+    """The stopping leader's own timestamps (its member log, CLOCK_MONOTONIC ms) for the
+    handover that began at ``killed_at`` (monotonic s): ms after the SIGTERM."""
+    for m in _HANDOVER_LINE.finditer(log_text):
+        hold, drained, ended = (float(x) for x in m.groups())
+        if killed_at * 1000 - 5 <= hold <= killed_at * 1000 + 5000:
+            return {"hold_at": hold - killed_at * 1000, "drained_at": drained - killed_at * 1000,
+                    "log_ended_at": ended - killed_at * 1000}
+    return {}
+
+
+def election_steps(events, killed_at: float, killed: int, new_leader: int, horizon_s: float = 5.0) -> dict:
+    """When the survivors first entered each election state after the SIGTERM (ms; from the
+    members' Aeron counters, bench/election_trace.py): 'leader X' for the new leader, 'other X'
+    for the other survivor, 'election INIT' / 'election CANVASS' for the first survivor."""
+    out: dict[str, float] = {}
+    for t, m, state, _role, _mod in events:
+        if t <= killed_at or m == killed:
+            continue
+        if t > killed_at + horizon_s:
+            break
+        at = (t - killed_at) * 1000
+        if state in ("INIT", "CANVASS"):
+            out.setdefault(f"election {state}", at)
+        out.setdefault(f"{'leader' if m == new_leader else 'other'} {state}", at)
+    return out
+
+
+def steps_section(trials: list[dict]) -> str:
+    """Per handover, when each step happened (ms after the SIGTERM), and the medians."""
+    present = [(label, key) for label, key in STEPS if any(t.get(key) is not None for t in trials)]
+    if not present:
+        return ""
+
+    def ms(v) -> str:
+        return "-" if v is None or v != v else f"{v:.0f}"
+
+    lines = ["## Where a handover's time goes", "",
+             "Milliseconds after the SIGTERM. *hold sent*, *drained* and *log ended* are the stopping leader's own "
+             "clock (its member log: Handover.java); the election states are the survivors' Aeron counters "
+             "(bench/election_trace.py, sampled every ~1 ms: a state shorter than that can be missed, '-'); "
+             "*leader* is the new leader, *follower* the other survivor; the client's times are the SDK's log "
+             "events; the pause is the gap between the last two columns.", "",
+             "| trial | " + " | ".join(label for label, _ in present) + " | pause |",
+             "|---:|" + "---:|" * (len(present) + 1)]
+    for t in trials:
+        lines.append(f"| {t['trial']} | " + " | ".join(ms(t.get(key)) for _, key in present) +
+                     f" | **{ms(t.get('pause_ms'))}** |")
+    med = []
+    for _label, key in present:
+        vals = [t[key] for t in trials if t.get(key) is not None and t[key] == t[key]]
+        med.append(f"{statistics.median(vals):.0f}" if vals else "-")
+    pauses = [t["pause_ms"] for t in trials if t.get("pause_ms") == t.get("pause_ms")]
+    lines.append("| median | " + " | ".join(med) + f" | **{statistics.median(pauses):.0f}** |" if pauses else "")
+    lines.append("")
+    return "\n".join(lines)
 
 
 def pause_section(trials: list[dict]) -> str:
@@ -149,14 +235,21 @@ def main(argv: list[str] | None = None) -> int:
     handovers: list[dict] = []
 
     def run_handovers(cluster, args, trace_file: Path, out: list[dict]) -> None:
+        from bench import election_trace
+
         settled(Terminating(cluster), args, trace_file, out)
+        # the members' logs and the trace go with the cluster's directory: read them now
+        events = election_trace.parse(trace_file) if trace_file.exists() else []
+        for t in out:
+            t.update(handover_marks(cluster.member_log(t["killed"]), t["killed_at"]))
+            t.update(election_steps(events, t["killed_at"], t["killed"], t["new_leader"]))
         handovers.extend(out)
 
     crash.settled_trials = run_handovers
     code = crash.main(argv)
     report = Path(argv[argv.index("--report") + 1]) if "--report" in argv else REPORT
     if report.is_file() and handovers:
-        report.write_text(report.read_text() + "\n" + pause_section(handovers))
+        report.write_text(report.read_text() + "\n" + pause_section(handovers) + "\n" + steps_section(handovers))
     if report.is_file():
         text = report.read_text().replace(CRASH_TITLE, TITLE + "\n\n" + (
             "Each trial stops the leader with SIGTERM (a planned stop: it ends its log first, "

@@ -57,6 +57,8 @@ _client_seq = itertools.count()
 # wakes the send thread after a (re)connect or a new leader (with MatchClient._resend_due set):
 # it then resends every pending command
 _RESEND_ALL = object()
+# wakes the send thread when a leader that hands over asks its sessions to hold (see _wait_out_hold)
+_HOLD = object()
 
 
 # Each MatchClient's embedded media driver directory: this prefix, the process id, then a
@@ -141,6 +143,15 @@ class ClientStats:
     disconnects: int = 0
     connect_failures: int = 0  # since the last successful connect
     silent_reconnects: int = 0  # new sessions opened because the cluster fell silent
+    # a leader's planned handover (docs/operations.md): hold notices followed, commands that waited
+    # in a hold and went to the new leader (first sent then, so never resent), holds given up
+    # after hold_max_s without a new leader
+    holds: int = 0
+    held: int = 0
+    hold_timeouts: int = 0
+    # of ``resent``, those resent when a hold ended: sent before the hold notice and not answered
+    # by the old leader (its drain ended on a bound, not on this client's ack)
+    resent_after_hold: int = 0
 
 
 class MatchClient:
@@ -159,6 +170,7 @@ class MatchClient:
         egress_host: str = "127.0.0.1",
         direct_send: bool = False,
         silence_reconnect_s: float | None = None,
+        hold_max_s: float | None = None,
     ) -> None:
         jvm.start()
         import jpype
@@ -181,6 +193,16 @@ class MatchClient:
         # timeouts (5 s + 5 s); a resend on the new session is answered once (the request ids
         # stay). Off by default: a spurious reconnect turns answers into duplicates.
         self.silence_reconnect_s = silence_reconnect_s
+        # hold_max_s: how long new commands wait after a leader's hold notice for the new leader's
+        # event before they are sent anyway (default: the new-leader timeout, after which Aeron
+        # gives up on the leader too)
+        self.hold_max_s = new_leader_timeout_ms / 1000 if hold_max_s is None else hold_max_s
+        self._held = threading.Event()  # set from a hold notice until the new leader (or hold_max_s)
+        self._unheld = threading.Event()
+        self._unheld.set()
+        self._hold_ack_due = False
+        self._hold_deadline = 0.0
+        self._count_held = False
         self._last_heard = time.monotonic()
         self._direct_lock = threading.Lock()
         self._queued = 0  # commands in the outbox or taken but not yet offered (under _lock)
@@ -334,7 +356,7 @@ class MatchClient:
     def _offer_direct(self, p: _Pending) -> bool:
         """Offers ``p`` on the caller's thread if no queued command is waiting to go before it
         (a thread's submits keep their order); False leaves it to the send thread."""
-        if not self._connected.is_set() or self._resend_due.is_set():
+        if not self._connected.is_set() or self._resend_due.is_set() or self._held.is_set():
             return False
         if not self._direct_lock.acquire(blocking=False):
             return False
@@ -361,13 +383,11 @@ class MatchClient:
                 continue
             if first is None:
                 return
-            if self._resend_due.is_set():
-                # after a (re)connect or a new leader: every pending command, oldest first, before
-                # what was queued after them
-                self._resend_due.clear()
+            if self._held.is_set():
+                self._wait_out_hold()
+            if self._resend_if_due():
                 last_scan = time.monotonic()
-                self._resend_stale(everything=True)
-            if first is _RESEND_ALL:
+            if first is _RESEND_ALL or first is _HOLD:
                 continue
             assert isinstance(first, _Pending)
             batch = [first]
@@ -377,12 +397,17 @@ class MatchClient:
                     nxt = self._outbox.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None or nxt is _RESEND_ALL:
+                if nxt is None or nxt is _RESEND_ALL or nxt is _HOLD:
                     self._outbox.put(nxt)  # handled next round, after this batch
                     break
                 assert isinstance(nxt, _Pending)
                 batch.append(nxt)
                 size += len(nxt.payload)
+            if self._held.is_set():
+                # a hold came while the batch was gathered: it waits for the new leader too
+                self._wait_out_hold()
+                if self._resend_if_due():
+                    last_scan = time.monotonic()
             # (those the resend above has just sent go once)
             self._send([p for p in batch if p.sends == 0])
             with self._lock:
@@ -391,6 +416,63 @@ class MatchClient:
             if now - last_scan >= scan_every:
                 last_scan = now
                 self._resend_stale()
+
+    def _resend_if_due(self) -> bool:
+        """After a (re)connect or a new leader: every pending command, oldest first, before what
+        was queued after them (commands held by a handover go first now). True if it did."""
+        if not self._resend_due.is_set():
+            return False
+        self._resend_due.clear()
+        held = self._count_held
+        self._resend_stale(everything=True)
+        if held:
+            log.info("sent what the hold kept back to leader %d", self.leader_member_id)
+        return True
+
+    def _wait_out_hold(self) -> None:
+        """Send thread, after a leader's hold notice: acks it behind everything sent so far (the
+        leader then knows nothing of this session's is in flight and ends its log), then sends
+        nothing until the new leader's event releases the hold (or ``hold_max_s`` passes)."""
+        if self._hold_ack_due:
+            self._hold_ack_due = False
+            ack = self._jpype.JArray(self._jpype.JByte)(protocol.encode_hold_ack(self.client_id))
+            deadline = time.monotonic() + 0.05
+            while self._held.is_set() and not self._closed:
+                try:
+                    result = self._java.offer(ack)
+                except Exception as exc:  # noqa: BLE001 - without the ack the leader ends its drain on a bound
+                    log.warning("hold ack not sent: %s", exc)
+                    break
+                if result > 0 or result == -100 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.0002)  # back pressure: the leader is still taking the last commands
+        while self._held.is_set() and not self._closed:
+            remaining = self._hold_deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("held for %.1f s without a new leader; sending again", self.hold_max_s)
+                self.stats.hold_timeouts += 1
+                self._resend_due.set()
+                self._release_hold()
+                return
+            self._unheld.wait(min(remaining, 0.1))
+
+    def _hold(self) -> None:
+        """Receiving thread: the leader is about to hand over (it sent a hold notice)."""
+        if self._held.is_set():
+            return
+        self.stats.holds += 1
+        self._hold_deadline = time.monotonic() + self.hold_max_s
+        self._hold_ack_due = True
+        self._unheld.clear()
+        self._held.set()
+        self._outbox.put(_HOLD)  # wakes the send thread if it waits for work
+        log.info("hold: leader %d hands over; new commands wait for the new leader", self.leader_member_id)
+
+    def _release_hold(self) -> None:
+        if self._held.is_set():
+            self._count_held = True
+        self._held.clear()
+        self._unheld.set()
 
     def _send(self, batch: list[_Pending]) -> bool:
         """Sends ``batch`` as one or more cluster messages (each within the count and byte
@@ -452,6 +534,8 @@ class MatchClient:
         return False
 
     def _resend_stale(self, everything: bool = False) -> None:
+        if self._held.is_set():
+            return  # the leader is handing over: the new leader's event resends
         now = time.monotonic()
         if self.silence_reconnect_s is not None and self._silent_too_long(now):
             return
@@ -464,6 +548,11 @@ class MatchClient:
             return
         stale.sort(key=lambda p: p.request_id)
         resends = sum(1 for p in stale if p.sends)
+        if everything and self._count_held:
+            # the first resend after a hold: the never-sent ones were submitted while it was on
+            self._count_held = False
+            self.stats.held += len(stale) - resends
+            self.stats.resent_after_hold += resends
         self.stats.resent += resends
         if not everything:
             self.stats.resent_on_timer += resends
@@ -518,6 +607,7 @@ class MatchClient:
             self.stats.connect_failures = 0
             self._connect_warned_at = float("-inf")
             self._resend_due.set()
+            self._release_hold()  # after _resend_due: the send thread wakes to resend
             self._outbox.put(_RESEND_ALL)
             self._resync_all("new session")  # subscriptions belong to a session
         elif kind == EVENT_NEW_LEADER:
@@ -527,8 +617,9 @@ class MatchClient:
             self._connected.set()
             log.info("new leader: member %d", leader)
             # the send thread resends: offering can wait out back pressure, and this thread
-            # must go on taking answers meanwhile
+            # must go on taking answers meanwhile (and first what a handover held back)
             self._resend_due.set()
+            self._release_hold()
             self._outbox.put(_RESEND_ALL)
             # updates the old leader had not sent are lost: a fresh snapshot, not a silent gap
             self._resync_all("new leader")
@@ -599,6 +690,9 @@ class MatchClient:
         if kind == protocol.KIND_ERROR:
             log.error("the cluster refused a message: %s", answers)
             self.last_error = str(answers)
+            return
+        if kind == protocol.KIND_HOLD:
+            self._hold()
             return
         if kind == protocol.KIND_MARKET:
             for msg in orjson.loads(answers):

@@ -32,6 +32,13 @@ KIND_REQUEST = 1
 KIND_REPLY = 2
 KIND_ERROR = 3
 KIND_MARKET = 4
+# A planned leader handover (docs/operations.md): the leader that is about to end its log sends
+# each session a HOLD (a reply header with count 0, nothing after it); our SDK stops sending, answers
+# with a HOLD_ACK (a request header with count 0) behind whatever it had sent, and queues new
+# commands until the new leader announces itself. The member's Java service takes the ack out of
+# the log before the engine sees it (MatchService.isHoldAck). Other clients ignore the HOLD.
+KIND_HOLD = 5
+KIND_HOLD_ACK = 6
 
 REQUEST_HEADER = struct.Struct("<2sBBQH")
 REPLY_HEADER = struct.Struct("<2sBBH")
@@ -223,8 +230,14 @@ def encode_market(payload: bytes) -> bytes:
     return REPLY_HEADER.pack(MAGIC, VERSION, KIND_MARKET, 0) + payload
 
 
+def encode_hold_ack(client_id: int) -> bytes:
+    """The SDK's answer to a HOLD: every command it sent before this one has reached the leader."""
+    return REQUEST_HEADER.pack(MAGIC, VERSION, KIND_HOLD_ACK, client_id, 0)
+
+
 def decode_reply(buf: bytes | memoryview) -> tuple[int, list[Answer] | str | bytes]:
-    """Returns (KIND_REPLY, answers), (KIND_ERROR, text) or (KIND_MARKET, JSON bytes)."""
+    """Returns (KIND_REPLY, answers), (KIND_ERROR, text), (KIND_MARKET, JSON bytes) or
+    (KIND_HOLD, b"")."""
     n = len(buf)
     if n < REPLY_HEADER.size:
         raise ProtocolError(f"reply of {n} bytes is shorter than its header")
@@ -235,6 +248,8 @@ def decode_reply(buf: bytes | memoryview) -> tuple[int, list[Answer] | str | byt
         return KIND_ERROR, bytes(buf[REPLY_HEADER.size :]).decode(errors="replace")
     if kind == KIND_MARKET:
         return KIND_MARKET, bytes(buf[REPLY_HEADER.size :])
+    if kind == KIND_HOLD:
+        return KIND_HOLD, b""
     if kind != KIND_REPLY:
         raise ProtocolError(f"reply kind {kind} unknown")
     offset = REPLY_HEADER.size

@@ -28,6 +28,16 @@ public final class MatchService implements ClusteredService
     /** The reply kind byte of a message (after 'MX' and the version) and the market data kind. */
     static final int MARKET_KIND_AT = 3;
     static final byte KIND_MARKET = 4;
+    /**
+     * A planned handover's hold notice (reply kind 5, {@code 'MX', 1, 5, count 0}): the leader is
+     * about to end its log; the SDK holds new commands until the new leader's event and answers
+     * with a hold ack (request kind 6, {@code 'MX', 1, 6, client id, count 0}, 14 bytes) once it
+     * has stopped sending. A client that does not know the notice ignores it (pyengine/wire/protocol.py).
+     */
+    static final byte KIND_HOLD = 5;
+    static final byte KIND_HOLD_ACK = 6;
+    static final int HOLD_ACK_LENGTH = 14;
+    private static final byte[] HOLD_FRAME = { 'M', 'X', 1, KIND_HOLD, 0, 0 };
 
     private final ServiceHandler handler;
     private final UnsafeBuffer input;
@@ -64,6 +74,15 @@ public final class MatchService implements ClusteredService
     private volatile long sessions;
     private volatile long snapshots;
     private volatile long lastSnapshotEpochMs = -1;
+    // A planned handover's drain (Handover): set by the closing thread, the rest by the service
+    // thread; the closing thread reads the counts. Sessions told to hold and those that acked.
+    private volatile boolean holding;
+    private volatile long lastCommandNs;
+    private volatile int holdsSent;
+    private volatile int holdAcks;
+    private final org.agrona.collections.LongHashSet toldToHold = new org.agrona.collections.LongHashSet();
+    private final org.agrona.collections.LongHashSet ackedHold = new org.agrona.collections.LongHashSet();
+    private final UnsafeBuffer holdFrame = new UnsafeBuffer(HOLD_FRAME);
 
     /** What to do when the service cannot go on (for example a snapshot that does not load). */
     public interface FatalHandler
@@ -200,6 +219,16 @@ public final class MatchService implements ClusteredService
     {
         logPosition = header.position();
         ingressMessages++;
+        if (isHoldAck(buffer, offset, length))
+        {
+            // in every member's log, inert everywhere (never reaches the engine); only a draining
+            // leader counts it: every command this session sent before it has now been applied
+            if (holding && toldToHold.contains(session.id()) && ackedHold.add(session.id()))
+            {
+                holdAcks++;
+            }
+            return;
+        }
         if (length > input.capacity())
         {
             // Deterministic on every member: the handler sees an empty message and rejects it.
@@ -212,6 +241,51 @@ public final class MatchService implements ClusteredService
         {
             ReplyFrames.forEach(output, replyLength, this::offerReply);
         }
+        if (holding)
+        {
+            lastCommandNs = System.nanoTime();
+            if (!toldToHold.contains(session.id()))
+            {
+                // after this message's answers: the session holds what it submits from now on
+                toldToHold.add(session.id());
+                offerHold(session.id());
+                holdsSent++;
+            }
+        }
+    }
+
+    static boolean isHoldAck(final DirectBuffer buffer, final int offset, final int length)
+    {
+        return length == HOLD_ACK_LENGTH && buffer.getByte(offset) == 'M' && buffer.getByte(offset + 1) == 'X' &&
+            buffer.getByte(offset + 2) == 1 && buffer.getByte(offset + MARKET_KIND_AT) == KIND_HOLD_ACK;
+    }
+
+    /**
+     * Starts a planned handover's drain (called by the closing thread, on the leader): from now on
+     * each session that sends a command is told to hold after that command's answers.
+     */
+    public void beginHold()
+    {
+        lastCommandNs = System.nanoTime();
+        holding = true;
+    }
+
+    /** Sessions told to hold so far (the closing thread reads it). */
+    public int holdsSent()
+    {
+        return holdsSent;
+    }
+
+    /** Of those, the ones whose hold ack has been applied: everything they sent before is answered. */
+    public int holdAcks()
+    {
+        return holdAcks;
+    }
+
+    /** When the last command (not a hold ack) was applied during the drain, System.nanoTime(). */
+    public long lastCommandNs()
+    {
+        return lastCommandNs;
     }
 
     private void offerReply(final long clusterSessionId, final int offset, final int length)
@@ -255,6 +329,27 @@ public final class MatchService implements ClusteredService
             return; // not counted as a dropped reply: the subscriber's sequence shows the loss
         }
         droppedReplies++;
+    }
+
+    private void offerHold(final long clusterSessionId)
+    {
+        final ClientSession target = cluster.getClientSession(clusterSessionId);
+        if (null == target)
+        {
+            return;
+        }
+        final IdleStrategy idle = cluster.idleStrategy();
+        idle.reset();
+        for (int attempt = 0; attempt < MAX_OFFER_ATTEMPTS; attempt++)
+        {
+            final long result = target.offer(holdFrame, 0, HOLD_FRAME.length);
+            if (result > 0 || result == Publication.CLOSED || result == Publication.NOT_CONNECTED ||
+                result == Publication.MAX_POSITION_EXCEEDED)
+            {
+                return; // unsent: the session follows the new leader the normal way (resend)
+            }
+            idle.idle();
+        }
     }
 
     public void onTimerEvent(final long correlationId, final long timestamp)

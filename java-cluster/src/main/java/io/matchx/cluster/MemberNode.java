@@ -211,6 +211,9 @@ public final class MemberNode implements AutoCloseable
         {
             ctx.consensusModule.authenticatorSupplier(() -> new TokenAuthenticator(verifier));
         }
+        // after a leader is lost the lowest surviving id nominates first (NominationOrder): no split vote
+        ctx.consensusModule.random(new NominationOrder(
+            s.memberId, s.clusterMembers.split("\\|").length, service::leaderMemberId));
         service.snapshotSource(describeLatestSnapshot(ctx.consensusModule.clusterDir(), ctx.archive.archiveDir()));
         service.snapshotTakenAtMs(latestSnapshotTimestampMs(ctx.consensusModule.clusterDir()));
         return ctx;

@@ -193,14 +193,15 @@ public final class WorkerNode implements AutoCloseable
         }
         closed = true;
         snapshotSchedule.close();
-        boolean ledAny = false;
+        // the members that lead drain at once, then each ends its log (Handover)
+        final List<Handover.Leader> leaders = new ArrayList<>();
         for (final Member m : members)
         {
-            ledAny |= Handover.endLeadership(
+            leaders.add(new Handover.Leader(
                 "[matchx worker " + workerId + " c" + m.settings.clusterId + " m" + m.settings.memberId + "]",
-                m.service, m.consensusModule);
+                m.service, m.consensusModule));
         }
-        if (ledAny)
+        if (Handover.endLeadership(leaders))
         {
             Handover.linger();
         }

@@ -1,0 +1,43 @@
+package io.matchx.cluster;
+
+import org.agrona.concurrent.UnsafeBuffer;
+import org.junit.jupiter.api.Test;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+class HandoverTest
+{
+    @Test
+    void theLowestSurvivingIdNominatesAtOnceTheOtherHalfAnElectionTimeoutLater()
+    {
+        assertEquals(1, NominationOrder.preferred(0, 3));
+        assertEquals(0, NominationOrder.preferred(1, 3));
+        assertEquals(0, NominationOrder.preferred(2, 3));
+        assertEquals(-1, NominationOrder.preferred(-1, 3));
+        final int[] leader = { 1 };
+        assertEquals(0.0, new NominationOrder(0, 3, () -> leader[0]).nextDouble());
+        assertEquals(NominationOrder.LATER, new NominationOrder(2, 3, () -> leader[0]).nextDouble());
+        // no leader seen yet (a fresh start): Aeron's random spread
+        leader[0] = -1;
+        final double d = new NominationOrder(0, 3, () -> leader[0]).nextDouble();
+        assertTrue(d >= 0.0 && d < 1.0);
+    }
+
+    /** The SDK's hold ack (pyengine/wire/protocol.py encode_hold_ack): 'MX', 1, 6, client id, count 0. */
+    @Test
+    void aHoldAckIsRecognisedAndACommandIsNot()
+    {
+        final ByteBuffer bb = ByteBuffer.allocate(14).order(ByteOrder.LITTLE_ENDIAN);
+        bb.put((byte)'M').put((byte)'X').put((byte)1).put(MatchService.KIND_HOLD_ACK).putLong(12345L).putShort((short)0);
+        final UnsafeBuffer ack = new UnsafeBuffer(bb.array());
+        assertTrue(MatchService.isHoldAck(ack, 0, 14));
+        assertFalse(MatchService.isHoldAck(ack, 0, 13));
+        ack.putByte(3, (byte)1);  // an ordinary request with no commands
+        assertFalse(MatchService.isHoldAck(ack, 0, 14));
+    }
+}
