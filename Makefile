@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 JAR := java-cluster/target/matchx-cluster.jar
+CDS := java-cluster/target/matchx-member.jsa
 JAVA_SOURCES := $(shell find java-cluster/src -name '*.java' 2>/dev/null) pom.xml java-cluster/pom.xml
 PYTEST_ARGS ?=
 
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,native]'
 	touch $@
 
-build: $(JAR) engine-native
+build: $(JAR) engine-native $(CDS)
 
 # The engine compiled with mypyc (same source; see docs/engine.md). Optional for `make demo`:
 # without a C compiler the engine runs as plain Python, so a failed build warns and carries on.
@@ -32,6 +33,12 @@ engine-native: venv
 	  if [ "$$MATCHX_REQUIRE_ALL" = 1 ]; then \
 	    echo "error: missing prerequisite: the compiled engine (mypyc build failed: python -m pyengine.ops.build_engine)" >&2; exit 1; fi; \
 	  echo "warning: the compiled engine was not built; the engine runs as plain Python (slower)"; }
+
+# Class data sharing for the member JVM (pyengine/ops/build_cds.py): the classes a member loads,
+# mapped instead of loaded at each start. Optional: a member starts without it, only slower.
+$(CDS): $(JAR) java-cluster/cds/member.classlist | venv
+	@$(PY) -m pyengine.ops.build_cds || \
+	  echo "warning: the class data sharing archive was not built; members start without it (slower)"
 
 # Tests of the Java shim run in `make test`; the demo only needs the jar.
 $(JAR): $(JAVA_SOURCES)

@@ -53,6 +53,15 @@ def pin_jar() -> Path:
     dst = dst_dir / src.name
     shutil.copy2(src, dst)
     os.environ["MATCHX_JAR"] = str(dst)
+    # the class data sharing archive fits one jar path: make one for the copy (members start
+    # without it, only slower, when that fails)
+    if jvm.cds_archive(src).is_file():
+        try:
+            from pyengine.ops import build_cds
+
+            build_cds.build(dst, build_cds.CLASSLIST)
+        except (SystemExit, OSError) as exc:
+            print(f"pin_jar: no class data sharing archive for the copied jar: {exc}", file=sys.stderr)
     import atexit
 
     atexit.register(jar_cleanup)

@@ -143,6 +143,8 @@ fi
 tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.so' --exclude='native.stamp' \
     -cf - pyengine coordinator | tar -C "$CTX" -xf -
 if [ -n "$JAR" ]; then cp -p "$JAR" "$CTX/lib/matchx-cluster.jar"; fi
+# the member's class list: the image dumps its class data sharing archive from it (Dockerfile)
+cp -p "$REPO/java-cluster/cds/member.classlist" "$CTX/lib/member.classlist"
 say "context docker/.build/context: $(du -sh "$CTX" | cut -f1)"
 
 # ---- 5. build -------------------------------------------------------------------------------

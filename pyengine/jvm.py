@@ -3,6 +3,10 @@
 The shaded jar from ``java-cluster/`` must be on the class path. It is looked up in this order:
 ``$MATCHX_JAR``, ``java-cluster/target/matchx-cluster.jar`` beside the source tree, then
 ``/opt/matchx/lib/matchx-cluster.jar`` (the container image).
+
+Class data sharing: when ``matchx-member.jsa`` sits beside the jar and is newer than it (``make
+build`` writes it: ``pyengine/ops/build_cds.py``), the JVM maps the classes a member loads from
+it instead of loading and verifying each one. ``MATCHX_CDS=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -24,7 +28,44 @@ JVM_OPTIONS = (
     "-Daeron.print.configuration=false",
 )
 
+# the archive of the member's classes, beside the jar (pyengine/ops/build_cds.py)
+CDS_ARCHIVE = "matchx-member.jsa"
+# options the archive is dumped with: the runtime's own (an archive is checked against them)
+CDS_DUMP_OPTIONS = JVM_OPTIONS
+
 _lock = threading.Lock()
+
+
+def support_jar() -> Path:
+    """JPype's own jar, which ``jpype.startJVM`` appends to the class path."""
+    import jpype
+
+    return Path(jpype.__file__).resolve().parent.parent / "org.jpype.jar"
+
+
+def class_path(jar: Path) -> str:
+    """The class path the JVM runs with: the jar, then JPype's jar (what startJVM builds)."""
+    return f"{jar}{os.pathsep}{support_jar()}"
+
+
+def cds_archive(jar: Path) -> Path:
+    return jar.with_name(CDS_ARCHIVE)
+
+
+def cds_options(jar: Path) -> tuple[str, ...]:
+    """``-XX:SharedArchiveFile`` for the archive beside ``jar`` when there is one made after the
+    jar (one from before a rebuild would only be refused by the JVM); none otherwise. The JVM
+    checks the archive itself (JDK build, class path) and starts without it when it does not
+    fit (``-Xshare:auto``)."""
+    if os.environ.get("MATCHX_CDS") == "0":
+        return ()
+    jsa = cds_archive(jar)
+    try:
+        if jsa.stat().st_mtime < jar.stat().st_mtime:
+            return ()
+    except OSError:
+        return ()
+    return (f"-XX:SharedArchiveFile={jsa}", "-Xshare:auto")
 
 
 class JvmSetupError(RuntimeError):
@@ -79,5 +120,6 @@ def start(extra_options: tuple[str, ...] = ()) -> None:
             ) from exc
         # convertStrings=False keeps Java strings Java-side: no implicit copies on the hot path.
         jpype.startJVM(
-            jvm_path, *JVM_OPTIONS, *extra_options, classpath=[str(jar)], convertStrings=False
+            jvm_path, *JVM_OPTIONS, *cds_options(jar), *extra_options, classpath=[str(jar)],
+            convertStrings=False,
         )
