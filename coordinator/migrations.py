@@ -104,7 +104,8 @@ class _Sequential(Exception):
 
 
 PIPELINE = 8  # export chunks asked for at once (small commands; their answers come from the leader only)
-PREFETCH = 2  # export chunks requested right behind the freeze (its size not known yet)
+PREFETCH = 8  # export chunks asked for right behind the freeze (its size not known yet: an offset past
+# a small export is answered with an error, a read-only command that is ignored)
 
 
 def _row(r: sqlite3.Row) -> dict[str, Any]:
