@@ -228,7 +228,8 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
     """The worker of p1's leader SIGKILLed while the coordinator copies BTC's export out of p1
     (``export``: after the first chunk was fetched and before the last), or once the whole
     export was fetched and before the destination's import was answered (``import``: the
-    destination stages the last chunks and imports while the source elects a new leader). Seen
+    coordinator stages the export at the destination and has it imported while the source
+    elects a new leader; the runs so far landed before the staging ended). Seen
     from outside: the progress of GET /v1/migrations/{id}; the export spans ~110 chunks
     (``migration_chunk_bytes``)."""
     from tests.integration.test_migration_destination import (
