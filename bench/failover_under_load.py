@@ -553,6 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         seen = next((t for t, m in ev_times if t > k and (m.startswith("new leader") or m.startswith("connected"))),
                     None)
         tr["client_new_leader_ms"] = (seen - k) * 1000 if seen is not None else float("nan")
+        # the gap around the client's new-leader event: the handover's own pause, apart from any
+        # later stall before the next trial (a snapshot, the restarted member catching up)
+        at = bisect.bisect_left(answers, seen) if seen is not None else 0
+        tr["handover_gap_ms"] = (answers[at] - answers[at - 1]) * 1000 if 0 < at < len(answers) else float("nan")
         held = next((t for t, m in ev_times if t > k and m.startswith("hold")), None)
         tr["client_hold_ms"] = (held - k) * 1000 if held is not None and (seen is None or held < seen) else None
         sent = next((t for t, m in ev_times if t > k and m.startswith("sent what the hold")), None)
