@@ -7,8 +7,10 @@ Each trial starts a child process that starts the JVM as every member, worker an
 (``pyengine.jvm.start``) and looks up the member's main classes, and sends it SIGTERM after a
 random 0.3-2.0 s; the child runs in a scratch directory, where the JVM writes its hs_err file if
 it crashes. Counted per trial: crashed (SIGSEGV in ``_jpype.so``: the hs_err file names the
-frame and the Java frames), ended by the JVM's own SIGTERM handling (exit 143), ended by the
-signal before the JVM ran (-15), or started before the signal came.
+frame and the Java frames), ended by the JVM's own SIGTERM handling (exit 143: the JVM had a
+SIGTERM handler), ended by the signal (-15: the OS default, before the JVM or, since jvm.py
+keeps the JVM from handling SIGTERM, after it), started before the signal came, or started
+with the signal lost (it came while the JVM was being created, when jvm.py ignores it).
 
 Writes bench/reports/sigterm_at_start.md.
 """
@@ -75,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                        f"'SIGTERM handler' thread: {'yes' if 'SIGTERM handler' in text else 'no'}")
                 kind = "crashed"
             elif "started" in out:
-                kind, how = "started first", f"exit {p.returncode}"
+                # exit 0: the SIGTERM came while the JVM was being created and was ignored
+                # (pyengine/jvm.py); -15: it came after the child had started
+                kind = "started; SIGTERM lost" if p.returncode == 0 else "started first"
+                how = f"exit {p.returncode}"
             else:
-                kind, how = ("JVM's SIGTERM handling" if p.returncode == 143 else "signal before the JVM"), \
+                kind, how = ("JVM's SIGTERM handling" if p.returncode == 143 else "ended by the signal"), \
                     f"exit {p.returncode}"
             rows.append((delay, kind, how))
             log(f"trial {i + 1}: SIGTERM after {delay:.2f} s: {kind} ({how})")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -119,7 +120,53 @@ def start(extra_options: tuple[str, ...] = ()) -> None:
                 f"matchx: JPype cannot find libjvm ({exc}); set JAVA_HOME to a JDK 17"
             ) from exc
         # convertStrings=False keeps Java strings Java-side: no implicit copies on the hot path.
-        jpype.startJVM(
-            jvm_path, *JVM_OPTIONS, *cds_options(jar), *extra_options, classpath=[str(jar)],
-            convertStrings=False,
-        )
+        with _no_java_sigterm_handler() as guard:
+            # startJVM creates the JVM (which decides then whether to handle SIGTERM), then
+            # builds JPype's class wrappers (initializeResources, JPype 1.7): SIGTERM is back to
+            # the OS default before the wrappers, so only the JVM's creation itself ignores it
+            core = getattr(jpype, "_core", None)
+            resources = getattr(core, "initializeResources", None)
+            if guard.saved is not None and callable(resources):
+                def resources_after_restoring() -> None:
+                    guard.restore()
+                    resources()
+
+                core.initializeResources = resources_after_restoring
+            try:
+                jpype.startJVM(
+                    jvm_path, *JVM_OPTIONS, *cds_options(jar), *extra_options, classpath=[str(jar)],
+                    convertStrings=False,
+                )
+            finally:
+                if callable(resources):
+                    core.initializeResources = resources
+
+
+class _no_java_sigterm_handler:
+    """SIGTERM ignored while the JVM starts, then the OS default again.
+
+    The JVM registers its own SIGTERM handler (shut the JVM down, exit 143) only when SIGTERM is
+    not ignored at its start (the rule that keeps ``nohup`` working). That handler is what
+    crashed processes stopped while JPype was still building its class wrappers: the shutdown
+    ran under JPype's native code (SIGSEGV at ``_jpype.so``, ``TypeFactoryNative.newWrapper``;
+    bench/sigterm_at_start.py). Without it a SIGTERM after the start ends the process the OS
+    way (exit -15) until a member or worker installs its own handler (``ShutdownLatch``, which
+    still can). The price: a SIGTERM that arrives while the JVM itself is being created is lost
+    (whoever stops a member escalates to SIGKILL: ``LocalCluster.stop_member`` after 15 s). Only
+    the main thread can change a signal's handling, and a handler the program set itself is left
+    alone."""
+
+    def __enter__(self) -> _no_java_sigterm_handler:
+        self.saved: object = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.saved = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return self
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            signal.signal(signal.SIGTERM, self.saved)  # type: ignore[arg-type]
+            self.saved = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
