@@ -160,7 +160,7 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
     import httpx
 
     from pyengine.client.routed import RoutedClient
-    from pyengine.wire.bulk import BulkBuilder
+    from pyengine.wire.bulk import EV_ACCEPTED, BulkBuilder
 
     system, _tmp = up_2x3("matchx-migbench-", chunk_bytes)
     rows: list[dict] = []
@@ -168,7 +168,11 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
     try:
         url = system.coordinator_url
         tracer = Tracer("BTC-USDT")
-        client = RoutedClient(url, moved_timeout=120.0, trace=tracer)
+        import inspect
+
+        # an SDK without the trace hook (older code, for before/after runs): no client-side breakdown
+        traced = "trace" in inspect.signature(RoutedClient).parameters
+        client = RoutedClient(url, moved_timeout=120.0, **({"trace": tracer} if traced else {}))
         try:
             for sym, base_asset in (("BTC-USDT", "BTC"), ("ETH-USDT", "ETH")):
                 for i in range(ACCOUNTS):
@@ -177,6 +181,7 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
                                         "tx_id": f"{sym}-{i}-{asset}"}, timeout=60, symbol=sym)
             placed = 0
             where = "p1"
+            funded = {"p1"}
             eth_n = [0]
 
             def eth(i: int) -> None:
@@ -195,6 +200,14 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
             for n in [n for n in sizes for _ in range(repeat)]:
                 # top the book up to n resting orders (bulks of 1000, far from the probes' price)
                 futures = []
+                if placed < n and where not in funded:
+                    # free funds stay where they were deposited (only holds move with the book):
+                    # the accounts need them at the partition that owns BTC now
+                    for i in range(ACCOUNTS):
+                        for asset, amount in (("BTC", "1000000"), ("USDT", "100000000000")):
+                            client.request({"op": "deposit", "account": f"a{i}", "asset": asset, "amount": amount,
+                                            "tx_id": f"BTC-USDT-{i}-{asset}-{where}"}, timeout=60, symbol="BTC-USDT")
+                    funded.add(where)
                 while placed < n:
                     b = BulkBuilder()
                     for _ in range(min(1000, n - placed)):
@@ -204,8 +217,11 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
                                 client_order_id=1_000_000 + placed)
                         placed += 1
                     futures.append(client.client(where).submit_bulk(b))
+                refused = 0
                 for f in futures:
-                    f.result(300)
+                    refused += sum(1 for evs in f.result(300).events if not evs or evs[0][0] != EV_ACCEPTED)
+                if refused:  # e.g. no free funds where the book is: the size would be a lie
+                    raise RuntimeError(f"{refused} of the resting orders for {n:,} were refused")
                 other = Sender(eth)
                 other.start()
                 time.sleep(10.0)  # the window without a migration
@@ -256,11 +272,10 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
 def breakdown(r: dict) -> list[str]:
     """One migration's pause, step by step: the driver's steps, then the client's events (ms
     from the freeze sent)."""
-    from coordinator.migration_timing import render
-
     timing = r.get("timing") or {}
     if not timing.get("steps"):
         return ["(no step timing in the migration record: a coordinator without it)"]
+    from coordinator.migration_timing import render
     return [*render(timing),
             f"client: first \"moving\" answer at {r['first_moving']}, map names {r.get('to', 'the destination')} "
             f"at {r['route_seen']}, first command accepted there at {r['first_accepted']} "

@@ -158,7 +158,8 @@ class RoutedClient:
         self._endpoints: dict[str, str] = {}  # partition -> ingress endpoints, learned from routes
         self._client_endpoints: dict[str, str] = {}  # partition -> the endpoints its MatchClient uses
         self._lock = threading.Lock()
-        self._warming: set[str] = set()  # partitions whose client is being made ahead of a switch
+        # partitions whose client is being made ahead of a switch (set once it is made)
+        self._warming: dict[str, threading.Event] = {}
         self._waiting: set[_Routed] = set()  # commands routed by symbol without an answer yet
         self._stop = threading.Event()
         # notices partitions that do not answer (retired, moved): see _watch
@@ -269,6 +270,17 @@ class RoutedClient:
 
     def client(self, partition: str) -> MatchClient:
         """The partition's ``MatchClient``, created on first use."""
+        with self._lock:
+            client = self._clients.get(partition)
+            if client is not None:
+                return client
+            warming = self._warming.get(partition)
+        if warming is not None:
+            # a session being opened ahead of a switch (_warm): use it rather than open a second
+            warming.wait(30.0)
+        return self._make_client(partition)
+
+    def _make_client(self, partition: str) -> MatchClient:
         with self._lock:
             client = self._clients.get(partition)
             if client is not None:
@@ -551,16 +563,17 @@ class RoutedClient:
         with self._lock:
             if partition in self._clients or partition in self._warming or self._closed:
                 return
-            self._warming.add(partition)
+            done = self._warming[partition] = threading.Event()
 
         def connect() -> None:
             try:
-                self.client(partition)
+                self._make_client(partition)
             except Exception as exc:  # noqa: BLE001 - only a head start: the resend connects anyway
                 log.info("partition %s: no session ahead of the switch (%s)", partition, exc)
             finally:
                 with self._lock:
-                    self._warming.discard(partition)
+                    self._warming.pop(partition, None)
+                done.set()
 
         threading.Thread(target=connect, name=f"matchx-warm-{partition}", daemon=True).start()
 
