@@ -785,10 +785,11 @@ def test_version_4_packs_a_deep_book_in_few_bytes():
     20,000 resting orders with client order ids, plus finished orders with trades, takes well
     under the ~67 bytes an open order of version 3, and restores exactly."""
     e = mk(dedup_window=2000)
-    for i in range(20_000):
-        place(e, ("alice", "bob")[i % 2], ("buy", "sell")[i % 2],
-              str(100 - 1 - i % 50) if i % 2 == 0 else str(101 + i % 50), "0.001",
-              client_order_id=f"c{i}")
+    for i in range(20_000):  # (apply, not place: place checks every invariant after each order)
+        e.apply({"op": "place", "account": ("alice", "bob")[i % 2], "symbol": SYM,
+                 "side": ("buy", "sell")[i % 2], "qty": "0.001", "client_order_id": f"c{i}",
+                 "price": str(100 - 1 - i % 50) if i % 2 == 0 else str(101 + i % 50)}, 10)
+    e.check_invariants()
     assert len(e.orders) == 20_000
     blob = e.snapshot()
     assert len(blob) < 20_000 * 30, len(blob)
