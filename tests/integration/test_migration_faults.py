@@ -155,7 +155,11 @@ def test_coordinator_killed_mid_migration_resumes(topology_doc, make_system, mak
 
 
 def test_source_leader_killed_while_frozen(topology_doc, make_system, make_routed_client):
-    system = make_system(topology_doc, timeout=120)
+    doc = copy.deepcopy(topology_doc)
+    # small chunks, a copy of ~100 of them: with the pipelined, compressed copy and 48 KiB chunks
+    # the whole copy was over before the kill landed (a run saw the migration activating)
+    doc["coordinator"]["migration_chunk_bytes"] = 1024
+    system = make_system(doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=120.0)
     fund(client, BTC, "f")
