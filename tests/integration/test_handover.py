@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from pyengine.node.localcluster import wait_for
-from pyengine.wire.protocol import Channel, Status
+from pyengine.wire.protocol import Answer, Channel, Status
 from tests.conftest import SHIPPED_TIMEOUTS
 from tests.integration.raw_session import RawSession
 from tests.integration.test_cluster_failover import hashes_at_one_position, order_flow, setup_market
@@ -91,6 +91,18 @@ class OrderFlow:
         for asset, amount in (("USDT", "100000000"), ("BTC", "10000")):
             assert sum(Decimal(b[asset]["available"]) + Decimal(b[asset]["held"])
                        for b in (alice, bob) if asset in b) == Decimal(amount)
+
+
+def raw_ping(raw: RawSession, request_id: int) -> Answer:
+    """A ping from a session that is not the SDK: it resends (same request id) by itself when an
+    election on this loaded machine (the shipped 120 ms heartbeat timeout) loses the first one."""
+    for _ in range(5):
+        raw.send(request_id, Channel.ADMIN_JSON, orjson.dumps({"op": "ping"}))
+        try:
+            return raw.answer(request_id, timeout=10)
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"no answer to ping {request_id} after 5 sends")
 
 
 def sigterm_and_follow(flow: OrderFlow, leader: int, more: int) -> int:
@@ -172,15 +184,13 @@ def test_handover_holds_the_sdk_drains_the_leader_and_resends_nothing(make_clust
     cluster, client = flow.cluster, flow.client
     first = cluster.await_leader(60)
     with RawSession(cluster.ingress_endpoints(), secrets.randbits(62) | 1) as raw:
-        raw.send(1, Channel.ADMIN_JSON, orjson.dumps({"op": "ping"}))
-        assert raw.answer(1).status == Status.OK
+        assert raw_ping(raw, 1).status == Status.OK
         try:
             sigterm_and_follow(flow, first, 250)
         finally:
             flow.end()
         wait_for(lambda: raw.poll(0.05) or len(raw.leaders) > 1, 30, "the raw session to follow a new leader")
-        raw.send(2, Channel.ADMIN_JSON, orjson.dumps({"op": "ping"}))
-        assert raw.answer(2).status == Status.OK
+        assert raw_ping(raw, 2).status == Status.OK
     flow.check_all_answered_once()
 
     stats = client.stats
@@ -196,5 +206,5 @@ def test_handover_holds_the_sdk_drains_the_leader_and_resends_nothing(make_clust
         assert stats.resent == 0, stats
     assert stats.connects == flow.connects and stats.disconnects == 0, stats
     log = cluster.member_log(first)
-    assert "leader stopping: drained" in log and "every told session acked" in log, log[-2000:]
+    assert "leader stopping: log ended for a handover" in log and "every told session acked" in log, log[-2000:]
     assert survivors_elected_on_end_of_stream(cluster) >= 1
