@@ -11,7 +11,7 @@ from pyengine.client.match_client import (
     Reply,
     UnauthorisedError,
 )
-from pyengine.client.routed import RoutedClient, RoutedStats, UnknownPartition
+from pyengine.client.routed import OutcomeUnknown, RoutedClient, RoutedStats, UnknownPartition
 from pyengine.client.routing import (
     CoordinatorUnavailable,
     Route,
@@ -23,6 +23,6 @@ from pyengine.client.routing import (
 
 __all__ = [
     "AuthenticationError", "ClientError", "ClientStats", "CoordinatorUnavailable", "MatchClient",
-    "MovedError", "Reply", "Route", "RouteCache", "RoutedClient", "RoutedStats", "RoutingError",
+    "MovedError", "OutcomeUnknown", "Reply", "Route", "RouteCache", "RoutedClient", "RoutedStats", "RoutingError",
     "StaleRoute", "UnauthorisedError", "UnknownPartition", "UnknownSymbol",
 ]

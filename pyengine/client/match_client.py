@@ -293,13 +293,22 @@ class MatchClient:
         late answer to it is dropped; its future stays unresolved. False if it is not pending
         (its answer is being delivered, or it has one). For ``RoutedClient``, which sends a command
         to the symbol's new owner when its partition has gone (docs/migration.md)."""
+        return self.take_back(future) == "taken"
+
+    def take_back(self, future: Future, unsent_only: bool = False) -> str:
+        """``abandon`` that says why not: "taken" (taken back), "sent" (``unsent_only`` and it
+        was offered to the cluster at least once, so it may have been applied: left pending), or
+        "absent" (its answer is being delivered, or it has one). One lock: the send thread
+        cannot send it between the check and the taking."""
         with self._lock:
             for rid, p in self._pending.items():
                 if p.future is future:
+                    if unsent_only and p.sends > 0:
+                        return "sent"
                     del self._pending[rid]
                     p.abandoned = True
-                    return True
-        return False
+                    return "taken"
+        return "absent"
 
     def pending_count(self) -> int:
         with self._lock:

@@ -67,6 +67,9 @@ log = logging.getLogger("matchx.routed_client")
 
 # Ops that ignore a "symbol" field: routing them with symbol= adds it, so the owner check applies.
 _SYMBOL_CHECKED_OPS = frozenset({"deposit", "withdraw", "balances"})
+# Ops whose second application changes nothing: a reroute may send them to a new owner even if
+# the old partition applied them (resend_safe_elsewhere).
+_RESEND_SAFE_OPS = frozenset({"cancel", "cancel_all", "book", "order", "balances", "open_orders", "fills", "trades"})
 
 __all__ = ["RoutedClient", "RoutedStats", "UnknownSymbol", "CoordinatorUnavailable", "RoutingError",
            "UnknownPartition", "MoveTimeout"]
@@ -81,6 +84,33 @@ class MoveTimeout(MovedError):
         self.args = (f"{symbol} is moving between partitions: no owner took the command within "
                      f"{waited:.1f} s (migration stuck or aborted; the command had no effect)",)
         self.waited = waited
+
+
+class OutcomeUnknown(ClientError):
+    """A command that is not safe to apply twice went to a partition that neither answered nor
+    can be reached now, and the map names another owner: it may have been applied there, so it
+    was not sent to the new owner. Check (e.g. ``balances`` with ``partition=``) before sending
+    it again."""
+
+    def __init__(self, command: dict, symbol: str, old: str, new: str | None) -> None:
+        where = f"the map names {new} now" if new else f"{symbol} is no longer in the map"
+        super().__init__(
+            f"{command.get('op')} for {symbol}: partition {old} received it but never answered and "
+            f"cannot be reached, and {where}; it may have been applied at {old}, so it was not sent "
+            "again elsewhere: check the outcome there before resending")
+        self.command, self.symbol, self.old_partition, self.new_partition = command, symbol, old, new
+
+
+def resend_safe_elsewhere(command: dict) -> bool:
+    """Whether ``command``, possibly applied by a partition that has since lost its symbol, may
+    be sent to the symbol's new owner: a place with a client_order_id (its idempotency state moves
+    with the symbol: a second one answers as a duplicate), a cancel (its effect cannot repeat),
+    a read. A place without a client_order_id, an amend, a deposit or a withdrawal could take
+    effect twice."""
+    op = command.get("op")
+    if op == "place":
+        return bool(command.get("client_order_id"))
+    return op in _RESEND_SAFE_OPS
 
 
 class UnknownPartition(RoutingError):
@@ -459,9 +489,23 @@ class RoutedClient:
                 w.checked = time.monotonic()  # still the owner: a failover, or just slow; wait on
                 continue
             # the symbol has another owner (or none): take the command back unless its answer
-            # is being delivered right now
+            # is being delivered right now. One that could take effect twice only if it never
+            # left this client: once sent, the old partition may have applied it before the
+            # move; while that partition is reachable its answer (the outcome, or MOVED: no
+            # effect) will come, and when it is not the caller is told rather than risk it twice.
+            safe = resend_safe_elsewhere(w.command)
+            unknown = False
             with self._lock:
-                if w.settled or not w.client.abandon(w.inner):
+                if w.settled:
+                    continue
+                taken = w.client.take_back(w.inner, unsent_only=not safe)
+                if taken == "sent":
+                    if w.client.connected:
+                        w.checked = time.monotonic()
+                        continue
+                    taken = w.client.take_back(w.inner)
+                    unknown = True
+                if taken != "taken":
                     continue
                 w.settled = True
                 self._waiting.discard(w)
@@ -473,6 +517,13 @@ class RoutedClient:
                         self._endpoints.pop(w.target, None)
                     # every other command waiting on that client: checked now
                     todo.extend(x for x in self._waiting if x.client is w.client and not x.settled and x not in todo)
+            if unknown:
+                log.warning("%s: partition %s received a %s but never answered and cannot be reached; "
+                            "not sent elsewhere (it may have been applied there)", w.symbol, w.target,
+                            w.command.get("op"))
+                w.outer.set_exception(OutcomeUnknown(w.command, w.symbol, w.target,
+                                                     None if route is None else route.partition))
+                continue
             if route is None:
                 w.outer.set_exception(UnknownSymbol(w.symbol))
                 continue
