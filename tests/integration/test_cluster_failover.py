@@ -87,6 +87,11 @@ def test_follower_only_client_survives_leader_kill(make_cluster, make_client):
     info, after = hashes_at_one_position(cluster, client, survivors)
     assert len({(h["engine_hash"], h["sequence_hash"]) for h in after}) == 1
     assert after[0]["applied"] > before[0]["applied"]
+    # each survivor's log shows the election after the kill step by step, ending in step
+    # (ElectionTiming): what an operator reads when a partition does not come back
+    for m in survivors:
+        wait_for(lambda m=m: "INFO election: CLOSED: in step" in cluster.member_log(m), 10,
+                 f"member {m} logging the election")
 
 
 def test_resend_returns_the_original_outcome(make_cluster, make_client):

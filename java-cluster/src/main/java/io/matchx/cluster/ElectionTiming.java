@@ -56,6 +56,8 @@ final class ElectionTiming
     static final long START_ELECTION_TIMEOUT_MS = 300;
     /** How long after the member is first in step the start-up timing lasts (when it leads). */
     static final long WARM_AFTER_IN_STEP_MS = 1_000;
+    /** Election steps logged one by one; past that, one line in this many (an election that loops). */
+    static final int LOGGED_STEPS = 20;
 
     private final ConsensusModule.Context ctx;
     private final String logPrefix;
@@ -118,12 +120,32 @@ final class ElectionTiming
         final Counter role = ctx.clusterNodeRoleCounter();
         long inStepAtNs = 0;
         boolean warm = false;
+        ElectionState last = null;
+        long electionStartedNs = 0;
+        int steps = 0;
         try
         {
             while (!electionState.isClosed())
             {
                 final long nowNs = System.nanoTime();
                 final ElectionState state = stateOf(electionState.get());
+                if (inStepAtNs != 0 && state != last)
+                {
+                    // every election after the start, step by step (StartPhases logs the first):
+                    // without it a partition whose members never finish an election shows only
+                    // Aeron's timeout warnings. Sampled: a step shorter than POLL_MS can be missed.
+                    if (last == ElectionState.CLOSED)
+                    {
+                        electionStartedNs = nowNs;
+                        steps = 0;
+                    }
+                    steps++;
+                    if (steps <= LOGGED_STEPS || steps % LOGGED_STEPS == 0)
+                    {
+                        logElection(state, TimeUnit.NANOSECONDS.toMillis(nowNs - electionStartedNs), steps);
+                    }
+                }
+                last = state;
                 if (inStepAtNs == 0 && state == ElectionState.CLOSED)
                 {
                     inStepAtNs = nowNs;
@@ -220,6 +242,14 @@ final class ElectionTiming
                 agent = null;
             }
         }
+    }
+
+    private void logElection(final ElectionState state, final long sinceMs, final int step)
+    {
+        System.err.println(logPrefix + " INFO election: " + state +
+            (state == ElectionState.CLOSED ? ": in step" : "") + " (+" + sinceMs + " ms since it began, step " +
+            step + (step > LOGGED_STEPS ? ", logging one step in " + LOGGED_STEPS : "") + ")");
+        System.err.flush();
     }
 
     private void warn(final String what)
