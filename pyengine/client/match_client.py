@@ -127,7 +127,7 @@ class _Pending:
     sent_at: float = 0.0
     sends: int = 0
     refreshes: int = 0
-    abandoned: bool = False  # taken back by abandon(): never (re)sent
+    abandoned: bool = False  # taken back by take_back(): never (re)sent
     submitted_at: float = field(default_factory=time.monotonic)
 
 
@@ -288,18 +288,14 @@ class MatchClient:
     def admin(self, command: dict, timeout: float = 10.0) -> Reply:
         return self.submit_admin(command).result(timeout)
 
-    def abandon(self, future: Future) -> bool:
-        """Take back a command that has no answer yet: it is never sent (again) from here and a
-        late answer to it is dropped; its future stays unresolved. False if it is not pending
-        (its answer is being delivered, or it has one). For ``RoutedClient``, which sends a command
-        to the symbol's new owner when its partition has gone (docs/migration.md)."""
-        return self.take_back(future) == "taken"
-
     def take_back(self, future: Future, unsent_only: bool = False) -> str:
-        """``abandon`` that says why not: "taken" (taken back), "sent" (``unsent_only`` and it
-        was offered to the cluster at least once, so it may have been applied: left pending), or
-        "absent" (its answer is being delivered, or it has one). One lock: the send thread
-        cannot send it between the check and the taking."""
+        """Take back a command that has no answer yet: it is never sent (again) from here and a
+        late answer to it is dropped; its future stays unresolved. For ``RoutedClient``, which
+        sends a command to the symbol's new owner when its partition has gone
+        (docs/partitions.md). Returns "taken", "sent" (``unsent_only`` and it was offered to the
+        cluster at least once, so it may have been applied: left pending), or "absent" (its
+        answer is being delivered, or it has one). One lock: the send thread cannot send it
+        between the check and the taking."""
         with self._lock:
             for rid, p in self._pending.items():
                 if p.future is future:
