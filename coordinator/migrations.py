@@ -222,7 +222,7 @@ class Driver:
     """Runs migrations against the partitions; one thread per live migration."""
 
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
-                 chunk_bytes: int = CHUNK, compress: bool = True,
+                 chunk_bytes: int = CHUNK, compress: bool = True, stage_delay_s: float = 0.0,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
             raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
@@ -230,6 +230,11 @@ class Driver:
         self.transport = transport
         self.step_timeout = step_timeout
         self.chunk_bytes = chunk_bytes
+        # a wait between the fetched export and its staging at the destination, for fault tests
+        # that must act in that window (as Redis's key-load-delay does); 0 outside them
+        if stage_delay_s < 0:
+            raise ValueError(f"stage_delay_s must be >= 0, got {stage_delay_s}")
+        self.stage_delay_s = stage_delay_s
         # the export goes to the destination compressed (zlib, by this driver; the destination
         # checks the size and SHA-256 of what it decompresses against the source's)
         self.compress = compress
@@ -505,6 +510,10 @@ class Driver:
         prog = self._progress[mid] = {"size": size, "fetched": 0, "staged": state["staged"], "chunks": 0,
                                       "chunk_bytes": self.chunk_bytes, "imported": False}
         raw = self._fetch(rec, size, prog)
+        if self.stage_delay_s:
+            log.warning("migration %s: export fetched; staging it in %.1f s (--migration-stage-delay-ms: "
+                        "for fault tests only, it lengthens the pause)", mid, self.stage_delay_s)
+            self._stop.wait(self.stage_delay_s)
         if encoding == "zlib":
             with self._timed(rec, "compress"):
                 # zlib level 1: a few ms for a 10,000-order export, 5-10x fewer bytes through the

@@ -101,6 +101,8 @@ class CoordinatorSpec:
     # raw bytes of an export copied per migration step (the coordinator's
     # --migration-chunk-bytes); None: the coordinator's default (48 KiB)
     migration_chunk_bytes: int | None = None
+    # the coordinator's --migration-stage-delay-ms: for fault tests only (0: none)
+    migration_stage_delay_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -302,6 +304,8 @@ class Topology:
         doc: dict[str, Any] = {"host": c.host, "port": c.port, "db": c.db}
         if c.migration_chunk_bytes is not None:
             doc["migration_chunk_bytes"] = c.migration_chunk_bytes
+        if c.migration_stage_delay_ms:
+            doc["migration_stage_delay_ms"] = c.migration_stage_delay_ms
         return doc
 
     def coordinator_document(self) -> dict:
@@ -392,7 +396,7 @@ def _str(v: Any, where: str, pattern: re.Pattern, what: str) -> str:
 def _coordinator(d: Any) -> CoordinatorSpec:
     if not isinstance(d, dict):
         raise TopologyError("coordinator must be an object {host, port, db}")
-    _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes"))
+    _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
@@ -403,7 +407,8 @@ def _coordinator(d: Any) -> CoordinatorSpec:
         # the bounds of coordinator/migrations.py (MIN_CHUNK, MAX_CHUNK; the source answers at
         # most 64 KiB a chunk)
         chunk = _int(chunk, "coordinator.migration_chunk_bytes", 1024, 64 * 1024)
-    return CoordinatorSpec(host, port, db, chunk)
+    delay = _int(d.get("migration_stage_delay_ms", 0), "coordinator.migration_stage_delay_ms", 0, 600_000)
+    return CoordinatorSpec(host, port, db, chunk, delay)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

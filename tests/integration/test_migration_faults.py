@@ -233,9 +233,11 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
     (``export``: after the first chunk was fetched and before the last), or once the whole
     export was fetched and before the destination's import was answered (``import``: the
     coordinator stages the export at the destination and has it imported while the source
-    elects a new leader; the runs so far landed before the staging ended). Seen
-    from outside: the progress of GET /v1/migrations/{id}; the export spans ~110 chunks
-    (``migration_chunk_bytes``)."""
+    elects a new leader). Seen from outside: the progress of GET /v1/migrations/{id}; the export
+    spans ~110 chunks (``migration_chunk_bytes``). For ``import`` the coordinator waits 4 s between
+    the fetched export and its staging (``migration_stage_delay_ms``): the pipelined staging and
+    import take a few ms, too short a window for a poll to land in every run (a fresh-clone run
+    saw the migration done before the poll saw the whole export fetched)."""
     from tests.integration.test_migration_destination import (
         assert_duplicates,
         nothing_in_transit,
@@ -246,6 +248,8 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
 
     doc = copy.deepcopy(topology_doc)
     doc["coordinator"]["migration_chunk_bytes"] = 1024  # ~110 chunks: the kill lands inside the copy
+    if phase == "import":
+        doc["coordinator"]["migration_stage_delay_ms"] = 4000
     system = make_system(doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=240.0)
@@ -287,9 +291,13 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
         after = httpx.get(f"{url}/v1/migrations/lx", timeout=10).json()
         print(f"p1's leader's worker {worker} killed at {at['progress']}; then {after['state']} {after['progress']}")
         assert at["progress"]["chunks"] >= 1 and not at["progress"]["imported"], at
+        # progress only grows: the export was not all fetched (export) or not yet staged (import,
+        # inside the stage delay) when the kill went out
+        assert after["state"] == "frozen" and not after["progress"]["imported"], after
         if phase == "export":
-            # progress only grows: the export was not all fetched when the kill went out
-            assert after["state"] == "frozen" and after["progress"]["fetched"] < after["progress"]["size"], after
+            assert after["progress"]["fetched"] < after["progress"]["size"], after
+        else:
+            assert after["progress"]["staged"] == 0, after
         system.start_worker(worker)
         rec = wait_migration(url, "lx", timeout=300)
         time.sleep(2.0)  # a few more of dave's orders at the owner
