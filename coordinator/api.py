@@ -372,9 +372,27 @@ def create_app(
     async def update_partition(partition_id: str, body: PartitionUpdate) -> Any:
         return store.update_partition(partition_id, state=body.state, members=body.members)
 
-    @admin.delete("/partitions/{partition_id}", status_code=204, tags=["partitions"])
-    async def delete_partition(partition_id: str) -> Response:
-        store.delete_partition(partition_id)
+    @admin.delete("/partitions/{partition_id}", status_code=204, responses={503: {"model": ErrorOut}},
+                  tags=["partitions"])
+    async def delete_partition(
+        partition_id: str,
+        force: Annotated[bool, Query(description="skip asking the partition whether it holds funds: "
+                                     "only for a partition that is gone for good (its funds stay in "
+                                     "its data)")] = False,
+    ) -> Response:
+        """Take a partition out of the map. Refused (409) while it owns symbols, is in a live
+        migration or transfer, or holds funds; 503 when it cannot be asked about its funds. This
+        coordinator asks the partition itself (``funds``) when it runs a migration driver; the
+        members keep running until the workers' topology drops them (``matchctl partition
+        remove`` does both)."""
+        members = store.check_deletable(partition_id)  # 404/409 before any question to the partition
+        if migration_driver is not None and members and not force:
+            # asked in a thread: a partition between leaders takes seconds to answer, and the
+            # event loop serves the long-polls meanwhile
+            await asyncio.to_thread(migration_driver.check_no_funds, partition_id)
+        elif force and members:
+            log.warning("partition %s deleted with force: its funds were not checked", partition_id)
+        store.delete_partition(partition_id)  # checks symbols, migrations, transfers again, atomically
         return Response(status_code=204)
 
     @admin.post("/partitions/{partition_id}/symbols", response_model=PartitionOut, tags=["symbols"])

@@ -30,11 +30,12 @@ import uuid
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 from coordinator.errors import CoordinatorError
 from coordinator.migration_timing import StepClock, one_line
-from coordinator.store import CoordinatorStore
+from coordinator.store import _LIVE_MIGRATION, _LIVE_TRANSFER, CoordinatorStore
 
 log = logging.getLogger("coordinator.migrations")
 
@@ -103,6 +104,9 @@ class _Sequential(Exception):
     destination has staged."""
 
 
+# the longest the REST API waits for a partition to say whether it holds funds (DELETE
+# /v1/partitions/{id}): a request, not a migration step
+FUNDS_CHECK_TIMEOUT = 10.0
 PIPELINE = 8  # export chunks asked for at once (small commands; their answers come from the leader only)
 PREFETCH = 8  # export chunks asked for right behind the freeze (its size not known yet: an offset past
 # a small export is answered with an error, a read-only command that is ignored)
@@ -303,6 +307,66 @@ class Driver:
     def describe(self, rec: dict[str, Any]) -> dict[str, Any]:
         """A migration record with its copy progress (the REST API's answer)."""
         return {**rec, "progress": self.progress(rec["id"])}
+
+    def ask(self, partition: str, cmd: dict, timeout: float) -> dict:
+        """One admin command at ``partition`` outside any migration (a question such as
+        ``funds``), repeated while the partition is unreachable for at most ``timeout`` seconds:
+        raises PartitionUnavailable after that, StepRefused on an ERROR answer."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        submit = getattr(self.transport, "submit", None)
+        while True:
+            try:
+                if submit is None:
+                    status, body = self.transport.admin(partition, cmd)
+                else:  # waits no longer than the deadline (admin waits the transport's own timeout)
+                    try:
+                        status, body = submit(partition, cmd).result(max(0.0, deadline - time.monotonic()))
+                    except FutureTimeout:
+                        raise PartitionUnavailable(f"{partition}: no answer within {timeout:.0f} s") from None
+            except PartitionUnavailable as exc:
+                # a client to a partition just asked for the first time is not connected yet,
+                # a partition between leaders answers nothing: both pass within the deadline
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("%s: %s unreachable (%s); asking again", cmd.get("op"), partition, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if status != "ok":
+                raise StepRefused(f"{partition}: {body.get('error', body)}")
+            return body
+
+    def check_no_funds(self, partition: str, timeout: float | None = None) -> None:
+        """Refuse to retire ``partition`` while accounts have balances there (available or held):
+        asks the partition (its ``funds`` command, what ``matchctl partition remove`` asks).
+        CoordinatorError ``partition_holds_funds`` (409) names the first balances and how to
+        move them; ``partition_unreachable`` (503) when it gives no answer within ``timeout``
+        (default: the step timeout, at most FUNDS_CHECK_TIMEOUT): a partition that cannot say
+        is never taken as empty. Its fee pool does not stop it (it stays in its data)."""
+        if timeout is None:
+            timeout = min(self.step_timeout, FUNDS_CHECK_TIMEOUT)
+        try:
+            held = self.ask(partition, {"op": "funds", "limit": 5}, timeout)
+        except (PartitionUnavailable, StepRefused) as exc:
+            raise CoordinatorError(
+                "partition_unreachable",
+                f"partition {partition!r} did not say whether it holds funds ({exc}); nothing was changed. "
+                "Try again once it runs; a partition gone for good is removed with ?force=true "
+                "(docs/coordinator.md: the funds still in its data directory are not moved)",
+                partition=partition) from None
+        count = int(held.get("count", 0))
+        if count:
+            rows = held.get("balances", [])
+            shown = ", ".join(f"{b['account']} {b['asset']} {b['available']} available + {b['held']} held"
+                              for b in rows)
+            raise CoordinatorError(
+                "partition_holds_funds",
+                f"partition {partition!r} holds funds of {count} balance(s) ({shown}"
+                f"{', ...' if count > len(rows) else ''}); move them to another partition first "
+                "(POST /v1/transfers or RoutedClient.transfer; `matchctl partition move` moves a "
+                "partition's symbols and funds and retires it)",
+                partition=partition, count=count, balances=rows, fees=held.get("fees", {}))
 
     def wait(self, mid: str, timeout: float | None = None) -> dict[str, Any]:
         t = self._threads.get(mid)
@@ -650,6 +714,8 @@ class Driver:
 
 
 TRANSFER_LIVE = ("new", "debited", "refunding")
+# the store refuses to delete a partition in a live migration or transfer by these states
+assert LIVE == _LIVE_MIGRATION and TRANSFER_LIVE == _LIVE_TRANSFER
 
 
 class Transfers:

@@ -54,6 +54,10 @@ log = logging.getLogger("coordinator.store")
 
 DEFAULT_DB_PATH = "./var/coordinator.db"
 SCHEMA_VERSION = 1
+# the live states of migrations and transfers (coordinator/migrations.py LIVE and TRANSFER_LIVE,
+# which imports this module): a partition that one of them comes from or goes to is not deleted
+_LIVE_MIGRATION = ("new", "prepared", "frozen", "imported", "activating", "switched", "aborting")
+_LIVE_TRANSFER = ("new", "debited", "refunding")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -515,38 +519,49 @@ class CoordinatorStore:
         return self._mutate(op)
 
     def delete_partition(self, partition_id: str) -> None:
+        """Take the partition out of the map. Refused while it owns symbols or is the source or
+        destination of a live migration or transfer. Whether it still holds funds is not the
+        store's to know: the REST API asks the partition first when the coordinator runs a
+        migration driver (coordinator/api.py; ``matchctl partition remove`` asks too)."""
+
         def op(conn: sqlite3.Connection) -> tuple[bool, None]:
-            self._require_partition(conn, partition_id)
-            owned = self._partition_symbols(conn, partition_id)
-            if owned:
-                raise CoordinatorError(
-                    "partition_has_symbols",
-                    f"partition {partition_id!r} still owns {len(owned)} symbol(s); move or unassign them first",
-                    partition=partition_id,
-                    symbols=owned,
-                )
-            live = self._live_migrations(conn, partition_id)
-            if live:
-                raise CoordinatorError(
-                    "migration_in_progress",
-                    f"partition {partition_id!r} is the source or destination of live migration(s) "
-                    f"{', '.join(live)}; let them finish or abort them first",
-                    partition=partition_id,
-                    migrations=live,
-                )
+            self._check_deletable(conn, partition_id)
             conn.execute("DELETE FROM partitions WHERE id = ?", (partition_id,))
             return True, None
 
         self._mutate(op)
 
+    def check_deletable(self, partition_id: str) -> int:
+        """What :meth:`delete_partition` refuses, checked without changing anything (raises the
+        same errors); the partition's member count (0: nothing runs it, nothing to ask)."""
+        with self._read() as conn:
+            self._check_deletable(conn, partition_id)
+            return self._member_count(conn, partition_id)
+
+    def _check_deletable(self, conn: sqlite3.Connection, partition_id: str) -> None:
+        self._require_partition(conn, partition_id)
+        for code, key, ids, why in (
+            ("partition_has_symbols", "symbols", self._partition_symbols(conn, partition_id),
+             "still owns {n} symbol(s); move or unassign them first"),
+            ("migration_in_progress", "migrations", self._live(conn, "migrations", _LIVE_MIGRATION, partition_id),
+             "is the source or destination of live migration(s) {ids}; let them finish or abort them first"),
+            # funds on their way out of it (a refund would come back to it) or into it
+            ("transfer_in_progress", "transfers", self._live(conn, "transfers", _LIVE_TRANSFER, partition_id),
+             "is the source or destination of unfinished transfer(s) {ids}; let them finish first "
+             "(GET /v1/transfers/{{id}})"),
+        ):
+            if ids:
+                message = f"partition {partition_id!r} " + why.format(n=len(ids), ids=", ".join(ids))
+                raise CoordinatorError(code, message, partition=partition_id, **{key: ids})
+
     @staticmethod
-    def _live_migrations(conn: sqlite3.Connection, partition_id: str) -> list[str]:
-        """Ids of the migrations from or to the partition that are not done or aborted (none
-        where this database has no migration driver's table)."""
+    def _live(conn: sqlite3.Connection, table: str, states: tuple[str, ...], partition_id: str) -> list[str]:
+        """Ids of the ``table`` rows (migrations, transfers) from or to the partition whose state
+        is one of ``states`` (none where this database has no migration driver's tables)."""
+        marks = ", ".join("?" * len(states))
         try:
-            rows = conn.execute("SELECT id FROM migrations WHERE (source = ? OR dest = ?) "
-                                "AND state NOT IN ('done', 'aborted') ORDER BY id",
-                                (partition_id, partition_id)).fetchall()
+            rows = conn.execute(f"SELECT id FROM {table} WHERE (source = ? OR dest = ?) AND state IN ({marks}) "
+                                "ORDER BY id", (partition_id, partition_id, *states)).fetchall()
         except sqlite3.OperationalError:
             return []
         return [r[0] for r in rows]

@@ -185,7 +185,9 @@ def add_partition(system: System, partition_id: str, workers: list[str] | None =
             _restart_pusher(system, timeout)
         except BaseException:
             _save(system, topo)  # the workers stop the members again
-            _coordinator(system, "DELETE", f"/v1/partitions/{partition_id}")
+            # force: the coordinator would ask the new partition about its funds (it has none:
+            # it never owned anything), and it may be the very thing that did not start
+            _coordinator(system, "DELETE", f"/v1/partitions/{partition_id}", params={"force": "true"})
             raise
         return _coordinator(system, "GET", f"/v1/partitions/{partition_id}")
 
@@ -225,6 +227,8 @@ def remove_partition(system: System, partition_id: str, timeout: float = 60.0) -
                 raise ElasticError(f"partition {partition_id} holds funds of {held['count']} balance(s) "
                                    f"({rows}{', ...' if held['count'] > 5 else ''}); transfer them away first "
                                    "(POST /v1/transfers, RoutedClient.transfer)")
+            # the coordinator asks the partition again (it refuses one that holds funds): a
+            # deposit that landed since the question above is not stranded either
             _coordinator(system, "DELETE", f"/v1/partitions/{partition_id}")
         except BaseException:
             _coordinator(system, "PATCH", f"/v1/partitions/{partition_id}", json={"state": record["state"]})

@@ -43,7 +43,10 @@ def seed(http: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def coord(tmp_path_factory):
-    with CoordinatorProcess(tmp_path_factory.mktemp("coord") / "c.db") as c:
+    # a 2 s step timeout: the funds question of DELETE /v1/partitions/{id} to a partition that
+    # does not run (test_crud_over_http) gives up after 2 s instead of 10
+    with CoordinatorProcess(tmp_path_factory.mktemp("coord") / "c.db",
+                            extra_args=["--migration-step-timeout", "2"]) as c:
         with httpx.Client(base_url=c.url, timeout=10) as http:
             seed(http)
         yield c
@@ -76,7 +79,14 @@ def test_crud_over_http(http):
     r = http.patch("/v1/partitions/p-crud", json={"members": members(2, 9900, "w-crud")})
     assert r.json()["ingress_endpoints"] == ep(9900, 2)
     assert http.get("/v1/workers/w-crud").json()["partitions"] == ["p-crud"]
-    assert http.delete("/v1/partitions/p-crud").status_code == 204
+    # nothing runs p-crud's members: the coordinator cannot ask it whether it holds funds and
+    # refuses (its first question starts the coordinator's JVM: a longer timeout); a partition
+    # gone for good goes with force
+    r = http.delete("/v1/partitions/p-crud", timeout=120)
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "partition_unreachable"), r.text
+    assert "force=true" in r.json()["error"]["message"]
+    assert http.get("/v1/health").json()["version"] == v + 4
+    assert http.delete("/v1/partitions/p-crud", params={"force": "true"}).status_code == 204
     assert http.delete("/v1/workers/w-crud").status_code == 204
     assert http.get("/v1/workers/w-crud").status_code == 404
     assert http.get("/v1/health").json()["version"] == v + 6

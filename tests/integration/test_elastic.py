@@ -32,6 +32,17 @@ def book(client) -> tuple[list, list]:
     return ([(Decimal(p), Decimal(q)) for p, q in ev["bids"]], [(Decimal(p), Decimal(q)) for p, q in ev["asks"]])
 
 
+def refused_rest_delete(url: str, partition: str, shown: str) -> dict:
+    """DELETE /v1/partitions/{partition} of a partition that holds funds: 409 naming them (``shown``
+    in the message) and how to move them; the error body."""
+    r = httpx.delete(f"{url}/v1/partitions/{partition}", timeout=60)
+    assert r.status_code == 409, r.text
+    err = r.json()["error"]
+    assert err["code"] == "partition_holds_funds" and err["details"]["count"] >= 1, err
+    assert shown in err["message"] and "POST /v1/transfers" in err["message"], err
+    return err
+
+
 def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_system, make_routed_client):
     doc = copy.deepcopy(topology_doc)
     doc["partitions"] = doc["partitions"][:1]  # p1 on w1, w2, w3 with BTC-USDT and ETH-USDT
@@ -93,6 +104,11 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
         elastic.remove_partition(system, "p2")
     assert system.topology_file.read_text() == before
     assert httpx.get(f"{url}/v1/partitions/p2").json()["state"] == "active"
+    # the same through the REST API: the coordinator asks p2 itself, refuses, changes nothing
+    version = httpx.get(f"{url}/v1/health").json()["version"]
+    refused_rest_delete(url, "p2", "alice")
+    assert httpx.get(f"{url}/v1/health").json()["version"] == version
+    assert httpx.get(f"{url}/v1/partitions/p2").json()["state"] == "active"
 
     # a partition placed by the coordinator on the least-loaded workers (w1 and w4 host one
     # member each, w2 and w3 two), empty: retired
@@ -110,6 +126,19 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
     assert stale.route(BTC).partition == "p3" and stale.client("p3").connected
     assert migrate.follow(url, migrate.start(url, BTC, "p1")["id"], 180.0)["state"] == "done"
     assert book(client) == ([(Decimal(100), Decimal("0.5"))], [])
+    # carol's deposit at p3, which owns no symbol now (it knows USDT since BTC-USDT was there):
+    # DELETE /v1/partitions/p3 is refused and changes nothing; once the deposit is transferred to
+    # p1, remove_partition's DELETE (the coordinator asks p3 again) goes through
+    ev = client.request({"op": "deposit", "account": "carol", "asset": "USDT", "amount": "50",
+                         "tx_id": "d-carol-p3"}, timeout=60, partition="p3").events
+    assert ev[0]["type"] == "deposited", ev
+    version, before = httpx.get(f"{url}/v1/health").json()["version"], system.topology_file.read_text()
+    err = refused_rest_delete(url, "p3", "carol USDT 50")
+    assert err["details"]["count"] == 1, err
+    assert httpx.get(f"{url}/v1/health").json()["version"] == version
+    assert httpx.get(f"{url}/v1/partitions/p3").json()["state"] == "active"
+    assert system.topology_file.read_text() == before
+    assert client.transfer("carol", "USDT", "50", "p3", "p1", "t-carol")["state"] == "done"
     done = elastic.remove_partition(system, "p3")
     assert stale.route(BTC).partition == "p3"  # nothing told it: its map is the old one
     assert book(stale) == ([(Decimal(100), Decimal("0.5"))], [])  # answered by p1

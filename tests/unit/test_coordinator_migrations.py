@@ -321,8 +321,8 @@ def test_rest_api_and_openapi(system):
 def test_rest_bad_input_gets_a_clear_error_and_changes_nothing(system):
     """Issue #19's bad-input list through the REST API: unknown symbol or partition, migrating to
     the owner, a partition without members, a migration or transfer id reused with other values,
-    removing a partition that owns symbols (its funds are checked by `matchctl partition remove`,
-    tests/integration/test_elastic.py)."""
+    removing a partition that owns symbols (one that holds funds:
+    test_rest_delete_partition_asks_it_about_its_funds)."""
     store, transport, parts, _ = system
     d = Driver(store, transport)
     with rest(store, d) as c:
@@ -362,6 +362,61 @@ def test_rest_bad_input_gets_a_clear_error_and_changes_nothing(system):
 def avail(p: Part, account: str, asset: str) -> str:
     st, ev = p.eng({"op": "balances", "account": account})
     return ev[0]["balances"].get(asset, {}).get("available", "0")
+
+
+def test_rest_delete_partition_asks_it_about_its_funds(system):
+    """DELETE /v1/partitions/{id} with a migration driver asks the partition whether accounts hold
+    funds there: refused while they do (409, naming them and how to move them), while a transfer
+    to it is unfinished (409), and while it cannot be asked (503), each changing nothing; allowed
+    once its funds are transferred away. A partition without members is not asked; ?force=true
+    removes one that is gone for good without asking."""
+    store, transport, parts, _ = system
+    p1, p2 = parts["p1"], parts["p2"]
+    d = Driver(store, transport, step_timeout=0.3)
+    store.create_partition("p4", members=members(3, 9040))
+    transport.down.add("p4")  # registered, never answers
+
+    def state() -> tuple:
+        return store.version, store.list_partitions(), [p.svc.engine.state_hash() for p in parts.values()]
+
+    with rest(store, d) as c:
+        before = state()
+        r = c.delete("/v1/partitions/p2")  # p2 owns no symbol; a, b and c have USDT, BTC, ETH there
+        assert r.status_code == 409, r.text
+        err = r.json()["error"]
+        assert err["code"] == "partition_holds_funds" and err["details"]["count"] == 9, err
+        assert "9 balance(s)" in err["message"] and "a BTC 100000" in err["message"], err
+        assert "POST /v1/transfers" in err["message"], err
+        assert state() == before
+        transport.down.add("p2")
+        r = c.delete("/v1/partitions/p2")
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "partition_unreachable"), r.text
+        assert "force=true" in r.json()["error"]["message"]
+        transport.down.discard("p2")
+        assert state() == before
+        # a transfer to p2 recorded, not yet run: refused by the store, before asking p2
+        d.transfers.create("x0", "a", "USDT", "1", "p1", "p2")
+        calls = transport.calls
+        r = c.delete("/v1/partitions/p2")
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "transfer_in_progress"), r.text
+        assert r.json()["error"]["details"]["transfers"] == ["x0"] and transport.calls == calls
+        assert d.transfers.run("x0")["state"] == "done"
+        # every balance of p2 transferred to p1: p2 is retired
+        for b in p2.ok({"op": "funds"})["balances"]:
+            tid = f"out-{b['account']}-{b['asset']}"
+            d.transfers.create(tid, b["account"], b["asset"], b["available"], "p2", "p1")
+            assert d.transfers.run(tid)["state"] == "done"
+        assert p2.ok({"op": "funds"})["count"] == 0
+        assert c.delete("/v1/partitions/p2").status_code == 204
+        assert "p2" not in [p["id"] for p in store.list_partitions()]
+        # no members: nothing to ask
+        calls = transport.calls
+        assert c.delete("/v1/partitions/p3").status_code == 204 and transport.calls == calls
+        # gone for good: 503 until forced
+        assert c.delete("/v1/partitions/p4").status_code == 503
+        assert c.delete("/v1/partitions/p4", params={"force": "true"}).status_code == 204
+        assert [p["id"] for p in store.list_partitions()] == ["p1"]
+    funds_ok({"p1": p1})
 
 
 def test_transfers_exactly_once_resumable_and_refunded(system):
