@@ -74,6 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="for fault tests only: wait this long between fetching a migrating symbol's "
                    "export and staging it at the destination, so that a test can act in that window "
                    "(the symbol stays frozen meanwhile); default 0")
+    p.add_argument("--migration-step-hold-ms", type=int, default=0,
+                   help="for fault tests only: wait this long before each step of a migration, so that "
+                   "every state it records lasts at least that long and a test can act in it (a "
+                   "frozen symbol stays frozen meanwhile); default 0")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -87,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--migration-chunk-bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {args.migration_chunk_bytes}")
     if not 0 <= args.migration_stage_delay_ms <= 600_000:
         p.error(f"--migration-stage-delay-ms must be in [0, 600000], got {args.migration_stage_delay_ms}")
+    if not 0 <= args.migration_step_hold_ms <= 600_000:
+        p.error(f"--migration-step-hold-ms must be in [0, 600000], got {args.migration_step_hold_ms}")
     if (args.control_auth_url is None) != (args.control_password_file is None):
         p.error("--control-auth-url and --control-password-file go together")
     if args.control_auth_url and args.control_token_file:
@@ -135,7 +141,8 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
     transport = ClientTransport(store, client_kwargs=kwargs)
     return Driver(store, transport, step_timeout=args.migration_step_timeout,
                   chunk_bytes=args.migration_chunk_bytes,
-                  stage_delay_s=args.migration_stage_delay_ms / 1000), transport
+                  stage_delay_s=args.migration_stage_delay_ms / 1000,
+                  step_hold_s=args.migration_step_hold_ms / 1000), transport
 
 
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:

@@ -227,7 +227,7 @@ class Driver:
 
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
                  chunk_bytes: int = CHUNK, compress: bool = True, stage_delay_s: float = 0.0,
-                 on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 step_hold_s: float = 0.0, on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
             raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
         self.migs = MigrationStore(store)
@@ -239,6 +239,12 @@ class Driver:
         if stage_delay_s < 0:
             raise ValueError(f"stage_delay_s must be >= 0, got {stage_delay_s}")
         self.stage_delay_s = stage_delay_s
+        # a wait after every step, before the state it reached is recorded: for fault tests that
+        # must act while a migration is in a given state with that state's step already applied
+        # (a coordinator killed in ``imported``, which otherwise lasts one database write)
+        if step_hold_s < 0:
+            raise ValueError(f"step_hold_s must be >= 0, got {step_hold_s}")
+        self.step_hold_s = step_hold_s
         # the export goes to the destination compressed (zlib, by this driver; the destination
         # checks the size and SHA-256 of what it decompresses against the source's)
         self.compress = compress
@@ -416,6 +422,10 @@ class Driver:
         return rec
 
     def _set(self, mid: str, state: str, **kw: Any) -> dict[str, Any]:
+        if self.step_hold_s:
+            log.warning("migration %s: holding %.1f s before recording %s (--migration-step-hold-ms: for fault "
+                        "tests only)", mid, self.step_hold_s, state)
+            self._stop.wait(self.step_hold_s)
         clock = self._clocks.get(mid)
         if clock is not None and clock.steps:
             kw["timing"] = clock.to_json()  # the steps so far, in the write the state change makes anyway

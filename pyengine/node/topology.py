@@ -103,6 +103,8 @@ class CoordinatorSpec:
     migration_chunk_bytes: int | None = None
     # the coordinator's --migration-stage-delay-ms: for fault tests only (0: none)
     migration_stage_delay_ms: int = 0
+    # the coordinator's --migration-step-hold-ms: for fault tests only (0: none)
+    migration_step_hold_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,8 @@ class Topology:
             doc["migration_chunk_bytes"] = c.migration_chunk_bytes
         if c.migration_stage_delay_ms:
             doc["migration_stage_delay_ms"] = c.migration_stage_delay_ms
+        if c.migration_step_hold_ms:
+            doc["migration_step_hold_ms"] = c.migration_step_hold_ms
         return doc
 
     def coordinator_document(self) -> dict:
@@ -396,7 +400,8 @@ def _str(v: Any, where: str, pattern: re.Pattern, what: str) -> str:
 def _coordinator(d: Any) -> CoordinatorSpec:
     if not isinstance(d, dict):
         raise TopologyError("coordinator must be an object {host, port, db}")
-    _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms"))
+    _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms",
+                                      "migration_step_hold_ms"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
@@ -408,7 +413,8 @@ def _coordinator(d: Any) -> CoordinatorSpec:
         # most 64 KiB a chunk)
         chunk = _int(chunk, "coordinator.migration_chunk_bytes", 1024, 64 * 1024)
     delay = _int(d.get("migration_stage_delay_ms", 0), "coordinator.migration_stage_delay_ms", 0, 600_000)
-    return CoordinatorSpec(host, port, db, chunk, delay)
+    hold = _int(d.get("migration_step_hold_ms", 0), "coordinator.migration_step_hold_ms", 0, 600_000)
+    return CoordinatorSpec(host, port, db, chunk, delay, hold)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

@@ -1,8 +1,9 @@
 """Live symbol migration under faults, with real processes (docs/migration.md): the coordinator
-SIGKILLed in the middle of migrations and started again, and the worker hosting the source
-partition's leader killed once the symbol is frozen. Throughout, a prober writes the moving symbol
-straight to both partitions: once the destination has accepted an order, the source never accepts
-one sent after that; funds balance on both partitions at the end."""
+SIGKILLed in each state of a migration and started again, and the worker hosting the source
+partition's leader killed once the symbol is frozen (the migration then resumed, or aborted right
+after the kill and rolled back by the source's new leader). Throughout, a prober writes the moving
+symbol straight to both partitions: once the destination has accepted an order, the source never
+accepts one sent after that; funds balance on both partitions at the end."""
 
 from __future__ import annotations
 
@@ -117,41 +118,65 @@ def resting_book(client, n: int) -> None:
 
 
 def test_coordinator_killed_mid_migration_resumes(topology_doc, make_system, make_routed_client):
-    system = make_system(topology_doc, timeout=120)
+    """BTC (1,500 resting orders of three accounts) moved p1 -> p2 -> p1 ... six times, the
+    coordinator SIGKILLed each time in another state, ``new`` to ``switched``, and started again.
+    The coordinator holds 1 s after each step before it records the next state
+    (``migration_step_hold_ms``), so the kill lands in the state named, mostly with that state's
+    step already applied at the partition (the record one step behind it): the state the database
+    holds after the kill is asserted to be that one. Each resumed migration must end ``done`` with
+    the book, each account's open orders (ids, remaining, priority) and balances as before, nothing
+    in transit, and never two owners (erin's prober writes BTC straight to both partitions)."""
+    from tests.integration.test_migration_destination import nothing_in_transit, open_orders, totals
+
+    doc = copy.deepcopy(topology_doc)
+    # without the hold `imported` lasts one database write and `activating` one round trip: no
+    # poll of the database can aim a kill at them
+    doc["coordinator"]["migration_step_hold_ms"] = 1000
+    system = make_system(doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=120.0)
     fund(client, BTC, "f")
     fund(client, ETH, "f")
+    for p in ("p1", "p2"):  # the prober's account, funded where its orders go
+        ev = client.request({"op": "deposit", "account": "erin", "asset": "USDT", "amount": "100000",
+                             "tx_id": f"erin-{p}"}, timeout=30, partition=p).events
+        assert ev[0]["type"] == "deposited", ev
     resting_book(client, 1500)
-    probe = OwnerProbe(client)
+    probe = OwnerProbe(client, account="erin")
     probe.start()
     seen = []
+    targets = ("new", "prepared", "frozen", "imported", "activating", "switched")
     try:
         where = "p1"
-        for round_, target in enumerate(("new", "prepared", "frozen", "imported", "activating", "switched")):
+        for round_, target in enumerate(targets):
             to = "p2" if where == "p1" else "p1"
-            book = l2(client, BTC)
+            book, orders, balances = l2(client, BTC), open_orders(client, where), totals(client)
+            epoch = httpx.get(f"{url}/v1/routes/{BTC}", timeout=10).json()["epoch"]
             r = httpx.post(f"{url}/v1/migrations", json={"symbol": BTC, "to": to, "id": f"k{round_}"}, timeout=10)
             assert r.status_code == 202, r.text
             reached(system, f"k{round_}", target)  # kill as soon as the record says so
             seen.append(kill_coordinator(system))
+            assert seen[-1] == target, f"killed in {seen[-1]}, meant {target}"
             system.start_coordinator()
             rec = wait_migration(url, f"k{round_}")
             assert rec["state"] == "done", rec
             probe.check(where, to)
             probe.log.clear()
-            assert httpx.get(f"{url}/v1/routes/{BTC}").json()["partition"] == to
+            route = httpx.get(f"{url}/v1/routes/{BTC}", timeout=10).json()
+            assert (route["partition"], route["epoch"]) == (to, epoch + 1), route
             got = l2(client, BTC)
-            # the book moved whole (the probe's orders at 500 come and go with it)
+            # the book moved whole (the prober's orders at 500 come and go with it)
             assert [b for b in got["bids"] if b[0] != "500"] == [b for b in book["bids"] if b[0] != "500"]
             assert got["asks"] == book["asks"]
-            funds_ok(client)
+            assert open_orders(client, to) == orders  # same ids, remaining, priority
+            assert totals(client) == balances
+            nothing_in_transit(client)
             where = to
     finally:
         probe.stop.set()
         probe.join(60)
     print("coordinator killed in states", seen)
-    assert len(set(seen) - {"done"}) >= 3, seen  # the kills landed on different steps
+    assert seen == list(targets), seen
 
 
 def test_source_leader_killed_while_frozen(topology_doc, make_system, make_routed_client):
@@ -227,14 +252,19 @@ def _poll_migration(url: str, mid: str, until, timeout: float = 300.0) -> dict:
     raise AssertionError(f"migration {mid}: the point waited for never came within {timeout:.0f} s: {rec}")
 
 
-@pytest.mark.parametrize("phase", ["export", "import"])
+@pytest.mark.parametrize("phase", ["export", "import", "abort"])
 def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make_routed_client):
     """The worker of p1's leader SIGKILLed while the coordinator copies BTC's export out of p1
     (``export``: after the first chunk was fetched and before the last), or once the whole
     export was fetched and before the destination's import was answered (``import``: the
     coordinator stages the export at the destination and has it imported while the source
-    elects a new leader). Seen from outside: the progress of GET /v1/migrations/{id}; the export
-    spans ~110 chunks (``migration_chunk_bytes``). For ``import`` the coordinator waits 4 s between
+    elects a new leader). ``abort``: killed as in ``export``, and the migration aborted with
+    DELETE /v1/migrations/{id} right after the kill, while the source has no leader (so the copy
+    cannot have reached the point of no return): the rollback (the source's new leader restores
+    the symbol from its own export, the route back at p1 with epoch + 1, the destination's copy
+    discarded) runs against a source that lost its leader; it must end ``aborted``. Seen from
+    outside: the progress of GET /v1/migrations/{id}; the export spans ~110 chunks
+    (``migration_chunk_bytes``). For ``import`` the coordinator waits 4 s between
     the fetched export and its staging (``migration_stage_delay_ms``): the pipelined staging and
     import take a few ms, too short a window for a poll to land in every run (a fresh-clone run
     saw the migration done before the poll saw the whole export fetched)."""
@@ -282,19 +312,23 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
             progress = m.get("progress") or {}
             if m["state"] != "frozen" or not progress:
                 return False
-            if phase == "export":
+            if phase in ("export", "abort"):
                 return progress["fetched"] >= 1024
             return progress["fetched"] == progress["size"]
 
         at = _poll_migration(url, "lx", point)
         system.stop_worker(worker, sig=signal.SIGKILL)
+        if phase == "abort":
+            r = httpx.delete(f"{url}/v1/migrations/lx", timeout=10)
+            # 409 migration_past_no_return would mean the copy went on without the source's leader
+            assert r.status_code == 202 and r.json()["abort"], r.text
         after = httpx.get(f"{url}/v1/migrations/lx", timeout=10).json()
         print(f"p1's leader's worker {worker} killed at {at['progress']}; then {after['state']} {after['progress']}")
         assert at["progress"]["chunks"] >= 1 and not at["progress"]["imported"], at
         # progress only grows: the export was not all fetched (export) or not yet staged (import,
         # inside the stage delay) when the kill went out
         assert after["state"] == "frozen" and not after["progress"]["imported"], after
-        if phase == "export":
+        if phase in ("export", "abort"):
             assert after["progress"]["fetched"] < after["progress"]["size"], after
         else:
             assert after["progress"]["staged"] == 0, after
@@ -309,11 +343,25 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
     print("migration", rec["state"], rec.get("error"), rec["info"].get("pause_ms"), "ms pause;",
           len(flow.placed), "dave orders;", len(probe.log), "probes")
     assert rec["state"] in ("done", "aborted"), rec
+    if phase == "abort":
+        # rolled back, and the destination's inert copy discarded within the step timeout (its
+        # members lost one of theirs with the killed worker too)
+        assert rec["state"] == "aborted" and rec["abort"], rec
+        assert not rec["info"].get("discard_pending"), rec
     assert rec["info"]["orders"] >= 2900 + 5, rec  # the resting orders, dave's and the prober's
     owner = "p2" if rec["state"] == "done" else "p1"
     route = httpx.get(f"{url}/v1/routes/{BTC}", timeout=10).json()
     assert route["partition"] == owner and route["epoch"] == epoch + 1, route
     probe.check("p1", "p2")  # never two owners
+    if rec["state"] == "aborted":
+        # p2 never owned BTC: none of the prober's orders sent straight to it was accepted;
+        # p1's new leader restored the symbol from its export, p2 discarded its copy
+        assert not [s for s, _a, p, ok in probe.log if p == "p2" and ok], "p2 accepted BTC orders"
+        src = client.admin({"op": "mig_state"}, partition="p1", timeout=30).events
+        dst = client.admin({"op": "mig_state"}, partition="p2", timeout=30).events
+        assert [m["state"] for m in src["migrations"] if m["id"] == "lx"] == ["restored"], src
+        assert not src["frozen"] and not dst["inert"], (src, dst)
+        assert [m["state"] for m in dst["migrations"] if m["id"] == "lx"] == ["discarded"], dst
 
     # the resting accounts' book, open orders (ids, remaining, priority) and balances as before
     # (dave's orders are at 950, the prober's at 500)

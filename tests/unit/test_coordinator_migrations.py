@@ -487,27 +487,33 @@ def test_chunk_size_setting_reaches_the_coordinator_and_bad_values_are_refused(t
         parse_args(["--migration-chunk-bytes", "100"])
 
 
-def test_stage_delay_setting_reaches_the_coordinator_and_bad_values_are_refused(tmp_path):
-    """``coordinator.migration_stage_delay_ms`` (fault tests only) survives the topology file and
-    is refused out of range, in the topology and on the command line."""
+@pytest.mark.parametrize("key, flag, kw", [
+    ("migration_stage_delay_ms", "--migration-stage-delay-ms", "stage_delay_s"),
+    ("migration_step_hold_ms", "--migration-step-hold-ms", "step_hold_s"),
+])
+def test_fault_test_delays_reach_the_coordinator_and_bad_values_are_refused(tmp_path, key, flag, kw):
+    """``coordinator.migration_stage_delay_ms`` and ``migration_step_hold_ms`` (fault tests only)
+    survive the topology file and are refused out of range, in the topology and on the command
+    line."""
     import json
     from pathlib import Path
 
     from coordinator.__main__ import parse_args
     from pyengine.node.topology import Topology, TopologyError
 
+    attr = flag.removeprefix("--").replace("-", "_")
     doc = json.loads((Path(__file__).resolve().parents[2] / "docs/examples/topology-2x3.json").read_text())
-    assert Topology.from_dict(doc).coordinator.migration_stage_delay_ms == 0
-    doc["coordinator"]["migration_stage_delay_ms"] = 4000
+    assert getattr(Topology.from_dict(doc).coordinator, key) == 0
+    doc["coordinator"][key] = 4000
     topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
-    assert topo.coordinator.migration_stage_delay_ms == 4000
+    assert getattr(topo.coordinator, key) == 4000
     for bad in (-1, 700_000, "4000"):
-        doc["coordinator"]["migration_stage_delay_ms"] = bad
-        with pytest.raises(TopologyError, match="migration_stage_delay_ms"):
+        doc["coordinator"][key] = bad
+        with pytest.raises(TopologyError, match=key):
             Topology.from_dict(doc)
-    assert parse_args(["--migration-stage-delay-ms", "2500"]).migration_stage_delay_ms == 2500
-    assert parse_args([]).migration_stage_delay_ms == 0
+    assert getattr(parse_args([flag, "2500"]), attr) == 2500
+    assert getattr(parse_args([]), attr) == 0
     with pytest.raises(SystemExit):
-        parse_args(["--migration-stage-delay-ms", "-5"])
-    with pytest.raises(ValueError, match="stage_delay_s"):
-        Driver(CoordinatorStore(tmp_path / "c.db"), None, stage_delay_s=-1)  # type: ignore[arg-type]
+        parse_args([flag, "-5"])
+    with pytest.raises(ValueError, match=kw):
+        Driver(CoordinatorStore(tmp_path / "c.db"), None, **{kw: -1})  # type: ignore[arg-type]
