@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from pyengine import jvm
-from pyengine.node.procs import pid_alive
+from pyengine.node.procs import pid_alive, restart_self
 from pyengine.node.settings import ClusterLayout, ConfigError
 
 log = logging.getLogger("matchx.node")
@@ -120,7 +120,11 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     print(json.dumps({"event": "started", "member_id": member_id, "dir": str(member_dir),
                       "metrics_port": metrics.port}), flush=True)
     try:
-        signal_name = latch.await_()
+        signal_name = str(latch.await_())
+        if signal_name == str(Latch.RESTART):
+            # the member cannot go on (java-cluster JoinDeadlock.java) and closing it could wait on
+            # the stuck threads: start again from the snapshot and log, as after a kill
+            restart_self(f"member {member_id}: {latch.restartReason()}")
         log.info("member %d stopping on SIG%s", member_id, signal_name)
     finally:
         node.close()

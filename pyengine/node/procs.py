@@ -1,9 +1,14 @@
-"""Whether a process id is a live process (Linux /proc)."""
+"""Process helpers: whether a process id is a live process (Linux /proc), and a process that
+starts itself again."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
+
+log = logging.getLogger("matchx.node")
 
 
 def pid_alive(pid: int) -> bool:
@@ -25,3 +30,23 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return "zombie" not in state.lower()
+
+
+def restart_self(reason: str) -> None:
+    """Replaces this process with a fresh run of its own command line (same pid, environment,
+    working directory, stdout and stderr); never returns.
+
+    For a member or worker that Aeron left in a wait it cannot leave (java-cluster
+    JoinDeadlock.java): closing it cleanly could wait on the same stuck threads, and a new start
+    recovers from its snapshot and log as after a kill. Every descriptor above stderr is closed
+    first: the JVM's sockets and files do not all close on exec, and the new media driver must
+    bind the same ports. The same pid lets the new start clear the mark files it left
+    (member.clear_stale_mark_files).
+    """
+    log.error("restarting this process: %s", reason)
+    for h in logging.getLogger().handlers:
+        h.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    os.execv(sys.executable, sys.orig_argv)

@@ -28,6 +28,7 @@ from typing import Any
 
 from pyengine import jvm
 from pyengine.node.member import MemberDirInUse, clear_stale_mark_files
+from pyengine.node.procs import restart_self
 from pyengine.node.settings import ConfigError
 from pyengine.node.topology import DEFAULT_SYSTEM_DIR, PartitionSpec, Topology
 
@@ -204,7 +205,11 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str, topology_fi
                                    daemon=True)
         watcher.start()
     try:
-        signal_name = latch.await_()
+        signal_name = str(latch.await_())
+        if signal_name == str(Latch.RESTART):
+            # one member cannot go on (java-cluster JoinDeadlock.java): the worker starts again
+            # with all its members (each recovers from its snapshot and log, as after a kill)
+            restart_self(f"worker {worker_id}: {latch.restartReason()}")
         log.info("worker %s stopping on SIG%s", worker_id, signal_name)
     finally:
         stop.set()

@@ -39,6 +39,22 @@ import java.util.concurrent.TimeUnit;
  * follower gets the configured detection the moment it is in step: outside an election it does
  * not answer another member's canvass, and a survivor of a failover needs that answer.
  *
+ * <p>The election timeout is Aeron's deadline for three things: the random delay before a
+ * nomination, a candidate's wait for votes and a voter's wait for the new leader's first message
+ * after its vote. Only the first two need to be short for a fast failover (a candidate with one
+ * member dead waits it in full). The third, short, is unsafe: a voter whose wait runs out goes
+ * back to canvassing, where Aeron 1.51 takes a {@code NewLeadershipTerm} of <em>any</em> term
+ * ({@code Election.onNewLeadershipTerm}), so a voter that had just voted for a candidate with a
+ * shorter log in term N+1 could replicate the log of the term-N leader and give it the quorum to
+ * commit entries the term-N+1 leader does not have. Seen at load 30-40 on 2 cores with a 20 ms
+ * election timeout (bench/reports/stuck_election.md): the old leader's member then never rejoined
+ * ("followerLogAwait - joinPosition ... less than logPosition", its service ahead of the new
+ * leader's log) and the members' state hashes differed. So the context holds
+ * {@link #BALLOT_WAIT_MS} (at least) in every state but CANDIDATE_BALLOT, where it holds the
+ * intended value; {@link NominationOrder} scales its delay fraction so that a nomination waits
+ * what the intended value gives. A sampling lag only lengthens a candidate's wait, never
+ * shortens a voter's.
+ *
  * <p>Writes are plain fields read by the consensus module's thread; its duty cycle crosses
  * volatile reads each turn, so it sees them within a cycle. A deadline is recomputed from the
  * current value on every duty cycle, so the sampling lag ({@link #POLL_MS}) shifts a deadline by
@@ -58,6 +74,8 @@ final class ElectionTiming
     static final long WARM_AFTER_IN_STEP_MS = 1_000;
     /** Election steps logged one by one; past that, one line in this many (an election that loops). */
     static final int LOGGED_STEPS = 20;
+    /** A voter's wait for the leader it voted for (the context's election timeout outside a candidacy). */
+    static final long BALLOT_WAIT_MS = 1_000;
 
     private final ConsensusModule.Context ctx;
     private final String logPrefix;
@@ -65,6 +83,9 @@ final class ElectionTiming
     private final long electionTimeoutNs;
     private final long progressTimeoutNs;
     private final long startTimeoutNs;
+    private final long ballotWaitNs;
+    /** What a candidate waits for votes and what a nomination delay is a fraction of (NominationOrder). */
+    private volatile long intendedElectionTimeoutNs;
     private Object agent;
     private Field agentTimeout;
     private long agentValueNs;
@@ -77,14 +98,37 @@ final class ElectionTiming
         this.electionTimeoutNs = ctx.electionTimeoutNs();
         this.progressTimeoutNs = Math.max(heartbeatTimeoutNs, TimeUnit.MILLISECONDS.toNanos(PROGRESS_TIMEOUT_MS));
         this.startTimeoutNs = Math.max(heartbeatTimeoutNs, TimeUnit.MILLISECONDS.toNanos(START_TIMEOUT_MS));
+        this.ballotWaitNs = ballotWaitNs(electionTimeoutNs);
+        this.intendedElectionTimeoutNs = Math.max(electionTimeoutNs,
+            TimeUnit.MILLISECONDS.toNanos(START_ELECTION_TIMEOUT_MS));
+    }
+
+    /** The context's election timeout outside a candidacy: never shorter than the configured one. */
+    static long ballotWaitNs(final long configuredElectionTimeoutNs)
+    {
+        return Math.max(configuredElectionTimeoutNs, TimeUnit.MILLISECONDS.toNanos(BALLOT_WAIT_MS));
+    }
+
+    /** The context's election timeout in {@code state}: the intended one only while a candidate. */
+    static long electionTimeoutIn(final ElectionState state, final long intendedNs, final long ballotWaitNs)
+    {
+        return state == ElectionState.CANDIDATE_BALLOT ? intendedNs : Math.max(intendedNs, ballotWaitNs);
+    }
+
+    long intendedElectionTimeoutNs()
+    {
+        return intendedElectionTimeoutNs;
     }
 
     /** Before launch: the start-up election timeout (the consensus module copies nothing of it). */
     static ElectionTiming beforeLaunch(final ConsensusModule.Context ctx, final String logPrefix)
     {
         final ElectionTiming timing = new ElectionTiming(ctx, logPrefix);
-        ctx.electionTimeoutNs(Math.max(timing.electionTimeoutNs,
-            TimeUnit.MILLISECONDS.toNanos(START_ELECTION_TIMEOUT_MS)));
+        ctx.electionTimeoutNs(Math.max(timing.intendedElectionTimeoutNs, timing.ballotWaitNs));
+        if (ctx.random() instanceof NominationOrder)
+        {
+            ((NominationOrder)ctx.random()).scaleTo(timing::intendedElectionTimeoutNs, ctx::electionTimeoutNs);
+        }
         return timing;
     }
 
@@ -122,7 +166,9 @@ final class ElectionTiming
         boolean warm = false;
         ElectionState last = null;
         long electionStartedNs = 0;
+        long stateSinceNs = System.nanoTime();
         int steps = 0;
+        final JoinDeadlock deadlock = new JoinDeadlock(ctx.clusterId(), ctx.clusterMemberId(), logPrefix);
         try
         {
             while (!electionState.isClosed())
@@ -145,7 +191,16 @@ final class ElectionTiming
                         logElection(state, TimeUnit.NANOSECONDS.toMillis(nowNs - electionStartedNs), steps);
                     }
                 }
+                if (state != last)
+                {
+                    stateSinceNs = nowNs;
+                }
                 last = state;
+                if (state != ElectionState.CLOSED)
+                {
+                    deadlock.check(TimeUnit.NANOSECONDS.toMillis(nowNs),
+                        TimeUnit.NANOSECONDS.toMillis(nowNs - stateSinceNs));
+                }
                 if (inStepAtNs == 0 && state == ElectionState.CLOSED)
                 {
                     inStepAtNs = nowNs;
@@ -157,11 +212,12 @@ final class ElectionTiming
                 if (!warm && !starting && nowNs - inStepAtNs >= TimeUnit.MILLISECONDS.toNanos(WARM_AFTER_IN_STEP_MS))
                 {
                     warm = true;
-                    ctx.electionTimeoutNs(electionTimeoutNs);
+                    intendedElectionTimeoutNs = electionTimeoutNs;
                     StartPhases.log(logPrefix, "configured election timing in force (heartbeat timeout " +
                         TimeUnit.NANOSECONDS.toMillis(heartbeatTimeoutNs) + " ms outside elections, " +
                         TimeUnit.NANOSECONDS.toMillis(progressTimeoutNs) + " ms per election step; election timeout " +
-                        TimeUnit.NANOSECONDS.toMillis(electionTimeoutNs) + " ms)");
+                        TimeUnit.NANOSECONDS.toMillis(electionTimeoutNs) + " ms, a voter waits " +
+                        TimeUnit.NANOSECONDS.toMillis(ballotWaitNs) + " ms for its leader)");
                 }
                 final long valueNs;
                 if (starting || startLeader)
@@ -177,6 +233,11 @@ final class ElectionTiming
                     valueNs = heartbeatTimeoutNs;
                 }
                 set(valueNs);
+                final long electionNs = electionTimeoutIn(state, intendedElectionTimeoutNs, ballotWaitNs);
+                if (ctx.electionTimeoutNs() != electionNs)
+                {
+                    ctx.electionTimeoutNs(electionNs);
+                }
                 Thread.sleep(POLL_MS);
             }
         }

@@ -2,6 +2,7 @@ package io.matchx.cluster;
 
 import java.util.Random;
 import java.util.function.IntSupplier;
+import java.util.function.LongSupplier;
 
 /**
  * Which survivor nominates itself first after a leader is gone: the lowest member id other than
@@ -29,6 +30,9 @@ final class NominationOrder extends Random
     private final int memberId;
     private final int memberCount;
     private final transient IntSupplier lastLeader;
+    /** The election timeout a delay is meant to be a fraction of, and the one Aeron multiplies by. */
+    private transient volatile LongSupplier intendedTimeoutNs;
+    private transient volatile LongSupplier contextTimeoutNs;
 
     NominationOrder(final int memberId, final int memberCount, final IntSupplier lastLeader)
     {
@@ -47,15 +51,42 @@ final class NominationOrder extends Random
         return leader == 0 ? 1 : 0;
     }
 
+    /**
+     * Aeron draws a nomination delay as {@code nextDouble() * contextTimeout / 2}; ElectionTiming
+     * keeps the context's election timeout long outside a candidacy (a voter's wait), so the
+     * fraction is scaled to give the delay of the intended timeout.
+     */
+    void scaleTo(final LongSupplier intendedTimeoutNs, final LongSupplier contextTimeoutNs)
+    {
+        this.intendedTimeoutNs = intendedTimeoutNs;
+        this.contextTimeoutNs = contextTimeoutNs;
+    }
+
     @Override
     public double nextDouble()
     {
         final int leader = null == lastLeader ? -1 : lastLeader.getAsInt();
         final int first = preferred(leader, memberCount);
+        final double fraction;
         if (first < 0 || leader == memberId)
         {
-            return super.nextDouble();
+            fraction = super.nextDouble();
         }
-        return first == memberId ? 0.0 : LATER;
+        else
+        {
+            fraction = first == memberId ? 0.0 : LATER;
+        }
+        return scaled(fraction, null == intendedTimeoutNs ? 0 : intendedTimeoutNs.getAsLong(),
+            null == contextTimeoutNs ? 0 : contextTimeoutNs.getAsLong());
+    }
+
+    /** {@code fraction} of {@code intendedNs} as a fraction of {@code contextNs} (unchanged without both). */
+    static double scaled(final double fraction, final long intendedNs, final long contextNs)
+    {
+        if (intendedNs <= 0 || contextNs <= 0 || intendedNs >= contextNs)
+        {
+            return fraction;
+        }
+        return fraction * ((double)intendedNs / (double)contextNs);
     }
 }

@@ -13,11 +13,18 @@ import java.util.concurrent.CountDownLatch;
  */
 public final class ShutdownLatch
 {
+    /** What {@link #await} returns when the process must start again ({@link #restart}). */
+    public static final String RESTART = "RESTART";
+    /** The process's latch (one per member or worker process): what {@link #restart} releases. */
+    private static volatile ShutdownLatch current;
+
     private final CountDownLatch latch = new CountDownLatch(1);
     private volatile String signal = "";
+    private volatile String restartReason = "";
 
     public ShutdownLatch()
     {
+        current = this;
         for (final String name : new String[]{ "TERM", "INT" })
         {
             Signal.handle(new Signal(name), (s) ->
@@ -38,5 +45,27 @@ public final class ShutdownLatch
     public void release()
     {
         latch.countDown();
+    }
+
+    /** Why {@link #await} returned {@link #RESTART} (empty otherwise). */
+    public String restartReason()
+    {
+        return restartReason;
+    }
+
+    /**
+     * Ends the main thread's wait with {@link #RESTART}: the Python side then starts the process
+     * again from its own command line (a member that Aeron left in a state it cannot leave,
+     * JoinDeadlock). A no-op before a latch exists or after a signal ended the wait.
+     */
+    static void restart(final String why)
+    {
+        final ShutdownLatch latch = current;
+        if (null != latch && latch.latch.getCount() > 0)
+        {
+            latch.restartReason = why;
+            latch.signal = RESTART;
+            latch.latch.countDown();
+        }
     }
 }

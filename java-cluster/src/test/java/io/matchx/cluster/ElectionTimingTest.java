@@ -7,6 +7,7 @@ import org.junit.jupiter.api.Test;
 
 import java.lang.reflect.Field;
 import java.lang.reflect.Modifier;
+import java.util.concurrent.TimeUnit;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -43,5 +44,54 @@ class ElectionTimingTest
         {
             assertTrue(ElectionTiming.isProgressStep(s), s.name());
         }
+    }
+
+    /**
+     * A voter waits for the leader it voted for at least BALLOT_WAIT_MS: with the 20 ms election
+     * timeout a voter's wait ran out under load and, back in CANVASS, it replicated an older
+     * term's leader (bench/reports/stuck_election.md). Only a candidate's wait is the intended one.
+     */
+    @Test
+    void onlyACandidateWaitsTheIntendedElectionTimeout()
+    {
+        final long intended = TimeUnit.MILLISECONDS.toNanos(20);
+        final long ballot = ElectionTiming.ballotWaitNs(intended);
+        assertEquals(TimeUnit.MILLISECONDS.toNanos(ElectionTiming.BALLOT_WAIT_MS), ballot);
+        assertEquals(intended, ElectionTiming.electionTimeoutIn(ElectionState.CANDIDATE_BALLOT, intended, ballot));
+        for (final ElectionState s : ElectionState.values())
+        {
+            if (s != ElectionState.CANDIDATE_BALLOT)
+            {
+                assertEquals(ballot, ElectionTiming.electionTimeoutIn(s, intended, ballot), s.name());
+            }
+        }
+        // a configured timeout longer than the ballot wait is kept everywhere
+        final long longer = TimeUnit.SECONDS.toNanos(3);
+        assertEquals(longer, ElectionTiming.ballotWaitNs(longer));
+        assertEquals(longer, ElectionTiming.electionTimeoutIn(ElectionState.FOLLOWER_BALLOT, longer,
+            ElectionTiming.ballotWaitNs(longer)));
+    }
+
+    /** Before launch the context holds the voter's wait, and a nomination still waits a fraction of the intended timeout. */
+    @Test
+    void theContextHoldsTheBallotWaitAndNominationsKeepTheirDelay()
+    {
+        final ConsensusModule.Context ctx = new ConsensusModule.Context()
+            .electionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(20))
+            .leaderHeartbeatTimeoutNs(TimeUnit.MILLISECONDS.toNanos(120));
+        final int[] leader = {2};
+        final NominationOrder order = new NominationOrder(1, 3, () -> leader[0]);
+        ctx.random(order);
+        final ElectionTiming timing = ElectionTiming.beforeLaunch(ctx, "[test]");
+        assertEquals(TimeUnit.MILLISECONDS.toNanos(ElectionTiming.BALLOT_WAIT_MS), ctx.electionTimeoutNs());
+        // at start the intended timeout is the start-up one (300 ms): member 1 is not the preferred
+        // survivor of leader 2 (member 0 is), so it waits just under half of it, as Aeron computes it
+        final double delayMs = ctx.random().nextDouble() * (ctx.electionTimeoutNs() >> 1) / 1e6;
+        assertEquals(NominationOrder.LATER * ElectionTiming.START_ELECTION_TIMEOUT_MS / 2, delayMs, 0.01);
+        assertEquals(TimeUnit.MILLISECONDS.toNanos(ElectionTiming.START_ELECTION_TIMEOUT_MS),
+            timing.intendedElectionTimeoutNs());
+        assertEquals(0.25, NominationOrder.scaled(0.5, 10, 20), 1e-12);
+        assertEquals(0.5, NominationOrder.scaled(0.5, 0, 20), 1e-12);
+        assertEquals(0.5, NominationOrder.scaled(0.5, 30, 20), 1e-12);
     }
 }
