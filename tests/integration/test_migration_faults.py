@@ -120,7 +120,7 @@ def resting_book(client, n: int) -> None:
 def test_coordinator_killed_mid_migration_resumes(topology_doc, make_system, make_routed_client):
     """BTC (1,500 resting orders of three accounts) moved p1 -> p2 -> p1 ... six times, the
     coordinator SIGKILLed each time in another state, ``new`` to ``switched``, and started again.
-    The coordinator holds 1 s after each step before it records the next state
+    The coordinator holds 0.5 s after each step before it records the next state
     (``migration_step_hold_ms``), so the kill lands in the state named, mostly with that state's
     step already applied at the partition (the record one step behind it): the state the database
     holds after the kill is asserted to be that one. Each resumed migration must end ``done`` with
@@ -129,9 +129,10 @@ def test_coordinator_killed_mid_migration_resumes(topology_doc, make_system, mak
     from tests.integration.test_migration_destination import nothing_in_transit, open_orders, totals
 
     doc = copy.deepcopy(topology_doc)
-    # without the hold `imported` lasts one database write and `activating` one round trip: no
-    # poll of the database can aim a kill at them
-    doc["coordinator"]["migration_step_hold_ms"] = 1000
+    # without the hold `imported` lasts one database write (with its fsync) and `activating` one
+    # round trip: a run without it at load ~40 still killed in each state named, but nothing
+    # bounds that window; 0.5 s on top of it (six waits a migration, ~20 s for the whole test)
+    doc["coordinator"]["migration_step_hold_ms"] = 500
     system = make_system(doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=120.0)
