@@ -112,3 +112,42 @@ def test_rolling_restart_restarts_every_member_and_loses_nothing(make_cluster, m
     assert all(f.result(60).events[0]["type"] != "rejected" for f in futures)
     balances = client.request({"op": "balances", "account": "a"}, timeout=30).events
     assert balances[0]["balances"]["USDT"]["available"] == "40", balances  # every deposit applied once
+
+
+def test_sighup_restarts_a_member_in_place(make_cluster, make_client):
+    """SIGHUP starts a member's process again from its own command line: the path a member takes
+    on its own when Aeron leaves its log join waiting forever (java-cluster JoinDeadlock.java,
+    bench/reports/stuck_election.md). The same pid, the JVM's sockets released (the new driver
+    binds the same ports), back in step from its snapshot and log, and it applies what follows:
+    its state hash equals the others' at one log position."""
+    import os
+    import signal
+
+    from pyengine.ops.members import IN_STEP
+    from tests.integration.test_cluster_failover import hashes_at_one_position, order, setup_market
+
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2, 60)
+    follower = next(m for m in range(3) if m != leader)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(60)
+    setup_market(client)
+    for i in range(20):
+        ev = client.request(order("alice", "buy", f"{40000 + i}.00", "0.01", f"b{i}"), timeout=30).events
+        assert ev[0]["type"] == "accepted", ev
+    pid = cluster.pids()[follower]
+    in_step = cluster.member_log(follower).count(IN_STEP)
+
+    os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: "restarting this process: member" in cluster.member_log(follower), 60, "the restart")
+    wait_for(lambda: cluster.member_log(follower).count(IN_STEP) > in_step, 180, "the member back in step")
+    assert cluster.pids()[follower] == pid and cluster.is_running(follower)
+    assert "Address already in use" not in cluster.member_log(follower)
+
+    for i in range(20, 30):  # applied by the restarted member as well
+        ev = client.request(order("alice", "buy", f"{40000 + i}.00", "0.01", f"b{i}"), timeout=30).events
+        assert ev[0]["type"] == "accepted", ev
+    info, hashes = hashes_at_one_position(cluster, client, range(3))
+    assert len({(h["engine_hash"], h["sequence_hash"]) for h in hashes}) == 1, hashes
+    assert info["applied"] == hashes[follower]["applied"]

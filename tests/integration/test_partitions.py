@@ -165,6 +165,38 @@ def test_a_killed_worker_costs_each_partition_one_member(topology_doc, make_syst
         assert roles == ["down", "follower", "leader"], (partition, roles)
 
 
+def test_sighup_restarts_a_worker_with_its_members(topology_doc, make_system, make_routed_client):
+    """SIGHUP starts a worker's process again in place with all its members: the path a worker
+    takes on its own when one of its members' log join waits forever (java-cluster
+    JoinDeadlock.java). Same pid, each member back in step, both partitions trade on, and every
+    member of each agrees on the state hash."""
+    import os
+
+    from pyengine.ops.members import IN_STEP
+
+    system = make_system(topology_doc)
+    client = make_routed_client(system.coordinator_url)
+    fund_and_cross(client, "ETH-USDT", "h1", price="3000.00", qty="1")
+    fund_and_cross(client, "SOL-USDT", "h1", price="150.000", qty="1")
+    leader = system.leader("p1")
+    worker = next(w for i, w in enumerate(system.topology.partition("p1").members) if i != leader)
+    pid = system.state()["workers"][worker]
+    log_file = system.dir / "workers" / f"{worker}.log"
+    in_step = log_file.read_text(errors="replace").count(IN_STEP)
+
+    os.kill(pid, signal.SIGHUP)
+    wait_for(lambda: f"restarting this process: worker {worker}" in log_file.read_text(errors="replace"), 60,
+             "the restart")
+    wait_for(lambda: log_file.read_text(errors="replace").count(IN_STEP) >= in_step + 2, 180,
+             "both of the worker's members back in step")
+    assert system.state()["workers"][worker] == pid and f"worker {worker} (pid {pid})" in system.running()
+
+    assert fund_and_cross(client, "ETH-USDT", "h2", price="3000.00", qty="1")
+    assert fund_and_cross(client, "SOL-USDT", "h2", price="150.000", qty="1")
+    for partition in ("p1", "p2"):
+        members_agree(system, client, partition)
+
+
 # ---- bad input: a clear error and no change ------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ import sun.misc.Signal;
 import java.util.concurrent.CountDownLatch;
 
 /**
- * Parks the member's main thread until SIGTERM or SIGINT, without starting JVM shutdown.
+ * Parks the member's main thread until SIGTERM or SIGINT (stop), or SIGHUP or {@link #restart}
+ * (start again in place), without starting JVM shutdown.
  *
  * <p>Agrona's ShutdownSignalBarrier works through a shutdown hook, so the JVM is already going
  * down while the member closes (and JPype interrupts the closing thread). Handling the signals
@@ -33,6 +34,9 @@ public final class ShutdownLatch
                 latch.countDown();
             });
         }
+        // SIGHUP: start the process again in place (what JoinDeadlock asks for), for an operator
+        // and for the tests of that path
+        Signal.handle(new Signal("HUP"), (s) -> restart("SIGHUP"));
     }
 
     /** @return the name of the signal that ended the wait. */
