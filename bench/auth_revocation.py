@@ -18,7 +18,9 @@ user logs in and opens a session on both partitions; the bench revokes the login
 
 Failover rounds SIGKILL the worker that hosts p1's leader just before the revoke (so the
 revocation is pending through the whole election), measure the same, then restart that worker and
-wait for it to catch up; "every member" there counts the members alive at the time.
+wait for it to catch up; "every member" there counts the members alive at the time, and "orders
+on p1 back" (the first answer to the order flow after the revoke request) says when p1's new leader
+committed again, to tell the partition's delay from the pusher's.
 Writes bench/reports/auth_revocation.md (with `uptime` load: a shared machine).
 """
 
@@ -70,6 +72,9 @@ class Trader(threading.Thread):
         self.sides = (("buy", "tbuy", buyer, "GTC"), ("sell", "tsell", seller, "IOC"))
         self.rate, self.stop = rate, threading.Event()
         self.sent = self.failed = 0
+        # when each answered order was answered (monotonic): the first answer after a kill says
+        # when p1 committed again, whatever the pusher was doing
+        self.answered_at: list[float] = []
 
     def run(self) -> None:
         period, due, i = 1.0 / self.rate, time.monotonic(), 0
@@ -89,6 +94,13 @@ class Trader(threading.Thread):
     def _done(self, fut) -> None:
         if fut.exception() is not None:
             self.failed += 1
+        else:
+            self.answered_at.append(time.monotonic())
+
+    def first_answer_after(self, t: float, start: int) -> float | None:
+        """The first answer later than ``t`` among those from index ``start`` on (two clients'
+        receive threads append, so not strictly in order)."""
+        return min((a for a in self.answered_at[start:] if a > t), default=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert v.wait_connected(60), v.last_error
             time.sleep(0.5)
             killed = kill_at = None
+            answers_before = len(trader.answered_at)
             if kind == "failover":
                 # p1's leader dies just before the revoke, so the revocation is pending through
                 # the whole election (one leader reported: None while status files show an election)
@@ -225,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             row = {"round": i, "kind": kind, "p1": applied.get("p1"), "p2": applied.get("p2"),
                    "all": every, "refused_p1": refused.get("p1"), "refused_p2": refused.get("p2"),
                    "acked_p1": acked.get("p1"), "acked_p2": acked.get("p2"), "killed": killed,
-                   "kill_at": kill_at}
+                   "kill_at": kill_at, "orders_p1": None}
+            if killed is not None:
+                # an order answer later than the revoke request (~50 ms after the kill, so not one
+                # the dead leader had sent): p1 was committing again by then
+                back = trader.first_answer_after(t0, answers_before)
+                row["orders_p1"] = None if back is None else back - t0
             rows.append(row)
             print(json.dumps(row), flush=True)
             for v in victims.values():
@@ -240,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         trader.join(10)
         load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         pusher_log = (system.dir / "pusher.log").read_text(errors="replace")
-        reconnects = pusher_log.count("no word from the cluster")
-        write_report(args, rows, trader, load_before, load_after, reconnects)
+        probes = pusher_log.count("no word from the cluster")
+        write_report(args, rows, trader, load_before, load_after, probes)
     finally:
         if trader is not None:
             trader.stop.set()
@@ -258,7 +276,7 @@ def _fmt(v: float | None) -> str:
     return "not seen" if v is None else f"{v * 1000:.0f}"
 
 
-def write_report(args, rows: list[dict], trader, load_before: str, load_after: str, reconnects: int) -> None:
+def write_report(args, rows: list[dict], trader, load_before: str, load_after: str, probes: int) -> None:
     lines = [
         "# Revocation delay: POST /v1/revoke to refusal at the partitions",
         "",
@@ -269,9 +287,9 @@ def write_report(args, rows: list[dict], trader, load_before: str, load_after: s
         f"* load after: `{load_after}`",
         f"* system: docs/examples/topology-2x3.json via `matchctl up` (System.up) with the auth service in the "
         f"topology; pusher polling every 0.2 s; Raft heartbeat timeout {args.heartbeat_timeout_ms} ms",
-        f"* the pusher's and the bench's control sessions open a new session after {SILENCE_RECONNECT_S:g} s "
-        f"without a word from the partition while a command waits (`silence_reconnect_s`); the pusher did so "
-        f"{reconnects} time(s) in this run",
+        f"* the pusher's and the bench's control sessions look for the leader with a second session (keeping "
+        f"the first) after {SILENCE_RECONNECT_S:g} s without a word from the partition while a command waits "
+        f"(`silence_reconnect_s`); the pusher did so {probes} time(s) in this run",
         f"* order flow on p1 during the whole run: {args.rate:.0f} orders/s requested, {trader.sent} sent, "
         f"{trader.failed} failed",
         "",
@@ -286,23 +304,26 @@ def write_report(args, rows: list[dict], trader, load_before: str, load_after: s
         "member* are read through the bench's own sessions, so after a kill they include that session's "
         "search for the new leader. *killed at*: when the SIGKILL went to the worker of p1's leader (and "
         "p2's member there), before the revoke request: the revocation is pending through the whole "
-        "election.",
+        "election. *orders on p1 back* (failover rounds): the first answer to the order flow on p1 later than "
+        "the revoke request, so p1's new leader was committing by then: when *pusher acked p1* is close to "
+        "it, the pusher waited for the partition, not the other way round.",
         "",
         "| round | kind | pusher acked p1 | acked p2 | applied on p1 | applied on p2 | every member "
-        "| victim refused on p1 | on p2 | killed | killed at |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| victim refused on p1 | on p2 | killed | killed at | orders on p1 back |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['round']} | {r['kind']} | {_fmt(r['acked_p1'])} | {_fmt(r['acked_p2'])} | "
                      f"{_fmt(r['p1'])} | {_fmt(r['p2'])} | {_fmt(r['all'])} | "
                      f"{_fmt(r['refused_p1'])} | {_fmt(r['refused_p2'])} | {r['killed'] or '-'} | "
-                     f"{'-' if r['kill_at'] is None else _fmt(r['kill_at'])} |")
+                     f"{'-' if r['kill_at'] is None else _fmt(r['kill_at'])} | "
+                     f"{'-' if r['killed'] is None else _fmt(r['orders_p1'])} |")
     names = {"acked_p1": "pusher acked p1", "acked_p2": "pusher acked p2", "p1": "applied on p1",
-             "p2": "applied on p2", "all": "every member"}
+             "p2": "applied on p2", "all": "every member", "orders_p1": "orders on p1 back"}
     lines += ["", "| kind: measure | rounds | median ms | max ms | within 2 s |", "|---|---:|---:|---:|---:|"]
     for kind in ("steady", "failover"):
         for what in names:
-            mine = [r[what] for r in rows if r["kind"] == kind]
+            mine = [r[what] for r in rows if r["kind"] == kind and (what != "orders_p1" or r["killed"])]
             vals = [v for v in mine if v is not None]
             if mine:
                 ok = sum(1 for v in vals if v <= 2.0)

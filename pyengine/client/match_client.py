@@ -142,7 +142,8 @@ class ClientStats:
     new_leaders: int = 0
     disconnects: int = 0
     connect_failures: int = 0  # since the last successful connect
-    silent_reconnects: int = 0  # new sessions opened because the cluster fell silent
+    # second sessions looked for because the cluster fell silent (silence_reconnect_s)
+    silence_probes: int = 0
     # a leader's planned handover (docs/operations.md): hold notices followed, commands that waited
     # in a hold and went to the new leader (first sent then, so never resent), holds given up
     # after hold_max_s without a new leader
@@ -187,11 +188,15 @@ class MatchClient:
         # it, instead of waking the send thread (one thread hand-over less per command; opt-in
         # until measured better: bench/latency.py, docs/operations.md "Latency settings")
         self._direct_send = direct_send
-        # silence_reconnect_s: open a new session (through every member) when commands have
-        # waited this long and the cluster has sent nothing at all meanwhile. Aeron notices a
-        # leader that died without a NewLeader event only after its publication and new-leader
-        # timeouts (5 s + 5 s); a resend on the new session is answered once (the request ids
-        # stay). Off by default: a spurious reconnect turns answers into duplicates.
+        # silence_reconnect_s: when commands have waited this long and the cluster has sent
+        # nothing at all meanwhile, look for the leader with a second session (through every
+        # member) while keeping this one (ClusterClient.probe): Aeron notices a leader that died
+        # without a NewLeader event only after its publication and new-leader timeouts (5 s +
+        # 5 s). The first to show a leader wins: the second session connecting (it replaces this
+        # one; everything waiting is resent there, answered once: the request ids stay) or a
+        # NewLeader event on this one (an election that outlasted the limit; dropping the session
+        # then lost that event and the answers of commands already in the new leader's log).
+        # Off by default: a needless second session turns answers into duplicates.
         self.silence_reconnect_s = silence_reconnect_s
         # hold_max_s: how long new commands wait after a leader's hold notice for the new leader's
         # event before they are sent anyway (default: the new-leader timeout, after which Aeron
@@ -564,8 +569,9 @@ class MatchClient:
         self._send(stale)
 
     def _silent_too_long(self, now: float) -> bool:
-        """Starts a new session if commands sent over ``silence_reconnect_s`` ago are waiting
-        and the cluster has sent nothing since (see __init__); True if it did."""
+        """Looks for the leader with a second session if commands sent over
+        ``silence_reconnect_s`` ago are waiting and the cluster has sent nothing since (see
+        __init__); True if it did. The current session stays until one of them shows a leader."""
         limit = self.silence_reconnect_s
         if not self._connected.is_set() or now - self._last_heard < limit:
             return False
@@ -573,12 +579,13 @@ class MatchClient:
             waiting = sum(1 for p in self._pending.values() if p.sends > 0 and now - p.submitted_at >= limit)
         if not waiting:
             return False
-        log.warning("no word from the cluster for %.1f s with %d command(s) waiting; reconnecting",
-                    now - self._last_heard, waiting)
-        self.stats.silent_reconnects += 1
+        log.warning("no word from the cluster for %.1f s with %d command(s) waiting; looking for the leader "
+                    "with a second session", now - self._last_heard, waiting)
+        self.stats.silence_probes += 1
         self._last_heard = now
-        self._connected.clear()
-        self._java.reconnect()  # the poller connects through every member; EVENT_CONNECTED resends
+        # one probe at a time (a call while one is under way changes nothing); its EVENT_CONNECTED
+        # resends everything, a NewLeader event on this session drops it
+        self._java.probe()
         return True
 
     def _receive_loop(self) -> None:

@@ -44,10 +44,12 @@ from pathlib import Path
 log = logging.getLogger("matchx.pusher")
 
 DEFAULT_INTERVAL_S = 0.2
-# A new session when a command has had no word from the partition for this long: a client whose
-# leader died and whose NewLeader event never came would otherwise wait for Aeron's publication
-# and new-leader timeouts (10 s: the failover rounds of bench/reports/auth_revocation.md). The
-# pusher's commands are idempotent, so a spurious reconnect costs a resend and nothing else.
+# Look for the leader with a second session when a command has had no word from the partition
+# for this long (MatchClient silence_reconnect_s; the first session stays and wins if its NewLeader
+# event comes first): a client whose leader died and whose NewLeader event never came would
+# otherwise wait for Aeron's publication and new-leader timeouts (10 s: the failover rounds of
+# bench/reports/auth_revocation.md). The pusher's commands are idempotent, so a needless second
+# session costs a resend and nothing else.
 SILENCE_RECONNECT_S = 1.0
 # one client start at a time: JPype crashed (SIGSEGV) with two threads starting clients at once
 _CLIENT_START = threading.Lock()

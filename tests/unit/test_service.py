@@ -311,3 +311,41 @@ def test_funds_admin_lists_nonzero_balances_and_changes_nothing():
     assert (row["account"], row["asset"]) == ("a", "USDT")
     assert float(row["available"]) == 990 and float(row["held"]) == 10
     assert s.engine.state_hash() == before
+
+
+def test_a_revoke_applied_twice_is_harmless():
+    """The pusher's revoke reaches a partition twice after a failover: resent with the same request
+    id (its session followed a new leader, or a second session replaced it) or sent again with a
+    new id by its next round (after a timeout, from the partition's last_seq). Either way the
+    token stays revoked and nothing else changes: one close for the revoked session, no second."""
+    from pyengine.service.tokens import TokenSigner
+
+    signer = TokenSigner.generate(kid="k1")
+    s = MatchingService(auth_keys={"k1": signer.jwk()["x"]})
+    now_s = 1_700_000_000
+    token = signer.mint("u", "a", ["trade"], ttl_s=600, now_s=now_s)
+    verdict = s.verify_credentials(token.encode(), now_s * 1000)
+    assert verdict[0] == 0
+    s.on_session_open(7, now_s * 1000, verdict[1:])
+    jti = s.principals[7].jti
+    service = signer.mint("pusher", "ops", ["admin", "read"], ttl_s=600, now_s=now_s)  # the pusher's session
+    s.on_session_open(4, now_s * 1000, s.verify_credentials(service.encode(), now_s * 1000)[1:])
+    revoke = orjson.dumps({"op": "revoke", "seq": 1, "jtis": [[jti, now_s + 600]]})
+
+    def send(rid: int) -> tuple[protocol.Answer, list[int]]:
+        frames = s.on_message(4, now_s * 1000, 64, protocol.encode_request(9, [Command(rid, Channel.ADMIN_JSON,
+                                                                                          revoke)]))
+        [answer] = [a for _, r in frames if r is not None for a in protocol.decode_reply(r)[1]]
+        return answer, [sid for sid, r in frames if r is None]
+
+    first, closed = send(1)
+    assert first.status == Status.OK and orjson.loads(first.payload)["changed"] is True
+    assert closed == [7]
+    s.on_session_close(7, now_s * 1000)  # what the leader's close of that session applies
+    state = (s.engine.state_hash(), s.auth.to_bytes(), sorted(s.principals))
+    resent, closed = send(1)  # the same request id: answered from memory
+    assert resent.status == Status.DUPLICATE and resent.payload == first.payload and closed == []
+    again, closed = send(2)  # a new request id, the same seq: applied, changes nothing
+    assert again.status == Status.OK and orjson.loads(again.payload)["changed"] is False and closed == []
+    assert (s.engine.state_hash(), s.auth.to_bytes(), sorted(s.principals)) == state
+    assert s.auth.revocations.last_seq == 1 and s.auth.revocations.is_revoked(jti)

@@ -60,6 +60,14 @@ public final class ClusterClient implements AutoCloseable
     private volatile AeronCluster cluster;
     private volatile int leaderMemberId = -1;
     private volatile String rejectionReason;
+    // probe(): a second session being opened beside the current one. The flags are set by other
+    // threads (or the listener) and acted on by the poller thread, which alone owns the probe.
+    private volatile boolean probeWanted;
+    private volatile boolean probeDropped;
+    private volatile boolean probeAbandoned;
+    private AeronCluster.AsyncConnect probe;
+    private AeronCluster.Context probeCtx;
+    private boolean probeKept; // false: close the session it opens instead of using it
 
     public ClusterClient(
         final String ingressEndpoints,
@@ -103,6 +111,8 @@ public final class ClusterClient implements AutoCloseable
     /** Drops the current session so the poller connects again, e.g. with new credentials. */
     public void reconnect()
     {
+        probeWanted = false;
+        probeAbandoned = true; // a probe sent with the old credentials is not the new session
         lock.lock();
         try
         {
@@ -114,6 +124,25 @@ public final class ClusterClient implements AutoCloseable
         {
             lock.unlock();
         }
+    }
+
+    /**
+     * Opens a second session through every member while the current one stays open, for a session
+     * that has heard nothing for a while: its leader may be dead with the NewLeader event lost, or
+     * the cluster may still be electing, and only the second case ends with a NewLeader event on
+     * this session. Whichever comes first is kept: the new session connecting (it replaces the
+     * current one, {@link #EVENT_CONNECTED}) or a NewLeader event on the current session (the
+     * probe is dropped; if its connect request is already out, the session it opens is closed
+     * rather than left to the cluster's session timeout). If the current session closes first,
+     * the probe is its reconnect. A probe that fails is reported as {@link #EVENT_CONNECT_FAILED}
+     * and not retried: the caller asks again; one at a time. Replacing the session outright
+     * instead ({@link #reconnect}) threw away the NewLeader event of an election that outlasted
+     * the caller's patience, and the new session's connect, sent while no member led, could then
+     * wait out its whole connect timeout.
+     */
+    public void probe()
+    {
+        probeWanted = true;
     }
 
     public void ingressEndpoints(final String ingressEndpoints)
@@ -241,6 +270,9 @@ public final class ClusterClient implements AutoCloseable
             final String ingressEndpoints)
         {
             ClusterClient.this.leaderMemberId = leaderMemberId;
+            // the current session has a leader again: no second session needed
+            probeWanted = false;
+            probeDropped = true;
             emit(EVENT_NEW_LEADER, leaderMemberId + " " + ingressEndpoints);
         }
 
@@ -282,6 +314,20 @@ public final class ClusterClient implements AutoCloseable
                     }
                     emit(EVENT_DISCONNECTED, "session closed");
                 }
+                if (probeAbandoned)
+                {
+                    probeAbandoned = false;
+                    closeProbe();
+                }
+                probeWanted = false; // a reconnect is what a probe would do
+                probeDropped = false;
+                if (null != probe)
+                {
+                    // the probe under way is this reconnect: no second connect beside it
+                    probeKept = true;
+                    idle.idle(pollProbe());
+                    continue;
+                }
                 current = connect();
                 if (null == current)
                 {
@@ -316,37 +362,132 @@ public final class ClusterClient implements AutoCloseable
             {
                 lock.unlock();
             }
+            work += serviceProbe();
             idle.idle(work);
+        }
+        closeProbe();
+    }
+
+    /** The probe's part of the poller's duty cycle, beside a live session. */
+    private int serviceProbe()
+    {
+        if (probeAbandoned)
+        {
+            probeAbandoned = false;
+            closeProbe();
+        }
+        if (probeDropped)
+        {
+            probeDropped = false;
+            if (null != probe)
+            {
+                if (probe.state().ordinal() < AeronCluster.AsyncConnect.State.POLL_RESPONSE.ordinal())
+                {
+                    closeProbe(); // nothing sent to the cluster yet
+                }
+                else
+                {
+                    probeKept = false; // let it finish, then close the session it opened
+                }
+            }
+        }
+        if (probeWanted)
+        {
+            probeWanted = false;
+            if (null == probe)
+            {
+                startProbe();
+            }
+            else
+            {
+                probeKept = true;
+            }
+        }
+        return null == probe ? 0 : pollProbe();
+    }
+
+    private void startProbe()
+    {
+        final AeronCluster.Context ctx = newContext();
+        rejectionReason = null;
+        try
+        {
+            probe = AeronCluster.asyncConnect(ctx);
+            probeCtx = ctx;
+            probeKept = true;
+        }
+        catch (final RuntimeException ex)
+        {
+            emit(EVENT_CONNECT_FAILED, ex.getClass().getSimpleName() + ": " + ex.getMessage());
+        }
+    }
+
+    /** Advances the probe; when it has connected, it becomes the session (or is closed if dropped). */
+    private int pollProbe()
+    {
+        final AeronCluster connected;
+        try
+        {
+            connected = probe.poll();
+        }
+        catch (final RuntimeException ex)
+        {
+            final boolean report = probeKept;
+            closeProbe();
+            if (report)
+            {
+                final String reason = rejectionReason;
+                emit(EVENT_CONNECT_FAILED, ex.getClass().getSimpleName() + ": " +
+                    (null != reason && reason.startsWith("rejected:") ? reason.substring("rejected:".length()) :
+                    ex.getMessage()));
+            }
+            return 1;
+        }
+        if (null == connected)
+        {
+            return 0;
+        }
+        probe = null;
+        probeCtx = null;
+        if (!probeKept)
+        {
+            CloseHelper.quietClose(connected); // closes its session in the cluster too
+            return 1;
+        }
+        final AeronCluster old;
+        lock.lock();
+        try
+        {
+            old = cluster;
+            cluster = connected;
+        }
+        finally
+        {
+            lock.unlock();
+        }
+        CloseHelper.quietClose(old);
+        leaderMemberId = connected.leaderMemberId();
+        emit(EVENT_CONNECTED, connected.leaderMemberId() + " " + connected.clusterSessionId());
+        return 1;
+    }
+
+    private void closeProbe()
+    {
+        if (null != probe)
+        {
+            CloseHelper.quietClose(probe);
+            probe = null;
+        }
+        if (null != probeCtx)
+        {
+            CloseHelper.quietClose(probeCtx::close);
+            probeCtx = null;
         }
     }
 
     private AeronCluster connect()
     {
-        final AeronCluster.Context ctx = new AeronCluster.Context()
-            .aeron(aeron)
-            .ownsAeronClient(false)
-            .ingressEndpoints(ingressEndpoints)
-            .ingressChannel("aeron:udp?term-length=1m")
-            .egressChannel(egressChannel)
-            .messageTimeoutNs(TimeUnit.MILLISECONDS.toNanos(connectTimeoutMs))
-            .newLeaderTimeoutNs(TimeUnit.MILLISECONDS.toNanos(newLeaderTimeoutMs))
-            .idleStrategy(new BackoffIdleStrategy(10, 10, 1_000, 500_000))
-            .credentialsSupplier(new io.aeron.security.CredentialsSupplier()
-            {
-                public byte[] encodedCredentials()
-                {
-                    return credentials;
-                }
-
-                public byte[] onChallenge(final byte[] encodedChallenge)
-                {
-                    // The cluster's TokenAuthenticator sends "rejected:<reason>" before it
-                    // rejects a session, because Aeron's rejection itself carries no reason.
-                    rejectionReason = new String(encodedChallenge, StandardCharsets.UTF_8);
-                    return new byte[0];
-                }
-            })
-            .egressListener(listener);
+        final AeronCluster.Context ctx = newContext();
         rejectionReason = null;
         try
         {
@@ -373,6 +514,35 @@ public final class ClusterClient implements AutoCloseable
                 reason.substring("rejected:".length()) : ex.getMessage()));
             return null;
         }
+    }
+
+    private AeronCluster.Context newContext()
+    {
+        return new AeronCluster.Context()
+            .aeron(aeron)
+            .ownsAeronClient(false)
+            .ingressEndpoints(ingressEndpoints)
+            .ingressChannel("aeron:udp?term-length=1m")
+            .egressChannel(egressChannel)
+            .messageTimeoutNs(TimeUnit.MILLISECONDS.toNanos(connectTimeoutMs))
+            .newLeaderTimeoutNs(TimeUnit.MILLISECONDS.toNanos(newLeaderTimeoutMs))
+            .idleStrategy(new BackoffIdleStrategy(10, 10, 1_000, 500_000))
+            .credentialsSupplier(new io.aeron.security.CredentialsSupplier()
+            {
+                public byte[] encodedCredentials()
+                {
+                    return credentials;
+                }
+
+                public byte[] onChallenge(final byte[] encodedChallenge)
+                {
+                    // The cluster's TokenAuthenticator sends "rejected:<reason>" before it
+                    // rejects a session, because Aeron's rejection itself carries no reason.
+                    rejectionReason = new String(encodedChallenge, StandardCharsets.UTF_8);
+                    return new byte[0];
+                }
+            })
+            .egressListener(listener);
     }
 
     private static void sleep(final long ms)
