@@ -159,6 +159,30 @@ def snapshot_durations(events: list[Event], kills: list[tuple[float, int]] = ())
     return out
 
 
+def snapshot_periods(events: list[Event]) -> list[tuple[int, float, float]]:
+    """(member, start, end) of each time a member's consensus module was sampled in SNAPSHOT
+    (end: the first later sample in another module state; a period still open at the end of the
+    trace ends at its last sample)."""
+    started: dict[int, float] = {}
+    last: dict[int, float] = {}
+    out: list[tuple[int, float, float]] = []
+    for t, m, _state, _role, mod in events:
+        if mod == "SNAPSHOT":
+            started.setdefault(m, t)
+        elif m in started:
+            out.append((m, started.pop(m), t))
+        last[m] = t
+    out.extend((m, t0, last[m]) for m, t0 in started.items())
+    return out
+
+
+def snapshot_overlap_ms(periods: list[tuple[int, float, float]], start: float, end: float) -> float:
+    """The longest time any member spent in SNAPSHOT within [start, end] (0 without one): a
+    snapshot stalls every member's service at the same log position, so a pause that overlaps
+    one has the snapshot in it."""
+    return max((max(0.0, min(e, end) - max(s, start)) * 1000 for _m, s, e in periods), default=0.0)
+
+
 def breakdown(events: list[Event], killed_at: float, killed: int,
               horizon_s: float = 10.0) -> dict[str, float | int | None]:
     """Milliseconds from the kill until a survivor entered an election (``detect_ms``), one became

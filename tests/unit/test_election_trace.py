@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.election_trace import breakdown, parse, settled, snapshot_durations
+from bench.election_trace import (
+    breakdown,
+    parse,
+    settled,
+    snapshot_durations,
+    snapshot_overlap_ms,
+    snapshot_periods,
+)
 
 # member 0 led and was killed at t=10.000 s; members 1 and 2 survive
 TRACE = """\
@@ -75,3 +82,19 @@ def test_snapshot_durations_count_only_snapshots_that_finished(tmp_path: Path) -
     events = parse(path) + [(16.0, 1, "CLOSED", "FOLLOWER", "ACTIVE")]
     assert snapshot_durations(events) == pytest.approx([1050.0, 40.0, 70.0, 1000.0])
     assert snapshot_durations(events, kills=[(15.2, 1)]) == pytest.approx([1050.0, 40.0, 70.0])
+
+
+def test_the_snapshot_inside_a_pause_is_measured(tmp_path: Path) -> None:
+    """A fixed-schedule report says how much of each pause some member spent in SNAPSHOT."""
+    path = tmp_path / "trace.txt"
+    path.write_text(TRACE + "20000.0 1 CLOSED LEADER SNAPSHOT\n20000.0 2 CLOSED FOLLOWER SNAPSHOT\n"
+                    "20400.0 2 CLOSED FOLLOWER ACTIVE\n20600.0 1 CLOSED LEADER ACTIVE\n"
+                    "30000.0 1 CLOSED LEADER SNAPSHOT\n")
+    periods = snapshot_periods(parse(path))
+    # member 2 from the trace's start to 10.05 s; members 1 and 2 at 20 s; member 1 open at the end
+    assert sorted((m, s, e) for m, s, e in periods) == [
+        (1, 20.0, 20.6), (1, 30.0, 30.0), (2, 9.0, 10.05), (2, 20.0, 20.4)]
+    assert snapshot_overlap_ms(periods, 19.9, 21.0) == pytest.approx(600.0)  # the longest, member 1's
+    assert snapshot_overlap_ms(periods, 20.5, 21.0) == pytest.approx(100.0)  # its tail
+    assert snapshot_overlap_ms(periods, 10.1, 19.0) == 0.0  # a pause with no snapshot in it
+    assert snapshot_overlap_ms([], 0.0, 1.0) == 0.0
