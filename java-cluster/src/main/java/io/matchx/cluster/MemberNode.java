@@ -287,6 +287,7 @@ public final class MemberNode implements AutoCloseable
             .electionStatusIntervalNs(TimeUnit.MILLISECONDS.toNanos(s.electionStatusIntervalMs))
             .startupCanvassTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.startupCanvassTimeoutMs))
             .sessionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.sessionTimeoutMs))
+            .maxConcurrentSessions(s.maxConcurrentSessions)
             .idleStrategySupplier(idle)
             .errorHandler(errorHandler);
 

@@ -18,6 +18,13 @@ public final class MemberSettings
     static final int MAX_CLUSTER_ID = 1_000_000;
     /** As pyengine.node.settings: a snapshot at least this often while the log grows. */
     static final long DEFAULT_SNAPSHOT_INTERVAL_S = 30;
+    /**
+     * Client sessions a member admits at once. Aeron's default, 10, refused clients in a test
+     * under load: every connect attempt that timed out on the client's side stayed a session at
+     * the leader until the session timeout. Each session costs the leader an egress publication
+     * (3 term buffers of term.length in the driver's directory).
+     */
+    static final int DEFAULT_MAX_CONCURRENT_SESSIONS = 100;
     /** ... and whenever the log has grown this much since the last one (docs/operations.md). */
     static final long DEFAULT_SNAPSHOT_LOG_BYTES = 8L << 20;
     /** Driver SHARED (its own thread), archive SHARED, consensus module and service: four agent threads. */
@@ -45,6 +52,8 @@ public final class MemberSettings
     final long electionStatusIntervalMs;
     final long startupCanvassTimeoutMs;
     final long sessionTimeoutMs;
+    /** Client sessions a member admits at once (Aeron's default, 10, refused the 11th client). */
+    final int maxConcurrentSessions;
     final long idleMaxParkUs;
     final long idleMinParkUs;
     final int idleYields;
@@ -73,6 +82,7 @@ public final class MemberSettings
         electionStatusIntervalMs = longValue(p, "election.status.interval.ms", 100);
         startupCanvassTimeoutMs = longValue(p, "startup.canvass.timeout.ms", 1_000);
         sessionTimeoutMs = longValue(p, "session.timeout.ms", 10_000);
+        maxConcurrentSessions = intValue(p, "max.concurrent.sessions", DEFAULT_MAX_CONCURRENT_SESSIONS);
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
         idleMinParkUs = longValue(p, "idle.min.park.us", 1);
         idleYields = intValue(p, "idle.yields", 10);
@@ -83,6 +93,8 @@ public final class MemberSettings
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
         check(memberId >= 0, "member.id must be >= 0");
+        check(maxConcurrentSessions >= 1 && maxConcurrentSessions <= 100_000,
+            "max.concurrent.sessions must be in 1..100000");
         check(archivePort > 0 && archivePort < 65536, "archive.port must be a port number");
         check(isPowerOfTwo(termLength) && termLength >= 64 * 1024, "term.length must be a power of two >= 64k");
         check(isPowerOfTwo(ingressTermLength) && ingressTermLength >= 64 * 1024,

@@ -28,6 +28,14 @@ class MemberSettingsTest
         final MemberSettings s = MemberSettings.from(valid());
         assertEquals(1 << 20, s.termLength);
         assertTrue(s.heartbeatTimeoutMs > 2 * s.heartbeatIntervalMs);
+        // Aeron's own default (10) refused clients under load
+        assertEquals(100, s.maxConcurrentSessions);
+        final Properties more = valid();
+        more.setProperty("max.concurrent.sessions", "500");
+        assertEquals(500, MemberSettings.from(more).maxConcurrentSessions);
+        // and it reaches the consensus module
+        assertEquals(500, MemberNode.newContexts(MemberSettings.from(more), (io.aeron.cluster.service.ClusteredService)null,
+            Throwable::printStackTrace).consensusModule.maxConcurrentSessions());
     }
 
     @Test
@@ -57,7 +65,8 @@ class MemberSettingsTest
             {"election.timeout.ms", "0"}, {"election.timeout.ms", "500"},
             {"election.status.interval.ms", "0"}, {"election.status.interval.ms", "500"},
             {"idle.min.park.us", "0"}, {"idle.min.park.us", "5000"}, {"idle.yields", "-1"},
-            {"setup.repeat.ms", "0"}, {"setup.repeat.ms", "1001"}})
+            {"setup.repeat.ms", "0"}, {"setup.repeat.ms", "1001"},
+            {"max.concurrent.sessions", "0"}, {"max.concurrent.sessions", "100001"}})
         {
             final Properties p = valid();
             p.setProperty(bad[0], bad[1]);
