@@ -19,8 +19,8 @@ user logs in and opens a session on both partitions; the bench revokes the login
 Failover rounds SIGKILL the worker that hosts p1's leader just before the revoke (so the
 revocation is pending through the whole election), measure the same, then restart that worker and
 wait for it to catch up; "every member" there counts the members alive at the time, and "orders
-on p1 back" (the first answer to the order flow after the revoke request) says when p1's new leader
-committed again, to tell the partition's delay from the pusher's.
+on p1 back" (the first answer to the order flow after the revoke request) bounds when p1's new
+leader committed again, to tell the partition's delay from the pusher's.
 Writes bench/reports/auth_revocation.md (with `uptime` load: a shared machine).
 """
 
@@ -155,111 +155,119 @@ def main(argv: list[str] | None = None) -> int:
 
         kinds = ["steady"] * args.rounds + ["failover"] * args.failover_rounds
         last_seq = max([r["seq"] for r in api.revocations(since=0, limit=10000)], default=0)
-        for i, kind in enumerate(kinds):
-            user = f"victim{i}"
-            api.create_account(user)
-            api.create_user(user, PASSWORD, user, ["trade", "read"])
-            pair = api.login(user, PASSWORD)
-            victims = {p.id: MatchClient(topo.ingress_endpoints(p.id), credentials=pair.access_token.encode())
-                       for p in topo.partitions}
-            clients += victims.values()
-            for v in victims.values():
-                assert v.wait_connected(60), v.last_error
-            time.sleep(0.5)
-            killed = kill_at = None
-            answers_before = len(trader.answered_at)
-            if kind == "failover":
-                # p1's leader dies just before the revoke, so the revocation is pending through
-                # the whole election (one leader reported: None while status files show an election)
-                leader = wait_for(lambda: (m,) if (m := system.leader("p1")) is not None else None, 30,
-                                  "a single leader of p1", interval=0.005)[0]
-                killed = topo.partition("p1").members[leader]
-                kill_at = time.monotonic()
-                system.stop_worker(killed, sig=signal.SIGKILL)
-            t0, wall0 = time.monotonic(), time.time()
-            kill_at = None if kill_at is None else kill_at - t0
-            api.revoke(refresh_token=pair.refresh_token)
-            seq = api.revocations(since=last_seq, limit=10000)[-1]["seq"]
-            last_seq = seq
-            # applied: the partition's own answer (through its log) says it holds the revocation;
-            # refused: the victim's session there was closed and its reconnect refused `revoked`
-            # (watched on the side: a victim's reconnect must not hold up the other measures)
-            applied: dict[str, float] = {}
-            refused: dict[str, float] = {}
-            deadline = time.monotonic() + 60
+        stopped = None  # why the run ended before its last round (the report keeps the rounds before it)
+        try:
+            for i, kind in enumerate(kinds):
+                user = f"victim{i}"
+                api.create_account(user)
+                api.create_user(user, PASSWORD, user, ["trade", "read"])
+                pair = api.login(user, PASSWORD)
+                victims = {p.id: MatchClient(topo.ingress_endpoints(p.id), credentials=pair.access_token.encode())
+                           for p in topo.partitions}
+                clients += victims.values()
+                for v in victims.values():
+                    assert v.wait_connected(60), v.last_error
+                time.sleep(0.5)
+                killed = kill_at = None
+                answers_before = len(trader.answered_at)
+                if kind == "failover":
+                    # p1's leader dies just before the revoke, so the revocation is pending through
+                    # the whole election (one leader reported: None while status files show an election)
+                    leader = wait_for(lambda: (m,) if (m := system.leader("p1")) is not None else None, 30,
+                                      "a single leader of p1", interval=0.005)[0]
+                    killed = topo.partition("p1").members[leader]
+                    kill_at = time.monotonic()
+                    system.stop_worker(killed, sig=signal.SIGKILL)
+                t0, wall0 = time.monotonic(), time.time()
+                kill_at = None if kill_at is None else kill_at - t0
+                api.revoke(refresh_token=pair.refresh_token)
+                seq = api.revocations(since=last_seq, limit=10000)[-1]["seq"]
+                last_seq = seq
+                # applied: the partition's own answer (through its log) says it holds the revocation;
+                # refused: the victim's session there was closed and its reconnect refused `revoked`
+                # (watched on the side: a victim's reconnect must not hold up the other measures)
+                applied: dict[str, float] = {}
+                refused: dict[str, float] = {}
+                deadline = time.monotonic() + 60
 
-            def watch_refusals(refused=refused, victims=victims, t0=t0, deadline=deadline) -> None:
-                while len(refused) < len(victims) and time.monotonic() < deadline:
-                    for pid, v in victims.items():
-                        if pid not in refused and v._auth_failure == "revoked":
-                            refused[pid] = time.monotonic() - t0
-                    time.sleep(0.005)
+                def watch_refusals(refused=refused, victims=victims, t0=t0, deadline=deadline) -> None:
+                    while len(refused) < len(victims) and time.monotonic() < deadline:
+                        for pid, v in victims.items():
+                            if pid not in refused and v._auth_failure == "revoked":
+                                refused[pid] = time.monotonic() - t0
+                        time.sleep(0.005)
 
-            watcher = threading.Thread(target=watch_refusals, daemon=True)
-            watcher.start()
-            while len(applied) < len(victims) and time.monotonic() < deadline:
+                watcher = threading.Thread(target=watch_refusals, daemon=True)
+                watcher.start()
+                while len(applied) < len(victims) and time.monotonic() < deadline:
+                    for p in topo.partitions:
+                        if p.id not in applied:
+                            try:
+                                state = control[p.id].admin({"op": "auth_state"}, timeout=2).events
+                            except Exception:  # noqa: BLE001 - a failover in progress; ask again
+                                continue
+                            if state["last_seq"] >= seq:
+                                applied[p.id] = time.monotonic() - t0
+                    time.sleep(0.01)
+                # every member: a state_hash sent after that, applied by every (alive) member
+                positions = {}
                 for p in topo.partitions:
-                    if p.id not in applied:
-                        try:
-                            state = control[p.id].admin({"op": "auth_state"}, timeout=2).events
-                        except Exception:  # noqa: BLE001 - a failover in progress; ask again
-                            continue
-                        if state["last_seq"] >= seq:
-                            applied[p.id] = time.monotonic() - t0
-                time.sleep(0.01)
-            # every member: a state_hash sent after that, applied by every (alive) member
-            positions = {}
-            for p in topo.partitions:
-                positions[p.id] = control[p.id].admin({"op": "state_hash"}, timeout=60).events["position"]
+                    positions[p.id] = control[p.id].admin({"op": "state_hash"}, timeout=60).events["position"]
 
-            def applied_everywhere(killed=killed, positions=positions) -> bool:
-                for p in topo.partitions:
-                    for m, worker in enumerate(p.members):
-                        if worker == killed:
-                            continue
-                        f = system.layout(p.id).member_dir(m) / "hash.json"
-                        try:
-                            if json.loads(f.read_text())["position"] < positions[p.id]:
+                def applied_everywhere(killed=killed, positions=positions) -> bool:
+                    for p in topo.partitions:
+                        for m, worker in enumerate(p.members):
+                            if worker == killed:
+                                continue
+                            f = system.layout(p.id).member_dir(m) / "hash.json"
+                            try:
+                                if json.loads(f.read_text())["position"] < positions[p.id]:
+                                    return False
+                            except (OSError, ValueError, KeyError):
                                 return False
-                        except (OSError, ValueError, KeyError):
-                            return False
-                return True
+                    return True
 
-            try:
-                wait_for(applied_everywhere, 30, "every member to apply the state_hash", interval=0.005)
-                every = time.monotonic() - t0
-            except ClusterError:  # a member still catching up (elections on a loaded machine): say so
-                every = None
-            watcher.join(max(0.0, deadline - time.monotonic()))
-            # acked: when the pusher had the partition's answer to the revoke (DIR/pusher.json;
-            # rewritten also when it re-reads a partition after a failure: an upper bound)
-            acks = json.loads((system.dir / "pusher.json").read_text())["partitions"]
-            acked = {pid: a["at"] - wall0 for pid, a in acks.items() if a["last_seq"] >= seq}
-            row = {"round": i, "kind": kind, "p1": applied.get("p1"), "p2": applied.get("p2"),
-                   "all": every, "refused_p1": refused.get("p1"), "refused_p2": refused.get("p2"),
-                   "acked_p1": acked.get("p1"), "acked_p2": acked.get("p2"), "killed": killed,
-                   "kill_at": kill_at, "orders_p1": None}
-            if killed is not None:
-                # an order answer later than the revoke request (~50 ms after the kill, so not one
-                # the dead leader had sent): p1 was committing again by then
-                back = trader.first_answer_after(t0, answers_before)
-                row["orders_p1"] = None if back is None else back - t0
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            for v in victims.values():
-                v.close()
-            if killed is not None:
-                system.start_worker(killed)
-                wait_for(lambda: all(len([s for s in system.partition_status(p.id)
-                                          if s.get("role") in ("leader", "follower")]) == 3
-                                     for p in topo.partitions), 120, "the restarted worker to rejoin", interval=0.2)
-                time.sleep(2)
+                try:
+                    wait_for(applied_everywhere, 30, "every member to apply the state_hash", interval=0.005)
+                    every = time.monotonic() - t0
+                except ClusterError:  # a member still catching up (elections on a loaded machine): say so
+                    every = None
+                watcher.join(max(0.0, deadline - time.monotonic()))
+                # acked: when the pusher had the partition's answer to the revoke (DIR/pusher.json;
+                # rewritten also when it re-reads a partition after a failure: an upper bound)
+                acks = json.loads((system.dir / "pusher.json").read_text())["partitions"]
+                acked = {pid: a["at"] - wall0 for pid, a in acks.items() if a["last_seq"] >= seq}
+                row = {"round": i, "kind": kind, "p1": applied.get("p1"), "p2": applied.get("p2"),
+                       "all": every, "refused_p1": refused.get("p1"), "refused_p2": refused.get("p2"),
+                       "acked_p1": acked.get("p1"), "acked_p2": acked.get("p2"), "killed": killed,
+                       "kill_at": kill_at, "orders_p1": None}
+                if killed is not None:
+                    # an order answer later than the revoke request (~50 ms after the kill, so not one
+                    # the dead leader had sent): p1 was committing again by then
+                    back = trader.first_answer_after(t0, answers_before)
+                    row["orders_p1"] = None if back is None else back - t0
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                for v in victims.values():
+                    v.close()
+                if killed is not None:
+                    system.start_worker(killed)
+                    wait_for(lambda: all(len([s for s in system.partition_status(p.id)
+                                              if s.get("role") in ("leader", "follower")]) == 3
+                                         for p in topo.partitions), 120, "the restarted worker to rejoin", interval=0.2)
+                    time.sleep(2)
+        except (TimeoutError, ClusterError, AssertionError) as exc:
+            # a partition that served no session for a minute (seen at the shipped 120 ms on this
+            # loaded machine, bench/reports/auth_revocation_shipped.md): keep what was measured
+            stopped = (f"stopped in round {len(rows)} at {time.strftime('%H:%M:%S', time.gmtime())} UTC: "
+                       f"{type(exc).__name__} {exc}".strip())
+            print(stopped, flush=True)
         trader.stop.set()
         trader.join(10)
         load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
         pusher_log = (system.dir / "pusher.log").read_text(errors="replace")
         probes = pusher_log.count("no word from the cluster")
-        write_report(args, rows, trader, load_before, load_after, probes)
+        write_report(args, rows, trader, load_before, load_after, probes, stopped, work)
     finally:
         if trader is not None:
             trader.stop.set()
@@ -269,14 +277,15 @@ def main(argv: list[str] | None = None) -> int:
                 c.close()
             except Exception:  # noqa: BLE001 - the JVM may be gone; nothing left to release
                 pass
-    return 0
+    return 1 if stopped else 0
 
 
 def _fmt(v: float | None) -> str:
     return "not seen" if v is None else f"{v * 1000:.0f}"
 
 
-def write_report(args, rows: list[dict], trader, load_before: str, load_after: str, probes: int) -> None:
+def write_report(args, rows: list[dict], trader, load_before: str, load_after: str, probes: int,
+                 stopped: str | None, work: Path) -> None:
     lines = [
         "# Revocation delay: POST /v1/revoke to refusal at the partitions",
         "",
@@ -292,6 +301,8 @@ def write_report(args, rows: list[dict], trader, load_before: str, load_after: s
         f"(`silence_reconnect_s`); the pusher did so {probes} time(s) in this run",
         f"* order flow on p1 during the whole run: {args.rate:.0f} orders/s requested, {trader.sent} sent, "
         f"{trader.failed} failed",
+        *([f"* **the run stopped before its last round**: {stopped}; the member logs are in `{work}/system`"]
+          if stopped else []),
         "",
         "Times in ms from the revoke request (`POST /v1/revoke`). *pusher acked pN*: the pusher had pN's "
         "answer to the `revoke` (its `DIR/pusher.json`; an upper bound of the partition committing it). "
@@ -305,8 +316,10 @@ def write_report(args, rows: list[dict], trader, load_before: str, load_after: s
         "search for the new leader. *killed at*: when the SIGKILL went to the worker of p1's leader (and "
         "p2's member there), before the revoke request: the revocation is pending through the whole "
         "election. *orders on p1 back* (failover rounds): the first answer to the order flow on p1 later than "
-        "the revoke request, so p1's new leader was committing by then: when *pusher acked p1* is close to "
-        "it, the pusher waited for the partition, not the other way round.",
+        "the revoke request: p1's new leader was committing by then at the latest (the traders' sessions have "
+        "no silence guard, so after a missed NewLeader event their answer comes later than the partition could "
+        "give it). *pusher acked p1* close to it or before it: the pusher waited for the partition, not the "
+        "other way round.",
         "",
         "| round | kind | pusher acked p1 | acked p2 | applied on p1 | applied on p2 | every member "
         "| victim refused on p1 | on p2 | killed | killed at | orders on p1 back |",
