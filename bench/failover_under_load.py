@@ -334,6 +334,8 @@ def write_fixed_report(args, env, timeouts, trials, summary, res, agree) -> None
     pauses = [t["pause_ms"] for t in trials]
     steps = [t["in_step_ms"] for t in trials if t["in_step_ms"] == t["in_step_ms"]]
     first, last = trend(pauses)
+    snapped = [t["pause_ms"] for t in trials if t["snapshot_in_pause_ms"] > 0]
+    clean = [t["pause_ms"] for t in trials if not t["snapshot_in_pause_ms"] > 0]
     verb = "SIGSTOP, SIGCONT" if args.fault == "stop" else "SIGKILL, restart from its own command line"
     lines = [
         f"# Failover on a fixed schedule: leader {verb} {args.restart_after_s:g} s later, next fault "
@@ -365,10 +367,9 @@ def write_fixed_report(args, env, timeouts, trials, summary, res, agree) -> None
         "Targets (#17, a quiet machine): p99 pause <= 500 ms, max <= 1 s, last-20 median within 20 % of the "
         "first 20, victims back in step within 3 s (p99).\n",
         f"Pauses with a snapshot in them (a member in SNAPSHOT for part of the longest gap): "
-        f"{sum(1 for t in trials if t.get('snapshot_in_pause_ms', 0) > 0)} of {len(trials)}"
+        f"{len(snapped)} of {len(trials)}"
         + (f"; their median {statistics.median(snapped):.0f} ms against {statistics.median(clean):.0f} ms for the "
-           "others.\n" if (snapped := [t['pause_ms'] for t in trials if t.get('snapshot_in_pause_ms', 0) > 0])
-           and (clean := [t['pause_ms'] for t in trials if not t.get('snapshot_in_pause_ms', 0) > 0]) else ".\n"),
+           "others.\n" if snapped and clean else ".\n"),
         "| fault | victim | other members at the fault (election state / module state) | pause ms | "
         "of it in a snapshot ms | back in step ms |",
         "|---:|---:|---|---:|---:|---:|",
@@ -381,7 +382,7 @@ def write_fixed_report(args, env, timeouts, trials, summary, res, agree) -> None
         others = ", ".join(f"{m}: {s}" for m, s in t["others"].items())
         mark = " **second fault**" if t["double_fault"] else ""
         lines.append(f"| {t['trial']} | {t['killed']} | {others}{mark} | **{ms(t['pause_ms'])}** | "
-                     f"{ms(t.get('snapshot_in_pause_ms'))} | {ms(t['in_step_ms'])} |")
+                     f"{ms(t['snapshot_in_pause_ms'])} | {ms(t['in_step_ms'])} |")
     lines.append("")
     lines.append(f"Client: {res['new_leaders']} new-leader events, {res['connects']} connects, {res['resent']:,} "
                  f"orders resent by the SDK; drained in {res['drain_s']:.0f} s after the last fault. Members agree "
