@@ -31,6 +31,28 @@ SHIPPED_TIMEOUTS = Timeouts()
 # ("Address already in use"), which a fixture cannot foresee when it probes the range.
 TEST_PORTS = (21000, 32000)
 
+# What a failed test's processes logged, shown with the failure: in a CI run the tmp_path and
+# its logs are gone by the time anyone reads the report.
+_LOG_TAIL_LINES = 40
+_LOG_TAIL_FILES = 12
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    tmp = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or not isinstance(tmp, Path):
+        return
+    logs = sorted((p for p in tmp.rglob("*.log") if p.is_file()), key=lambda p: p.stat().st_mtime,
+                  reverse=True)[:_LOG_TAIL_FILES]
+    for log_file in logs:
+        data = log_file.read_bytes()
+        if b"\0" in data[-4096:]:
+            continue  # Aeron's binary recording.log
+        lines = data.decode(errors="replace").splitlines()[-_LOG_TAIL_LINES:]
+        report.sections.append((f"log tail {log_file.relative_to(tmp)}", "\n".join(lines)))
+
 
 def next_port_base() -> int:
     # Spread by pid so parallel pytest processes on one machine rarely probe the same range.

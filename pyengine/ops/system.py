@@ -216,10 +216,12 @@ class System:
         deadline = time.monotonic() + timeout
         try:
             if topo.auth is not None:
-                system.start_auth(timeout=min(30.0, timeout))  # the members' keys come from it
+                # the whole budget, not a share: on a loaded machine a Python service's start alone
+                # has taken over 30 s (load 45 on 2 cores)
+                system.start_auth(timeout=max(1.0, deadline - time.monotonic()))  # the members' keys come from it
             elif topo.auth_keys_file is not None:
                 load_auth_keys(topo.auth_keys_file)  # the workers would refuse it: say so once, here
-            system.start_coordinator(timeout=min(30.0, timeout))
+            system.start_coordinator(timeout=max(1.0, deadline - time.monotonic()))
             system._check_coordinator_map()
             for w in topo.workers:  # one without members yet runs idle and follows the topology
                 system.start_worker(w.id, log_level=log_level)

@@ -43,6 +43,14 @@ def refused_rest_delete(url: str, partition: str, shown: str) -> dict:
     return err
 
 
+def worker_missing(system: System, worker_id: str) -> str:
+    """Why a worker has no report: the recorded pid, whether it runs, what its file says."""
+    pid = system.state().get("workers", {}).get(worker_id)
+    path = system.dir / "workers" / f"{worker_id}.json"
+    text = path.read_text() if path.is_file() else "(no file)"
+    return f"worker {worker_id}: recorded pid {pid}, running: {system.running()}, {path.name}: {text}"
+
+
 def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_system, make_routed_client):
     doc = copy.deepcopy(topology_doc)
     doc["partitions"] = doc["partitions"][:1]  # p1 on w1, w2, w3 with BTC-USDT and ETH-USDT
@@ -155,7 +163,9 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
     assert httpx.get(f"{url}/v1/partitions/p3").status_code == 404
     assert "p3" not in [p.id for p in System(system.dir).topology.partitions]
     for w in ("w1", "w4", "w2"):
-        assert "p3" not in {m["partition"] for m in system.worker_report(w)["members"]}
+        report = system.worker_report(w)
+        assert report is not None, worker_missing(system, w)  # down, or not the process recorded
+        assert "p3" not in {m["partition"] for m in report["members"]}
 
     # down, then up from the directory: p2 and w4 come back, BTC-USDT's book is at p1
     system.down()
