@@ -1,6 +1,5 @@
 package io.matchx.cluster;
 
-import io.aeron.Counter;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.ElectionState;
 import io.aeron.cluster.service.Cluster;
@@ -61,7 +60,7 @@ import java.util.concurrent.TimeUnit;
  * at most that much. If the field cannot be reached (another Aeron version) the member logs one
  * warning and the consensus module keeps the configured value.
  */
-final class ElectionTiming
+final class ElectionTiming implements AutoCloseable
 {
     static final long POLL_MS = 5;
     /** A deadline for an election step after a fault, when the member is warm. */
@@ -87,6 +86,8 @@ final class ElectionTiming
     /** What a candidate waits for votes and what a nomination delay is a fraction of (NominationOrder). */
     private volatile long intendedElectionTimeoutNs;
     private Object agent;
+    private volatile WatchedCounter electionState;
+    private volatile WatchedCounter role;
     private Field agentTimeout;
     private long agentValueNs;
 
@@ -153,15 +154,34 @@ final class ElectionTiming
             warn("the consensus module's heartbeat timeout stays as configured (" + ex +
                 "): catch-up progress and a fresh leader's check of its followers use it");
         }
+        electionState = WatchedCounter.of(ctx.electionStateCounter());
+        role = WatchedCounter.of(ctx.clusterNodeRoleCounter());
         final Thread t = new Thread(this::run, "matchx-election-timing");
         t.setDaemon(true);
         t.start();
     }
 
+    /** The member's election state as our watcher threads read it (closed with this object). */
+    WatchedCounter electionState()
+    {
+        return electionState;
+    }
+
+    /** Before the member's Aeron client closes: no counter is read after this returns. */
+    @Override
+    public void close()
+    {
+        final WatchedCounter state = electionState;
+        final WatchedCounter memberRole = role;
+        if (null != state)
+        {
+            state.close();
+            memberRole.close();
+        }
+    }
+
     private void run()
     {
-        final Counter electionState = ctx.electionStateCounter();
-        final Counter role = ctx.clusterNodeRoleCounter();
         long inStepAtNs = 0;
         boolean warm = false;
         ElectionState last = null;
@@ -171,10 +191,16 @@ final class ElectionTiming
         final JoinDeadlock deadlock = new JoinDeadlock(ctx.clusterId(), ctx.clusterMemberId(), logPrefix);
         try
         {
-            while (!electionState.isClosed())
+            while (true)
             {
                 final long nowNs = System.nanoTime();
-                final ElectionState state = stateOf(electionState.get());
+                final long stateCode = electionState.get();
+                final long roleCode = role.get();
+                if (stateCode == WatchedCounter.CLOSED || roleCode == WatchedCounter.CLOSED)
+                {
+                    return;
+                }
+                final ElectionState state = stateOf(stateCode);
                 if (inStepAtNs != 0 && state != last)
                 {
                     // every election after the start, step by step (StartPhases logs the first):
@@ -206,7 +232,7 @@ final class ElectionTiming
                     inStepAtNs = nowNs;
                 }
                 final boolean starting = inStepAtNs == 0;
-                final boolean leads = role.get() == Cluster.Role.LEADER.code();
+                final boolean leads = roleCode == Cluster.Role.LEADER.code();
                 final boolean startLeader = !starting && leads &&
                     nowNs - inStepAtNs < TimeUnit.MILLISECONDS.toNanos(WARM_AFTER_IN_STEP_MS);
                 if (!warm && !starting && nowNs - inStepAtNs >= TimeUnit.MILLISECONDS.toNanos(WARM_AFTER_IN_STEP_MS))

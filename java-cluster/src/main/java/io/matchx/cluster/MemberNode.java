@@ -41,18 +41,23 @@ public final class MemberNode implements AutoCloseable
     private final ClusteredMediaDriver driver;
     private final ClusteredServiceContainer container;
     private final MatchService service;
+    private final ElectionTiming timing;
     private final SnapshotSchedule snapshotSchedule = new SnapshotSchedule();
+    /** Guarded by this: the snapshot check's thread reads the client's counters, close unmaps them. */
+    private boolean closed;
 
     private MemberNode(
         final MemberSettings settings,
         final ClusteredMediaDriver driver,
         final ClusteredServiceContainer container,
-        final MatchService service)
+        final MatchService service,
+        final ElectionTiming timing)
     {
         this.settings = settings;
         this.driver = driver;
         this.container = container;
         this.service = service;
+        this.timing = timing;
     }
 
     /** A service built before launch so that Python can map its buffers first. */
@@ -76,24 +81,24 @@ public final class MemberNode implements AutoCloseable
 
         ClusteredMediaDriver driver = null;
         ClusteredServiceContainer container = null;
+        ElectionTiming timing = null;
         try
         {
             final long started = System.nanoTime();
-            final ElectionTiming timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX);
+            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX);
             driver = launchDriver(s, driverCtx, ctx, errorHandler);
             timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            StartPhases.watchElection(
-                LOG_PREFIX, driver.consensusModule().context().electionStateCounter());
+            StartPhases.watchElection(LOG_PREFIX, timing.electionState());
             container = ClusteredServiceContainer.launch(ctx.container);
-            final MemberNode node = new MemberNode(s, driver, container, service);
+            final MemberNode node = new MemberNode(s, driver, container, service, timing);
             node.snapshotSchedule.add(s, service, node::takeSnapshot);
             return node;
         }
         catch (final RuntimeException ex)
         {
-            CloseHelper.closeAll(container, driver);
+            CloseHelper.closeAll(timing, container, driver);
             throw ex;
         }
     }
@@ -371,9 +376,9 @@ public final class MemberNode implements AutoCloseable
      * @return true when the request was placed (this member is the leader and no other
      * control action is pending).
      */
-    public boolean takeSnapshot()
+    public synchronized boolean takeSnapshot()
     {
-        if (service.role() != 2)
+        if (closed || service.role() != 2)
         {
             return false;
         }
@@ -423,10 +428,14 @@ public final class MemberNode implements AutoCloseable
     public void close()
     {
         snapshotSchedule.close();
+        synchronized (this)
+        {
+            closed = true;  // no snapshot check reads the counters any more
+        }
         if (Handover.endLeadership("[matchx member " + settings.memberId + "]", service, driver.consensusModule()))
         {
             Handover.linger();
         }
-        CloseHelper.closeAll(container, driver);
+        CloseHelper.closeAll(timing, container, driver);
     }
 }

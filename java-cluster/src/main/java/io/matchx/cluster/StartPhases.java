@@ -1,6 +1,5 @@
 package io.matchx.cluster;
 
-import io.aeron.Counter;
 import io.aeron.cluster.ElectionState;
 
 import java.time.Duration;
@@ -42,7 +41,7 @@ final class StartPhases
      * member is then in step: a follower has caught up with the leader and joined its live log).
      * One daemon thread, gone once the member is in step.
      */
-    static void watchElection(final String prefix, final Counter electionState)
+    static void watchElection(final String prefix, final WatchedCounter electionState)
     {
         final Thread t = new Thread(() ->
         {
@@ -50,9 +49,13 @@ final class StartPhases
             long last = Long.MIN_VALUE;
             try
             {
-                while (!electionState.isClosed() && System.nanoTime() < giveUpNs)
+                while (System.nanoTime() < giveUpNs)
                 {
                     final long code = electionState.get();
+                    if (code == WatchedCounter.CLOSED)
+                    {
+                        return;
+                    }
                     if (code != last)
                     {
                         last = code;

@@ -123,6 +123,7 @@ public final class WorkerNode implements AutoCloseable
         Archive archive = null;
         ConsensusModule consensusModule = null;
         ClusteredServiceContainer container = null;
+        ElectionTiming timing = null;
         try
         {
             // As ClusteredMediaDriver does for its own driver.
@@ -131,20 +132,20 @@ public final class WorkerNode implements AutoCloseable
                 .mediaDriverAgentInvoker(driver.sharedAgentInvoker())
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
             final long started = System.nanoTime();
-            final ElectionTiming timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix);
+            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix);
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
             timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            StartPhases.watchElection(prefix, consensusModule.context().electionStateCounter());
+            StartPhases.watchElection(prefix, timing.electionState());
             container = ClusteredServiceContainer.launch(ctx.container);
         }
         catch (final RuntimeException ex)
         {
-            CloseHelper.quietCloseAll(container, consensusModule, archive);
+            CloseHelper.quietCloseAll(timing, container, consensusModule, archive);
             throw ex;
         }
-        final Member member = new Member(s, archive, consensusModule, container, service);
+        final Member member = new Member(s, timing, archive, consensusModule, container, service);
         members.add(member);
         member.snapshotCheck = snapshotSchedule.add(s, service, member::takeSnapshot);
         return member;
@@ -223,20 +224,25 @@ public final class WorkerNode implements AutoCloseable
     public static final class Member implements AutoCloseable
     {
         private final MemberSettings settings;
+        private final ElectionTiming timing;
         private final Archive archive;
         private final ConsensusModule consensusModule;
         private final ClusteredServiceContainer container;
         private final MatchService service;
         private java.util.concurrent.Future<?> snapshotCheck;
+        /** Guarded by this: the snapshot check's thread reads the client's counters, close unmaps them. */
+        private boolean closed;
 
         Member(
             final MemberSettings settings,
+            final ElectionTiming timing,
             final Archive archive,
             final ConsensusModule consensusModule,
             final ClusteredServiceContainer container,
             final MatchService service)
         {
             this.settings = settings;
+            this.timing = timing;
             this.archive = archive;
             this.consensusModule = consensusModule;
             this.container = container;
@@ -259,9 +265,9 @@ public final class WorkerNode implements AutoCloseable
         }
 
         /** As {@link MemberNode#takeSnapshot()}: only the leader of the cluster acts on it. */
-        public boolean takeSnapshot()
+        public synchronized boolean takeSnapshot()
         {
-            if (service.role() != 2)
+            if (closed || service.role() != 2)
             {
                 return false;
             }
@@ -270,9 +276,11 @@ public final class WorkerNode implements AutoCloseable
             return null != toggle && ClusterControl.ToggleState.SNAPSHOT.toggle(toggle);
         }
 
-        public void close()
+        /** Our watchers of its counters first (WatchedCounter), then Aeron's parts. */
+        public synchronized void close()
         {
-            CloseHelper.closeAll(container, consensusModule, archive);
+            closed = true;
+            CloseHelper.closeAll(timing, container, consensusModule, archive);
         }
     }
 }
