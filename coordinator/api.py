@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coordinator import metrics
+from coordinator import metrics, retire
 from coordinator.errors import CoordinatorError
 from coordinator.metrics import MigrationGauge, RoutingCollector
 from coordinator.migrations import Driver, states_summary
@@ -132,6 +132,13 @@ class TopologyResult(BaseModel):
     changed: bool
     version: int
 
+
+# ?force=true of DELETE /v1/partitions/{id} and POST /v1/topology (OpenAPI descriptions)
+ForceDelete = Annotated[bool, Query(description="skip retiring the partition (no question about its funds): only "
+                                    "for a partition that is gone for good (its funds stay in its data)")]
+ForceTopology = Annotated[bool, Query(description="apply a document that drops partitions or moves symbols "
+                                      "without asking the partitions: only for bootstrap and disaster recovery "
+                                      "(their orders and funds stay in the old partitions)")]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
 
@@ -376,23 +383,32 @@ def create_app(
                   tags=["partitions"])
     async def delete_partition(
         partition_id: str,
-        force: Annotated[bool, Query(description="skip asking the partition whether it holds funds: "
-                                     "only for a partition that is gone for good (its funds stay in "
-                                     "its data)")] = False,
+        force: ForceDelete = False,
     ) -> Response:
         """Take a partition out of the map. Refused (409) while it owns symbols, is in a live
-        migration or transfer, or holds funds; 503 when it cannot be asked about its funds. This
-        coordinator asks the partition itself (``funds``) when it runs a migration driver; the
-        members keep running until the workers' topology drops them (``matchctl partition
+        migration or transfer, or holds funds; 503 when it cannot be asked. A coordinator with a
+        migration driver first retires the partition in its own log (``retire``: refused while
+        any account holds funds there; from then on the partition refuses deposits, orders,
+        transfers and migrations, so nothing can be stranded in it) and undoes that if the
+        deletion is refused after all: a refused DELETE changes nothing. The members keep
+        running (answering reads) until the workers' topology drops them (``matchctl partition
         remove`` does both)."""
-        members = store.check_deletable(partition_id)  # 404/409 before any question to the partition
+        members = store.check_deletable(partition_id)  # 404/409 before any command to the partition
+        retired_here = False
         if migration_driver is not None and members and not force:
-            # asked in a thread: a partition between leaders takes seconds to answer, and the
-            # event loop serves the long-polls meanwhile
-            await asyncio.to_thread(migration_driver.check_no_funds, partition_id)
+            # in a thread: a partition between leaders takes seconds to answer, and the event
+            # loop serves the long-polls meanwhile
+            retired_here = await asyncio.to_thread(retire.retire, migration_driver, partition_id)
         elif force and members:
-            log.warning("partition %s deleted with force: its funds were not checked", partition_id)
-        store.delete_partition(partition_id)  # checks symbols, migrations, transfers again, atomically
+            log.warning("partition %s deleted with force: it was not retired, its funds not checked", partition_id)
+        try:
+            store.delete_partition(partition_id)  # checks symbols, migrations, transfers again, atomically
+        except Exception as exc:
+            if retired_here:  # only what this request did: a partition retired before stays so
+                failed = await asyncio.to_thread(retire.unretire, migration_driver, partition_id)
+                if failed is not None and isinstance(exc, CoordinatorError):
+                    exc.details["still_retired"] = failed
+            raise
         return Response(status_code=204)
 
     @admin.post("/partitions/{partition_id}/symbols", response_model=PartitionOut, tags=["symbols"])
@@ -466,9 +482,18 @@ def create_app(
         return store.export_topology()
 
     @admin.post("/topology", response_model=TopologyResult, tags=["topology"])
-    async def put_topology(body: Topology) -> Any:
-        """Replace the whole map atomically (idempotent if equal to the current one)."""
-        return store.load_topology(body)
+    async def put_topology(
+        body: Topology,
+        force: ForceTopology = False,
+    ) -> Any:
+        """Replace the whole map atomically (idempotent if equal to the current one). On a
+        coordinator with a migration driver, a document that drops a partition with members or
+        moves an assigned symbol to another partition is refused (409
+        ``topology_needs_migration``, nothing changed): the map would change without the
+        partitions, and resting orders and funds would stay behind. Retire a partition with
+        DELETE /v1/partitions/{id}, move a symbol with POST /v1/migrations; new symbols,
+        partitions and workers are fine."""
+        return store.load_topology(body, keep_state=migration_driver is not None and not force)
 
     # migrations
     def driver() -> Driver:

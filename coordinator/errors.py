@@ -30,6 +30,7 @@ ERROR_STATUS: dict[str, int] = {
     "partition_holds_funds": 409,  # deleting a partition where accounts still have balances
     "partition_unreachable": 503,  # deleting a partition that did not answer whether it holds funds
     "transfer_in_progress": 409,  # deleting a partition an unfinished transfer comes from or goes to
+    "topology_needs_migration": 409,  # a topology that would drop a partition or move a symbol without them
     "worker_in_use": 409,  # deleting a worker that is still a member of partitions
     "endpoint_in_use": 409,  # an ingress endpoint is already used by another member
     "epoch_mismatch": 409,  # move with expected_epoch that is not the current epoch

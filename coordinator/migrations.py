@@ -104,9 +104,6 @@ class _Sequential(Exception):
     destination has staged."""
 
 
-# the longest the REST API waits for a partition to say whether it holds funds (DELETE
-# /v1/partitions/{id}): a request, not a migration step
-FUNDS_CHECK_TIMEOUT = 10.0
 PIPELINE = 8  # export chunks asked for at once (small commands; their answers come from the leader only)
 PREFETCH = 8  # export chunks asked for right behind the freeze (its size not known yet: an offset past
 # a small export is answered with an error, a read-only command that is ignored)
@@ -342,37 +339,6 @@ class Driver:
             if status != "ok":
                 raise StepRefused(f"{partition}: {body.get('error', body)}")
             return body
-
-    def check_no_funds(self, partition: str, timeout: float | None = None) -> None:
-        """Refuse to retire ``partition`` while accounts have balances there (available or held):
-        asks the partition (its ``funds`` command, what ``matchctl partition remove`` asks).
-        CoordinatorError ``partition_holds_funds`` (409) names the first balances and how to
-        move them; ``partition_unreachable`` (503) when it gives no answer within ``timeout``
-        (default: the step timeout, at most FUNDS_CHECK_TIMEOUT): a partition that cannot say
-        is never taken as empty. Its fee pool does not stop it (it stays in its data)."""
-        if timeout is None:
-            timeout = min(self.step_timeout, FUNDS_CHECK_TIMEOUT)
-        try:
-            held = self.ask(partition, {"op": "funds", "limit": 5}, timeout)
-        except (PartitionUnavailable, StepRefused) as exc:
-            raise CoordinatorError(
-                "partition_unreachable",
-                f"partition {partition!r} did not say whether it holds funds ({exc}); nothing was changed. "
-                "Try again once it runs; a partition gone for good is removed with ?force=true "
-                "(docs/coordinator.md: the funds still in its data directory are not moved)",
-                partition=partition) from None
-        count = int(held.get("count", 0))
-        if count:
-            rows = held.get("balances", [])
-            shown = ", ".join(f"{b['account']} {b['asset']} {b['available']} available + {b['held']} held"
-                              for b in rows)
-            raise CoordinatorError(
-                "partition_holds_funds",
-                f"partition {partition!r} holds funds of {count} balance(s) ({shown}"
-                f"{', ...' if count > len(rows) else ''}); move them to another partition first "
-                "(POST /v1/transfers or RoutedClient.transfer; `matchctl partition move` moves a "
-                "partition's symbols and funds and retires it)",
-                partition=partition, count=count, balances=rows, fees=held.get("fees", {}))
 
     def wait(self, mid: str, timeout: float | None = None) -> dict[str, Any]:
         t = self._threads.get(mid)

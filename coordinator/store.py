@@ -780,7 +780,7 @@ class CoordinatorStore:
             ),
         }
 
-    def load_topology(self, topology: Mapping[str, Any] | Topology) -> dict[str, Any]:
+    def load_topology(self, topology: Mapping[str, Any] | Topology, *, keep_state: bool = False) -> dict[str, Any]:
         """Replace the whole map with ``topology`` atomically.
 
         ``topology`` is ``{"workers": [{id, address}], "partitions": [{id, state, members,
@@ -789,6 +789,12 @@ class CoordinatorStore:
         from the current one get a new epoch.  The document is validated as a whole (same
         rules and error codes as the individual operations); applying a topology equal to
         the current one changes nothing and keeps the version.
+
+        ``keep_state``: refuse (``topology_needs_migration``) a document that drops a partition
+        with members or moves an assigned symbol to another partition: the map would change
+        without the partitions, leaving resting orders and funds behind in the old partition
+        (what ``POST /v1/topology`` does on a coordinator with a migration driver, unless
+        forced). Bootstrap and ``--topology-mode replace`` apply the document as it is.
 
         Returns ``{"changed": bool, "version": int}``.
         """
@@ -815,6 +821,8 @@ class CoordinatorStore:
                             symbols=gained,
                         )
                     moves.extend((s, p["id"]) for s in gained)
+            if keep_state:
+                self._check_keeps_state(current, desired, owners, moves)
             # Workers first (members refer to them), then partitions, members, symbols,
             # then drop what is gone.
             want_workers = {w["id"] for w in desired["workers"]}
@@ -856,6 +864,31 @@ class CoordinatorStore:
         if result["changed"]:
             result["version"] = self._version
         return result
+
+    @staticmethod
+    def _check_keeps_state(current: dict[str, Any], desired: dict[str, Any], owners: dict[str, str],
+                           moves: list[tuple[str, str]]) -> None:
+        """Refuse a document that would leave orders and funds behind (``load_topology``'s
+        ``keep_state``). Assigning new symbols and adding partitions and workers stay allowed,
+        and so does dropping a partition without members (nothing runs it, it holds nothing)."""
+        want = {p["id"] for p in desired["partitions"]}
+        dropped = [p["id"] for p in current["partitions"] if p["id"] not in want and p["members"]]
+        moved = {s: {"from": owners[s], "to": pid} for s, pid in moves if s in owners}
+        if not dropped and not moved:
+            return
+        parts = []
+        if dropped:
+            parts.append(f"drops partition(s) {', '.join(dropped)} still in the map (retire one with "
+                         "DELETE /v1/partitions/{id}, which refuses while it holds funds)")
+        if moved:
+            shown = ", ".join(f"{s} ({m['from']} -> {m['to']})" for s, m in sorted(moved.items()))
+            parts.append(f"moves symbol(s) {shown} without their books and funds (move a symbol "
+                         "with POST /v1/migrations)")
+        raise CoordinatorError(
+            "topology_needs_migration",
+            f"the topology {' and '.join(parts)}; nothing was changed. ?force=true applies it as it is "
+            "(bootstrap and disaster recovery only: what the old partitions hold stays there)",
+            partitions=dropped, symbols=moved)
 
     @staticmethod
     def _validate_topology(t: dict[str, Any]) -> None:

@@ -192,14 +192,41 @@ def add_partition(system: System, partition_id: str, workers: list[str] | None =
         return _coordinator(system, "GET", f"/v1/partitions/{partition_id}")
 
 
-def funds(system: System, partition_id: str, timeout: float = 30.0) -> dict:
-    """The partition's non-zero balances and fee pool (the ``funds`` admin command)."""
+def _admin(system: System, partition_id: str, cmd: dict, timeout: float) -> Any:
+    """One admin command to the partition (its answer's body)."""
     from pyengine.client.match_client import MatchClient
 
     with MatchClient(system.topology.ingress_endpoints(partition_id), **system.control_credentials()) as client:
         if not client.wait_connected(timeout):
-            raise ElasticError(f"could not reach partition {partition_id} to check its funds: {client.last_error}")
-        return client.admin({"op": "funds"}, timeout=timeout).events
+            raise ElasticError(f"could not reach partition {partition_id} ({cmd['op']}): {client.last_error}")
+        return client.admin(cmd, timeout=timeout).events
+
+
+def funds(system: System, partition_id: str, timeout: float = 30.0) -> dict:
+    """The partition's non-zero balances and fee pool (the ``funds`` admin command)."""
+    return _admin(system, partition_id, {"op": "funds"}, timeout)
+
+
+def retire(system: System, partition_id: str, timeout: float = 30.0) -> dict:
+    """The ``retire`` admin command (pyengine/service/retire.py): at one position of the
+    partition's log, refused while it owns a symbol, has a migration open or holds funds (an
+    ElasticError naming them), else from then on it refuses every command that would change it.
+    Returns the answer (``changed``: this call retired it; ``fees``: its fee pool)."""
+    done = _admin(system, partition_id, {"op": "retire", "limit": 5}, timeout)
+    if done.get("type") == "retired":
+        return done
+    held = done.get("funds") or {}
+    if done.get("reason") != "holds_funds":
+        raise ElasticError(f"partition {partition_id} refused to retire: {done.get('detail', done)}")
+    rows = ", ".join(f"{b['account']} {b['asset']} {b['available']}+{b['held']}" for b in held["balances"][:5])
+    raise ElasticError(f"partition {partition_id} holds funds of {held['count']} balance(s) "
+                       f"({rows}{', ...' if held['count'] > 5 else ''}); transfer them away first "
+                       "(POST /v1/transfers, RoutedClient.transfer)")
+
+
+def unretire(system: System, partition_id: str, timeout: float = 30.0) -> None:
+    """Undo ``retire``: the partition accepts deposits, orders and migrations again."""
+    _admin(system, partition_id, {"op": "unretire"}, timeout)
 
 
 def remove_partition(system: System, partition_id: str, timeout: float = 60.0) -> dict:
@@ -217,19 +244,18 @@ def remove_partition(system: System, partition_id: str, timeout: float = 60.0) -
                                "away first (`matchctl migrate SYMBOL --to P`, or `matchctl partition move`)")
         if len(topo.partitions) == 1:
             raise ElasticError(f"partition {partition_id} is the last one; a system keeps at least one")
-        # no migration may enter it while its funds are checked and it is taken out
+        # no migration may enter it while it is retired and taken out
         _coordinator(system, "PATCH", f"/v1/partitions/{partition_id}", json={"state": "offline"})
         try:
-            held = funds(system, partition_id, timeout)
-            if held["count"]:
-                rows = ", ".join(f"{b['account']} {b['asset']} {b['available']}+{b['held']}"
-                                 for b in held["balances"][:5])
-                raise ElasticError(f"partition {partition_id} holds funds of {held['count']} balance(s) "
-                                   f"({rows}{', ...' if held['count'] > 5 else ''}); transfer them away first "
-                                   "(POST /v1/transfers, RoutedClient.transfer)")
-            # the coordinator asks the partition again (it refuses one that holds funds): a
-            # deposit that landed since the question above is not stranded either
-            _coordinator(system, "DELETE", f"/v1/partitions/{partition_id}")
+            # retired in its own log: a deposit sent straight to it either came first (refused
+            # here, naming the funds) or is refused by the partition; nothing is stranded
+            held = retire(system, partition_id, timeout)
+            try:
+                _coordinator(system, "DELETE", f"/v1/partitions/{partition_id}")
+            except BaseException:
+                if held["changed"]:  # a refused removal changes nothing: it takes deposits again
+                    unretire(system, partition_id, timeout)
+                raise
         except BaseException:
             _coordinator(system, "PATCH", f"/v1/partitions/{partition_id}", json={"state": record["state"]})
             raise

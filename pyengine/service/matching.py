@@ -27,6 +27,7 @@ import orjson
 from pyengine import engine as engine_pkg
 from pyengine.engine import Engine, SnapshotError
 from pyengine.engine.bulk import apply_bulk
+from pyengine.service import retire
 from pyengine.service.counters import ServiceCounters
 from pyengine.service.marketdata import MarketData, SubscriptionError
 from pyengine.service.migration import MIG_OPS, Migrations
@@ -356,6 +357,10 @@ class MatchingService:
         op = cmd.get("op") if isinstance(cmd, dict) else None
         if op == "ping":
             return Status.OK, orjson.dumps({"type": "pong"})
+        if op in retire.RETIRE_OPS:
+            return retire.apply(self, cmd)
+        if self.migrations.retired and op not in retire.ADMIN_READS:
+            return retire.refusal(op)  # own_symbols, migration steps, transfers: nothing changes
         if op in AUTH_OPS:
             return self._auth_admin(cmd)
         if op in MIG_OPS:
@@ -525,7 +530,7 @@ class MatchingService:
             "member_id": self.member_id,
             "position": self.last_position if position is None else position,
             "applied": self.applied,
-            "engine_hash": self.engine.state_hash(),
+            "engine_hash": retire.hash_with_flag(self.engine.state_hash(), self.migrations.retired),
             "sequence_hash": self.chain.hex(),
         }
 

@@ -34,6 +34,7 @@ from pyengine.engine.migration import (
     funds_problems,
     import_symbol,
 )
+from pyengine.service import retire
 from pyengine.wire.protocol import Status
 
 log = logging.getLogger("matchx.migration")
@@ -90,11 +91,20 @@ class Migrations:
         self.inert: dict[str, str] = {}         # symbol -> migration id (destination, not active)
         self.net_in: dict[str, int] = {}        # asset -> holds imported minus holds exported
         self.xfers: dict[str, dict[str, Any]] = {}  # "out:ID" / "in:ID" -> the leg's request
+        # the partition is retired (pyengine/service/retire.py): kept here to be snapshotted
+        # with the rest of the partition's routing state
+        self.retired = False
 
     # ---- the fence -------------------------------------------------------------------------
 
     def fence(self, cmd: dict, owned: dict[str, int] | None) -> Answer | None:
-        """The answer for a command the migrations hold back, else None."""
+        """The answer for a command the migrations (or the retirement) hold back, else None."""
+        if self.retired:
+            # every engine command passes here first (the service's ownership check), so a
+            # retired partition refuses deposits, orders and bulks in one place
+            refused = retire.engine_gate(cmd, owned)
+            if refused is not None:
+                return refused
         symbol = cmd.get("symbol")
         if isinstance(symbol, str):
             mid = self.frozen.get(symbol)
@@ -416,12 +426,15 @@ class Migrations:
         return {"type": "mig_state",
                 "migrations": list(self.recs.values()),
                 "frozen": dict(self.frozen), "inert": dict(self.inert),
-                "net_in": {a: str(v) for a, v in sorted(self.net_in.items())}}
+                "net_in": {a: str(v) for a, v in sorted(self.net_in.items())}, "retired": self.retired}
 
     def to_json(self) -> dict:
-        return {"recs": self.recs, "frozen": self.frozen, "inert": self.inert,
-                "net_in": {a: str(v) for a, v in self.net_in.items()}, "xfers": self.xfers,
-                "blobs": {k: base64.b64encode(v).decode() for k, v in self.blobs.items()}}
+        d = {"recs": self.recs, "frozen": self.frozen, "inert": self.inert,
+             "net_in": {a: str(v) for a, v in self.net_in.items()}, "xfers": self.xfers,
+             "blobs": {k: base64.b64encode(v).decode() for k, v in self.blobs.items()}}
+        if self.retired:  # only when set: a partition never retired snapshots the same bytes as before
+            d["retired"] = True
+        return d
 
     @classmethod
     def from_json(cls, d: dict | None) -> Migrations:
@@ -434,4 +447,5 @@ class Migrations:
         m.net_in = {a: int(v) for a, v in d["net_in"].items()}
         m.xfers = d["xfers"]
         m.blobs = {k: base64.b64decode(v) for k, v in d["blobs"].items()}
+        m.retired = d.get("retired") is True  # absent in snapshots written before retire existed
         return m

@@ -175,3 +175,66 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
     client2 = make_routed_client(again.coordinator_url, moved_timeout=60.0)
     assert book(client2) == ([(Decimal(100), Decimal("0.5"))], [])  # alice's bid moved there and back
     assert client2.route(BTC).partition == "p1"
+
+
+def test_retired_partition_refuses_direct_deposits(topology_doc, make_system, make_routed_client, monkeypatch):
+    """The race of issue #19's retirement: a deposit sent straight to a partition between the
+    question about its funds and its removal. p2's symbol moves to p1; a deposit at p2 makes its
+    retirement refused (matchctl and REST, nothing changed, p2 still takes deposits); a removal
+    whose DELETE fails after the retire leaves p2 taking deposits; once its funds are transferred
+    away DELETE retires it in its own log: a deposit sent straight to it then is refused and
+    changes nothing, while reads still answer."""
+    from pyengine.client.match_client import ClientError, MatchClient
+
+    doc = copy.deepcopy(topology_doc)
+    p1, p2 = doc["partitions"]
+    p1["symbols"].extend(s for s in p2["symbols"] if s["symbol"] != "SOL-USDT")
+    p2["symbols"] = [s for s in p2["symbols"] if s["symbol"] == "SOL-USDT"]
+    system = make_system(doc, timeout=120)
+    url = system.coordinator_url
+    client = make_routed_client(url, moved_timeout=60.0)
+    assert migrate.follow(url, migrate.start(url, "SOL-USDT", "p1")["id"], 180.0)["state"] == "done"
+
+    def deposit(tx: str, amount: str) -> list[dict]:
+        return client.request({"op": "deposit", "account": "carol", "asset": "USDT", "amount": amount,
+                               "tx_id": tx}, timeout=60, partition="p2").events
+
+    assert deposit("c1", "50")[0]["type"] == "deposited"
+    before = system.topology_file.read_text()
+    with pytest.raises(elastic.ElasticError, match="holds funds of 1 balance"):
+        elastic.remove_partition(system, "p2")  # (its offline-and-back bumps the map's version)
+    version = httpx.get(f"{url}/v1/health").json()["version"]
+    refused_rest_delete(url, "p2", "carol USDT 50")
+    assert httpx.get(f"{url}/v1/health").json()["version"] == version
+    assert system.topology_file.read_text() == before
+    assert httpx.get(f"{url}/v1/partitions/p2").json()["state"] == "active"
+    assert deposit("c2", "1")[0]["type"] == "deposited"  # the refused retirement changed nothing
+
+    assert client.transfer("carol", "USDT", "51", "p2", "p1", "t-carol")["state"] == "done"
+    # the coordinator refuses the removal after p2 was retired: p2 is unretired, takes deposits
+    real = elastic._coordinator
+
+    def refusing_delete(system_, method, path, **kwargs):
+        if method == "DELETE":
+            raise elastic.ElasticError("the coordinator refused: injected")
+        return real(system_, method, path, **kwargs)
+
+    monkeypatch.setattr(elastic, "_coordinator", refusing_delete)
+    with pytest.raises(elastic.ElasticError, match="injected"):
+        elastic.remove_partition(system, "p2")
+    monkeypatch.setattr(elastic, "_coordinator", real)
+    assert httpx.get(f"{url}/v1/partitions/p2").json()["state"] == "active"
+    assert deposit("c3", "2")[0]["type"] == "deposited"
+    assert client.transfer("carol", "USDT", "2", "p2", "p1", "t-carol-2")["state"] == "done"
+
+    # retired in its own log, out of the map; its members still run (the topology lists p2)
+    assert httpx.delete(f"{url}/v1/partitions/p2", timeout=60).status_code == 204
+    with MatchClient(system.topology.ingress_endpoints("p2"), **system.control_credentials()) as direct:
+        assert direct.wait_connected(60)
+        with pytest.raises(ClientError, match="partition retired"):
+            direct.request({"op": "deposit", "account": "carol", "asset": "USDT", "amount": "9",
+                            "tx_id": "c4"}, timeout=60)
+        [bal] = direct.request({"op": "balances", "account": "carol"}, timeout=60).events
+        assert Decimal(bal["balances"].get("USDT", {}).get("available", "0")) == 0, bal
+        assert direct.admin({"op": "funds"}, timeout=60).events["count"] == 0
+        assert direct.admin({"op": "retire"}, timeout=60).events["changed"] is False

@@ -379,3 +379,42 @@ def test_aeron_endpoints_sorted():
         {"member_id": 0, "ingress_endpoint": "a:1"},
     ]
     assert aeron_endpoints(ms) == "0=a:1,2=c:3"
+
+
+def test_load_topology_keep_state_refuses_drops_and_moves_and_changes_nothing(store):
+    """``keep_state`` (POST /v1/topology on a coordinator with a migration driver): a document that
+    drops a partition with members or moves an assigned symbol would leave the old partition's
+    orders and funds behind: refused, naming them and the endpoints to use; version unchanged."""
+    store.load_topology(TOPO)
+    dropped = {"workers": TOPO["workers"], "partitions": [
+        {"id": "p1", "members": members(3, 9010), "symbols": ["BTC-USD", "ETH-USD", "SOL-USD"]}]}
+    err = rejects(store, "topology_needs_migration", store.load_topology, dropped, keep_state=True)
+    assert err.details == {"partitions": ["p2"], "symbols": {"SOL-USD": {"from": "p2", "to": "p1"}}}, err
+    assert "DELETE /v1/partitions" in err.message and "POST /v1/migrations" in err.message, err
+    assert "force=true" in err.message, err
+    moved = {"workers": TOPO["workers"], "partitions": [
+        {"id": "p1", "members": members(3, 9010), "symbols": ["ETH-USD"]},
+        {"id": "p2", "members": members(3, 9020, worker="w2"), "symbols": ["SOL-USD", "BTC-USD"]}]}
+    err = rejects(store, "topology_needs_migration", store.load_topology, moved, keep_state=True)
+    assert err.details == {"partitions": [], "symbols": {"BTC-USD": {"from": "p1", "to": "p2"}}}, err
+    assert "BTC-USD (p1 -> p2)" in err.message, err
+    # without keep_state (bootstrap, --topology-mode replace, ?force=true) it is applied
+    assert store.load_topology(moved) == {"changed": True, "version": 2}
+    assert store.get_symbol("BTC-USD") == {"symbol": "BTC-USD", "partition": "p2", "epoch": 2}
+
+
+def test_load_topology_keep_state_allows_new_symbols_partitions_and_workers(store):
+    store.load_topology(TOPO)
+    grown = {"workers": [*TOPO["workers"], {"id": "w3", "address": "127.0.0.1"}], "partitions": [
+        {**TOPO["partitions"][0], "symbols": ["BTC-USD", "ETH-USD", "XRP-USD"]},
+        TOPO["partitions"][1],
+        {"id": "p3", "members": members(3, 9030, worker="w3"), "symbols": ["ADA-USD"]},
+        {"id": "p4", "symbols": []}]}
+    assert store.load_topology(grown, keep_state=True) == {"changed": True, "version": 2}
+    assert store.get_symbol("ADA-USD")["partition"] == "p3"
+    # a partition without members holds nothing: dropping it is fine; unassigning a symbol too
+    shrunk = {**grown, "partitions": [{**grown["partitions"][0], "symbols": ["BTC-USD", "ETH-USD"]},
+                                      *grown["partitions"][1:3]]}
+    assert store.load_topology(shrunk, keep_state=True)["changed"] is True
+    assert [p["id"] for p in store.list_partitions()] == ["p1", "p2", "p3"]
+    assert store.load_topology(shrunk, keep_state=True) == {"changed": False, "version": 3}
