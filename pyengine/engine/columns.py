@@ -36,6 +36,11 @@ _I32: Final = "l" if array("l").itemsize == 4 else "i"
 _TYPECODES = ("", "b", "h", _I32, "q")
 _WIDTHS = (0, 1, 2, 4, 8)
 NCOLS: Final = 11
+# the columns that hold differences from the previous order, and the account column
+C_OID: Final = 0
+C_PRICE: Final = 1
+C_TS: Final = 6
+C_ACCT: Final = 7
 _U64 = struct.Struct("<Q")
 _SIDES = struct.Struct("<QQ")
 
@@ -111,22 +116,44 @@ def sums(v: list[int]) -> list[int]:
     return out
 
 
-def put_col(parts: list[bytes], vals: list[int], lo: int, hi: int, err: type[Exception]) -> None:
-    """One column: its code and values, in the narrowest width that holds [lo, hi] (a range that
-    includes 0)."""
+def col_code(lo: int, hi: int, err: type[Exception]) -> int:
+    """The code of the narrowest width that holds [lo, hi] (a range that includes 0; 0: all zero)."""
     if lo == 0 and hi == 0:
-        parts.append(b"\x00")
-        return
+        return 0
     code = 1
     while code < 4 and not (-(1 << (8 * _WIDTHS[code] - 1)) <= lo and hi < (1 << (8 * _WIDTHS[code] - 1))):
         code += 1
     if not (-(1 << 63) <= lo and hi < (1 << 63)):
         raise err("an order field does not fit 64 bits")
+    return code
+
+
+def col_bytes(vals: list[int], code: int) -> bytes:
+    """``vals`` at the width of ``code`` (1-4), little-endian."""
     a = array(_TYPECODES[code], vals)
     if _BIG:
         a.byteswap()
+    return a.tobytes()
+
+
+def recode(data: bytes, frm: int, to: int, n: int) -> bytes:
+    """The ``n`` values of ``data`` (width code ``frm``, 0: all zero) at the width of ``to``."""
+    if frm == 0:
+        return bytes(n * _WIDTHS[to])
+    a = array(_TYPECODES[frm])
+    a.frombytes(data)
+    if _BIG:
+        a.byteswap()
+    return col_bytes(a.tolist(), to)
+
+
+def put_col(parts: list[bytes], vals: list[int], lo: int, hi: int, err: type[Exception]) -> None:
+    """One column: its code and values, in the narrowest width that holds [lo, hi] (a range that
+    includes 0)."""
+    code = col_code(lo, hi, err)
     parts.append(bytes([code]))
-    parts.append(a.tobytes())
+    if code:
+        parts.append(col_bytes(vals, code))
 
 
 def put_int_column(parts: list[bytes], vals: list[int], err: type[Exception]) -> None:
@@ -154,12 +181,31 @@ def get_col(b: bytes, pos: int, n: int, err: type[Exception]) -> tuple[list[int]
     return a.tolist(), pos + size, False
 
 
-def encode_orders(orders: list[Order], bids: int, acct_ix: dict[Account, int],
-                  accts: list[Account], held: list[int], err: type[Exception]) -> bytes:
-    """A block of ``orders`` (in the given order), in one pass over them. Numbers each order's
+class ColVals:
+    """A run of orders as the values of the block's 11 columns (in the order the module
+    docstring lists them), each column's range, and the orders' client order ids and events as
+    bytes: ``encode_orders`` writes one block of them; a snapshot keeps them for runs of
+    finished orders between snapshots (``snapcache.py``)."""
+
+    def __init__(self) -> None:
+        self.cols: list[list[int]] = []
+        # signed columns: [lo, hi] (both include 0); columns that are never negative: lo 0 and
+        # hi the OR of their values (what sets their width; negative if a value is)
+        self.lo: list[int] = []
+        self.hi: list[int] = []
+        self.coid_b = b""
+        self.ev_b = b""
+
+
+def order_columns(orders: list[Order], acct_ix: dict[Account, int], accts: list[Account],
+                  held: list[int], err: type[Exception], last_oid: int = 0, last_price: int = 0,
+                  last_ts: int = 0) -> ColVals:
+    """The columns of ``orders`` (in the given order), in one pass over them. Numbers each order's
     account by ``acct_ix``, adding an account it does not know yet at the end (``accts``), and
-    adds up its holds (``held``: per account, quote held by buys, base held by sells). Each
-    column's range is kept as it is filled (plain locals: compiled, no call per value)."""
+    adds up its holds (``held``: per account, quote held by buys, base held by sells). Order id,
+    price and time stamp are differences from the previous order's (the first's from
+    ``last_*``). Each column's range is kept as it is filled (plain locals: compiled, no call
+    per value)."""
     oid: list[int] = []
     price: list[int] = []
     qty: list[int] = []
@@ -177,9 +223,6 @@ def encode_orders(orders: list[Order], bids: int, acct_ix: dict[Account, int],
     qty_or = filled_or = flags_or = clen_or = elen_or = 0
     coid_parts: list[str] = []
     ev_parts: list[bytes] = []
-    last_oid = 0
-    last_price = 0
-    last_ts = 0
     for o in orders:
         a = o.acct
         ai = acct_ix.get(a)
@@ -261,18 +304,29 @@ def encode_orders(orders: list[Order], bids: int, acct_ix: dict[Account, int],
                 clen[i] = len(enc[j])
                 clen_or |= clen[i]
                 j += 1
-    parts: list[bytes] = [_SIDES.pack(bids, len(orders) - bids)]
+    cv = ColVals()
+    cv.cols = [oid, price, qty, filled, doprice, doqty, ts, acct, flags, clen, elen]
+    cv.lo = [oid_lo, price_lo, 0, 0, dop_lo, doq_lo, ts_lo, 0, 0, 0, 0]
     # (a column of values >= 0 whose OR is below 2^k fits a signed width of k + 1 bits)
-    for vals, lo, hi in ((oid, oid_lo, oid_hi), (price, price_lo, price_hi), (qty, 0, qty_or),
-                         (filled, 0, filled_or), (doprice, dop_lo, dop_hi), (doqty, doq_lo, doq_hi),
-                         (ts, ts_lo, ts_hi), (acct, 0, len(accts) - 1 if accts else 0),
-                         (flags, 0, flags_or), (clen, 0, clen_or), (elen, 0, elen_or)):
-        put_col(parts, vals, lo, hi, err)
-    ev_b = b"".join(ev_parts)
-    parts.append(_U64.pack(len(coid_b)))
-    parts.append(coid_b)
-    parts.append(_U64.pack(len(ev_b)))
-    parts.append(ev_b)
+    cv.hi = [oid_hi, price_hi, qty_or, filled_or, dop_hi, doq_hi, ts_hi,
+             len(accts) - 1 if accts else 0, flags_or, clen_or, elen_or]
+    cv.coid_b = coid_b
+    cv.ev_b = b"".join(ev_parts)
+    return cv
+
+
+def encode_orders(orders: list[Order], bids: int, acct_ix: dict[Account, int],
+                  accts: list[Account], held: list[int], err: type[Exception]) -> bytes:
+    """A block of ``orders`` (in the given order), the first ``bids`` of them counted as bids;
+    accounts and holds as in ``order_columns``."""
+    cv = order_columns(orders, acct_ix, accts, held, err)
+    parts: list[bytes] = [_SIDES.pack(bids, len(orders) - bids)]
+    for i in range(NCOLS):
+        put_col(parts, cv.cols[i], cv.lo[i], cv.hi[i], err)
+    parts.append(_U64.pack(len(cv.coid_b)))
+    parts.append(cv.coid_b)
+    parts.append(_U64.pack(len(cv.ev_b)))
+    parts.append(cv.ev_b)
     return b"".join(parts)
 
 

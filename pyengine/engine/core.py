@@ -27,6 +27,7 @@ from .model import (
     CANCELLED,
     DEFAULT_ASSET_DECIMALS,
     DEFAULT_BAND_BPS,
+    DEFAULT_DEDUP_WINDOW,
     EV_ACCEPTED,
     EV_AMENDED,
     EV_CANCELLED,
@@ -74,6 +75,7 @@ from .model import (
     trade_record,
 )
 from .numbers import POW10, decimals_of, fmt_scaled, parse_dec, to_scale
+from .snapcache import SnapCache
 from .snapshot import dump, load, state_hash
 
 _REJ_ECHO: Final = ("account", "symbol", "client_order_id", "order_id", "tx_id")
@@ -206,6 +208,11 @@ def _balance(acct: Account, asset: str) -> Bal:
 
 class Engine(EngineState):
     """Deterministic matching engine. ``apply(cmd, ts)`` never raises on bad input."""
+
+    def __init__(self, dedup_window: object = DEFAULT_DEDUP_WINDOW) -> None:
+        super().__init__(dedup_window)
+        # snapshots re-encode only what changed since the last one (snapcache.py, #17)
+        self.snap_cache = SnapCache()
 
     # ------------------------------------------------------------------ entry points
     def apply(self, cmd: object, ts: object) -> list[dict]:

@@ -493,4 +493,7 @@ class EngineState:
         self.fees: dict[str, int] = {}            # fee pool per asset
         self.txs: dict[str, tuple[str, str, str, int, int, str]] = {}
         # tx_id -> (op, account, asset, amount, available after, tx_id)
+        # not state: what the last snapshot encoded and the next may reuse (a snapcache.SnapCache,
+        # which core.Engine keeps; a symbol export's small engine keeps none)
+        self.snap_cache: object = None
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Compiled together so their classes and calls stay native across module boundaries;
-# listed in dependency order (numbers <- model <- columns <- snapshot <- core <- bulk,
+# listed in dependency order (numbers <- model <- columns <- snapcache <- snapshot <- core <- bulk,
 # snapshot <- migration).
-MODULES = ("numbers", "model", "columns", "snapshot", "core", "bulk", "migration")
+MODULES = ("numbers", "model", "columns", "snapcache", "snapshot", "core", "bulk", "migration")
 STAMP = HERE / "native.stamp"
 GROUP = "pyengine.engine.native"
 

@@ -11,8 +11,10 @@ shares since version 4): the open orders of every book in priority order, then t
 orders (the dedup windows, most of a busy engine's state), each account's oldest first: ~18
 bytes an open order and ~20 plus its events a finished one, against ~67 and ~120 in version 3.
 Version 3 kept each finished order's encoded row and copied it into the next snapshot; version 4
-encodes all orders again each time (fewer bytes to write and to read back on a restart, for
-~0.1 s of CPU per 100,000 orders).
+writes one block of all finished orders, whose columns' widths depend on them all. A
+``core.Engine`` keeps the encoded runs of its dedup windows and its fills' JSON between
+snapshots (``snapcache.py``) and encodes only what changed since the last one, giving the same
+bytes (``dump(eng, use_cache=False)`` encodes everything afresh: tests compare the two).
 Restore builds a brand new Engine; any defect raises ``SnapshotError`` and nothing partial
 escapes.
 """
@@ -62,11 +64,10 @@ from .model import (
     Level,
     Order,
     Symbol,
-    fill_record,
-    json_int,
     trade_record,
 )
 from .numbers import POW10, fmt_scaled
+from .snapcache import SnapCache, Uncacheable, fill_row
 
 # the class ``load`` builds: core.Engine, passed in so that this module needs only the state
 E = TypeVar("E", bound=EngineState)
@@ -163,7 +164,7 @@ class _R:
         return a.tolist()  # list indexing is native in the compiled module, array's is not
 
 
-def _body(eng: EngineState) -> list[bytes]:
+def _body(eng: EngineState, use_cache: bool) -> list[bytes]:
     w = _W()
     w.i64(eng.dedup_window)
     w.i64(eng.next_oid)
@@ -232,8 +233,44 @@ def _body(eng: EngineState) -> list[bytes]:
     w.raw(encode_orders(rows, len(rows), by_acct, known, held, SnapshotError))
 
     # ---- finished orders (the dedup windows), each account's oldest first: one block, and
-    # their symbols as a column of their own
+    # their symbols as a column of their own; an engine that keeps what it encoded before
+    # (snapcache.py) encodes only what changed since
     w.arr(_U32, [len(a.finished) for a in accts])
+    cache = eng.snap_cache if use_cache else None
+    if isinstance(cache, SnapCache):
+        try:
+            cache.update(accts, sidx)
+        except Uncacheable:
+            cache.reset()
+            cache = None
+    if isinstance(cache, SnapCache):
+        cache.finished(w.parts)
+    else:
+        _finished_afresh(w, accts, by_acct, known, held, sidx)
+    # ---- market data (version 3): each symbol's update sequence, each account's last fills as
+    # [account index, [[trade id, symbol index, price, qty, order id, side, maker, fee], ...]]
+    w.arr("q", [s.seq for s in syms])
+    if isinstance(cache, SnapCache):
+        w.raw(cache.fills_json())
+    else:
+        fills: list = []
+        for i in range(len(accts)):
+            a = accts[i]
+            if a.fills:
+                fills.append([i, [fill_row(e, a, sidx) for e in a.fills]])
+        w.raw(orjson.dumps(fills))
+    # and each symbol's last trades: [symbol index, [[trade id, price, qty, taker side], ...]]
+    recent: list = []
+    for i in range(len(syms)):
+        if syms[i].recent:
+            recent.append([i, [list(trade_record(e)[1:]) for e in syms[i].recent]])
+    w.raw(orjson.dumps(recent))
+    return w.parts
+
+
+def _finished_afresh(w: _W, accts: list[Account], by_acct: dict[Account, int],
+                     known: list[Account], held: list[int], sidx: dict[str, int]) -> None:
+    """The finished orders' block and symbol column, every order encoded now."""
     fin: list[Order] = []
     fin_sym: list[int] = []
     # the account column says whose window holds the order: a symbol export's small engine
@@ -257,39 +294,19 @@ def _body(eng: EngineState) -> list[bytes]:
     put_int_column(sym_col, fin_sym, SnapshotError)
     w.raw(b"".join(sym_col))
 
-    # ---- market data (version 3): each symbol's update sequence, each account's last fills as
-    # [account index, [[trade id, symbol index, price, qty, order id, side, maker, fee], ...]]
-    w.arr("q", [s.seq for s in syms])
-    fills: list = []
-    for i in range(len(accts)):
-        a = accts[i]
-        if a.fills:
-            rows_f: list = []
-            for e in a.fills:
-                r = fill_record(e, a)
-                rows_f.append([r[1], sidx[r[2]], r[3], r[4], r[5], r[6], 1 if r[7] else 0,
-                               json_int(r[8])])
-            fills.append([i, rows_f])
-    w.raw(orjson.dumps(fills))
-    # and each symbol's last trades: [symbol index, [[trade id, price, qty, taker side], ...]]
-    recent: list = []
-    for i in range(len(syms)):
-        if syms[i].recent:
-            recent.append([i, [list(trade_record(e)[1:]) for e in syms[i].recent]])
-    w.raw(orjson.dumps(recent))
-    return w.parts
-
 
 def _events_at(coid_len: int) -> int:
     """Where a finished order's events start in its row (the ``Order.ev`` offset form)."""
     return _ROW.size + coid_len
 
 
-def dump(eng: EngineState) -> bytes:
+def dump(eng: EngineState, use_cache: bool = True) -> bytes:
+    """``eng``'s snapshot; ``use_cache=False`` encodes every part now (the same bytes: tests and
+    benchmarks compare the two), leaving the engine's kept parts as they were."""
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the column lists are large; collecting while building them only costs time
     try:
-        parts = _body(eng)
+        parts = _body(eng, use_cache)
     finally:
         if gc_was_enabled:
             gc.enable()
