@@ -26,37 +26,16 @@ from pyengine import jvm  # noqa: E402
 def crossing_cost(iterations: int) -> tuple[float, float]:
     jvm.start()
     import jpype
-    from jpype import JImplements, JOverride
 
-    @JImplements("io.matchx.cluster.ServiceHandler")
-    class Noop:
-        @JOverride
-        def onStart(self, m, s): pass
+    from bench.crossing_handler import service_handler
 
-        @JOverride
-        def onSessionMessage(self, s, t, p, n):
-            return 0
-
-        @JOverride
-        def onSessionOpen(self, s, t, p): pass
-
-        @JOverride
-        def onSessionClose(self, s, t): pass
-
-        @JOverride
-        def onTakeSnapshot(self, p):
-            return None
-
-        @JOverride
-        def onRoleChange(self, r): pass
-
-        @JOverride
-        def onTerminate(self): pass
+    def noop(s, t, p, n):
+        return 0
 
     probe = jpype.JClass("io.matchx.cluster.CrossingProbe")
-    parked = float(probe.measure(Noop(), iterations))
+    parked = float(probe.measure(service_handler(noop), iterations))
     result = jpype.JArray(jpype.JDouble)(1)
-    thread = probe.start(Noop(), max(200, iterations // 100), result)
+    thread = probe.start(service_handler(noop), max(200, iterations // 100), result)
     while thread.isAlive():  # the main thread stays in Python, polling
         sum(range(100))
     busy = float(result[0])

@@ -3,12 +3,20 @@
 The JVM must be running before this module is imported (JPype resolves the interface then).
 Request and reply bytes travel through two direct ByteBuffers owned by Java and mapped here once
 as memoryviews, so the hot call passes only primitives.
+
+Each Java thread that calls in keeps one Python thread state for its life (``pin_thread_state``):
+JPype enters Python with ``PyGILState_Ensure`` and leaves with ``PyGILState_Release``, which for a
+thread Python does not know creates a thread state per call and deletes it on the way out. That
+made a crossing cost ~40 us of CPU instead of ~8 (bench/reports/single_order_path.md), on every
+member, for every log message.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import struct
+import threading
 import time
 
 import jpype
@@ -24,6 +32,25 @@ from pyengine.wire.protocol import Answer
 log = logging.getLogger("matchx.bridge")
 
 _FRAME = struct.Struct("<qi")
+
+# ``threading.local`` lives in the thread state: set once pinned, it is still set on the next
+# crossing only because the state was kept (a thread state created per call would start empty).
+_pinned = threading.local()
+_ensure = ctypes.pythonapi.PyGILState_Ensure  # PyDLL: called with the GIL held, as it must be
+_ensure.restype = ctypes.c_int
+
+
+def pin_thread_state() -> bool:
+    """Keeps the calling thread's Python thread state alive between calls from Java; True if it
+    pinned it now. One extra ``PyGILState_Ensure``, never released: the thread's gilstate counter
+    then stays above zero, so JPype's ``PyGILState_Release`` after each call releases the GIL but
+    keeps the state. A pinned state lives until the process ends (one per Java thread that calls
+    in: a member's service thread, and the leader's consensus-module thread at connect)."""
+    if getattr(_pinned, "done", False):
+        return False
+    _ensure()
+    _pinned.done = True
+    return True
 
 
 @JImplements("io.matchx.cluster.ServiceHandler")
@@ -42,6 +69,7 @@ class ServiceBridge:
 
     @JOverride
     def onStart(self, member_id, snapshot) -> None:
+        pin_thread_state()
         blob = None if snapshot is None else memoryview(snapshot).tobytes()
         try:
             self.service.on_start(int(member_id), blob)
@@ -52,6 +80,7 @@ class ServiceBridge:
 
     @JOverride
     def onSessionMessage(self, session_id, timestamp, position, length) -> int:
+        pin_thread_state()
         message = self.input[: int(length)]
         started = time.perf_counter()
         try:
@@ -144,6 +173,7 @@ class CredentialsBridge:
 
     @JOverride
     def verify(self, credentials, now_ms):
+        pin_thread_state()
         blob = b"" if credentials is None else memoryview(credentials).tobytes()
         try:
             verdict = self.service.verify_credentials(blob, int(now_ms))

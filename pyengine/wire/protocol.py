@@ -141,12 +141,14 @@ def encode_replies(answers: list[Answer], max_bytes: int) -> list[bytes]:
     message). The client handles each reply message on its own, so splitting changes nothing
     for it. An answer too large for one message is cut into PART pieces (up to
     ``MAX_SPLIT_ANSWER_BYTES``); a larger one becomes an ERROR answer that says so."""
-    out: list[bytes] = []
-    part: list[Answer] = []
-    size = REPLY_HEADER.size
     room = max_bytes - REPLY_HEADER.size - ENTRY.size  # the largest payload one message carries
     if room <= PART_HEADER.size:
         raise ValueError(f"max_bytes {max_bytes} leaves no room for an answer")
+    if len(answers) == 1 and len(answers[0].payload) <= room:
+        return [encode_reply(answers)]  # a single order's answer: the common case, one message
+    out: list[bytes] = []
+    part: list[Answer] = []
+    size = REPLY_HEADER.size
     for whole in answers:
         for a in _pieces(whole, room):
             need = ENTRY.size + len(a.payload)

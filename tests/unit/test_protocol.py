@@ -69,6 +69,25 @@ def test_replies_are_split_to_fit_the_message_limit_and_large_answers_travel_in_
     assert decode_reply(encode_replies([], 1000)[0]) == (2, [])
 
 
+def test_a_single_answer_is_one_message_up_to_the_limit_and_pieces_beyond_it():
+    """One answer per message is the single-order case, which encode_replies takes by a short
+    path: exactly at the message limit it is still one whole message, one byte over it travels
+    in pieces, and no message ever exceeds the limit."""
+    from pyengine.wire.protocol import ENTRY, REPLY_HEADER, Answer, Status, decode_reply, encode_replies
+
+    limit = 1000
+    room = limit - REPLY_HEADER.size - ENTRY.size
+    for size, whole in ((0, True), (room - 1, True), (room, True), (room + 1, False), (3 * room, False)):
+        answer = Answer(3, Status.OK, bytes(range(256)) * (size // 256) + bytes(size % 256))
+        msgs = encode_replies([answer], limit)
+        assert all(len(m) <= limit for m in msgs), size
+        raw = [a for m in msgs for a in decode_reply(m)[1]]
+        assert (raw == [answer]) is whole, size
+        assert _delivered(msgs) == [answer], size
+    with pytest.raises(ValueError, match="no room"):
+        encode_replies([Answer(1, Status.OK, b"")], REPLY_HEADER.size + ENTRY.size + 5)
+
+
 def test_a_missing_piece_discards_the_partial_answer_and_a_resend_from_offset_0_completes():
     from pyengine.wire.protocol import Answer, Reassembler, Status, decode_reply, encode_replies
 
