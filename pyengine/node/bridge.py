@@ -6,9 +6,9 @@ as memoryviews, so the hot call passes only primitives.
 
 Each Java thread that calls in keeps one Python thread state for its life (``pin_thread_state``):
 JPype enters Python with ``PyGILState_Ensure`` and leaves with ``PyGILState_Release``, which for a
-thread Python does not know creates a thread state per call and deletes it on the way out. That
-made a crossing cost ~40 us of CPU instead of ~8 (bench/reports/single_order_path.md), on every
-member, for every log message.
+thread Python does not know creates a thread state per call and deletes it on the way out (and
+Python 3.11 maps and unmaps a frame stack for each). That made a member's path per log message
+cost ~60 us of CPU instead of ~20 (bench/reports/single_order_path.md), on every member.
 """
 
 from __future__ import annotations
