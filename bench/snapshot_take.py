@@ -19,7 +19,8 @@ alternates), each round in each worker:
 The two workers' snapshots of each round must be the same bytes (same state, old and new code:
 SHA-256 compared), and each worker checks its take against an encoding of the engine afresh
 where the code has one (``dump(engine, use_cache=False)``). Then the load side, alternated the
-same way: ``MatchingService.restore()`` of the last snapshot and the first take after it.
+same way, each in a fresh process (a restarted member's): ``MatchingService.restore()`` of the
+last snapshot and the first take after it (which builds what the new code keeps).
 Figures are medians; ratios are old / new. ``--profile`` adds a cProfile of one take after
 ``--between`` orders in each tree with the plain-Python engine (``MATCHX_PURE_ENGINE=1``).
 
@@ -34,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,12 +102,26 @@ def _fresh_check(svc, blob: bytes) -> bool | None:
     return fresh in blob
 
 
+def restore_worker(args) -> int:
+    """One load of ``--blob`` in this fresh process, then the first take after it."""
+    sys.path.insert(0, str(args.tree))
+    from pyengine import engine as engine_pkg
+    from pyengine.service.matching import MatchingService
+
+    blob = args.blob.read_bytes()
+    svc = MatchingService()
+    _, cpu, wall = _timed(lambda: svc.restore(blob))
+    again, cpu2, wall2 = _timed(svc.snapshot)
+    print(json.dumps({"native": engine_pkg.NATIVE, "cpu": cpu, "wall": wall, "take_cpu": cpu2,
+                      "take_wall": wall2, "same": again == blob}))
+    return 0
+
+
 def worker(args) -> int:
     sys.path.insert(0, str(args.tree))
     import hashlib
 
     from pyengine import engine as engine_pkg
-    from pyengine.service.matching import MatchingService
 
     out = sys.stdout
     t0 = time.process_time()
@@ -130,13 +146,9 @@ def worker(args) -> int:
                    "sha": hashlib.sha256(blob).hexdigest(), "same_again": again == blob,
                    "fresh_equal": _fresh_check(st.svc, blob), "bytes": len(blob)}
             last = blob
-        elif cmd["op"] == "load":
-            restored = MatchingService()
-            _, cpu, wall = _timed(lambda blob=last, svc=restored: svc.restore(blob))
-            blob, cpu2, wall2 = _timed(restored.snapshot)
-            res = {"cpu": cpu, "wall": wall, "take_cpu": cpu2, "take_wall": wall2,
-                   "same": blob == last}
-            del restored
+        elif cmd["op"] == "save":
+            Path(cmd["path"]).write_bytes(last)
+            res = {"bytes": len(last)}
         elif cmd["op"] == "profile":
             import cProfile
             import io
@@ -200,17 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    ap.add_argument("--restore-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--blob", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--base", type=Path, help="the checkout of the old code (its engine compiled)")
     ap.add_argument("--flow", type=int, default=230_000, help="orders of the flow before the first take")
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--between", type=int, default=9_000, help="orders of the flow between two rounds' takes")
     ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--loads", type=int, default=5)
+    ap.add_argument("--loads", type=int, default=9, help="loads of the last snapshot per code, each in a fresh process")
     ap.add_argument("--profile", action="store_true", help="also cProfile one take per tree (plain Python)")
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.restore_worker:
+        return restore_worker(args)
     if args.base is None:
         ap.error("--base is required")
     sys.path.insert(0, str(ROOT))
@@ -234,12 +250,22 @@ def main(argv: list[str] | None = None) -> int:
             rounds[k].append(res[k])
         log(f"round {i}: " + ", ".join(f"{k} {res[k]['cpu']:.0f}/{res[k]['again_cpu']:.0f} ms CPU" for k in order)
             + f", same bytes {res['old']['sha'] == res['new']['sha']}")
+    # the load side in fresh processes (a restarted member's): the last snapshot, read by each
+    # code in turn
+    blob_file = Path(tempfile.mkstemp(prefix="matchx-snapshot-take-", suffix=".bin")[1])
+    workers["new"].ask({"op": "save", "path": str(blob_file)})
     loads: dict[str, list[dict]] = {"old": [], "new": []}
-    for i in range(args.loads):
-        for k in (("old", "new") if i % 2 == 0 else ("new", "old")):
-            loads[k].append(workers[k].ask({"op": "load"}))
-        log(f"load {i}: " + ", ".join(f"{k} {loads[k][-1]['cpu']:.0f} ms + take {loads[k][-1]['take_cpu']:.0f} ms"
-                                      for k in ("old", "new")))
+    try:
+        for i in range(args.loads):
+            for k in (("old", "new") if i % 2 == 0 else ("new", "old")):
+                loads[k].append(json.loads(subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--restore-worker", "--tree", str(trees[k]),
+                     "--blob", str(blob_file)], capture_output=True, text=True, check=True,
+                    cwd=str(trees[k])).stdout))
+            log(f"load {i}: " + ", ".join(f"{k} {loads[k][-1]['cpu']:.0f} ms + take {loads[k][-1]['take_cpu']:.0f} ms"
+                                          for k in ("old", "new")))
+    finally:
+        blob_file.unlink()
     for w in workers.values():
         w.close()
     profiles: dict[str, str] = {}
@@ -273,7 +299,7 @@ def write_report(args, env: str, machine: str, workers: dict, rounds: dict, load
         return [f"| ms {unit} | old | new | old / new |", "|---|---:|---:|---:|",
                 row(f"take after {args.between:,} orders", rounds, take),
                 row("take right after a take (nothing changed)", rounds, again),
-                row("load (`MatchingService.restore`)", loads, take),
+                row("load (`MatchingService.restore`, a fresh process)", loads, take),
                 row("first take after the load", loads, first), ""]
 
     fresh = [r["fresh_equal"] for r in rounds["new"]]

@@ -6,9 +6,10 @@ snapshot: a finished order never changes again, a window only gains orders at it
 them at its front, a fill list only gains fills at its end (the oldest dropping out). Every
 member (the leader too) takes its snapshot at the same log position, and the cluster waits
 meanwhile (#17): so each window is kept as runs of up to ``RUN`` consecutive orders with their
-columns already encoded, and each account's fills as their JSON rows, and a snapshot encodes
-only the orders and fills that arrived since the last one (and at most one partly dropped run
-per window). Putting the runs together gives exactly the bytes of one block of all finished
+columns already encoded (a window encoded whole, on the first take after a start or a restore,
+is one run until its front first drops), and each account's fills as their JSON rows, and a
+snapshot encodes only the orders and fills that arrived since the last one (and at most one
+partly dropped run per window). Putting the runs together gives exactly the bytes of one block of all finished
 orders encoded afresh (``columns.encode_orders``): each column's width comes from the ranges the
 runs kept, a run whose width differs is widened or narrowed, and the difference columns (order
 id, price, time stamp) get each run's first value against the previous run's last.
@@ -46,8 +47,9 @@ from .columns import (
 from .errors import SnapshotError
 from .model import Account, Order, fill_record, json_int
 
-# orders a kept run holds at most: what a snapshot encodes again at most per window beyond the
-# orders that arrived (a run partly dropped at its front, a short run at its end grown)
+# orders a kept run holds at most (but a window encoded whole, until its front drops): what a
+# snapshot encodes again at most per window beyond the orders that arrived (a run partly dropped
+# at its front, a short run at its end grown)
 RUN: Final = 64
 # the block's NCOLS columns, then the finished orders' symbol column (a section of its own)
 SYM_COL: Final = NCOLS
@@ -197,8 +199,9 @@ class _Window:
                 runs.pop(0)
                 self.count -= r.n
                 continue
-            if j > 0:
-                runs[0] = self._run(r.orders[j:], acct, sidx, cache)
+            if j > 0:  # (a window's first run may be longer than RUN: split now)
+                rest = r.orders[j:]
+                runs[0:1] = [self._run(rest[i:i + RUN], acct, sidx, cache) for i in range(0, len(rest), RUN)]
                 self.count -= j
             break
         kept = self.count
@@ -212,7 +215,13 @@ class _Window:
             self.count = kept
             return
         new = _newest(dq, m)
-        if runs and runs[-1].n + m <= RUN:  # a short last run grows
+        if not runs:
+            # a window encoded whole (the first take after a start or a restore): one run, as
+            # cheap as encoding it afresh; split into runs of RUN when its front first drops
+            runs.append(self._run(new, acct, sidx, cache))
+            self.count = n
+            return
+        if runs[-1].n + m <= RUN:  # a short last run grows
             last = runs.pop()
             new = last.orders + new
         for i in range(0, len(new), RUN):
