@@ -351,6 +351,33 @@ def fmt(x: float) -> str:
     return "-" if x != x else (f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}")
 
 
+def _side(summary: dict) -> str:
+    """p50 | p99 | p99.9 | max of one system, or dashes when it did not run."""
+    if not summary.get("count"):
+        return " | ".join(["-"] * 4)
+    return " | ".join(fmt(summary[k]) for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms"))
+
+
+def _ratio(ours: dict, floor: dict, key: str) -> str:
+    if not ours.get("count") or not floor.get("count"):
+        return "-"
+    return f"{ours[key] / floor[key]:.1f}x"
+
+
+def _rate(t: Totals | None, summary: dict) -> str:
+    if t is None or not summary.get("count"):
+        return "-"
+    rate = t.answered / t.elapsed_s if t.elapsed_s else 0
+    lost = "" if t.answered == t.sent else f" ({t.sent - t.answered} unanswered)"
+    return f"{rate:,.0f}{lost}"
+
+
+def _cpu(t: Totals | None, summary: dict, who: str | None = None) -> str:
+    if t is None or not summary.get("count"):
+        return "-"
+    return fmt(t.per_order_us(who) if who else t.per_order_us())
+
+
 def report(args, totals: dict[tuple[str, str, str], Totals], variants: list[tuple[str, dict]], env: str,
            load: str, started: str) -> str:
     lines = [
@@ -389,20 +416,14 @@ def report(args, totals: dict[tuple[str, str, str], Totals], variants: list[tupl
                   "|---|" + "---|" * 13]
         for phase in ["rtt"] + [f"open-{r}" for r in args.rates]:
             o, f = totals.get((vname, "ours", phase)), totals.get((vname, "floor", phase))
-            if o is None or f is None:
+            so = hist_summary(o.hist) if o is not None else {}
+            sf = hist_summary(f.hist) if f is not None else {}
+            if not so.get("count") and not sf.get("count"):
                 continue
-            so, sf = hist_summary(o.hist), hist_summary(f.hist)
-            if not so.get("count") or not sf.get("count"):
-                continue
-            rate_o = o.answered / o.elapsed_s if o.elapsed_s else 0
-            rate_f = f.answered / f.elapsed_s if f.elapsed_s else 0
-            lost = "" if o.answered == o.sent else f" ({o.sent - o.answered} unanswered)"
-            lines.append(
-                f"| {phase} | {fmt(so['p50_ms'])} | {fmt(so['p99_ms'])} | {fmt(so['p999_ms'])} | {fmt(so['max_ms'])} | "
-                f"{fmt(sf['p50_ms'])} | {fmt(sf['p99_ms'])} | {fmt(sf['p999_ms'])} | {fmt(sf['max_ms'])} | "
-                f"{so['p50_ms'] / sf['p50_ms']:.1f}x | {so['p99_ms'] / sf['p99_ms']:.1f}x | "
-                f"{rate_o:,.0f}{lost} / {rate_f:,.0f} | {fmt(o.per_order_us())} / {fmt(f.per_order_us())} | "
-                f"{fmt(o.per_order_us('client'))} / {fmt(f.per_order_us('client'))} |")
+            # one system alone (--systems ours or floor): its columns, dashes for the other's
+            lines.append(f"| {phase} | {_side(so)} | {_side(sf)} | {_ratio(so, sf, 'p50_ms')} | "
+                         f"{_ratio(so, sf, 'p99_ms')} | {_rate(o, so)} / {_rate(f, sf)} | "
+                         f"{_cpu(o, so)} / {_cpu(f, sf)} | {_cpu(o, so, 'client')} / {_cpu(f, sf, 'client')} |")
         lines.append("")
         for s in ("ours", "floor"):
             t = totals.get((vname, s, "rtt"))
