@@ -8,6 +8,7 @@ import java.nio.ByteOrder;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 class HandoverTest
@@ -39,5 +40,21 @@ class HandoverTest
         assertFalse(MatchService.isHoldAck(ack, 0, 13));
         ack.putByte(3, (byte)1);  // an ordinary request with no commands
         assertFalse(MatchService.isHoldAck(ack, 0, 14));
+    }
+
+    @Test
+    void aToldSessionIsWaitedForUpToTheBoundEvenWhenNoCommandComes()
+    {
+        final long ms = 1_000_000L;
+        assertEquals("every told session acked", Handover.drainEnd(1, 1, 0, 5 * ms));
+        // told, not acked, quiet for 60 ms: its ack is on its way (the CI failure of 7 Dec)
+        assertNull(Handover.drainEnd(1, 0, 60 * ms, 61 * ms));
+        assertNull(Handover.drainEnd(2, 1, 90 * ms, 95 * ms));
+        assertEquals("bound of " + Handover.MAX_DRAIN_MS + " ms",
+            Handover.drainEnd(1, 0, 60 * ms, Handover.MAX_DRAIN_MS * ms));
+        // nobody told (no session sent a command since the hold began): the quiet rule
+        assertEquals("no command for " + Handover.QUIET_MS + " ms",
+            Handover.drainEnd(0, 0, Handover.QUIET_MS * ms, Handover.QUIET_MS * ms));
+        assertNull(Handover.drainEnd(0, 0, 10 * ms, 10 * ms));
     }
 }
