@@ -596,6 +596,12 @@ class MatchingService:
         gc.disable()
         try:
             self._restore_sections(buf, off, engine_len, applied, position, chain, version)
+            # Warm the engine's snapshot cache now, once, while the member is starting anyway:
+            # its first take would otherwise encode everything, and every member's take stalls
+            # the whole cluster (Aeron's SNAPSHOT state). When failures keep coming a member
+            # restarts more often than it snapshots, so nearly every take was a cold one
+            # (bench/reports/failover_fixed_kill_300_snapcache.md).
+            self.engine.snapshot()
             gc.freeze()
         finally:
             if gc_was_enabled:

@@ -87,6 +87,25 @@ def test_snapshot_round_trip_and_hash(tmp_path):
     assert again.status == Status.DUPLICATE
 
 
+def test_a_restored_service_takes_its_first_snapshot_warm():
+    """A member restarts more often than it snapshots when failures keep coming: its snapshot
+    cache is built while it loads, so its first take (which stalls the whole cluster) encodes
+    only what changed since (bench/reports/failover_fixed_kill_300_snapcache.md)."""
+    s = MatchingService()
+    places = [{"op": "place", "account": "a", "symbol": "ETH-USDT", "side": "buy", "price": "1",
+               "qty": "1", "client_order_id": f"c{i}"} for i in range(40)]
+    cancels = [{"op": "cancel_all", "account": "a", "symbol": "ETH-USDT"}]
+    run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP + places + cancels)])
+    blob = s.snapshot()
+    t = MatchingService()
+    t.restore(blob)
+    cache = t.engine.snap_cache
+    warmed = (cache.orders_encoded, cache.fills_encoded)
+    assert warmed[0] >= 40, warmed  # the 40 cancelled orders of a's window, encoded at the load
+    assert t.snapshot() == blob
+    assert (cache.orders_encoded, cache.fills_encoded) == warmed
+
+
 @pytest.mark.parametrize("mutate", [
     lambda b: b[:10],
     lambda b: b"XXXX" + b[4:],
