@@ -53,12 +53,10 @@ def test_a_java_thread_keeps_its_thread_state_across_crossings_and_releases_the_
     thread = probe.start(bridge, CALLS, result)  # a Java thread calls onSessionMessage CALLS times
     # this thread keeps running Python meanwhile: if a pinned state kept the GIL after a call,
     # neither side could go on and the deadline below would fail the test
-    spins = 0
+    # (the Java thread may finish before this loop first looks: no count of turns is asserted)
     deadline = time.monotonic() + 60
     while thread.isAlive():
-        spins += 1
         assert time.monotonic() < deadline, f"the Java thread made {len(service.seen)} of {CALLS} calls"
-    assert spins > 0
     assert len(service.seen) == CALLS
     assert len({ident for ident, _ in service.seen}) == 1  # one Java thread
     # one thread state for all of them: its thread-local count went 1, 2, ..., CALLS
