@@ -17,9 +17,10 @@ import java.util.Map;
  * or the consensus module a deadline; a fresh start (snapshot and log replay) joins normally.
  *
  * <p>How: {@link ElectionTiming} samples the election state; once it has not changed for
- * {@link #SUSPECT_AFTER_MS}, this looks at the two threads' stacks once a second, and after
- * {@link #RESTART_AFTER_MS} of both waits without a break it logs both stacks and asks the
- * process to start again ({@link ShutdownLatch#restart}).
+ * {@link #SUSPECT_AFTER_MS}, this logs every thread's stack once and then looks at the two
+ * threads' stacks once a second; after {@link #RESTART_AFTER_MS} of the consensus module inside
+ * {@code awaitServicesReady} without a break ({@link #isDeadlock}) it logs both stacks and asks
+ * the process to start again ({@link ShutdownLatch#restart}).
  */
 final class JoinDeadlock
 {
@@ -35,6 +36,7 @@ final class JoinDeadlock
     private long seenSinceMs = -1;
     private long lastSampleMs = -1;
     private boolean reported;
+    private boolean dumped;
 
     JoinDeadlock(final int clusterId, final int memberId, final String logPrefix)
     {
@@ -55,6 +57,7 @@ final class JoinDeadlock
         if (unchangedMs < SUSPECT_AFTER_MS)
         {
             seenSinceMs = -1;
+            dumped = false;
             return;
         }
         if (lastSampleMs >= 0 && nowMs - lastSampleMs < SAMPLE_EVERY_MS)
@@ -64,7 +67,8 @@ final class JoinDeadlock
         lastSampleMs = nowMs;
         StackTraceElement[] consensus = null;
         StackTraceElement[] service = null;
-        for (final Map.Entry<Thread, StackTraceElement[]> e : Thread.getAllStackTraces().entrySet())
+        final Map<Thread, StackTraceElement[]> stacks = Thread.getAllStackTraces();
+        for (final Map.Entry<Thread, StackTraceElement[]> e : stacks.entrySet())
         {
             final String name = e.getKey().getName();
             if (name.equals(consensusThread))
@@ -75,6 +79,15 @@ final class JoinDeadlock
             {
                 service = e.getValue();
             }
+        }
+        if (!dumped)
+        {
+            // Once per stall, whatever its cause: a member stuck in an election for seconds is a
+            // defect to be diagnosed from its log, and the log is often all a failed run leaves.
+            dumped = true;
+            System.err.println(logPrefix + " WARN election state unchanged for " + unchangedMs +
+                " ms; threads now:\n" + formatThreads(stacks));
+            System.err.flush();
         }
         if (!isDeadlock(consensus, service))
         {
@@ -90,21 +103,30 @@ final class JoinDeadlock
             reported = true;
             System.err.println(logPrefix + " ERROR join deadlock: for " + (nowMs - seenSinceMs) +
                 " ms the consensus module has waited for its service to join the new log " +
-                "(awaitServicesReady) and the service for that log's image (awaitImage); Aeron gives " +
-                "neither a deadline. Restarting this process (snapshot and log replay).\n" +
-                logPrefix + " consensus module: " + format(consensus) + "\n" +
-                logPrefix + " service: " + format(service));
+                "(awaitServicesReady) and the service has not acknowledged; Aeron gives the wait no " +
+                "deadline. Restarting this process (snapshot and log replay).\n" +
+                logPrefix + " consensus module: " + format(consensus, 12) + "\n" +
+                logPrefix + " service: " + format(service, 12));
             System.err.flush();
             ShutdownLatch.restart("join deadlock of " + consensusThread);
         }
     }
 
-    /** Both threads inside their deadline-free waits of a log join. */
+    /**
+     * The consensus module inside its deadline-free wait for its service to join a log. The
+     * service's acknowledgement normally comes within milliseconds (the service joins the log's
+     * image and acks); seconds of it mean the service will not ack, whatever it is doing instead:
+     * waiting for an image that never reaches its subscription (the case of
+     * bench/reports/stuck_election.md) or anything else. Seen once in a fresh-clone test run: a
+     * restarted member's consensus module stayed in FOLLOWER_CATCHUP_AWAIT for over 60 s, which
+     * only this wait can do (every other wait of that step has a deadline), with no join
+     * deadlock reported, so its service was not in {@code awaitImage}. Either way the member can
+     * neither vote nor follow until it starts again.
+     */
     static boolean isDeadlock(final StackTraceElement[] consensus, final StackTraceElement[] service)
     {
         return has(consensus, "io.aeron.cluster.ConsensusModuleAgent", "awaitServicesReady") &&
-            has(service, "io.aeron.cluster.service.ClusteredServiceAgent", "awaitImage") &&
-            has(service, "io.aeron.cluster.service.ClusteredServiceAgent", "joinActiveLog");
+            !has(service, "io.aeron.cluster.service.ClusteredServiceAgent", "loadSnapshot");
     }
 
     private static boolean has(final StackTraceElement[] stack, final String cls, final String method)
@@ -123,10 +145,26 @@ final class JoinDeadlock
         return false;
     }
 
-    private static String format(final StackTraceElement[] stack)
+    private static String formatThreads(final Map<Thread, StackTraceElement[]> stacks)
     {
         final StringBuilder b = new StringBuilder();
-        for (int i = 0; null != stack && i < Math.min(stack.length, 12); i++)
+        for (final Map.Entry<Thread, StackTraceElement[]> e : stacks.entrySet())
+        {
+            final Thread t = e.getKey();
+            if (e.getValue().length == 0)
+            {
+                continue;
+            }
+            b.append("  \"").append(t.getName()).append("\" ").append(t.getState()).append(": ")
+                .append(format(e.getValue(), 16)).append('\n');
+        }
+        return b.toString();
+    }
+
+    private static String format(final StackTraceElement[] stack, final int depth)
+    {
+        final StringBuilder b = new StringBuilder();
+        for (int i = 0; null != stack && i < Math.min(stack.length, depth); i++)
         {
             b.append(i == 0 ? "" : " <- ").append(stack[i].getClassName()).append('.')
                 .append(stack[i].getMethodName()).append(':').append(stack[i].getLineNumber());
