@@ -225,7 +225,7 @@ final class ElectionTiming implements AutoCloseable
                 if (state != ElectionState.CLOSED)
                 {
                     deadlock.check(TimeUnit.NANOSECONDS.toMillis(nowNs),
-                        TimeUnit.NANOSECONDS.toMillis(nowNs - stateSinceNs));
+                        TimeUnit.NANOSECONDS.toMillis(nowNs - stateSinceNs), state.name());
                 }
                 if (inStepAtNs == 0 && state == ElectionState.CLOSED)
                 {

@@ -47,8 +47,10 @@ final class JoinDeadlock
         this.logPrefix = logPrefix;
     }
 
-    /** One sample: {@code unchangedMs} is how long the election state has not changed. */
-    void check(final long nowMs, final long unchangedMs)
+    /**
+     * One sample: {@code unchangedMs} is how long the election state {@code state} has not changed.
+     */
+    void check(final long nowMs, final long unchangedMs, final String state)
     {
         if (reported)
         {
@@ -80,13 +82,14 @@ final class JoinDeadlock
                 service = e.getValue();
             }
         }
-        if (!dumped)
+        // INIT lasts as long as a start's snapshot load, which may take seconds: not a stall
+        if (!dumped && !"INIT".equals(state))
         {
             // Once per stall, whatever its cause: a member stuck in an election for seconds is a
             // defect to be diagnosed from its log, and the log is often all a failed run leaves.
             dumped = true;
-            System.err.println(logPrefix + " WARN election state unchanged for " + unchangedMs +
-                " ms; threads now:\n" + formatThreads(stacks));
+            System.err.println(logPrefix + " WARN election state " + state + " unchanged for " +
+                unchangedMs + " ms; threads now:\n" + formatThreads(stacks));
             System.err.flush();
         }
         if (!isDeadlock(consensus, service))

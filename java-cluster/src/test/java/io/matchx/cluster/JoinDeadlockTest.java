@@ -84,7 +84,7 @@ class JoinDeadlockTest
         final JoinDeadlock watch = new JoinDeadlock(7, 1, "[test]");
         for (long t = 0; t < 60_000; t += JoinDeadlock.SAMPLE_EVERY_MS)
         {
-            watch.check(t, t);
+            watch.check(t, t, "FOLLOWER_LOG_AWAIT");
         }
         latch.release();
         assertEquals("", latch.await());
