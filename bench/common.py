@@ -110,19 +110,27 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread name (threads of the same name summed). The JVM names its
-    threads (Aeron agents, GC, JIT); the Python interpreter threads show as the process name."""
-    out: dict[str, float] = {}
+def task_files(pid: int, *names: str) -> dict[int, tuple[str, ...]]:
+    """tid -> the text of /proc/PID/task/TID/NAME for each of ``names``, for every thread of
+    ``pid`` still there when read (empty when the process is gone)."""
+    out: dict[int, tuple[str, ...]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
         try:
-            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            out[int(tid)] = tuple(Path(f"/proc/{pid}/task/{tid}/{n}").read_text() for n in names)
         except OSError:
             continue
+    return out
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of the same name summed). The JVM names its
+    threads (Aeron agents, GC, JIT); the Python interpreter threads show as the process name."""
+    out: dict[str, float] = {}
+    for (text,) in task_files(pid, "stat").values():
         name = text[text.index("(") + 1 : text.rindex(")")]
         fields = text.rsplit(")", 1)[1].split()
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
@@ -364,6 +372,17 @@ def environment() -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"{os.cpu_count()} vCPU ({cpu}), Python {platform.python_version()}, "
             f"load average before the run {os.getloadavg()[0]:.2f}, {when}")
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """A bench's ``--variant``: ``NAME`` or ``NAME:key=value,key=value`` (integers where they
+    look like one); which keys a bench takes is its own."""
+    name, _, rest = text.partition(":")
+    kw: dict = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        kw[k.strip()] = int(v) if v.strip().lstrip("-").isdigit() else v.strip()
+    return name, kw
 
 
 # ---------------------------------------------------------------------------- worker processes

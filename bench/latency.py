@@ -18,7 +18,8 @@ is utime+stime from /proc/PID/stat over the phase, divided by the commands answe
 
 Systems alternate (ours, floor, floor, ours, ...) over ``--rounds`` so a change of the machine's
 load hits both alike; a ``--variant NAME:key=value,...`` runs both with other layout settings
-(ClusterLayout fields, e.g. ``idle_max_park_us=100``), so settings are compared in one run too.
+(ClusterLayout fields, e.g. ``idle_max_park_us=100``; ``jar=PATH`` for another build of the Java
+side), so settings are compared in one run too.
 
     python bench/latency.py [--rates 1000,2000,5000,10000,20000] [--rounds 2]
         [--variant default --variant park100:idle_max_park_us=100] [--report bench/reports/latency.md]
@@ -52,6 +53,7 @@ from bench.common import (  # noqa: E402
     hist_summary,
     log,
     new_histogram,
+    parse_variant,
     pin_jar,
     setup_commands,
 )
@@ -307,17 +309,6 @@ def run_floor(args, layout: ClusterLayout, out: Path, jar: Path, client_park_us:
 # ---------------------------------------------------------------------------- variants and the report
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """``NAME`` or ``NAME:key=value,key=value``: ClusterLayout fields, and for the clients
-    ``client_park_us`` (the floor's) and ``client_direct_send=1`` (MatchClient(direct_send=True))."""
-    name, _, rest = text.partition(":")
-    kw: dict = {}
-    for item in filter(None, rest.split(",")):
-        k, _, v = item.partition("=")
-        kw[k.strip()] = int(v) if v.strip().lstrip("-").isdigit() else v.strip()
-    return name, kw
-
-
 @dataclass
 class Totals:
     """One (variant, system, phase) over every round."""
@@ -448,7 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain-s", type=float, default=60.0, help="wait for answers after an open-loop phase")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--systems", default="ours,floor")
-    ap.add_argument("--variant", action="append", default=None, help="NAME[:key=value,...]; repeatable")
+    ap.add_argument("--variant", action="append", default=None,
+                    help="NAME[:key=value,...], repeatable: ClusterLayout fields, jar=PATH (both systems run that "
+                         "jar: a Java change against the jar before it), client_park_us (the floor's client), "
+                         "client_direct_send=1 (MatchClient(direct_send=True))")
     ap.add_argument("--relaxed-timeouts", action="store_true",
                     help="heartbeat 100/2000 ms, election 300 ms for both systems (a heavily loaded machine)")
     ap.add_argument("--binary", action="store_true", help="our client sends the binary codec instead of JSON")
@@ -475,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
             for vname, kw in variants:
                 order = systems if rnd % 2 == 0 else systems[::-1]
                 for system in order:
-                    layout_kw = {k: v for k, v in kw.items() if not k.startswith("client_")}
+                    layout_kw = {k: v for k, v in kw.items() if not k.startswith("client_") and k != "jar"}
+                    variant_jar = Path(kw.get("jar", jar))
+                    os.environ["MATCHX_JAR"] = str(variant_jar)  # our members and client inherit it
                     with tempfile.TemporaryDirectory(prefix=f"matchx-lat-{system}-") as tmp:
                         if args.relaxed_timeouts:
                             layout_kw.setdefault("timeouts", RELAXED_TIMEOUTS)
@@ -493,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                             if system == "ours":
                                 results = run_ours(args, layout, out, bool(kw.get("client_direct_send")))
                             else:
-                                results = run_floor(args, layout, out, jar, kw.get("client_park_us", SDK_PARK_US))
+                                results = run_floor(args, layout, out, variant_jar,
+                                                    kw.get("client_park_us", SDK_PARK_US))
                         except (RuntimeError, OSError) as exc:
                             # one failed start must not lose the other systems' figures; the
                             # report shows the hole
