@@ -4,7 +4,7 @@ Layout (all integers little-endian)::
 
     header  = b"MXENGSNP" | u16 version | u16 reserved(0) | u64 body_length
     body    = sections (see ``dump``)
-    trailer = blake2b-256(header + body)
+    trailer = blake2b-256(header + body)   (none in version 5: version 4 for a checked container)
 
 Orders are stored as columns of narrow integers (``columns.py``, the encoding the symbol export
 shares since version 4): the open orders of every book in priority order, then the finished
@@ -77,7 +77,13 @@ VERSION = 4
 # Version 1 (before 24 Nov 2026) kept finished orders in the order columns too; version 2
 # (before 6 Dec 2026) had no market data section (sequences 0, no fills); version 3 (before
 # 7 Dec 2026) stored orders as fixed-width columns and finished orders as rows; all still load.
-_READS: Final = (1, 2, 3, 4)
+# Version 5 is version 4 without the trailing digest, for a container that checks the bytes
+# itself (the cluster's snapshot: a CRC32C over the whole service snapshot, and the archive's per
+# frame): the blake2b of a 10 MB engine part was half of a warm take, on every member at once
+# while the cluster waits (bench/reports/snapshot_write.md). An engine that reads only 1-4
+# refuses it by its version number.
+VERSION_UNSIGNED = 5
+_READS: Final = (1, 2, 3, 4, 5)
 _HDR = struct.Struct("<8sHHQ")
 _DIGEST = 32
 _BIG = sys.byteorder == "big"
@@ -300,9 +306,11 @@ def _events_at(coid_len: int) -> int:
     return _ROW.size + coid_len
 
 
-def dump(eng: EngineState, use_cache: bool = True) -> bytes:
+def dump(eng: EngineState, use_cache: bool = True, digest: bool = True) -> bytes:
     """``eng``'s snapshot; ``use_cache=False`` encodes every part now (the same bytes: tests and
-    benchmarks compare the two), leaving the engine's kept parts as they were."""
+    benchmarks compare the two), leaving the engine's kept parts as they were. ``digest=False``
+    writes version 5: the same body without the blake2b digest, for a caller whose container
+    checks the bytes (a cluster snapshot)."""
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the column lists are large; collecting while building them only costs time
     try:
@@ -310,9 +318,11 @@ def dump(eng: EngineState, use_cache: bool = True) -> bytes:
     finally:
         if gc_was_enabled:
             gc.enable()
-    hdr = _HDR.pack(MAGIC, VERSION, 0, sum([len(x) for x in parts]))
+    hdr = _HDR.pack(MAGIC, VERSION if digest else VERSION_UNSIGNED, 0, sum([len(x) for x in parts]))
     parts.insert(0, hdr)
     blob = b"".join(parts)
+    if not digest:
+        return blob
     return blob + hashlib.blake2b(blob, digest_size=_DIGEST).digest()
 
 
@@ -324,7 +334,7 @@ def load(blob: object, cls: type[E]) -> E:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise SnapshotError("snapshot must be bytes")
     mv = memoryview(blob).cast("B")
-    if len(mv) < _HDR.size + _DIGEST:
+    if len(mv) < _HDR.size:
         raise SnapshotError("snapshot truncated (shorter than header)")
     magic, version, _res, blen = _HDR.unpack(mv[: _HDR.size])
     if magic != MAGIC:
@@ -332,16 +342,19 @@ def load(blob: object, cls: type[E]) -> E:
     if version not in _READS:
         raise SnapshotError(f"unsupported snapshot version {version} (this engine reads versions "
                             f"{', '.join(map(str, _READS))})")
-    if len(mv) != _HDR.size + blen + _DIGEST:
+    signed = version != VERSION_UNSIGNED
+    if len(mv) != _HDR.size + blen + (_DIGEST if signed else 0):
         raise SnapshotError("snapshot truncated or has trailing bytes")
-    h = hashlib.blake2b(mv[: _HDR.size + blen], digest_size=_DIGEST)
-    if h.digest() != bytes(mv[_HDR.size + blen:]):
-        raise SnapshotError("snapshot checksum mismatch (corrupt)")
+    if signed:
+        h = hashlib.blake2b(mv[: _HDR.size + blen], digest_size=_DIGEST)
+        if h.digest() != bytes(mv[_HDR.size + blen:]):
+            raise SnapshotError("snapshot checksum mismatch (corrupt)")
     # a bulk load of long-lived objects: collecting during it only costs time
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]), version, cls)
+        # version 5 is version 4's body
+        eng = _load_body(_R(mv[_HDR.size: _HDR.size + blen]), 4 if version == VERSION_UNSIGNED else version, cls)
     except SnapshotError:
         raise
     except Exception as e:

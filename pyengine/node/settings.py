@@ -21,6 +21,8 @@ PORTS_PER_PARTITION = 100
 # As MemberSettings.java; why these values: docs/operations.md, "Snapshots and recovery"
 DEFAULT_SNAPSHOT_INTERVAL_S = 30
 DEFAULT_SNAPSHOT_LOG_BYTES = 8 << 20
+DEFAULT_SNAPSHOT_TERM_LENGTH = 64 << 20
+DEFAULT_SNAPSHOT_MTU = 0
 
 MEMBER_THREADING = ("shared", "compact")  # as MemberSettings.java
 
@@ -121,6 +123,10 @@ class ClusterLayout:
     # (0 turns a trigger off; docs/operations.md, "Snapshots and recovery")
     snapshot_interval_s: int = DEFAULT_SNAPSHOT_INTERVAL_S
     snapshot_log_bytes: int = DEFAULT_SNAPSHOT_LOG_BYTES
+    # the service snapshot's IPC publication: its term length (the service runs up to half a term
+    # ahead of the archive recording it) and frame size (0: the driver's); MemberSettings.java
+    snapshot_term_length: int = DEFAULT_SNAPSHOT_TERM_LENGTH
+    snapshot_mtu: int = DEFAULT_SNAPSHOT_MTU
     # JSON file with the auth service's public keys ({"keys": [{kid, x}, ...]} or a list);
     # when set, every session must present an access token. The same file on every member.
     auth_keys_file: str | None = None
@@ -208,6 +214,8 @@ class ClusterLayout:
             "threading": self.member_threading,
             "snapshot.interval.s": str(self.snapshot_interval_s),
             "snapshot.log.bytes": str(self.snapshot_log_bytes),
+            "snapshot.term.length": str(self.snapshot_term_length),
+            "snapshot.mtu": str(self.snapshot_mtu),
         }
 
     def to_json(self) -> str:

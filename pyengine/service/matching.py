@@ -553,7 +553,9 @@ class MatchingService:
 
     def _snapshot_parts(self) -> list[bytes]:
         gc.freeze()  # what lived until this snapshot is long-lived: keep it out of collections
-        engine_blob = self.engine.snapshot()
+        # no engine digest (engine snapshot version 5): the service snapshot travels under the
+        # shim's CRC32C and the archive's per-frame checksums, and the blake2b was half the take
+        engine_blob = self.engine.snapshot(digest=False)
         routing = orjson.dumps({"owned": self.owned, "moved": self.moved,
                                 "migrations": self.migrations.to_json()}, option=orjson.OPT_SORT_KEYS)
         auth = self.auth.to_bytes() if self.auth is not None else b""
@@ -601,7 +603,7 @@ class MatchingService:
             # the whole cluster (Aeron's SNAPSHOT state). When failures keep coming a member
             # restarts more often than it snapshots, so nearly every take was a cold one
             # (bench/reports/failover_fixed_kill_300_snapcache.md).
-            self.engine.snapshot()
+            self.engine.snapshot(digest=False)
             gc.freeze()
         finally:
             if gc_was_enabled:

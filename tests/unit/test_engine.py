@@ -913,3 +913,20 @@ def test_snapshots_taken_along_the_way_give_the_bytes_of_one_taken_at_the_end():
     place(fresh, "alice", "buy", "100", "0.001", ts=99999)
     restored.snapshot()
     assert restored.snapshot() == fresh.snapshot()
+
+
+def test_an_unsigned_snapshot_is_version_4_without_its_digest_and_restores_exactly():
+    """``snapshot(digest=False)`` (what the cluster's service snapshot holds: the container checks
+    the bytes) is version 5: version 4's header and body, no blake2b trailer. It restores to the
+    same state; a version 5 snapshot with bytes after its body, or cut short, is refused."""
+    e = _snapshot_format_scenario()
+    signed = e.snapshot()
+    unsigned = e.snapshot(digest=False)
+    assert signed[8:10] == b"\x04\x00" and unsigned[8:10] == b"\x05\x00"
+    assert unsigned[10:] == signed[10:-32]
+    r = Engine.restore(unsigned)
+    assert r.state_hash() == e.state_hash() and r.snapshot() == signed
+    with pytest.raises(SnapshotError, match="trailing"):
+        Engine.restore(unsigned + b"\x00" * 32)
+    with pytest.raises(SnapshotError, match="truncated"):
+        Engine.restore(unsigned[:-1])

@@ -307,10 +307,35 @@ public final class MemberNode implements AutoCloseable
             .serviceStreamId(ClusteredServiceContainer.Configuration.SERVICE_STREAM_ID_DEFAULT + off)
             .consensusModuleStreamId(ClusteredServiceContainer.Configuration.CONSENSUS_MODULE_STREAM_ID_DEFAULT + off)
             .snapshotStreamId(ClusteredServiceContainer.Configuration.SNAPSHOT_STREAM_ID_DEFAULT + off)
+            .snapshotChannel(snapshotChannel(s))
+            // the service's replay channel carries only the snapshot it loads at start (Aeron's
+            // ClusteredServiceAgent.loadSnapshot): the same term length lets the archive replay it
+            // without waiting on the service every half megabyte
+            .replayChannel(snapshotReplayChannel(s))
             .idleStrategySupplier(idle)
             .errorHandler(errorHandler);
 
         return new Contexts(archiveCtx, cmCtx, serviceCtx);
+    }
+
+    /**
+     * The service's snapshot channel: Aeron's default IPC channel with a term of its own
+     * ({@code snapshot.term.length}, sparse: only the pages written are used) and frame size.
+     */
+    static String snapshotChannel(final MemberSettings s)
+    {
+        return ClusteredServiceContainer.Configuration.SNAPSHOT_CHANNEL_DEFAULT + "|" + snapshotChannelParams(s);
+    }
+
+    /** The channel the archive replays the snapshot to at start: as {@link #snapshotChannel}. */
+    static String snapshotReplayChannel(final MemberSettings s)
+    {
+        return ClusteredServiceContainer.Configuration.REPLAY_CHANNEL_DEFAULT + "?" + snapshotChannelParams(s);
+    }
+
+    private static String snapshotChannelParams(final MemberSettings s)
+    {
+        return "sparse=true|term-length=" + s.snapshotTermLength + (s.snapshotMtu > 0 ? "|mtu=" + s.snapshotMtu : "");
     }
 
     /**

@@ -27,6 +27,22 @@ public final class MemberSettings
     static final int DEFAULT_MAX_CONCURRENT_SESSIONS = 100;
     /** ... and whenever the log has grown this much since the last one (docs/operations.md). */
     static final long DEFAULT_SNAPSHOT_LOG_BYTES = 8L << 20;
+    /**
+     * Term length of the service's snapshot publication (an IPC channel of its own). The driver's
+     * IPC default (term.length, 1 MB) lets the service run only half a term (512 KB) ahead of the
+     * archive recording it: a 15 MB snapshot went through in ~30 hand-offs between the service
+     * thread and the archive's, each waiting on the other's idle strategy, while the member is in
+     * SNAPSHOT (bench/reports/snapshot_write.md). 64 MB holds a snapshot of up to 32 MB in one
+     * window; the term files are sparse in the driver's directory and removed with the publication
+     * after each snapshot, so only the pages written are ever used.
+     */
+    static final int DEFAULT_SNAPSHOT_TERM_LENGTH = 64 << 20;
+    /**
+     * Frame size of the snapshot publication, 0 for the driver's (1,408-byte frames). 64 KB frames
+     * (~45x fewer for the archive to checksum) showed no clear gain on a loaded machine, so the
+     * default stays; the setting is there to measure it again.
+     */
+    static final int DEFAULT_SNAPSHOT_MTU = 0;
     /** Driver SHARED (its own thread), archive SHARED, consensus module and service: four agent threads. */
     static final String THREADING_SHARED = "shared";
     /**
@@ -45,6 +61,8 @@ public final class MemberSettings
     final int termLength;
     final int ingressTermLength;
     final int segmentLength;
+    final int snapshotTermLength;
+    final int snapshotMtu;
     final int bufferCapacity;
     final long heartbeatIntervalMs;
     final long heartbeatTimeoutMs;
@@ -75,6 +93,8 @@ public final class MemberSettings
         termLength = intValue(p, "term.length", 1 << 20);
         ingressTermLength = intValue(p, "ingress.term.length", 1 << 20);
         segmentLength = intValue(p, "segment.length", 8 << 20);
+        snapshotTermLength = intValue(p, "snapshot.term.length", DEFAULT_SNAPSHOT_TERM_LENGTH);
+        snapshotMtu = intValue(p, "snapshot.mtu", DEFAULT_SNAPSHOT_MTU);
         bufferCapacity = intValue(p, "buffer.capacity", 4 << 20);
         heartbeatIntervalMs = longValue(p, "heartbeat.interval.ms", 20);
         heartbeatTimeoutMs = longValue(p, "heartbeat.timeout.ms", 120);
@@ -99,6 +119,10 @@ public final class MemberSettings
         check(isPowerOfTwo(termLength) && termLength >= 64 * 1024, "term.length must be a power of two >= 64k");
         check(isPowerOfTwo(ingressTermLength) && ingressTermLength >= 64 * 1024,
             "ingress.term.length must be a power of two >= 64k");
+        check(isPowerOfTwo(snapshotTermLength) && snapshotTermLength >= 64 * 1024 && snapshotTermLength <= 1 << 30,
+            "snapshot.term.length must be a power of two in 64k..1g");
+        check(snapshotMtu == 0 || (snapshotMtu % 32 == 0 && snapshotMtu >= 4096 && snapshotMtu <= 65504),
+            "snapshot.mtu must be 0 (the driver's) or a multiple of 32 in 4096..65504");
         check(isPowerOfTwo(segmentLength) && segmentLength >= termLength, "segment.length must be a power of two >= term.length");
         check(heartbeatIntervalMs > 0 && heartbeatTimeoutMs > 2 * heartbeatIntervalMs,
             "heartbeat.timeout.ms must exceed twice heartbeat.interval.ms");

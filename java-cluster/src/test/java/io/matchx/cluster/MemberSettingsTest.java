@@ -46,6 +46,18 @@ class MemberSettingsTest
         assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(noMembers))
             .getMessage().contains("cluster.members"));
 
+        final Properties badSnapshotTerm = valid();
+        badSnapshotTerm.setProperty("snapshot.term.length", "100000");
+        assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(badSnapshotTerm))
+            .getMessage().contains("snapshot.term.length"));
+        final Properties badSnapshotMtu = valid();
+        badSnapshotMtu.setProperty("snapshot.mtu", "70000");
+        assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(badSnapshotMtu))
+            .getMessage().contains("snapshot.mtu"));
+        final Properties snapshotTerm = valid();
+        snapshotTerm.setProperty("snapshot.term.length", String.valueOf(1 << 20));
+        assertTrue(MemberNode.snapshotChannel(MemberSettings.from(snapshotTerm)).endsWith("term-length=1048576"));
+
         final Properties badTerm = valid();
         badTerm.setProperty("term.length", "100000");
         assertTrue(assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(badTerm))

@@ -20,6 +20,7 @@ import java.util.concurrent.TimeUnit;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotNull;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
@@ -36,7 +37,7 @@ class SingleMemberClusterTest
     private String aeronDir;
 
     /** Echoes the request back, prefixed with the session id, to the sending session. */
-    static final class EchoHandler implements ServiceHandler
+    static class EchoHandler implements ServiceHandler
     {
         MatchService service;
         volatile int messages;
@@ -112,10 +113,8 @@ class SingleMemberClusterTest
         }
     }
 
-    @Test
-    void echoesThroughTheReplicatedLog() throws Exception
+    private Properties memberProperties(final int ingress) throws Exception
     {
-        final int ingress = freePort();
         final String members = "0,127.0.0.1:" + ingress + ",127.0.0.1:" + freePort() + ",127.0.0.1:" + freePort() +
             ",127.0.0.1:" + freePort() + ",127.0.0.1:" + freePort();
         aeronDir = "/dev/shm/matchx-junit-" + ProcessHandle.current().pid();
@@ -126,6 +125,84 @@ class SingleMemberClusterTest
         p.setProperty("archive.port", members.substring(members.lastIndexOf(':') + 1));
         p.setProperty("base.dir", dir.toString());
         p.setProperty("aeron.dir", aeronDir);
+        return p;
+    }
+
+    /** Snapshots a fixed pseudo-random state; records what it was started from. */
+    static final class StateHandler extends EchoHandler
+    {
+        final byte[] state;
+        volatile byte[] startedFrom;
+
+        StateHandler(final int length)
+        {
+            state = new byte[length];
+            new java.util.Random(17).nextBytes(state);
+        }
+
+        public void onStart(final int memberId, final byte[] snapshot)
+        {
+            startedFrom = snapshot;
+            super.onStart(memberId, snapshot);
+        }
+
+        public java.nio.ByteBuffer onTakeSnapshot(final long position)
+        {
+            final ByteBuffer direct = ByteBuffer.allocateDirect(state.length);
+            direct.put(state).flip();
+            return direct;
+        }
+    }
+
+    @Test
+    void aSnapshotLargerThanTheLogTermGoesThroughItsOwnChannelAndLoadsExactly() throws Exception
+    {
+        final Properties p = memberProperties(freePort());
+        // the service's snapshot and its replay at start go through IPC channels with a term of
+        // their own (64 MB by default), not the driver's 1 MB IPC term
+        final MemberNode.Contexts ctx = MemberNode.newContexts(
+            MemberSettings.from(p), (io.aeron.cluster.service.ClusteredService)null, Throwable::printStackTrace);
+        assertTrue(ctx.container.snapshotChannel().contains("term-length=" + (64 << 20)), ctx.container.snapshotChannel());
+        assertTrue(ctx.container.replayChannel().contains("term-length=" + (64 << 20)), ctx.container.replayChannel());
+
+        final StateHandler handler = new StateHandler(5 << 20);  // five of the log's 1 MB terms
+        final MatchService service = MemberNode.newService(p, handler);
+        handler.service = service;
+        node = MemberNode.launch(p, service);
+        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+        while (service.role() != 2 && System.nanoTime() < deadline)
+        {
+            Thread.sleep(20);
+        }
+        assertNull(handler.startedFrom, "a fresh member starts empty");
+        while (!node.takeSnapshot() && System.nanoTime() < deadline)
+        {
+            Thread.sleep(20);
+        }
+        while (service.counts().snapshots < 1 && System.nanoTime() < deadline)
+        {
+            Thread.sleep(20);
+        }
+        assertEquals(1, service.counts().snapshots, "snapshot taken");
+        node.close();
+        node = null;
+
+        final StateHandler restarted = new StateHandler(0);
+        final MatchService again = MemberNode.newService(p, restarted);
+        restarted.service = again;
+        node = MemberNode.launch(p, again);
+        while (null == restarted.startedFrom && System.nanoTime() < deadline)
+        {
+            Thread.sleep(20);
+        }
+        assertArrayEquals(handler.state, restarted.startedFrom, "the restarted member loads the snapshot's exact bytes");
+    }
+
+    @Test
+    void echoesThroughTheReplicatedLog() throws Exception
+    {
+        final int ingress = freePort();
+        final Properties p = memberProperties(ingress);
 
         final EchoHandler handler = new EchoHandler();
         final MatchService service = MemberNode.newService(p, handler);
