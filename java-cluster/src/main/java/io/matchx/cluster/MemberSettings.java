@@ -30,13 +30,14 @@ public final class MemberSettings
     /**
      * Term length of the service's snapshot publication (an IPC channel of its own). The driver's
      * IPC default (term.length, 1 MB) lets the service run only half a term (512 KB) ahead of the
-     * archive recording it: a 15 MB snapshot went through in ~30 hand-offs between the service
+     * archive recording it: a 15 MB snapshot went through ~30 hand-offs between the service
      * thread and the archive's, each waiting on the other's idle strategy, while the member is in
-     * SNAPSHOT (bench/reports/snapshot_write.md). 64 MB holds a snapshot of up to 32 MB in one
-     * window; the term files are sparse in the driver's directory and removed with the publication
-     * after each snapshot, so only the pages written are ever used.
+     * SNAPSHOT (bench/reports/snapshot_write.md). 16 MB takes a 15 MB snapshot in two windows. The
+     * term files are sparse and removed with the publication after each snapshot, so only the
+     * pages written are used, but the driver checks /dev/shm for all three terms (48 MB) when it
+     * creates the publication: a larger term wants a larger shm_size (docs/docker.md).
      */
-    static final int DEFAULT_SNAPSHOT_TERM_LENGTH = 64 << 20;
+    static final int DEFAULT_SNAPSHOT_TERM_LENGTH = 16 << 20;
     /**
      * Frame size of the snapshot publication, 0 for the driver's (1,408-byte frames). 64 KB frames
      * (~45x fewer for the archive to checksum) showed no clear gain on a loaded machine, so the

@@ -159,13 +159,13 @@ class SingleMemberClusterTest
     {
         final Properties p = memberProperties(freePort());
         // the service's snapshot and its replay at start go through IPC channels with a term of
-        // their own (64 MB by default), not the driver's 1 MB IPC term
+        // their own (16 MB by default), not the driver's 1 MB IPC term
         final MemberNode.Contexts ctx = MemberNode.newContexts(
             MemberSettings.from(p), (io.aeron.cluster.service.ClusteredService)null, Throwable::printStackTrace);
-        assertTrue(ctx.container.snapshotChannel().contains("term-length=" + (64 << 20)), ctx.container.snapshotChannel());
-        assertTrue(ctx.container.replayChannel().contains("term-length=" + (64 << 20)), ctx.container.replayChannel());
+        assertTrue(ctx.container.snapshotChannel().contains("term-length=" + (16 << 20)), ctx.container.snapshotChannel());
+        assertTrue(ctx.container.replayChannel().contains("term-length=" + (16 << 20)), ctx.container.replayChannel());
 
-        final StateHandler handler = new StateHandler(5 << 20);  // five of the log's 1 MB terms
+        final StateHandler handler = new StateHandler(20 << 20);  // 20 of the log's 1 MB terms, more than one window of its own
         final MatchService service = MemberNode.newService(p, handler);
         handler.service = service;
         node = MemberNode.launch(p, service);
