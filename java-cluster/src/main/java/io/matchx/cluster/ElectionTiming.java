@@ -1,11 +1,15 @@
 package io.matchx.cluster;
 
+import io.aeron.Counter;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.ElectionState;
 import io.aeron.cluster.service.Cluster;
+import org.agrona.concurrent.IdleStrategy;
 
 import java.lang.reflect.Field;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
+import java.util.function.Supplier;
 
 /**
  * Keeps Aeron's heartbeat timeout short where it detects a dead leader and long where it only
@@ -59,10 +63,20 @@ import java.util.concurrent.TimeUnit;
  * current value on every duty cycle, so the sampling lag ({@link #POLL_MS}) shifts a deadline by
  * at most that much. If the field cannot be reached (another Aeron version) the member logs one
  * warning and the consensus module keeps the configured value.
+ *
+ * <p>Outside an election, once warm, nothing the thread sets changes until the election state
+ * does, so it then waits up to {@link #QUIET_POLL_MS} instead of {@link #POLL_MS} (200 wake-ups a
+ * second were ~0.4 % of a core per idle member, bench/reports/idle_cpu.md). It is not late for
+ * an election that begins: the consensus module's own idle strategy, which its thread calls at
+ * the end of every duty cycle, wakes it as soon as the election state counter changes
+ * ({@link #wakeOnChange}), sooner than a {@link #POLL_MS} sample would. Inside an election, and
+ * until warm, it samples every {@link #POLL_MS} as before ({@link JoinDeadlock} needs that too).
  */
 final class ElectionTiming implements AutoCloseable
 {
     static final long POLL_MS = 5;
+    /** The longest wait between samples outside an election once warm (a change wakes it at once). */
+    static final long QUIET_POLL_MS = 1_000;
     /** A deadline for an election step after a fault, when the member is warm. */
     static final long PROGRESS_TIMEOUT_MS = 1_000;
     /** The same while the member's JVM starts. */
@@ -90,6 +104,12 @@ final class ElectionTiming implements AutoCloseable
     private volatile WatchedCounter role;
     private Field agentTimeout;
     private long agentValueNs;
+    /** The sampling thread, woken by {@link #wakeOnChange}; null until it starts. */
+    private volatile Thread sampler;
+    /** Set once the consensus module's idle strategy wakes the sampler: only then may it wait long. */
+    private volatile boolean wokenOnChange;
+    private long quietPollNs = TimeUnit.MILLISECONDS.toNanos(QUIET_POLL_MS);
+    private volatile long samples;
 
     private ElectionTiming(final ConsensusModule.Context ctx, final String logPrefix)
     {
@@ -119,6 +139,24 @@ final class ElectionTiming implements AutoCloseable
     long intendedElectionTimeoutNs()
     {
         return intendedElectionTimeoutNs;
+    }
+
+    /**
+     * Before launch: as {@link #beforeLaunch(ConsensusModule.Context, String)}, and the consensus
+     * module's idle strategy ({@code idle}, what the context would otherwise get) wakes the
+     * sampler when the election state changes, so that it may wait long outside elections.
+     */
+    static ElectionTiming beforeLaunch(
+        final ConsensusModule.Context ctx, final String logPrefix, final Supplier<IdleStrategy> idle)
+    {
+        final ElectionTiming timing = beforeLaunch(ctx, logPrefix);
+        ctx.idleStrategySupplier(() -> timing.wakeOnChange(idle.get(), () ->
+        {
+            final Counter counter = ctx.electionStateCounter();
+            // read on the consensus module's own thread, which also closes the counter: never unmapped here
+            return null == counter || counter.isClosed() ? WatchedCounter.CLOSED : counter.get();
+        }));
+        return timing;
     }
 
     /** Before launch: the start-up election timeout (the consensus module copies nothing of it). */
@@ -154,11 +192,80 @@ final class ElectionTiming implements AutoCloseable
             warn("the consensus module's heartbeat timeout stays as configured (" + ex +
                 "): catch-up progress and a fresh leader's check of its followers use it");
         }
-        electionState = WatchedCounter.of(ctx.electionStateCounter());
-        role = WatchedCounter.of(ctx.clusterNodeRoleCounter());
+        start(WatchedCounter.of(ctx.electionStateCounter()), WatchedCounter.of(ctx.clusterNodeRoleCounter()));
+    }
+
+    /** The sampling thread over these counters (tests give their own). */
+    void start(final WatchedCounter electionState, final WatchedCounter role)
+    {
+        this.electionState = electionState;
+        this.role = role;
         final Thread t = new Thread(this::run, "matchx-election-timing");
         t.setDaemon(true);
+        sampler = t;
         t.start();
+    }
+
+    /**
+     * {@code idle} as the consensus module's idle strategy, which also wakes the sampler whenever
+     * {@code electionState} (read on the consensus module's thread, once per duty cycle: one
+     * volatile read) has changed since its last duty cycle.
+     */
+    IdleStrategy wakeOnChange(final IdleStrategy idle, final java.util.function.LongSupplier electionState)
+    {
+        wokenOnChange = true;
+        return new IdleStrategy()
+        {
+            private long seen = WatchedCounter.CLOSED;
+
+            private void check()
+            {
+                final long state = electionState.getAsLong();
+                if (state != seen)
+                {
+                    seen = state;
+                    final Thread t = sampler;
+                    if (null != t)
+                    {
+                        LockSupport.unpark(t);
+                    }
+                }
+            }
+
+            public void idle(final int workCount)
+            {
+                check();
+                idle.idle(workCount);
+            }
+
+            public void idle()
+            {
+                check();
+                idle.idle();
+            }
+
+            public void reset()
+            {
+                idle.reset();
+            }
+
+            public String alias()
+            {
+                return idle.alias();
+            }
+        };
+    }
+
+    /** Samples taken so far (tests). */
+    long samples()
+    {
+        return samples;
+    }
+
+    /** How long a warm sampler waits outside an election (tests shorten or lengthen it). */
+    void quietPollMs(final long ms)
+    {
+        quietPollNs = TimeUnit.MILLISECONDS.toNanos(ms);
     }
 
     /** The member's election state as our watcher threads read it (closed with this object). */
@@ -264,12 +371,15 @@ final class ElectionTiming implements AutoCloseable
                 {
                     ctx.electionTimeoutNs(electionNs);
                 }
-                Thread.sleep(POLL_MS);
+                samples++;
+                final boolean quiet = warm && wokenOnChange && state == ElectionState.CLOSED;
+                // a wake-up from the consensus module ends either wait early (LockSupport.unpark)
+                LockSupport.parkNanos(quiet ? quietPollNs : TimeUnit.MILLISECONDS.toNanos(POLL_MS));
+                if (Thread.currentThread().isInterrupted())
+                {
+                    return;
+                }
             }
-        }
-        catch (final InterruptedException ex)
-        {
-            Thread.currentThread().interrupt();
         }
         catch (final RuntimeException ex)
         {

@@ -85,7 +85,7 @@ public final class MemberNode implements AutoCloseable
         try
         {
             final long started = System.nanoTime();
-            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX);
+            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX, () -> newIdleStrategy(s));
             driver = launchDriver(s, driverCtx, ctx, errorHandler);
             timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +

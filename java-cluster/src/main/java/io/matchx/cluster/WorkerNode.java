@@ -132,7 +132,7 @@ public final class WorkerNode implements AutoCloseable
                 .mediaDriverAgentInvoker(driver.sharedAgentInvoker())
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
             final long started = System.nanoTime();
-            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix);
+            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix, () -> MemberNode.newIdleStrategy(s));
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
             timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +

@@ -3,11 +3,16 @@ package io.matchx.cluster;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.ElectionState;
 
+import io.aeron.cluster.service.Cluster;
+import org.agrona.concurrent.IdleStrategy;
+import org.agrona.concurrent.NoOpIdleStrategy;
 import org.junit.jupiter.api.Test;
 
 import java.lang.reflect.Field;
 import java.lang.reflect.Modifier;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.function.BooleanSupplier;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -93,5 +98,65 @@ class ElectionTimingTest
         assertEquals(0.25, NominationOrder.scaled(0.5, 10, 20), 1e-12);
         assertEquals(0.5, NominationOrder.scaled(0.5, 0, 20), 1e-12);
         assertEquals(0.5, NominationOrder.scaled(0.5, 30, 20), 1e-12);
+    }
+
+    /**
+     * Outside an election a warm member's sampler does not poll (it woke 200 times a second for
+     * nothing: idle CPU), yet an election that begins is seen at once: the consensus module's
+     * idle strategy wakes it when the state counter changes, and it then sets the step's deadline.
+     */
+    @Test
+    void aWarmSamplerWaitsOutsideElectionsAndAStateChangeWakesIt() throws Exception
+    {
+        final ConsensusModule.Context ctx = new ConsensusModule.Context()
+            .electionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(20))
+            .leaderHeartbeatTimeoutNs(TimeUnit.MILLISECONDS.toNanos(120));
+        final ElectionTiming timing = ElectionTiming.beforeLaunch(ctx, "[test]");
+        final AtomicLong state = new AtomicLong(ElectionState.CLOSED.code());
+        final IdleStrategy consensusIdle = timing.wakeOnChange(NoOpIdleStrategy.INSTANCE, state::get);
+        timing.quietPollMs(TimeUnit.MINUTES.toMillis(10));  // only a wake-up can end the wait
+        timing.start(new WatchedCounter(state::get, () -> false),
+            new WatchedCounter(() -> Cluster.Role.FOLLOWER.code(), () -> false));
+        try
+        {
+            // warm a second after it is first in step; then quiet
+            awaitTrue(() -> timing.samples() > 0, 10_000);
+            Thread.sleep(ElectionTiming.WARM_AFTER_IN_STEP_MS + 500);
+            final long before = timing.samples();
+            Thread.sleep(1_000);
+            assertTrue(timing.samples() - before <= 1, "samples in a quiet second: " + (timing.samples() - before));
+
+            // a vote: the consensus module's next duty cycle ends in its idle strategy
+            state.set(ElectionState.FOLLOWER_BALLOT.code());
+            consensusIdle.idle(1);
+            awaitTrue(() -> ctx.leaderHeartbeatTimeoutNs() ==
+                TimeUnit.MILLISECONDS.toNanos(ElectionTiming.PROGRESS_TIMEOUT_MS), 10_000);
+
+            // inside an election it samples every POLL_MS again
+            final long inElection = timing.samples();
+            Thread.sleep(1_000);
+            assertTrue(timing.samples() - inElection >= 5, "samples in an election's second: " +
+                (timing.samples() - inElection));
+
+            // back in step: the configured detection again, at the change
+            state.set(ElectionState.CLOSED.code());
+            consensusIdle.idle(0);
+            awaitTrue(() -> ctx.leaderHeartbeatTimeoutNs() == TimeUnit.MILLISECONDS.toNanos(120), 10_000);
+        }
+        finally
+        {
+            state.set(WatchedCounter.CLOSED);  // the sampler returns at its next sample
+            consensusIdle.idle(0);
+        }
+    }
+
+    private static void awaitTrue(final BooleanSupplier condition, final long timeoutMs) throws InterruptedException
+    {
+        final long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        while (!condition.getAsBoolean())
+        {
+            assertTrue(System.nanoTime() < deadline, "not within " + timeoutMs + " ms");
+            Thread.sleep(1);
+        }
     }
 }
