@@ -132,6 +132,13 @@ class ServiceBridge:
         self.snapshot_buffer = None
 
     @JOverride
+    def onInStep(self) -> None:
+        started = time.perf_counter()
+        if self.service.warm_snapshot_cache():
+            log.info("snapshot cache warmed in %.0f ms, after the member was in step",
+                     (time.perf_counter() - started) * 1000)
+
+    @JOverride
     def onRoleChange(self, role) -> None:
         self.service.role = int(role)
         log.info("role -> %s", {0: "follower", 1: "candidate", 2: "leader"}.get(int(role), role))

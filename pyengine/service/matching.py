@@ -212,6 +212,7 @@ class MatchingService:
         self.market = MarketData()
         self._session = 0  # the session of the log message being applied
         self.counters = ServiceCounters()  # for /metrics; output only, never read back
+        self._warm_pending = False  # a restore whose snapshot cache is still cold (on_start)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -223,7 +224,11 @@ class MatchingService:
         gc.set_threshold(*GC_THRESHOLDS)
         if snapshot is not None:
             started = time.perf_counter()
-            self.restore(snapshot)  # freezes what it restored out of GC (see restore)
+            # the cache is warmed once the member is in step (warm_snapshot_cache, called by the
+            # bridge then): the cluster waits for a restarting member's restore before its election
+            # goes on, and not for that
+            self.restore(snapshot, warm=False)  # freezes what it restored out of GC (see restore)
+            self._warm_pending = True
             log.info("member %d restored a snapshot of %d bytes in %.2f s (%d resting orders)",
                      member_id, len(snapshot), time.perf_counter() - started,
                      len(self.engine.orders))
@@ -580,8 +585,29 @@ class MatchingService:
         parts.extend(self.replies.encode_parts())
         return parts
 
-    def restore(self, blob: bytes) -> None:
-        """Replaces the state with ``blob``'s, or raises ServiceSnapshotError changing nothing."""
+    def warm_snapshot_cache(self) -> bool:
+        """Takes one snapshot (thrown away) to build the engine's snapshot cache after a restore
+        that left it cold (``on_start``); False when there was nothing to do. A member's first
+        take otherwise encodes everything, and every member's take stalls the whole cluster
+        (Aeron's SNAPSHOT state); when failures keep coming a member restarts more often than it
+        snapshots, so nearly every take was a cold one
+        (bench/reports/failover_fixed_kill_300_snapcache.md)."""
+        if not self._warm_pending:
+            return False
+        self._warm_pending = False
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            self.engine.snapshot(digest=False)
+            gc.freeze()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return True
+
+    def restore(self, blob: bytes, warm: bool = True) -> None:
+        """Replaces the state with ``blob``'s, or raises ServiceSnapshotError changing nothing.
+        ``warm=False`` leaves the engine's snapshot cache cold (``warm_snapshot_cache`` later)."""
         buf = memoryview(blob)
         if len(buf) < _SNAP_HEADER.size + 8:
             raise ServiceSnapshotError(f"service snapshot of {len(buf)} bytes is truncated")
@@ -604,12 +630,8 @@ class MatchingService:
         gc.disable()
         try:
             self._restore_sections(buf, off, engine_len, applied, position, chain, version)
-            # Warm the engine's snapshot cache now, once, while the member is starting anyway:
-            # its first take would otherwise encode everything, and every member's take stalls
-            # the whole cluster (Aeron's SNAPSHOT state). When failures keep coming a member
-            # restarts more often than it snapshots, so nearly every take was a cold one
-            # (bench/reports/failover_fixed_kill_300_snapcache.md).
-            self.engine.snapshot(digest=False)
+            if warm:  # see warm_snapshot_cache
+                self.engine.snapshot(digest=False)
             gc.freeze()
         finally:
             if gc_was_enabled:

@@ -87,16 +87,21 @@ def test_snapshot_round_trip_and_hash(tmp_path):
     assert again.status == Status.DUPLICATE
 
 
-def test_a_restored_service_takes_its_first_snapshot_warm():
-    """A member restarts more often than it snapshots when failures keep coming: its snapshot
-    cache is built while it loads, so its first take (which stalls the whole cluster) encodes
-    only what changed since (bench/reports/failover_fixed_kill_300_snapcache.md)."""
+def _service_with_a_dedup_window() -> tuple[MatchingService, bytes]:
+    """A service whose account ``a`` remembers 40 cancelled orders, and its snapshot."""
     s = MatchingService()
     places = [{"op": "place", "account": "a", "symbol": "ETH-USDT", "side": "buy", "price": "1",
                "qty": "1", "client_order_id": f"c{i}"} for i in range(40)]
     cancels = [{"op": "cancel_all", "account": "a", "symbol": "ETH-USDT"}]
     run(s, 9, [eng(i + 1, c) for i, c in enumerate(SETUP + places + cancels)])
-    blob = s.snapshot()
+    return s, s.snapshot()
+
+
+def test_a_restored_service_takes_its_first_snapshot_warm():
+    """A member restarts more often than it snapshots when failures keep coming: its snapshot
+    cache is built while it loads, so its first take (which stalls the whole cluster) encodes
+    only what changed since (bench/reports/failover_fixed_kill_300_snapcache.md)."""
+    s, blob = _service_with_a_dedup_window()
     t = MatchingService()
     t.restore(blob)
     cache = t.engine.snap_cache
@@ -422,3 +427,23 @@ def test_a_service_snapshot_with_a_signed_version_4_engine_part_still_restores_a
     bad[at + 40] ^= 0xFF
     with pytest.raises(ServiceSnapshotError, match="checksum"):
         MatchingService().restore(bytes(bad))
+
+
+def test_a_member_start_restores_cold_and_warms_the_snapshot_cache_once_in_step():
+    """The cluster waits for a restarting member's restore before its election goes on, so
+    ``on_start`` leaves the engine's snapshot cache cold; the bridge warms it once the member is
+    in step (MatchService.doBackgroundWork -> onInStep), before the next snapshot, whose take then
+    encodes only what changed."""
+    s, blob = _service_with_a_dedup_window()
+    t = MatchingService()
+    t.on_start(0, blob)
+    cache = t.engine.snap_cache
+    assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)  # nothing encoded at the start
+    assert {**t.hash_info(), "member_id": -1} == s.hash_info()
+    assert t.warm_snapshot_cache() is True
+    warmed = (cache.orders_encoded, cache.fills_encoded)
+    assert warmed[0] >= 40, warmed
+    assert t.warm_snapshot_cache() is False  # once
+    assert t.snapshot() == blob
+    assert (cache.orders_encoded, cache.fills_encoded) == warmed
+    assert MatchingService().warm_snapshot_cache() is False  # a fresh start has nothing to warm

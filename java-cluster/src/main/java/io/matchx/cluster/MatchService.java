@@ -65,6 +65,10 @@ public final class MatchService implements ClusteredService
     private volatile StatusFile.SnapshotStats lastSnapshot = StatusFile.SnapshotStats.NONE;
     private volatile long droppedReplies;
     private long nextStatusNs;
+    // set by the start-phase watcher when the member's first election closes; the service thread
+    // then calls the handler's onInStep once (doBackgroundWork)
+    private volatile boolean inStep;
+    private boolean inStepDelivered;
     // For /metrics (MemberMetrics): written by the service thread only, read at scrape time.
     private volatile long ingressMessages;
     private volatile long egressMessages;
@@ -415,8 +419,20 @@ public final class MatchService implements ClusteredService
         writeStatus();
     }
 
+    /** The member's first election has closed (any thread); the service thread tells the handler. */
+    public void inStep()
+    {
+        inStep = true;
+    }
+
     public int doBackgroundWork(final long nowNs)
     {
+        if (inStep && !inStepDelivered)
+        {
+            inStepDelivered = true;
+            handler.onInStep();
+            return 1;
+        }
         if (nowNs - nextStatusNs >= 0)
         {
             nextStatusNs = nowNs + statusIntervalNs;

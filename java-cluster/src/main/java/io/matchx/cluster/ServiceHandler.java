@@ -42,6 +42,13 @@ public interface ServiceHandler
     /** The buffer {@link #onTakeSnapshot} returned has been written (or failed to): it may go. */
     void onSnapshotWritten();
 
+    /**
+     * The member's first election since its start has closed (it is in step with the cluster),
+     * called once on the service thread between log messages: work that a start would otherwise
+     * do while the cluster waits for this member (warming the snapshot cache after a restore).
+     */
+    void onInStep();
+
     /** @param role 0 follower, 1 candidate, 2 leader (Aeron's Cluster.Role codes). */
     void onRoleChange(int role);
 

@@ -39,9 +39,9 @@ final class StartPhases
     /**
      * Logs each change of the member's election state until its first election closes (the
      * member is then in step: a follower has caught up with the leader and joined its live log).
-     * One daemon thread, gone once the member is in step.
+     * One daemon thread, gone once the member is in step; it runs {@code onInStep} then.
      */
-    static void watchElection(final String prefix, final WatchedCounter electionState)
+    static void watchElection(final String prefix, final WatchedCounter electionState, final Runnable onInStep)
     {
         final Thread t = new Thread(() ->
         {
@@ -64,6 +64,7 @@ final class StartPhases
                             (state == ElectionState.CLOSED ? ": in step with the cluster" : ""));
                         if (state == ElectionState.CLOSED)
                         {
+                            onInStep.run();
                             return;
                         }
                     }

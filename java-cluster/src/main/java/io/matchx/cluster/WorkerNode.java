@@ -137,7 +137,7 @@ public final class WorkerNode implements AutoCloseable
             timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            StartPhases.watchElection(prefix, timing.electionState());
+            StartPhases.watchElection(prefix, timing.electionState(), service::inStep);
             container = ClusteredServiceContainer.launch(ctx.container);
         }
         catch (final RuntimeException ex)

@@ -42,6 +42,7 @@ class SingleMemberClusterTest
         MatchService service;
         volatile int messages;
         volatile boolean started;
+        volatile int inStep;
 
         public void onStart(final int memberId, final byte[] snapshot)
         {
@@ -77,6 +78,11 @@ class SingleMemberClusterTest
 
         public void onSnapshotWritten()
         {
+        }
+
+        public void onInStep()
+        {
+            inStep++;
         }
 
         public void onRoleChange(final int role)
@@ -217,6 +223,13 @@ class SingleMemberClusterTest
         }
         assertTrue(client.isConnected(), "client connected");
         assertTrue(handler.started);
+        // the service hears once, on its own thread, that the member's first election closed
+        while (handler.inStep == 0 && System.nanoTime() < deadline)
+        {
+            Thread.sleep(20);
+        }
+        Thread.sleep(100);
+        assertEquals(1, handler.inStep);
 
         final byte[] request = "hello cluster".getBytes(StandardCharsets.US_ASCII);
         long result;
