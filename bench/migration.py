@@ -17,12 +17,15 @@ prints where the pause went: the driver's steps as the coordinator timed them (`
 coordinator/migration_timing.py: ms from the freeze sent) and the client's side (the first
 "moving" answer, the map naming the destination, the first command the destination accepted), on
 the machine's one monotonic clock. ``--repeat N`` migrates each size N times (back and forth).
+``--no-precopy``: the coordinator copies the whole export after the freeze (no pre-copy while the
+symbol still trades), as before the pre-copy existed: for before/after runs in one window.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import platform
@@ -33,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from pyengine.engine import NATIVE, Engine
-from pyengine.engine.migration import export_symbol, import_symbol
+from pyengine.engine.migration import (
+    build_shadow,
+    export_delta,
+    export_symbol,
+    import_delta,
+    import_symbol,
+    precopy_symbol,
+)
 
 ACCOUNTS = 30
 
@@ -55,15 +65,46 @@ def book(n: int) -> tuple[Engine, Engine]:
     return src, dst
 
 
-def measure(n: int) -> dict:
-    src, dst = book(n)
-    t0 = time.perf_counter()
-    blob, meta = export_symbol(src, "B")
-    t1 = time.perf_counter()
-    import_symbol(dst, blob)
-    t2 = time.perf_counter()
-    assert len(dst.orders) == n and meta["orders"] == n
-    return {"orders": n, "export_ms": (t1 - t0) * 1000, "import_ms": (t2 - t1) * 1000, "bytes": len(blob)}
+CHANGES = 100  # orders placed between the pre-copy and the freeze
+
+
+def measure(n: int, reps: int = 3) -> dict:
+    """CPU time (process time, the fastest of ``reps``) of the whole export and import, and of
+    the pre-copy's steps: the pre-copy and its build at the destination (before the freeze), the
+    freeze after ``CHANGES`` orders were placed and the import of its delta (the pause)."""
+    best: dict[str, float] = {}
+
+    def keep(name: str, t0: float) -> None:
+        best[name] = min(best.get(name, float("inf")), (time.process_time() - t0) * 1000)
+
+    for _ in range(reps):
+        src, dst = book(n)
+        t = time.process_time()
+        blob, meta = export_symbol(src, "B")
+        keep("export_ms", t)
+        t = time.process_time()
+        import_symbol(dst, blob)
+        keep("import_ms", t)
+        assert len(dst.orders) == n and meta["orders"] == n
+        src, dst = book(n)
+        t = time.process_time()
+        base, _meta, baseline = precopy_symbol(src, "B")
+        keep("precopy_ms", t)
+        t = time.process_time()
+        shadow = build_shadow(base, dst.dedup_window)
+        keep("build_ms", t)
+        for i in range(CHANGES):
+            src.apply({"op": "place", "account": f"a{i % ACCOUNTS}", "symbol": "B", "side": "buy", "price": "500",
+                       "qty": "1", "client_order_id": f"d{i}"}, 3)
+        sha = hashlib.sha256(base).hexdigest()
+        t = time.process_time()
+        delta, _meta = export_delta(src, "B", baseline, sha)
+        keep("freeze_ms", t)
+        t = time.process_time()
+        import_delta(dst, shadow, sha, delta)
+        keep("delta_import_ms", t)
+        assert len(dst.orders) == n + CHANGES
+    return {"orders": n, **best, "bytes": len(blob), "precopy_bytes": len(base), "delta_bytes": len(delta)}
 
 
 class Sender(threading.Thread):
@@ -99,10 +140,11 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-def up_2x3(prefix: str, chunk_bytes: int | None = None) -> tuple[Any, Path]:
+def up_2x3(prefix: str, chunk_bytes: int | None = None, precopy: bool = True) -> tuple[Any, Path]:
     """`matchctl up` of docs/examples/topology-2x3.json on free ports in a new temporary
     directory (relaxed Raft timing, as the integration tests): (the System, the directory).
-    ``chunk_bytes``: the coordinator's migration chunk size (its default when None)."""
+    ``chunk_bytes``: the coordinator's migration chunk size (its default when None); ``precopy``
+    False: the coordinator's ``--no-migration-precopy``."""
     from pyengine.node.localcluster import free_port_base
     from pyengine.node.settings import PORTS_PER_PARTITION
     from pyengine.ops.system import System
@@ -112,6 +154,8 @@ def up_2x3(prefix: str, chunk_bytes: int | None = None) -> tuple[Any, Path]:
     doc["coordinator"]["port"] = 0
     if chunk_bytes is not None:
         doc["coordinator"]["migration_chunk_bytes"] = chunk_bytes
+    if not precopy:
+        doc["coordinator"]["migration_precopy"] = False
     doc["settings"] = {"timeouts": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
                                     "election_timeout_ms": 300, "startup_canvass_timeout_ms": 4000}}
     base = 30000
@@ -156,13 +200,14 @@ def client_side(tracer: Tracer, probe: Sender, t0: float, to: str, base: float |
             "dest_ms": None if route is None or accepted is None else round((accepted - route) * 1000, 1)}
 
 
-def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -> tuple[list[dict], dict]:
+def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None,
+            precopy: bool = True) -> tuple[list[dict], dict]:
     import httpx
 
     from pyengine.client.routed import RoutedClient
     from pyengine.wire.bulk import EV_ACCEPTED, BulkBuilder
 
-    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes)
+    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes, precopy)
     rows: list[dict] = []
     extra: dict = {}
     try:
@@ -249,6 +294,7 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None) -
                 timing = rec["info"].get("timing") or {}
                 rows.append({
                     "orders": n, "moved": rec["info"].get("orders"), "to": to, "state": rec["state"],
+                    "freeze_bytes": rec["info"].get("size"),
                     "migration_s": t1 - t0,
                     "pause_ms": max(probe.window(t0, t1 + 2.0), default=0) * 1000,
                     "driver_pause_ms": rec["info"].get("pause_ms"),
@@ -290,7 +336,8 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         "",
         f"`.venv/bin/python bench/migration.py --cluster --orders {' '.join(map(str, args.orders))}"
         f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}"
-        f"{f' --chunk-bytes {args.chunk_bytes}' if args.chunk_bytes else ''}` on "
+        f"{f' --chunk-bytes {args.chunk_bytes}' if args.chunk_bytes else ''}"
+        f"{' --no-precopy' if args.no_precopy else ''}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; engine {'compiled' if NATIVE else 'plain Python'}; "
         f"{os.cpu_count()} cores; load average before "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {extra.get('load_after', (0, 0, 0))[0]:.1f}"
@@ -304,18 +351,21 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         "client pause plus one round trip). *Moved*: the orders the source exported (the book at the freeze).",
         "*Client pause*: the issue's measure, from the first \"moving\" answer the BTC client got to the first",
         "BTC command the destination accepted (RoutedClient's trace hook, monotonic clock).",
+        "*Freeze export*: the bytes the source exported at the freeze (after a pre-copy: what changed since",
+        "it, and the symbol's accounts and finished orders; without one: the whole book).",
         "*Driver*: freeze acknowledged to activation acknowledged (then the route flip), as the coordinator",
         "recorded it (`pause_ms`); *activation at*: the activation's answer, ms from the freeze sent (`timing`).",
         "ETH figures are per place+cancel pair, sequential.",
         "",
         "| resting orders | moved | client pause ms | longest BTC command ms | driver ms | activation at ms | "
-        "chunks | migration s | ETH p50 / p99 ms without | ETH p50 / p99 ms during |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "freeze export bytes | chunks | migration s | ETH p50 / p99 ms without | ETH p50 / p99 ms during |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['orders']:,} | {r.get('moved')} | {r.get('client_pause_ms')} | {r['pause_ms']:.0f} | "
                      f"{r['driver_pause_ms']} | "
-                     f"{(r.get('timing') or {}).get('activated_ms')} | {r.get('chunks')} | {r['migration_s']:.1f} | "
+                     f"{(r.get('timing') or {}).get('activated_ms')} | {r.get('freeze_bytes') or 0:,} | "
+                     f"{r.get('chunks')} | {r['migration_s']:.1f} | "
                      f"{r['eth_p50_without']:.0f} / {r['eth_p99_without']:.0f} | "
                      f"{r['eth_p50_during']:.0f} / {r['eth_p99_during']:.0f} ({r['eth_samples_during']} pairs) |")
     lines += ["", "Errors: " + ", ".join(f"{r['orders']:,}: BTC {r['probe_errors']}, ETH {r['eth_errors']}"
@@ -336,10 +386,12 @@ def main() -> int:
     p.add_argument("--cluster", action="store_true", help="real processes: the pause a client sees")
     p.add_argument("--repeat", type=int, default=1, help="with --cluster: migrations per size (back and forth)")
     p.add_argument("--chunk-bytes", type=int, help="with --cluster: the coordinator's migration chunk size")
+    p.add_argument("--no-precopy", action="store_true",
+                   help="with --cluster: the whole export copied after the freeze (no pre-copy)")
     args = p.parse_args()
     load = os.getloadavg()
     if args.cluster:
-        crow, extra = cluster(args.orders, args.repeat, args.chunk_bytes)
+        crow, extra = cluster(args.orders, args.repeat, args.chunk_bytes, not args.no_precopy)
         text = cluster_report(args, crow, load, extra)
         print(text)
         if args.report:
@@ -352,17 +404,25 @@ def main() -> int:
         f"`.venv/bin/python bench/migration.py --orders {' '.join(map(str, args.orders))}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; engine {'compiled' if NATIVE else 'plain Python'}; "
         f"{os.cpu_count()} cores, {platform.python_version()}; load average before the run "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (a shared, loaded machine: other sessions' tests ran).",
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {os.getloadavg()[0]:.1f}.",
         "",
-        "One process, no cluster: export of a symbol with N resting orders of 30 accounts (with their",
-        "client order ids), then import into a second engine. Not the pause a client sees: that adds the",
-        "log round trips of the steps and the chunked copy of the export (docs/migration.md).",
+        "One process, no cluster, CPU time (process time, the fastest of 3): a symbol with N resting",
+        "orders of 30 accounts (with their client order ids) on 500 price levels a side. *Whole*: export at",
+        "the source, then import into a second engine (what a migration without a pre-copy does in its",
+        "pause). *Pre-copy*: the pre-copy at the source and its build at the destination (both before",
+        f"the freeze, while the symbol trades), then, after {CHANGES} more orders, the freeze's export",
+        "(what changed since) and its import (the pause's engine work). Not the pause a client sees: that",
+        "adds the log round trips of the steps and the copy (docs/migration.md); in a cluster each of",
+        "three members of each partition does this work.",
         "",
-        "| resting orders | export ms | import ms | export bytes |",
-        "|---:|---:|---:|---:|",
+        "| resting orders | whole: export ms | whole: import ms | whole bytes | pre-copy ms | build ms | "
+        "pre-copy bytes | pause: freeze ms | pause: import ms | freeze bytes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['orders']:,} | {r['export_ms']:.0f} | {r['import_ms']:.0f} | {r['bytes']:,} |")
+        lines.append(f"| {r['orders']:,} | {r['export_ms']:.1f} | {r['import_ms']:.1f} | {r['bytes']:,} | "
+                     f"{r['precopy_ms']:.1f} | {r['build_ms']:.1f} | {r['precopy_bytes']:,} | "
+                     f"{r['freeze_ms']:.1f} | {r['delta_import_ms']:.1f} | {r['delta_bytes']:,} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.report:

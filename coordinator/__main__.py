@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="for fault tests only: wait this long before each step of a migration, so that "
                    "every state it records lasts at least that long and a test can act in it (a "
                    "frozen symbol stays frozen meanwhile); default 0")
+    p.add_argument("--no-migration-precopy", dest="migration_precopy", action="store_false",
+                   help="copy a migrating symbol's whole export after its freeze, instead of a pre-copy "
+                   "while it still trades and then only what changed since (docs/migration.md)")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -142,7 +145,8 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
     return Driver(store, transport, step_timeout=args.migration_step_timeout,
                   chunk_bytes=args.migration_chunk_bytes,
                   stage_delay_s=args.migration_stage_delay_ms / 1000,
-                  step_hold_s=args.migration_step_hold_ms / 1000), transport
+                  step_hold_s=args.migration_step_hold_ms / 1000,
+                  precopy=args.migration_precopy), transport
 
 
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:

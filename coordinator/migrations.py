@@ -106,7 +106,8 @@ class _Sequential(Exception):
 
 PIPELINE = 8  # export chunks asked for at once (small commands; their answers come from the leader only)
 PREFETCH = 8  # export chunks asked for right behind the freeze (its size not known yet: an offset past
-# a small export is answered with an error, a read-only command that is ignored)
+# a small export is answered with an error, a read-only command that is ignored); after a pre-copy
+# the freeze's export is what changed since, mostly one chunk: one is asked for
 
 
 def _row(r: sqlite3.Row) -> dict[str, Any]:
@@ -224,7 +225,8 @@ class Driver:
 
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
                  chunk_bytes: int = CHUNK, compress: bool = True, stage_delay_s: float = 0.0,
-                 step_hold_s: float = 0.0, on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 step_hold_s: float = 0.0, precopy: bool = True,
+                 on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
             raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
         self.migs = MigrationStore(store)
@@ -245,6 +247,9 @@ class Driver:
         # the export goes to the destination compressed (zlib, by this driver; the destination
         # checks the size and SHA-256 of what it decompresses against the source's)
         self.compress = compress
+        # a pre-copy before the freeze (mig_precopy, mig_preimport): the freeze then exports only
+        # what changed since, and the pause carries that instead of the whole book
+        self.precopy = precopy
         # the copy's progress per live migration, in memory only (a durable write per chunk would
         # lengthen the pause): what GET /v1/migrations/{id} shows as "progress"
         self._progress: dict[str, dict[str, Any]] = {}
@@ -468,6 +473,10 @@ class Driver:
                 self._call(rec, dst, {"op": "mig_prepare", "id": mid, "symbol": sym, "source": src, "epoch": epoch})
             return self._set(mid, "prepared")
         if st == "prepared":
+            precopied = self.precopy and self._precopy(rec)
+            if precopied and self.migs.get(mid)["abort"]:
+                # aborted during the pre-copy: no freeze (the source gives the pre-copy up)
+                return self._set(mid, "aborting")
             freeze = {"op": "mig_freeze", "id": mid, "symbol": sym, "dest": dst, "epoch": epoch}
             with self._timed(rec, "freeze"):
                 fut = self._submit(rec, src, freeze, None)
@@ -477,7 +486,7 @@ class Driver:
                     self._prefetched[mid] = {
                         off: self._submit(rec, src, {"op": "mig_export_chunk", "id": mid, "offset": off,
                                                      "length": self.chunk_bytes}, f"export@{off}")
-                        for off in range(0, PREFETCH * self.chunk_bytes, self.chunk_bytes)}
+                        for off in range(0, (1 if precopied else PREFETCH) * self.chunk_bytes, self.chunk_bytes)}
                 try:
                     if fut is None:
                         raise _Sequential("no pipelining")
@@ -524,6 +533,33 @@ class Driver:
             return self._abort(rec)
         raise AssertionError(st)
 
+    def _precopy(self, rec: dict[str, Any]) -> bool:
+        """Before the freeze, while the symbol still trades at the source: the source's pre-copy
+        (``mig_precopy``, an export that changes nothing) copied to the destination as the export
+        is after a freeze (fetched, compressed, staged) and built there beside its engine
+        (``mig_preimport``). Each command is idempotent: after a restart the source answers the
+        same pre-copy and the destination says whether it has it. True when the freeze will
+        export only what changed since; False (a source that refuses a pre-copy) makes the freeze
+        export the whole book as without one."""
+        mid, src, dst = rec["id"], rec["source"], rec["dest"]
+        try:
+            with self._timed(rec, "precopy"):
+                pre = self._call(rec, src, {"op": "mig_precopy", "id": mid, "symbol": rec["symbol"], "dest": dst,
+                                            "epoch": rec["epoch"]})
+        except StepRefused as exc:
+            log.warning("migration %s: no pre-copy (%s): the freeze exports the whole book", mid, exc)
+            return False
+        if pre["state"] != "precopied":
+            return pre["state"] == "frozen"  # frozen by an earlier run: the freeze answers again
+        have = self._call(rec, dst, {"op": "mig_prepare", "id": mid, "symbol": rec["symbol"], "source": src,
+                                     "epoch": rec["epoch"]})
+        if have["state"] != "prepared" or (have.get("precopy") or {}).get("sha256") == pre["sha256"]:
+            return True
+        imp = {"op": "mig_preimport", "id": mid, "size": pre["size"], "sha256": pre["sha256"]}
+        self._transfer(rec, have["staged"], pre["size"], "zlib" if self.compress else None, imp, "precopy")
+        self._progress.pop(mid, None)  # the progress shown from here is the freeze's export's
+        return True
+
     def _copy(self, rec: dict[str, Any], resumed: bool) -> None:
         """Fetch the export from the source, compress it (when the record says ``encoding``
         zlib), stage it at the destination, then import. After a restart it resumes staging
@@ -547,28 +583,36 @@ class Driver:
                                           "epoch": rec["epoch"]})
         if state["state"] != "prepared":
             return
-        prog = self._progress[mid] = {"size": size, "fetched": 0, "staged": state["staged"], "chunks": 0,
-                                      "chunk_bytes": self.chunk_bytes, "imported": False}
-        raw = self._fetch(rec, size, prog)
+        self._transfer(rec, state["staged"], size, encoding, {"op": "mig_import", "id": mid, "size": size,
+                                                              "sha256": sha}, None)
+
+    def _transfer(self, rec: dict[str, Any], staged: int, size: int, encoding: str | None, imp: dict,
+                  part: str | None) -> None:
+        """The source's export (``part`` "precopy": its pre-copy) of ``size`` bytes fetched,
+        compressed (``encoding`` zlib), staged at the destination from ``staged`` on, and
+        ``imp`` (mig_import, mig_preimport) sent right behind."""
+        mid, src, dst = rec["id"], rec["source"], rec["dest"]
+        prog = self._progress[mid] = {"size": size, "fetched": 0, "staged": staged, "chunks": 0,
+                                      "chunk_bytes": self.chunk_bytes, "imported": False, "part": part or "export"}
+        raw = self._fetch(rec, size, prog, part)
         if self.stage_delay_s:
-            log.warning("migration %s: export fetched; staging it in %.1f s (--migration-stage-delay-ms: "
-                        "for fault tests only, it lengthens the pause)", mid, self.stage_delay_s)
+            log.warning("migration %s: %s fetched; staging it in %.1f s (--migration-stage-delay-ms: "
+                        "for fault tests only, it lengthens the pause)", mid, part or "export", self.stage_delay_s)
             self._stop.wait(self.stage_delay_s)
         if encoding == "zlib":
-            with self._timed(rec, "compress"):
+            with self._timed(rec, "compress" if part is None else f"{part} compress"):
                 # zlib level 1: a few ms for a 10,000-order export, 5-10x fewer bytes through the
                 # destination's log (base64 in JSON, replicated to every member)
                 stream = zlib.compress(raw, 1)
             prog["encoded"] = len(stream)
         else:
             stream = raw  # a record from before the encoding existed
-        imp = {"op": "mig_import", "id": mid, "size": size, "sha256": sha}
         if encoding:
-            imp["encoding"] = encoding
-        off = state["staged"]
+            imp = {**imp, "encoding": encoding}
+        off = staged
         if getattr(self.transport, "submit", None) is not None:
             try:
-                self._stage_pipelined(rec, stream, off, imp, prog)
+                self._stage_pipelined(rec, stream, off, imp, prog, part)
                 prog["imported"] = True
                 return
             except _Sequential as exc:
@@ -578,13 +622,13 @@ class Driver:
         for attempt in range(3):
             try:
                 while off < len(stream):
-                    part = stream[off:off + self.chunk_bytes]
-                    with self._timed(rec, f"import@{off}"):
+                    piece = stream[off:off + self.chunk_bytes]
+                    with self._timed(rec, f"{_prefix(part)}import@{off}"):
                         self._call(rec, dst, {"op": "mig_import_chunk", "id": mid, "offset": off,
-                                              "data": base64.b64encode(part).decode()})
-                    off += len(part)
+                                              "data": base64.b64encode(piece).decode()})
+                    off += len(piece)
                     prog["staged"] = off
-                with self._timed(rec, "import"):
+                with self._timed(rec, imp["op"][4:]):
                     self._call(rec, dst, imp)
                 break
             except StepRefused as exc:
@@ -597,22 +641,27 @@ class Driver:
                                             "source": src, "epoch": rec["epoch"]})["staged"]
         prog["imported"] = True
 
-    def _fetch(self, rec: dict[str, Any], size: int, prog: dict[str, Any]) -> bytes:
-        """The source's whole export (the chunks asked for behind the freeze used if they fit)."""
+    def _fetch(self, rec: dict[str, Any], size: int, prog: dict[str, Any], part: str | None = None) -> bytes:
+        """The source's whole export (the chunks asked for behind the freeze used if they fit),
+        or its pre-copy (``part`` "precopy")."""
         mid, src = rec["id"], rec["source"]
-        prefetched = self._prefetched.pop(mid, {})
+        prefetched = self._prefetched.pop(mid, {}) if part is None else {}
         offsets = list(range(0, size, self.chunk_bytes))
         parts: list[bytes] = []
+        pre = _prefix(part)
 
         def export(o: int) -> dict:
-            return {"op": "mig_export_chunk", "id": mid, "offset": o, "length": self.chunk_bytes}
+            cmd = {"op": "mig_export_chunk", "id": mid, "offset": o, "length": self.chunk_bytes}
+            if part is not None:
+                cmd["part"] = part
+            return cmd
 
         asked: dict[int, Future | None] = {}
 
         def ask(i: int) -> None:
             if i < len(offsets):
                 o = offsets[i]
-                asked[o] = prefetched.pop(o, None) or self._submit(rec, src, export(o), f"export@{o}")
+                asked[o] = prefetched.pop(o, None) or self._submit(rec, src, export(o), f"{pre}export@{o}")
 
         for i in range(PIPELINE):
             ask(i)
@@ -628,7 +677,7 @@ class Driver:
                     log.info("migration %s: export chunk at %d asked again (%s)", mid, o, exc)
             ask(i + PIPELINE)
             if body is None:
-                with self._timed(rec, f"export@{o}"):
+                with self._timed(rec, f"{pre}export@{o}"):
                     body = self._call(rec, src, export(o))
             data = base64.b64decode(body["data"])
             if body.get("offset") != o or len(data) != min(self.chunk_bytes, size - o):
@@ -638,7 +687,7 @@ class Driver:
         return b"".join(parts)
 
     def _stage_pipelined(self, rec: dict[str, Any], stream: bytes, off: int, imp: dict,
-                         prog: dict[str, Any]) -> None:
+                         prog: dict[str, Any], part: str | None = None) -> None:
         """Every chunk of ``stream`` from ``off`` to the destination, the import right behind
         the last, then their answers."""
         mid, dst = rec["id"], rec["dest"]
@@ -646,8 +695,9 @@ class Driver:
         for o in range(off, len(stream), self.chunk_bytes):
             cmd = {"op": "mig_import_chunk", "id": mid, "offset": o,
                    "data": base64.b64encode(stream[o:o + self.chunk_bytes]).decode()}
-            sent.append((min(o + self.chunk_bytes, len(stream)), self._submit(rec, dst, cmd, f"import@{o}")))
-        done = self._submit(rec, dst, imp, "import")
+            sent.append((min(o + self.chunk_bytes, len(stream)),
+                         self._submit(rec, dst, cmd, f"{_prefix(part)}import@{o}")))
+        done = self._submit(rec, dst, imp, imp["op"][4:])
         for end, fut in sent:
             assert fut is not None
             self._answer(fut, dst)
@@ -669,8 +719,8 @@ class Driver:
         # the source first: a freeze never outlives the decision to abort. Whether the freeze was
         # applied or not, mig_restore answers (unknown migration: it never froze)
         try:
-            self._call(rec, src, {"op": "mig_restore", "id": mid}, forever=True)
-            restored = True
+            # "released": a pre-copy given up before any freeze (the symbol never stopped)
+            restored = self._call(rec, src, {"op": "mig_restore", "id": mid}, forever=True)["state"] == "restored"
         except StepRefused as exc:
             if "unknown migration" not in str(exc):
                 raise
@@ -687,6 +737,11 @@ class Driver:
                 pending = True
                 log.warning("migration %s: destination discard pending: %s", mid, exc)
         return self._set(mid, "aborted", discard_pending=pending)
+
+
+def _prefix(part: str | None) -> str:
+    """The step timing's name prefix of a copy's commands ("precopy " for the pre-copy's)."""
+    return "" if part is None else f"{part} "
 
 
 TRANSFER_LIVE = ("new", "debited", "refunding")

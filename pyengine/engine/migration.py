@@ -39,6 +39,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import struct
+import sys
+from array import array
 from collections import deque
 from typing import Final
 
@@ -46,7 +48,7 @@ import orjson
 
 # the book's column encoding, shared with engine snapshots (version 4)
 from .columns import Cols as _Cols
-from .columns import decode_orders, encode_orders
+from .columns import col_bytes, decode_orders, encode_orders
 from .errors import MigrationError, SnapshotError
 from .model import BUY, LIMIT, OPEN, SELL, Account, Bal, EngineState, Level, Order, Symbol
 from .snapshot import (
@@ -66,7 +68,12 @@ from .snapshot import (
 
 MAGIC = b"MXSYMEXP"
 VERSION = 2
-_READS = (1, 2)
+# a freeze after a pre-copy: the book section holds what changed since (``export_delta``)
+DELTA_VERSION = 3
+_READS = (1, 2, 3)
+# the digest of a book (``_mix``): modulo a prime below 2^31, so every step stays a short int
+_DIG_MOD: Final = 2147483647
+_DIG_MUL: Final = 1000003
 _HDR = struct.Struct("<8sHI")
 _U64 = struct.Struct("<Q")
 _DIGEST = 32
@@ -94,6 +101,92 @@ def _book(sym: Symbol) -> list[Order]:
                 out.append(o)
                 o = o.nxt
     return out
+
+
+# a pre-copy's book as the freeze compares with it: order id -> (its index in the pre-copy's
+# priority order, price, remaining quantity, filled quantity)
+Baseline = dict[int, tuple[int, int, int, int]]
+
+
+def _mix(h: int, oid: int, side: int, price: int, qty: int, filled: int) -> int:
+    """One order into a book's digest (order, side, price, remaining, filled, in priority order):
+    what the destination checks the book it composed against (a self-check, not a MAC). One
+    modulo an order: every term is below 2^35 and ``h`` below 2^31, so the arithmetic stays in
+    short ints (compiled: no big-int arithmetic)."""
+    v = (oid % _DIG_MOD) * 8 + side + (price % _DIG_MOD) * 5 + (qty % _DIG_MOD) * 3 + (filled % _DIG_MOD) * 7
+    return (h * _DIG_MUL + v) % _DIG_MOD
+
+
+def baseline_of(blob: bytes) -> Baseline:
+    """The baseline of a pre-copy's export, read back from its bytes (after a restart: the same
+    as ``precopy_symbol`` returned)."""
+    _meta, _mini, c, _delta = _read(blob)
+    out: Baseline = {}
+    for i in range(len(c.oid)):
+        out[c.oid[i]] = (i, c.price[i], c.qty[i], c.filled[i])
+    return out
+
+
+def _delta_book(book: list[Order], base: Baseline, acct_ix: dict[Account, int], accts: list[Account],
+                held: list[int]) -> tuple[bytes, dict]:
+    """The book section of a delta export, and its counts and digest for the meta.
+
+    In each queue (one side, one price), the orders the pre-copy had at that price in the same
+    relative order come first ("kept"; their remaining and filled quantities may have changed
+    in place), then the rest ("appended": new orders, and pre-copy orders that lost their place,
+    e.g. by an amend up). The destination removes every pre-copy order not kept and appends the
+    appended ones at their queue's tail, which gives this queue exactly: a queue only ever grows
+    at its tail. Accounts and holds (``acct_ix``, ``accts``, ``held``) are of the whole book."""
+    kept = bytearray(len(base))  # by the pre-copy's index: 1 if kept
+    ch_oid: list[int] = []
+    ch_qty: list[int] = []
+    ch_filled: list[int] = []
+    appended: list[Order] = []
+    app_bids = 0
+    h = 0
+    side = -1
+    price = -1
+    last = -1
+    appending = False
+    for o in book:
+        a = o.acct
+        ai = acct_ix.get(a)
+        if ai is None:
+            ai = acct_ix[a] = len(accts)
+            accts.append(a)
+            held.append(0)
+            held.append(0)
+        held[2 * ai + o.side] += o.qty * o.unit
+        h = _mix(h, o.oid, o.side, o.price, o.qty, o.filled)
+        if o.side != side or o.price != price:
+            side = o.side
+            price = o.price
+            last = -1
+            appending = False
+        b = base.get(o.oid)
+        if not appending and b is not None and b[0] > last and b[1] == price:
+            last = b[0]
+            kept[last] = 1
+            if b[2] != o.qty or b[3] != o.filled:
+                ch_oid.append(o.oid)
+                ch_qty.append(o.qty)
+                ch_filled.append(o.filled)
+        else:
+            appending = True
+            appended.append(o)
+            if o.side == BUY:
+                app_bids += 1
+    removed = [oid for oid, b in base.items() if not kept[b[0]]]
+    # the appended orders' accounts are all in acct_ix already: their holds are counted above
+    scratch = [0] * len(held)
+    block = encode_orders(appended, app_bids, acct_ix, accts, scratch, MigrationError)
+    parts = [_U64.pack(len(block)), block]
+    for col in (removed, ch_oid, ch_qty, ch_filled):
+        parts.append(_U64.pack(len(col)))
+        if col:
+            parts.append(col_bytes(col, 4))
+    extra = {"appended": len(appended), "removed": len(removed), "changed": len(ch_oid), "digest": h}
+    return b"".join(parts), extra
 
 
 def _held_asset(o: Order) -> str:
@@ -134,19 +227,46 @@ def export_symbol(eng: EngineState, name: str) -> tuple[bytes, dict]:
     """Export ``name`` from ``eng``: returns (blob, meta) and takes the symbol's open orders and
     their holds out of ``eng`` (the symbol and its finished orders stay until ``drop_symbol``).
     The symbol's book update sequence (market data) travels in the state and in the meta."""
+    blob, meta, _base = _export_gc(eng, name, True, None, "")
+    return blob, meta
+
+
+def precopy_symbol(eng: EngineState, name: str) -> tuple[bytes, dict, Baseline]:
+    """The pre-copy: an export of ``name`` as it is now (the same bytes ``export_symbol`` would
+    make here) that changes nothing, so the symbol keeps trading; and the baseline the freeze
+    compares the book with (``export_delta``)."""
+    blob, meta, base = _export_gc(eng, name, False, None, "")
+    assert base is not None
+    return blob, meta, base
+
+
+def export_delta(eng: EngineState, name: str, base: Baseline, base_sha: str) -> tuple[bytes, dict]:
+    """The freeze after a pre-copy: like ``export_symbol`` (the book and its holds leave
+    ``eng``), but the export's book holds only what changed since the pre-copy whose export has
+    SHA-256 ``base_sha`` and baseline ``base`` (format version 3, ``import_delta``): the orders
+    gone or moved in their queue, the remaining and filled quantities that changed in place, and
+    the orders added at a queue's tail. Its state (settings, holds, finished orders) is whole.
+    Costs one pass over the book (no encoding of it): the pause is the delta's, not the book's."""
+    blob, meta, _base = _export_gc(eng, name, True, base, base_sha)
+    return blob, meta
+
+
+def _export_gc(eng: EngineState, name: str, take: bool, base: Baseline | None,
+               base_sha: str) -> tuple[bytes, dict, Baseline | None]:
     sym = eng.symbols.get(name)
     if sym is None:
         raise MigrationError(f"unknown symbol {name}")
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small objects, none of them garbage: a collection only costs time
     try:
-        return _export(eng, name, sym)
+        return _export(eng, name, sym, take, base, base_sha)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _export(eng: EngineState, name: str, sym: Symbol) -> tuple[bytes, dict]:
+def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline | None,
+            base_sha: str) -> tuple[bytes, dict, Baseline | None]:
     book = _book(sym)
     nbids = 0
     for o in book:
@@ -162,7 +282,12 @@ def _export(eng: EngineState, name: str, sym: Symbol) -> tuple[bytes, dict]:
     acct_ix: dict[Account, int] = {}
     accts: list[Account] = []
     held: list[int] = []
-    book_b = encode_orders(book, nbids, acct_ix, accts, held, MigrationError)
+    extra: dict = {}
+    if base is None:
+        book_b = encode_orders(book, nbids, acct_ix, accts, held, MigrationError)
+    else:
+        book_b, extra = _delta_book(book, base, acct_ix, accts, held)
+        extra["precopy"] = base_sha
     # the accounts with orders in the book (in their first order's priority), then those with
     # only finished orders of the symbol (in the engine's own, insertion, order): deterministic
     # on every member
@@ -204,19 +329,29 @@ def _export(eng: EngineState, name: str, sym: Symbol) -> tuple[bytes, dict]:
         # asset -> units held by the exported orders (as digits: may exceed 64 bits)
         "holds": {a: str(holds[a]) for a in sorted(holds)},
     }
+    meta.update(extra)
 
-    # take the book and its holds out of the source (the export now carries them)
-    orders = eng.orders
-    for o in book:
-        acct = o.acct
-        acct.coid_index()  # build a pending index before changing what it is built from
-        o.hb.held -= o.qty * o.unit
-        key = o.key
-        del orders[key]
-        del acct.open[key]
-        c = o.coid
-        if c is not None and acct.coids.get(c) is o:
-            del acct.coids[c]
+    bids, asks, bid_keys, ask_keys = sym.bids, sym.asks, sym.bid_keys, sym.ask_keys
+    baseline: Baseline | None = None
+    if take:
+        # take the book and its holds out of the source (the export now carries them)
+        orders = eng.orders
+        for o in book:
+            acct = o.acct
+            acct.coid_index()  # build a pending index before changing what it is built from
+            o.hb.held -= o.qty * o.unit
+            key = o.key
+            del orders[key]
+            del acct.open[key]
+            c = o.coid
+            if c is not None and acct.coids.get(c) is o:
+                del acct.coids[c]
+    else:
+        baseline = {}
+        i = 0
+        for o in book:
+            baseline[o.oid] = (i, o.price, o.qty, o.filled)
+            i += 1
     sym.bids = {}
     sym.asks = {}
     sym.bid_keys = []
@@ -224,12 +359,16 @@ def _export(eng: EngineState, name: str, sym: Symbol) -> tuple[bytes, dict]:
     # the rest of the symbol's state: its settings, sequence and trades (the live object, its
     # book now empty: dump reads it and changes nothing), holds and finished orders
     mini.symbols[name] = sym
-    state = dump(mini)
+    try:
+        state = dump(mini)
+    finally:
+        if not take:  # a pre-copy: the book stays where it is
+            sym.bids, sym.asks, sym.bid_keys, sym.ask_keys = bids, asks, bid_keys, ask_keys
     meta_b = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
-    body = b"".join([_HDR.pack(MAGIC, VERSION, len(meta_b)), meta_b, _U64.pack(len(state)), state,
-                     _U64.pack(len(book_b)), book_b])
+    body = b"".join([_HDR.pack(MAGIC, VERSION if base is None else DELTA_VERSION, len(meta_b)), meta_b,
+                     _U64.pack(len(state)), state, _U64.pack(len(book_b)), book_b])
     blob = body + hashlib.blake2b(body, digest_size=_DIGEST).digest()
-    return blob, meta
+    return blob, meta, baseline
 
 
 def _assets_held(book: list[Order], sym: Symbol) -> set[str]:
@@ -242,14 +381,53 @@ def _assets_held(book: list[Order], sym: Symbol) -> set[str]:
     return out
 
 
+def export_version(blob: bytes) -> int:
+    """The format version an export's header names (0 if it has none): 3 is a delta."""
+    if len(blob) < _HDR.size:
+        return 0
+    magic, version, _mlen = _HDR.unpack_from(blob, 0)
+    return int(version) if magic == MAGIC else 0
+
+
 def read_export(blob: object) -> tuple[dict, EngineState]:
     """Check and decode an export: (meta, the small engine it holds, without its book).
     Raises MigrationError."""
-    meta, mini, _cols = _read(blob)
+    meta, mini, _cols, _delta = _read(blob)
     return meta, mini
 
 
-def _read(blob: object) -> tuple[dict, EngineState, _Cols]:
+# a delta export's lists: removed order ids, then order id, remaining and filled of each order
+# changed in place
+_Delta = tuple[list[int], list[int], list[int], list[int]]
+
+
+def _int64s(b: bytes, pos: int) -> tuple[list[int], int]:
+    (n,) = _U64.unpack_from(b, pos)
+    pos += _U64.size
+    if n > (len(b) - pos) // 8:
+        raise MigrationError("export delta truncated")
+    a = array("q", b[pos:pos + 8 * n])
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tolist(), pos + 8 * n
+
+
+def _read_delta(b: bytes) -> tuple[_Cols, _Delta]:
+    (blen,) = _U64.unpack_from(b, 0)
+    if _U64.size + blen > len(b):
+        raise MigrationError("export delta truncated")
+    cols = decode_orders(b[_U64.size:_U64.size + blen], MigrationError)
+    pos = _U64.size + blen
+    removed, pos = _int64s(b, pos)
+    ch_oid, pos = _int64s(b, pos)
+    ch_qty, pos = _int64s(b, pos)
+    ch_filled, pos = _int64s(b, pos)
+    if pos != len(b) or not len(ch_oid) == len(ch_qty) == len(ch_filled):
+        raise MigrationError("export delta inconsistent")
+    return cols, (removed, ch_oid, ch_qty, ch_filled)
+
+
+def _read(blob: object) -> tuple[dict, EngineState, _Cols, _Delta | None]:
     if not isinstance(blob, (bytes, bytearray, memoryview)):
         raise MigrationError("an export is bytes")
     b = bytes(blob)
@@ -265,6 +443,7 @@ def _read(blob: object) -> tuple[dict, EngineState, _Cols]:
         raise MigrationError(f"export version {version} is not supported (this engine reads "
                              f"versions {', '.join(map(str, _READS))})")
     off = _HDR.size
+    delta: _Delta | None = None
     try:
         meta = orjson.loads(body[off:off + mlen])
         off += mlen
@@ -282,12 +461,16 @@ def _read(blob: object) -> tuple[dict, EngineState, _Cols]:
             off += _U64.size
             if off + blen != len(body):
                 raise MigrationError("export book length inconsistent")
-            cols = decode_orders(body[off:], MigrationError)
+            if version == DELTA_VERSION:
+                cols, delta = _read_delta(body[off:])
+            else:
+                cols = decode_orders(body[off:], MigrationError)
     except SnapshotError as exc:
         raise MigrationError(f"export state corrupt: {exc}") from exc
     except (ValueError, struct.error) as exc:
         raise MigrationError(f"export malformed: {exc}") from exc
-    if not isinstance(meta, dict) or list(mini.symbols) != [meta.get("symbol")]:
+    if not isinstance(meta, dict) or list(mini.symbols) != [meta.get("symbol")] \
+            or (version == DELTA_VERSION) != isinstance(meta.get("precopy"), str):
         raise MigrationError("export meta does not match its state")
     src = mini.symbols[meta["symbol"]]
     if version == 1:
@@ -309,13 +492,12 @@ def _read(blob: object) -> tuple[dict, EngineState, _Cols]:
         src.ask_keys = []
     elif src.bid_keys or src.ask_keys or mini.orders:
         raise MigrationError("export state holds a book")
-    return meta, mini, cols
+    return meta, mini, cols, delta
 
 
-def _check_import(eng: EngineState, meta: dict, mini: EngineState,
-                  c: _Cols) -> tuple[Symbol, Symbol | None]:
-    name = meta["symbol"]
-    src = mini.symbols[name]
+def _check_target(eng: EngineState, name: str, mini: EngineState, src: Symbol) -> Symbol | None:
+    """The engine can take the export's symbol: same asset decimals, no book of it here, the
+    same settings if it has the symbol. Returns the symbol it has (or None)."""
     for asset, dec in mini.assets.items():
         have = eng.assets.get(asset)
         if have is not None and have != dec:
@@ -327,12 +509,16 @@ def _check_import(eng: EngineState, meta: dict, mini: EngineState,
         for setting in _SETTINGS:
             if getattr(cur, setting) != getattr(src, setting):
                 raise MigrationError(f"symbol {name} exists here with other settings ({setting})")
-    # the book: each order well formed and in priority order; its holds are the accounts'
+    return cur
+
+
+def _check_rows(c: _Cols, src: Symbol, naccts: int, orders: dict[object, Order]) -> list[int]:
+    """Each order of the columns well formed and in priority order (bids best first, then asks
+    best first), none open in ``orders``; returns the holds per account (2 per account: quote
+    held by buys, base held by sells)."""
     n = len(c.oid)
-    naccts = len(mini.accounts)
     held = [0] * (2 * naccts)  # per account: [quote held by buys, base held by sells]
     units: dict[int, int] = {}
-    orders = eng.orders
     seen: set[int] = set()
     last = 0
     for i in range(n):
@@ -362,6 +548,12 @@ def _check_import(eng: EngineState, meta: dict, mini: EngineState,
                 u = units[p] = src.buy_unit(p)
             unit = u
         held[2 * ai + side] += q * unit
+    return held
+
+
+def _check_holds(mini: EngineState, src: Symbol, held: list[int]) -> None:
+    """Every account of the export holds exactly what its orders hold (``held`` as
+    ``_check_rows`` returns it, in the export's account order)."""
     ai = 0
     for a in mini.accounts.values():
         for asset, b in a.bal.items():
@@ -369,6 +561,15 @@ def _check_import(eng: EngineState, meta: dict, mini: EngineState,
             if b.avail != 0 or b.held != want:
                 raise MigrationError(f"export holds of {a.name} {asset} do not match its orders")
         ai += 1
+
+
+def _check_import(eng: EngineState, meta: dict, mini: EngineState,
+                  c: _Cols) -> tuple[Symbol, Symbol | None]:
+    name = meta["symbol"]
+    src = mini.symbols[name]
+    cur = _check_target(eng, name, mini, src)
+    # the book: each order well formed and in priority order; its holds are the accounts'
+    _check_holds(mini, src, _check_rows(c, src, len(mini.accounts), eng.orders))
     return src, cur
 
 
@@ -387,21 +588,37 @@ def import_symbol(eng: EngineState, blob: object) -> dict:
 
 
 def _import(eng: EngineState, blob: object) -> dict:
-    meta, mini, cols = _read(blob)
+    meta, mini, cols, delta = _read(blob)
+    if delta is not None:
+        raise MigrationError("a delta export needs its pre-copy (import_delta)")
     src, cur = _check_import(eng, meta, mini, cols)
-    name = meta["symbol"]
+    sym = _take_symbol(eng, meta["symbol"], mini, src, cur)
+    accts, conflicts, skipped, forgotten = _adopt_accounts(eng, mini, sym, cur)
+    conflicts += _build_book(eng, sym, cols, accts)
+    return {**meta, "coid_conflicts": conflicts, "finished_skipped": skipped,
+            "finished_forgotten": forgotten}
+
+
+def _take_symbol(eng: EngineState, name: str, mini: EngineState, src: Symbol, cur: Symbol | None) -> Symbol:
+    """The export's assets and symbol in ``eng`` (checked by ``_check_target``)."""
     for asset, dec in mini.assets.items():
         if asset not in eng.assets:
             eng.assets[asset] = dec
             eng.fees[asset] = 0
     if cur is None:
-        sym = src
-        eng.symbols[name] = sym
-    else:
-        # an empty copy: the source taking back its own export, or the symbol coming back to a
-        # partition that once dropped it; the book's update sequence continues from the export
-        sym = cur
-        sym.seq = src.seq
+        eng.symbols[name] = src
+        return src
+    # an empty copy: the source taking back its own export, or the symbol coming back to a
+    # partition that once dropped it; the book's update sequence continues from the export
+    cur.seq = src.seq
+    return cur
+
+
+def _adopt_accounts(eng: EngineState, mini: EngineState, sym: Symbol,
+                    cur: Symbol | None) -> tuple[list[Account], int, int, int]:
+    """The export's accounts in ``eng``: holds credited as held, finished orders remembered.
+    Returns the accounts (in the export's order) and the client order id conflicts, finished
+    orders skipped (already here) and forgotten (a full window)."""
     conflicts = 0
     skipped = 0
     forgotten = 0
@@ -453,9 +670,7 @@ def _import(eng: EngineState, blob: object) -> dict:
                         conflicts += 1
                     else:
                         idx[c] = o
-    conflicts += _build_book(eng, sym, cols, accts)
-    return {**meta, "coid_conflicts": conflicts, "finished_skipped": skipped,
-            "finished_forgotten": forgotten}
+    return accts, conflicts, skipped, forgotten
 
 
 def _build_book(eng: EngineState, sym: Symbol, c: _Cols, accts: list[Account]) -> int:
@@ -494,12 +709,7 @@ def _build_book(eng: EngineState, sym: Symbol, c: _Cols, accts: list[Account]) -
             unit = u
             hb, rb = qb, bb
         coid = c.coids[i]
-        o = Order(c.oid[i], acct, sym, side, p, c.qty[i], unit, hb, rb, coid, LIMIT,
-                  (f >> _FL_TIF_SHIFT) & 3, bool(f & _FL_POST_ONLY), (f >> _FL_STP_SHIFT) & 3, c.ts[i])
-        o.oprice = c.oprice[i]
-        o.oqty = c.oqty[i]
-        o.filled = c.filled[i]
-        o.ev = c.evs[i]
+        o = _new_order(c, i, acct, sym, side, unit, hb, rb)
         if lvl is None or p != last or i == c.bids:
             lvl = Level()
             if side == BUY:
@@ -525,6 +735,157 @@ def _build_book(eng: EngineState, sym: Symbol, c: _Cols, accts: list[Account]) -
     sym.asks = asks
     sym.bid_keys = bid_keys
     sym.ask_keys = ask_keys
+    return conflicts
+
+
+def _new_order(c: _Cols, i: int, acct: Account, sym: Symbol, side: int, unit: int, hb: Bal, rb: Bal) -> Order:
+    """Order ``i`` of checked columns, not yet in any level or index."""
+    f = c.flags[i]
+    o = Order(c.oid[i], acct, sym, side, c.price[i], c.qty[i], unit, hb, rb, c.coids[i], LIMIT,
+              (f >> _FL_TIF_SHIFT) & 3, bool(f & _FL_POST_ONLY), (f >> _FL_STP_SHIFT) & 3, c.ts[i])
+    o.oprice = c.oprice[i]
+    o.oqty = c.oqty[i]
+    o.filled = c.filled[i]
+    o.ev = c.evs[i]
+    return o
+
+
+def build_shadow(base: bytes, dedup_window: int) -> EngineState:
+    """A pre-copy's export as a small engine of its own (the destination builds it while the
+    symbol still trades at the source, so the freeze's pause does not build the book)."""
+    shadow = EngineState(dedup_window=dedup_window)
+    import_symbol(shadow, base)
+    return shadow
+
+
+def import_delta(eng: EngineState, shadow: EngineState, base_sha: str, blob: object) -> dict:
+    """Add a delta export's symbol to ``eng``: ``shadow`` (``build_shadow`` of the pre-copy whose
+    SHA-256 is ``base_sha``) with the delta applied is checked against the source's book (order
+    count, digest of every order's id, side, price, remaining and filled in priority order, each
+    account's holds), then its orders move into ``eng`` (no order is built in the pause but the
+    delta's); the state (holds, finished orders) as in ``import_symbol``. Returns what
+    ``import_symbol`` returns. Raises MigrationError, leaving ``eng`` unchanged (``shadow`` may
+    be half changed then: build it again), if the export does not fit."""
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _import_delta(eng, shadow, base_sha, blob)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _import_delta(eng: EngineState, shadow: EngineState, base_sha: str, blob: object) -> dict:
+    meta, mini, c, delta = _read(blob)
+    if delta is None:
+        raise MigrationError("not a delta export")
+    if meta["precopy"] != base_sha:
+        raise MigrationError("the delta export is of another pre-copy")
+    name = meta["symbol"]
+    src = mini.symbols[name]
+    ssym = shadow.symbols.get(name)
+    if ssym is None:
+        raise MigrationError(f"the pre-copy holds no {name}")
+    for setting in _SETTINGS:
+        if getattr(ssym, setting) != getattr(src, setting):
+            raise MigrationError(f"{name}'s settings changed since the pre-copy ({setting})")
+    cur = _check_target(eng, name, mini, src)
+    macc = list(mini.accounts.values())
+    _check_rows(c, src, len(macc), eng.orders)
+    # the delta on the pre-copy's book: removed, changed in place, appended at the tails
+    removed, ch_oid, ch_qty, ch_filled = delta
+    sorders = shadow.orders
+    for oid in removed:
+        o = sorders.pop(oid, None)
+        if o is None:
+            raise MigrationError(f"order {oid} of the delta is not in the pre-copy")
+        lvl = o.lvl
+        assert lvl is not None
+        lvl.total -= o.qty
+        lvl.remove(o)
+        if lvl.head is None:
+            ssym.drop_level(o.side, o.price)
+    for i in range(len(ch_oid)):
+        o2 = sorders.get(ch_oid[i])
+        q = ch_qty[i]
+        if o2 is None or q <= 0 or ch_filled[i] < 0:
+            raise MigrationError(f"order {ch_oid[i]} of the delta does not fit the pre-copy")
+        lvl = o2.lvl
+        assert lvl is not None
+        lvl.total += q - o2.qty
+        o2.qty = q
+        o2.filled = ch_filled[i]
+    spare = Bal()  # the shadow's orders get their accounts' balances when they move
+    for i in range(len(c.oid)):
+        side = SELL if c.flags[i] & _FL_SELL else BUY
+        p = c.price[i]
+        o3 = _new_order(c, i, macc[c.acct[i]], ssym, side, ssym.bpl if side == SELL else ssym.buy_unit(p),
+                        spare, spare)
+        if o3.key in sorders:
+            raise MigrationError(f"order {o3.oid} of the delta is in the pre-copy already")
+        sorders[o3.key] = o3
+        ssym.level_of(side, p).push(o3)
+    # the composed book against the source's: count, digest, each account's holds
+    book = _book(ssym)
+    ix = {macc[i].name: i for i in range(len(macc))}
+    held = [0] * (2 * len(macc))
+    orders = eng.orders
+    h = 0
+    for o in book:
+        h = _mix(h, o.oid, o.side, o.price, o.qty, o.filled)
+        ai = ix.get(o.acct.name)
+        if ai is None:
+            raise MigrationError(f"order {o.oid}'s account {o.acct.name} is not in the export")
+        held[2 * ai + o.side] += o.qty * o.unit
+        if o.key in orders:
+            raise MigrationError(f"order id {o.oid} is already open here")
+    if len(book) != meta["orders"] or h != meta["digest"]:
+        raise MigrationError("the book made of the pre-copy and the delta is not the source's")
+    _check_holds(mini, src, held)
+    # all checked: the symbol, its accounts and the shadow's book move into the engine
+    sym = _take_symbol(eng, name, mini, src, cur)
+    accts, conflicts, skipped, forgotten = _adopt_accounts(eng, mini, sym, cur)
+    conflicts += _adopt_book(eng, sym, ssym, book, [accts[ix[o.acct.name]] for o in book])
+    del shadow.symbols[name]
+    return {**meta, "coid_conflicts": conflicts, "finished_skipped": skipped,
+            "finished_forgotten": forgotten}
+
+
+def _adopt_book(eng: EngineState, sym: Symbol, ssym: Symbol, book: list[Order], owners: list[Account]) -> int:
+    """The shadow's checked ``book`` (``ssym``'s levels) as ``sym``'s, each order now of its
+    account here (``owners``, one per order); returns the client order id conflicts."""
+    orders = eng.orders
+    conflicts = 0
+    for i in range(len(book)):
+        o = book[i]
+        acct = owners[i]
+        q = acct.bal[sym.quote]
+        b = acct.bal[sym.base]
+        o.acct = acct
+        o.sym = sym
+        if o.side == BUY:
+            o.hb, o.rb = q, b
+        else:
+            o.hb, o.rb = b, q
+        key = o.key
+        orders[key] = o
+        acct.open[key] = o
+        coid = o.coid
+        if coid is not None:
+            idx = acct.coid_index()
+            prev = idx.get(coid)
+            if prev is not None and prev is not o and prev.status == OPEN:
+                conflicts += 1
+            else:
+                idx[coid] = o
+    sym.bids = ssym.bids
+    sym.asks = ssym.asks
+    sym.bid_keys = ssym.bid_keys
+    sym.ask_keys = ssym.ask_keys
+    ssym.bids = {}
+    ssym.asks = {}
+    ssym.bid_keys = []
+    ssym.ask_keys = []
     return conflicts
 
 

@@ -105,6 +105,9 @@ class CoordinatorSpec:
     migration_stage_delay_ms: int = 0
     # the coordinator's --migration-step-hold-ms: for fault tests only (0: none)
     migration_step_hold_ms: int = 0
+    # the coordinator's --no-migration-precopy when False: every migration copies its whole
+    # export after the freeze (docs/migration.md)
+    migration_precopy: bool = True
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,8 @@ class Topology:
             doc["migration_stage_delay_ms"] = c.migration_stage_delay_ms
         if c.migration_step_hold_ms:
             doc["migration_step_hold_ms"] = c.migration_step_hold_ms
+        if not c.migration_precopy:
+            doc["migration_precopy"] = False
         return doc
 
     def coordinator_document(self) -> dict:
@@ -401,7 +406,7 @@ def _coordinator(d: Any) -> CoordinatorSpec:
     if not isinstance(d, dict):
         raise TopologyError("coordinator must be an object {host, port, db}")
     _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms",
-                                      "migration_step_hold_ms"))
+                                      "migration_step_hold_ms", "migration_precopy"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
@@ -414,7 +419,10 @@ def _coordinator(d: Any) -> CoordinatorSpec:
         chunk = _int(chunk, "coordinator.migration_chunk_bytes", 1024, 64 * 1024)
     delay = _int(d.get("migration_stage_delay_ms", 0), "coordinator.migration_stage_delay_ms", 0, 600_000)
     hold = _int(d.get("migration_step_hold_ms", 0), "coordinator.migration_step_hold_ms", 0, 600_000)
-    return CoordinatorSpec(host, port, db, chunk, delay, hold)
+    precopy = d.get("migration_precopy", True)
+    if not isinstance(precopy, bool):
+        raise TopologyError("coordinator.migration_precopy must be true or false")
+    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

@@ -277,6 +277,8 @@ class System:
             cmd += ["--migration-stage-delay-ms", str(topo.coordinator.migration_stage_delay_ms)]
         if topo.coordinator.migration_step_hold_ms:
             cmd += ["--migration-step-hold-ms", str(topo.coordinator.migration_step_hold_ms)]
+        if not topo.coordinator.migration_precopy:
+            cmd += ["--no-migration-precopy"]
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())

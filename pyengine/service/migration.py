@@ -4,12 +4,15 @@ Every step is an admin command in the log of the partition it changes, so every 
 it at the same position and a new leader carries on where the old one stopped. Every step is
 idempotent by migration id: a repeat answers what the first one did and changes nothing.
 
-Source:       mig_freeze (export at this position; the symbol's commands answer MOVED with
-              ``moving``: no effect, retry) -> mig_export_chunk* -> mig_drop, or
-              mig_restore (abort: the source takes the symbol back from its own export).
-Destination:  mig_prepare (inert: MOVED "not yet") -> mig_import_chunk* -> mig_import (the
-              book is in the engine, still inert) -> mig_activate (the new owner, new epoch),
-              or mig_discard (abort before activation: the inert copy goes).
+Source:       [mig_precopy (an export while the symbol trades on) -> mig_export_chunk*]
+              -> mig_freeze (export at this position, after a pre-copy only what changed since;
+              the symbol's commands answer MOVED with ``moving``: no effect, retry)
+              -> mig_export_chunk* -> mig_drop, or mig_restore (abort: the source takes the
+              symbol back from its own export; after a pre-copy only, it forgets the pre-copy).
+Destination:  mig_prepare (inert: MOVED "not yet") -> [mig_import_chunk* -> mig_preimport (the
+              pre-copy built beside the engine)] -> mig_import_chunk* -> mig_import (the book is
+              in the engine, still inert) -> mig_activate (the new owner, new epoch), or
+              mig_discard (abort before activation: the inert copy goes).
 Transfers:    xfer_out (debit, exactly once by transfer id) at one partition, xfer_in (credit)
               at the other; the coordinator records the transfer in between (in transit).
 
@@ -28,25 +31,35 @@ from typing import Any
 import orjson
 
 from pyengine.engine.migration import (
+    DELTA_VERSION,
+    Baseline,
     MigrationError,
+    baseline_of,
+    build_shadow,
     drop_symbol,
+    export_delta,
     export_symbol,
+    export_version,
     funds_problems,
+    import_delta,
     import_symbol,
+    precopy_symbol,
 )
+from pyengine.engine.model import EngineState
 from pyengine.service import retire
 from pyengine.wire.protocol import Status
 
 log = logging.getLogger("matchx.migration")
 
-MIG_OPS = frozenset({"mig_freeze", "mig_export_chunk", "mig_drop", "mig_restore", "mig_prepare",
-                     "mig_import_chunk", "mig_import", "mig_activate", "mig_discard", "mig_state",
-                     "xfer_out", "xfer_in", "funds_check", "id_base"})
+MIG_OPS = frozenset({"mig_precopy", "mig_freeze", "mig_export_chunk", "mig_drop", "mig_restore",
+                     "mig_prepare", "mig_import_chunk", "mig_preimport", "mig_import", "mig_activate",
+                     "mig_discard", "mig_state", "xfer_out", "xfer_in", "funds_check", "id_base"})
 ID_SPACE = 1 << 40  # order and trade ids per partition: cluster_id * ID_SPACE onwards
 XFER_PREFIX = "xfer:"  # the engine tx ids of transfer legs; refused in user deposits/withdrawals
 MAX_CHUNK = 64 * 1024  # raw bytes per export chunk (its base64 must fit one reply message)
 
 # states
+PRECOPIED, RELEASED = "precopied", "released"  # source: a pre-copy taken / given up before a freeze
 FROZEN, DROPPED, RESTORED = "frozen", "dropped", "restored"
 PREPARED, IMPORTED, ACTIVE, DISCARDED = "prepared", "imported", "active", "discarded"
 _OPEN_SOURCE = (FROZEN,)
@@ -75,6 +88,21 @@ def _decompress(staged: bytes | bytearray, size: int) -> bytes | None:
     return out if d.eof and not d.unconsumed_tail and not d.unused_data else None
 
 
+def _staged_export(staged: bytes | bytearray, cmd: dict) -> tuple[bytes | None, str | None]:
+    """The export staged at the destination, decompressed and checked against the source's size
+    and SHA-256 (``cmd``: size, sha256, encoding): (bytes, None), or (None, what is wrong)."""
+    size, encoding = cmd.get("size"), cmd.get("encoding")
+    if type(size) is not int or size < 0 or not isinstance(cmd.get("sha256"), str):
+        return None, f"{cmd.get('op')} needs size and sha256 (the source's export)"
+    if encoding not in (None, "zlib"):
+        return None, f"unknown encoding {encoding!r} (known: zlib)"
+    blob = _decompress(staged, size) if encoding == "zlib" else bytes(staged)
+    if blob is None or len(blob) != size or hashlib.sha256(blob).hexdigest() != cmd.get("sha256"):
+        return None, (f"staged export is {len(staged)} bytes{' (zlib)' if encoding else ''} that do not give "
+                      f"the source's {size} bytes and digest: send it again")
+    return blob, None
+
+
 def _holds(meta: dict) -> dict[str, int]:
     return {a: int(v) for a, v in meta.get("holds", {}).items()}
 
@@ -87,6 +115,13 @@ class Migrations:
         # migration id -> record; a record is a plain dict (JSON in the snapshot)
         self.recs: dict[str, dict[str, Any]] = {}
         self.blobs: dict[str, bytes] = {}       # id -> export (source) or staged import (dest)
+        # id -> the pre-copy's export (source: what the freeze's delta is against; destination:
+        # what the delta is applied to), until the migration ends
+        self.bases: dict[str, bytes] = {}
+        # derived from ``bases`` on first use after a restart, so not snapshotted: the source's
+        # baseline of each pre-copy, the destination's pre-copy built as a small engine
+        self._baselines: dict[str, Baseline] = {}
+        self._shadows: dict[str, EngineState] = {}
         self.frozen: dict[str, str] = {}        # symbol -> migration id (source, not yet dropped)
         self.inert: dict[str, str] = {}         # symbol -> migration id (destination, not active)
         self.net_in: dict[str, int] = {}        # asset -> holds imported minus holds exported
@@ -161,29 +196,75 @@ class Migrations:
                 return f"migration {rec['id']} exists with {k}={rec.get(k)!r}, not {cmd.get(k)!r}"
         return None
 
-    def _freeze(self, svc: Any, mid: str, cmd: dict) -> Answer:
+    def _source_rec(self, svc: Any, mid: str, cmd: dict) -> tuple[dict | None, Answer | None]:
+        """For mig_precopy and mig_freeze: (the source record ``mid`` has, or None when the
+        symbol can start moving here, None) or (None, the refusal)."""
         symbol, dest, epoch = cmd.get("symbol"), cmd.get("dest"), cmd.get("epoch")
         if not isinstance(symbol, str) or not isinstance(dest, str) or type(epoch) is not int:
-            return _err("mig_freeze needs symbol, dest and epoch (the new owner's epoch)")
+            return None, _err(f"{cmd['op']} needs symbol, dest and epoch (the new owner's epoch)")
         rec = self.recs.get(mid)
         if rec is not None:
             if rec["role"] != "source":
-                return _err(f"migration {mid} is a destination here")
+                return None, _err(f"migration {mid} is a destination here")
             bad = self._same(rec, cmd, ("symbol", "dest", "epoch"))
-            return _err(bad) if bad else _ok(self._source_answer(rec))
+            if bad:
+                return None, _err(bad)
+            if rec["state"] != PRECOPIED:
+                return rec, None
         if symbol in self.frozen:
-            return _err(f"{symbol} is already moving (migration {self.frozen[symbol]})")
+            return None, _err(f"{symbol} is already moving (migration {self.frozen[symbol]})")
         if symbol not in svc.owned:
-            return _err(f"{symbol} is not owned here")
+            return None, _err(f"{symbol} is not owned here")
         if epoch <= svc.owned[symbol]:
-            return _err(f"epoch {epoch} is not newer than {svc.owned[symbol]}")
+            return None, _err(f"epoch {epoch} is not newer than {svc.owned[symbol]}")
         if symbol not in svc.engine.symbols:
-            return _err(f"{symbol} is owned here but unknown to the engine (add_symbol first)")
+            return None, _err(f"{symbol} is owned here but unknown to the engine (add_symbol first)")
+        return rec, None
+
+    def _precopy(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        """The pre-copy: an export of the symbol at this position that changes nothing (it keeps
+        trading here); the freeze then exports only what changed since."""
+        rec, refused = self._source_rec(svc, mid, cmd)
+        if refused is not None:
+            return refused
+        if rec is None:
+            try:
+                blob, meta, base = precopy_symbol(svc.engine, cmd["symbol"])
+            except MigrationError as exc:
+                return _err(str(exc))
+            rec = {"id": mid, "role": "source", "symbol": cmd["symbol"], "dest": cmd["dest"],
+                   "epoch": cmd["epoch"], "old_epoch": svc.owned[cmd["symbol"]], "state": PRECOPIED,
+                   "meta": None, "precopy": {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+                                             "orders": meta["orders"]}}
+            self.recs[mid] = rec
+            self.bases[mid] = blob
+            self._baselines[mid] = base
+            log.info("migration %s: %s pre-copied (%d orders, %d bytes)", mid, cmd["symbol"], meta["orders"],
+                     len(blob))
+        if "precopy" not in rec:
+            return _err(f"migration {mid} was frozen without a pre-copy")
+        return _ok({"type": "mig_precopy", "id": mid, "symbol": rec["symbol"], "state": rec["state"],
+                    **rec["precopy"]})
+
+    def _freeze(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        rec, refused = self._source_rec(svc, mid, cmd)
+        if refused is not None:
+            return refused
+        if rec is not None and rec["state"] != PRECOPIED:
+            return _ok(self._source_answer(rec))
+        symbol, dest, epoch = cmd["symbol"], cmd["dest"], cmd["epoch"]
         try:
-            blob, meta = export_symbol(svc.engine, symbol)
+            if rec is None:
+                blob, meta = export_symbol(svc.engine, symbol)
+            else:  # after a pre-copy: only what changed since
+                base = self._baselines.get(mid)
+                if base is None:
+                    base = self._baselines[mid] = baseline_of(self.bases[mid])
+                blob, meta = export_delta(svc.engine, symbol, base, rec["precopy"]["sha256"])
         except MigrationError as exc:
             return _err(str(exc))
-        rec = {"id": mid, "role": "source", "symbol": symbol, "dest": dest, "epoch": epoch,
+        self._baselines.pop(mid, None)
+        rec = {**(rec or {}), "id": mid, "role": "source", "symbol": symbol, "dest": dest, "epoch": epoch,
                "old_epoch": svc.owned[symbol], "state": FROZEN, "meta": meta, "size": len(blob),
                "sha256": hashlib.sha256(blob).hexdigest()}
         self.recs[mid] = rec
@@ -195,19 +276,24 @@ class Migrations:
         svc.moved[symbol] = epoch
         for asset, v in _holds(meta).items():
             self.net_in[asset] = self.net_in.get(asset, 0) - v
-        log.info("migration %s: %s frozen and exported (%d orders, %d bytes)", mid, symbol,
-                 meta["orders"], len(blob))
+        log.info("migration %s: %s frozen and exported (%d orders, %d bytes%s)", mid, symbol,
+                 meta["orders"], len(blob), "" if "precopy" not in meta else
+                 f"; since the pre-copy {meta['appended']} added, {meta['removed']} gone, {meta['changed']} changed")
         return _ok(self._source_answer(rec))
 
     def _source_answer(self, rec: dict) -> dict:
         return {"type": "mig_source", "id": rec["id"], "symbol": rec["symbol"], "state": rec["state"],
-                "epoch": rec["epoch"], "size": rec["size"], "sha256": rec["sha256"], "meta": rec["meta"]}
+                "epoch": rec["epoch"], "size": rec.get("size"), "sha256": rec.get("sha256"), "meta": rec["meta"]}
 
     def _export_chunk(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self.recs.get(mid)
         blob = self.blobs.get(mid)
         if rec is None or rec["role"] != "source":
             return _err(f"unknown migration {mid}")
+        if cmd.get("part") == "precopy":
+            blob = self.bases.get(mid)
+            if blob is None:
+                return _err(f"migration {mid} is {rec['state']}: it has no pre-copy")
         if blob is None:
             return _err(f"migration {mid} is {rec['state']}: its export is gone")
         off, n = cmd.get("offset"), cmd.get("length", MAX_CHUNK)
@@ -225,6 +311,7 @@ class Migrations:
             drop_symbol(svc.engine, rec["symbol"])
             rec["state"] = DROPPED
             self.blobs.pop(mid, None)
+            self.bases.pop(mid, None)
             del self.frozen[rec["symbol"]]
         elif rec["state"] != DROPPED:
             return _err(f"migration {mid} is {rec['state']}: nothing to drop")
@@ -235,9 +322,17 @@ class Migrations:
         rec = self.recs.get(mid)
         if rec is None or rec["role"] != "source":
             return _err(f"unknown migration {mid}")
-        if rec["state"] == FROZEN:
+        if rec["state"] == PRECOPIED:  # never frozen: nothing to take back
+            self.bases.pop(mid, None)
+            self._baselines.pop(mid, None)
+            rec["state"] = RELEASED
+        elif rec["state"] == FROZEN:
             try:
-                import_symbol(svc.engine, self.blobs[mid])
+                if "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
+                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window)
+                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid])
+                else:
+                    import_symbol(svc.engine, self.blobs[mid])
             except MigrationError as exc:  # pragma: no cover - its own export always fits
                 log.error("migration %s: the source cannot take back its own export: %s", mid, exc)
                 return _err(f"restore failed: {exc}")
@@ -248,10 +343,11 @@ class Migrations:
             svc.moved.pop(symbol, None)
             del self.frozen[symbol]
             self.blobs.pop(mid, None)
+            self.bases.pop(mid, None)
             for asset, v in _holds(rec["meta"]).items():
                 self.net_in[asset] = self.net_in.get(asset, 0) + v
             rec["state"] = RESTORED
-        elif rec["state"] != RESTORED:
+        elif rec["state"] not in (RESTORED, RELEASED):
             return _err(f"migration {mid} is {rec['state']}: too late to restore")
         return _ok(self._source_answer(rec))
 
@@ -285,7 +381,8 @@ class Migrations:
 
     def _dest_answer(self, rec: dict) -> dict:
         return {"type": "mig_dest", "id": rec["id"], "symbol": rec["symbol"], "state": rec["state"],
-                "epoch": rec["epoch"], "staged": len(self.blobs.get(rec["id"], b"")), "meta": rec["meta"]}
+                "epoch": rec["epoch"], "staged": len(self.blobs.get(rec["id"], b"")), "meta": rec["meta"],
+                "precopy": rec.get("precopy")}
 
     def _dest(self, mid: str) -> dict | None:
         rec = self.recs.get(mid)
@@ -317,6 +414,29 @@ class Migrations:
             staged += raw[len(seen):]
         return _ok(self._dest_answer(rec))
 
+    def _preimport(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        """The staged pre-copy, checked and built beside the engine (the symbol still trades at
+        the source); the staging is then free for the freeze's delta."""
+        rec = self._dest(mid)
+        if rec is None:
+            return _err(f"unknown migration {mid}")
+        if rec["state"] != PREPARED or (rec.get("precopy") or {}).get("sha256") == cmd.get("sha256"):
+            return _ok(self._dest_answer(rec))  # a resend: already in (or too late to matter)
+        blob, bad = _staged_export(self.blobs[mid], cmd)
+        if blob is None:
+            self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
+            return _err(bad or "")
+        try:
+            shadow = build_shadow(blob, svc.engine.dedup_window)
+        except MigrationError as exc:
+            self.blobs[mid] = b""
+            return _err(f"pre-copy refused: {exc}")
+        rec["precopy"] = {"size": len(blob), "sha256": cmd["sha256"]}
+        self.bases[mid] = blob
+        self._shadows[mid] = shadow
+        self.blobs[mid] = b""
+        return _ok(self._dest_answer(rec))
+
     def _import(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self._dest(mid)
         if rec is None:
@@ -325,19 +445,19 @@ class Migrations:
             return _ok(self._dest_answer(rec))
         if rec["state"] != PREPARED:
             return _err(f"migration {mid} is {rec['state']}")
-        size, encoding = cmd.get("size"), cmd.get("encoding")
-        if type(size) is not int or size < 0 or not isinstance(cmd.get("sha256"), str):
-            return _err("mig_import needs size and sha256 (the source's export)")
-        if encoding not in (None, "zlib"):
-            return _err(f"unknown encoding {encoding!r} (known: zlib)")
-        staged = self.blobs[mid]
-        blob = _decompress(staged, size) if encoding == "zlib" else bytes(staged)
-        if blob is None or len(blob) != size or hashlib.sha256(blob).hexdigest() != cmd.get("sha256"):
+        blob, bad = _staged_export(self.blobs[mid], cmd)
+        if blob is None:
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
-            return _err(f"staged export is {len(staged)} bytes{' (zlib)' if encoding else ''} that do not give the "
-                        f"source's {size} bytes and digest: send it again")
+            return _err(bad or "")
         try:
-            meta = import_symbol(svc.engine, blob)
+            pre = rec.get("precopy")
+            if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
+                shadow = self._shadows.pop(mid, None)
+                if shadow is None:  # after a restart: built again from the pre-copy's bytes
+                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window)
+                meta = import_delta(svc.engine, shadow, pre["sha256"], blob)
+            else:
+                meta = import_symbol(svc.engine, blob)
         except MigrationError as exc:
             self.blobs[mid] = b""  # start the transfer again, or abort
             return _err(f"import refused: {exc}")
@@ -345,6 +465,8 @@ class Migrations:
                                             "coid_conflicts", "finished_forgotten")}
         rec["state"] = IMPORTED
         self.blobs[mid] = b""
+        self.bases.pop(mid, None)
+        self._shadows.pop(mid, None)
         for asset, v in _holds(meta).items():
             self.net_in[asset] = self.net_in.get(asset, 0) + v
         return _ok(self._dest_answer(rec))
@@ -381,6 +503,8 @@ class Migrations:
                     self.net_in[asset] = self.net_in.get(asset, 0) - v
             del self.inert[symbol]
             self.blobs.pop(mid, None)
+            self.bases.pop(mid, None)
+            self._shadows.pop(mid, None)
             rec["state"] = DISCARDED
         return _ok(self._dest_answer(rec))
 
@@ -434,6 +558,8 @@ class Migrations:
              "blobs": {k: base64.b64encode(v).decode() for k, v in self.blobs.items()}}
         if self.retired:  # only when set: a partition never retired snapshots the same bytes as before
             d["retired"] = True
+        if self.bases:  # likewise: only while a pre-copy is held
+            d["bases"] = {k: base64.b64encode(v).decode() for k, v in self.bases.items()}
         return d
 
     @classmethod
@@ -448,4 +574,5 @@ class Migrations:
         m.xfers = d["xfers"]
         m.blobs = {k: base64.b64decode(v) for k, v in d["blobs"].items()}
         m.retired = d.get("retired") is True  # absent in snapshots written before retire existed
+        m.bases = {k: base64.b64decode(v) for k, v in d.get("bases", {}).items()}
         return m

@@ -185,6 +185,10 @@ def test_source_leader_killed_while_frozen(topology_doc, make_system, make_route
     # small chunks, a copy of ~100 of them: with the pipelined, compressed copy and 48 KiB chunks
     # the whole copy was over before the kill landed (a run saw the migration activating)
     doc["coordinator"]["migration_chunk_bytes"] = 1024
+    # after the pre-copy the freeze's export is a chunk or two: the coordinator holds it 3 s
+    # before staging it, so the kill lands while the record says frozen (it lands in the
+    # pre-copy's copy in test_source_leader_killed_during_copy[precopy])
+    doc["coordinator"]["migration_stage_delay_ms"] = 3000
     system = make_system(doc, timeout=120)
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=120.0)
@@ -210,14 +214,19 @@ def test_source_leader_killed_while_frozen(topology_doc, make_system, make_route
 
 
 class DaveFlow(threading.Thread):
-    """dave's BTC buys at 950 (they cross nothing) through the RoutedClient, one after the other;
-    every acknowledged place is kept: client_order_id -> (account, order id)."""
+    """dave's BTC buys at ``price`` (950: they cross nothing) through the RoutedClient, one after
+    the other; every acknowledged place is kept: client_order_id -> (account, order id). With
+    ``cancel_every`` n, every n-th is cancelled again once acknowledged (then it is not kept, its
+    order id is in ``cancelled``)."""
 
-    def __init__(self, client) -> None:
+    def __init__(self, client, price: str = "950", cancel_every: int = 0) -> None:
         super().__init__(daemon=True)
         self.client = client
+        self.price = price
+        self.cancel_every = cancel_every
         self.stop = threading.Event()
         self.placed: dict[str, tuple[str, int]] = {}
+        self.cancelled: set[int] = set()
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -227,15 +236,32 @@ class DaveFlow(threading.Thread):
             coid = f"dave-{i}"
             try:
                 ev = self.client.request({"op": "place", "account": "dave", "symbol": BTC, "side": "buy",
-                                          "price": "950", "qty": "0.01", "client_order_id": coid}, timeout=300).events
+                                          "price": self.price, "qty": "0.01", "client_order_id": coid},
+                                         timeout=300).events
+                if ev[0]["type"] != "accepted":
+                    self.errors.append(f"{coid}: {ev[0]}")
+                    continue
+                self.placed[coid] = ("dave", ev[0]["order_id"])
+                if self.cancel_every and i % self.cancel_every == 0:
+                    ev = self.client.request({"op": "cancel", "account": "dave", "symbol": BTC,
+                                              "client_order_id": coid}, timeout=300).events
+                    if ev[0]["type"] != "cancelled":
+                        self.errors.append(f"cancel {coid}: {ev[0]}")
+                        continue
+                    self.cancelled.add(self.placed.pop(coid)[1])
             except (ClientError, TimeoutError) as exc:
                 self.errors.append(f"{coid}: {exc!r}")
-                continue
-            if ev[0]["type"] == "accepted":
-                self.placed[coid] = ("dave", ev[0]["order_id"])
-            else:
-                self.errors.append(f"{coid}: {ev[0]}")
             time.sleep(0.02)
+
+
+def fund_dave_and_erin(client) -> None:
+    """dave places BTC through the routed client during a migration, erin is the prober's
+    account: both funded at both partitions (free funds do not move with a symbol)."""
+    for p in ("p1", "p2"):
+        for account in ("dave", "erin"):
+            ev = client.request({"op": "deposit", "account": account, "asset": "USDT", "amount": "100000",
+                                 "tx_id": f"{account}-{p}"}, timeout=30, partition=p).events
+            assert ev[0]["type"] == "deposited", ev
 
 
 def _poll_migration(url: str, mid: str, until, timeout: float = 300.0) -> dict:
@@ -253,9 +279,17 @@ def _poll_migration(url: str, mid: str, until, timeout: float = 300.0) -> dict:
     raise AssertionError(f"migration {mid}: the point waited for never came within {timeout:.0f} s: {rec}")
 
 
-@pytest.mark.parametrize("phase", ["export", "import", "abort"])
+@pytest.mark.parametrize("phase", ["export", "import", "abort", "precopy", "precopy-abort"])
 def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make_routed_client):
-    """The worker of p1's leader SIGKILLed while the coordinator copies BTC's export out of p1
+    """``export``, ``import``, ``abort``: a migration without a pre-copy (the topology's
+    ``migration_precopy`` false), so that the whole export is copied after the freeze.
+    ``precopy``: with the pre-copy, the worker of p1's leader SIGKILLed while the coordinator
+    copies the pre-copy out of p1 (after its first chunk, before its last; BTC still trades at
+    p1); ``precopy-abort``: killed likewise and the migration aborted right after the kill: it
+    must end ``aborted`` without a freeze (p1 gives its pre-copy up: ``released``; the route
+    stays at p1 with its old epoch, as no client was ever told "moving").
+
+    The worker of p1's leader SIGKILLed while the coordinator copies BTC's export out of p1
     (``export``: after the first chunk was fetched and before the last), or once the whole
     export was fetched and before the destination's import was answered (``import``: the
     coordinator stages the export at the destination and has it imported while the source
@@ -279,6 +313,9 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
 
     doc = copy.deepcopy(topology_doc)
     doc["coordinator"]["migration_chunk_bytes"] = 1024  # ~110 chunks: the kill lands inside the copy
+    precopy = phase.startswith("precopy")
+    if not precopy:
+        doc["coordinator"]["migration_precopy"] = False
     if phase in ("import", "abort"):
         # abort: the DELETE must reach a migration short of its point of no return; without the
         # delay the pipelined copy (fetch, stage, import, activate) finished between the kill and
@@ -288,13 +325,7 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
     url = system.coordinator_url
     client = make_routed_client(url, moved_timeout=240.0)
     fund(client, BTC, "f")
-    # dave places BTC through the routed client during the migration, erin is the prober's
-    # account: both funded at both partitions (free funds do not move with a symbol)
-    for p in ("p1", "p2"):
-        for account in ("dave", "erin"):
-            ev = client.request({"op": "deposit", "account": account, "asset": "USDT", "amount": "100000",
-                                 "tx_id": f"{account}-{p}"}, timeout=30, partition=p).events
-            assert ev[0]["type"] == "deposited", ev
+    fund_dave_and_erin(client)
     # bids 601..900, asks 1100..1399 of alice, bob, carol (under open_orders' 1,000 per account)
     ids = resting(client, 2900)
     book, orders, balances = l2(client, BTC), open_orders(client, "p1"), totals(client)
@@ -314,6 +345,8 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
 
         def point(m: dict) -> bool:
             progress = m.get("progress") or {}
+            if precopy:
+                return m["state"] == "prepared" and progress.get("part") == "precopy" and progress["fetched"] >= 1024
             if m["state"] != "frozen" or not progress:
                 return False
             if phase in ("export", "abort"):
@@ -322,7 +355,7 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
 
         at = _poll_migration(url, "lx", point)
         system.stop_worker(worker, sig=signal.SIGKILL)
-        if phase == "abort":
+        if phase in ("abort", "precopy-abort"):
             r = httpx.delete(f"{url}/v1/migrations/lx", timeout=10)
             # 409 migration_past_no_return would mean the copy went on without the source's leader
             assert r.status_code == 202 and r.json()["abort"], r.text
@@ -331,8 +364,8 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
         assert at["progress"]["chunks"] >= 1 and not at["progress"]["imported"], at
         # progress only grows: the export was not all fetched (export) or not yet staged (import,
         # inside the stage delay) when the kill went out
-        assert after["state"] == "frozen" and not after["progress"]["imported"], after
-        if phase == "export":
+        assert after["state"] == ("prepared" if precopy else "frozen") and not after["progress"]["imported"], after
+        if phase in ("export", "precopy", "precopy-abort"):
             assert after["progress"]["fetched"] < after["progress"]["size"], after
         else:  # import, abort: inside the stage delay at the latest
             assert after["progress"]["staged"] == 0, after
@@ -347,15 +380,17 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
     print("migration", rec["state"], rec.get("error"), rec["info"].get("pause_ms"), "ms pause;",
           len(flow.placed), "dave orders;", len(probe.log), "probes")
     assert rec["state"] in ("done", "aborted"), rec
-    if phase == "abort":
+    if phase in ("abort", "precopy-abort"):
         # rolled back, and the destination's inert copy discarded within the step timeout (its
         # members lost one of theirs with the killed worker too)
         assert rec["state"] == "aborted" and rec["abort"], rec
         assert not rec["info"].get("discard_pending"), rec
-    assert rec["info"]["orders"] >= 2900 + 5, rec  # the resting orders, dave's and the prober's
+    if phase != "precopy-abort":
+        assert rec["info"]["orders"] >= 2900 + 5, rec  # the resting orders, dave's and the prober's
     owner = "p2" if rec["state"] == "done" else "p1"
     route = httpx.get(f"{url}/v1/routes/{BTC}", timeout=10).json()
-    assert route["partition"] == owner and route["epoch"] == epoch + 1, route
+    # never frozen: nobody was told "moving", the epoch stays
+    assert route["partition"] == owner and route["epoch"] == epoch + (phase != "precopy-abort"), route
     probe.check("p1", "p2")  # never two owners
     if rec["state"] == "aborted":
         # p2 never owned BTC: none of the prober's orders sent straight to it was accepted;
@@ -363,7 +398,8 @@ def test_source_leader_killed_during_copy(phase, topology_doc, make_system, make
         assert not [s for s, _a, p, ok in probe.log if p == "p2" and ok], "p2 accepted BTC orders"
         src = client.admin({"op": "mig_state"}, partition="p1", timeout=30).events
         dst = client.admin({"op": "mig_state"}, partition="p2", timeout=30).events
-        assert [m["state"] for m in src["migrations"] if m["id"] == "lx"] == ["restored"], src
+        want = "released" if phase == "precopy-abort" else "restored"
+        assert [m["state"] for m in src["migrations"] if m["id"] == "lx"] == [want], src
         assert not src["frozen"] and not dst["inert"], (src, dst)
         assert [m["state"] for m in dst["migrations"] if m["id"] == "lx"] == ["discarded"], dst
 

@@ -61,9 +61,11 @@ def piped(system):  # noqa: F811 - the fixture of test_coordinator_migrations
 
 
 def test_pipelined_copy_moves_the_book_and_times_every_step(piped):
+    """The whole export copied after the freeze (no pre-copy: the copy's pipelining is what is
+    looked at; with a pre-copy the same copy carries the pre-copy, see below)."""
     store, transport, parts = piped
     before = book(parts["p1"])
-    d = Driver(store, transport, chunk_bytes=1024)
+    d = Driver(store, transport, chunk_bytes=1024, precopy=False)
     rec = d.start(BTC, "p2", "m1", wait=True)
     assert rec["state"] == "done", rec
     assert book(parts["p2"]) == before and book(parts["p1"]) == []
@@ -132,3 +134,51 @@ def test_a_lost_chunk_step_by_step_with_and_without_compression(piped, compress)
     assert book(parts["p2"]) == before
     assert owners(parts, "end") == ["p2"]
     funds_ok(parts)
+
+
+class TradingTransport(PipeTransport):
+    """``PipeTransport`` that places, cancels and amends BTC at p1 (through the log, as a
+    client would) right before the freeze reaches it: the changes made during the pre-copy."""
+
+    def __init__(self, parts) -> None:
+        super().__init__(parts)
+        self.at_freeze: list[tuple] | None = None
+
+    def submit(self, partition: str, command: dict) -> Future:
+        if command["op"] == "mig_freeze" and self.at_freeze is None:
+            p1 = self.parts["p1"]
+            for i in range(20):
+                p1.place(BTC, "abc"[i % 3], "buy", str(70 + i % 5), f"during{i}")
+            p1.eng({"op": "cancel", "account": "a", "symbol": BTC, "client_order_id": "x0"})
+            p1.eng({"op": "amend", "account": "b", "symbol": BTC, "client_order_id": "x1", "qty": "0.3"})
+            self.at_freeze = book(p1)
+        return super().submit(partition, command)
+
+
+def test_precopy_carries_the_book_and_the_freeze_only_the_changes(system):  # noqa: F811
+    store, _t, parts, _path = system
+    for i in range(300):
+        buy = i % 2 == 1
+        parts["p1"].place(BTC, "abc"[i % 3], "buy" if buy else "sell", str(80 - i % 9 if buy else 120 + i % 9), f"x{i}")
+    transport = TradingTransport(parts)
+    try:
+        d = Driver(store, transport, chunk_bytes=1024)
+        rec = d.start(BTC, "p2", "m1", wait=True)
+    finally:
+        transport.close()
+    assert rec["state"] == "done", rec
+    assert transport.at_freeze is not None and book(parts["p2"]) == transport.at_freeze
+    assert book(parts["p1"]) == [] and owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+    assert rec["info"]["orders"] == len(transport.at_freeze)
+    names = [s[0] for s in rec["info"]["timing"]["steps"]]
+    for step in ("precopy", "precopy compress", "preimport", "freeze", "import", "activate"):
+        assert step in names, (step, names)
+    # the book went before the freeze; the freeze's export (the changes, and the accounts' holds
+    # and finished orders of the symbol) is a fraction of it
+    pre = sum(n.startswith("precopy export@") for n in names)
+    assert pre >= 5 and sum(n.startswith("export@") for n in names) <= pre // 2, names
+    # every pre-copy step before the freeze was sent (negative ms), in order
+    start = {s[0]: s[1] for s in rec["info"]["timing"]["steps"]}
+    assert start["precopy"] < start["preimport"] < start["freeze"] == 0.0
+    assert transport.submitted.index("mig_preimport") < transport.submitted.index("mig_freeze")

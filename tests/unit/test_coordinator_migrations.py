@@ -104,13 +104,14 @@ def test_migration_end_to_end(system):
 def test_chunk_size_sets_the_copy_steps_and_progress_shows_them(system):
     store, transport, parts, _ = system
     before = book(parts["p1"])
-    d = Driver(store, transport, chunk_bytes=1024, compress=False)  # staged = the export's own bytes
+    # staged = the export's own bytes; the whole export after the freeze (no pre-copy)
+    d = Driver(store, transport, chunk_bytes=1024, compress=False, precopy=False)
     rec = d.start(BTC, "p2", "c1", wait=True)
     assert rec["state"] == "done" and book(parts["p2"]) == before
     size = rec["info"]["size"]
     progress = d.describe(rec)["progress"]
     assert progress == {"size": size, "fetched": size, "staged": size, "chunks": -(-size // 1024),
-                        "chunk_bytes": 1024, "imported": True}, progress
+                        "chunk_bytes": 1024, "imported": True, "part": "export"}, progress
     assert progress["chunks"] >= 2, progress  # the export spans several chunks
     for bad in (1023, 64 * 1024 + 1):
         with pytest.raises(ValueError, match="chunk_bytes"):
@@ -517,3 +518,26 @@ def test_fault_test_delays_reach_the_coordinator_and_bad_values_are_refused(tmp_
         parse_args([flag, "-5"])
     with pytest.raises(ValueError, match=kw):
         Driver(CoordinatorStore(tmp_path / "c.db"), None, **{kw: -1})  # type: ignore[arg-type]
+
+
+def test_precopy_switch_reaches_the_coordinator_and_bad_values_are_refused():
+    """``coordinator.migration_precopy`` (default true) survives the topology file, only false
+    is written out, a non-boolean is refused, and false becomes ``--no-migration-precopy``."""
+    import json
+    from pathlib import Path
+
+    from coordinator.__main__ import parse_args
+    from pyengine.node.topology import Topology, TopologyError
+
+    doc = json.loads((Path(__file__).resolve().parents[2] / "docs/examples/topology-2x3.json").read_text())
+    assert Topology.from_dict(doc).coordinator.migration_precopy is True
+    assert "migration_precopy" not in Topology.from_dict(doc).to_dict()["coordinator"]
+    doc["coordinator"]["migration_precopy"] = False
+    topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
+    assert topo.coordinator.migration_precopy is False
+    for bad in (0, "false", None):
+        doc["coordinator"]["migration_precopy"] = bad
+        with pytest.raises(TopologyError, match="migration_precopy"):
+            Topology.from_dict(doc)
+    assert parse_args([]).migration_precopy is True
+    assert parse_args(["--no-migration-precopy"]).migration_precopy is False

@@ -103,7 +103,7 @@ def _tampered(blob: bytes) -> list[tuple[bytes, str]]:
     assert n_bids and n_asks
     cols = book[16:]
     out = [
-        (_signed(3, meta, state, book), "version 3 is not supported"),
+        (_signed(4, meta, state, book), "version 4 is not supported"),
         (_signed(version, meta, state, book[:-1]), "truncated|inconsistent|trailing"),
         (_signed(version, meta, state, book + b"\0"), "trailing"),
         (_signed(version, meta, state, book[:20]), "truncated|inconsistent"),
