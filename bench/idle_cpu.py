@@ -72,9 +72,12 @@ def thread_sched(pid: int) -> dict[int, tuple[str, int, int]]:
 
 @dataclass
 class Sample:
-    """One member over one window: per role, CPU seconds and wake-ups."""
+    """One member over one window: per role, CPU seconds and wake-ups; and the machine then (a
+    busy machine delays wake-ups, so agents wake less often: idle CPU falls with load)."""
 
     elapsed_s: float
+    load: float = 0.0  # 1-minute load average at the window's end
+    busy_pct: float = 0.0  # CPU busy over the window, all processes
     cpu_s: dict[str, float] = field(default_factory=dict)
     wakeups: dict[str, int] = field(default_factory=dict)
 
@@ -84,13 +87,16 @@ class Sample:
 
 def window(pids: dict[int, int], seconds: float) -> dict[int, Sample]:
     before = {m: thread_sched(p) for m, p in pids.items()}
+    busy0 = MachineLoad._stat()
     t0 = time.monotonic()
     time.sleep(seconds)
     after = {m: thread_sched(p) for m, p in pids.items()}
     elapsed = time.monotonic() - t0
+    busy1 = MachineLoad._stat()
+    busy = 100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1])
     out: dict[int, Sample] = {}
     for m in pids:
-        s = Sample(elapsed)
+        s = Sample(elapsed, os.getloadavg()[0], busy)
         for tid, (comm, cpu_ns, slices) in after[m].items():
             _, cpu0, slices0 = before[m].get(tid, (comm, 0, 0))  # a thread born in the window: all of it
             role = role_of(comm)
@@ -124,9 +130,11 @@ def variant_section(name: str, kw: dict, samples: list[dict[int, Sample]]) -> li
     desc = ", ".join(f"{k}={v}" for k, v in kw.items()) or "the shipped settings"
     members = sorted(samples[0])
     per_member = {m: [s[m].total_pct() for s in samples] for m in members}
+    machine = ", ".join(f"load {s[members[0]].load:.1f} / CPU {s[members[0]].busy_pct:.0f}% busy" for s in samples)
     lines = [f"## Variant `{name}`: {desc}", "",
              "Per member, % of one core (each round): " +
-             "; ".join(f"member {m}: " + ", ".join(f"{p:.1f}" for p in per_member[m]) for m in members),
+             "; ".join(f"member {m}: " + ", ".join(f"{p:.1f}" for p in per_member[m]) for m in members) +
+             f" (the machine in each round's window: {machine})",
              "",
              f"**mean per member {statistics.mean(p for v in per_member.values() for p in v):.1f}% of one core, "
              f"highest member {max(max(v) for v in per_member.values()):.1f}%**", "",
@@ -164,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {r + 1}/{args.rounds}, variant {name}: start, settle {args.settle_s:.0f}s, "
                     f"window {args.window_s:.0f}s")
                 results[name].append(run_variant(kw, jar, args.settle_s, args.window_s, args.port_start))
-                log("  " + ", ".join(f"member {m} {s.total_pct():.1f}%" for m, s in sorted(results[name][-1].items())))
+                got = results[name][-1]
+                log("  " + ", ".join(f"member {m} {s.total_pct():.1f}%" for m, s in sorted(got.items())) +
+                    f" (load {next(iter(got.values())).load:.1f})")
     cmd = " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Idle CPU of a 3-member cluster, per thread",

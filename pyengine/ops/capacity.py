@@ -28,7 +28,7 @@ class Constants:
     # CPU of one member per order it applies (every member applies every order)
     bulk_member_cpu_us_per_order: float = 9.0  # cluster_throughput_bulk.md (members 9, 9, 8 us)
     single_member_cpu_us_per_order: float = 49.0  # cluster_throughput.md (members 47, 53, 46 us)
-    idle_member_cores: float = 0.155  # idle_cpu.md (3 idle members: 46.4 % of a core)
+    idle_member_cores: float = 0.138  # idle_cpu.md (variant after: 13.8 % of a core per member)
     # share of a member's CPU spent in its service thread, i.e. in Python: a worker's members share
     # one interpreter lock, so a worker runs at most one core of them
     service_thread_share: float = 0.75  # cluster_throughput_bulk.md (clustered-service 42 of 56 %, 43/53, 37/47)
