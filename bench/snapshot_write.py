@@ -158,14 +158,17 @@ def in_process(args) -> list[str]:
     state.write_bytes(b"".join(parts))
     trees = {"new": str(ROOT), "old": str(args.base)}
     out: dict[str, list[dict]] = {"new": [], "old": []}
-    for k in range(args.snapshots):
-        for name in (("old", "new") if k % 2 else ("new", "old")):
-            proc = subprocess.run([sys.executable, "-c", _CHILD, trees[name], str(state), str(args.between), str(k)],
-                                  capture_output=True, text=True, cwd=trees[name])
-            if proc.returncode:
-                raise RuntimeError(f"{name} code failed: {proc.stderr[-2000:]}")
-            out[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    state.unlink()
+    try:
+        for k in range(args.snapshots):
+            for name in (("old", "new") if k % 2 else ("new", "old")):
+                cmd = [sys.executable, "-c", _CHILD, trees[name], str(state), str(args.between), str(k)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=trees[name])
+                if proc.returncode:
+                    raise RuntimeError(f"{name} code failed: {proc.stderr[-2000:]}")
+                out[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    finally:
+        state.unlink()
+        state.parent.rmdir()
     lines = [f"| ms CPU (median of {args.snapshots}) | old ({args.base}) | new |", "|---|---:|---:|"]
     for key, label in (("restore_ms", "restore (`MatchingService.restore`, incl. its warm-up take)"),
                        ("take_ms", f"take after {args.between:,} more orders (`snapshot_buffer`)")):
