@@ -46,6 +46,11 @@ _EVENT = struct.Struct("<BI")
 # a failed connect is logged at WARNING at most once per this interval: while the cluster is
 # away the client retries every connect timeout, and one line per attempt would flood the log
 CONNECT_WARNING_INTERVAL_S = 10.0
+# Token refusals that the same credentials can never get past (pyengine/service/tokens.py's
+# reasons). The others (unknown_kid before a key change reaches the partition, not_yet_valid
+# under clock skew, anything that is not a token refusal) may pass later: those are retried.
+FINAL_AUTH_REASONS = frozenset({"missing_token", "malformed", "oversized", "bad_base64", "bad_header",
+                                "alg_not_allowed", "bad_signature", "expired", "revoked"})
 EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 4
 EVENT_CONNECT_FAILED, EVENT_SESSION_EVENT = 5, 6
 
@@ -646,11 +651,19 @@ class MatchClient:
             self.last_error = text
             if text.startswith("AuthenticationException"):
                 reason = text.split(":", 1)[1].strip() if ":" in text else text
-                if reason in ("expired", "not_yet_valid") and self.token_provider is not None:
+                if reason in ("expired", "not_yet_valid", "revoked") and self.token_provider is not None:
+                    # a revoked access token may belong to a login whose refresh still works; a
+                    # revoked login makes the provider raise, and _refresh_token fails the callers
                     threading.Thread(target=self._refresh_token, daemon=True).start()
                     return
                 self._auth_failure = reason
                 self._fail_all(AuthenticationError(reason))
+                if reason in FINAL_AUTH_REASONS:
+                    self.stats.connect_failures += 1
+                    self._java.holdReconnect()
+                    log.error("the cluster refused these credentials (%s); not reconnecting until "
+                              "set_credentials() gives new ones", reason)
+                    return
             self.stats.connect_failures += 1
             now = time.monotonic()
             if now - self._connect_warned_at >= CONNECT_WARNING_INTERVAL_S:

@@ -114,6 +114,28 @@ def test_token_signed_by_another_key_is_rejected(secured, make_client):
     client = make_client(cluster.ingress_endpoints(), credentials=forged.encode())
     wait_for(lambda: client._auth_failure, 30, "the rejection")
     assert client._auth_failure == "unknown_kid"
+    # the key may yet reach the partition (a key change being pushed): the client keeps trying
+    wait_for(lambda: client.stats.connect_failures >= 3, 30, "the client to keep retrying an unknown key")
+    assert not client._java.isReconnectHeld()
+
+
+def test_a_client_refused_for_good_stops_reconnecting_until_new_credentials(secured, make_client):
+    """Each connect attempt costs the cluster a session and its log buffers: a token that can
+    never pass (here malformed; revoked, bad signature... alike) is not retried every second."""
+    cluster, admin, api, login = secured
+    client = make_client(cluster.ingress_endpoints(), credentials=b"not-a-token")
+    wait_for(lambda: client._auth_failure, 30, "the rejection")
+    assert client._auth_failure == "malformed"
+    wait_for(lambda: client._java.isReconnectHeld(), 10, "the client to hold its reconnects")
+    time.sleep(1.5)  # an attempt already under way when the hold came may still fail
+    failures = client.stats.connect_failures
+    time.sleep(3)  # the retry loop runs every 50 ms to 1 s: three seconds would show it
+    assert client.stats.connect_failures == failures
+    assert not client.wait_connected(0.1)
+
+    client.set_credentials(login("erin", "erin", ["read"]).access_token.encode())
+    assert client.wait_connected(30), client.last_error
+    assert client.request({"op": "book", "symbol": SYMBOL, "depth": 1}).events[0]["type"] == "book"
 
 
 def test_permission_and_account_are_checked_on_every_command(secured, make_client):

@@ -1,6 +1,7 @@
 package io.matchx.cluster;
 
 import io.aeron.Counter;
+import io.aeron.cluster.ClusterMember;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.ElectionState;
 import io.aeron.cluster.service.Cluster;
@@ -58,6 +59,16 @@ import java.util.function.Supplier;
  * what the intended value gives. A sampling lag only lengthens a candidate's wait, never
  * shortens a voter's.
  *
+ * <p>A candidate's wait is the intended one only once enough voters have answered to decide the
+ * ballot (with 3 members: one). Aeron decides at the end of the wait: a quorum of yes votes
+ * makes it leader, anything else sends it back to CANVASS. A vote that comes in after that wait
+ * has already moved its voter to FOLLOWER_BALLOT, where it waits {@link #BALLOT_WAIT_MS} for a
+ * leader that will not come and answers no canvass meanwhile, so the next ballot waits for it:
+ * with 2x3 partitions on 2 cores (bench/reports/auth_revocation_failover*.md) a vote later than
+ * 20 ms cost a failover a whole second, often. So while too few voters have answered, the
+ * candidate waits up to {@link #CANDIDATE_VOTE_WAIT_MS} (well inside a voter's wait); a split
+ * vote (a "no") or a vote in time still ends the ballot after the intended timeout.
+ *
  * <p>Writes are plain fields read by the consensus module's thread; its duty cycle crosses
  * volatile reads each turn, so it sees them within a cycle. A deadline is recomputed from the
  * current value on every duty cycle, so the sampling lag ({@link #POLL_MS}) shifts a deadline by
@@ -89,6 +100,8 @@ final class ElectionTiming implements AutoCloseable
     static final int LOGGED_STEPS = 20;
     /** A voter's wait for the leader it voted for (the context's election timeout outside a candidacy). */
     static final long BALLOT_WAIT_MS = 1_000;
+    /** A candidate's longest wait for the first answers to its vote requests (less than BALLOT_WAIT_MS). */
+    static final long CANDIDATE_VOTE_WAIT_MS = 300;
 
     private final ConsensusModule.Context ctx;
     private final String logPrefix;
@@ -97,12 +110,16 @@ final class ElectionTiming implements AutoCloseable
     private final long progressTimeoutNs;
     private final long startTimeoutNs;
     private final long ballotWaitNs;
+    private final long candidateVoteWaitNs;
     /** What a candidate waits for votes and what a nomination delay is a fraction of (NominationOrder). */
     private volatile long intendedElectionTimeoutNs;
     private Object agent;
     private volatile WatchedCounter electionState;
     private volatile WatchedCounter role;
     private Field agentTimeout;
+    /** ConsensusModuleAgent.election and Election.clusterMembers: the votes of a ballot. */
+    private Field agentElection;
+    private Field electionMembers;
     private long agentValueNs;
     /** The sampling thread, woken by {@link #wakeOnChange}; null until it starts. */
     private volatile Thread sampler;
@@ -120,6 +137,8 @@ final class ElectionTiming implements AutoCloseable
         this.progressTimeoutNs = Math.max(heartbeatTimeoutNs, TimeUnit.MILLISECONDS.toNanos(PROGRESS_TIMEOUT_MS));
         this.startTimeoutNs = Math.max(heartbeatTimeoutNs, TimeUnit.MILLISECONDS.toNanos(START_TIMEOUT_MS));
         this.ballotWaitNs = ballotWaitNs(electionTimeoutNs);
+        this.candidateVoteWaitNs = Math.min(ballotWaitNs / 2,
+            Math.max(electionTimeoutNs, TimeUnit.MILLISECONDS.toNanos(CANDIDATE_VOTE_WAIT_MS)));
         this.intendedElectionTimeoutNs = Math.max(electionTimeoutNs,
             TimeUnit.MILLISECONDS.toNanos(START_ELECTION_TIMEOUT_MS));
     }
@@ -134,6 +153,73 @@ final class ElectionTiming implements AutoCloseable
     static long electionTimeoutIn(final ElectionState state, final long intendedNs, final long ballotWaitNs)
     {
         return state == ElectionState.CANDIDATE_BALLOT ? intendedNs : Math.max(intendedNs, ballotWaitNs);
+    }
+
+    /**
+     * As {@link #electionTimeoutIn(ElectionState, long, long)}, for a candidate that may still be
+     * waiting for the first answers to its vote requests ({@code votesOutstanding}).
+     */
+    static long electionTimeoutIn(
+        final ElectionState state,
+        final long intendedNs,
+        final long ballotWaitNs,
+        final boolean votesOutstanding,
+        final long candidateVoteWaitNs)
+    {
+        final long ns = electionTimeoutIn(state, intendedNs, ballotWaitNs);
+        return state == ElectionState.CANDIDATE_BALLOT && votesOutstanding ? Math.max(ns, candidateVoteWaitNs) : ns;
+    }
+
+    /**
+     * Whether too few of the other members have answered this candidate's vote requests to decide
+     * its ballot: a quorum needs {@code quorumThreshold - 1} yes votes besides its own, and one
+     * "no" decides it (Aeron's {@code isQuorumLeader}). Answers of this ballot only: becoming a
+     * candidate clears every other member's vote.
+     */
+    static boolean votesOutstanding(final ClusterMember[] members, final int selfId)
+    {
+        int answered = 0;
+        for (final ClusterMember member : members)
+        {
+            if (member.id() != selfId)
+            {
+                final Boolean vote = member.vote();
+                if (Boolean.FALSE.equals(vote))
+                {
+                    return false;
+                }
+                if (null != vote)
+                {
+                    answered++;
+                }
+            }
+        }
+        return answered < ClusterMember.quorumThreshold(members.length) - 1;
+    }
+
+    /** The running candidacy's vote state, read on this thread without locks: a hint that only lengthens a wait. */
+    private boolean candidateVotesOutstanding()
+    {
+        if (null == agent || null == agentElection)
+        {
+            return false;
+        }
+        try
+        {
+            final Object election = agentElection.get(agent);
+            if (null == election)
+            {
+                return false;
+            }
+            final ClusterMember[] members = (ClusterMember[])electionMembers.get(election);
+            return null != members && votesOutstanding(members, ctx.clusterMemberId());
+        }
+        catch (final IllegalAccessException | RuntimeException ex)
+        {
+            warn("a candidate waits the configured election timeout for its votes (" + ex + ")");
+            agentElection = null;
+            return false;
+        }
     }
 
     long intendedElectionTimeoutNs()
@@ -186,6 +272,19 @@ final class ElectionTiming implements AutoCloseable
             agent = found;
             agentTimeout = timeout;
             agentValueNs = startTimeoutNs;
+            try
+            {
+                final Field election = found.getClass().getDeclaredField("election");
+                election.setAccessible(true);
+                final Field members = election.getType().getDeclaredField("clusterMembers");
+                members.setAccessible(true);
+                agentElection = election;
+                electionMembers = members;
+            }
+            catch (final ReflectiveOperationException | RuntimeException ex)
+            {
+                warn("a candidate waits the configured election timeout for its votes (" + ex + ")");
+            }
         }
         catch (final ReflectiveOperationException | RuntimeException ex)
         {
@@ -350,7 +449,8 @@ final class ElectionTiming implements AutoCloseable
                         TimeUnit.NANOSECONDS.toMillis(heartbeatTimeoutNs) + " ms outside elections, " +
                         TimeUnit.NANOSECONDS.toMillis(progressTimeoutNs) + " ms per election step; election timeout " +
                         TimeUnit.NANOSECONDS.toMillis(electionTimeoutNs) + " ms, a voter waits " +
-                        TimeUnit.NANOSECONDS.toMillis(ballotWaitNs) + " ms for its leader)");
+                        TimeUnit.NANOSECONDS.toMillis(ballotWaitNs) + " ms for its leader, a candidate up to " +
+                        TimeUnit.NANOSECONDS.toMillis(candidateVoteWaitNs) + " ms for its first votes)");
                 }
                 final long valueNs;
                 if (starting || startLeader)
@@ -366,7 +466,8 @@ final class ElectionTiming implements AutoCloseable
                     valueNs = heartbeatTimeoutNs;
                 }
                 set(valueNs);
-                final long electionNs = electionTimeoutIn(state, intendedElectionTimeoutNs, ballotWaitNs);
+                final long electionNs = electionTimeoutIn(state, intendedElectionTimeoutNs, ballotWaitNs,
+                    state == ElectionState.CANDIDATE_BALLOT && candidateVotesOutstanding(), candidateVoteWaitNs);
                 if (ctx.electionTimeoutNs() != electionNs)
                 {
                     ctx.electionTimeoutNs(electionNs);

@@ -1,5 +1,6 @@
 package io.matchx.cluster;
 
+import io.aeron.cluster.ClusterMember;
 import io.aeron.cluster.ConsensusModule;
 import io.aeron.cluster.ElectionState;
 
@@ -75,6 +76,54 @@ class ElectionTimingTest
         assertEquals(longer, ElectionTiming.ballotWaitNs(longer));
         assertEquals(longer, ElectionTiming.electionTimeoutIn(ElectionState.FOLLOWER_BALLOT, longer,
             ElectionTiming.ballotWaitNs(longer)));
+    }
+
+    /** The fields a candidate's vote wait reads; renamed by an Aeron upgrade, the wait would quietly be the short one. */
+    @Test
+    void theElectionFieldsItReadsExist() throws Exception
+    {
+        final Class<?> agent = Class.forName("io.aeron.cluster.ConsensusModuleAgent");
+        final Field election = agent.getDeclaredField("election");
+        assertEquals(Class.forName("io.aeron.cluster.Election"), election.getType());
+        assertEquals(ClusterMember[].class, election.getType().getDeclaredField("clusterMembers").getType());
+    }
+
+    private static ClusterMember[] members(final Boolean... votes)
+    {
+        final ClusterMember[] members = new ClusterMember[votes.length];
+        for (int i = 0; i < votes.length; i++)
+        {
+            members[i] = new ClusterMember(i, "i", "c", "l", "u", "a", "e").vote(votes[i]);
+        }
+        return members;
+    }
+
+    /**
+     * A candidate keeps waiting while no voter has answered (a late "yes" would otherwise strand
+     * its voter in FOLLOWER_BALLOT for a second), and not once the ballot can be decided.
+     */
+    @Test
+    void aCandidateWaitsLongerOnlyWhileTooFewVotersHaveAnswered()
+    {
+        // member 0 is the candidate (its own vote is TRUE); member 2 is dead and never answers
+        assertTrue(ElectionTiming.votesOutstanding(members(true, null, null), 0));
+        assertFalse(ElectionTiming.votesOutstanding(members(true, true, null), 0));
+        assertFalse(ElectionTiming.votesOutstanding(members(true, false, null), 0), "a split vote ends at once");
+        // five members: two yes votes besides its own make a quorum
+        assertTrue(ElectionTiming.votesOutstanding(members(true, true, null, null, null), 0));
+        assertFalse(ElectionTiming.votesOutstanding(members(true, true, null, true, null), 0));
+        assertFalse(ElectionTiming.votesOutstanding(members(true, null, false, null, null), 0));
+
+        final long intended = TimeUnit.MILLISECONDS.toNanos(20);
+        final long ballot = ElectionTiming.ballotWaitNs(intended);
+        final long voteWait = TimeUnit.MILLISECONDS.toNanos(ElectionTiming.CANDIDATE_VOTE_WAIT_MS);
+        assertTrue(voteWait < ballot, "a candidate gives up before its voter does");
+        assertEquals(voteWait, ElectionTiming.electionTimeoutIn(
+            ElectionState.CANDIDATE_BALLOT, intended, ballot, true, voteWait));
+        assertEquals(intended, ElectionTiming.electionTimeoutIn(
+            ElectionState.CANDIDATE_BALLOT, intended, ballot, false, voteWait));
+        assertEquals(ballot, ElectionTiming.electionTimeoutIn(
+            ElectionState.FOLLOWER_BALLOT, intended, ballot, true, voteWait), "a voter's wait is unchanged");
     }
 
     /** Before launch the context holds the voter's wait, and a nomination still waits a fraction of the intended timeout. */

@@ -65,6 +65,8 @@ public final class ClusterClient implements AutoCloseable
     private volatile boolean probeWanted;
     private volatile boolean probeDropped;
     private volatile boolean probeAbandoned;
+    /** No reconnect until new credentials: the cluster refused these for good (e.g. revoked). */
+    private volatile boolean reconnectHeld;
     private AeronCluster.AsyncConnect probe;
     private AeronCluster.Context probeCtx;
     private boolean probeKept; // false: close the session it opens instead of using it
@@ -106,11 +108,28 @@ public final class ClusterClient implements AutoCloseable
     public void credentials(final byte[] credentials)
     {
         this.credentials = null == credentials ? new byte[0] : credentials;
+        reconnectHeld = false;
+    }
+
+    /**
+     * Stops connecting until {@link #credentials} or {@link #reconnect} is called: the caller was
+     * told its credentials are refused for good (revoked, bad signature, ...). Retrying them once a
+     * second would cost the cluster a session and its log buffers per attempt, forever.
+     */
+    public void holdReconnect()
+    {
+        reconnectHeld = true;
+    }
+
+    public boolean isReconnectHeld()
+    {
+        return reconnectHeld;
     }
 
     /** Drops the current session so the poller connects again, e.g. with new credentials. */
     public void reconnect()
     {
+        reconnectHeld = false;
         probeWanted = false;
         probeAbandoned = true; // a probe sent with the old credentials is not the new session
         lock.lock();
@@ -142,6 +161,10 @@ public final class ClusterClient implements AutoCloseable
      */
     public void probe()
     {
+        if (reconnectHeld)
+        {
+            return;
+        }
         probeWanted = true;
     }
 
@@ -326,6 +349,12 @@ public final class ClusterClient implements AutoCloseable
                     // the probe under way is this reconnect: no second connect beside it
                     probeKept = true;
                     idle.idle(pollProbe());
+                    continue;
+                }
+                if (reconnectHeld)
+                {
+                    sleep(50);
+                    retryDelayMs = 50;
                     continue;
                 }
                 current = connect();
