@@ -374,6 +374,14 @@ def environment() -> str:
             f"load average before the run {os.getloadavg()[0]:.2f}, {when}")
 
 
+def publish_report(path: Path, text: str) -> int:
+    """Writes a bench's report (making its directory) and prints it; the bench's exit code."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
+    return 0
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     """A bench's ``--variant``: ``NAME`` or ``NAME:key=value,key=value`` (integers where they
     look like one); which keys a bench takes is its own."""

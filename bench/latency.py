@@ -55,6 +55,7 @@ from bench.common import (  # noqa: E402
     new_histogram,
     parse_variant,
     pin_jar,
+    publish_report,
     setup_commands,
 )
 from pyengine.node.localcluster import LocalCluster, free_port_base, ports_free  # noqa: E402
@@ -100,6 +101,7 @@ def ours_phase(client, out: Path, name: str, count: int, interval_ns: int, drain
     """One phase of our client; reports it as EchoFloorClient does (PHASE lines, OUT/name.lat)."""
     cmds = order_commands(count, name.replace("-", "") + "x")
     submit = client.submit_binary if binary else client.submit
+    request = (lambda c, t: client.submit_binary(c).result(t)) if binary else client.request
     planned = [0] * count
     done = [0] * count
     failed = [0]
@@ -125,15 +127,21 @@ def ours_phase(client, out: Path, name: str, count: int, interval_ns: int, drain
     start = clock() + 1_000_000
     sent = 0
     if interval_ns == 0:
+        from pyengine import jvm
+
+        trace = jvm.trace if jvm.TRACE else None  # bench/rtt_breakdown.py: stages 100 and 105
         for i, cmd in enumerate(cmds):
             planned[i] = clock()
-            fut = submit(cmd)
+            if trace:
+                trace(100)
             try:
-                fut.result(drain_s)
+                request(cmd, drain_s)  # MatchClient.request: submit(cmd).result(), or its sync path
             except Exception as exc:  # noqa: BLE001 - counted; the bench reports failures
                 failed[0] += 1
                 if not first_error:
                     first_error.append(repr(exc)[:200])
+            if trace:
+                trace(105)
             done[i] = clock()
             sent += 1
     else:
@@ -164,7 +172,7 @@ def ours_worker(spec: dict) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     out = Path(spec["out"])
-    with MatchClient(spec["endpoints"], direct_send=bool(spec.get("direct_send"))) as client:
+    with MatchClient(spec["endpoints"], **spec.get("client_kw", {})) as client:
         if not client.wait_connected(120):
             _emit(f"ERROR not connected: {client.last_error}")
             return 1
@@ -257,14 +265,15 @@ def client_spec(args, out: Path, endpoints: str) -> dict:
             "binary": args.binary}
 
 
-def run_ours(args, layout: ClusterLayout, out: Path, direct_send: bool) -> dict[str, PhaseResult]:
+def run_ours(args, layout: ClusterLayout, out: Path, client_kw: dict) -> dict[str, PhaseResult]:
+    """``client_kw``: MatchClient keyword arguments (a variant's client_NAME=value)."""
     cluster = LocalCluster(layout, log_level="WARNING")
     try:
         cluster.start()
         cluster.await_leader(120)
         cluster.await_followers(2, 120)
         pids = {f"member {m}": pid for m, pid in cluster.pids().items()}
-        spec = {**client_spec(args, out, cluster.ingress_endpoints()), "direct_send": direct_send}
+        spec = {**client_spec(args, out, cluster.ingress_endpoints()), "client_kw": client_kw}
         return drive_client([sys.executable, __file__, "--worker", json.dumps(spec)], pids, out, args.client_timeout_s)
     finally:
         cluster.stop()
@@ -442,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=None,
                     help="NAME[:key=value,...], repeatable: ClusterLayout fields, jar=PATH (both systems run that "
                          "jar: a Java change against the jar before it), client_park_us (the floor's client), "
-                         "client_direct_send=1 (MatchClient(direct_send=True))")
+                         "client_NAME=value (MatchClient(NAME=value), e.g. client_direct_send=1)")
     ap.add_argument("--relaxed-timeouts", action="store_true",
                     help="heartbeat 100/2000 ms, election 300 ms for both systems (a heavily loaded machine)")
     ap.add_argument("--binary", action="store_true", help="our client sends the binary codec instead of JSON")
@@ -487,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"(load {os.getloadavg()[0]:.1f})")
                         try:
                             if system == "ours":
-                                results = run_ours(args, layout, out, bool(kw.get("client_direct_send")))
+                                client_kw = {k[len("client_"):]: v for k, v in kw.items()
+                                             if k.startswith("client_") and k != "client_park_us"}
+                                results = run_ours(args, layout, out, client_kw)
                             else:
                                 results = run_floor(args, layout, out, variant_jar,
                                                     kw.get("client_park_us", SDK_PARK_US))
@@ -502,10 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(args, totals, variants, env, load.summary(), started)
     if failures:
         text += "\nFailed runs (left out above):\n\n" + "".join(f"- {f}\n" for f in failures)
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(text)
-    print(text)
-    return 0
+    return publish_report(args.report, text)
 
 
 if __name__ == "__main__":

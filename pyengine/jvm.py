@@ -170,3 +170,22 @@ class _no_java_sigterm_handler:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+# Round-trip stage stamps for bench/rtt_breakdown.py (issue #20): on only when MATCHX_TRACE_DIR
+# names a directory (Java's io.matchx.cluster.LatencyTrace reads the same variable). Python marks
+# through Java so every stamp of a process goes to one file on one clock (System.nanoTime, i.e.
+# CLOCK_MONOTONIC, which time.perf_counter_ns reads too); a mark costs one Python->Java call
+# (~1-2 us), and when tracing is off callers test TRACE and do nothing.
+TRACE = bool(os.environ.get("MATCHX_TRACE_DIR"))
+_trace_mark = None
+
+
+def trace(stage: int) -> None:
+    """Stamps ``stage`` (a LatencyTrace stage number) now; call only when ``TRACE``."""
+    global _trace_mark
+    if _trace_mark is None:
+        import jpype
+
+        _trace_mark = jpype.JClass("io.matchx.cluster.LatencyTrace").mark
+    _trace_mark(stage)

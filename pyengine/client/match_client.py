@@ -55,10 +55,15 @@ EVENT_MESSAGE, EVENT_CONNECTED, EVENT_NEW_LEADER, EVENT_DISCONNECTED = 1, 2, 3, 
 EVENT_CONNECT_FAILED, EVENT_SESSION_EVENT = 5, 6
 
 MAX_BATCH_BYTES = 60_000
+# a sync request's caller polls egress itself while it waits, parking at most this long between
+# empty polls (Linux rounds a park up to ~50 us): only while an answer is awaited, never idle
+SYNC_MAX_PARK_US = 100
 # Aeron's largest message on the ingress (term length 1 MiB / 8), less the request header and
 # one entry header: no single command may be larger.
 MAX_COMMAND_BYTES = (128 << 10) - protocol.REQUEST_HEADER.size - protocol.ENTRY.size
 _client_seq = itertools.count()
+# stage numbers of io.matchx.cluster.LatencyTrace (bench/rtt_breakdown.py; only with MATCHX_TRACE_DIR)
+TRACE_RECEIVED, TRACE_RESOLVE = 103, 104
 # wakes the send thread after a (re)connect or a new leader (with MatchClient._resend_due set):
 # it then resends every pending command
 _RESEND_ALL = object()
@@ -158,6 +163,9 @@ class ClientStats:
     # of ``resent``, those resent when a hold ended: sent before the hold notice and not answered
     # by the old leader (its drain ended on a bound, not on this client's ack)
     resent_after_hold: int = 0
+    # request()/admin() calls answered on the caller's thread (sync_requests): the others went
+    # through the send and receive threads (another command was in flight, a subscription, ...)
+    sync_requests: int = 0
 
 
 class MatchClient:
@@ -177,6 +185,9 @@ class MatchClient:
         direct_send: bool = False,
         silence_reconnect_s: float | None = None,
         hold_max_s: float | None = None,
+        sync_requests: bool = True,
+        sync_max_park_us: int = SYNC_MAX_PARK_US,
+        wake_driver: bool = True,
     ) -> None:
         jvm.start()
         import jpype
@@ -193,6 +204,15 @@ class MatchClient:
         # it, instead of waking the send thread (one thread hand-over less per command; opt-in
         # until measured better: bench/latency.py, docs/operations.md "Latency settings")
         self._direct_send = direct_send
+        # sync_requests: request()/admin() with nothing else in flight offer from the caller's
+        # thread and take their answer on it too (ClusterClient.awaitDirect polls egress there),
+        # instead of three thread hand-overs (send thread; Java poller -> receive thread -> the
+        # caller's Future). While it waits the caller polls, backing off up to sync_max_park_us.
+        self._sync_requests = sync_requests
+        self._sync_max_park_us = sync_max_park_us
+        self._sync_lock = threading.Lock()  # one caller in a sync request at a time
+        # events are handled by one thread at a time: the receive thread, or a sync caller
+        self._dispatch_lock = threading.Lock()
         # silence_reconnect_s: when commands have waited this long and the cluster has sent
         # nothing at all meanwhile, look for the leader with a second session (through every
         # member) while keeping this one (ClusterClient.probe): Aeron notices a leader that died
@@ -239,6 +259,9 @@ class MatchClient:
             ingress_endpoints, self.aeron_dir, egress_host, connect_timeout_ms,
             new_leader_timeout_ms, jpype.JArray(jpype.JByte)(credentials),
         )
+        # wake_driver: each offer wakes the embedded driver, which sends at once instead of at the
+        # end of its park (up to 500 us); one unpark per offer, nothing while idle
+        self._java.wakeDriver(bool(wake_driver))
         self._receiver = threading.Thread(target=self._receive_loop, name="matchx-receive", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="matchx-send", daemon=True)
         self._receiver.start()
@@ -295,10 +318,10 @@ class MatchClient:
         return self._submit(Channel.ADMIN_JSON, orjson.dumps(command))
 
     def request(self, command: dict, timeout: float = 10.0) -> Reply:
-        return self.submit(command).result(timeout)
+        return self._request(Channel.ENGINE_JSON, orjson.dumps(command), timeout)
 
     def admin(self, command: dict, timeout: float = 10.0) -> Reply:
-        return self.submit_admin(command).result(timeout)
+        return self._request(Channel.ADMIN_JSON, orjson.dumps(command), timeout)
 
     def take_back(self, future: Future, unsent_only: bool = False) -> str:
         """Take back a command that has no answer yet: it is never sent (again) from here and a
@@ -369,6 +392,59 @@ class MatchClient:
             self._queued += 1
         self._outbox.put(p)
         return p.future
+
+    def _request(self, channel: int, payload: bytes, timeout: float) -> Reply:
+        if self._sync_requests:
+            reply = self._request_sync(channel, payload, timeout)
+            if reply is not None:
+                return reply
+        return self._submit(channel, payload).result(timeout)
+
+    def _request_sync(self, channel: int, payload: bytes, timeout: float) -> Reply | None:
+        """A request answered on the caller's thread, or None (nothing sent) when that cannot be
+        done now: another command in flight or queued (its answer is the receive thread's), a
+        second caller here already, market data subscribed (its updates must stay in order on
+        the receive thread), not connected, a resend due or a hold. Once sent, the command is a
+        pending command like any other: resent after a failover, answered once."""
+        if (self._subs or not self._connected.is_set() or self._resend_due.is_set() or self._held.is_set()
+                or self._closed or self._auth_failure or len(payload) > MAX_COMMAND_BYTES):
+            return None
+        if not self._sync_lock.acquire(blocking=False):
+            return None
+        try:
+            p = _Pending(next(self._ids), channel, payload, Future())
+            with self._lock:
+                if self._pending or self._queued:
+                    return None
+                self._pending[p.request_id] = p
+            java = self._java
+            deadline = time.monotonic() + timeout
+            java.beginDirect()
+            try:
+                if not self._offer([p], wait=False):
+                    # back pressure or no session: the send thread offers it (and waits)
+                    with self._lock:
+                        self._queued += 1
+                    self._outbox.put(p)
+                while not p.future.done():
+                    remaining_ms = int((deadline - time.monotonic()) * 1000)
+                    if remaining_ms <= 0:
+                        break
+                    blob = java.awaitDirect(min(remaining_ms, 100), self._sync_max_park_us)
+                    if blob is not None:
+                        if jvm.TRACE:
+                            jvm.trace(TRACE_RECEIVED)
+                        self._dispatch(blob)
+            finally:
+                blob = java.endDirect()
+                if blob is not None:
+                    self._dispatch(blob)
+        finally:
+            self._sync_lock.release()
+        self.stats.sync_requests += 1
+        # raises TimeoutError as Future.result does when no answer came in time; the command
+        # stays pending (resent, answered later) as after submit().result(timeout)
+        return p.future.result(0)
 
     def _offer_direct(self, p: _Pending) -> bool:
         """Offers ``p`` on the caller's thread if no queued command is waiting to go before it
@@ -606,7 +682,15 @@ class MatchClient:
                 raise
             if blob is None:
                 continue
-            self._last_heard = time.monotonic()
+            if jvm.TRACE:
+                jvm.trace(TRACE_RECEIVED)
+            self._dispatch(blob)
+
+    def _dispatch(self, blob) -> None:
+        """Handles one ``ClusterClient.poll``/``awaitDirect`` result (receive thread or a sync
+        caller, one at a time)."""
+        self._last_heard = time.monotonic()
+        with self._dispatch_lock:
             for kind, body in split_events(memoryview(blob).tobytes()):
                 try:
                     self._on_event(kind, body)
@@ -760,6 +844,8 @@ class MatchClient:
                                                   not_yet=bool(payload.get("not_yet")),
                                                   dest=payload.get("dest")))
             else:
+                if jvm.TRACE:
+                    jvm.trace(TRACE_RESOLVE)
                 p.future.set_result(Reply(a.request_id, payload, a.status == Status.DUPLICATE))
 
 

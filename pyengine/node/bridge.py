@@ -24,6 +24,7 @@ import jpype.nio
 import orjson
 from jpype import JImplements, JOverride
 
+from pyengine.jvm import TRACE, trace
 from pyengine.node.metrics import MessageTimer
 from pyengine.service.matching import MatchingService
 from pyengine.wire import protocol
@@ -32,6 +33,8 @@ from pyengine.wire.protocol import Answer
 log = logging.getLogger("matchx.bridge")
 
 _FRAME = struct.Struct("<qi")
+# stage numbers of io.matchx.cluster.LatencyTrace (bench/rtt_breakdown.py; only with MATCHX_TRACE_DIR)
+TRACE_ENTRY, TRACE_EXIT = 111, 112
 
 # ``threading.local`` lives in the thread state: set once pinned, it is still set on the next
 # crossing only because the state was kept (a thread state created per call would start empty).
@@ -81,6 +84,8 @@ class ServiceBridge:
     @JOverride
     def onSessionMessage(self, session_id, timestamp, position, length) -> int:
         pin_thread_state()
+        if TRACE:
+            trace(TRACE_ENTRY)
         message = self.input[: int(length)]
         started = time.perf_counter()
         try:
@@ -105,6 +110,8 @@ class ServiceBridge:
             _FRAME.pack_into(out, offset, target, len(reply))
             out[offset + _FRAME.size : end] = reply
             offset = end
+        if TRACE:
+            trace(TRACE_EXIT)
         return offset
 
     @JOverride

@@ -118,6 +118,10 @@ class ClusterLayout:
     # there; compact is experimental: it failed failover tests). A worker's members share one
     # driver whatever this says.
     member_threading: str = "shared"
+    # a member's agents wake the agent that handles what they produced (consensus module -> driver
+    # and service, service -> driver, archive -> consensus module) instead of leaving it to its
+    # park: io.matchx.cluster.AgentWakeups, docs/operations.md "Latency settings"
+    agent_wakeups: bool = True
     # a snapshot every this many seconds while the log grows, and whenever the log has grown by
     # snapshot_log_bytes since the last one: a restarted member replays at most that much log
     # (0 turns a trigger off; docs/operations.md, "Snapshots and recovery")
@@ -141,6 +145,9 @@ class ClusterLayout:
             raise ConfigError(f"{len(self.hosts)} hosts given for {self.members} members")
         if self.term_length & (self.term_length - 1) or self.term_length < 65536:
             raise ConfigError("term_length must be a power of two >= 65536")
+        # 0/1 too: bench variants and JSON layouts written by hand spell a flag that way
+        if self.agent_wakeups not in (True, False):
+            raise ConfigError(f"agent_wakeups must be true or false, not {self.agent_wakeups!r}")
         if self.member_threading not in MEMBER_THREADING:
             raise ConfigError(f"member_threading must be one of {', '.join(MEMBER_THREADING)}, "
                               f"not {self.member_threading!r}")
@@ -212,6 +219,7 @@ class ClusterLayout:
             "idle.min.park.us": str(self.idle_min_park_us),
             "idle.yields": str(self.idle_yields),
             "threading": self.member_threading,
+            "agent.wakeups": "true" if self.agent_wakeups else "false",
             "snapshot.interval.s": str(self.snapshot_interval_s),
             "snapshot.log.bytes": str(self.snapshot_log_bytes),
             "snapshot.term.length": str(self.snapshot_term_length),

@@ -221,6 +221,7 @@ public final class MatchService implements ClusteredService
         final int length,
         final Header header)
     {
+        LatencyTrace.mark(LatencyTrace.SERVICE_ENTRY);
         logPosition = header.position();
         ingressMessages++;
         if (isHoldAck(buffer, offset, length))
@@ -241,10 +242,12 @@ public final class MatchService implements ClusteredService
         }
         input.putBytes(0, buffer, offset, length);
         final int replyLength = handler.onSessionMessage(session.id(), timestamp, header.position(), length);
+        LatencyTrace.mark(LatencyTrace.SERVICE_HANDLER_RETURNED);
         if (replyLength > 0)
         {
             ReplyFrames.forEach(output, replyLength, this::offerReply);
         }
+        LatencyTrace.mark(LatencyTrace.SERVICE_OFFERED);
         if (holding)
         {
             lastCommandNs = System.nanoTime();

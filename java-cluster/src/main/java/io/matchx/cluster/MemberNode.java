@@ -24,7 +24,6 @@ import java.io.File;
 import java.nio.file.Path;
 import java.util.Properties;
 import java.util.concurrent.TimeUnit;
-import java.util.function.Supplier;
 
 /**
  * Launches one cluster member: a media driver, archive and consensus module (one
@@ -85,7 +84,8 @@ public final class MemberNode implements AutoCloseable
         try
         {
             final long started = System.nanoTime();
-            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX, () -> newIdleStrategy(s));
+            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX,
+                () -> newIdleStrategy(s, AgentWakeups.Agent.CONSENSUS));
             driver = launchDriver(s, driverCtx, ctx, errorHandler);
             timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
@@ -175,7 +175,8 @@ public final class MemberNode implements AutoCloseable
     /** The driver context of a member process (not a worker's). */
     static MediaDriver.Context newMemberDriverContext(final MemberSettings s, final ErrorHandler errorHandler)
     {
-        return newDriverContext(s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s), errorHandler);
+        return newDriverContext(
+            s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s, AgentWakeups.Agent.DRIVER), errorHandler);
     }
 
     /**
@@ -188,8 +189,9 @@ public final class MemberNode implements AutoCloseable
     {
         if (MemberSettings.THREADING_COMPACT.equals(s.threading))
         {
-            return CompactClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule, newIdleStrategy(s),
-                errorHandler);
+            // the archive's agent runs on the driver's thread: woken as the driver (it wakes nobody)
+            return CompactClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule,
+                newIdleStrategy(s, AgentWakeups.Agent.DRIVER), errorHandler);
         }
         return ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
     }
@@ -228,7 +230,6 @@ public final class MemberNode implements AutoCloseable
     static Contexts newContexts(final MemberSettings s, final ClusteredService service, final ErrorHandler errorHandler)
     {
         final int off = s.streamIdOffset;
-        final Supplier<IdleStrategy> idle = () -> newIdleStrategy(s);
         final File base = new File(s.baseDir);
         final File clusterDir = new File(base, "cluster");
         final File archiveDir = new File(base, "archive");
@@ -251,7 +252,7 @@ public final class MemberNode implements AutoCloseable
             .replicationChannel("aeron:udp?endpoint=" + s.host + ":0")
             .recordingEventsEnabled(false)
             .threadingMode(ArchiveThreadingMode.SHARED)
-            .idleStrategySupplier(idle)
+            .idleStrategySupplier(() -> newIdleStrategy(s, AgentWakeups.Agent.ARCHIVE))
             .segmentFileLength(s.segmentLength)
             // After a kill the archive checks the last fragment of each recording: if it crosses a
             // page boundary and its part past the boundary is zeros (binary commands end in zeros)
@@ -293,8 +294,12 @@ public final class MemberNode implements AutoCloseable
             .startupCanvassTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.startupCanvassTimeoutMs))
             .sessionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.sessionTimeoutMs))
             .maxConcurrentSessions(s.maxConcurrentSessions)
-            .idleStrategySupplier(idle)
+            .idleStrategySupplier(() -> newIdleStrategy(s, AgentWakeups.Agent.CONSENSUS))
             .errorHandler(errorHandler);
+        if (LatencyTrace.ENABLED)
+        {
+            cmCtx.clusterClock(LatencyTrace.ingressClock()); // bench/rtt_breakdown.py only
+        }
 
         final ClusteredServiceContainer.Context serviceCtx = new ClusteredServiceContainer.Context()
             .clusterId(s.clusterId)
@@ -312,7 +317,7 @@ public final class MemberNode implements AutoCloseable
             // ClusteredServiceAgent.loadSnapshot): the same term length lets the archive replay it
             // without waiting on the service every half megabyte
             .replayChannel(snapshotReplayChannel(s))
-            .idleStrategySupplier(idle)
+            .idleStrategySupplier(() -> newIdleStrategy(s, AgentWakeups.Agent.SERVICE))
             .errorHandler(errorHandler);
 
         return new Contexts(archiveCtx, cmCtx, serviceCtx);
@@ -415,8 +420,16 @@ public final class MemberNode implements AutoCloseable
     static IdleStrategy newIdleStrategy(final MemberSettings s)
     {
         // Spin a little for latency under load, then park up to idleMaxParkUs: never busy-spin idle.
-        return new BackoffIdleStrategy(
+        final IdleStrategy idle = new BackoffIdleStrategy(
             10, s.idleYields, TimeUnit.MICROSECONDS.toNanos(s.idleMinParkUs), TimeUnit.MICROSECONDS.toNanos(s.idleMaxParkUs));
+        return LatencyTrace.ENABLED ? LatencyTrace.cycleMarking(idle) : idle;
+    }
+
+    /** As {@link #newIdleStrategy(MemberSettings)}, as {@code agent}'s: it wakes others when {@code agent.wakeups}. */
+    static IdleStrategy newIdleStrategy(final MemberSettings s, final AgentWakeups.Agent agent)
+    {
+        final IdleStrategy idle = newIdleStrategy(s);
+        return null == s.wakeups ? idle : s.wakeups.wrap(idle, agent);
     }
 
     static void logError(final Throwable ex)

@@ -132,7 +132,8 @@ public final class WorkerNode implements AutoCloseable
                 .mediaDriverAgentInvoker(driver.sharedAgentInvoker())
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
             final long started = System.nanoTime();
-            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix, () -> MemberNode.newIdleStrategy(s));
+            timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix,
+                () -> MemberNode.newIdleStrategy(s, AgentWakeups.Agent.CONSENSUS));
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
             timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +

@@ -7,6 +7,7 @@ import io.aeron.cluster.service.ClientSession;
 import io.aeron.cluster.service.Cluster;
 import io.aeron.cluster.service.ClusteredService;
 import io.aeron.logbuffer.Header;
+import io.matchx.cluster.LatencyTrace;
 import io.matchx.cluster.MemberNode;
 import io.matchx.cluster.ShutdownLatch;
 import org.agrona.DirectBuffer;
@@ -81,11 +82,13 @@ public final class EchoFloor implements ClusteredService
         final int length,
         final Header header)
     {
+        LatencyTrace.mark(LatencyTrace.FLOOR_SERVICE_ENTRY);
         // a follower's session offer sends nothing and succeeds, as in MatchService
         for (int i = 0; i < MAX_OFFER_ATTEMPTS; i++)
         {
             if (session.offer(buffer, offset, length) > 0)
             {
+                LatencyTrace.mark(LatencyTrace.FLOOR_SERVICE_OFFERED);
                 return;
             }
             idle.idle();

@@ -5,6 +5,7 @@ import io.aeron.cluster.client.EgressListener;
 import io.aeron.driver.MediaDriver;
 import io.aeron.driver.ThreadingMode;
 import io.aeron.logbuffer.Header;
+import io.matchx.cluster.LatencyTrace;
 import org.agrona.CloseHelper;
 import org.agrona.DirectBuffer;
 import org.agrona.concurrent.BackoffIdleStrategy;
@@ -54,6 +55,7 @@ public final class EchoFloorClient implements EgressListener
         final int length,
         final Header header)
     {
+        LatencyTrace.mark(LatencyTrace.FLOOR_CLIENT_EGRESS);
         final int seq = (int)buffer.getLong(offset, ByteOrder.LITTLE_ENDIAN);
         if (seq >= 0 && seq < answeredAt.length && 0 == answeredAt[seq])
         {
@@ -157,11 +159,13 @@ public final class EchoFloorClient implements EgressListener
 
         void send(final int seq)
         {
+            LatencyTrace.mark(LatencyTrace.FLOOR_CLIENT_SEND);
             buffer.putLong(0, seq, ByteOrder.LITTLE_ENDIAN);
             while (cluster.offer(buffer, 0, size) < 0)
             {
                 idle.idle(cluster.pollEgress());
             }
+            LatencyTrace.mark(LatencyTrace.FLOOR_CLIENT_OFFERED);
         }
 
         int poll(final long nowNs)

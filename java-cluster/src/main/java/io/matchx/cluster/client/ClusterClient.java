@@ -8,6 +8,8 @@ import io.aeron.cluster.codecs.EventCode;
 import io.aeron.driver.MediaDriver;
 import io.aeron.driver.ThreadingMode;
 import io.aeron.logbuffer.Header;
+import io.matchx.cluster.DelegatingIdleStrategy;
+import io.matchx.cluster.LatencyTrace;
 import io.matchx.cluster.SetupRepeat;
 import org.agrona.CloseHelper;
 import org.agrona.DirectBuffer;
@@ -22,6 +24,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.LinkedBlockingQueue;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
 import java.util.concurrent.locks.ReentrantLock;
 
 /**
@@ -51,6 +54,13 @@ public final class ClusterClient implements AutoCloseable
     private final long newLeaderTimeoutMs;
     private final ReentrantLock lock = new ReentrantLock();
     private final LinkedBlockingQueue<byte[]> events = new LinkedBlockingQueue<>();
+    // direct(): while a caller waits for its own answer on its own thread, everything polled
+    // goes here instead of to events (switched under lock, which every egress poll holds)
+    private final LinkedBlockingQueue<byte[]> directEvents = new LinkedBlockingQueue<>();
+    private volatile boolean direct;
+    // wakeDriver(true): an offer wakes the embedded driver's thread (learnt from its idle strategy)
+    private volatile Thread driverThread;
+    private volatile boolean wakeDriver;
     private final Thread poller;
     private final UnsafeBuffer offerBuffer = new UnsafeBuffer(ByteBuffer.allocateDirect(1 << 20));
 
@@ -94,7 +104,7 @@ public final class ClusterClient implements AutoCloseable
             .dirDeleteOnStart(true)
             .dirDeleteOnShutdown(true)
             .threadingMode(ThreadingMode.SHARED)
-            .sharedIdleStrategy(new BackoffIdleStrategy(10, 10, 1_000, 500_000))
+            .sharedIdleStrategy(learningThread(new BackoffIdleStrategy(10, 10, 1_000, 500_000)))
             .termBufferSparseFile(true)
             .publicationTermBufferLength(1 << 20)
             .ipcTermBufferLength(64 * 1024));
@@ -102,6 +112,31 @@ public final class ClusterClient implements AutoCloseable
         poller = new Thread(this::run, "matchx-client-poller");
         poller.setDaemon(true);
         poller.start();
+    }
+
+    /**
+     * With {@code true}, each successful {@link #offer} wakes the embedded media driver, which
+     * sends the message at once instead of at the end of its park (up to 500 us between one
+     * command and the next). Costs the offering thread one unpark; nothing when idle.
+     */
+    public void wakeDriver(final boolean wake)
+    {
+        wakeDriver = wake;
+    }
+
+    private IdleStrategy learningThread(final IdleStrategy inner)
+    {
+        return new DelegatingIdleStrategy(inner)
+        {
+            public void idle(final int workCount)
+            {
+                if (null == driverThread)
+                {
+                    driverThread = Thread.currentThread();
+                }
+                inner.idle(workCount);
+            }
+        };
     }
 
     /** New credentials (a refreshed token) are used by the next connect. */
@@ -203,7 +238,17 @@ public final class ClusterClient implements AutoCloseable
                 return NOT_CONNECTED;
             }
             offerBuffer.putBytes(0, message);
-            return current.offer(offerBuffer, 0, message.length);
+            final long result = current.offer(offerBuffer, 0, message.length);
+            LatencyTrace.mark(LatencyTrace.CLIENT_OFFERED);
+            if (result > 0 && wakeDriver)
+            {
+                final Thread thread = driverThread;
+                if (null != thread)
+                {
+                    LockSupport.unpark(thread);
+                }
+            }
+            return result;
         }
         finally
         {
@@ -217,14 +262,119 @@ public final class ClusterClient implements AutoCloseable
      */
     public byte[] poll(final long timeoutMs) throws InterruptedException
     {
-        final byte[] first = events.poll(timeoutMs, TimeUnit.MILLISECONDS);
-        if (null == first)
+        if (!direct)
         {
-            return null;
+            // an event emitted outside the lock just as a direct wait ended (a connect's, say)
+            final byte[] stray = directEvents.poll();
+            if (null != stray)
+            {
+                return withRest(stray, directEvents);
+            }
         }
+        final byte[] first = events.poll(timeoutMs, TimeUnit.MILLISECONDS);
+        return null == first ? null : withRest(first, events);
+    }
+
+    /**
+     * The caller's own answer, waited for on the caller's thread (MatchClient's sync request):
+     * from now until {@link #endDirect}, every event polled (by {@link #awaitDirect} or by the
+     * poller thread) goes to the direct queue, which only {@link #awaitDirect} reads, instead of
+     * the queue {@link #poll} reads. One direct caller at a time (the Python side ensures it).
+     */
+    public void beginDirect()
+    {
+        lock.lock();
+        try
+        {
+            direct = true;
+        }
+        finally
+        {
+            lock.unlock();
+        }
+    }
+
+    /**
+     * Polls egress on the calling thread (backing off up to {@code maxParkUs} between empty
+     * polls) until at least one event is in the direct queue, then returns them all framed as
+     * {@link #poll} does; null after {@code timeoutMs} without one. It saves the two thread
+     * hand-overs of the poller path (poller thread, then {@link #poll}'s reader): the answer is
+     * taken by the thread that waits for it. The poller thread goes on as before (keep-alives,
+     * reconnects; when it polls first, the answer still lands in the direct queue).
+     */
+    public byte[] awaitDirect(final long timeoutMs, final long maxParkUs)
+    {
+        final long deadlineNs = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        final IdleStrategy idle = new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(maxParkUs));
+        while (true)
+        {
+            final byte[] first = directEvents.poll();
+            if (null != first)
+            {
+                return withRest(first, directEvents);
+            }
+            if (System.nanoTime() - deadlineNs >= 0 || !running)
+            {
+                return null;
+            }
+            int work = 0;
+            if (lock.tryLock())
+            {
+                try
+                {
+                    final AeronCluster current = cluster;
+                    if (null != current && !current.isClosed())
+                    {
+                        work = current.pollEgress();
+                    }
+                }
+                catch (final RuntimeException ex)
+                {
+                    // the poller thread finds the session closed and reconnects; the caller's
+                    // command stays pending and is resent then
+                    emit(EVENT_SESSION_EVENT, "ERROR " + ex);
+                }
+                finally
+                {
+                    lock.unlock();
+                }
+            }
+            if (0 == work && wakeDriver)
+            {
+                // the answer comes through the embedded driver: while one is awaited, the driver
+                // looks for it at the caller's pace (<= maxParkUs), not at the end of its own
+                // park (up to 500 us after an idle spell)
+                final Thread thread = driverThread;
+                if (null != thread)
+                {
+                    LockSupport.unpark(thread);
+                }
+            }
+            idle.idle(work);
+        }
+    }
+
+    /** Ends {@link #beginDirect}: later events go to {@link #poll} again; returns what was left in the direct queue (framed) or null. */
+    public byte[] endDirect()
+    {
+        lock.lock();
+        try
+        {
+            direct = false;
+        }
+        finally
+        {
+            lock.unlock();
+        }
+        final byte[] first = directEvents.poll();
+        return null == first ? null : withRest(first, directEvents);
+    }
+
+    private static byte[] withRest(final byte[] first, final LinkedBlockingQueue<byte[]> queue)
+    {
         final List<byte[]> batch = new ArrayList<>();
         batch.add(first);
-        events.drainTo(batch, 4096);
+        queue.drainTo(batch, 4096);
         if (batch.size() == 1)
         {
             return first;
@@ -249,7 +399,7 @@ public final class ClusterClient implements AutoCloseable
         final byte[] framed = new byte[5 + body.length];
         final ByteBuffer bb = ByteBuffer.wrap(framed).order(ByteOrder.LITTLE_ENDIAN);
         bb.put(kind).putInt(body.length).put(body);
-        events.add(framed);
+        (direct ? directEvents : events).add(framed);
     }
 
     private void emit(final byte kind, final String text)
@@ -267,12 +417,13 @@ public final class ClusterClient implements AutoCloseable
             final int length,
             final Header header)
         {
+            LatencyTrace.mark(LatencyTrace.CLIENT_EGRESS);
             final byte[] framed = new byte[5 + length];
             final UnsafeBuffer out = new UnsafeBuffer(framed);
             out.putByte(0, EVENT_MESSAGE);
             out.putInt(1, length, ByteOrder.LITTLE_ENDIAN);
             buffer.getBytes(offset, framed, 5, length);
-            events.add(framed);
+            (direct ? directEvents : events).add(framed);
         }
 
         public void onSessionEvent(

@@ -1,0 +1,66 @@
+"""MatchClient's sync requests (issue #20): ``request()`` with nothing else in flight offers from
+the caller's thread and takes its answer there (ClusterClient.awaitDirect), and is still a pending
+command like any other: answered once across a leader kill; with other commands in flight it goes
+the send and receive threads' way and every answer still reaches its caller."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.integration.test_cluster_failover import SYMBOL, order, setup_market
+
+pytestmark = pytest.mark.cluster
+
+
+def test_requests_are_answered_on_the_callers_thread_and_fall_back_beside_other_commands(make_cluster,
+                                                                                         make_client):
+    cluster = make_cluster()
+    cluster.await_leader(60)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30)
+    setup_market(client)
+    # setup_market's first request may find the connect's resend still due (then it goes the
+    # threads' way); once settled, every request with nothing else in flight is a sync one
+    before = client.stats.sync_requests
+    for i in range(20):
+        events = client.request(order("bob", "sell", "60000.00", "0.01", f"s{i}"), timeout=20).events
+        assert events[0]["type"] == "accepted", events
+    assert client.stats.sync_requests == before + 20
+
+    # others in flight: their answers belong to the receive thread, so request() goes that way too
+    futures = [client.submit(order("alice", "buy", "1.00", "0.01", f"b{i}")) for i in range(50)]
+    reply = client.request({"op": "book", "symbol": SYMBOL, "depth": 1}, timeout=20)
+    assert client.stats.sync_requests == before + 20
+    assert reply.events[0]["asks"][0] == ["60000", "0.2"], reply.events
+    assert all(f.result(20).events[0]["type"] == "accepted" for f in futures)
+
+    # two threads at once: one takes the sync path, the other goes through the threads; both answered
+    results: list = []
+    threads = [threading.Thread(target=lambda n=n: results.append(
+        client.request({"op": "balances", "account": "bob"}, timeout=20).events[0]["balances"]["BTC"]))
+        for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 2 and results[0] == results[1], results
+
+
+def test_a_sync_request_across_a_leader_kill_is_applied_once(make_cluster, make_client):
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30)
+    setup_market(client)
+    cluster.kill(leader)
+    # sent while no leader is known: resent to the new one, answered once, on the caller's thread
+    deposit = {"op": "deposit", "account": "carol", "asset": "USDT", "amount": "5", "tx_id": "carol-1"}
+    events = client.request(deposit, timeout=60).events
+    assert events[0]["type"] != "rejected", events
+    cluster.await_leader(30, exclude=leader)
+    balance = client.request({"op": "balances", "account": "carol"}, timeout=30).events[0]["balances"]["USDT"]
+    assert balance["available"] == "5", balance  # once, not twice
+    assert client.pending_count() == 0
