@@ -25,6 +25,7 @@ DEFAULT_SNAPSHOT_TERM_LENGTH = 16 << 20
 DEFAULT_SNAPSHOT_MTU = 0
 
 MEMBER_THREADING = ("shared", "compact")  # as MemberSettings.java
+AGENT_WAKEUPS = ("commit", "all", "off")  # as AgentWakeups.java
 
 ARCHIVE_OFFSET, INGRESS_OFFSET, CONSENSUS_OFFSET, LOG_OFFSET, CATCHUP_OFFSET, METRICS_OFFSET = range(6)
 
@@ -118,10 +119,11 @@ class ClusterLayout:
     # there; compact is experimental: it failed failover tests). A worker's members share one
     # driver whatever this says.
     member_threading: str = "shared"
-    # a member's agents wake the agent that handles what they produced (consensus module -> driver
-    # and service, service -> driver, archive -> consensus module) instead of leaving it to its
-    # park: io.matchx.cluster.AgentWakeups, docs/operations.md "Latency settings"
-    agent_wakeups: bool = True
+    # a member's agents wake the agent that handles what they produced instead of leaving it to
+    # its park: "commit" (the consensus module wakes the service and the driver when the commit
+    # moves, the service wakes the driver), "all" (also after any work of the consensus module and
+    # the archive: costs idle CPU), "off". io.matchx.cluster.AgentWakeups, docs/operations.md
+    agent_wakeups: str = "commit"
     # a snapshot every this many seconds while the log grows, and whenever the log has grown by
     # snapshot_log_bytes since the last one: a restarted member replays at most that much log
     # (0 turns a trigger off; docs/operations.md, "Snapshots and recovery")
@@ -145,9 +147,8 @@ class ClusterLayout:
             raise ConfigError(f"{len(self.hosts)} hosts given for {self.members} members")
         if self.term_length & (self.term_length - 1) or self.term_length < 65536:
             raise ConfigError("term_length must be a power of two >= 65536")
-        # 0/1 too: bench variants and JSON layouts written by hand spell a flag that way
-        if self.agent_wakeups not in (True, False):
-            raise ConfigError(f"agent_wakeups must be true or false, not {self.agent_wakeups!r}")
+        if self.agent_wakeups not in AGENT_WAKEUPS:
+            raise ConfigError(f"agent_wakeups must be one of {', '.join(AGENT_WAKEUPS)}, not {self.agent_wakeups!r}")
         if self.member_threading not in MEMBER_THREADING:
             raise ConfigError(f"member_threading must be one of {', '.join(MEMBER_THREADING)}, "
                               f"not {self.member_threading!r}")
@@ -219,7 +220,7 @@ class ClusterLayout:
             "idle.min.park.us": str(self.idle_min_park_us),
             "idle.yields": str(self.idle_yields),
             "threading": self.member_threading,
-            "agent.wakeups": "true" if self.agent_wakeups else "false",
+            "agent.wakeups": self.agent_wakeups,
             "snapshot.interval.s": str(self.snapshot_interval_s),
             "snapshot.log.bytes": str(self.snapshot_log_bytes),
             "snapshot.term.length": str(self.snapshot_term_length),

@@ -47,11 +47,11 @@ def test_member_threading_reaches_the_member_and_survives_cluster_json(tmp_path:
     assert ClusterLayout.from_json(compact.to_json()).member_threading == "compact"
 
 
-def test_agent_wakeups_are_on_by_default_and_reach_the_members(tmp_path: Path) -> None:
-    assert ClusterLayout(base_dir=tmp_path).member_properties(0)["agent.wakeups"] == "true"
-    off = ClusterLayout(base_dir=tmp_path, agent_wakeups=False)
-    assert off.member_properties(1)["agent.wakeups"] == "false"
-    assert ClusterLayout.from_json(off.to_json()).agent_wakeups is False
+def test_agent_wakeups_wake_on_commit_by_default_and_reach_the_members(tmp_path: Path) -> None:
+    assert ClusterLayout(base_dir=tmp_path).member_properties(0)["agent.wakeups"] == "commit"
+    off = ClusterLayout(base_dir=tmp_path, agent_wakeups="off")
+    assert off.member_properties(1)["agent.wakeups"] == "off"
+    assert ClusterLayout.from_json(off.to_json()).agent_wakeups == "off"
     with pytest.raises(ConfigError, match="agent_wakeups"):
         ClusterLayout(base_dir=tmp_path, agent_wakeups="yes")
 

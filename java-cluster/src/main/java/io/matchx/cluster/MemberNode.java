@@ -1,5 +1,6 @@
 package io.matchx.cluster;
 
+import io.aeron.Counter;
 import io.aeron.archive.Archive;
 import io.aeron.archive.ArchiveThreadingMode;
 import io.aeron.archive.checksum.Checksums;
@@ -85,7 +86,7 @@ public final class MemberNode implements AutoCloseable
         {
             final long started = System.nanoTime();
             timing = ElectionTiming.beforeLaunch(ctx.consensusModule, LOG_PREFIX,
-                () -> newIdleStrategy(s, AgentWakeups.Agent.CONSENSUS));
+                () -> newConsensusIdleStrategy(s, ctx.consensusModule));
             driver = launchDriver(s, driverCtx, ctx, errorHandler);
             timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
@@ -294,8 +295,8 @@ public final class MemberNode implements AutoCloseable
             .startupCanvassTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.startupCanvassTimeoutMs))
             .sessionTimeoutNs(TimeUnit.MILLISECONDS.toNanos(s.sessionTimeoutMs))
             .maxConcurrentSessions(s.maxConcurrentSessions)
-            .idleStrategySupplier(() -> newIdleStrategy(s, AgentWakeups.Agent.CONSENSUS))
             .errorHandler(errorHandler);
+        cmCtx.idleStrategySupplier(() -> newConsensusIdleStrategy(s, cmCtx));
         if (LatencyTrace.ENABLED)
         {
             cmCtx.clusterClock(LatencyTrace.ingressClock()); // bench/rtt_breakdown.py only
@@ -425,11 +426,23 @@ public final class MemberNode implements AutoCloseable
         return LatencyTrace.ENABLED ? LatencyTrace.cycleMarking(idle) : idle;
     }
 
-    /** As {@link #newIdleStrategy(MemberSettings)}, as {@code agent}'s: it wakes others when {@code agent.wakeups}. */
+    /** As {@link #newIdleStrategy(MemberSettings)}, as {@code agent}'s: it wakes others ({@code agent.wakeups}). */
     static IdleStrategy newIdleStrategy(final MemberSettings s, final AgentWakeups.Agent agent)
     {
         final IdleStrategy idle = newIdleStrategy(s);
-        return null == s.wakeups ? idle : s.wakeups.wrap(idle, agent);
+        return null == s.wakeups ? idle : s.wakeups.wrap(idle, agent, null);
+    }
+
+    /** The consensus module's idle strategy: as above, with its commit position to watch. */
+    static IdleStrategy newConsensusIdleStrategy(final MemberSettings s, final ConsensusModule.Context cm)
+    {
+        final IdleStrategy idle = newIdleStrategy(s);
+        return null == s.wakeups ? idle : s.wakeups.wrap(idle, AgentWakeups.Agent.CONSENSUS, () ->
+        {
+            final Counter commit = cm.commitPositionCounter();
+            // read on the consensus module's own thread, which also closes the counter
+            return null == commit || commit.isClosed() ? Long.MIN_VALUE : commit.get();
+        });
     }
 
     static void logError(final Throwable ex)

@@ -81,8 +81,8 @@ public final class MemberSettings
     final long setupRepeatMs;
     final int streamIdOffset;
     final String threading;
-    /** {@code agent.wakeups}: agents wake the agent that handles what they produced ({@link AgentWakeups}). */
-    final boolean agentWakeups;
+    /** {@code agent.wakeups}: off, commit or all: agents wake the agent that handles what they produced ({@link AgentWakeups}). */
+    final String agentWakeups;
     /** The member's agent threads, when {@link #agentWakeups} (one per member, shared by its idle strategies). */
     final AgentWakeups wakeups;
 
@@ -115,9 +115,8 @@ public final class MemberSettings
         snapshotLogBytes = longValue(p, "snapshot.log.bytes", DEFAULT_SNAPSHOT_LOG_BYTES);
         setupRepeatMs = longValue(p, "setup.repeat.ms", SetupRepeat.DEFAULT_MS);
         threading = p.getProperty("threading", THREADING_SHARED).trim();
-        final String wake = p.getProperty("agent.wakeups", "true").trim();
-        agentWakeups = Boolean.parseBoolean(wake);
-        wakeups = agentWakeups ? new AgentWakeups() : null;
+        agentWakeups = p.getProperty("agent.wakeups", AgentWakeups.COMMIT).trim();
+        wakeups = AgentWakeups.OFF.equals(agentWakeups) ? null : new AgentWakeups(AgentWakeups.ALL.equals(agentWakeups));
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
         check(memberId >= 0, "member.id must be >= 0");
@@ -142,7 +141,8 @@ public final class MemberSettings
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
         check(idleMinParkUs > 0 && idleMinParkUs <= idleMaxParkUs, "idle.min.park.us must be in 1..idle.max.park.us");
         check(idleYields >= 0, "idle.yields must be >= 0");
-        check("true".equalsIgnoreCase(wake) || "false".equalsIgnoreCase(wake), "agent.wakeups must be true or false");
+        check(AgentWakeups.OFF.equals(agentWakeups) || AgentWakeups.COMMIT.equals(agentWakeups) ||
+            AgentWakeups.ALL.equals(agentWakeups), "agent.wakeups must be off, commit or all");
         check(THREADING_SHARED.equals(threading) || THREADING_COMPACT.equals(threading),
             "threading must be " + THREADING_SHARED + " or " + THREADING_COMPACT);
         check(setupRepeatMs >= 1 && setupRepeatMs <= SetupRepeat.MAX_MS,

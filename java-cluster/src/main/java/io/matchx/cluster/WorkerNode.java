@@ -133,7 +133,7 @@ public final class WorkerNode implements AutoCloseable
                 .errorCounter(new AtomicCounter(driverCtx.countersValuesBuffer(), SystemCounterDescriptor.ERRORS.id())));
             final long started = System.nanoTime();
             timing = ElectionTiming.beforeLaunch(ctx.consensusModule, prefix,
-                () -> MemberNode.newIdleStrategy(s, AgentWakeups.Agent.CONSENSUS));
+                () -> MemberNode.newConsensusIdleStrategy(s, ctx.consensusModule));
             consensusModule = ConsensusModule.launch(ctx.consensusModule);
             timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +

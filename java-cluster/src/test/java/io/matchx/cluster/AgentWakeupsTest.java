@@ -46,7 +46,7 @@ class AgentWakeupsTest
     /** A service agent parked for 2 s; returns how long its park lasted once {@code poke} ran. */
     private static long parkedFor(final AgentWakeups wakeups, final Runnable poke) throws InterruptedException
     {
-        final IdleStrategy service = wakeups.wrap(longParks(), AgentWakeups.Agent.SERVICE);
+        final IdleStrategy service = wakeups.wrap(longParks(), AgentWakeups.Agent.SERVICE, null);
         final CountDownLatch known = new CountDownLatch(1);
         final AtomicLong parkedNs = new AtomicLong();
         final Thread agent = new Thread(() ->
@@ -66,42 +66,72 @@ class AgentWakeupsTest
         return parkedNs.get();
     }
 
-    @Test
-    void theConsensusModulesWorkWakesTheParkedService() throws InterruptedException
+    private static IdleStrategy shortParks()
     {
-        final AgentWakeups wakeups = new AgentWakeups();
-        final IdleStrategy consensus = wakeups.wrap(new BackoffIdleStrategy(0, 0, 1_000, 1_000), AgentWakeups.Agent.CONSENSUS);
-        final long parked = parkedFor(wakeups, () -> consensus.idle(1));
+        return new BackoffIdleStrategy(0, 0, 1_000, 1_000);
+    }
+
+    @Test
+    void inTheCommitModeTheConsensusModuleWakesTheServiceWhenTheCommitMoves() throws InterruptedException
+    {
+        final AgentWakeups wakeups = new AgentWakeups(false);
+        final AtomicLong commit = new AtomicLong(100);
+        final IdleStrategy consensus = wakeups.wrap(shortParks(), AgentWakeups.Agent.CONSENSUS, commit::get);
+        consensus.idle(1); // sees 100
+        final long parked = parkedFor(wakeups, () ->
+        {
+            consensus.idle(1); // work, the commit still at 100: nobody woken
+            commit.set(200);
+            consensus.idle(1);
+        });
         assertTrue(parked < TimeUnit.SECONDS.toNanos(1), "woken after " + parked + " ns");
     }
 
     @Test
-    void aCycleWithoutWorkWakesNobody() throws InterruptedException
+    void inTheCommitModeWorkWithoutACommitWakesNobody() throws InterruptedException
     {
-        final AgentWakeups wakeups = new AgentWakeups();
-        final IdleStrategy consensus = wakeups.wrap(new BackoffIdleStrategy(0, 0, 1_000, 1_000), AgentWakeups.Agent.CONSENSUS);
-        final long parked = parkedFor(wakeups, () -> consensus.idle(0));
+        final AgentWakeups wakeups = new AgentWakeups(false);
+        final IdleStrategy consensus = wakeups.wrap(shortParks(), AgentWakeups.Agent.CONSENSUS, () -> 100);
+        consensus.idle(1);
+        final long parked = parkedFor(wakeups, () -> consensus.idle(1));
         assertTrue(parked >= TimeUnit.MILLISECONDS.toNanos(1_500), "woken after " + parked + " ns");
     }
 
     @Test
-    void theDriverWakesNobodyAndTheArchiveOnlyTheConsensusModule() throws InterruptedException
+    void inTheAllModeAnyWorkWakesTheServiceButACycleWithoutWorkDoesNot() throws InterruptedException
     {
-        assertArrayEquals(new AgentWakeups.Agent[0], AgentWakeups.wakes(AgentWakeups.Agent.DRIVER));
+        final AgentWakeups all = new AgentWakeups(true);
+        final IdleStrategy consensus = all.wrap(shortParks(), AgentWakeups.Agent.CONSENSUS, null);
+        final long woken = parkedFor(all, () -> consensus.idle(1));
+        assertTrue(woken < TimeUnit.SECONDS.toNanos(1), "woken after " + woken + " ns");
+
+        final AgentWakeups other = new AgentWakeups(true);
+        final IdleStrategy idleConsensus = other.wrap(shortParks(), AgentWakeups.Agent.CONSENSUS, null);
+        final long parked = parkedFor(other, () -> idleConsensus.idle(0));
+        assertTrue(parked >= TimeUnit.MILLISECONDS.toNanos(1_500), "woken after " + parked + " ns");
+    }
+
+    @Test
+    void theDriverWakesNobodyAndTheArchiveTheConsensusModuleOnlyInTheAllMode() throws InterruptedException
+    {
+        assertArrayEquals(new AgentWakeups.Agent[0], AgentWakeups.wakes(AgentWakeups.Agent.DRIVER, true));
         assertArrayEquals(new AgentWakeups.Agent[]{ AgentWakeups.Agent.CONSENSUS },
-            AgentWakeups.wakes(AgentWakeups.Agent.ARCHIVE));
-        final AgentWakeups wakeups = new AgentWakeups();
-        final IdleStrategy driver = wakeups.wrap(new BackoffIdleStrategy(0, 0, 1_000, 1_000), AgentWakeups.Agent.DRIVER);
+            AgentWakeups.wakes(AgentWakeups.Agent.ARCHIVE, true));
+        assertArrayEquals(new AgentWakeups.Agent[0], AgentWakeups.wakes(AgentWakeups.Agent.ARCHIVE, false));
+        final AgentWakeups wakeups = new AgentWakeups(true);
+        final IdleStrategy driver = wakeups.wrap(shortParks(), AgentWakeups.Agent.DRIVER, null);
         final long parked = parkedFor(wakeups, () -> driver.idle(5));
         assertTrue(parked >= TimeUnit.MILLISECONDS.toNanos(1_500), "woken after " + parked + " ns");
     }
 
     @Test
-    void onByDefaultOffBySettingAndABadValueIsRefused()
+    void commitByDefaultOffBySettingAndABadValueIsRefused()
     {
-        assertNotNull(MemberSettings.from(MemberSettingsTest.valid()).wakeups);
+        final MemberSettings defaults = MemberSettings.from(MemberSettingsTest.valid());
+        assertEquals(AgentWakeups.COMMIT, defaults.agentWakeups);
+        assertNotNull(defaults.wakeups);
         final Properties off = MemberSettingsTest.valid();
-        off.setProperty("agent.wakeups", "false");
+        off.setProperty("agent.wakeups", "off");
         assertNull(MemberSettings.from(off).wakeups);
         final Properties bad = MemberSettingsTest.valid();
         bad.setProperty("agent.wakeups", "yes");
