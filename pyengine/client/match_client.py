@@ -428,8 +428,8 @@ class MatchClient:
                     self._outbox.put(p)
                 while not p.future.done():
                     remaining_ms = int((deadline - time.monotonic()) * 1000)
-                    if remaining_ms <= 0:
-                        break
+                    if remaining_ms <= 0 or self._closed:
+                        break  # close() fails what is pending
                     blob = java.awaitDirect(min(remaining_ms, 100), self._sync_max_park_us)
                     if blob is not None:
                         if jvm.TRACE:
@@ -443,8 +443,9 @@ class MatchClient:
             self._sync_lock.release()
         self.stats.sync_requests += 1
         # raises TimeoutError as Future.result does when no answer came in time; the command
-        # stays pending (resent, answered later) as after submit().result(timeout)
-        return p.future.result(0)
+        # stays pending (resent, answered later) as after submit().result(timeout). Closed: the
+        # close fails it (ClientError) in a moment
+        return p.future.result(max(0.0, deadline - time.monotonic()) if self._closed else 0)
 
     def _offer_direct(self, p: _Pending) -> bool:
         """Offers ``p`` on the caller's thread if no queued command is waiting to go before it
