@@ -13,7 +13,9 @@ a reconnect, or a quiet interval) with the same id, and the service answers a re
 original outcome, so a failover costs no order and applies none twice.
 
 Commands submitted close together leave as one cluster message (one batch): the sender thread
-takes everything queued when it wakes, so batching adds no delay.
+takes everything queued when it wakes, so batching adds no delay. ``request()`` with nothing else
+in flight is sent and answered on the caller's thread instead (``sync_requests``): no hand-over
+to the send thread, the Java poller or the receive thread (bench/reports/single_order_20_cuts.md).
 """
 
 from __future__ import annotations
