@@ -24,7 +24,7 @@ import uvicorn
 
 from coordinator.api import create_app
 from coordinator.errors import CoordinatorError
-from coordinator.migrations import CHUNK, MAX_CHUNK, MIN_CHUNK, Driver
+from coordinator.migrations import CHUNK, MAX_CHUNK, MAX_PIECE_ORDERS, MIN_CHUNK, PIECE_ORDERS, Driver
 from coordinator.partition_link import ClientTransport, token_file_provider
 from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore
 
@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-migration-precopy", dest="migration_precopy", action="store_false",
                    help="copy a migrating symbol's whole export after its freeze, instead of a pre-copy "
                    "while it still trades and then only what changed since (docs/migration.md)")
+    p.add_argument("--migration-precopy-piece-orders", type=int, default=PIECE_ORDERS,
+                   help=f"orders per piece of a migration's pre-copy, each piece one log message at the "
+                   f"source (the source's other symbols wait behind one piece, not the whole book), "
+                   f"0..{MAX_PIECE_ORDERS} (default {PIECE_ORDERS}); 0: the whole pre-copy as one message")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -92,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not MIN_CHUNK <= args.migration_chunk_bytes <= MAX_CHUNK:
         p.error(f"--migration-chunk-bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {args.migration_chunk_bytes}")
+    if not 0 <= args.migration_precopy_piece_orders <= MAX_PIECE_ORDERS:
+        p.error(f"--migration-precopy-piece-orders must be in [0, {MAX_PIECE_ORDERS}], "
+                f"got {args.migration_precopy_piece_orders}")
     if not 0 <= args.migration_stage_delay_ms <= 600_000:
         p.error(f"--migration-stage-delay-ms must be in [0, 600000], got {args.migration_stage_delay_ms}")
     if not 0 <= args.migration_step_hold_ms <= 600_000:
@@ -146,7 +153,8 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
                   chunk_bytes=args.migration_chunk_bytes,
                   stage_delay_s=args.migration_stage_delay_ms / 1000,
                   step_hold_s=args.migration_step_hold_ms / 1000,
-                  precopy=args.migration_precopy), transport
+                  precopy=args.migration_precopy,
+                  piece_orders=args.migration_precopy_piece_orders), transport
 
 
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:

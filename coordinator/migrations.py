@@ -46,6 +46,10 @@ CHUNK = 48 * 1024  # default raw bytes per export chunk: its base64 fits one mes
 # the bounds of --migration-chunk-bytes: the source answers at most 64 KiB a chunk
 # (pyengine/service/migration.py MAX_CHUNK); below 1 KiB the round trips would dominate
 MIN_CHUNK, MAX_CHUNK = 1024, 64 * 1024
+# orders per piece of the pre-copy (each piece one log message at the source and one at the
+# destination, ~2-3 ms of engine work at 2,000 orders); 0: the whole pre-copy as one message
+PIECE_ORDERS = 2000
+MAX_PIECE_ORDERS = 100_000  # pyengine/service/migration.py MAX_PIECE_ORDERS
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 _SCHEMA = """
@@ -225,7 +229,7 @@ class Driver:
 
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
                  chunk_bytes: int = CHUNK, compress: bool = True, stage_delay_s: float = 0.0,
-                 step_hold_s: float = 0.0, precopy: bool = True,
+                 step_hold_s: float = 0.0, precopy: bool = True, piece_orders: int = PIECE_ORDERS,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
             raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
@@ -250,6 +254,11 @@ class Driver:
         # a pre-copy before the freeze (mig_precopy, mig_preimport): the freeze then exports only
         # what changed since, and the pause carries that instead of the whole book
         self.precopy = precopy
+        # the pre-copy in pieces of about this many orders, each its own log message, so the
+        # source's other symbols never wait behind a walk of the whole book; 0: one message
+        if not 0 <= piece_orders <= MAX_PIECE_ORDERS:
+            raise ValueError(f"piece_orders must be in [0, {MAX_PIECE_ORDERS}], got {piece_orders}")
+        self.piece_orders = piece_orders
         # the copy's progress per live migration, in memory only (a durable write per chunk would
         # lengthen the pause): what GET /v1/migrations/{id} shows as "progress"
         self._progress: dict[str, dict[str, Any]] = {}
@@ -541,6 +550,8 @@ class Driver:
         same pre-copy and the destination says whether it has it. True when the freeze will
         export only what changed since; False (a source that refuses a pre-copy) makes the freeze
         export the whole book as without one."""
+        if self.piece_orders:
+            return self._precopy_pieces(rec)
         mid, src, dst = rec["id"], rec["source"], rec["dest"]
         try:
             with self._timed(rec, "precopy"):
@@ -559,6 +570,96 @@ class Driver:
         self._transfer(rec, have["staged"], pre["size"], "zlib" if self.compress else None, imp, "precopy")
         self._progress.pop(mid, None)  # the progress shown from here is the freeze's export's
         return True
+
+    def _precopy_pieces(self, rec: dict[str, Any]) -> bool:
+        """The pre-copy in pieces: piece after piece from the source (``mig_precopy`` with
+        ``piece``), each added at the destination (``mig_preimport`` with ``piece``, its bytes
+        compressed inline, or staged in chunks when larger), the next piece asked for while the
+        destination takes the last. Every command is idempotent by migration id and piece: after
+        a restart the source answers the pieces it took and the destination says how many it
+        has. Returns as ``_precopy`` does; an abort asked for stops it between two pieces."""
+        mid, src, dst = rec["id"], rec["source"], rec["dest"]
+        ask = {"op": "mig_precopy", "id": mid, "symbol": rec["symbol"], "dest": dst, "epoch": rec["epoch"],
+               "max_orders": self.piece_orders}
+        try:
+            with self._timed(rec, "precopy piece@0"):
+                pre = self._call(rec, src, {**ask, "piece": 0})
+        except StepRefused as exc:
+            log.warning("migration %s: no pre-copy in pieces (%s): the freeze exports the whole book", mid, exc)
+            return False
+        if pre["state"] != "precopied":
+            return pre["state"] == "frozen"
+        have = self._call(rec, dst, {"op": "mig_prepare", "id": mid, "symbol": rec["symbol"], "source": src,
+                                     "epoch": rec["epoch"]})
+        if have["state"] != "prepared":
+            return True
+        got = len((have.get("precopy") or {}).get("pieces", []))
+        prog = self._progress[mid] = {"size": 0, "fetched": 0, "staged": 0, "chunks": 0, "pieces": 0,
+                                      "chunk_bytes": self.chunk_bytes, "imported": False, "part": "precopy"}
+        k = 0
+        while True:
+            nxt = None
+            if not pre["last"]:  # the next piece taken at the source while this one goes in
+                nxt = self._submit(rec, src, {**ask, "piece": k + 1}, f"precopy piece@{k + 1}")
+            if k >= got:
+                self._piece_in(rec, pre, k, prog)
+            prog["pieces"] = k + 1
+            if pre["last"] or self.migs.get(mid)["abort"]:
+                if nxt is not None:
+                    with contextlib.suppress(Exception):  # its answer is of no use now
+                        nxt.result(self.step_timeout)
+                prog["imported"] = pre["last"]
+                return True
+            k += 1
+            try:
+                if nxt is None:
+                    raise _Sequential("no pipelining")
+                pre = self._answer(nxt, src)
+            except _Sequential:
+                with self._timed(rec, f"precopy piece@{k}"):
+                    pre = self._call(rec, src, {**ask, "piece": k})
+            if pre["state"] != "precopied" or pre.get("piece") != k:
+                raise StepRefused(f"{src}: pre-copy piece {k} answered {pre.get('state')} piece {pre.get('piece')}")
+
+    def _piece_in(self, rec: dict[str, Any], pre: dict, k: int, prog: dict[str, Any]) -> None:
+        """Piece ``k`` (the source's answer ``pre``) to the destination."""
+        mid, dst = rec["id"], rec["dest"]
+        size = pre["size"]
+        if "data" in pre:
+            raw = base64.b64decode(pre["data"])
+        else:  # larger than one answer: fetched in chunks
+            raw = self._fetch_piece(rec, size, k)
+        prog["size"] += size
+        prog["fetched"] += size
+        imp = {"op": "mig_preimport", "id": mid, "piece": k, "size": size, "sha256": pre["sha256"]}
+        stream = raw
+        if self.compress:
+            stream = zlib.compress(raw, 1)
+            imp["encoding"] = "zlib"
+        if len(stream) <= self.chunk_bytes:
+            with self._timed(rec, f"preimport@{k}"):
+                self._call(rec, dst, {**imp, "data": base64.b64encode(stream).decode()})
+        else:
+            for o in range(0, len(stream), self.chunk_bytes):
+                with self._timed(rec, f"precopy import@{o}"):
+                    self._call(rec, dst, {"op": "mig_import_chunk", "id": mid, "offset": o,
+                                          "data": base64.b64encode(stream[o:o + self.chunk_bytes]).decode()})
+            with self._timed(rec, f"preimport@{k}"):
+                self._call(rec, dst, imp)
+        prog["staged"] += len(stream)
+
+    def _fetch_piece(self, rec: dict[str, Any], size: int, k: int) -> bytes:
+        mid, src = rec["id"], rec["source"]
+        parts: list[bytes] = []
+        for o in range(0, size, self.chunk_bytes):
+            with self._timed(rec, f"precopy export@{o}"):
+                body = self._call(rec, src, {"op": "mig_export_chunk", "id": mid, "offset": o,
+                                             "length": self.chunk_bytes, "part": "precopy", "piece": k})
+            parts.append(base64.b64decode(body["data"]))
+        raw = b"".join(parts)
+        if len(raw) != size:
+            raise StepRefused(f"{src}: pre-copy piece {k} came as {len(raw)} bytes, not {size}")
+        return raw
 
     def _copy(self, rec: dict[str, Any], resumed: bool) -> None:
         """Fetch the export from the source, compress it (when the record says ``encoding``

@@ -117,6 +117,44 @@ def _mix(h: int, oid: int, side: int, price: int, qty: int, filled: int) -> int:
     return (h * _DIG_MUL + v) % _DIG_MOD
 
 
+def queue_digest(o: Order | None) -> tuple[int, int]:
+    """(orders, digest) of one queue from its head: ``_mix`` of each order from 0, in time
+    priority."""
+    n = 0
+    h = 0
+    while o is not None:
+        h = _mix(h, o.oid, o.side, o.price, o.qty, o.filled)
+        n += 1
+        o = o.nxt
+    return n, h
+
+
+def fold_level(h: int, key: int, n: int, qd: int) -> int:
+    """One queue into a book's level digest (queues in priority order: bids best first, then asks
+    best first): its key (bids +price, asks -price), its order count and ``queue_digest``. A
+    freeze after a pre-copy in pieces keeps each untouched queue's digest from its piece, so it
+    folds the book without walking it (migration_pieces.py)."""
+    v = (key % _DIG_MOD) * 5 + (n % _DIG_MOD) * 3 + qd
+    return (h * _DIG_MUL + v) % _DIG_MOD
+
+
+def book_level_digest(sym: Symbol) -> tuple[int, int]:
+    """(orders, level digest) of the symbol's whole book (``fold_level`` of every queue)."""
+    n = 0
+    h = 0
+    keys = sym.bid_keys
+    for i in range(len(keys) - 1, -1, -1):
+        qn, qd = queue_digest(sym.bids[keys[i]].head)
+        h = fold_level(h, keys[i], qn, qd)
+        n += qn
+    keys = sym.ask_keys
+    for i in range(len(keys) - 1, -1, -1):
+        qn, qd = queue_digest(sym.asks[-keys[i]].head)
+        h = fold_level(h, keys[i], qn, qd)
+        n += qn
+    return n, h
+
+
 def baseline_of(blob: bytes) -> Baseline:
     """The baseline of a pre-copy's export, read back from its bytes (after a restart: the same
     as ``precopy_symbol`` returned)."""
@@ -273,12 +311,7 @@ def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline
         if o.side != BUY:
             break
         nbids += 1
-    mini = EngineState(dedup_window=eng.dedup_window)
-    mini.next_oid = eng.next_oid
-    mini.next_tid = eng.next_tid
-    for asset in (sym.base, sym.quote):
-        mini.assets[asset] = eng.assets[asset]
-        mini.fees[asset] = 0
+    mini = mini_engine(eng, sym)
     acct_ix: dict[Account, int] = {}
     accts: list[Account] = []
     held: list[int] = []
@@ -321,17 +354,14 @@ def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline
     if book:
         holds = {sym.base: hold_base, sym.quote: hold_quote}
         holds = {a: v for a, v in holds.items() if v or a in _assets_held(book, sym)}
-    meta = {
-        "symbol": name, "base": sym.base, "quote": sym.quote,
-        "decimals": {sym.base: eng.assets[sym.base], sym.quote: eng.assets[sym.quote]},
-        "next_oid": eng.next_oid, "next_tid": eng.next_tid, "seq": _seq(sym),
+    meta = meta_head(eng, name, sym)
+    meta.update({
         "orders": len(book), "finished": finished_n, "accounts": len(mini.accounts),
         # asset -> units held by the exported orders (as digits: may exceed 64 bits)
         "holds": {a: str(holds[a]) for a in sorted(holds)},
-    }
+    })
     meta.update(extra)
 
-    bids, asks, bid_keys, ask_keys = sym.bids, sym.asks, sym.bid_keys, sym.ask_keys
     baseline: Baseline | None = None
     if take:
         # take the book and its holds out of the source (the export now carries them)
@@ -352,23 +382,51 @@ def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline
         for o in book:
             baseline[o.oid] = (i, o.price, o.qty, o.filled)
             i += 1
+    blob = export_blob(mini, sym, name, meta, book_b, VERSION if base is None else DELTA_VERSION)
+    if take:  # the book has left the engine
+        sym.bids = {}
+        sym.asks = {}
+        sym.bid_keys = []
+        sym.ask_keys = []
+    return blob, meta, baseline
+
+
+def mini_engine(eng: EngineState, sym: Symbol) -> EngineState:
+    """The small engine an export's state is: ``eng``'s id counters and ``sym``'s assets."""
+    mini = EngineState(dedup_window=eng.dedup_window)
+    mini.next_oid = eng.next_oid
+    mini.next_tid = eng.next_tid
+    for asset in (sym.base, sym.quote):
+        mini.assets[asset] = eng.assets[asset]
+        mini.fees[asset] = 0
+    return mini
+
+
+def meta_head(eng: EngineState, name: str, sym: Symbol) -> dict:
+    """The meta every export starts with: the symbol, its assets and the source's counters."""
+    return {"symbol": name, "base": sym.base, "quote": sym.quote,
+            "decimals": {sym.base: eng.assets[sym.base], sym.quote: eng.assets[sym.quote]},
+            "next_oid": eng.next_oid, "next_tid": eng.next_tid, "seq": _seq(sym)}
+
+
+def export_blob(mini: EngineState, sym: Symbol, name: str, meta: dict, book_b: bytes, version: int) -> bytes:
+    """An export's bytes: ``mini`` holding ``sym``'s state without its book (the live object,
+    its book swapped out while ``dump`` reads it: its settings, sequence and trades), the
+    accounts' holds and finished orders, then ``book_b``."""
+    bids, asks, bid_keys, ask_keys = sym.bids, sym.asks, sym.bid_keys, sym.ask_keys
     sym.bids = {}
     sym.asks = {}
     sym.bid_keys = []
     sym.ask_keys = []
-    # the rest of the symbol's state: its settings, sequence and trades (the live object, its
-    # book now empty: dump reads it and changes nothing), holds and finished orders
     mini.symbols[name] = sym
     try:
         state = dump(mini)
     finally:
-        if not take:  # a pre-copy: the book stays where it is
-            sym.bids, sym.asks, sym.bid_keys, sym.ask_keys = bids, asks, bid_keys, ask_keys
+        sym.bids, sym.asks, sym.bid_keys, sym.ask_keys = bids, asks, bid_keys, ask_keys
     meta_b = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
-    body = b"".join([_HDR.pack(MAGIC, VERSION if base is None else DELTA_VERSION, len(meta_b)), meta_b,
-                     _U64.pack(len(state)), state, _U64.pack(len(book_b)), book_b])
-    blob = body + hashlib.blake2b(body, digest_size=_DIGEST).digest()
-    return blob, meta, baseline
+    body = b"".join([_HDR.pack(MAGIC, version, len(meta_b)), meta_b, _U64.pack(len(state)), state,
+                     _U64.pack(len(book_b)), book_b])
+    return body + hashlib.blake2b(body, digest_size=_DIGEST).digest()
 
 
 def _assets_held(book: list[Order], sym: Symbol) -> set[str]:
@@ -839,6 +897,10 @@ def _import_delta(eng: EngineState, shadow: EngineState, base_sha: str, blob: ob
         held[2 * ai + o.side] += o.qty * o.unit
         if o.key in orders:
             raise MigrationError(f"order id {o.oid} is already open here")
+    if meta.get("ldigest"):  # a freeze after a pre-copy in pieces: the digest of its queues
+        n, h = book_level_digest(ssym)
+        if n != len(book):  # pragma: no cover - the same book walked twice
+            raise MigrationError("the composed book's levels do not add up")
     if len(book) != meta["orders"] or h != meta["digest"]:
         raise MigrationError("the book made of the pre-copy and the delta is not the source's")
     _check_holds(mini, src, held)

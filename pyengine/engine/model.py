@@ -214,7 +214,7 @@ class Symbol:
         "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
         "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
         "tick_str", "lot_str", "quote_dec", "seq", "stamp", "watch", "md_levels", "md_trades",
-        "recent",
+        "recent", "dirty",
     )
 
     def __init__(self) -> None:
@@ -259,6 +259,10 @@ class Symbol:
         # state: the last TRADES_WINDOW trades (live trade events, or ``trade_record`` tuples
         # once restored)
         self.recent: deque[tuple] = deque(maxlen=TRADES_WINDOW)
+        # not state: while a pre-copy in pieces runs (migration_pieces.py), the levels touched
+        # since it began (bids +price, asks -price), so the freeze walks only those; None
+        # otherwise. A member restored meanwhile has none and walks every level instead
+        self.dirty: set[int] | None = None
 
     # -- conversions -------------------------------------------------------------------
     def price_str(self, t: int) -> str:
@@ -343,6 +347,9 @@ class Symbol:
             self.seq += 1
         if self.watch:
             self.md_levels.append(key)
+        d = self.dirty
+        if d is not None:
+            d.add(key)
 
     def drop_level(self, side: int, price: int) -> None:
         if side == BUY:

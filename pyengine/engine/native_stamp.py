@@ -13,7 +13,8 @@ HERE = Path(__file__).resolve().parent
 # Compiled together so their classes and calls stay native across module boundaries;
 # listed in dependency order (numbers <- model <- columns <- snapcache <- snapshot <- core <- bulk,
 # snapshot <- migration).
-MODULES = ("numbers", "model", "columns", "snapcache", "snapshot", "core", "bulk", "migration")
+MODULES = ("numbers", "model", "columns", "snapcache", "snapshot", "core", "bulk", "migration",
+           "migration_pieces")
 STAMP = HERE / "native.stamp"
 GROUP = "pyengine.engine.native"
 

@@ -108,6 +108,9 @@ class CoordinatorSpec:
     # the coordinator's --no-migration-precopy when False: every migration copies its whole
     # export after the freeze (docs/migration.md)
     migration_precopy: bool = True
+    # the coordinator's --migration-precopy-piece-orders: orders per piece of the pre-copy
+    # (each its own log message); 0: the whole pre-copy as one message; None: its default
+    migration_precopy_piece_orders: int | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,8 @@ class Topology:
             doc["migration_step_hold_ms"] = c.migration_step_hold_ms
         if not c.migration_precopy:
             doc["migration_precopy"] = False
+        if c.migration_precopy_piece_orders is not None:
+            doc["migration_precopy_piece_orders"] = c.migration_precopy_piece_orders
         return doc
 
     def coordinator_document(self) -> dict:
@@ -406,7 +411,8 @@ def _coordinator(d: Any) -> CoordinatorSpec:
     if not isinstance(d, dict):
         raise TopologyError("coordinator must be an object {host, port, db}")
     _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms",
-                                      "migration_step_hold_ms", "migration_precopy"))
+                                      "migration_step_hold_ms", "migration_precopy",
+                                      "migration_precopy_piece_orders"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
@@ -422,7 +428,10 @@ def _coordinator(d: Any) -> CoordinatorSpec:
     precopy = d.get("migration_precopy", True)
     if not isinstance(precopy, bool):
         raise TopologyError("coordinator.migration_precopy must be true or false")
-    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy)
+    pieces = d.get("migration_precopy_piece_orders")
+    if pieces is not None:  # the bounds of coordinator/migrations.py (0 .. MAX_PIECE_ORDERS)
+        pieces = _int(pieces, "coordinator.migration_precopy_piece_orders", 0, 100_000)
+    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy, pieces)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

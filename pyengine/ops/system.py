@@ -279,6 +279,8 @@ class System:
             cmd += ["--migration-step-hold-ms", str(topo.coordinator.migration_step_hold_ms)]
         if not topo.coordinator.migration_precopy:
             cmd += ["--no-migration-precopy"]
+        if topo.coordinator.migration_precopy_piece_orders is not None:
+            cmd += ["--migration-precopy-piece-orders", str(topo.coordinator.migration_precopy_piece_orders)]
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())

@@ -45,6 +45,14 @@ from pyengine.engine.migration import (
     import_symbol,
     precopy_symbol,
 )
+from pyengine.engine.migration_pieces import (
+    Pieces,
+    export_delta_pieces,
+    extend_shadow,
+    pieces_of,
+    pieces_sha,
+    take_piece,
+)
 from pyengine.engine.model import EngineState
 from pyengine.service import retire
 from pyengine.wire.protocol import Status
@@ -57,6 +65,7 @@ MIG_OPS = frozenset({"mig_precopy", "mig_freeze", "mig_export_chunk", "mig_drop"
 ID_SPACE = 1 << 40  # order and trade ids per partition: cluster_id * ID_SPACE onwards
 XFER_PREFIX = "xfer:"  # the engine tx ids of transfer legs; refused in user deposits/withdrawals
 MAX_CHUNK = 64 * 1024  # raw bytes per export chunk (its base64 must fit one reply message)
+MAX_PIECE_ORDERS = 100_000  # a pre-copy piece's ``max_orders``: 1 .. this
 
 # states
 PRECOPIED, RELEASED = "precopied", "released"  # source: a pre-copy taken / given up before a freeze
@@ -122,6 +131,11 @@ class Migrations:
         # baseline of each pre-copy, the destination's pre-copy built as a small engine
         self._baselines: dict[str, Baseline] = {}
         self._shadows: dict[str, EngineState] = {}
+        # a pre-copy in pieces (migration_pieces.py): id -> the pieces' exports in order (source:
+        # what it took; destination: what it built), until the migration ends; and, derived
+        # (not snapshotted), the source's records of them
+        self.pieces: dict[str, list[bytes]] = {}
+        self._tracks: dict[str, Pieces] = {}
         self.frozen: dict[str, str] = {}        # symbol -> migration id (source, not yet dropped)
         self.inert: dict[str, str] = {}         # symbol -> migration id (destination, not active)
         self.net_in: dict[str, int] = {}        # asset -> holds imported minus holds exported
@@ -223,10 +237,13 @@ class Migrations:
 
     def _precopy(self, svc: Any, mid: str, cmd: dict) -> Answer:
         """The pre-copy: an export of the symbol at this position that changes nothing (it keeps
-        trading here); the freeze then exports only what changed since."""
+        trading here); the freeze then exports only what changed since. With ``piece`` (and
+        ``max_orders``): one piece of a pre-copy in pieces, each its own log message."""
         rec, refused = self._source_rec(svc, mid, cmd)
         if refused is not None:
             return refused
+        if "piece" in cmd:
+            return self._precopy_piece(svc, mid, cmd, rec)
         if rec is None:
             try:
                 blob, meta, base = precopy_symbol(svc.engine, cmd["symbol"])
@@ -243,8 +260,62 @@ class Migrations:
                      len(blob))
         if "precopy" not in rec:
             return _err(f"migration {mid} was frozen without a pre-copy")
+        if "pieces" in rec["precopy"]:
+            return _err(f"migration {mid} has a pre-copy in pieces: ask for them by piece")
         return _ok({"type": "mig_precopy", "id": mid, "symbol": rec["symbol"], "state": rec["state"],
                     **rec["precopy"]})
+
+    def _precopy_piece(self, svc: Any, mid: str, cmd: dict, rec: dict | None) -> Answer:
+        """Piece ``piece`` of the pre-copy: a repeat answers the piece taken (its bytes inline
+        when they fit one answer, else through ``mig_export_chunk`` with ``part`` "precopy"
+        and ``piece``); the next one is taken at this log position; any other is refused."""
+        k, n = cmd.get("piece"), cmd.get("max_orders")
+        if type(k) is not int or k < 0 or type(n) is not int or not 0 < n <= MAX_PIECE_ORDERS:
+            return _err(f"mig_precopy piece needs piece >= 0 and max_orders in [1, {MAX_PIECE_ORDERS}]")
+        if rec is None:
+            if k != 0:
+                return _err(f"migration {mid} has no pre-copy: piece 0 first")
+            rec = {"id": mid, "role": "source", "symbol": cmd["symbol"], "dest": cmd["dest"],
+                   "epoch": cmd["epoch"], "old_epoch": svc.owned[cmd["symbol"]], "state": PRECOPIED,
+                   "meta": None, "precopy": {"pieces": [], "done": False, "orders": 0, "size": 0,
+                                             "sha256": pieces_sha([])}}
+            self.recs[mid] = rec
+            self.pieces[mid] = []
+            self._tracks[mid] = Pieces()
+        pre = rec.get("precopy")
+        if pre is None or "pieces" not in pre:
+            return _err(f"migration {mid} has {'no' if pre is None else 'a whole'} pre-copy, not one in pieces")
+        if rec["state"] != PRECOPIED:
+            return _ok({"type": "mig_precopy", "id": mid, "symbol": rec["symbol"], "state": rec["state"]})
+        have = pre["pieces"]
+        if k == len(have) and not pre["done"]:
+            try:
+                blob, meta = take_piece(svc.engine, rec["symbol"], self._track(svc, mid, rec), n)
+            except MigrationError as exc:
+                return _err(str(exc))
+            have.append({"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "orders": meta["orders"],
+                         "last": meta["last"]})
+            self.pieces[mid].append(blob)
+            pre["done"] = meta["last"]
+            pre["orders"] += meta["orders"]
+            pre["size"] += len(blob)
+            pre["sha256"] = pieces_sha([p["sha256"] for p in have])
+        elif k >= len(have):
+            return _err(f"migration {mid}: pre-copy piece {k} asked, {len(have)} taken"
+                        f"{' (complete)' if pre['done'] else ''}")
+        blob = self.pieces[mid][k]
+        body = {"type": "mig_precopy", "id": mid, "symbol": rec["symbol"], "state": rec["state"], "piece": k,
+                **have[k]}
+        if len(blob) <= MAX_CHUNK:
+            body["data"] = base64.b64encode(blob).decode()
+        return _ok(body)
+
+    def _track(self, svc: Any, mid: str, rec: dict) -> Pieces:
+        """The source's records of ``mid``'s pieces (read back from their bytes after a restart)."""
+        pc = self._tracks.get(mid)
+        if pc is None:
+            pc = self._tracks[mid] = pieces_of(self.pieces[mid], svc.engine.symbols[rec["symbol"]])
+        return pc
 
     def _freeze(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec, refused = self._source_rec(svc, mid, cmd)
@@ -256,6 +327,9 @@ class Migrations:
         try:
             if rec is None:
                 blob, meta = export_symbol(svc.engine, symbol)
+            elif "pieces" in rec["precopy"]:  # after a pre-copy in pieces: the changed queues only
+                blob, meta = export_delta_pieces(svc.engine, symbol, self._track(svc, mid, rec),
+                                                 rec["precopy"]["sha256"])
             else:  # after a pre-copy: only what changed since
                 base = self._baselines.get(mid)
                 if base is None:
@@ -264,6 +338,7 @@ class Migrations:
         except MigrationError as exc:
             return _err(str(exc))
         self._baselines.pop(mid, None)
+        self._tracks.pop(mid, None)
         rec = {**(rec or {}), "id": mid, "role": "source", "symbol": symbol, "dest": dest, "epoch": epoch,
                "old_epoch": svc.owned[symbol], "state": FROZEN, "meta": meta, "size": len(blob),
                "sha256": hashlib.sha256(blob).hexdigest()}
@@ -291,9 +366,15 @@ class Migrations:
         if rec is None or rec["role"] != "source":
             return _err(f"unknown migration {mid}")
         if cmd.get("part") == "precopy":
-            blob = self.bases.get(mid)
+            k = cmd.get("piece")
+            if k is None:
+                blob = self.bases.get(mid)
+            else:
+                got = self.pieces.get(mid, [])
+                blob = got[k] if type(k) is int and 0 <= k < len(got) else None
             if blob is None:
-                return _err(f"migration {mid} is {rec['state']}: it has no pre-copy")
+                return _err(f"migration {mid} is {rec['state']}: it has no pre-copy"
+                            f"{'' if k is None else f' piece {k}'}")
         if blob is None:
             return _err(f"migration {mid} is {rec['state']}: its export is gone")
         off, n = cmd.get("offset"), cmd.get("length", MAX_CHUNK)
@@ -312,6 +393,7 @@ class Migrations:
             rec["state"] = DROPPED
             self.blobs.pop(mid, None)
             self.bases.pop(mid, None)
+            self.pieces.pop(mid, None)
             del self.frozen[rec["symbol"]]
         elif rec["state"] != DROPPED:
             return _err(f"migration {mid} is {rec['state']}: nothing to drop")
@@ -325,10 +407,18 @@ class Migrations:
         if rec["state"] == PRECOPIED:  # never frozen: nothing to take back
             self.bases.pop(mid, None)
             self._baselines.pop(mid, None)
+            if self.pieces.pop(mid, None) is not None:
+                self._tracks.pop(mid, None)
+                sym = svc.engine.symbols.get(rec["symbol"])
+                if sym is not None:
+                    sym.dirty = None  # no freeze will read the marks
             rec["state"] = RELEASED
         elif rec["state"] == FROZEN:
             try:
-                if "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
+                if "precopy" in rec and "pieces" in rec["precopy"]:
+                    shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
+                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid])
+                elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
                     shadow = build_shadow(self.bases[mid], svc.engine.dedup_window)
                     import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid])
                 else:
@@ -344,6 +434,7 @@ class Migrations:
             del self.frozen[symbol]
             self.blobs.pop(mid, None)
             self.bases.pop(mid, None)
+            self.pieces.pop(mid, None)
             for asset, v in _holds(rec["meta"]).items():
                 self.net_in[asset] = self.net_in.get(asset, 0) + v
             rec["state"] = RESTORED
@@ -420,6 +511,8 @@ class Migrations:
         rec = self._dest(mid)
         if rec is None:
             return _err(f"unknown migration {mid}")
+        if "piece" in cmd:
+            return self._preimport_piece(svc, mid, cmd, rec)
         if rec["state"] != PREPARED or (rec.get("precopy") or {}).get("sha256") == cmd.get("sha256"):
             return _ok(self._dest_answer(rec))  # a resend: already in (or too late to matter)
         blob, bad = _staged_export(self.blobs[mid], cmd)
@@ -437,6 +530,45 @@ class Migrations:
         self.blobs[mid] = b""
         return _ok(self._dest_answer(rec))
 
+    def _preimport_piece(self, svc: Any, mid: str, cmd: dict, rec: dict) -> Answer:
+        """Piece ``piece`` of a pre-copy in pieces, checked (size, SHA-256) and added to the
+        pre-copy built beside the engine. Its bytes come in ``data`` (base64, ``encoding`` as
+        staged chunks) or were staged by ``mig_import_chunk``; a repeat is answered as is."""
+        k = cmd.get("piece")
+        pre = rec.get("precopy")
+        if type(k) is not int or k < 0:
+            return _err("mig_preimport piece needs piece >= 0")
+        if pre is not None and "pieces" not in pre:
+            return _err(f"migration {mid} has a whole pre-copy, not one in pieces")
+        have: list[str] = [] if pre is None else pre["pieces"]
+        if rec["state"] != PREPARED or (k < len(have) and have[k] == cmd.get("sha256")):
+            return _ok(self._dest_answer(rec))  # a resend: already in (or too late to matter)
+        if k != len(have):
+            return _err(f"migration {mid}: pre-copy piece {k} sent, piece {len(have)} expected")
+        staged: bytes | bytearray = self.blobs[mid]
+        if "data" in cmd:
+            try:
+                staged = base64.b64decode(cmd["data"], validate=True)
+            except (ValueError, TypeError):
+                return _err("data is not base64")
+        blob, bad = _staged_export(staged, cmd)
+        self.blobs[mid] = b""  # the staging is free for the next piece (or sent again)
+        if blob is None:
+            return _err(bad or "")
+        got = self.pieces.get(mid, [])
+        try:
+            shadow = self._shadows.get(mid)
+            if shadow is None and got:  # after a restart: built again from the pieces' bytes
+                shadow = _shadow_of(got, svc.engine.dedup_window)
+            shadow = extend_shadow(shadow, blob, svc.engine.dedup_window)
+        except MigrationError as exc:
+            return _err(f"pre-copy piece refused: {exc}")
+        self._shadows[mid] = shadow
+        self.pieces[mid] = [*got, blob]
+        have = [*have, cmd["sha256"]]
+        rec["precopy"] = {"pieces": have, "sha256": pieces_sha(have), "size": (pre or {}).get("size", 0) + len(blob)}
+        return _ok(self._dest_answer(rec))
+
     def _import(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self._dest(mid)
         if rec is None:
@@ -451,7 +583,12 @@ class Migrations:
             return _err(bad or "")
         try:
             pre = rec.get("precopy")
-            if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
+            if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.pieces:
+                shadow = self._shadows.pop(mid, None)
+                if shadow is None:  # after a restart: built again from the pieces' bytes
+                    shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
+                meta = import_delta(svc.engine, shadow, pre["sha256"], blob)
+            elif pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
                 shadow = self._shadows.pop(mid, None)
                 if shadow is None:  # after a restart: built again from the pre-copy's bytes
                     shadow = build_shadow(self.bases[mid], svc.engine.dedup_window)
@@ -466,6 +603,7 @@ class Migrations:
         rec["state"] = IMPORTED
         self.blobs[mid] = b""
         self.bases.pop(mid, None)
+        self.pieces.pop(mid, None)
         self._shadows.pop(mid, None)
         for asset, v in _holds(meta).items():
             self.net_in[asset] = self.net_in.get(asset, 0) + v
@@ -504,6 +642,7 @@ class Migrations:
             del self.inert[symbol]
             self.blobs.pop(mid, None)
             self.bases.pop(mid, None)
+            self.pieces.pop(mid, None)
             self._shadows.pop(mid, None)
             rec["state"] = DISCARDED
         return _ok(self._dest_answer(rec))
@@ -560,6 +699,8 @@ class Migrations:
             d["retired"] = True
         if self.bases:  # likewise: only while a pre-copy is held
             d["bases"] = {k: base64.b64encode(v).decode() for k, v in self.bases.items()}
+        if self.pieces:  # likewise: only while a pre-copy in pieces is held
+            d["pieces"] = {k: [base64.b64encode(b).decode() for b in v] for k, v in self.pieces.items()}
         return d
 
     @classmethod
@@ -575,4 +716,15 @@ class Migrations:
         m.blobs = {k: base64.b64decode(v) for k, v in d["blobs"].items()}
         m.retired = d.get("retired") is True  # absent in snapshots written before retire existed
         m.bases = {k: base64.b64decode(v) for k, v in d.get("bases", {}).items()}
+        m.pieces = {k: [base64.b64decode(b) for b in v] for k, v in d.get("pieces", {}).items()}
         return m
+
+
+def _shadow_of(pieces: list[bytes], dedup_window: int) -> EngineState:
+    """A pre-copy in pieces built as a small engine (after a restart, or for an abort)."""
+    shadow: EngineState | None = None
+    for blob in pieces:
+        shadow = extend_shadow(shadow, blob, dedup_window)
+    if shadow is None:
+        raise MigrationError("a pre-copy in pieces without a piece")
+    return shadow

@@ -98,6 +98,44 @@ def test_pipelined_copy_moves_the_book_and_times_every_step(piped):
     assert timing_lines(rec)[0].startswith("steps (ms from the freeze sent)")
 
 
+def test_precopy_in_pieces_moves_the_book_with_trading_between_pieces(piped):
+    """Pieces of 20 orders, the next asked for while the destination takes the last; orders
+    placed and cancelled at the source during the pre-copy (from the transport's thread, between
+    two of its commands) arrive exactly; the freeze's export holds only what changed."""
+    store, transport, parts = piped
+    src = parts["p1"]
+    n = [0]
+    orig = transport.submit
+
+    def submit(partition, command):
+        if command["op"] == "mig_preimport":  # the source trades on between its pieces
+            n[0] += 1
+            i = n[0]
+
+            def trade() -> None:  # on the source's thread, in its log between two commands
+                src.place(BTC, "abc"[i % 3], "buy", str(70 + i % 5), f"mid{i}")
+                src.eng({"op": "cancel", "account": "abc"[(2 * i - 1) % 3], "symbol": BTC,
+                         "client_order_id": f"x{2 * i - 1}"})
+
+            transport.pools["p1"].submit(trade)
+        return orig(partition, command)
+
+    transport.submit = submit
+    d = Driver(store, transport, chunk_bytes=1024, piece_orders=20)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert n[0] >= 8  # pieces: ~340 orders on 32 queues, 20 orders a piece or more (whole queues)
+    names = [s[0] for s in rec["info"]["timing"]["steps"]]
+    assert sum(x.startswith("precopy piece@") for x in names) == n[0]
+    assert sum(x.startswith("preimport@") for x in names) == n[0]
+    moved = book(parts["p2"])
+    assert moved and {r[7] for r in moved} >= {f"mid{i}" for i in range(1, n[0] + 1)}
+    assert not {f"x{2 * i - 1}" for i in range(1, n[0] + 1)} & {r[7] for r in moved}
+    assert book(parts["p1"]) == []
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+
+
 def test_a_lost_chunk_makes_the_copy_go_on_step_by_step(piped):
     store, transport, parts = piped
     before = book(parts["p1"])
@@ -162,7 +200,9 @@ def test_precopy_carries_the_book_and_the_freeze_only_the_changes(system):  # no
         parts["p1"].place(BTC, "abc"[i % 3], "buy" if buy else "sell", str(80 - i % 9 if buy else 120 + i % 9), f"x{i}")
     transport = TradingTransport(parts)
     try:
-        d = Driver(store, transport, chunk_bytes=1024)
+        # the pre-copy as one message (piece_orders 0, the mode before the pieces): its copy
+        # in chunks is what is looked at; in pieces: test_precopy_in_pieces_... above
+        d = Driver(store, transport, chunk_bytes=1024, piece_orders=0)
         rec = d.start(BTC, "p2", "m1", wait=True)
     finally:
         transport.close()

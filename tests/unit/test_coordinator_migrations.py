@@ -148,9 +148,11 @@ def test_two_migrations_of_one_symbol_and_reused_ids(system):
     assert [m["id"] for m in migs.list()] == ["m1"]
 
 
-def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, system):
+@pytest.mark.parametrize("piece_orders", [2000, 4, 0])
+def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, system, piece_orders):
     """Kill the driver before, and after, each command it sends; restart it on its database;
-    at every point at most one partition takes orders, and the migration ends done."""
+    at every point at most one partition takes orders, and the migration ends done. The
+    pre-copy in one piece, in pieces of 4 orders (~10 pieces), and as one message."""
     store, transport, parts, path = system
     total = None
     # a dry run on copies counts the commands of a whole migration
@@ -161,7 +163,7 @@ def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, syst
             fresh_store, fresh_parts = _fresh(tmp_path / f"k{k}{after}", store, parts)
             t = LocalTransport(fresh_parts)
             t.crash_at, t.crash_after = k, after
-            d = Driver(fresh_store, t)
+            d = Driver(fresh_store, t, piece_orders=piece_orders)
             d.migs.create(BTC, "p2", "m1")
             try:
                 d.run("m1")
@@ -172,8 +174,10 @@ def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, syst
             fresh_store.close()
             again = CoordinatorStore(fresh_store.path, synchronous="NORMAL")
             t.crash_at = None
-            rec = Driver(again, t).run("m1")
+            rec = Driver(again, t, piece_orders=piece_orders).run("m1")
             assert rec["state"] == "done", (k, after, rec)
+            # the book moved whole (the probes' orders of the owners checks aside)
+            assert [r for r in book(fresh_parts["p2"]) if not (r[7] or "").startswith("probe")] == book(parts["p1"])
             assert owners(fresh_parts, f"end{k}{after}") == ["p2"]
             assert again.get_symbol(BTC)["partition"] == "p2"
             funds_ok(fresh_parts)
@@ -181,7 +185,7 @@ def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, syst
         if not crashed:
             total = k
             break
-    assert total and total > 6
+    assert total and total > (18 if piece_orders == 4 else 6)  # pieces of 4: ~7 pieces, 2 commands each
 
 
 def _fresh(path, store: CoordinatorStore, parts: dict[str, Part]) -> tuple[CoordinatorStore, dict[str, Part]]:
@@ -541,3 +545,33 @@ def test_precopy_switch_reaches_the_coordinator_and_bad_values_are_refused():
             Topology.from_dict(doc)
     assert parse_args([]).migration_precopy is True
     assert parse_args(["--no-migration-precopy"]).migration_precopy is False
+
+
+def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refused(tmp_path):
+    """``coordinator.migration_precopy_piece_orders`` (default: the coordinator's 2,000) survives
+    the topology file, is refused out of range in the topology, on the command line and by the
+    driver, and 0 (the whole pre-copy as one message) is kept."""
+    import json
+    from pathlib import Path
+
+    from coordinator.__main__ import parse_args
+    from pyengine.node.topology import Topology, TopologyError
+
+    key = "migration_precopy_piece_orders"
+    doc = json.loads((Path(__file__).resolve().parents[2] / "docs/examples/topology-2x3.json").read_text())
+    assert Topology.from_dict(doc).coordinator.migration_precopy_piece_orders is None
+    assert key not in Topology.from_dict(doc).to_dict()["coordinator"]
+    for v in (0, 500):
+        doc["coordinator"][key] = v
+        topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
+        assert topo.coordinator.migration_precopy_piece_orders == v
+    for bad in (-1, 100_001, "500", True):
+        doc["coordinator"][key] = bad
+        with pytest.raises(TopologyError, match=key):
+            Topology.from_dict(doc)
+    assert parse_args([]).migration_precopy_piece_orders == 2000
+    assert parse_args(["--migration-precopy-piece-orders", "0"]).migration_precopy_piece_orders == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--migration-precopy-piece-orders", "-3"])
+    with pytest.raises(ValueError, match="piece_orders"):
+        Driver(CoordinatorStore(tmp_path / "c.db"), None, piece_orders=200_000)  # type: ignore[arg-type]

@@ -1,0 +1,228 @@
+"""The pre-copy in pieces (pyengine/engine/migration_pieces.py): the book exported a few queues at
+a time while the symbol trades between the pieces, then a freeze that walks only the queues that
+changed. The destination's book made of the pieces and the delta equals the source's at the
+freeze, in the same state a whole export would leave; the delta is the same bytes whether the
+source kept its marks or lost them in a restart; an abort gives the source back exactly.
+Runs compiled and plain (MATCHX_PURE_ENGINE=1)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from test_engine_migration import ACCTS, Flow, X, Y, dest, fund, holds_in, neg, run, source
+
+from pyengine.engine import Engine
+from pyengine.engine.migration import (
+    MigrationError,
+    book_rows,
+    export_symbol,
+    funds_problems,
+    import_delta,
+    import_symbol,
+)
+from pyengine.engine.migration_pieces import (
+    Pieces,
+    export_delta_pieces,
+    extend_shadow,
+    pieces_of,
+    pieces_sha,
+    take_piece,
+)
+from pyengine.engine.model import EngineState
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def copy(e: Engine) -> Engine:
+    return Engine.restore(e.snapshot())
+
+
+def precopy(src: Engine, pc: Pieces, n: int, between=None) -> list[bytes]:
+    """Every piece of X (``n`` orders each), ``between(i)`` run after piece ``i``."""
+    blobs: list[bytes] = []
+    while True:
+        blob, meta = take_piece(src, X, pc, n)
+        assert meta["piece"] == len(blobs)
+        blobs.append(blob)
+        if meta["last"]:
+            return blobs
+        if between is not None:
+            between(len(blobs) - 1)
+
+
+def shadow_of(blobs: list[bytes], window: int) -> EngineState:
+    sh = None
+    for b in blobs:
+        sh = extend_shadow(sh, b, window)
+    assert sh is not None
+    return sh
+
+
+@pytest.mark.parametrize("seed,n", [(s, n) for s in range(6) for n in (1, 3, 8)])
+def test_pieces_with_trading_between_them_give_the_whole_exports_book_and_state(seed, n):
+    """Places, fills, cancels, amends and resends between every two pieces and after the last;
+    the destination ends where a whole export at the freeze would leave it (same engine state
+    hash), and so does the source; funds hold on both sides."""
+    src, dst = source(), dest()
+    flow = Flow(700 + seed, (X, Y))
+    run(src, flow, 300 + 20 * seed)
+    pc = Pieces()
+    blobs = precopy(src, pc, n, lambda i: run(src, flow, 3 + seed, ts=2_000 + 50 * i))
+    assert len(blobs) > 1
+    shadow = shadow_of(blobs, dst.dedup_window)
+    run(src, flow, 20 + 5 * seed, ts=40_000)
+    at_freeze = book_rows(src, X)
+    ref_src, ref_dst = copy(src), copy(dst)
+    delta, meta = export_delta_pieces(src, X, pc, pieces_sha([sha(b) for b in blobs]))
+    whole, wmeta = export_symbol(ref_src, X)
+    assert meta["orders"] == wmeta["orders"] == len(at_freeze)
+    assert meta["holds"] == wmeta["holds"] and meta["finished"] == wmeta["finished"]
+    assert meta["pieces"] == len(blobs)
+    assert src.state_hash() == ref_src.state_hash()  # the freeze leaves the source alike
+    got = import_delta(dst, shadow, pieces_sha([sha(b) for b in blobs]), delta)
+    import_symbol(ref_dst, whole)
+    assert book_rows(dst, X) == at_freeze
+    assert dst.state_hash() == ref_dst.state_hash()
+    assert got["orders"] == len(at_freeze) and got["coid_conflicts"] == 0
+    assert funds_problems(dst, holds_in(meta)) == []
+    assert funds_problems(src, neg(holds_in(meta))) == []
+    # the moved book trades as the whole export's does (duplicates, cancels of pre-copied orders)
+    fund(dst, "after")
+    fund(ref_dst, "after")
+    flow.syms = (X,)
+    for i in range(100):
+        cmd = flow.next()
+        assert dst.apply(cmd, 90_000 + i) == ref_dst.apply(cmd, 90_000 + i), (i, cmd)
+
+
+def test_the_freeze_walks_only_the_changed_queues_and_gives_the_same_bytes_without_marks():
+    """A source that lost its marks (restarted: records read back from the pieces' bytes) walks
+    every queue and makes the same delta as one that walks only the queue that changed."""
+    a = source()
+    run(a, Flow(21, (X, Y)), 400)
+    b = copy(a)
+    pa = Pieces()
+    blobs = precopy(a, pa, 5)
+    pb = pieces_of(blobs, b.symbols[X])  # b took the same pieces, then restarted
+    book = book_rows(a, X)
+    for e in (a, b):
+        # one fill at the best bid's queue, one cancel in another queue, one new ask queue
+        e.apply({"op": "place", "account": "d", "symbol": X, "side": "sell", "price": "1",
+                 "qty": "0.1", "client_order_id": "hit", "tif": "IOC"}, 50_000)
+        e.apply({"op": "cancel", "account": book[-1][1], "symbol": X, "order_id": book[-1][0]}, 50_001)
+        e.apply({"op": "place", "account": "a", "symbol": X, "side": "sell", "price": "300",
+                 "qty": "1", "client_order_id": "far"}, 50_002)
+    # the queues touched: the best bid's (the fill), the cancelled order's, the new one at 300
+    touched = {book[0][3], -book[-1][3], -600}
+    assert book[0][2] == 0 and book[-1][2] == 1
+    sym = a.symbols[X]
+    size = 0
+    for key in touched:
+        lvl = sym.bids.get(key) if key > 0 else sym.asks.get(-key)
+        o = lvl.head if lvl is not None else None
+        while o is not None:
+            size += 1
+            o = o.nxt
+    base = pieces_sha([sha(x) for x in blobs])
+    da, ma = export_delta_pieces(a, X, pa, base)
+    db, mb = export_delta_pieces(b, X, pb, base)
+    assert da == db and ma == mb
+    assert ma["changed"] + ma["removed"] >= 2 and ma["appended"] == 1
+    assert 1 <= pa.walked == size < len(book) // 2  # those queues only
+    assert pb.walked == ma["orders"]
+    assert a.state_hash() == b.state_hash()
+
+
+def test_an_order_that_moves_to_a_queue_not_yet_exported_is_exported_once():
+    """An order of piece 0 amended to a price a later piece holds: that piece leaves it out (it is
+    in the baseline once), the freeze finds it moved; the result is the source's book."""
+    src, dst = source(), dest()
+    for i in range(4):
+        src.apply({"op": "place", "account": ACCTS[i], "symbol": X, "side": "buy", "price": str(99 - i),
+                   "qty": "1", "client_order_id": f"b{i}"}, 10 + i)
+    pc = Pieces()
+    first, meta = take_piece(src, X, pc, 1)  # the queue at 99
+    assert meta["orders"] == 1 and not meta["last"]
+    ev = src.apply({"op": "amend", "account": ACCTS[0], "symbol": X, "client_order_id": "b0", "price": "97"}, 20)
+    assert ev[0]["type"] == "amended", ev
+    rest, meta = take_piece(src, X, pc, 10)  # 98, 97 (with b0 left out), 96
+    assert meta["last"] and meta["orders"] == 3
+    at_freeze = book_rows(src, X)
+    base = pieces_sha([sha(first), sha(rest)])
+    delta, dmeta = export_delta_pieces(src, X, pc, base)
+    assert dmeta["removed"] == 1 and dmeta["appended"] == 1 and dmeta["orders"] == 4
+    import_delta(dst, shadow_of([first, rest], dst.dedup_window), base, delta)
+    assert book_rows(dst, X) == at_freeze
+    assert funds_problems(dst, holds_in(dmeta)) == []
+
+
+def test_abort_after_a_pieces_freeze_restores_the_source_exactly():
+    src = source()
+    flow = Flow(31, (X, Y))
+    run(src, flow, 400)
+    pc = Pieces()
+    blobs = precopy(src, pc, 3, lambda i: run(src, flow, 4, ts=3_000 + 10 * i))
+    run(src, flow, 40, ts=7_000)
+    h = src.state_hash()
+    base = pieces_sha([sha(b) for b in blobs])
+    delta, meta = export_delta_pieces(src, X, pc, base)
+    assert book_rows(src, X) == [] and funds_problems(src, neg(holds_in(meta))) == []
+    got = import_delta(src, shadow_of(blobs, src.dedup_window), base, delta)
+    assert got["finished_skipped"] == meta["finished"]
+    assert src.state_hash() == h
+    src.check_invariants()
+    run(src, flow, 100, ts=8_000)
+    src.check_invariants()
+
+
+def test_pieces_that_do_not_fit_change_nothing():
+    src, dst = source(), dest()
+    run(src, Flow(41, (X, Y)), 300)
+    pc = Pieces()
+    blobs = precopy(src, pc, 6)
+    assert len(blobs) >= 3
+    sh = shadow_of(blobs[:2], dst.dedup_window)
+    rows = book_rows(sh, X)
+    with pytest.raises(MigrationError, match="already"):
+        extend_shadow(sh, blobs[1], dst.dedup_window)  # the same piece twice
+    assert book_rows(sh, X) == rows
+    with pytest.raises(MigrationError, match="complete"):
+        take_piece(src, X, pc, 6)
+    base = pieces_sha([sha(b) for b in blobs])
+    h = dst.state_hash()
+    delta, _m = export_delta_pieces(src, X, pc, base)
+    # a piece missing at the destination: another pre-copy, or a book that is not the source's
+    with pytest.raises(MigrationError, match="another pre-copy"):
+        import_delta(dst, shadow_of(blobs[:-1], dst.dedup_window), pieces_sha([sha(b) for b in blobs[:-1]]), delta)
+    with pytest.raises(MigrationError, match="not the source's"):
+        import_delta(dst, shadow_of(blobs[:-1], dst.dedup_window), base, delta)
+    assert dst.state_hash() == h
+    import_delta(dst, shadow_of(blobs, dst.dedup_window), base, delta)
+    assert funds_problems(dst, holds_in(_m)) == []
+
+
+def test_bad_piece_requests_are_refused():
+    src = source()
+    run(src, Flow(51, (X, Y)), 100)
+    with pytest.raises(MigrationError, match="unknown symbol"):
+        take_piece(src, "NOPE", Pieces(), 5)
+    with pytest.raises(MigrationError, match="at least 1"):
+        take_piece(src, X, Pieces(), 0)
+    assert src.symbols[X].dirty is None  # nothing started
+
+
+def test_an_empty_book_is_one_last_piece():
+    src, dst = source(), dest()
+    pc = Pieces()
+    blob, meta = take_piece(src, X, pc, 10)
+    assert meta["last"] and meta["orders"] == 0
+    src.apply({"op": "place", "account": "a", "symbol": X, "side": "buy", "price": "99", "qty": "1",
+               "client_order_id": "late"}, 5)
+    base = pieces_sha([sha(blob)])
+    delta, dmeta = export_delta_pieces(src, X, pc, base)
+    assert dmeta["orders"] == 1 and dmeta["appended"] == 1
+    import_delta(dst, extend_shadow(None, blob, dst.dedup_window), base, delta)
+    assert [r[7] for r in book_rows(dst, X)] == ["late"]

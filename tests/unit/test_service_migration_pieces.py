@@ -1,0 +1,209 @@
+"""The pre-copy in pieces as log commands of the service (pyengine/service/migration.py):
+``mig_precopy`` with ``piece`` at the source, one piece per log message while the symbol trades
+between them, ``mig_preimport`` with ``piece`` at the destination, then a freeze that walks only
+what changed. Two real services side by side in one process: the destination's book, holds and
+duplicates equal the source's at the freeze, never two owners, repeats answer alike, aborts
+before and after the freeze leave the source exact, members restarted from snapshots between
+pieces make the same freeze."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+from test_service_migration import BTC, ETH, Part, book, setup, transfer, writable
+
+from pyengine.service.matching import MatchingService
+from pyengine.wire.protocol import Status
+
+PRE = {"op": "mig_precopy", "id": "m1", "symbol": BTC, "dest": "p2", "epoch": 2, "max_orders": 4}
+FREEZE = {"op": "mig_freeze", "id": "m1", "symbol": BTC, "dest": "p2", "epoch": 2}
+
+
+def restarted(p: Part) -> Part:
+    q = Part.__new__(Part)
+    q.name, q.pos = p.name, p.pos
+    q.svc = MatchingService()
+    q.svc.restore(p.svc.snapshot())
+    assert q.svc.snapshot() == p.svc.snapshot()
+    return q
+
+
+def piece_in(dst: Part, pre: dict, chunked: bool = False) -> dict:
+    raw = base64.b64decode(pre["data"])
+    stream = zlib.compress(raw, 1)
+    imp = {"op": "mig_preimport", "id": "m1", "piece": pre["piece"], "size": pre["size"], "sha256": pre["sha256"],
+           "encoding": "zlib"}
+    if not chunked:
+        return dst.ok({**imp, "data": base64.b64encode(stream).decode()})
+    for off in range(0, len(stream), 100):
+        dst.ok({"op": "mig_import_chunk", "id": "m1", "offset": off,
+                "data": base64.b64encode(stream[off:off + 100]).decode()})
+    return dst.ok(imp)
+
+
+def pieces(src: Part, dst: Part, between=None, first: int = 0) -> list[dict]:
+    """Every piece from ``first`` on, each added at the destination; ``between(k)`` after piece k."""
+    if first == 0:
+        dst.ok({"op": "mig_prepare", "id": "m1", "symbol": BTC, "source": "p1", "epoch": 2})
+    out = []
+    k = first
+    while True:
+        pre = src.ok({**PRE, "piece": k})
+        assert pre["piece"] == k and pre["state"] == "precopied"
+        got = piece_in(dst, pre, chunked=k % 2 == 1)
+        assert len(got["precopy"]["pieces"]) == k + 1 and got["staged"] == 0
+        out.append(pre)
+        if pre["last"]:
+            return out
+        if between is not None:
+            between(src, k)
+        k += 1
+
+
+def trade(src: Part, k: int) -> None:
+    """Between pieces: a new order, a cancel of a pre-copied one, a fill, an amend."""
+    assert src.place(BTC, "abc"[k % 3], "buy", str(91 - k % 3), f"new-{k}")[0] == Status.OK
+    if k < 3:  # bids of the first pieces (exported best bid first): o15 at 91, o17 at 89, o23 at 90
+        j = (15, 17, 23)[k]
+        st, body = src.eng({"op": "cancel", "account": "abc"[j % 3], "symbol": BTC, "client_order_id": f"o{j}"})
+        assert st == Status.OK and body[0]["type"] == "cancelled", body
+    if k == 1:
+        st, body = src.eng({"op": "place", "account": "a", "symbol": BTC, "side": "buy", "price": "108",
+                            "qty": "0.2", "client_order_id": "taker"})
+        assert st == Status.OK and any(e["type"] == "trade" for e in body), body
+    if k == 2:
+        st, body = src.eng({"op": "amend", "account": "b", "symbol": BTC, "client_order_id": "o1", "qty": "0.3"})
+        assert st == Status.OK, body
+    assert src.place(ETH, "a", "buy", "10")[0] == Status.OK  # the other symbol trades too
+
+
+def test_changes_between_pieces_arrive_exactly_and_never_two_owners():
+    src, dst = setup()
+    got = pieces(src, dst, between=trade)
+    assert len(got) >= 4 and sum(p["orders"] for p in got) >= 29
+    assert writable(src, "precopy") and not writable(dst, "precopy")
+    at_freeze = book(src)
+    a = src.ok(FREEZE)
+    meta = a["meta"]
+    assert meta["orders"] == len(at_freeze) and meta["pieces"] == len(got) and meta["ldigest"] == 1
+    assert meta["appended"] >= 2 and meta["removed"] >= 2 and meta["changed"] >= 1
+    assert not writable(src, "frozen") and not writable(dst, "frozen")
+    transfer(src, dst, "m1", meta, a["size"], a["sha256"])
+    assert book(dst) == at_freeze
+    assert not writable(dst, "imported")
+    dst.ok({"op": "mig_activate", "id": "m1"})
+    src.ok({"op": "mig_drop", "id": "m1"})
+    assert writable(dst, "active") and not writable(src, "active")
+    src.funds_ok()
+    dst.funds_ok()
+    # orders placed before and between the pieces are duplicates at the destination; a
+    # pre-copied order cancelled between pieces is not open there
+    for acct, coid in (("a", "new-0"), ("b", "o1"), ("a", "o3")):
+        st, body = dst.place(BTC, acct, "buy", "1", coid)
+        assert st == Status.OK and body[0]["duplicate"] is True, (coid, body)
+    assert not {"o15", "o17", "o23"} & {r[7] for r in book(dst)}
+    assert not src.svc.migrations.pieces and not dst.svc.migrations.pieces
+
+
+def test_every_piece_is_idempotent_and_out_of_order_pieces_are_refused():
+    src, dst = setup()
+    dst.ok({"op": "mig_prepare", "id": "m1", "symbol": BTC, "source": "p1", "epoch": 2})
+    h = src.svc.engine.state_hash()
+    p0 = src.ok({**PRE, "piece": 0})
+    assert src.ok({**PRE, "piece": 0}) == p0 and src.svc.engine.state_hash() == h
+    st, body = src.admin({**PRE, "piece": 2})
+    assert st == Status.ERROR and "piece 2 asked, 1 taken" in body["error"]
+    st, body = src.admin({**PRE, "piece": -1})
+    assert st == Status.ERROR
+    st, body = src.admin({**PRE, "piece": 1, "max_orders": 0})
+    assert st == Status.ERROR and "max_orders" in body["error"]
+    # a whole pre-copy of the same migration is refused now, and the other way round
+    st, body = src.admin({k: v for k, v in PRE.items() if k != "max_orders"})
+    assert st == Status.ERROR and "pre-copy" in body["error"], body
+    # the chunked export of a piece gives its inline bytes
+    chunk = src.ok({"op": "mig_export_chunk", "id": "m1", "offset": 0, "length": 65536, "part": "precopy",
+                    "piece": 0})
+    assert chunk["data"] == p0["data"]
+    st, body = dst.admin({"op": "mig_preimport", "id": "m1", "piece": 1, "size": 1, "sha256": "x"})
+    assert st == Status.ERROR and "piece 0 expected" in body["error"]
+    bad = {"op": "mig_preimport", "id": "m1", "piece": 0, "size": p0["size"], "sha256": "0" * 64,
+           "data": p0["data"]}
+    st, body = dst.admin(bad)
+    assert st == Status.ERROR and "send it again" in body["error"]
+    one = piece_in(dst, p0)
+    assert piece_in(dst, p0) == one  # a repeat
+    rest = pieces(src, dst, first=1)
+    at_freeze = book(src)
+    a = src.ok(FREEZE)
+    assert src.ok(FREEZE) == a and src.ok({**PRE, "piece": 0})["state"] == "frozen"
+    assert a["meta"]["pieces"] == 1 + len(rest)
+    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
+    hd = dst.svc.engine.state_hash()
+    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
+    assert dst.svc.engine.state_hash() == hd and book(dst) == at_freeze
+    dst.ok({"op": "mig_activate", "id": "m1"})
+    dst.funds_ok()
+
+
+def test_abort_between_pieces_and_after_the_freeze_leaves_the_source_exact():
+    src, dst = setup()
+    h = src.svc.engine.state_hash()
+    dst.ok({"op": "mig_prepare", "id": "m1", "symbol": BTC, "source": "p1", "epoch": 2})
+    for k in range(2):
+        piece_in(dst, src.ok({**PRE, "piece": k}))
+    assert src.svc.engine.state_hash() == h and src.svc.engine.symbols[BTC].dirty is not None
+    assert src.ok({"op": "mig_restore", "id": "m1"})["state"] == "released"
+    assert src.svc.engine.symbols[BTC].dirty is None and src.svc.owned[BTC] == 1
+    dst.ok({"op": "mig_discard", "id": "m1"})
+    assert writable(src, "released") and not src.svc.migrations.pieces and not dst.svc.migrations.pieces
+    src.funds_ok()
+    dst.funds_ok()
+
+    src, dst = setup()
+    pieces(src, dst, between=trade)
+    h, before = src.svc.engine.state_hash(), book(src)
+    a = src.ok(FREEZE)
+    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
+    dst.ok({"op": "mig_discard", "id": "m1"})
+    assert book(dst) == [] and not writable(dst, "discarded")
+    assert src.ok({"op": "mig_restore", "id": "m1"})["state"] == "restored"
+    assert src.svc.engine.state_hash() == h and book(src) == before
+    assert src.svc.owned[BTC] == 2 and writable(src, "restored")
+    src.funds_ok()
+    dst.funds_ok()
+
+
+def test_members_restarted_between_pieces_make_the_same_freeze():
+    """A source member restored from a snapshot taken between pieces has lost the marks of the
+    changed queues: it walks the whole book at the freeze and answers the same export as a member
+    that kept them; the destination restarted between pieces builds the rest on its pieces."""
+    src, dst = setup()
+    dst.ok({"op": "mig_prepare", "id": "m1", "symbol": BTC, "source": "p1", "epoch": 2})
+    for k in range(2):
+        piece_in(dst, src.ok({**PRE, "piece": k}))
+        trade(src, k)
+    twin = restarted(src)  # another member of the source, restarted here
+    dst = restarted(dst)
+    for p in (src, twin):
+        assert p.svc.migrations.pieces["m1"] and len(p.svc.migrations.pieces["m1"]) == 2
+    k = 2
+    while True:
+        pre = src.ok({**PRE, "piece": k})
+        assert twin.ok({**PRE, "piece": k}) == pre
+        piece_in(dst, pre)
+        if pre["last"]:
+            break
+        trade(src, k)
+        trade(twin, k)
+        k += 1
+    at_freeze = book(src)
+    a = src.ok(FREEZE)
+    assert twin.ok(FREEZE) == a  # same bytes (size, SHA-256) and meta from the whole walk
+    assert twin.svc.engine.state_hash() == src.svc.engine.state_hash()
+    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
+    assert book(dst) == at_freeze
+    dst.ok({"op": "mig_activate", "id": "m1"})
+    src.ok({"op": "mig_drop", "id": "m1"})
+    src.funds_ok()
+    dst.funds_ok()
