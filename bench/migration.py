@@ -19,6 +19,8 @@ coordinator/migration_timing.py: ms from the freeze sent) and the client's side 
 the machine's one monotonic clock. ``--repeat N`` migrates each size N times (back and forth).
 ``--no-precopy``: the coordinator copies the whole export after the freeze (no pre-copy while the
 symbol still trades), as before the pre-copy existed: for before/after runs in one window.
+``--precopy-piece-orders N``: the coordinator's pre-copy in pieces of about N orders (each its own
+log message at the source); 0: the whole pre-copy as one message (the mode before the pieces).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pyengine.engine.migration import (
     import_symbol,
     precopy_symbol,
 )
+from pyengine.engine.migration_pieces import Pieces, export_delta_pieces, extend_shadow, pieces_sha, take_piece
 
 ACCOUNTS = 30
 
@@ -66,6 +69,7 @@ def book(n: int) -> tuple[Engine, Engine]:
 
 
 CHANGES = 100  # orders placed between the pre-copy and the freeze
+PIECE = 2000  # orders per piece of the pre-copy (the coordinator's default)
 
 
 def measure(n: int, reps: int = 3) -> dict:
@@ -104,7 +108,38 @@ def measure(n: int, reps: int = 3) -> dict:
         import_delta(dst, shadow, sha, delta)
         keep("delta_import_ms", t)
         assert len(dst.orders) == n + CHANGES
-    return {"orders": n, **best, "bytes": len(blob), "precopy_bytes": len(base), "delta_bytes": len(delta)}
+        # the pre-copy in pieces of PIECE orders: the longest piece at the source and at the
+        # destination (each its own log message), then the freeze that walks the changed queues
+        src, dst = book(n)
+        pc = Pieces()
+        blobs: list[bytes] = []
+        shadow = None
+        worst = [0.0, 0.0]
+        while True:
+            t = time.process_time()
+            piece, pmeta = take_piece(src, "B", pc, PIECE)
+            worst[0] = max(worst[0], time.process_time() - t)
+            t = time.process_time()
+            shadow = extend_shadow(shadow, piece, dst.dedup_window)
+            worst[1] = max(worst[1], time.process_time() - t)
+            blobs.append(piece)
+            if pmeta["last"]:
+                break
+        best["piece_ms"] = min(best.get("piece_ms", float("inf")), worst[0] * 1000)
+        best["piece_build_ms"] = min(best.get("piece_build_ms", float("inf")), worst[1] * 1000)
+        for i in range(CHANGES):
+            src.apply({"op": "place", "account": f"a{i % ACCOUNTS}", "symbol": "B", "side": "buy", "price": "500",
+                       "qty": "1", "client_order_id": f"d{i}"}, 3)
+        psha = pieces_sha([hashlib.sha256(b).hexdigest() for b in blobs])
+        t = time.process_time()
+        pdelta, _meta = export_delta_pieces(src, "B", pc, psha)
+        keep("pieces_freeze_ms", t)
+        t = time.process_time()
+        import_delta(dst, shadow, psha, pdelta)
+        keep("pieces_import_ms", t)
+        assert len(dst.orders) == n + CHANGES
+    return {"orders": n, **best, "bytes": len(blob), "precopy_bytes": len(base), "delta_bytes": len(delta),
+            "pieces": len(blobs), "walked": pc.walked}
 
 
 class Sender(threading.Thread):
@@ -140,11 +175,14 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
-def up_2x3(prefix: str, chunk_bytes: int | None = None, precopy: bool = True) -> tuple[Any, Path]:
+def up_2x3(prefix: str, chunk_bytes: int | None = None, precopy: bool = True,
+           piece_orders: int | None = None, port_base: int = 30000) -> tuple[Any, Path]:
     """`matchctl up` of docs/examples/topology-2x3.json on free ports in a new temporary
     directory (relaxed Raft timing, as the integration tests): (the System, the directory).
     ``chunk_bytes``: the coordinator's migration chunk size (its default when None); ``precopy``
-    False: the coordinator's ``--no-migration-precopy``."""
+    False: the coordinator's ``--no-migration-precopy``; ``piece_orders``: its
+    ``--migration-precopy-piece-orders`` (its default when None); ``port_base``: the first port
+    tried for the partitions (free ones are taken from there on)."""
     from pyengine.node.localcluster import free_port_base
     from pyengine.node.settings import PORTS_PER_PARTITION
     from pyengine.ops.system import System
@@ -156,9 +194,11 @@ def up_2x3(prefix: str, chunk_bytes: int | None = None, precopy: bool = True) ->
         doc["coordinator"]["migration_chunk_bytes"] = chunk_bytes
     if not precopy:
         doc["coordinator"]["migration_precopy"] = False
+    if piece_orders is not None:
+        doc["coordinator"]["migration_precopy_piece_orders"] = piece_orders
     doc["settings"] = {"timeouts": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
                                     "election_timeout_ms": 300, "startup_canvass_timeout_ms": 4000}}
-    base = 30000
+    base = port_base
     for p in doc["partitions"]:
         base = free_port_base(base)
         p["port_base"] = base
@@ -201,13 +241,14 @@ def client_side(tracer: Tracer, probe: Sender, t0: float, to: str, base: float |
 
 
 def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None,
-            precopy: bool = True) -> tuple[list[dict], dict]:
+            precopy: bool = True, piece_orders: int | None = None,
+            port_base: int = 30000) -> tuple[list[dict], dict]:
     import httpx
 
     from pyengine.client.routed import RoutedClient
     from pyengine.wire.bulk import EV_ACCEPTED, BulkBuilder
 
-    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes, precopy)
+    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes, precopy, piece_orders, port_base)
     rows: list[dict] = []
     extra: dict = {}
     try:
@@ -302,6 +343,9 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None,
                     "eth_p50_during": pct(during, 0.5), "eth_p99_during": pct(during, 0.99),
                     "eth_samples_during": len(during), "probe_errors": probe.errors, "eth_errors": other.errors,
                     "timing": timing, "chunks": sum(1 for s in timing.get("steps", []) if s[0].startswith("import@")),
+                    "pieces": sum(1 for s in timing.get("steps", []) if s[0].startswith("precopy piece@")),
+                    "freeze_ms": next((round(s[2] - s[1], 1) for s in timing.get("steps", []) if s[0] == "freeze"),
+                                      None),
                     **client_side(tracer, probe, t0, to, timing.get("base_monotonic")),
                 })
                 print({k: v for k, v in rows[-1].items() if k != "timing"}, flush=True)
@@ -337,7 +381,8 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         f"`.venv/bin/python bench/migration.py --cluster --orders {' '.join(map(str, args.orders))}"
         f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}"
         f"{f' --chunk-bytes {args.chunk_bytes}' if args.chunk_bytes else ''}"
-        f"{' --no-precopy' if args.no_precopy else ''}` on "
+        f"{' --no-precopy' if args.no_precopy else ''}"
+        f"{'' if args.precopy_piece_orders is None else f' --precopy-piece-orders {args.precopy_piece_orders}'}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; engine {'compiled' if NATIVE else 'plain Python'}; "
         f"{os.cpu_count()} cores; load average before "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {extra.get('load_after', (0, 0, 0))[0]:.1f}"
@@ -355,17 +400,20 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         "it, and the symbol's accounts and finished orders; without one: the whole book).",
         "*Driver*: freeze acknowledged to activation acknowledged (then the route flip), as the coordinator",
         "recorded it (`pause_ms`); *activation at*: the activation's answer, ms from the freeze sent (`timing`).",
-        "ETH figures are per place+cancel pair, sequential.",
+        "ETH figures are per place+cancel pair, sequential. *Pieces*: the pre-copy's pieces (each one log",
+        "message at the source and one at the destination; 0: none, or the whole pre-copy as one message);",
+        "*freeze ms*: the freeze sent to answered (the source applying it, with the log's round trip).",
         "",
         "| resting orders | moved | client pause ms | longest BTC command ms | driver ms | activation at ms | "
-        "freeze export bytes | chunks | migration s | ETH p50 / p99 ms without | ETH p50 / p99 ms during |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "freeze export bytes | chunks | pieces | freeze ms | migration s | ETH p50 / p99 ms without | "
+        "ETH p50 / p99 ms during |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['orders']:,} | {r.get('moved')} | {r.get('client_pause_ms')} | {r['pause_ms']:.0f} | "
                      f"{r['driver_pause_ms']} | "
                      f"{(r.get('timing') or {}).get('activated_ms')} | {r.get('freeze_bytes') or 0:,} | "
-                     f"{r.get('chunks')} | {r['migration_s']:.1f} | "
+                     f"{r.get('chunks')} | {r.get('pieces')} | {r.get('freeze_ms')} | {r['migration_s']:.1f} | "
                      f"{r['eth_p50_without']:.0f} / {r['eth_p99_without']:.0f} | "
                      f"{r['eth_p50_during']:.0f} / {r['eth_p99_during']:.0f} ({r['eth_samples_during']} pairs) |")
     lines += ["", "Errors: " + ", ".join(f"{r['orders']:,}: BTC {r['probe_errors']}, ETH {r['eth_errors']}"
@@ -388,10 +436,15 @@ def main() -> int:
     p.add_argument("--chunk-bytes", type=int, help="with --cluster: the coordinator's migration chunk size")
     p.add_argument("--no-precopy", action="store_true",
                    help="with --cluster: the whole export copied after the freeze (no pre-copy)")
+    p.add_argument("--port-base", type=int, default=30000,
+                   help="with --cluster: the first port tried for the partitions (a range of your own)")
+    p.add_argument("--precopy-piece-orders", type=int,
+                   help="with --cluster: the coordinator's pre-copy piece size in orders (0: one message)")
     args = p.parse_args()
     load = os.getloadavg()
     if args.cluster:
-        crow, extra = cluster(args.orders, args.repeat, args.chunk_bytes, not args.no_precopy)
+        crow, extra = cluster(args.orders, args.repeat, args.chunk_bytes, not args.no_precopy,
+                              args.precopy_piece_orders, args.port_base)
         text = cluster_report(args, crow, load, extra)
         print(text)
         if args.report:
@@ -414,15 +467,21 @@ def main() -> int:
         "(what changed since) and its import (the pause's engine work). Not the pause a client sees: that",
         "adds the log round trips of the steps and the copy (docs/migration.md); in a cluster each of",
         "three members of each partition does this work.",
+        f"*Pieces*: the pre-copy in pieces of {PIECE:,} orders (whole queues); the longest piece at the source",
+        "and its build at the destination (each one log message: what another symbol may wait behind), then,",
+        f"after the same {CHANGES} orders, the freeze that walks only the changed queues and its import.",
         "",
         "| resting orders | whole: export ms | whole: import ms | whole bytes | pre-copy ms | build ms | "
-        "pre-copy bytes | pause: freeze ms | pause: import ms | freeze bytes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "pre-copy bytes | pause: freeze ms | pause: import ms | freeze bytes | pieces | longest piece ms | "
+        "longest piece build ms | pieces: freeze ms | pieces: import ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['orders']:,} | {r['export_ms']:.1f} | {r['import_ms']:.1f} | {r['bytes']:,} | "
                      f"{r['precopy_ms']:.1f} | {r['build_ms']:.1f} | {r['precopy_bytes']:,} | "
-                     f"{r['freeze_ms']:.1f} | {r['delta_import_ms']:.1f} | {r['delta_bytes']:,} |")
+                     f"{r['freeze_ms']:.1f} | {r['delta_import_ms']:.1f} | {r['delta_bytes']:,} | {r['pieces']} | "
+                     f"{r['piece_ms']:.1f} | {r['piece_build_ms']:.1f} | {r['pieces_freeze_ms']:.1f} | "
+                     f"{r['pieces_import_ms']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.report:

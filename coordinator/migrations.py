@@ -594,8 +594,11 @@ class Driver:
         if have["state"] != "prepared":
             return True
         got = len((have.get("precopy") or {}).get("pieces", []))
-        prog = self._progress[mid] = {"size": 0, "fetched": 0, "staged": 0, "chunks": 0, "pieces": 0,
-                                      "chunk_bytes": self.chunk_bytes, "imported": False, "part": "precopy"}
+        # ``size``: the whole pre-copy's bytes, known once its last piece is fetched (None before);
+        # ``chunks``: the pieces fetched so far, ``last``: the last one among them
+        prog = self._progress[mid] = {"size": None, "fetched": 0, "staged": 0, "chunks": 0, "pieces": 0,
+                                      "last": False, "chunk_bytes": self.chunk_bytes, "imported": False,
+                                      "part": "precopy"}
         k = 0
         while True:
             nxt = None
@@ -629,8 +632,15 @@ class Driver:
             raw = base64.b64decode(pre["data"])
         else:  # larger than one answer: fetched in chunks
             raw = self._fetch_piece(rec, size, k)
-        prog["size"] += size
         prog["fetched"] += size
+        prog["chunks"] += 1
+        if pre["last"]:
+            prog["last"] = True
+            prog["size"] = prog["fetched"]
+        if self.stage_delay_s:
+            log.warning("migration %s: pre-copy piece %d fetched; staging it in %.1f s "
+                        "(--migration-stage-delay-ms: for fault tests only)", mid, k, self.stage_delay_s)
+            self._stop.wait(self.stage_delay_s)
         imp = {"op": "mig_preimport", "id": mid, "piece": k, "size": size, "sha256": pre["sha256"]}
         stream = raw
         if self.compress:

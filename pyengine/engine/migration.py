@@ -117,42 +117,14 @@ def _mix(h: int, oid: int, side: int, price: int, qty: int, filled: int) -> int:
     return (h * _DIG_MUL + v) % _DIG_MOD
 
 
-def queue_digest(o: Order | None) -> tuple[int, int]:
-    """(orders, digest) of one queue from its head: ``_mix`` of each order from 0, in time
-    priority."""
-    n = 0
-    h = 0
-    while o is not None:
-        h = _mix(h, o.oid, o.side, o.price, o.qty, o.filled)
-        n += 1
-        o = o.nxt
-    return n, h
-
-
 def fold_level(h: int, key: int, n: int, qd: int) -> int:
     """One queue into a book's level digest (queues in priority order: bids best first, then asks
-    best first): its key (bids +price, asks -price), its order count and ``queue_digest``. A
+    best first): its key (bids +price, asks -price), its order count and its digest (``_mix`` of
+    its orders from 0, in time priority). A
     freeze after a pre-copy in pieces keeps each untouched queue's digest from its piece, so it
     folds the book without walking it (migration_pieces.py)."""
     v = (key % _DIG_MOD) * 5 + (n % _DIG_MOD) * 3 + qd
     return (h * _DIG_MUL + v) % _DIG_MOD
-
-
-def book_level_digest(sym: Symbol) -> tuple[int, int]:
-    """(orders, level digest) of the symbol's whole book (``fold_level`` of every queue)."""
-    n = 0
-    h = 0
-    keys = sym.bid_keys
-    for i in range(len(keys) - 1, -1, -1):
-        qn, qd = queue_digest(sym.bids[keys[i]].head)
-        h = fold_level(h, keys[i], qn, qd)
-        n += qn
-    keys = sym.ask_keys
-    for i in range(len(keys) - 1, -1, -1):
-        qn, qd = queue_digest(sym.asks[-keys[i]].head)
-        h = fold_level(h, keys[i], qn, qd)
-        n += qn
-    return n, h
 
 
 def baseline_of(blob: bytes) -> Baseline:
@@ -884,45 +856,71 @@ def _import_delta(eng: EngineState, shadow: EngineState, base_sha: str, blob: ob
         sorders[o3.key] = o3
         ssym.level_of(side, p).push(o3)
     # the composed book against the source's: count, digest, each account's holds
-    book = _book(ssym)
+    book, h = _composed(ssym, bool(meta.get("ldigest")))
     ix = {macc[i].name: i for i in range(len(macc))}
     held = [0] * (2 * len(macc))
     orders = eng.orders
-    h = 0
+    owner: list[int] = []  # each order's account, as its index in the export
     for o in book:
-        h = _mix(h, o.oid, o.side, o.price, o.qty, o.filled)
         ai = ix.get(o.acct.name)
         if ai is None:
             raise MigrationError(f"order {o.oid}'s account {o.acct.name} is not in the export")
+        owner.append(ai)
         held[2 * ai + o.side] += o.qty * o.unit
         if o.key in orders:
             raise MigrationError(f"order id {o.oid} is already open here")
-    if meta.get("ldigest"):  # a freeze after a pre-copy in pieces: the digest of its queues
-        n, h = book_level_digest(ssym)
-        if n != len(book):  # pragma: no cover - the same book walked twice
-            raise MigrationError("the composed book's levels do not add up")
     if len(book) != meta["orders"] or h != meta["digest"]:
         raise MigrationError("the book made of the pre-copy and the delta is not the source's")
     _check_holds(mini, src, held)
     # all checked: the symbol, its accounts and the shadow's book move into the engine
     sym = _take_symbol(eng, name, mini, src, cur)
     accts, conflicts, skipped, forgotten = _adopt_accounts(eng, mini, sym, cur)
-    conflicts += _adopt_book(eng, sym, ssym, book, [accts[ix[o.acct.name]] for o in book])
+    conflicts += _adopt_book(eng, sym, ssym, book, accts, owner)
     del shadow.symbols[name]
     return {**meta, "coid_conflicts": conflicts, "finished_skipped": skipped,
             "finished_forgotten": forgotten}
 
 
-def _adopt_book(eng: EngineState, sym: Symbol, ssym: Symbol, book: list[Order], owners: list[Account]) -> int:
+def _composed(sym: Symbol, by_level: bool) -> tuple[list[Order], int]:
+    """The book in priority order and its digest, in one walk: ``_mix`` of every order in
+    priority order, or (``by_level``: a freeze after a pre-copy in pieces) ``fold_level`` of
+    each queue's digest."""
+    out: list[Order] = []
+    h = 0
+    for keys, levels, sgn in ((sym.bid_keys, sym.bids, 1), (sym.ask_keys, sym.asks, -1)):
+        for i in range(len(keys) - 1, -1, -1):
+            o = levels[keys[i] * sgn].head
+            qd = 0
+            n = 0
+            while o is not None:
+                out.append(o)
+                if by_level:
+                    qd = _mix(qd, o.oid, o.side, o.price, o.qty, o.filled)
+                    n += 1
+                else:
+                    h = _mix(h, o.oid, o.side, o.price, o.qty, o.filled)
+                o = o.nxt
+            if by_level:
+                h = fold_level(h, keys[i], n, qd)
+    return out, h
+
+
+def _adopt_book(eng: EngineState, sym: Symbol, ssym: Symbol, book: list[Order], accts: list[Account],
+                owner: list[int]) -> int:
     """The shadow's checked ``book`` (``ssym``'s levels) as ``sym``'s, each order now of its
-    account here (``owners``, one per order); returns the client order id conflicts."""
+    account here (``accts[owner[i]]``); returns the client order id conflicts."""
     orders = eng.orders
     conflicts = 0
+    # per account here: its client order id index, quote and base balances (looked up once)
+    cells: list[tuple[dict[str, Order], Bal, Bal] | None] = [None] * len(accts)
     for i in range(len(book)):
         o = book[i]
-        acct = owners[i]
-        q = acct.bal[sym.quote]
-        b = acct.bal[sym.base]
+        ai = owner[i]
+        acct = accts[ai]
+        cell = cells[ai]
+        if cell is None:
+            cell = cells[ai] = (acct.coid_index(), acct.bal[sym.quote], acct.bal[sym.base])
+        idx, q, b = cell
         o.acct = acct
         o.sym = sym
         if o.side == BUY:
@@ -934,7 +932,6 @@ def _adopt_book(eng: EngineState, sym: Symbol, ssym: Symbol, book: list[Order], 
         acct.open[key] = o
         coid = o.coid
         if coid is not None:
-            idx = acct.coid_index()
             prev = idx.get(coid)
             if prev is not None and prev is not o and prev.status == OPEN:
                 conflicts += 1
