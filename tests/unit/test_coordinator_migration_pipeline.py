@@ -136,6 +136,29 @@ def test_precopy_in_pieces_moves_the_book_with_trading_between_pieces(piped):
     funds_ok(parts)
 
 
+def test_a_deep_queue_is_one_large_piece_fetched_and_staged_in_chunks(system):  # noqa: F811
+    """A queue is never split: 4,000 bids at one price make one piece larger than an answer
+    holds (64 KiB), fetched from the source and staged at the destination in chunks."""
+    store, _t, parts, _path = system
+    for i in range(4000):
+        st, body = parts["p1"].place(BTC, "abc"[i % 3], "buy", "70", f"deep{i}")
+        assert st == 0, body
+    before = book(parts["p1"])
+    transport = PipeTransport(parts)
+    try:
+        d = Driver(store, transport, chunk_bytes=4096, piece_orders=100)
+        rec = d.start(BTC, "p2", "m1", wait=True)
+    finally:
+        transport.close()
+    assert rec["state"] == "done", rec
+    assert book(parts["p2"]) == before and book(parts["p1"]) == []
+    names = [s[0] for s in rec["info"]["timing"]["steps"]]
+    assert sum(n.startswith("precopy export@") for n in names) > 16  # > 64 KiB in 4 KiB chunks
+    assert sum(n.startswith("precopy import@") for n in names) >= 2
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+
+
 def test_a_lost_chunk_makes_the_copy_go_on_step_by_step(piped):
     store, transport, parts = piped
     before = book(parts["p1"])
