@@ -46,7 +46,14 @@ from pyengine.engine.migration import (
     import_symbol,
     precopy_symbol,
 )
-from pyengine.engine.migration_pieces import Pieces, export_delta_pieces, extend_shadow, pieces_sha, take_piece
+from pyengine.engine.migration_pieces import (
+    Pieces,
+    export_delta_pieces,
+    extend_shadow,
+    pieces_sha,
+    take_out,
+    take_piece,
+)
 
 ACCOUNTS = 30
 
@@ -138,6 +145,16 @@ def measure(n: int, reps: int = 3) -> dict:
         import_delta(dst, shadow, psha, pdelta)
         keep("pieces_import_ms", t)
         assert len(dst.orders) == n + CHANGES
+        # of that freeze: taking the orders out of the engine (the one walk of the whole book it
+        # still makes), timed alone on a book of the same size after its pieces
+        src, _dst = book(n)
+        pc2 = Pieces()
+        while not take_piece(src, "B", pc2, PIECE)[1]["last"]:
+            pass
+        accts = [src.accounts[a] for a in sorted(pc2.held)]
+        t = time.process_time()
+        take_out(src, src.symbols["B"], accts, pc2)
+        keep("take_out_ms", t)
     return {"orders": n, **best, "bytes": len(blob), "precopy_bytes": len(base), "delta_bytes": len(delta),
             "pieces": len(blobs), "walked": pc.walked}
 
@@ -469,18 +486,20 @@ def main() -> int:
         "three members of each partition does this work.",
         f"*Pieces*: the pre-copy in pieces of {PIECE:,} orders (whole queues); the longest piece at the source",
         "and its build at the destination (each one log message: what another symbol may wait behind), then,",
-        f"after the same {CHANGES} orders, the freeze that walks only the changed queues and its import.",
+        f"after the same {CHANGES} orders, the freeze that walks only the changed queues and its import;",
+        "*take-out*: the part of that freeze that takes the orders out of the engine (timed alone).",
         "",
         "| resting orders | whole: export ms | whole: import ms | whole bytes | pre-copy ms | build ms | "
         "pre-copy bytes | pause: freeze ms | pause: import ms | freeze bytes | pieces | longest piece ms | "
-        "longest piece build ms | pieces: freeze ms | pieces: import ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "longest piece build ms | pieces: freeze ms | of which take-out ms | pieces: import ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['orders']:,} | {r['export_ms']:.1f} | {r['import_ms']:.1f} | {r['bytes']:,} | "
                      f"{r['precopy_ms']:.1f} | {r['build_ms']:.1f} | {r['precopy_bytes']:,} | "
                      f"{r['freeze_ms']:.1f} | {r['delta_import_ms']:.1f} | {r['delta_bytes']:,} | {r['pieces']} | "
                      f"{r['piece_ms']:.1f} | {r['piece_build_ms']:.1f} | {r['pieces_freeze_ms']:.1f} | "
+                     f"{r['take_out_ms']:.1f} | "
                      f"{r['pieces_import_ms']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)

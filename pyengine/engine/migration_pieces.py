@@ -435,7 +435,7 @@ def _export_delta_pieces(eng: EngineState, name: str, sym: Symbol, pc: Pieces,
         "changed": len(d.ch_oid), "digest": h, "ldigest": 1, "pieces": pc.count,
     })
     pc.walked = d.walked
-    _take_out(eng, sym, accts[:with_orders], pc)
+    take_out(eng, sym, accts[:with_orders], pc)
     blob = export_blob(mini, sym, name, meta, book_b, DELTA_VERSION)
     sym.bids = {}
     sym.asks = {}
@@ -444,7 +444,7 @@ def _export_delta_pieces(eng: EngineState, name: str, sym: Symbol, pc: Pieces,
     return blob, meta
 
 
-def _take_out(eng: EngineState, sym: Symbol, accts: list[Account], pc: Pieces) -> None:
+def take_out(eng: EngineState, sym: Symbol, accts: list[Account], pc: Pieces) -> None:
     """The book leaves the engine's and its accounts' open orders and the client order id
     index (one walk of its orders, the only one in the freeze); its holds leave per account."""
     for a in accts:
