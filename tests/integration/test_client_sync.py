@@ -64,3 +64,41 @@ def test_a_sync_request_across_a_leader_kill_is_applied_once(make_cluster, make_
     balance = client.request({"op": "balances", "account": "carol"}, timeout=30).events[0]["balances"]["USDT"]
     assert balance["available"] == "5", balance  # once, not twice
     assert client.pending_count() == 0
+
+
+def test_closing_the_client_ends_a_waiting_request_with_a_client_error(make_cluster, make_client):
+    import signal
+    import time
+
+    from pyengine.client.match_client import ClientError
+
+    cluster = make_cluster()
+    cluster.await_leader(60)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30)
+    setup_market(client)
+    for member in range(3):
+        cluster.kill(member, signal.SIGSTOP)  # nobody answers; resumed below for the cleanup
+    try:
+        outcome: list = []
+
+        def wait() -> None:
+            try:
+                client.request({"op": "book", "symbol": SYMBOL, "depth": 1}, timeout=60)
+                outcome.append("answered")
+            except Exception as exc:  # noqa: BLE001 - the test looks at which
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(1.0)
+        assert waiter.is_alive()  # still waiting for the answer
+        started = time.monotonic()
+        client.close()
+        waiter.join(20)
+        assert not waiter.is_alive()
+        assert time.monotonic() - started < 15
+        assert len(outcome) == 1 and isinstance(outcome[0], ClientError), outcome
+    finally:
+        for member in range(3):
+            cluster.kill(member, signal.SIGCONT)
