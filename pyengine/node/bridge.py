@@ -26,6 +26,7 @@ from jpype import JImplements, JOverride
 
 from pyengine.jvm import TRACE, trace
 from pyengine.node.metrics import MessageTimer
+from pyengine.node.procs import since_process_start_ms
 from pyengine.service.matching import MatchingService
 from pyengine.wire import protocol
 from pyengine.wire.protocol import Answer
@@ -80,6 +81,9 @@ class ServiceBridge:
             # Re-raised as a Java exception so its text reaches MatchService, which halts the
             # member with it: a member must never serve from a partial state.
             raise jpype.JClass("java.lang.IllegalStateException")(f"{type(exc).__name__}: {exc}") from exc
+        # a start phase as the Java side logs them (StartPhases.java): bench/member_start.py
+        # tells the snapshot's decode apart from the election's replay by it
+        log.info("start: service restored (+%.0f ms since process start)", since_process_start_ms())
 
     @JOverride
     def onSessionMessage(self, session_id, timestamp, position, length) -> int:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from pyengine import jvm
-from pyengine.node.procs import pid_alive, restart_self
+from pyengine.node.procs import pid_alive, restart_self, since_process_start_ms
 from pyengine.node.settings import ClusterLayout, ConfigError
 
 log = logging.getLogger("matchx.node")
@@ -51,17 +51,6 @@ def clear_stale_mark_files(member_dir: Path) -> None:
     for name in MARK_FILES:
         (member_dir / name).unlink(missing_ok=True)
     status.unlink(missing_ok=True)
-
-
-def since_process_start_ms() -> float:
-    """Milliseconds since this OS process started (Linux /proc; -1 elsewhere): the member's
-    start-phase log lines carry it, as the Java side's do (StartPhases.java)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return -1.0
-    return (uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000
 
 
 def run_member(layout: ClusterLayout, member_id: int) -> int:

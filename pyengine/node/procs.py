@@ -50,3 +50,14 @@ def restart_self(reason: str) -> None:
     sys.stderr.flush()
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     os.execv(sys.executable, sys.orig_argv)
+
+
+def since_process_start_ms() -> float:
+    """Milliseconds since this OS process started (Linux /proc; -1 elsewhere): the member's
+    start-phase log lines carry it, as the Java side's do (StartPhases.java)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+    return (uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000

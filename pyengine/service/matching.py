@@ -213,6 +213,8 @@ class MatchingService:
         self._session = 0  # the session of the log message being applied
         self.counters = ServiceCounters()  # for /metrics; output only, never read back
         self._warm_pending = False  # a restore whose snapshot cache is still cold (on_start)
+        # the last restore's time per section (ms), for its log line
+        self.restore_ms: dict[str, float] = {"engine": 0.0, "replies": 0.0}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -229,9 +231,9 @@ class MatchingService:
             # goes on, and not for that
             self.restore(snapshot, warm=False)  # freezes what it restored out of GC (see restore)
             self._warm_pending = True
-            log.info("member %d restored a snapshot of %d bytes in %.2f s (%d resting orders)",
-                     member_id, len(snapshot), time.perf_counter() - started,
-                     len(self.engine.orders))
+            log.info("member %d restored a snapshot of %d bytes in %.2f s (%d resting orders): "
+                     "engine %.0f ms, replies %.0f ms", member_id, len(snapshot), time.perf_counter() - started,
+                     len(self.engine.orders), self.restore_ms["engine"], self.restore_ms["replies"])
         log.info("member %d service started (applied=%d, engine %s)", member_id, self.applied,
                  "compiled" if engine_pkg.NATIVE else "plain Python")
 
@@ -640,7 +642,9 @@ class MatchingService:
     def _restore_sections(self, buf: memoryview, off: int, engine_len: int, applied: int,
                           position: int, chain: bytes, version: int = SNAPSHOT_VERSION) -> None:
         try:
+            t0 = time.perf_counter()
             engine = Engine.restore(bytes(buf[off : off + engine_len]))
+            t1 = time.perf_counter()
             off += engine_len
             (routing_len,) = _U64.unpack_from(buf, off)
             off += 8
@@ -663,7 +667,9 @@ class MatchingService:
                     raise ServiceSnapshotError("market data section runs past the snapshot end")
                 market = MarketData.decode(bytes(buf[off : off + market_len]), engine)
                 off += market_len
+            t2 = time.perf_counter()
             replies = ReplyCache.decode(buf[off:], self.replies.window, self.replies.max_bytes)
+            self.restore_ms = {"engine": (t1 - t0) * 1000, "replies": (time.perf_counter() - t2) * 1000}
         except ServiceSnapshotError:
             raise
         except SnapshotError as exc:  # the engine's: names what it cannot read (e.g. a version)
