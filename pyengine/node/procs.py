@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("matchx.node")
@@ -54,10 +55,15 @@ def restart_self(reason: str) -> None:
 
 def since_process_start_ms() -> float:
     """Milliseconds since this OS process started (Linux /proc; -1 elsewhere): the member's
-    start-phase log lines carry it, as the Java side's do (StartPhases.java)."""
+    start-phase log lines carry it, as the Java side's do (StartPhases.java). Computed as the JDK
+    computes ``ProcessHandle.info().startInstant()`` (boot time from /proc/stat, whole seconds,
+    plus the process's start ticks, against the wall clock), so that the Python and Java lines of
+    one start share a clock: from /proc/uptime instead they differed by a constant of up to 1 s
+    (the boot time's rounding), which put "service restored" before "snapshot read"."""
     try:
         start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
         return -1.0
-    return (uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000
+    return time.time() * 1000 - (btime * 1000 + start_ticks * 1000 // os.sysconf("SC_CLK_TCK"))
