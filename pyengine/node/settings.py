@@ -20,7 +20,7 @@ PORTS_PER_PARTITION = 100
 
 # As MemberSettings.java; why these values: docs/operations.md, "Snapshots and recovery"
 DEFAULT_SNAPSHOT_INTERVAL_S = 30
-DEFAULT_SNAPSHOT_LOG_BYTES = 8 << 20
+DEFAULT_SNAPSHOT_LOG_BYTES = 2 << 20
 DEFAULT_SNAPSHOT_TERM_LENGTH = 16 << 20
 DEFAULT_SNAPSHOT_MTU = 0
 

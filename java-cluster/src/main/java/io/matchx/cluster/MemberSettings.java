@@ -26,7 +26,7 @@ public final class MemberSettings
      */
     static final int DEFAULT_MAX_CONCURRENT_SESSIONS = 100;
     /** ... and whenever the log has grown this much since the last one (docs/operations.md). */
-    static final long DEFAULT_SNAPSHOT_LOG_BYTES = 8L << 20;
+    static final long DEFAULT_SNAPSHOT_LOG_BYTES = 2L << 20;
     /**
      * Term length of the service's snapshot publication (an IPC channel of its own). The driver's
      * IPC default (term.length, 1 MB) lets the service run only half a term (512 KB) ahead of the
