@@ -85,6 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"orders per piece of a migration's pre-copy, each piece one log message at the "
                    f"source (the source's other symbols wait behind one piece, not the whole book), "
                    f"0..{MAX_PIECE_ORDERS} (default {PIECE_ORDERS}); 0: the whole pre-copy as one message")
+    p.add_argument("--migration-precopy-piece-pause-ms", type=int, default=0,
+                   help="wait this long between two pieces of a migration's pre-copy, 0..10000 (default 0: "
+                   "the next piece is asked for while the last goes in); spreads the copy's CPU out on "
+                   "machines whose cores the partitions share")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -96,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not MIN_CHUNK <= args.migration_chunk_bytes <= MAX_CHUNK:
         p.error(f"--migration-chunk-bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {args.migration_chunk_bytes}")
+    if not 0 <= args.migration_precopy_piece_pause_ms <= 10_000:
+        p.error("--migration-precopy-piece-pause-ms must be in [0, 10000], "
+                f"got {args.migration_precopy_piece_pause_ms}")
     if not 0 <= args.migration_precopy_piece_orders <= MAX_PIECE_ORDERS:
         p.error(f"--migration-precopy-piece-orders must be in [0, {MAX_PIECE_ORDERS}], "
                 f"got {args.migration_precopy_piece_orders}")
@@ -154,7 +161,8 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
                   stage_delay_s=args.migration_stage_delay_ms / 1000,
                   step_hold_s=args.migration_step_hold_ms / 1000,
                   precopy=args.migration_precopy,
-                  piece_orders=args.migration_precopy_piece_orders), transport
+                  piece_orders=args.migration_precopy_piece_orders,
+                  piece_pause_s=args.migration_precopy_piece_pause_ms / 1000), transport
 
 
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:

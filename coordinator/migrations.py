@@ -230,6 +230,7 @@ class Driver:
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
                  chunk_bytes: int = CHUNK, compress: bool = True, stage_delay_s: float = 0.0,
                  step_hold_s: float = 0.0, precopy: bool = True, piece_orders: int = PIECE_ORDERS,
+                 piece_pause_s: float = 0.0,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
             raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
@@ -259,6 +260,12 @@ class Driver:
         if not 0 <= piece_orders <= MAX_PIECE_ORDERS:
             raise ValueError(f"piece_orders must be in [0, {MAX_PIECE_ORDERS}], got {piece_orders}")
         self.piece_orders = piece_orders
+        # a wait between two pieces of the pre-copy (0: none, the next piece is asked for while
+        # the last goes in): on a machine whose cores the partitions share, the copy's CPU is
+        # then spread out instead of taken from the other symbols all at once
+        if not 0 <= piece_pause_s <= 10:
+            raise ValueError(f"piece_pause_s must be in [0, 10], got {piece_pause_s}")
+        self.piece_pause_s = piece_pause_s
         # the copy's progress per live migration, in memory only (a durable write per chunk would
         # lengthen the pause): what GET /v1/migrations/{id} shows as "progress"
         self._progress: dict[str, dict[str, Any]] = {}
@@ -602,7 +609,9 @@ class Driver:
         k = 0
         while True:
             nxt = None
-            if not pre["last"]:  # the next piece taken at the source while this one goes in
+            if self.piece_pause_s and k > 0:
+                self._stop.wait(self.piece_pause_s)
+            if not pre["last"] and not self.piece_pause_s:  # the next piece taken while this one goes in
                 nxt = self._submit(rec, src, {**ask, "piece": k + 1}, f"precopy piece@{k + 1}")
             if k >= got:
                 self._piece_in(rec, pre, k, prog)

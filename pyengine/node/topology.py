@@ -111,6 +111,8 @@ class CoordinatorSpec:
     # the coordinator's --migration-precopy-piece-orders: orders per piece of the pre-copy
     # (each its own log message); 0: the whole pre-copy as one message; None: its default
     migration_precopy_piece_orders: int | None = None
+    # the coordinator's --migration-precopy-piece-pause-ms (0: none)
+    migration_precopy_piece_pause_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,8 @@ class Topology:
             doc["migration_precopy"] = False
         if c.migration_precopy_piece_orders is not None:
             doc["migration_precopy_piece_orders"] = c.migration_precopy_piece_orders
+        if c.migration_precopy_piece_pause_ms:
+            doc["migration_precopy_piece_pause_ms"] = c.migration_precopy_piece_pause_ms
         return doc
 
     def coordinator_document(self) -> dict:
@@ -412,7 +416,7 @@ def _coordinator(d: Any) -> CoordinatorSpec:
         raise TopologyError("coordinator must be an object {host, port, db}")
     _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms",
                                       "migration_step_hold_ms", "migration_precopy",
-                                      "migration_precopy_piece_orders"))
+                                      "migration_precopy_piece_orders", "migration_precopy_piece_pause_ms"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
@@ -431,7 +435,9 @@ def _coordinator(d: Any) -> CoordinatorSpec:
     pieces = d.get("migration_precopy_piece_orders")
     if pieces is not None:  # the bounds of coordinator/migrations.py (0 .. MAX_PIECE_ORDERS)
         pieces = _int(pieces, "coordinator.migration_precopy_piece_orders", 0, 100_000)
-    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy, pieces)
+    pause = _int(d.get("migration_precopy_piece_pause_ms", 0), "coordinator.migration_precopy_piece_pause_ms",
+                 0, 10_000)
+    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy, pieces, pause)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

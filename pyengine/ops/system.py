@@ -281,6 +281,8 @@ class System:
             cmd += ["--no-migration-precopy"]
         if topo.coordinator.migration_precopy_piece_orders is not None:
             cmd += ["--migration-precopy-piece-orders", str(topo.coordinator.migration_precopy_piece_orders)]
+        if topo.coordinator.migration_precopy_piece_pause_ms:
+            cmd += ["--migration-precopy-piece-pause-ms", str(topo.coordinator.migration_precopy_piece_pause_ms)]
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())

@@ -136,6 +136,23 @@ def test_precopy_in_pieces_moves_the_book_with_trading_between_pieces(piped):
     funds_ok(parts)
 
 
+def test_pieces_with_a_pause_between_them_go_one_after_the_other(piped):
+    """``piece_pause_s``: no piece is asked for before the last one went in (no pipelining of
+    the pieces), and the book moves as without the pause."""
+    store, transport, parts = piped
+    before = book(parts["p1"])
+    d = Driver(store, transport, chunk_bytes=4096, piece_orders=40, piece_pause_s=0.001)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert book(parts["p2"]) == before
+    ops = [op for op in transport.submitted if op in ("mig_precopy", "mig_preimport")]
+    assert len(ops) >= 8 and ops == ["mig_precopy", "mig_preimport"] * (len(ops) // 2), ops
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+    with pytest.raises(ValueError, match="piece_pause_s"):
+        Driver(store, transport, piece_pause_s=11)
+
+
 def test_a_deep_queue_is_one_large_piece_fetched_and_staged_in_chunks(system):  # noqa: F811
     """A queue is never split: 4,000 bids at one price make one piece larger than an answer
     holds (64 KiB), fetched from the source and staged at the destination in chunks."""

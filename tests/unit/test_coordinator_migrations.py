@@ -575,3 +575,18 @@ def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refuse
         parse_args(["--migration-precopy-piece-orders", "-3"])
     with pytest.raises(ValueError, match="piece_orders"):
         Driver(CoordinatorStore(tmp_path / "c.db"), None, piece_orders=200_000)  # type: ignore[arg-type]
+    # the wait between pieces: 0 (none) by default, written out only when set, bounded
+    pkey = "migration_precopy_piece_pause_ms"
+    doc["coordinator"].pop(key)
+    assert Topology.from_dict(doc).coordinator.migration_precopy_piece_pause_ms == 0
+    doc["coordinator"][pkey] = 50
+    topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
+    assert topo.coordinator.migration_precopy_piece_pause_ms == 50
+    for bad in (-1, 10_001, "50"):
+        doc["coordinator"][pkey] = bad
+        with pytest.raises(TopologyError, match=pkey):
+            Topology.from_dict(doc)
+    assert parse_args([]).migration_precopy_piece_pause_ms == 0
+    assert parse_args(["--migration-precopy-piece-pause-ms", "50"]).migration_precopy_piece_pause_ms == 50
+    with pytest.raises(SystemExit):
+        parse_args(["--migration-precopy-piece-pause-ms", "20000"])
