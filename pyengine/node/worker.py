@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -231,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"system directory (default {DEFAULT_SYSTEM_DIR})")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    # SIGHUP restarts this process in place (docs/operations.md). A parent that ignores it
+    # (nohup, some supervisors) passes the ignore on, and the JVM then leaves SIGHUP ignored
+    # rather than install its handler: the restart would silently do nothing.
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s {args.worker_id} %(threadName)s %(name)s %(levelname)s %(message)s",

@@ -119,19 +119,27 @@ def test_rolling_restart_restarts_every_member_and_loses_nothing(make_cluster, m
     assert balances[0]["balances"]["USDT"]["available"] == "40", balances  # every deposit applied once
 
 
-def test_sighup_restarts_a_member_in_place(make_cluster, make_client):
+@pytest.mark.parametrize("parent_ignores_sighup", [False, True], ids=["plain", "nohup"])
+def test_sighup_restarts_a_member_in_place(make_cluster, make_client, parent_ignores_sighup):
     """SIGHUP starts a member's process again from its own command line: the path a member takes
     on its own when Aeron leaves its log join waiting forever (java-cluster JoinDeadlock.java,
     bench/reports/stuck_election.md). The same pid, the JVM's sockets released (the new driver
     binds the same ports), back in step from its snapshot and log, and it applies what follows:
-    its state hash equals the others' at one log position."""
+    its state hash equals the others' at one log position. `nohup`: the cluster started by a
+    parent that ignores SIGHUP (as `nohup matchctl cluster up` does), which the members inherit
+    and the JVM would keep."""
     import os
     import signal
 
     from pyengine.ops.members import IN_STEP
     from tests.integration.test_cluster_failover import hashes_at_one_position, order, setup_market
 
-    cluster = make_cluster()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if parent_ignores_sighup else None
+    try:
+        cluster = make_cluster()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
     leader = cluster.await_leader(60)
     cluster.await_followers(2, 60)
     follower = next(m for m in range(3) if m != leader)

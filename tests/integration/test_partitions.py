@@ -169,12 +169,17 @@ def test_sighup_restarts_a_worker_with_its_members(topology_doc, make_system, ma
     """SIGHUP starts a worker's process again in place with all its members: the path a worker
     takes on its own when one of its members' log join waits forever (java-cluster
     JoinDeadlock.java). Same pid, each member back in step, both partitions trade on, and every
-    member of each agrees on the state hash."""
+    member of each agrees on the state hash. The system is started by a parent that ignores
+    SIGHUP (as `nohup matchctl up` does): the workers inherit that, and the JVM would keep it."""
     import os
 
     from pyengine.ops.members import IN_STEP
 
-    system = make_system(topology_doc)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        system = make_system(topology_doc)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     client = make_routed_client(system.coordinator_url)
     fund_and_cross(client, "ETH-USDT", "h1", price="3000.00", qty="1")
     fund_and_cross(client, "SOL-USDT", "h1", price="150.000", qty="1")

@@ -1,6 +1,11 @@
 package io.matchx.cluster;
 
+import io.aeron.cluster.client.ClusterException;
+import org.agrona.ErrorHandler;
+
 import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
 
 /**
  * Recognises a member whose consensus module and service wait for each other forever when the
@@ -28,6 +33,20 @@ final class JoinDeadlock
     static final long SUSPECT_AFTER_MS = 5_000;
     /** Both waits seen without a break this long before the process is restarted. */
     static final long RESTART_AFTER_MS = 10_000;
+    /**
+     * What Aeron's service throws when it will not join a new log (ClusteredServiceAgent.joinActiveLog):
+     * it then never acknowledges the join, so its consensus module waits in awaitServicesReady for good.
+     */
+    static final String JOIN_REFUSAL = "Cluster log must be contiguous";
+    /** How long a refusal stays a reason to restart while the consensus module is not (yet) seen waiting. */
+    static final long REFUSAL_VALID_MS = 30_000;
+    static final long REFUSAL_SAMPLE_EVERY_MS = 50;
+
+    /** Members whose service refused a log join, by {@link #key}: when (ms, the nanoTime clock). */
+    private static final ConcurrentHashMap<Long, Long> REFUSED_AT_MS = new ConcurrentHashMap<>();
+
+    private final long key;
+    private long lastRefusalSampleMs = -1;
     static final long SAMPLE_EVERY_MS = 1_000;
 
     private final String consensusThread;
@@ -42,9 +61,85 @@ final class JoinDeadlock
     {
         // Aeron's default agent names: ConsensusModule.Context.agentRoleName and
         // ClusteredServiceContainer.Context.serviceName
+        this.key = key(clusterId, memberId);
         this.consensusThread = "consensus-module-" + clusterId + "-" + memberId;
         this.servicePrefix = "clustered-service-" + clusterId + "-";
         this.logPrefix = logPrefix;
+    }
+
+    static long key(final int clusterId, final int memberId)
+    {
+        return ((long)clusterId << 32) | (memberId & 0xFFFF_FFFFL);
+    }
+
+    static boolean isJoinRefusal(final Throwable ex)
+    {
+        return ex instanceof ClusterException && null != ex.getMessage() && ex.getMessage().contains(JOIN_REFUSAL);
+    }
+
+    /**
+     * The member's error handler, noting its service's refusals to join a log for {@link #check}: without
+     * this the member waited {@link #SUSPECT_AFTER_MS} + {@link #RESTART_AFTER_MS} before restarting, and
+     * when it was the new leader its partition had no leader for those ~15 s (seen in a quiet run of
+     * bench/auth_revocation.py, 7 Dec 15:42 UTC: "expectedPosition=1818304 joinPosition=1818400").
+     */
+    static ErrorHandler noticingJoinRefusals(final int clusterId, final int memberId, final ErrorHandler delegate)
+    {
+        final long key = key(clusterId, memberId);
+        return (ex) ->
+        {
+            if (isJoinRefusal(ex))
+            {
+                REFUSED_AT_MS.put(key, TimeUnit.NANOSECONDS.toMillis(System.nanoTime()));
+            }
+            delegate.onError(ex);
+        };
+    }
+
+    /**
+     * Whether to restart now for a refused join: the service refused within {@link #REFUSAL_VALID_MS}
+     * and the consensus module is inside the wait that only the refused acknowledgement would end.
+     */
+    static boolean refusedJoinDeadlock(final Long refusedAtMs, final long nowMs, final StackTraceElement[] consensus)
+    {
+        return null != refusedAtMs && nowMs - refusedAtMs <= REFUSAL_VALID_MS &&
+            has(consensus, "io.aeron.cluster.ConsensusModuleAgent", "awaitServicesReady");
+    }
+
+    private boolean restartIfJoinRefused(final long nowMs)
+    {
+        final Long refusedAtMs = REFUSED_AT_MS.get(key);
+        if (null == refusedAtMs || (lastRefusalSampleMs >= 0 && nowMs - lastRefusalSampleMs < REFUSAL_SAMPLE_EVERY_MS))
+        {
+            return false;
+        }
+        lastRefusalSampleMs = nowMs;
+        if (nowMs - refusedAtMs > REFUSAL_VALID_MS)
+        {
+            REFUSED_AT_MS.remove(key, refusedAtMs);
+            return false;
+        }
+        StackTraceElement[] consensus = null;
+        for (final Map.Entry<Thread, StackTraceElement[]> e : Thread.getAllStackTraces().entrySet())
+        {
+            if (e.getKey().getName().equals(consensusThread))
+            {
+                consensus = e.getValue();
+            }
+        }
+        if (!refusedJoinDeadlock(refusedAtMs, nowMs, consensus))
+        {
+            return false;
+        }
+        reported = true;
+        REFUSED_AT_MS.remove(key);
+        System.err.println(logPrefix + " ERROR join refused: the service would not join the new log (" +
+            JOIN_REFUSAL + ", " + (nowMs - refusedAtMs) + " ms ago) and the consensus module waits for its " +
+            "acknowledgement without a deadline. Restarting this process (snapshot and log replay).\n" +
+            logPrefix + " consensus module: " + format(consensus, 12));
+        System.err.flush();
+        ShutdownLatch.restart("join refused by the service of " + consensusThread);
+        return true;
     }
 
     /**
@@ -52,7 +147,7 @@ final class JoinDeadlock
      */
     void check(final long nowMs, final long unchangedMs, final String state)
     {
-        if (reported)
+        if (reported || restartIfJoinRefused(nowMs))
         {
             return;
         }

@@ -149,6 +149,26 @@ public final class MemberNode implements AutoCloseable
     }
 
     /**
+     * The driver's housekeeping tick (Aeron's default 1 s), on which it changes the states of images
+     * and closes what is no longer used. An election's INIT closes the follower's subscription to the
+     * old leader's log and waits until the driver has released its socket (Election.init,
+     * awaitLocalSocketsClosed: the thread stacks of a 2x3 system's failovers showed the consensus
+     * module there). At Aeron's defaults 11 of 64 INIT steps of the failover rounds of
+     * bench/auth_revocation.py took 1.0-1.9 s; with these two settings none of 103 took over 0.5 s
+     * (bench/reports/auth_revocation_driver_timer.md, docs/operations.md "Settings").
+     */
+    static final long DRIVER_TIMER_INTERVAL_MS = 20;
+
+    /**
+     * A receiver's longest interval between status messages (Aeron's default 200 ms); a removed image
+     * drains for five of them before it lingers and lets its endpoint close (PublicationImage,
+     * SM_EOS_MULTIPLE). Not lower: each idle image then sends a status message every interval, and
+     * at 20 ms an idle member used ~1 point more of a core (17.7 against 16.6 %,
+     * bench/reports/idle_cpu_status_message_20ms.md).
+     */
+    static final long STATUS_MESSAGE_TIMEOUT_MS = 50;
+
+    /**
      * A media driver for one member, or for all members a worker hosts: SHARED threading, backing-off
      * idle, sparse term files, its directory deleted on start and on shutdown (it is scratch), and
      * new publications' SETUP repeated every {@code setupRepeatMs} ({@link SetupRepeat}).
@@ -168,6 +188,8 @@ public final class MemberNode implements AutoCloseable
             .threadingMode(ThreadingMode.SHARED)
             .sharedIdleStrategy(idle)
             .termBufferSparseFile(true)
+            .timerIntervalNs(TimeUnit.MILLISECONDS.toNanos(DRIVER_TIMER_INTERVAL_MS))
+            .statusMessageTimeoutNs(TimeUnit.MILLISECONDS.toNanos(STATUS_MESSAGE_TIMEOUT_MS))
             .publicationTermBufferLength(termLength)
             .ipcTermBufferLength(termLength)
             .errorHandler(errorHandler);
@@ -228,8 +250,10 @@ public final class MemberNode implements AutoCloseable
     }
 
     /** As above for any {@link ClusteredService}: no authenticator, no snapshot description. */
-    static Contexts newContexts(final MemberSettings s, final ClusteredService service, final ErrorHandler errorHandler)
+    static Contexts newContexts(
+        final MemberSettings s, final ClusteredService service, final ErrorHandler memberErrorHandler)
     {
+        final ErrorHandler errorHandler = JoinDeadlock.noticingJoinRefusals(s.clusterId, s.memberId, memberErrorHandler);
         final int off = s.streamIdOffset;
         final File base = new File(s.baseDir);
         final File clusterDir = new File(base, "cluster");

@@ -1,6 +1,10 @@
 package io.matchx.cluster;
 
+import io.aeron.cluster.client.ClusterException;
 import org.junit.jupiter.api.Test;
+
+import java.util.ArrayList;
+import java.util.List;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -89,5 +93,39 @@ class JoinDeadlockTest
         latch.release();
         assertEquals("", latch.await());
         assertEquals("", latch.restartReason());
+    }
+
+    /** Aeron's service refusing a join (ClusteredServiceAgent.joinActiveLog), as seen in a member log. */
+    private static final ClusterException REFUSAL = new ClusterException(
+        "Cluster log must be contiguous for joining image: expectedPosition=1818304 joinPosition=1818400");
+
+    @Test
+    void aServiceRefusingALogJoinIsNoticedAndStillReported()
+    {
+        assertTrue(JoinDeadlock.isJoinRefusal(REFUSAL));
+        assertTrue(JoinDeadlock.isJoinRefusal(new ClusterException(
+            "Cluster log must be contiguous for active log event: expectedPosition=1 eventPosition=2")));
+        assertFalse(JoinDeadlock.isJoinRefusal(new ClusterException("unexpected vote request")));
+        assertFalse(JoinDeadlock.isJoinRefusal(new IllegalStateException(REFUSAL.getMessage())));
+
+        final List<Throwable> seen = new ArrayList<>();
+        JoinDeadlock.noticingJoinRefusals(7, 1, seen::add).onError(REFUSAL);
+        assertEquals(List.of(REFUSAL), seen);
+    }
+
+    @Test
+    void aRefusedJoinWithTheConsensusModuleWaitingForItRestartsAtOnce()
+    {
+        final long now = 100_000;
+        assertTrue(JoinDeadlock.refusedJoinDeadlock(now - 20, now, CONSENSUS));
+        // no refusal, a stale one, or the consensus module not in the wait: the slow path decides
+        assertFalse(JoinDeadlock.refusedJoinDeadlock(null, now, CONSENSUS));
+        assertFalse(JoinDeadlock.refusedJoinDeadlock(now - JoinDeadlock.REFUSAL_VALID_MS - 1, now, CONSENSUS));
+        final StackTraceElement[] consensusElecting = {
+            frame("io.aeron.cluster.Election", "canvass"),
+            frame("io.aeron.cluster.ConsensusModuleAgent", "doWork"),
+        };
+        assertFalse(JoinDeadlock.refusedJoinDeadlock(now - 20, now, consensusElecting));
+        assertFalse(JoinDeadlock.refusedJoinDeadlock(now - 20, now, null));
     }
 }

@@ -38,6 +38,23 @@ class SetupRepeatTest
         }
     }
 
+    /**
+     * A member's driver ticks and sends status messages far more often than Aeron's defaults (1 s, 200 ms):
+     * at those an election's INIT, which waits for the driver to release the old log's socket, took 1-2 s
+     * (bench/reports/auth_revocation_quiet_2.md against auth_revocation_driver_timer.md).
+     */
+    @Test
+    void aMembersDriverReleasesTheOldLogWithinAnElectionStep()
+    {
+        final MediaDriver.Context ctx = MemberNode.newDriverContext(
+            "/dev/shm/matchx-junit-unused", 64 * 1024, SetupRepeat.DEFAULT_MS, new SleepingMillisIdleStrategy(1),
+            Throwable::printStackTrace);
+        assertEquals(TimeUnit.MILLISECONDS.toNanos(MemberNode.DRIVER_TIMER_INTERVAL_MS), ctx.timerIntervalNs());
+        assertEquals(TimeUnit.MILLISECONDS.toNanos(MemberNode.STATUS_MESSAGE_TIMEOUT_MS), ctx.statusMessageTimeoutNs());
+        // five status message timeouts of draining and a tick: well inside a 1 s election step
+        assertTrue(5 * MemberNode.STATUS_MESSAGE_TIMEOUT_MS + MemberNode.DRIVER_TIMER_INTERVAL_MS <= 300);
+    }
+
     /** A member's driver heartbeats (and so ends a closed log) every 10 ms; a handover lingers 3 of those. */
     @Test
     void membersShortenTheIdleHeartbeatAndTheHandoverOutlastsIt()
