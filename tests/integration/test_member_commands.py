@@ -63,6 +63,32 @@ def test_member_stop_start_restart_describe_and_errors(make_cluster):
     assert all(f"member {m} (" not in out.stdout for m in range(3) if m != follower)
 
 
+def test_a_member_restarted_after_a_snapshot_knows_its_leader(make_cluster):
+    """A follower killed, a snapshot taken by the other two, the follower started again on an idle
+    partition: it catches up from a snapshot taken after its term began, so no new-leader event
+    reaches its service. It must still name its leader (status file, `matchctl member start`):
+    before, its leader stayed unknown until the next election and `member start` timed out after
+    60 s (two of three tries, 7 Dec)."""
+    import os
+    import signal
+
+    cluster = make_cluster()
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2, 60)
+    d = str(cluster.dir)
+    for _ in range(2):
+        follower = next(m for m in range(3) if m != leader)
+        os.kill(cluster.pids()[follower], signal.SIGKILL)
+        wait_for(lambda f=follower: not cluster.is_running(f), 30, "the follower gone")
+        wait_for(lambda: matchctl("cluster", "snapshot", "--dir", d).returncode == 0, 60,
+                 "a snapshot by the two live members", interval=1.0)
+        out = matchctl("member", "start", "0", str(follower), "--dir", d, "--timeout", "60")
+        assert out.returncode == 0, out.stderr
+        leader = cluster.await_leader(60)
+        assert f"leader {leader})" in out.stdout, out.stdout
+        assert cluster.member_status(follower)["leader_member_id"] == leader
+
+
 def test_planned_handover_ends_the_log_so_followers_elect_on_it(make_cluster, make_client):
     cluster = make_cluster()
     cluster.await_leader(60)

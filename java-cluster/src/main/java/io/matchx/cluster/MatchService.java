@@ -68,6 +68,7 @@ public final class MatchService implements ClusteredService
     // set by the start-phase watcher when the member's first election closes; the service thread
     // then calls the handler's onInStep once (doBackgroundWork)
     private volatile boolean inStep;
+    private volatile int leaderAtInStep = -1;
     private boolean inStepDelivered;
     // For /metrics (MemberMetrics): written by the service thread only, read at scrape time.
     private volatile long ingressMessages;
@@ -425,6 +426,18 @@ public final class MatchService implements ClusteredService
     /** The member's first election has closed (any thread); the service thread tells the handler. */
     public void inStep()
     {
+        inStep(-1);
+    }
+
+    /**
+     * As {@link #inStep()}, with the leader its consensus module knows ({@code -1}: not known). A member
+     * that restarts from a snapshot taken after its term began, and catches up, sees no new leadership
+     * term event in the log: without this its status and metrics named no leader until the next
+     * election, and `matchctl member start|restart` waited for one in vain (seen on an idle partition).
+     */
+    public void inStep(final int leaderSeenByConsensusModule)
+    {
+        leaderAtInStep = leaderSeenByConsensusModule;
         inStep = true;
     }
 
@@ -433,6 +446,12 @@ public final class MatchService implements ClusteredService
         if (inStep && !inStepDelivered)
         {
             inStepDelivered = true;
+            if (leaderMemberId < 0 && leaderAtInStep >= 0)
+            {
+                leaderChanges++;  // the first leader this member sees, as in onNewLeadershipTermEvent
+                leaderMemberId = leaderAtInStep;
+                writeStatus();
+            }
             handler.onInStep();
             return 1;
         }

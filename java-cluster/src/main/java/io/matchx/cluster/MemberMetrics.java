@@ -87,6 +87,20 @@ public final class MemberMetrics
         return id == CountersReader.NULL_COUNTER_ID ? -1 : counters.getCounterValue(id);
     }
 
+    /** The leader this member's consensus module knows, asked as ClusterTool {@code list-members} does; -1 if none. */
+    public static int leaderMemberId(final File clusterDir, final long timeoutMs)
+    {
+        final ClusterMembership membership = new ClusterMembership();
+        try
+        {
+            return ClusterTool.listMembers(membership, clusterDir, timeoutMs) ? membership.leaderMemberId : -1;
+        }
+        catch (final RuntimeException ex)
+        {
+            return -1;
+        }
+    }
+
     /**
      * Every member's appended log position as the leader knows it ({@code [memberId, position]}
      * pairs), asked of this member's consensus module as Aeron's ClusterTool {@code list-members}

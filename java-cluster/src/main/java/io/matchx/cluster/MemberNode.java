@@ -91,7 +91,9 @@ public final class MemberNode implements AutoCloseable
             timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            StartPhases.watchElection(LOG_PREFIX, timing.electionState(), service::inStep);
+            final File clusterDir = ctx.consensusModule.clusterDir();
+            StartPhases.watchElection(LOG_PREFIX, timing.electionState(),
+                () -> service.inStep(MemberMetrics.leaderMemberId(clusterDir, 1_000)));
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service, timing);
             node.snapshotSchedule.add(s, service, node::takeSnapshot);
