@@ -22,6 +22,10 @@ def service_handler(on_message: Callable[[object, object, object, object], int])
             return on_message(s, t, p, n)
 
         @JOverride
+        def onSessionMessages(self, c, n):
+            return 0
+
+        @JOverride
         def onSessionOpen(self, s, t, p): pass
 
         @JOverride

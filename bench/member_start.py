@@ -261,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-s", type=float, default=180.0)
     ap.add_argument("--port-start", type=int, default=47000)
     ap.add_argument("--replay-mb", help="--setting log: A,B = MB of log after a fresh snapshot before each kill "
-                                        "(the schedule is off; the bench takes the snapshots)")
+                                        "(the schedule is off; the bench takes the snapshots); with another "
+                                        "setting one number, the same for both variants (e.g. --setting code: "
+                                        "two code versions replaying the same length of log)")
     ap.add_argument("--keep-dir", type=Path, help="run the cluster here and keep it (member logs)")
     ap.add_argument("--report", type=Path, default=REPORT)
     args = ap.parse_args(argv)
@@ -273,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             replay_mb = dict(zip(("A", "B"), (float(x) for x in (args.replay_mb or "").split(",")), strict=True))
         except ValueError:
             ap.error("--setting log needs --replay-mb A,B (two numbers, MB)")
+    elif args.replay_mb is not None:
+        try:
+            replay_mb = dict.fromkeys(("A", "B"), float(args.replay_mb))
+        except ValueError:
+            ap.error(f"--setting {args.setting} takes one number of MB for --replay-mb")
     env_a, env_b = settings(args)[args.setting]
     variants = ("A", "B") if args.setting != "none" else ("A",)
     env_text = environment()
@@ -345,7 +352,9 @@ def write_report(args, env_text: str, machine: MachineLoad, variants: tuple[str,
         "measured on a shared, loaded machine when the load above says so.  ",
         f"State: {args.resting:,} resting orders, order flow {args.rate:,.0f} orders/s during the restarts; "
         f"one follower {'SIGKILLed' if args.kill else 'stopped'}, down {args.down_s} s, restarted, "
-        f"{args.rounds} times{' each way, alternating' if len(variants) > 1 else ''}.\n",
+        f"{args.rounds} times{' each way, alternating' if len(variants) > 1 else ''}"
+        + (f"; before each kill the bench took a snapshot and let the log grow {args.replay_mb} MB past it "
+           "(the snapshot schedule off)" if args.replay_mb and args.setting != "log" else "") + ".\n",
         "Per phase, median over the restarts: wall ms (CPU ms of the member process, all threads) "
         "from the previous boundary to this one.\n",
         "| phase ends at | " + " | ".join(names[v] for v in variants) + " |",

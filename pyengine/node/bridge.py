@@ -9,6 +9,10 @@ JPype enters Python with ``PyGILState_Ensure`` and leaves with ``PyGILState_Rele
 thread Python does not know creates a thread state per call and deletes it on the way out (and
 Python 3.11 maps and unmaps a frame stack for each). That made a member's path per log message
 cost ~60 us of CPU instead of ~20 (bench/reports/single_order_path.md), on every member.
+
+A member that is not the leader gets the messages of one log poll in one call
+(``onSessionMessages``): it sends no replies, and the crossing was still ~6 of those ~20 us. A
+restarted member replays its log after the snapshot through that path.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from pyengine.wire.protocol import Answer
 log = logging.getLogger("matchx.bridge")
 
 _FRAME = struct.Struct("<qi")
+# a gathered message's record in the input buffer (MatchService.gather): session id, timestamp,
+# log position, length; the message's bytes follow
+_GATHERED = struct.Struct("<qqqi")
 # stage numbers of io.matchx.cluster.LatencyTrace (bench/rtt_breakdown.py; only with MATCHX_TRACE_DIR)
 TRACE_ENTRY, TRACE_EXIT = 111, 112
 
@@ -90,15 +97,7 @@ class ServiceBridge:
         pin_thread_state()
         if TRACE:
             trace(TRACE_ENTRY)
-        message = self.input[: int(length)]
-        started = time.perf_counter()
-        try:
-            frames = self.service.on_message(int(session_id), int(timestamp), int(position), message)
-        except Exception as exc:  # noqa: BLE001 - a member must go on applying the log
-            log.exception("service raised at log position %d; every command of the message is answered "
-                          "with an error", int(position))
-            frames = failure_replies(self.service, int(session_id), int(position), message, exc)
-        self.timer.observe(time.perf_counter() - started, self.service.counters.last_commands)
+        frames = self._apply(int(session_id), int(timestamp), int(position), self.input[: int(length)])
         out = self.output
         offset = 0
         for target, reply in frames:
@@ -117,6 +116,42 @@ class ServiceBridge:
         if TRACE:
             trace(TRACE_EXIT)
         return offset
+
+    @JOverride
+    def onSessionMessages(self, count, length) -> int:
+        """The messages of one log poll on a member that is not the leader, each applied as
+        ``onSessionMessage`` applies it. Their replies are not written: a follower's are never
+        sent. Nor are its requests to close a session: Aeron ignores them on a follower."""
+        pin_thread_state()
+        data = self.input
+        end = int(length)
+        offset = 0
+        replies = 0
+        for _ in range(int(count)):
+            session_id, timestamp, position, size = _GATHERED.unpack_from(data, offset)
+            start = offset + _GATHERED.size
+            offset = start + size
+            if offset > end:
+                raise ValueError(f"gathered message at {start - _GATHERED.size} overruns the {end} bytes handed over")
+            for _target, reply in self._apply(session_id, timestamp, position, data[start:offset]):
+                if reply is not None:
+                    replies += 1
+        return replies
+
+    def _apply(
+        self, session_id: int, timestamp: int, position: int, message: memoryview
+    ) -> list[tuple[int, bytes | None]]:
+        """One log message through the service: its reply frames, or an error answer to each of
+        its commands if the service raised (a member must go on applying the log)."""
+        started = time.perf_counter()
+        try:
+            frames = self.service.on_message(session_id, timestamp, position, message)
+        except Exception as exc:  # noqa: BLE001 - a member must go on applying the log
+            log.exception("service raised at log position %d; every command of the message is answered "
+                          "with an error", position)
+            frames = failure_replies(self.service, session_id, position, message, exc)
+        self.timer.observe(time.perf_counter() - started, self.service.counters.last_commands)
+        return frames
 
     @JOverride
     def onSessionOpen(self, session_id, timestamp, principal) -> None:

@@ -27,6 +27,20 @@ public interface ServiceHandler
      */
     int onSessionMessage(long clusterSessionId, long timestamp, long logPosition, int length);
 
+    /**
+     * Several log messages in one crossing, in log order, on a member that is not the leader (a
+     * follower, or any member replaying its log at a start): its replies are never sent (Aeron's
+     * follower {@code ClientSession.offer} sends nothing), so the handler writes no reply frames.
+     * The input buffer holds {@code count} records from offset 0, each {@code int64
+     * clusterSessionId, int64 timestamp, int64 logPosition, int32 length} (little-endian) and the
+     * message's bytes; each is applied exactly as {@link #onSessionMessage} would apply it, an
+     * error isolated to its own message.
+     *
+     * @return the number of reply frames the messages produced (what the leader would have sent),
+     * for the egress count.
+     */
+    int onSessionMessages(int count, int length);
+
     void onSessionOpen(long clusterSessionId, long timestamp, byte[] encodedPrincipal);
 
     void onSessionClose(long clusterSessionId, long timestamp);

@@ -63,6 +63,11 @@ class SingleMemberClusterTest
             return 12 + length;
         }
 
+        public int onSessionMessages(final int count, final int length)
+        {
+            return 0;
+        }
+
         public void onSessionOpen(final long sessionId, final long timestamp, final byte[] principal)
         {
         }
@@ -204,24 +209,125 @@ class SingleMemberClusterTest
         assertArrayEquals(handler.state, restarted.startedFrom, "the restarted member loads the snapshot's exact bytes");
     }
 
-    @Test
-    void echoesThroughTheReplicatedLog() throws Exception
+    /** Launches the member with this handler. */
+    private MatchService launch(final Properties p, final EchoHandler handler)
     {
-        final int ingress = freePort();
-        final Properties p = memberProperties(ingress);
-
-        final EchoHandler handler = new EchoHandler();
         final MatchService service = MemberNode.newService(p, handler);
         handler.service = service;
         node = MemberNode.launch(p, service);
+        return service;
+    }
 
+    /** Launches a member on fresh ports with this handler and connects the client; its properties. */
+    private Properties launchAndConnect(final EchoHandler handler, final long deadline) throws Exception
+    {
+        final int ingress = freePort();
+        final Properties p = memberProperties(ingress);
+        launch(p, handler);
         client = new ClusterClient("0=127.0.0.1:" + ingress, aeronDir + "-client", "127.0.0.1", 5000, 5000, null);
-        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
         while (!client.isConnected() && System.nanoTime() < deadline)
         {
             Thread.sleep(20);
         }
         assertTrue(client.isConnected(), "client connected");
+        return p;
+    }
+
+    /** One log message as the service handed it over: what a replay must hand over again. */
+    record Delivered(long sessionId, long timestamp, long position, String body)
+    {
+    }
+
+    /** Records every message it is handed, whether one per crossing or gathered. */
+    static final class RecordingHandler extends EchoHandler
+    {
+        final java.util.List<Delivered> delivered = new java.util.concurrent.CopyOnWriteArrayList<>();
+        volatile int singleCrossings;
+        volatile int gatheredCrossings;
+        volatile int largestGathering;
+
+        public int onSessionMessage(final long sessionId, final long timestamp, final long position, final int length)
+        {
+            singleCrossings++;
+            final byte[] body = new byte[length];
+            service.inputBuffer().get(0, body);
+            delivered.add(new Delivered(sessionId, timestamp, position, new String(body, StandardCharsets.US_ASCII)));
+            return super.onSessionMessage(sessionId, timestamp, position, length);
+        }
+
+        public int onSessionMessages(final int count, final int length)
+        {
+            gatheredCrossings++;
+            largestGathering = Math.max(largestGathering, count);
+            final ByteBuffer in = service.inputBuffer().duplicate().order(ByteOrder.LITTLE_ENDIAN);
+            int offset = 0;
+            for (int i = 0; i < count; i++)
+            {
+                final long sessionId = in.getLong(offset);
+                final long timestamp = in.getLong(offset + 8);
+                final long position = in.getLong(offset + 16);
+                final int size = in.getInt(offset + 24);
+                final byte[] body = new byte[size];
+                in.get(offset + MatchService.GATHERED_HEADER_LENGTH, body);
+                delivered.add(new Delivered(sessionId, timestamp, position, new String(body, StandardCharsets.US_ASCII)));
+                offset += MatchService.GATHERED_HEADER_LENGTH + size;
+            }
+            assertEquals(length, offset, "the records fill exactly the length handed over");
+            return count;
+        }
+    }
+
+    @Test
+    void aReplayAtStartHandsTheLogOverInGatheredCrossingsMessageForMessage() throws Exception
+    {
+        final RecordingHandler first = new RecordingHandler();
+        final Properties p = launchAndConnect(first, System.nanoTime() + TimeUnit.SECONDS.toNanos(60));
+        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+        final int messages = 400;
+        for (int i = 0; i < messages; i++)
+        {
+            final byte[] request = ("message " + i + " " + "x".repeat(i % 37)).getBytes(StandardCharsets.US_ASCII);
+            while (client.offer(request) < 0 && System.nanoTime() < deadline)
+            {
+                client.poll(1);
+            }
+        }
+        while (first.delivered.size() < messages && System.nanoTime() < deadline)
+        {
+            client.poll(10);
+        }
+        assertEquals(messages, first.delivered.size());
+        // the live leader: one crossing per message, replies sent
+        assertEquals(messages, first.singleCrossings);
+        assertEquals(0, first.gatheredCrossings);
+        client.close();
+        client = null;
+        node.close();
+        node = null;
+
+        // no snapshot: the restarted member replays its whole log, as a follower would (Aeron's
+        // LogReplay joins the service as FOLLOWER), so in gathered crossings
+        final RecordingHandler restarted = new RecordingHandler();
+        final MatchService again = launch(p, restarted);
+        while (restarted.delivered.size() < messages && System.nanoTime() < deadline)
+        {
+            Thread.sleep(20);
+        }
+        Thread.sleep(200);
+        assertEquals(first.delivered, restarted.delivered, "the same messages, order, positions and timestamps");
+        assertEquals(0, restarted.singleCrossings);
+        assertTrue(restarted.largestGathering > 1, "messages of one poll gathered: " + restarted.largestGathering);
+        assertTrue(restarted.gatheredCrossings < messages,
+            restarted.gatheredCrossings + " crossings for " + messages + " messages");
+        assertEquals(restarted.gatheredCrossings, again.gatheredCrossings());
+    }
+
+    @Test
+    void echoesThroughTheReplicatedLog() throws Exception
+    {
+        final EchoHandler handler = new EchoHandler();
+        final long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+        launchAndConnect(handler, deadline);
         assertTrue(handler.started);
         // the service hears once, on its own thread, that the member's first election closed
         while (handler.inStep == 0 && System.nanoTime() < deadline)
