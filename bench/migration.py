@@ -48,10 +48,10 @@ from pyengine.engine.migration import (
 )
 from pyengine.engine.migration_pieces import (
     Pieces,
+    cleanup,
     export_delta_pieces,
     extend_shadow,
     pieces_sha,
-    take_out,
     take_piece,
 )
 
@@ -145,16 +145,20 @@ def measure(n: int, reps: int = 3) -> dict:
         import_delta(dst, shadow, psha, pdelta)
         keep("pieces_import_ms", t)
         assert len(dst.orders) == n + CHANGES
-        # of that freeze: taking the orders out of the engine (the one walk of the whole book it
-        # still makes), timed alone on a book of the same size after its pieces
-        src, _dst = book(n)
-        pc2 = Pieces()
-        while not take_piece(src, "B", pc2, PIECE)[1]["last"]:
-            pass
-        accts = [src.accounts[a] for a in sorted(pc2.held)]
-        t = time.process_time()
-        take_out(src, src.symbols["B"], accts, pc2)
-        keep("take_out_ms", t)
+        # after that freeze, the moved orders leave the source's indexes in pieces of PIECE
+        # orders (mig_cleanup, each one log message): the longest piece and all of them
+        det = pc.detached
+        assert det is not None and det.total == n + CHANGES
+        longest = 0.0
+        t_all = time.process_time()
+        done = 0
+        while done < det.total:
+            t = time.process_time()
+            done = cleanup(src, det, done + PIECE)
+            longest = max(longest, time.process_time() - t)
+        keep("cleanup_all_ms", t_all)
+        best["cleanup_piece_ms"] = min(best.get("cleanup_piece_ms", float("inf")), longest * 1000)
+        assert not any(o.sym is src.symbols["B"] for o in src.orders.values())
     return {"orders": n, **best, "bytes": len(blob), "precopy_bytes": len(base), "delta_bytes": len(delta),
             "pieces": len(blobs), "walked": pc.walked}
 
@@ -365,6 +369,8 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None,
                     "pieces": sum(1 for s in timing.get("steps", []) if s[0].startswith("precopy piece@")),
                     "freeze_ms": next((round(s[2] - s[1], 1) for s in timing.get("steps", []) if s[0] == "freeze"),
                                       None),
+                    "cleanup_ms": next((round(s[2] - s[1], 1) for s in timing.get("steps", []) if s[0] == "cleanup"),
+                                       None),
                     **client_side(tracer, probe, t0, to, timing.get("base_monotonic")),
                 })
                 print({k: v for k, v in rows[-1].items() if k != "timing"}, flush=True)
@@ -423,11 +429,14 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         "ETH figures are per place+cancel pair, sequential. *Pieces*: the pre-copy's pieces (each one log",
         "message at the source and one at the destination; 0: none, or the whole pre-copy as one message);",
         "*freeze ms*: the freeze sent to answered (the source applying it, with the log's round trip).",
+        "*Cleanup ms*: after the drop, the source's cleanup of the moved orders in pieces (first sent to last",
+        "answered; none: a freeze that took them out itself). ETH's *during* window ends when the migration is",
+        "done, so it holds the cleanup.",
         "",
         "| resting orders | moved | client pause ms | longest BTC command ms | driver ms | activation at ms | "
         "freeze export bytes | chunks | pieces | freeze ms | migration s | ETH p50 / p99 ms without | "
-        "ETH p50 / p99 ms during |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "ETH p50 / p99 ms during | cleanup ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['orders']:,} | {r.get('moved')} | {r.get('client_pause_ms')} | {r['pause_ms']:.0f} | "
@@ -435,7 +444,8 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
                      f"{(r.get('timing') or {}).get('activated_ms')} | {r.get('freeze_bytes') or 0:,} | "
                      f"{r.get('chunks')} | {r.get('pieces')} | {r.get('freeze_ms')} | {r['migration_s']:.1f} | "
                      f"{r['eth_p50_without']:.0f} / {r['eth_p99_without']:.0f} | "
-                     f"{r['eth_p50_during']:.0f} / {r['eth_p99_during']:.0f} ({r['eth_samples_during']} pairs) |")
+                     f"{r['eth_p50_during']:.0f} / {r['eth_p99_during']:.0f} ({r['eth_samples_during']} pairs) | "
+                     f"{r.get('cleanup_ms')} |")
     lines += ["", "Errors: " + ", ".join(f"{r['orders']:,}: BTC {r['probe_errors']}, ETH {r['eth_errors']}"
                                           for r in rows)]
     lines += ["", "## Where each pause went", "",
@@ -492,20 +502,22 @@ def main() -> int:
         f"*Pieces*: the pre-copy in pieces of {PIECE:,} orders (whole queues); the longest piece at the source",
         "and its build at the destination (each one log message: what another symbol may wait behind), then,",
         f"after the same {CHANGES} orders, the freeze that walks only the changed queues and its import;",
-        "*take-out*: the part of that freeze that takes the orders out of the engine (timed alone).",
+        "the freeze takes the book out whole (its orders stay in the indexes, skipped by every reader);",
+        f"*cleanup*: then the source takes the orders out of its indexes in pieces of {PIECE:,} (each one log",
+        "message after the drop): the longest piece, and all of them together.",
         "",
         "| resting orders | whole: export ms | whole: import ms | whole bytes | pre-copy ms | build ms | "
         "pre-copy bytes | pause: freeze ms | pause: import ms | freeze bytes | pieces | longest piece ms | "
-        "longest piece build ms | pieces: freeze ms | of which take-out ms | pieces: import ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "longest piece build ms | pieces: freeze ms | pieces: import ms | longest cleanup piece ms | "
+        "cleanup, all pieces ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['orders']:,} | {r['export_ms']:.1f} | {r['import_ms']:.1f} | {r['bytes']:,} | "
                      f"{r['precopy_ms']:.1f} | {r['build_ms']:.1f} | {r['precopy_bytes']:,} | "
                      f"{r['freeze_ms']:.1f} | {r['delta_import_ms']:.1f} | {r['delta_bytes']:,} | {r['pieces']} | "
                      f"{r['piece_ms']:.1f} | {r['piece_build_ms']:.1f} | {r['pieces_freeze_ms']:.1f} | "
-                     f"{r['take_out_ms']:.1f} | "
-                     f"{r['pieces_import_ms']:.1f} |")
+                     f"{r['pieces_import_ms']:.1f} | {r['cleanup_piece_ms']:.1f} | {r['cleanup_all_ms']:.1f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.report:

@@ -84,11 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--migration-precopy-piece-orders", type=int, default=PIECE_ORDERS,
                    help=f"orders per piece of a migration's pre-copy, each piece one log message at the "
                    f"source (the source's other symbols wait behind one piece, not the whole book), "
-                   f"0..{MAX_PIECE_ORDERS} (default {PIECE_ORDERS}); 0: the whole pre-copy as one message")
+                   f"0..{MAX_PIECE_ORDERS} (default {PIECE_ORDERS}); 0: the whole pre-copy as one message. "
+                   f"The source's cleanup after the drop (the moved orders out of its indexes) goes in pieces "
+                   f"of as many ({PIECE_ORDERS} when 0)")
     p.add_argument("--migration-precopy-piece-pause-ms", type=int, default=0,
                    help="wait this long between two pieces of a migration's pre-copy, 0..10000 (default 0: "
-                   "the next piece is asked for while the last goes in); spreads the copy's CPU out on "
-                   "machines whose cores the partitions share")
+                   "the next piece is asked for while the last goes in), and between two pieces of the "
+                   "source's cleanup after the drop; spreads the copy's CPU out on machines whose cores "
+                   "the partitions share")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(

@@ -543,11 +543,37 @@ class Driver:
             return rec
         if st == "switched":
             with self._timed(rec, "drop"):
-                self._call(rec, src, {"op": "mig_drop", "id": mid}, forever=True)
+                body = self._call(rec, src, {"op": "mig_drop", "id": mid}, forever=True)
+            self._cleanup(rec, body)
             return self._set(mid, "done")
         if st == "aborting":
             return self._abort(rec)
         raise AssertionError(st)
+
+    def _cleanup(self, rec: dict[str, Any], body: dict) -> None:
+        """After the drop: the book the source's freeze took out whole leaves its indexes in
+        pieces of ``piece_orders`` (``mig_cleanup``, each its own log message, paced like the
+        pre-copy's pieces), so no message of the source walks the whole book. Idempotent by
+        ``upto``: after a restart the drop's answer says how far it is. Not needed for
+        correctness (every reader skips those orders): refused (an older member) or stopped,
+        the migration ends as before."""
+        cl = body.get("cleanup")
+        if not cl:
+            return
+        mid, src = rec["id"], rec["source"]
+        step = self.piece_orders or PIECE_ORDERS
+        done = cl["done"]
+        with self._timed(rec, "cleanup"):
+            while done < cl["orders"] and not self._stop.is_set():
+                if self.piece_pause_s:
+                    self._stop.wait(self.piece_pause_s)
+                try:
+                    ans = self._call(rec, src, {"op": "mig_cleanup", "id": mid, "upto": done + step}, forever=True)
+                except StepRefused as exc:
+                    log.warning("migration %s: no cleanup at %s (%s): its readers skip the moved orders", mid,
+                                src, exc)
+                    return
+                done = ans["cleanup"]["done"]
 
     def _precopy(self, rec: dict[str, Any]) -> bool:
         """Before the freeze, while the symbol still trades at the source: the source's pre-copy

@@ -50,7 +50,7 @@ import orjson
 from .columns import Cols as _Cols
 from .columns import col_bytes, decode_orders, encode_orders
 from .errors import MigrationError, SnapshotError
-from .model import BUY, LIMIT, OPEN, SELL, Account, Bal, EngineState, Level, Order, Symbol
+from .model import BUY, LIMIT, OPEN, SELL, Account, Bal, EngineState, Level, Order, Symbol, stale
 from .snapshot import (
     _F_COID,
     _F_EV,
@@ -294,18 +294,9 @@ def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline
         book_b, extra = _delta_book(book, base, acct_ix, accts, held)
         extra["precopy"] = base_sha
     # the accounts with orders in the book (in their first order's priority), then those with
-    # only finished orders of the symbol (in the engine's own, insertion, order): deterministic
-    # on every member
-    fins: dict[Account, list[Order]] = {}
-    for acct in eng.accounts.values():
-        fin = [o for o in acct.finished if o.sym is sym]
-        if fin:
-            fins[acct] = fin
-            if acct not in acct_ix:
-                acct_ix[acct] = len(accts)
-                accts.append(acct)
-                held.append(0)
-                held.append(0)
+    # only finished orders of the symbol
+    fins = finished_of(eng, sym, acct_ix, accts)
+    held.extend([0] * (2 * len(accts) - len(held)))
     finished_n = 0
     hold_quote = 0
     hold_base = 0
@@ -313,15 +304,8 @@ def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline
         acct = accts[ai]
         hold_quote += held[2 * ai + BUY]
         hold_base += held[2 * ai + SELL]
-        m = Account(acct.name)
-        m.bal[sym.base] = Bal(0, held[2 * ai + SELL])
-        m.bal[sym.quote] = Bal(0, held[2 * ai + BUY])
-        fin = fins.get(acct, [])
-        for o in fin:
-            _detach_row(o)
-        m.finished = deque(fin)
-        mini.accounts[acct.name] = m
-        finished_n += len(fin)
+        finished_n += mini_account(mini, acct.name, sym, held[2 * ai + SELL], held[2 * ai + BUY],
+                                   fins.get(acct, []))
     holds: dict[str, int] = {}
     if book:
         holds = {sym.base: hold_base, sym.quote: hold_quote}
@@ -361,6 +345,36 @@ def _export(eng: EngineState, name: str, sym: Symbol, take: bool, base: Baseline
         sym.bid_keys = []
         sym.ask_keys = []
     return blob, meta, baseline
+
+
+def finished_of(eng: EngineState, sym: Symbol, acct_ix: dict[Account, int],
+                accts: list[Account]) -> dict[Account, list[Order]]:
+    """Each account's finished orders of ``sym`` (the symbol's idempotency state); an account
+    with some that is not in ``accts`` yet is added at its end (in the engine's own, insertion,
+    order: the same on every member)."""
+    fins: dict[Account, list[Order]] = {}
+    for acct in eng.accounts.values():
+        fin = [o for o in acct.finished if o.sym is sym]
+        if fin:
+            fins[acct] = fin
+            if acct not in acct_ix:
+                acct_ix[acct] = len(accts)
+                accts.append(acct)
+    return fins
+
+
+def mini_account(mini: EngineState, name: str, sym: Symbol, base_held: int, quote_held: int,
+                 fin: list[Order]) -> int:
+    """Account ``name`` in an export's small engine: the holds it takes along and its finished
+    orders of ``sym`` (their cached snapshot rows forgotten); returns how many those are."""
+    m = Account(name)
+    m.bal[sym.base] = Bal(0, base_held)
+    m.bal[sym.quote] = Bal(0, quote_held)
+    for o in fin:
+        _detach_row(o)
+    m.finished = deque(fin)
+    mini.accounts[name] = m
+    return len(fin)
 
 
 def mini_engine(eng: EngineState, sym: Symbol) -> EngineState:
@@ -536,6 +550,8 @@ def _check_target(eng: EngineState, name: str, mini: EngineState, src: Symbol) -
     if cur is not None:
         if cur.bid_keys or cur.ask_keys:
             raise MigrationError(f"symbol {name} already has a book here")
+        if cur.detached:  # its orders would share a symbol with the detached ones
+            raise MigrationError(f"symbol {name}'s book detached here is not cleaned up yet")
         for setting in _SETTINGS:
             if getattr(cur, setting) != getattr(src, setting):
                 raise MigrationError(f"symbol {name} exists here with other settings ({setting})")
@@ -999,6 +1015,8 @@ def funds_problems(eng: EngineState, net_in: dict[str, int] | None = None) -> li
     out: list[str] = []
     held: dict[tuple[str, str], int] = {}
     for o in eng.orders.values():
+        if stale(o):  # a detached book's, waiting for its cleanup: its holds left at the freeze
+            continue
         k = (o.acct.name, _held_asset(o))
         held[k] = held.get(k, 0) + o.qty * o.unit
     totals: dict[str, int] = dict(eng.fees)

@@ -25,9 +25,12 @@ once, at its old place, and the freeze finds it moved (both queues are marked).
 After a restart a member rebuilds the records from the pieces' bytes (``pieces_of``) and, having
 lost the marks, walks every queue at the freeze: the same delta, more work.
 
-Taking the orders out of the engine at the freeze still walks them (each leaves the engine's and
-its account's open orders and the client order id index); their holds leave per account, from
-the records, not per order.
+The freeze does not walk the orders to take them out of the engine either (``detach``): the
+book leaves its symbol whole, its holds leave per account from the records, and the orders stay
+in the engine's and their accounts' open orders and the client order id index, skipped by every
+reader (``Symbol.detached``, ``model.stale``), until ``cleanup`` takes them out after the freeze,
+a bounded number per log message (the service's ``mig_cleanup``). So the freeze costs what
+changed plus the accounts, not the book.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from __future__ import annotations
 import gc
 import hashlib
 from bisect import bisect_left, insort
-from collections import deque
 
 from .columns import col_bytes, encode_orders
 from .errors import MigrationError
@@ -44,16 +46,17 @@ from .migration import (
     _U64,
     DELTA_VERSION,
     VERSION,
-    _detach_row,
     _mix,
     _read,
     build_shadow,
     export_blob,
+    finished_of,
     fold_level,
     meta_head,
+    mini_account,
     mini_engine,
 )
-from .model import BUY, SELL, Account, Bal, EngineState, Level, Order, Symbol
+from .model import BUY, SELL, Account, EngineState, Level, Order, Symbol
 
 
 class QueueRec:
@@ -86,7 +89,8 @@ class Pieces:
     """The source's state of one pre-copy in pieces (not snapshotted: ``pieces_of`` makes it
     again from the pieces' bytes)."""
 
-    __slots__ = ("queues", "seen", "side", "price", "count", "held", "all_dirty", "done", "walked")
+    __slots__ = ("queues", "seen", "side", "price", "count", "held", "all_dirty", "done", "walked",
+                 "detached")
 
     def __init__(self) -> None:
         self.queues: dict[int, QueueRec] = {}   # key: bids +price, asks -price
@@ -100,6 +104,7 @@ class Pieces:
         self.all_dirty = False                  # marks lost (a restart): walk every queue
         self.done = False                       # every queue of the book exported once
         self.walked = 0                         # orders the freeze walked (not state: a measure)
+        self.detached: Detached | None = None   # the book the freeze took out, for its cleanup
 
 
 def pieces_sha(shas: list[str]) -> str:
@@ -210,10 +215,7 @@ def _piece_blob(eng: EngineState, name: str, sym: Symbol, orders: list[Order], n
     book_b = encode_orders(orders, nbids, acct_ix, accts, held, MigrationError)
     mini = mini_engine(eng, sym)
     for ai in range(len(accts)):
-        m = Account(accts[ai].name)
-        m.bal[sym.base] = Bal(0, held[2 * ai + SELL])
-        m.bal[sym.quote] = Bal(0, held[2 * ai + BUY])
-        mini.accounts[m.name] = m
+        mini_account(mini, accts[ai].name, sym, held[2 * ai + SELL], held[2 * ai + BUY], [])
     holds = _holds_meta(sym, sum(held[0::2]), sum(held[1::2]), nbids > 0, len(orders) > nbids)
     meta = meta_head(eng, name, sym)
     meta.update({"orders": len(orders), "finished": 0, "accounts": len(accts), "holds": holds})
@@ -389,14 +391,7 @@ def _export_delta_pieces(eng: EngineState, name: str, sym: Symbol, pc: Pieces,
             hq += t[1]
             hb += t[3]
     with_orders = len(accts)
-    fins: dict[Account, list[Order]] = {}
-    for acct in eng.accounts.values():
-        fin = [o for o in acct.finished if o.sym is sym]
-        if fin:
-            fins[acct] = fin
-            if acct not in acct_ix:
-                acct_ix[acct] = len(accts)
-                accts.append(acct)
+    fins = finished_of(eng, sym, acct_ix, accts)
     scratch = [0] * (2 * len(accts))
     naccts = len(accts)
     block = encode_orders(d.appended, d.app_bids, acct_ix, accts, scratch, MigrationError)
@@ -414,19 +409,12 @@ def _export_delta_pieces(eng: EngineState, name: str, sym: Symbol, pc: Pieces,
     sells = False
     for ai in range(len(accts)):
         acct = accts[ai]
-        m = Account(acct.name)
         ht: list[int] | None = pc.held.get(acct.name) if ai < with_orders else None
-        m.bal[sym.base] = Bal(0, ht[3] if ht is not None else 0)
-        m.bal[sym.quote] = Bal(0, ht[1] if ht is not None else 0)
         if ht is not None:
             buys = buys or ht[0] > 0
             sells = sells or ht[2] > 0
-        fin = fins.get(acct, [])
-        for o in fin:
-            _detach_row(o)
-        m.finished = deque(fin)
-        mini.accounts[acct.name] = m
-        finished_n += len(fin)
+        finished_n += mini_account(mini, acct.name, sym, ht[3] if ht is not None else 0,
+                                   ht[1] if ht is not None else 0, fins.get(acct, []))
     meta = meta_head(eng, name, sym)
     meta.update({
         "orders": n, "finished": finished_n, "accounts": len(mini.accounts),
@@ -435,38 +423,84 @@ def _export_delta_pieces(eng: EngineState, name: str, sym: Symbol, pc: Pieces,
         "changed": len(d.ch_oid), "digest": h, "ldigest": 1, "pieces": pc.count,
     })
     pc.walked = d.walked
-    take_out(eng, sym, accts[:with_orders], pc)
     blob = export_blob(mini, sym, name, meta, book_b, DELTA_VERSION)
-    sym.bids = {}
-    sym.asks = {}
-    sym.bid_keys = []
-    sym.ask_keys = []
+    pc.detached = detach(sym, accts[:with_orders], pc, n)
     return blob, meta
 
 
-def take_out(eng: EngineState, sym: Symbol, accts: list[Account], pc: Pieces) -> None:
-    """The book leaves the engine's and its accounts' open orders and the client order id
-    index (one walk of its orders, the only one in the freeze); its holds leave per account."""
+class Detached:
+    """A book taken out whole at the freeze (``detach``): its orders are still in the engine's
+    and their accounts' indexes until ``cleanup`` takes them out, in the book's priority order
+    from a cursor. Not state: a member restored from a snapshot never had them in its indexes
+    (a snapshot holds the books, and the indexes are made from them)."""
+
+    __slots__ = ("sym", "levels", "li", "nxt", "total", "done")
+
+    def __init__(self, sym: Symbol, levels: list[Level], total: int) -> None:
+        self.sym = sym
+        self.levels = levels       # bids best first, then asks best first
+        self.li = 0                # the level the cursor is in
+        self.nxt: Order | None = levels[0].head if levels else None  # the next order out
+        self.total = total
+        self.done = 0              # orders taken out so far
+
+
+def detach(sym: Symbol, accts: list[Account], pc: Pieces, total: int) -> Detached:
+    """The book leaves the symbol whole and its holds leave the accounts as one sum per account
+    and asset (from the pieces' records): O(levels + accounts), no walk of the orders (that walk
+    was nearly all of the freeze's cost). The orders stay in the indexes, skipped by every
+    reader (``Symbol.detached``), until ``cleanup`` has taken the last one out."""
     for a in accts:
-        a.coid_index()  # build a pending index before changing what it is built from
         t = pc.held[a.name]
         if t[1]:
             a.bal[sym.quote].held -= t[1]
         if t[3]:
             a.bal[sym.base].held -= t[3]
+    levels = [sym.bids[k] for k in reversed(sym.bid_keys)]
+    levels.extend([sym.asks[-k] for k in reversed(sym.ask_keys)])
+    sym.bids = {}
+    sym.asks = {}
+    sym.bid_keys = []
+    sym.ask_keys = []
+    sym.detached = total > 0
+    return Detached(sym, levels, total)
+
+
+def cleanup(eng: EngineState, det: Detached, upto: int) -> int:
+    """Take the detached book's orders out of the engine's and their accounts' open orders and
+    the client order id index until ``upto`` of them are out (in priority order: the same ones
+    on every member); returns how many are out. The last one clears ``Symbol.detached``."""
     orders = eng.orders
-    for levels in (sym.bids, sym.asks):
-        for lvl in levels.values():
-            o = lvl.head
-            while o is not None:
-                key = o.key
-                del orders[key]
-                acct = o.acct
-                del acct.open[key]
-                c = o.coid
-                if c is not None and acct.coids.get(c) is o:
-                    del acct.coids[c]
-                o = o.nxt
+    o = det.nxt
+    levels = det.levels
+    li = det.li
+    done = det.done
+    goal = min(upto, det.total)
+    while done < goal:
+        while o is None and li + 1 < len(levels):
+            li += 1
+            o = levels[li].head
+        if o is None:  # pragma: no cover - ``total`` counts the detached levels' orders
+            det.total = done
+            break
+        key = o.key
+        del orders[key]
+        acct = o.acct
+        del acct.open[key]
+        c = o.coid
+        # (a pending client order id index is built from the open orders: it never holds it)
+        if c is not None and acct.coids.get(c) is o:
+            del acct.coids[c]
+        done += 1
+        o = o.nxt
+    det.nxt = o
+    det.li = li
+    det.done = done
+    if done >= det.total:
+        det.sym.detached = False
+        det.levels = []
+        det.nxt = None
+    return done
 
 
 def extend_shadow(shadow: EngineState | None, blob: bytes, dedup_window: int) -> EngineState:

@@ -214,7 +214,7 @@ class Symbol:
         "min_qty", "max_qty", "max_price", "maker_bps", "taker_bps", "hold_bps", "stp_default",
         "band_bps", "bids", "asks", "bid_keys", "ask_keys", "pcache", "qcache", "pstr", "qstr",
         "tick_str", "lot_str", "quote_dec", "seq", "stamp", "watch", "md_levels", "md_trades",
-        "recent", "dirty",
+        "recent", "dirty", "detached",
     )
 
     def __init__(self) -> None:
@@ -263,6 +263,12 @@ class Symbol:
         # since it began (bids +price, asks -price), so the freeze walks only those; None
         # otherwise. A member restored meanwhile has none and walks every level instead
         self.dirty: set[int] | None = None
+        # not state: the book was taken out whole at a migration's freeze
+        # (migration_pieces.detach) and its orders still sit in the engine's and the accounts'
+        # indexes until the paced cleanup takes them out; every reader of those indexes skips
+        # an open order of a detached symbol (``stale``), so what it answers is what a member
+        # restored from a snapshot (whose indexes never held them) answers
+        self.detached = False
 
     # -- conversions -------------------------------------------------------------------
     def price_str(self, t: int) -> str:
@@ -380,6 +386,12 @@ OP_PLACE: Final = 1
 OP_CANCEL: Final = 2
 OP_AMEND: Final = 3
 
+
+
+def stale(o: Order | None) -> bool:
+    """``o`` is an open order of a book taken out at a migration's freeze and not yet cleaned
+    out of the indexes (``Symbol.detached``): it is not this engine's any more."""
+    return o is not None and o.status == OPEN and o.sym.detached
 
 
 def placement_record(o: Order, ev: list) -> list:

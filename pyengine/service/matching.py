@@ -516,6 +516,8 @@ class MatchingService:
             epoch = symbols[symbol]
             if epoch < owned.get(symbol, 0) or epoch < self.moved.get(symbol, 0):
                 return Status.ERROR, _error(f"stale epoch {epoch} for {symbol}")
+        # a symbol owned here again: the detached book of its last move out of the indexes
+        self.migrations.finish_cleanups(self, symbols)
         for symbol in sorted(symbols):
             owned[symbol] = symbols[symbol]
             self.moved.pop(symbol, None)

@@ -9,6 +9,9 @@ Source:       [mig_precopy (an export while the symbol trades on) -> mig_export_
               the symbol's commands answer MOVED with ``moving``: no effect, retry)
               -> mig_export_chunk* -> mig_drop, or mig_restore (abort: the source takes the
               symbol back from its own export; after a pre-copy only, it forgets the pre-copy).
+              After a freeze that followed a pre-copy in pieces: mig_cleanup* (the detached
+              book's orders out of the indexes, a bounded number per message), from the freeze
+              on, paced by the coordinator after mig_drop.
 Destination:  mig_prepare (inert: MOVED "not yet") -> [mig_import_chunk* -> mig_preimport (the
               pre-copy built beside the engine)] -> mig_import_chunk* -> mig_import (the book is
               in the engine, still inert) -> mig_activate (the new owner, new epoch), or
@@ -26,6 +29,7 @@ import base64
 import hashlib
 import logging
 import zlib
+from collections.abc import Container
 from typing import Any
 
 import orjson
@@ -46,7 +50,9 @@ from pyengine.engine.migration import (
     precopy_symbol,
 )
 from pyengine.engine.migration_pieces import (
+    Detached,
     Pieces,
+    cleanup,
     export_delta_pieces,
     extend_shadow,
     pieces_of,
@@ -59,7 +65,7 @@ from pyengine.wire.protocol import Status
 
 log = logging.getLogger("matchx.migration")
 
-MIG_OPS = frozenset({"mig_precopy", "mig_freeze", "mig_export_chunk", "mig_drop", "mig_restore",
+MIG_OPS = frozenset({"mig_precopy", "mig_freeze", "mig_export_chunk", "mig_drop", "mig_cleanup", "mig_restore",
                      "mig_prepare", "mig_import_chunk", "mig_preimport", "mig_import", "mig_activate",
                      "mig_discard", "mig_state", "xfer_out", "xfer_in", "funds_check", "id_base"})
 ID_SPACE = 1 << 40  # order and trade ids per partition: cluster_id * ID_SPACE onwards
@@ -136,6 +142,10 @@ class Migrations:
         # (not snapshotted), the source's records of them
         self.pieces: dict[str, list[bytes]] = {}
         self._tracks: dict[str, Pieces] = {}
+        # id -> the book a freeze after pieces took out whole, its orders still in the indexes
+        # until mig_cleanup takes them out (not snapshotted: a snapshot holds the books only, so
+        # a restored member's indexes never had them; the record's "cleanup" says how far it is)
+        self._detached: dict[str, Detached] = {}
         self.frozen: dict[str, str] = {}        # symbol -> migration id (source, not yet dropped)
         self.inert: dict[str, str] = {}         # symbol -> migration id (destination, not active)
         self.net_in: dict[str, int] = {}        # asset -> holds imported minus holds exported
@@ -324,12 +334,18 @@ class Migrations:
         if rec is not None and rec["state"] != PRECOPIED:
             return _ok(self._source_answer(rec))
         symbol, dest, epoch = cmd["symbol"], cmd["dest"], cmd["epoch"]
+        cleanup_rec: dict[str, int] | None = None
         try:
             if rec is None:
                 blob, meta = export_symbol(svc.engine, symbol)
             elif "pieces" in rec["precopy"]:  # after a pre-copy in pieces: the changed queues only
-                blob, meta = export_delta_pieces(svc.engine, symbol, self._track(svc, mid, rec),
-                                                 rec["precopy"]["sha256"])
+                pc = self._track(svc, mid, rec)
+                blob, meta = export_delta_pieces(svc.engine, symbol, pc, rec["precopy"]["sha256"])
+                det = pc.detached
+                if det is not None and det.total:
+                    self._detached[mid] = det
+                    # the orders to take out of the indexes after the freeze (mig_cleanup)
+                    cleanup_rec = {"orders": det.total, "done": 0}
             else:  # after a pre-copy: only what changed since
                 base = self._baselines.get(mid)
                 if base is None:
@@ -342,6 +358,8 @@ class Migrations:
         rec = {**(rec or {}), "id": mid, "role": "source", "symbol": symbol, "dest": dest, "epoch": epoch,
                "old_epoch": svc.owned[symbol], "state": FROZEN, "meta": meta, "size": len(blob),
                "sha256": hashlib.sha256(blob).hexdigest()}
+        if cleanup_rec is not None:
+            rec["cleanup"] = cleanup_rec
         self.recs[mid] = rec
         self.blobs[mid] = blob
         self.frozen[symbol] = mid
@@ -357,8 +375,52 @@ class Migrations:
         return _ok(self._source_answer(rec))
 
     def _source_answer(self, rec: dict) -> dict:
-        return {"type": "mig_source", "id": rec["id"], "symbol": rec["symbol"], "state": rec["state"],
+        body = {"type": "mig_source", "id": rec["id"], "symbol": rec["symbol"], "state": rec["state"],
                 "epoch": rec["epoch"], "size": rec.get("size"), "sha256": rec.get("sha256"), "meta": rec["meta"]}
+        if "cleanup" in rec:  # only then: a freeze without one answers as before
+            body["cleanup"] = rec["cleanup"]
+        return body
+
+    def _cleanup(self, svc: Any, mid: str, cmd: dict) -> Answer:
+        """The detached book's orders out of the engine's indexes until ``upto`` of them are out
+        (in the book's priority order), at most ``MAX_PIECE_ORDERS`` more per command: each
+        command a bounded piece of the work the freeze no longer does. Idempotent: a repeat, or
+        an ``upto`` already reached, changes nothing. Answers how far it is."""
+        rec = self.recs.get(mid)
+        if rec is None or rec["role"] != "source":
+            return _err(f"unknown migration {mid}")
+        upto = cmd.get("upto")
+        if type(upto) is not int or upto < 0:
+            return _err("mig_cleanup needs upto: the orders out of the indexes when it is done (an int >= 0)")
+        cl = rec.get("cleanup")
+        if cl is None:
+            return _err(f"migration {mid} is {rec['state']}: it has no detached book to clean up")
+        if upto > cl["done"] + MAX_PIECE_ORDERS:
+            return _err(f"mig_cleanup takes at most {MAX_PIECE_ORDERS} orders out at once "
+                        f"({cl['done']} out, upto {upto} asked)")
+        if upto > cl["done"]:
+            self._clean(svc, mid, min(upto, cl["orders"]))
+        return _ok({"type": "mig_cleanup", "id": mid, "symbol": rec["symbol"], "state": rec["state"],
+                    "cleanup": cl})
+
+    def _clean(self, svc: Any, mid: str, upto: int) -> None:
+        """The cleanup of ``mid`` up to ``upto`` orders (the record says so on every member; a
+        member restored from a snapshot has nothing left in its indexes to take out)."""
+        cl = self.recs[mid]["cleanup"]
+        det = self._detached.get(mid)
+        if det is not None:
+            cleanup(svc.engine, det, upto)
+            if det.done >= det.total:
+                del self._detached[mid]
+        cl["done"] = max(cl["done"], upto)
+
+    def finish_cleanups(self, svc: Any, symbols: Container[str]) -> None:
+        """Every cleanup still open of these symbols done now: the symbol is about to be owned
+        or imported here again (its new orders must not share it with detached ones)."""
+        for mid, rec in self.recs.items():
+            cl = rec.get("cleanup")
+            if cl is not None and cl["done"] < cl["orders"] and rec["symbol"] in symbols:
+                self._clean(svc, mid, cl["orders"])
 
     def _export_chunk(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self.recs.get(mid)
@@ -414,6 +476,8 @@ class Migrations:
                     sym.dirty = None  # no freeze will read the marks
             rec["state"] = RELEASED
         elif rec["state"] == FROZEN:
+            # the detached orders out of the indexes first: the restore builds the book anew
+            self.finish_cleanups(svc, (rec["symbol"],))
             try:
                 if "precopy" in rec and "pieces" in rec["precopy"]:
                     shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
@@ -460,6 +524,8 @@ class Migrations:
             return _err(f"{symbol} is already being imported (migration {self.inert[symbol]})")
         if symbol in self.frozen:
             return _err(f"{symbol} is frozen here (migration {self.frozen[symbol]})")
+        # back where it left from: the detached orders of its last move out of the indexes
+        self.finish_cleanups(svc, (symbol,))
         cur = svc.engine.symbols.get(symbol)
         if cur is not None and (cur.bid_keys or cur.ask_keys):
             return _err(f"{symbol} has a book here")

@@ -33,8 +33,11 @@ RETIRE_OPS = frozenset({"retire", "unretire"})
 # (an unretired partition must not accept a token revoked meanwhile), and keys change no funds.
 ENGINE_READS = frozenset({"book", "order", "balances", "open_orders", "fills", "trades",
                           "subscribe", "unsubscribe"})
+# mig_cleanup changes no state either: it takes a moved book's orders out of the indexes, where
+# every reader already skips them
 ADMIN_READS = frozenset({"ping", "state_hash", "funds", "owned_symbols", "auth_state", "mig_state",
-                         "funds_check", "mig_export_chunk", "add_key", "remove_key", "revoke"}) | RETIRE_OPS
+                         "funds_check", "mig_export_chunk", "mig_cleanup", "add_key", "remove_key",
+                         "revoke"}) | RETIRE_OPS
 
 REASON = "partition_retired"
 

@@ -181,11 +181,49 @@ def test_coordinator_killed_after_every_step_resumes_to_one_owner(tmp_path, syst
             assert owners(fresh_parts, f"end{k}{after}") == ["p2"]
             assert again.get_symbol(BTC)["partition"] == "p2"
             funds_ok(fresh_parts)
+            # the source's cleanup of the moved orders carried on to its end
+            assert not any(o.sym.name == BTC for o in fresh_parts["p1"].svc.engine.orders.values())
             again.close()
         if not crashed:
             total = k
             break
     assert total and total > (18 if piece_orders == 4 else 6)  # pieces of 4: ~7 pieces, 2 commands each
+
+
+class Recording(LocalTransport):
+    """LocalTransport that keeps every command it delivers, with its partition."""
+
+    def __init__(self, parts: dict[str, Part]) -> None:
+        super().__init__(parts)
+        self.sent: list[tuple[str, dict]] = []
+
+    def admin(self, partition: str, command: dict) -> tuple[str, dict]:
+        self.sent.append((partition, command))
+        return super().admin(partition, command)
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.02])
+def test_the_source_cleans_up_after_the_drop_in_pieces(system, pause_s):
+    """After a pre-copy in pieces the source's freeze leaves the moved orders in its indexes;
+    after the drop the driver has it take them out ``piece_orders`` at a time, one command each
+    (paced like the pieces), before it records the migration done."""
+    store, _, parts, _ = system
+    t = Recording(parts)
+    n = len(book(parts["p1"]))
+    rec = Driver(store, t, piece_orders=6, piece_pause_s=pause_s).start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done"
+    ops = [c["op"] for _p, c in t.sent]
+    drop = ops.index("mig_drop")
+    cleanups = [(p, c) for p, c in t.sent[drop + 1:]]
+    assert [p for p, _c in cleanups] == ["p1"] * -(-n // 6)
+    assert [c["upto"] for _p, c in cleanups] == list(range(6, n + 6, 6))
+    assert ops.index("mig_freeze") < drop and "mig_cleanup" not in ops[:drop]
+    assert not any(o.sym.name == BTC for o in parts["p1"].svc.engine.orders.values())
+    steps = [s[0] for s in rec["info"]["timing"]["steps"]]
+    assert "cleanup" in steps
+    if pause_s:
+        cl = next(s for s in rec["info"]["timing"]["steps"] if s[0] == "cleanup")
+        assert cl[2] - cl[1] >= pause_s * 1000 * -(-n // 6) * 0.9
 
 
 def _fresh(path, store: CoordinatorStore, parts: dict[str, Part]) -> tuple[CoordinatorStore, dict[str, Part]]:

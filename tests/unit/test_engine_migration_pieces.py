@@ -7,37 +7,27 @@ Runs compiled and plain (MATCHX_PURE_ENGINE=1)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
-from test_engine_migration import ACCTS, Flow, X, Y, dest, fund, holds_in, neg, run, source
+from migration_cases import check_as_whole, copy, freeze_beside_whole, restored_exactly, sha
+from test_engine_migration import ACCTS, Flow, X, Y, dest, holds_in, neg, run, source
 
 from pyengine.engine import Engine
 from pyengine.engine.migration import (
     MigrationError,
     book_rows,
-    export_symbol,
     funds_problems,
     import_delta,
-    import_symbol,
 )
 from pyengine.engine.migration_pieces import (
     Pieces,
+    cleanup,
     export_delta_pieces,
     extend_shadow,
     pieces_of,
     pieces_sha,
     take_piece,
 )
-from pyengine.engine.model import EngineState
-
-
-def sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def copy(e: Engine) -> Engine:
-    return Engine.restore(e.snapshot())
+from pyengine.engine.model import EV_REJECTED, OP_AMEND, OP_CANCEL, EngineState
 
 
 def precopy(src: Engine, pc: Pieces, n: int, between=None) -> list[bytes]:
@@ -74,28 +64,10 @@ def test_pieces_with_trading_between_them_give_the_whole_exports_book_and_state(
     assert len(blobs) > 1
     shadow = shadow_of(blobs, dst.dedup_window)
     run(src, flow, 20 + 5 * seed, ts=40_000)
-    at_freeze = book_rows(src, X)
-    ref_src, ref_dst = copy(src), copy(dst)
-    delta, meta = export_delta_pieces(src, X, pc, pieces_sha([sha(b) for b in blobs]))
-    whole, wmeta = export_symbol(ref_src, X)
-    assert meta["orders"] == wmeta["orders"] == len(at_freeze)
-    assert meta["holds"] == wmeta["holds"] and meta["finished"] == wmeta["finished"]
-    assert meta["pieces"] == len(blobs)
-    assert src.state_hash() == ref_src.state_hash()  # the freeze leaves the source alike
-    got = import_delta(dst, shadow, pieces_sha([sha(b) for b in blobs]), delta)
-    import_symbol(ref_dst, whole)
-    assert book_rows(dst, X) == at_freeze
-    assert dst.state_hash() == ref_dst.state_hash()
-    assert got["orders"] == len(at_freeze) and got["coid_conflicts"] == 0
-    assert funds_problems(dst, holds_in(meta)) == []
-    assert funds_problems(src, neg(holds_in(meta))) == []
-    # the moved book trades as the whole export's does (duplicates, cancels of pre-copied orders)
-    fund(dst, "after")
-    fund(ref_dst, "after")
-    flow.syms = (X,)
-    for i in range(100):
-        cmd = flow.next()
-        assert dst.apply(cmd, 90_000 + i) == ref_dst.apply(cmd, 90_000 + i), (i, cmd)
+    base = pieces_sha([sha(b) for b in blobs])
+    fz = freeze_beside_whole(src, dst, lambda: export_delta_pieces(src, X, pc, base))
+    assert fz.meta["pieces"] == len(blobs)
+    check_as_whole(src, dst, fz, import_delta(dst, shadow, base, fz.delta), flow)
 
 
 def test_the_freeze_walks_only_the_changed_queues_and_gives_the_same_bytes_without_marks():
@@ -170,12 +142,15 @@ def test_abort_after_a_pieces_freeze_restores_the_source_exactly():
     base = pieces_sha([sha(b) for b in blobs])
     delta, meta = export_delta_pieces(src, X, pc, base)
     assert book_rows(src, X) == [] and funds_problems(src, neg(holds_in(meta))) == []
-    got = import_delta(src, shadow_of(blobs, src.dedup_window), base, delta)
-    assert got["finished_skipped"] == meta["finished"]
-    assert src.state_hash() == h
-    src.check_invariants()
-    run(src, flow, 100, ts=8_000)
-    src.check_invariants()
+    # its detached orders are still in the indexes: the symbol takes no book before they are out
+    det = pc.detached
+    assert det is not None and det.total == meta["orders"] > 0 and src.symbols[X].detached
+    with pytest.raises(MigrationError, match="not cleaned up yet"):
+        import_delta(src, shadow_of(blobs, src.dedup_window), base, delta)
+    assert cleanup(src, det, det.total // 2) == det.total // 2 and src.symbols[X].detached
+    assert funds_problems(src, neg(holds_in(meta))) == []
+    assert cleanup(src, det, det.total + 5) == det.total and not src.symbols[X].detached
+    restored_exactly(src, import_delta(src, shadow_of(blobs, src.dedup_window), base, delta), meta, h, flow)
 
 
 def test_pieces_that_do_not_fit_change_nothing():
@@ -226,3 +201,63 @@ def test_an_empty_book_is_one_last_piece():
     assert dmeta["orders"] == 1 and dmeta["appended"] == 1
     import_delta(dst, extend_shadow(None, blob, dst.dedup_window), base, delta)
     assert [r[7] for r in book_rows(dst, X)] == ["late"]
+
+
+def test_readers_skip_the_detached_orders_before_during_and_after_their_cleanup():
+    """After a freeze the moved book's orders wait in the engine's indexes for their cleanup.
+    Before it, between its pieces and after it, every command answers as on a member restored
+    from a snapshot, whose indexes never held them: orders and open orders queried, cancels and
+    amends by order id and client order id (JSON and compact), cancel_all without a symbol, a
+    moved order's client order id placed again on another symbol; funds hold on both."""
+    src = source()
+    flow = Flow(61, (X, Y))
+    run(src, flow, 500)
+    pc = Pieces()
+    blobs = precopy(src, pc, 7, lambda i: run(src, flow, 3, ts=3_000 + 10 * i))
+    moved = book_rows(src, X)  # (order id, account, side, price, qty, oqty, filled, coid, ts)
+    _delta, meta = export_delta_pieces(src, X, pc, pieces_sha([sha(b) for b in blobs]))
+    det = pc.detached
+    assert det is not None and det.total == len(moved) > 20
+    assert sum(1 for o in src.orders.values() if o.sym.name == X) == len(moved)
+    twin = copy(src)
+    assert not any(o.sym.name == X for o in twin.orders.values())
+    later = Flow(62, (Y,))
+    ts = [10_000]
+
+    def both(cmd: dict) -> None:
+        ts[0] += 1
+        assert src.apply(cmd, ts[0]) == twin.apply(cmd, ts[0]), cmd
+
+    def both_compact(cmd: tuple) -> None:
+        ts[0] += 1
+        got = src.apply_compact(cmd, ts[0])
+        assert got == twin.apply_compact(cmd, ts[0]) and got[0][0] == EV_REJECTED, (cmd, got)
+
+    for k, upto in enumerate((0, 7, len(moved) // 2, len(moved))):
+        assert cleanup(src, det, upto) == upto
+        assert src.symbols[X].detached == (upto < len(moved))
+        for oid, acct, _side, _p, _q, _oq, _f, coid, _ts in moved[k::4][:8]:
+            both({"op": "order", "account": acct, "order_id": oid})
+            both({"op": "order", "account": acct, "client_order_id": coid})
+            both({"op": "cancel", "account": acct, "symbol": Y, "order_id": oid})
+            both({"op": "cancel", "account": acct, "symbol": Y, "client_order_id": coid})
+            both({"op": "amend", "account": acct, "symbol": Y, "order_id": oid, "qty": "0.1"})
+            both_compact((OP_CANCEL, acct, Y, oid))
+            both_compact((OP_CANCEL, acct, Y, coid))
+            both_compact((OP_AMEND, acct, Y, oid, 0, 1))
+            # the client order id left with its order: free here again, on any symbol
+            both({"op": "place", "account": acct, "symbol": Y, "side": "buy", "price": "96", "qty": "0.1",
+                  "client_order_id": coid})
+        for _ in range(30):
+            both(later.next())
+        both({"op": "cancel_all", "account": ACCTS[k]})
+        for a in ACCTS:
+            both({"op": "open_orders", "account": a})
+            both({"op": "balances", "account": a})
+        assert funds_problems(src, neg(holds_in(meta))) == funds_problems(twin, neg(holds_in(meta))) == []
+        assert src.state_hash() == twin.state_hash()
+    # all out: nothing of X left in any index
+    assert not any(o.sym.name == X for o in src.orders.values())
+    for a in src.accounts.values():
+        assert not any(o.sym.name == X for o in a.open.values())
+        assert not any(o.sym.name == X and o.status == 0 for o in a.coid_index().values())

@@ -5,32 +5,21 @@ and an abort gives the source back exactly. Runs compiled and plain (MATCHX_PURE
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
-from test_engine_migration import ACCTS, Flow, X, Y, dest, fund, holds_in, neg, run, source
+from migration_cases import check_as_whole, freeze_beside_whole, restored_exactly, sha
+from test_engine_migration import ACCTS, Flow, X, Y, dest, holds_in, run, source
 
-from pyengine.engine import Engine
 from pyengine.engine.migration import (
     MigrationError,
     baseline_of,
     book_rows,
     build_shadow,
     export_delta,
-    export_symbol,
     funds_problems,
     import_delta,
     import_symbol,
     precopy_symbol,
 )
-
-
-def sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def copy(e: Engine) -> Engine:
-    return Engine.restore(e.snapshot())
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -45,28 +34,9 @@ def test_delta_after_a_precopy_gives_the_book_and_state_of_a_whole_export(seed):
     assert baseline_of(base) == bl
     shadow = build_shadow(base, dst.dedup_window)  # at the destination, while X trades
     run(src, flow, 30 + 10 * seed, ts=5_000)  # the changes during the pre-copy
-    at_freeze = book_rows(src, X)
-    ref_src, ref_dst = copy(src), copy(dst)
-    delta, meta = export_delta(src, X, bl, sha(base))
-    whole, wmeta = export_symbol(ref_src, X)
-    assert meta["orders"] == wmeta["orders"] == len(at_freeze)
-    assert meta["holds"] == wmeta["holds"] and meta["finished"] == wmeta["finished"]
-    assert src.state_hash() == ref_src.state_hash()  # the freeze leaves the source alike
-    assert len(delta) < len(whole) or meta["removed"] + meta["appended"] > len(at_freeze) // 2
-    got = import_delta(dst, shadow, sha(base), delta)
-    import_symbol(ref_dst, whole)
-    assert book_rows(dst, X) == at_freeze
-    assert dst.state_hash() == ref_dst.state_hash()
-    assert got["orders"] == len(at_freeze) and got["coid_conflicts"] == 0
-    assert funds_problems(dst, holds_in(meta)) == []
-    assert funds_problems(src, neg(holds_in(meta))) == []
-    # and the moved book trades as the whole export's does
-    fund(dst, "after")
-    fund(ref_dst, "after")
-    flow.syms = (X,)
-    for i in range(100):
-        cmd = flow.next()
-        assert dst.apply(cmd, 90_000 + i) == ref_dst.apply(cmd, 90_000 + i), (i, cmd)
+    fz = freeze_beside_whole(src, dst, lambda: export_delta(src, X, bl, sha(base)))
+    assert len(fz.delta) < len(fz.whole) or fz.meta["removed"] + fz.meta["appended"] > len(fz.at_freeze) // 2
+    check_as_whole(src, dst, fz, import_delta(dst, shadow, sha(base), fz.delta), flow)
 
 
 def test_amend_up_then_down_moves_the_order_to_its_queue_tail():
@@ -101,12 +71,7 @@ def test_abort_after_a_delta_freeze_restores_the_source_exactly():
     delta, meta = export_delta(src, X, bl, sha(base))
     assert src.state_hash() != h and book_rows(src, X) == []
     # the source takes the symbol back the way the destination would have taken it
-    got = import_delta(src, build_shadow(base, src.dedup_window), sha(base), delta)
-    assert got["finished_skipped"] == meta["finished"]
-    assert src.state_hash() == h
-    src.check_invariants()
-    run(src, flow, 100, ts=8_000)
-    src.check_invariants()
+    restored_exactly(src, import_delta(src, build_shadow(base, src.dedup_window), sha(base), delta), meta, h, flow)
 
 
 def test_a_delta_that_does_not_fit_changes_nothing():

@@ -11,22 +11,13 @@ from __future__ import annotations
 import base64
 import zlib
 
+from migration_cases import abort_after_freeze_is_exact, restarted, switch_over
 from test_service_migration import BTC, ETH, Part, book, setup, transfer, writable
 
-from pyengine.service.matching import MatchingService
 from pyengine.wire.protocol import Status
 
 PRE = {"op": "mig_precopy", "id": "m1", "symbol": BTC, "dest": "p2", "epoch": 2, "max_orders": 4}
 FREEZE = {"op": "mig_freeze", "id": "m1", "symbol": BTC, "dest": "p2", "epoch": 2}
-
-
-def restarted(p: Part) -> Part:
-    q = Part.__new__(Part)
-    q.name, q.pos = p.name, p.pos
-    q.svc = MatchingService()
-    q.svc.restore(p.svc.snapshot())
-    assert q.svc.snapshot() == p.svc.snapshot()
-    return q
 
 
 def piece_in(dst: Part, pre: dict, chunked: bool = False) -> dict:
@@ -89,14 +80,7 @@ def test_changes_between_pieces_arrive_exactly_and_never_two_owners():
     assert meta["orders"] == len(at_freeze) and meta["pieces"] == len(got) and meta["ldigest"] == 1
     assert meta["appended"] >= 2 and meta["removed"] >= 2 and meta["changed"] >= 1
     assert not writable(src, "frozen") and not writable(dst, "frozen")
-    transfer(src, dst, "m1", meta, a["size"], a["sha256"])
-    assert book(dst) == at_freeze
-    assert not writable(dst, "imported")
-    dst.ok({"op": "mig_activate", "id": "m1"})
-    src.ok({"op": "mig_drop", "id": "m1"})
-    assert writable(dst, "active") and not writable(src, "active")
-    src.funds_ok()
-    dst.funds_ok()
+    switch_over(src, dst, a, at_freeze)
     # orders placed before and between the pieces are duplicates at the destination; a
     # pre-copied order cancelled between pieces is not open there
     for acct, coid in (("a", "new-0"), ("b", "o1"), ("a", "o3")):
@@ -162,16 +146,7 @@ def test_abort_between_pieces_and_after_the_freeze_leaves_the_source_exact():
 
     src, dst = setup()
     pieces(src, dst, between=trade)
-    h, before = src.svc.engine.state_hash(), book(src)
-    a = src.ok(FREEZE)
-    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
-    dst.ok({"op": "mig_discard", "id": "m1"})
-    assert book(dst) == [] and not writable(dst, "discarded")
-    assert src.ok({"op": "mig_restore", "id": "m1"})["state"] == "restored"
-    assert src.svc.engine.state_hash() == h and book(src) == before
-    assert src.svc.owned[BTC] == 2 and writable(src, "restored")
-    src.funds_ok()
-    dst.funds_ok()
+    abort_after_freeze_is_exact(src, dst, FREEZE)
 
 
 def test_members_restarted_between_pieces_make_the_same_freeze():
@@ -207,3 +182,123 @@ def test_members_restarted_between_pieces_make_the_same_freeze():
     src.ok({"op": "mig_drop", "id": "m1"})
     src.funds_ok()
     dst.funds_ok()
+
+
+def cleanup(p: Part, upto: int) -> dict:
+    return p.ok({"op": "mig_cleanup", "id": "m1", "upto": upto})["cleanup"]
+
+
+def moved_in_indexes(p: Part) -> int:
+    """The moved book's orders still in the source's indexes (its order map; every account's
+    open orders agree with it)."""
+    eng = p.svc.engine
+    n = sum(1 for o in eng.orders.values() if o.sym.name == BTC)
+    assert n == sum(1 for a in eng.accounts.values() for o in a.open.values() if o.sym.name == BTC)
+    return n
+
+
+def same_answers(tag: str, *parts: Part) -> None:
+    """Queries, a cancel_all without a symbol and orders of the other symbol on members of one
+    partition: the same answers, the same engine state."""
+    first, *rest = parts
+    for acct in "abc":
+        for cmd in ({"op": "open_orders", "account": acct}, {"op": "balances", "account": acct},
+                    {"op": "order", "account": acct, "client_order_id": f"o{3 + 'abc'.index(acct)}"}):
+            want = first.eng(cmd)
+            assert all(p.eng(cmd) == want for p in rest), cmd
+    for p in parts:
+        assert p.place(ETH, "a", "buy", "10", f"eth-{tag}")[0] == Status.OK
+        # a client order id of a moved order, on the other symbol: free here since the freeze
+        assert p.place(ETH, "b", "buy", "11", f"o{7 + len(tag)}")[0] == Status.OK
+    want = first.eng({"op": "cancel_all", "account": "c"})
+    assert all(p.eng({"op": "cancel_all", "account": "c"}) == want for p in rest)
+    assert all(p.svc.engine.state_hash() == first.svc.engine.state_hash() for p in rest)
+    for p in parts:
+        p.funds_ok()
+
+
+def test_the_cleanup_after_the_freeze_goes_in_pieces_and_every_member_answers_alike():
+    """The freeze leaves the moved orders in the source's indexes; mig_cleanup takes them out a
+    bounded number at a time, from the freeze on and after the drop. A member restored from a
+    snapshot right after the freeze (its indexes never held them) and one restored mid-cleanup
+    answer every step and every query as the member that cleans, and end with the same snapshot."""
+    src, dst = setup()
+    pieces(src, dst, between=trade)
+    n = len(book(src))
+    a = src.ok(FREEZE)
+    assert a["cleanup"] == {"orders": n, "done": 0} and moved_in_indexes(src) == n
+    twin = restarted(src)
+    assert moved_in_indexes(twin) == 0
+    same_answers("frozen", src, twin)
+    for p in (src, twin):  # (every member gets every message: the log's time stamps stay alike)
+        for bad, why in ((-1, "upto"), ("3", "upto"), (100_001, "at most")):
+            st, body = p.admin({"op": "mig_cleanup", "id": "m1", "upto": bad})
+            assert st == Status.ERROR and why in body["error"], body
+        st, body = p.admin({"op": "mig_cleanup", "id": "zz", "upto": 1})
+        assert st == Status.ERROR and "unknown migration" in body["error"]
+    assert cleanup(src, 4) == cleanup(twin, 4) == {"orders": n, "done": 4}
+    assert moved_in_indexes(src) == n - 4
+    h = src.svc.engine.state_hash()
+    for p in (src, twin):  # repeats: nothing changes
+        assert cleanup(p, 2) == cleanup(p, 4) == {"orders": n, "done": 4}
+    assert moved_in_indexes(src) == n - 4 and src.svc.engine.state_hash() == h
+    same_answers("cleaning", src, twin)
+    mid = restarted(src)  # restored mid-cleanup
+    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
+    dst.ok({"op": "mig_activate", "id": "m1"})
+    twin.pos = mid.pos = src.pos  # the export chunks read at src: in every member's log alike
+    for p in (src, twin, mid):
+        assert p.ok({"op": "mig_drop", "id": "m1"})["cleanup"] == {"orders": n, "done": 4}
+    assert cleanup(src, 11) == cleanup(twin, 11) == cleanup(mid, 11) == {"orders": n, "done": 11}
+    same_answers("dropped", src, twin, mid)
+    assert cleanup(src, n + 50) == cleanup(twin, n + 50) == cleanup(mid, n + 50) == {"orders": n, "done": n}
+    assert moved_in_indexes(src) == 0 and not src.svc.engine.symbols[BTC].detached
+    # the same engine and migration state (the snapshots' headers and reply caches differ: the
+    # export's chunks were read at src only)
+    for p in (twin, mid):
+        assert p.svc.engine.snapshot() == src.svc.engine.snapshot()
+        assert p.svc.migrations.to_json() == src.svc.migrations.to_json()
+    same_answers("done", src, twin, mid)
+    assert not writable(src, "done") and writable(dst, "done")
+
+
+def test_abort_during_the_cleanup_restores_the_source_exactly():
+    src, dst = setup()
+    pieces(src, dst, between=trade)
+
+    def clean_some(a: dict) -> None:
+        assert cleanup(src, 5)["done"] == 5 and moved_in_indexes(src) == a["meta"]["orders"] - 5
+
+    abort_after_freeze_is_exact(src, dst, FREEZE, clean_some)
+    rec = src.ok({"op": "mig_state"})["migrations"][0]
+    assert rec["cleanup"]["done"] == rec["cleanup"]["orders"]  # finished by the restore
+    assert moved_in_indexes(src) == len(book(src))  # the restored book's own orders only
+
+
+def test_a_symbol_coming_back_finishes_the_cleanup_of_its_last_move_first():
+    """BTC moves p1 -> p2 and the cleanup at p1 stops part-way (say, the coordinator went away);
+    when BTC comes back, p1's mig_prepare takes the rest out of the indexes before the import,
+    on every member alike."""
+    src, dst = setup()
+    pieces(src, dst, between=trade)
+    n = len(book(src))
+    a = src.ok(FREEZE)
+    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
+    dst.ok({"op": "mig_activate", "id": "m1"})
+    src.ok({"op": "mig_drop", "id": "m1"})
+    assert cleanup(src, 3)["done"] == 3
+    twin = restarted(src)
+    moved = book(dst)
+    back = {"id": "m2", "symbol": BTC, "epoch": 3}
+    for p in (src, twin):
+        p.ok({"op": "mig_prepare", **back, "source": "p2"})
+        assert moved_in_indexes(p) == 0
+        assert p.ok({"op": "mig_state"})["migrations"][0]["cleanup"] == {"orders": n, "done": n}
+    b = dst.ok({"op": "mig_freeze", **back, "dest": "p1"})
+    for p in (src, twin):
+        transfer(dst, p, "m2", b["meta"], b["size"], b["sha256"])
+        p.ok({"op": "mig_activate", "id": "m2"})
+        assert book(p) == moved and writable(p, "back")
+        p.funds_ok()
+        p.svc.engine.check_invariants()
+    assert src.svc.engine.state_hash() == twin.svc.engine.state_hash()

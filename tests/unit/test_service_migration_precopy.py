@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 
+from migration_cases import abort_after_freeze_is_exact, switch_over
 from test_service_migration import BTC, ETH, Part, book, setup, transfer, writable
 
 from pyengine.service.matching import MatchingService
@@ -57,14 +58,7 @@ def test_changes_during_the_precopy_arrive_and_never_two_owners():
     assert a["meta"]["appended"] >= 2 and a["meta"]["removed"] >= 1 and a["meta"]["changed"] >= 1
     assert a["size"] < pre["size"]  # only what changed
     assert not writable(src, "frozen") and not writable(dst, "frozen")
-    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
-    assert book(dst) == at_freeze
-    assert not writable(dst, "imported")
-    dst.ok({"op": "mig_activate", "id": "m1"})
-    src.ok({"op": "mig_drop", "id": "m1"})
-    assert writable(dst, "active") and not writable(src, "active")
-    src.funds_ok()
-    dst.funds_ok()
+    switch_over(src, dst, a, at_freeze)
     # an order placed during the pre-copy is a duplicate at the destination, and so is one before
     for acct, coid in (("a", "new-1"), ("b", "o1")):
         st, body = dst.place(BTC, acct, "buy", "1", coid)
@@ -108,16 +102,7 @@ def test_abort_after_a_precopy_leaves_the_source_exact():
     src, dst = setup()
     precopy(src, dst)
     trade_during_precopy(src)
-    h, before = src.svc.engine.state_hash(), book(src)
-    a = src.ok(FREEZE)
-    transfer(src, dst, "m1", a["meta"], a["size"], a["sha256"])
-    dst.ok({"op": "mig_discard", "id": "m1"})
-    assert book(dst) == [] and not writable(dst, "discarded")
-    assert src.ok({"op": "mig_restore", "id": "m1"})["state"] == "restored"
-    assert src.svc.engine.state_hash() == h and book(src) == before
-    assert src.svc.owned[BTC] == 2 and writable(src, "restored")
-    src.funds_ok()
-    dst.funds_ok()
+    abort_after_freeze_is_exact(src, dst, FREEZE)
 
 
 def test_snapshots_during_the_precopy_carry_on():
