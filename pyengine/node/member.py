@@ -13,13 +13,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 from pyengine import jvm
-from pyengine.node.procs import pid_alive, restart_self, since_process_start_ms
+from pyengine.node.procs import accept_sighup_restart, pid_alive, restart_self, since_process_start_ms
 from pyengine.node.settings import ClusterLayout, ConfigError
 
 log = logging.getLogger("matchx.node")
@@ -129,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--member-id", required=True, type=int)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    # SIGHUP restarts this process in place (docs/operations.md). A parent that ignores it
-    # (nohup, some supervisors) passes the ignore on, and the JVM then leaves SIGHUP ignored
-    # rather than install its handler: the restart would silently do nothing.
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    accept_sighup_restart()
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s m{args.member_id} %(name)s %(levelname)s %(message)s",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,13 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return "zombie" not in state.lower()
+
+
+def accept_sighup_restart() -> None:
+    """Lets SIGHUP restart this member or worker in place (docs/operations.md); call before the JVM
+    starts. A parent that ignores SIGHUP (nohup, some supervisors) passes the ignore on, and the JVM
+    then leaves it ignored rather than install its handler: the restart would silently do nothing."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def restart_self(reason: str) -> None:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from pyengine import jvm
 from pyengine.node.member import MemberDirInUse, clear_stale_mark_files
-from pyengine.node.procs import restart_self
+from pyengine.node.procs import accept_sighup_restart, restart_self
 from pyengine.node.settings import ConfigError
 from pyengine.node.topology import DEFAULT_SYSTEM_DIR, PartitionSpec, Topology
 
@@ -232,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"system directory (default {DEFAULT_SYSTEM_DIR})")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    # SIGHUP restarts this process in place (docs/operations.md). A parent that ignores it
-    # (nohup, some supervisors) passes the ignore on, and the JVM then leaves SIGHUP ignored
-    # rather than install its handler: the restart would silently do nothing.
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    accept_sighup_restart()
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s {args.worker_id} %(threadName)s %(name)s %(levelname)s %(message)s",

@@ -505,14 +505,9 @@ public final class MatchService implements ClusteredService
         writeStatus();
     }
 
-    /** The member's first election has closed (any thread); the service thread tells the handler. */
-    public void inStep()
-    {
-        inStep(-1);
-    }
-
     /**
-     * As {@link #inStep()}, with the leader its consensus module knows ({@code -1}: not known). A member
+     * The member's first election has closed (any thread); the service thread tells the handler. With
+     * the leader its consensus module knows ({@code -1}: not known). A member
      * that restarts from a snapshot taken after its term began, and catches up, sees no new leadership
      * term event in the log: without this its status and metrics named no leader until the next
      * election, and `matchctl member start|restart` waited for one in vain (seen on an idle partition).

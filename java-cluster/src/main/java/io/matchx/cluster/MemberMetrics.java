@@ -90,14 +90,21 @@ public final class MemberMetrics
     /** The leader this member's consensus module knows, asked as ClusterTool {@code list-members} does; -1 if none. */
     public static int leaderMemberId(final File clusterDir, final long timeoutMs)
     {
+        final ClusterMembership membership = listMembers(clusterDir, timeoutMs);
+        return null == membership ? -1 : membership.leaderMemberId;
+    }
+
+    /** ClusterTool {@code list-members} of this member's consensus module; null if it does not answer in time. */
+    private static ClusterMembership listMembers(final File clusterDir, final long timeoutMs)
+    {
         final ClusterMembership membership = new ClusterMembership();
         try
         {
-            return ClusterTool.listMembers(membership, clusterDir, timeoutMs) ? membership.leaderMemberId : -1;
+            return ClusterTool.listMembers(membership, clusterDir, timeoutMs) ? membership : null;
         }
         catch (final RuntimeException ex)
         {
-            return -1;
+            return null;
         }
     }
 
@@ -108,16 +115,8 @@ public final class MemberMetrics
      */
     public static long[] memberPositions(final File clusterDir, final long timeoutMs)
     {
-        final ClusterMembership membership = new ClusterMembership();
-        try
-        {
-            if (!ClusterTool.listMembers(membership, clusterDir, timeoutMs) || null == membership.activeMembers ||
-                membership.leaderMemberId != membership.memberId)
-            {
-                return new long[0];
-            }
-        }
-        catch (final RuntimeException ex)
+        final ClusterMembership membership = listMembers(clusterDir, timeoutMs);
+        if (null == membership || null == membership.activeMembers || membership.leaderMemberId != membership.memberId)
         {
             return new long[0];
         }

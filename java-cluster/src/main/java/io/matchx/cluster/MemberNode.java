@@ -91,9 +91,7 @@ public final class MemberNode implements AutoCloseable
             timing.afterLaunch(driver.consensusModule());
             StartPhases.log(LOG_PREFIX, "media driver, archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            final File clusterDir = ctx.consensusModule.clusterDir();
-            StartPhases.watchElection(LOG_PREFIX, timing.electionState(),
-                () -> service.inStep(MemberMetrics.leaderMemberId(clusterDir, 1_000)));
+            watchFirstElection(LOG_PREFIX, timing, ctx, service);
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service, timing);
             node.snapshotSchedule.add(s, service, node::takeSnapshot);
@@ -148,6 +146,18 @@ public final class MemberNode implements AutoCloseable
             this.consensusModule = consensusModule;
             this.container = container;
         }
+    }
+
+    /**
+     * Logs the first election's steps and, once it has closed, tells the service it is in step and who
+     * leads (its consensus module asked: the service may not have seen the term begin).
+     */
+    static void watchFirstElection(
+        final String logPrefix, final ElectionTiming timing, final Contexts ctx, final MatchService service)
+    {
+        final File clusterDir = ctx.consensusModule.clusterDir();
+        StartPhases.watchElection(logPrefix, timing.electionState(),
+            () -> service.inStep(MemberMetrics.leaderMemberId(clusterDir, 1_000)));
     }
 
     /**

@@ -11,7 +11,6 @@ import org.agrona.ErrorHandler;
 import org.agrona.concurrent.BackoffIdleStrategy;
 import org.agrona.concurrent.status.AtomicCounter;
 
-import java.io.File;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Properties;
@@ -139,9 +138,7 @@ public final class WorkerNode implements AutoCloseable
             timing.afterLaunch(consensusModule);
             StartPhases.log(prefix, "archive (recordings recovered) and consensus module launched in " +
                 TimeUnit.NANOSECONDS.toMillis(System.nanoTime() - started) + " ms");
-            final File clusterDir = ctx.consensusModule.clusterDir();
-            StartPhases.watchElection(prefix, timing.electionState(),
-                () -> service.inStep(MemberMetrics.leaderMemberId(clusterDir, 1_000)));
+            MemberNode.watchFirstElection(prefix, timing, ctx, service);
             container = ClusteredServiceContainer.launch(ctx.container);
         }
         catch (final RuntimeException ex)
