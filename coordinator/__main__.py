@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Generator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from coordinator.api import create_app
 from coordinator.errors import CoordinatorError
 from coordinator.migrations import CHUNK, MAX_CHUNK, MAX_PIECE_ORDERS, MIN_CHUNK, PIECE_ORDERS, Driver
 from coordinator.partition_link import ClientTransport, token_file_provider
+from coordinator.serving import KEEP_ALIVE_S, bind_listener
 from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore
 
 log = logging.getLogger("coordinator")
@@ -125,23 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
-    )[0]
-    # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are
-    # TCP; without it keep-alive responses stall ~40 ms (Nagle + delayed ACK).
-    sock = socket.socket(family, kind, proto or socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(2048)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple[Driver, ClientTransport]:
     """The migration driver, talking to partitions through the SDK (a JVM only once it does)."""
     kwargs: dict = {}
@@ -171,13 +154,14 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:
     driver, transport = migration_driver(args, store)
     app = create_app(store, migration_driver=driver)
-    sock = _bind(args.host, args.port)
+    sock = bind_listener(args.host, args.port)
     config = uvicorn.Config(
         app,
         log_config=None,
         log_level=args.log_level.lower(),
         access_log=args.access_log,
         timeout_graceful_shutdown=args.graceful_timeout,
+        timeout_keep_alive=KEEP_ALIVE_S,
         lifespan="on",
     )
     server = _Server(config)

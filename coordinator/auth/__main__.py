@@ -15,7 +15,6 @@ import copy
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ import time
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from ..serving import KEEP_ALIVE_S, bind_listener
 from .app import create_app
 from .config import AuthConfig
 
@@ -50,19 +50,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="shut down when the parent process dies (for tests and launchers)",
     )
     return p.parse_args(argv)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family, type_, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _emit(obj: dict) -> None:
@@ -97,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         argon2_memlimit=args.argon2_memlimit,
     )
     app = create_app(config)  # opens the database: fail before announcing the port
-    sock = _bind(args.host, args.port)
+    sock = bind_listener(args.host, args.port, backlog=128)
 
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout = JSON lines only
@@ -109,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             access_log=not args.no_access_log,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_S,
             server_header=False,
         )
     )

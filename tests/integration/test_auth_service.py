@@ -19,6 +19,7 @@ import pytest
 
 from coordinator.auth.client import AuthClient, AuthError
 from pyengine.service.tokens import RevocationList, TokenError, TokenVerifier, check_command
+from tests.integration.keep_alive import second_answer_after_idle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -469,3 +470,9 @@ def test_require_token_dependency(admin, server):
         admin.logout(refresh_token=boss_tok.refresh_token)
         r = http.get("/guarded", headers={"Authorization": "Bearer " + boss_tok.access_token})
         assert r.status_code == 401 and r.json()["detail"].startswith("revoked")
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_pool(server):
+    # uvicorn's default (5 s) equals httpx's pool expiry: a login in CI once went out on a
+    # connection the service was closing at that moment ("Server disconnected ...")
+    assert second_answer_after_idle(server.url, "/v1/keys") == 200

@@ -17,6 +17,7 @@ import pytest
 
 from coordinator.testing import CoordinatorProcess
 from pyengine.client.routing import Route, RouteCache, UnknownSymbol
+from tests.integration.keep_alive import second_answer_after_idle
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -288,3 +289,8 @@ def test_bad_topology_fails_start(tmp_path):
     assert proc.returncode == 1
     assert proc.stdout == b""
     assert b"partition_has_no_members" in proc.stderr
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_pool(coord):
+    # the routing cache and the tools keep one httpx client to the coordinator (pool expiry 5 s)
+    assert second_answer_after_idle(coord.url, "/v1/routes") == 200
