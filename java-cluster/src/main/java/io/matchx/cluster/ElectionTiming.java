@@ -116,6 +116,8 @@ final class ElectionTiming implements AutoCloseable
     private Object agent;
     private volatile WatchedCounter electionState;
     private volatile WatchedCounter role;
+    /** Read for {@link CatchupStall}; null where tests start the sampler on counters of their own. */
+    private volatile WatchedCounter commitPosition;
     private Field agentTimeout;
     /** ConsensusModuleAgent.election and Election.clusterMembers: the votes of a ballot. */
     private Field agentElection;
@@ -291,6 +293,7 @@ final class ElectionTiming implements AutoCloseable
             warn("the consensus module's heartbeat timeout stays as configured (" + ex +
                 "): catch-up progress and a fresh leader's check of its followers use it");
         }
+        commitPosition = WatchedCounter.of(ctx.commitPositionCounter());
         start(WatchedCounter.of(ctx.electionStateCounter()), WatchedCounter.of(ctx.clusterNodeRoleCounter()));
     }
 
@@ -379,10 +382,15 @@ final class ElectionTiming implements AutoCloseable
     {
         final WatchedCounter state = electionState;
         final WatchedCounter memberRole = role;
+        final WatchedCounter commit = commitPosition;
         if (null != state)
         {
             state.close();
             memberRole.close();
+        }
+        if (null != commit)
+        {
+            commit.close();
         }
     }
 
@@ -395,6 +403,7 @@ final class ElectionTiming implements AutoCloseable
         long stateSinceNs = System.nanoTime();
         int steps = 0;
         final JoinDeadlock deadlock = new JoinDeadlock(ctx.clusterId(), ctx.clusterMemberId(), logPrefix);
+        final CatchupStall catchupStall = new CatchupStall(logPrefix);
         try
         {
             while (true)
@@ -432,6 +441,11 @@ final class ElectionTiming implements AutoCloseable
                 {
                     deadlock.check(TimeUnit.NANOSECONDS.toMillis(nowNs),
                         TimeUnit.NANOSECONDS.toMillis(nowNs - stateSinceNs), state.name());
+                    final WatchedCounter commit = commitPosition;
+                    if (null != commit)
+                    {
+                        catchupStall.check(TimeUnit.NANOSECONDS.toMillis(nowNs), state.name(), commit.get());
+                    }
                 }
                 if (inStepAtNs == 0 && state == ElectionState.CLOSED)
                 {
