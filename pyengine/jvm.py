@@ -189,3 +189,11 @@ def trace(stage: int) -> None:
 
         _trace_mark = jpype.JClass("io.matchx.cluster.LatencyTrace").mark
     _trace_mark(stage)
+
+
+def stamp_java_log_lines() -> None:
+    """From here on every line the JVM writes to stderr starts with the time, like the Python
+    log lines beside it (members and workers; not the SDK, whose stderr is the user's)."""
+    import jpype
+
+    jpype.JClass("io.matchx.cluster.TimestampedLines").stampStandardError()

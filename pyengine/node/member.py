@@ -64,6 +64,7 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     log.info("start: Python ready (+%.0f ms since process start)", since_process_start_ms())
     started = time.perf_counter()
     jvm.start()
+    jvm.stamp_java_log_lines()
     log.info("start: JVM started in %.0f ms (+%.0f ms since process start)",
              (time.perf_counter() - started) * 1000, since_process_start_ms())
 

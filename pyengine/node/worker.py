@@ -162,6 +162,7 @@ def run_worker(topology: Topology, system_dir: Path, worker_id: str, topology_fi
     # Scratch: a killed worker leaves it behind and the driver would refuse a live-looking one.
     shutil.rmtree(aeron_dir, ignore_errors=True)
     jvm.start()
+    jvm.stamp_java_log_lines()
 
     import jpype
 

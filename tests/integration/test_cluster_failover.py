@@ -11,6 +11,7 @@ import pytest
 
 from pyengine.node.localcluster import ClusterError, wait_for
 from tests.conftest import SHIPPED_TIMEOUTS
+from tests.integration.log_lines import assert_java_lines_stamped
 
 pytestmark = pytest.mark.cluster
 
@@ -172,6 +173,7 @@ def test_malformed_messages_get_a_reject_and_the_cluster_keeps_serving(make_clus
     assert all(cluster.is_running(m) for m in range(3))
     assert cluster.await_leader(30) in range(3)
     assert "Traceback" not in cluster.member_log(leader)
+    assert_java_lines_stamped(cluster.member_log(leader))
 
 
 def test_bulk_orders_through_the_cluster_and_across_a_leader_kill(make_cluster, make_client):

@@ -16,6 +16,7 @@ from pyengine.client.routed import UnknownPartition
 from pyengine.node.localcluster import wait_for
 from pyengine.ops import elastic, migrate
 from pyengine.ops.system import System
+from tests.integration.log_lines import assert_java_lines_stamped
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
@@ -80,6 +81,8 @@ def test_add_worker_and_partition_migrate_trade_and_remove(topology_doc, make_sy
     # starting then
     wait_for(lambda: sorted(m["role"] for m in System(system.dir).status()["partitions"]["p2"])
              == ["follower", "follower", "leader"], 120, "p2's members to be leader and followers")
+    # the new worker's Java lines (its start, p2's election) carry the time as its Python lines do
+    assert_java_lines_stamped((system.dir / "workers" / "w4.log").read_text())
 
     # resting orders of two accounts at p1, migrated to p2, then a trade there
     for account, asset, amount in (("alice", "USDT", "100000"), ("bob", "BTC", "10")):
