@@ -243,6 +243,24 @@ class Tracer:
             self.events.append((time.monotonic(), event, partition))
 
 
+def slowest(sender: Sender, t0: float, t1: float, timing: dict, n: int = 3) -> list[str]:
+    """The ``n`` slowest commands of ``sender`` sent in [t0, t1], each with its span in ms from
+    the freeze sent and the driver's steps it overlapped (names without their ``@`` part): what
+    the other symbol's p99 waited behind."""
+    base = timing.get("base_monotonic")
+    steps = timing.get("steps") or []
+    worst = sorted(((lat, t) for t, lat in sender.samples if t0 <= t <= t1), reverse=True)[:n]
+    out = []
+    for lat, t in worst:
+        if base is None:
+            out.append(f"{lat * 1000:.0f} ms")
+            continue
+        a, b = (t - base) * 1000, (t + lat - base) * 1000
+        names = dict.fromkeys(nm.split("@")[0] for nm, s0, s1 in steps if s0 < b and s1 > a)
+        out.append(f"{lat * 1000:.0f} ms at {a:.0f}..{b:.0f}: {', '.join(names) or 'no step'}")
+    return out
+
+
 def client_side(tracer: Tracer, probe: Sender, t0: float, to: str, base: float | None) -> dict:
     """The client's view of one migration: the first "moving" answer, the first time the map named
     ``to``, the first BTC command answered after that (accepted at the destination); ms from the
@@ -372,6 +390,7 @@ def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None,
                     "cleanup_ms": next((round(s[2] - s[1], 1) for s in timing.get("steps", []) if s[0] == "cleanup"),
                                        None),
                     **client_side(tracer, probe, t0, to, timing.get("base_monotonic")),
+                    "eth_slowest": slowest(other, t0, t1, timing),
                 })
                 print({k: v for k, v in rows[-1].items() if k != "timing"}, flush=True)
                 for line in breakdown(rows[-1]):
@@ -393,6 +412,7 @@ def breakdown(r: dict) -> list[str]:
         return ["(no step timing in the migration record: a coordinator without it)"]
     from coordinator.migration_timing import render
     return [*render(timing),
+            *(f"ETH slowest pair: {w}" for w in r.get("eth_slowest", [])),
             f"client: first \"moving\" answer at {r['first_moving']}, map names {r.get('to', 'the destination')} "
             f"at {r['route_seen']}, first command accepted there at {r['first_accepted']} "
             f"({r['not_yet_answers']} \"not yet\" answers): pause {r['client_pause_ms']} ms = waiting for the "

@@ -46,6 +46,7 @@ from .migration import (
     _U64,
     DELTA_VERSION,
     VERSION,
+    Pause,
     _mix,
     _read,
     build_shadow,
@@ -503,14 +504,14 @@ def cleanup(eng: EngineState, det: Detached, upto: int) -> int:
     return done
 
 
-def extend_shadow(shadow: EngineState | None, blob: bytes, dedup_window: int) -> EngineState:
+def extend_shadow(shadow: EngineState | None, blob: bytes, dedup_window: int, pause: Pause = None) -> EngineState:
     """The destination's pre-copy with one more piece: the first piece builds it
     (``migration.build_shadow``), each later one adds its queues. Raises MigrationError, the
     shadow unchanged, if the piece does not fit (a queue or an order it has already, other
     settings)."""
     if shadow is None:
-        return build_shadow(blob, dedup_window)
-    piece = build_shadow(blob, dedup_window)
+        return build_shadow(blob, dedup_window, pause)
+    piece = build_shadow(blob, dedup_window, pause)
     name = next(iter(piece.symbols))
     psym = piece.symbols[name]
     ssym = shadow.symbols.get(name)
@@ -538,3 +539,29 @@ def extend_shadow(shadow: EngineState | None, blob: bytes, dedup_window: int) ->
         o.sym = ssym
         shadow.orders[key] = o
     return shadow
+
+
+def release_shadow(shadow: EngineState) -> None:
+    """A pre-copy built beside the engine that will not be imported (an abort). Its levels,
+    orders and accounts refer to one another, and the service keeps the pieces out of the
+    cyclic collector (``gc.freeze``, as a snapshot keeps the engine), so the links are undone
+    here: reference counting then frees them."""
+    for sym in shadow.symbols.values():
+        for levels in (sym.bids, sym.asks):
+            for lvl in levels.values():
+                o = lvl.head
+                while o is not None:
+                    n = o.nxt
+                    o.lvl = None
+                    o.prev = None
+                    o.nxt = None
+                    o = n
+                lvl.head = None
+                lvl.tail = None
+        sym.bids = {}
+        sym.asks = {}
+    for acct in shadow.accounts.values():
+        acct.open.clear()
+        acct.coids.clear()
+        acct.finished.clear()
+    shadow.orders.clear()

@@ -26,8 +26,10 @@ leader answers exactly as the old one would have.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import logging
+import time
 import zlib
 from collections.abc import Container
 from typing import Any
@@ -57,6 +59,7 @@ from pyengine.engine.migration_pieces import (
     extend_shadow,
     pieces_of,
     pieces_sha,
+    release_shadow,
     take_piece,
 )
 from pyengine.engine.model import EngineState
@@ -116,6 +119,14 @@ def _staged_export(staged: bytes | bytearray, cmd: dict) -> tuple[bytes | None, 
         return None, (f"staged export is {len(staged)} bytes{' (zlib)' if encoding else ''} that do not give "
                       f"the source's {size} bytes and digest: send it again")
     return blob, None
+
+
+def let_others_run() -> None:
+    """The engine's imports call this every few thousand orders (``migration.PAUSE_EVERY``): a
+    worker's members of other partitions share this interpreter and would otherwise wait for
+    the whole import (~50 ms at 100,000 orders: bench/reports/migration_holds.md). A zero
+    sleep releases the interpreter, and a thread that has waited for it takes it then."""
+    time.sleep(0)
 
 
 def _holds(meta: dict) -> dict[str, int]:
@@ -481,12 +492,12 @@ class Migrations:
             try:
                 if "precopy" in rec and "pieces" in rec["precopy"]:
                     shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid])
+                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
                 elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
-                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window)
-                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid])
+                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
+                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
                 else:
-                    import_symbol(svc.engine, self.blobs[mid])
+                    import_symbol(svc.engine, self.blobs[mid], let_others_run)
             except MigrationError as exc:  # pragma: no cover - its own export always fits
                 log.error("migration %s: the source cannot take back its own export: %s", mid, exc)
                 return _err(f"restore failed: {exc}")
@@ -586,7 +597,7 @@ class Migrations:
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
             return _err(bad or "")
         try:
-            shadow = build_shadow(blob, svc.engine.dedup_window)
+            shadow = build_shadow(blob, svc.engine.dedup_window, let_others_run)
         except MigrationError as exc:
             self.blobs[mid] = b""
             return _err(f"pre-copy refused: {exc}")
@@ -626,10 +637,14 @@ class Migrations:
             shadow = self._shadows.get(mid)
             if shadow is None and got:  # after a restart: built again from the pieces' bytes
                 shadow = _shadow_of(got, svc.engine.dedup_window)
-            shadow = extend_shadow(shadow, blob, svc.engine.dedup_window)
+            shadow = extend_shadow(shadow, blob, svc.engine.dedup_window, let_others_run)
         except MigrationError as exc:
             return _err(f"pre-copy piece refused: {exc}")
         self._shadows[mid] = shadow
+        # the pieces built so far live until the import: kept out of the collections, which
+        # otherwise rescan every earlier piece's orders (up to 13 ms inside one piece's command
+        # at 100,000 orders: bench/reports/migration_holds.md), as a snapshot keeps the engine
+        gc.freeze()
         self.pieces[mid] = [*got, blob]
         have = [*have, cmd["sha256"]]
         rec["precopy"] = {"pieces": have, "sha256": pieces_sha(have), "size": (pre or {}).get("size", 0) + len(blob)}
@@ -653,14 +668,14 @@ class Migrations:
                 shadow = self._shadows.pop(mid, None)
                 if shadow is None:  # after a restart: built again from the pieces' bytes
                     shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-                meta = import_delta(svc.engine, shadow, pre["sha256"], blob)
+                meta = import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
             elif pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
                 shadow = self._shadows.pop(mid, None)
                 if shadow is None:  # after a restart: built again from the pre-copy's bytes
-                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window)
-                meta = import_delta(svc.engine, shadow, pre["sha256"], blob)
+                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
+                meta = import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
             else:
-                meta = import_symbol(svc.engine, blob)
+                meta = import_symbol(svc.engine, blob, let_others_run)
         except MigrationError as exc:
             self.blobs[mid] = b""  # start the transfer again, or abort
             return _err(f"import refused: {exc}")
@@ -709,7 +724,9 @@ class Migrations:
             self.blobs.pop(mid, None)
             self.bases.pop(mid, None)
             self.pieces.pop(mid, None)
-            self._shadows.pop(mid, None)
+            shadow = self._shadows.pop(mid, None)
+            if shadow is not None:
+                release_shadow(shadow)
             rec["state"] = DISCARDED
         return _ok(self._dest_answer(rec))
 
@@ -790,7 +807,7 @@ def _shadow_of(pieces: list[bytes], dedup_window: int) -> EngineState:
     """A pre-copy in pieces built as a small engine (after a restart, or for an abort)."""
     shadow: EngineState | None = None
     for blob in pieces:
-        shadow = extend_shadow(shadow, blob, dedup_window)
+        shadow = extend_shadow(shadow, blob, dedup_window, let_others_run)
     if shadow is None:
         raise MigrationError("a pre-copy in pieces without a piece")
     return shadow
