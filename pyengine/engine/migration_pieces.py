@@ -470,7 +470,9 @@ def detach(sym: Symbol, accts: list[Account], pc: Pieces, total: int) -> Detache
 def cleanup(eng: EngineState, det: Detached, upto: int) -> int:
     """Take the detached book's orders out of the engine's and their accounts' open orders and
     the client order id index until ``upto`` of them are out (in priority order: the same ones
-    on every member); returns how many are out. The last one clears ``Symbol.detached``."""
+    on every member); returns how many are out. The last one clears ``Symbol.detached``. Each
+    order leaves its level's links too: a member's snapshots freeze the book out of the cyclic
+    collector, so only reference counting can free it (linked, it stayed for good)."""
     orders = eng.orders
     o = det.nxt
     levels = det.levels
@@ -479,6 +481,9 @@ def cleanup(eng: EngineState, det: Detached, upto: int) -> int:
     goal = min(upto, det.total)
     while done < goal:
         while o is None and li + 1 < len(levels):
+            lvl = levels[li]
+            lvl.head = None
+            lvl.tail = None
             li += 1
             o = levels[li].head
         if o is None:  # pragma: no cover - ``total`` counts the detached levels' orders
@@ -493,12 +498,19 @@ def cleanup(eng: EngineState, det: Detached, upto: int) -> int:
         if c is not None and acct.coids.get(c) is o:
             del acct.coids[c]
         done += 1
-        o = o.nxt
+        n = o.nxt
+        o.lvl = None
+        o.prev = None
+        o.nxt = None
+        o = n
     det.nxt = o
     det.li = li
     det.done = done
     if done >= det.total:
         det.sym.detached = False
+        for lvl in levels[li:]:
+            lvl.head = None
+            lvl.tail = None
         det.levels = []
         det.nxt = None
     return done

@@ -153,6 +153,26 @@ def test_abort_after_a_pieces_freeze_restores_the_source_exactly():
     restored_exactly(src, import_delta(src, shadow_of(blobs, src.dedup_window), base, delta), meta, h, flow)
 
 
+def test_the_cleanup_unlinks_the_moved_orders_for_reference_counting():
+    """A member's snapshots freeze its book out of the cyclic collector: an order taken out by
+    the cleanup still linked to its level and neighbours would never be freed."""
+    src = source()
+    flow = Flow(32, (X, Y))
+    run(src, flow, 400)
+    moved = [o for o in src.orders.values() if o.sym is src.symbols[X]]
+    pc = Pieces()
+    blobs = precopy(src, pc, 3)
+    export_delta_pieces(src, X, pc, pieces_sha([sha(b) for b in blobs]))
+    det = pc.detached
+    assert det is not None and det.total == len(moved) > 10
+    half = det.total // 2
+    cleanup(src, det, half)
+    out = [o for o in moved if o.key not in src.orders]
+    assert len(out) == half and all(o.lvl is None and o.nxt is None and o.prev is None for o in out)
+    cleanup(src, det, det.total)
+    assert all(o.lvl is None and o.nxt is None and o.prev is None for o in moved)
+
+
 def test_pieces_that_do_not_fit_change_nothing():
     src, dst = source(), dest()
     run(src, Flow(41, (X, Y)), 300)
