@@ -120,13 +120,13 @@ def start(extra_options: tuple[str, ...] = ()) -> None:
                 f"matchx: JPype cannot find libjvm ({exc}); set JAVA_HOME to a JDK 17"
             ) from exc
         # convertStrings=False keeps Java strings Java-side: no implicit copies on the hot path.
-        with _no_java_sigterm_handler() as guard:
+        with _no_java_signal_handlers() as guard:
             # startJVM creates the JVM (which decides then whether to handle SIGTERM), then
             # builds JPype's class wrappers (initializeResources, JPype 1.7): SIGTERM is back to
             # the OS default before the wrappers, so only the JVM's creation itself ignores it
             core = getattr(jpype, "_core", None)
             resources = getattr(core, "initializeResources", None)
-            if guard.saved is not None and callable(resources):
+            if guard.active and callable(resources):
                 def resources_after_restoring() -> None:
                     guard.restore()
                     resources()
@@ -142,8 +142,8 @@ def start(extra_options: tuple[str, ...] = ()) -> None:
                     core.initializeResources = resources
 
 
-class _no_java_sigterm_handler:
-    """SIGTERM ignored while the JVM starts, then the OS default again.
+class _no_java_signal_handlers:
+    """SIGTERM and SIGINT ignored while the JVM starts, then their handlers as before.
 
     The JVM registers its own SIGTERM handler (shut the JVM down, exit 143) only when SIGTERM is
     not ignored at its start (the rule that keeps ``nohup`` working). That handler is what
@@ -154,19 +154,35 @@ class _no_java_sigterm_handler:
     still can). The price: a SIGTERM that arrives while the JVM itself is being created is lost
     (whoever stops a member escalates to SIGKILL: ``LocalCluster.stop_member`` after 15 s). Only
     the main thread can change a signal's handling, and a handler the program set itself is left
-    alone."""
+    alone.
 
-    def __enter__(self) -> _no_java_sigterm_handler:
+    SIGINT (Ctrl-C) the same way, whatever Python's handler for it: with the JVM's handler a
+    Ctrl-C ended the process at once (exit 130) without a ``KeyboardInterrupt``, so neither an SDK
+    user's ``finally`` blocks nor pytest's fixture teardowns ran (an interrupted ``make test`` left
+    its systems' workers running). Python's handler comes back, so Ctrl-C is Python's again; a
+    member or worker then hands it to ``ShutdownLatch`` as before."""
+
+    def __enter__(self) -> _no_java_signal_handlers:
         self.saved: object = None
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self.saved = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.saved_int: object = None
+        if threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self.saved = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+                self.saved_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         return self
+
+    @property
+    def active(self) -> bool:
+        return self.saved is not None or self.saved_int is not None
 
     def restore(self) -> None:
         if self.saved is not None:
             signal.signal(signal.SIGTERM, self.saved)  # type: ignore[arg-type]
             self.saved = None
+        if self.saved_int is not None:
+            signal.signal(signal.SIGINT, self.saved_int)  # type: ignore[arg-type]
+            self.saved_int = None
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
