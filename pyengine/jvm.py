@@ -153,8 +153,8 @@ class _no_java_signal_handlers:
     way (exit -15) until a member or worker installs its own handler (``ShutdownLatch``, which
     still can). The price: a SIGTERM that arrives while the JVM itself is being created is lost
     (whoever stops a member escalates to SIGKILL: ``LocalCluster.stop_member`` after 15 s). Only
-    the main thread can change a signal's handling, and a handler the program set itself is left
-    alone.
+    the main thread can change a signal's handling. A handler the program set itself comes back
+    too: before, the JVM replaced it (the pusher's graceful stop on SIGTERM never ran).
 
     SIGINT (Ctrl-C) the same way, whatever Python's handler for it: with the JVM's handler a
     Ctrl-C ended the process at once (exit 130) without a ``KeyboardInterrupt``, so neither an SDK
@@ -166,7 +166,7 @@ class _no_java_signal_handlers:
         self.saved: object = None
         self.saved_int: object = None
         if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            if signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, None):
                 self.saved = signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
                 self.saved_int = signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -73,3 +73,33 @@ def test_ctrl_c_after_the_jvm_start_is_a_keyboard_interrupt(tmp_path):
 def test_the_members_own_handler_still_takes_ctrl_c(tmp_path):
     rc, out = _run_and_term(tmp_path, "latch", signal.SIGINT)
     assert rc == 0 and "stopped by SIGINT" in out, (rc, out)
+
+
+PROGRAM_HANDLER = f"""
+import signal, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))  # set before the JVM, as the pusher does
+from pyengine import jvm
+jvm.start()
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+while not stopped and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("stopped by the program's own handler" if stopped else "never stopped", flush=True)
+"""
+
+
+def test_a_sigterm_handler_set_before_the_jvm_start_still_runs(tmp_path):
+    # before, the JVM installed its own over it: exit 143 and the program's stop never ran
+    p = subprocess.Popen([sys.executable, "-c", PROGRAM_HANDLER], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    try:
+        assert p.stdout.readline().decode().strip() == "ready"
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=60)[0].decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+    assert p.returncode == 0 and "stopped by the program's own handler" in out, (p.returncode, out)
