@@ -80,3 +80,50 @@ def test_time_triggers_a_snapshot_only_while_the_log_grows(make_cluster, make_cl
     assert_no_snapshot_of_an_idle_log(cluster, first)
     client.request(order("bob", "sell", "61000.00", "0.001", "late"), timeout=20)
     wait_for(lambda: min(snapshot_positions(cluster)) > first[0], 30, "a timed snapshot of the new log")
+
+
+def grow_log(cluster, client, leader: int, until: int, tag: str) -> int:
+    """Orders until the leader's log reaches ``until``; returns its log position then. Small steps,
+    each waited for: the status file shows the log position every 200 ms."""
+    sent = 0
+    while (pos := cluster.member_status(leader).get("log_position", 0)) < until:
+        futures = [client.submit(order("bob", "sell", f"{70000 + sent + i}.00", "0.001", f"{tag}{sent + i}"))
+                   for i in range(10)]
+        for f in futures:
+            f.result(60)
+        sent += 10
+        time.sleep(0.25)
+    return pos
+
+
+def test_a_snapshot_waits_for_a_member_out_of_step_but_not_forever(make_cluster, make_client):
+    """A member out when the cluster snapshots takes that snapshot again in its catch-up, cold and
+    before it is back in step (#17): a due snapshot waits while a member is out, up to twice the
+    threshold."""
+    threshold = 64 * 1024
+    cluster = make_cluster(snapshot_interval_s=0, snapshot_log_bytes=threshold)
+    leader = cluster.await_leader(60)
+    cluster.await_followers(2, 60)
+    client = make_client(cluster.ingress_endpoints())
+    assert client.wait_connected(30)
+    setup_market(client)
+    base = cluster.request_snapshot(60)[leader]
+    out = next(m for m in range(3) if m != leader)
+    cluster.kill(out)
+    # past the threshold, below twice it: due, and the member out is further behind than the lag
+    grown = grow_log(cluster, client, leader, base + threshold + threshold // 4, "d")
+    assert grown < base + 2 * threshold, "the orders overshot twice the threshold; send fewer at a time"
+    time.sleep(1.5)  # six checks of the schedule
+    assert cluster.member_status(leader).get("last_snapshot_position") == base, "snapshot taken with a member out"
+
+    cluster.start_member(out)
+    taken = wait_for(lambda: (p := snapshot_positions(cluster)) and min(p) > base and len(set(p)) == 1 and p,
+                     60, "the snapshot once the member is back in step")
+    assert taken[0] >= grown
+
+    # a member that stays out delays the snapshot only up to twice the threshold
+    cluster.kill(out)
+    last = taken[0]
+    grow_log(cluster, client, leader, last + 2 * threshold + threshold // 4, "o")
+    wait_for(lambda: cluster.member_status(leader).get("last_snapshot_position", -1) > last, 30,
+             "the overdue snapshot with the member still out")

@@ -94,7 +94,8 @@ public final class MemberNode implements AutoCloseable
             watchFirstElection(LOG_PREFIX, timing, ctx, service);
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service, timing);
-            node.snapshotSchedule.add(s, service, node::takeSnapshot);
+            node.snapshotSchedule.add(s, service, node::takeSnapshot,
+                MembersBehind.ofLeader(service, ctx.consensusModule.clusterDir()));
             return node;
         }
         catch (final RuntimeException ex)

@@ -148,7 +148,8 @@ public final class WorkerNode implements AutoCloseable
         }
         final Member member = new Member(s, timing, archive, consensusModule, container, service);
         members.add(member);
-        member.snapshotCheck = snapshotSchedule.add(s, service, member::takeSnapshot);
+        member.snapshotCheck = snapshotSchedule.add(s, service, member::takeSnapshot,
+            MembersBehind.ofLeader(service, consensusModule.context().clusterDir()));
         return member;
     }
 
