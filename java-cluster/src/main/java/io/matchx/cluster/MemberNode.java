@@ -95,7 +95,7 @@ public final class MemberNode implements AutoCloseable
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service, timing);
             node.snapshotSchedule.add(s, service, node::takeSnapshot,
-                MembersBehind.ofLeader(service, ctx.consensusModule.clusterDir()));
+                MembersBehind.ofLeader(service, ctx.consensusModule.clusterDir(), LOG_PREFIX));
             return node;
         }
         catch (final RuntimeException ex)
