@@ -43,6 +43,12 @@ final class MembersBehind
      */
     static final long SETTLE_NS = TimeUnit.MILLISECONDS.toNanos(500);
 
+    /**
+     * Asked again after this long, the schedule is in a new wait (a check is 250 ms after the end
+     * of the previous one, which may have waited {@link #QUERY_TIMEOUT_MS} for its answer).
+     */
+    static final long NEW_WAIT_AFTER_NS = TimeUnit.SECONDS.toNanos(2);
+
     /** What {@link #query} found: every member in step. */
     static final int NONE = -1;
     /** What {@link #query} found: the consensus module did not answer in time. */
@@ -58,7 +64,8 @@ final class MembersBehind
      */
     static BooleanSupplier ofLeader(final MatchService service, final File clusterDir, final String logPrefix)
     {
-        final long[] state = {System.nanoTime() - 2 * SETTLE_NS, -1};  // last seen behind; waiting since
+        // last seen behind; waiting since (-1: not waiting); last asked
+        final long[] state = {System.nanoTime() - 2 * SETTLE_NS, -1, 0};
         return () ->
         {
             if (service.role() != 2)
@@ -66,6 +73,11 @@ final class MembersBehind
                 return false;
             }
             final long nowNs = System.nanoTime();
+            if (nowNs - state[2] > NEW_WAIT_AFTER_NS)
+            {
+                state[1] = -1;  // not asked since: the snapshot went ahead (overdue) or is no longer due
+            }
+            state[2] = nowNs;
             final int found = query(clusterDir, service.logPosition());
             if (found == NOT_LEADER)
             {
