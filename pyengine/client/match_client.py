@@ -37,6 +37,7 @@ import orjson
 
 from pyengine import jvm
 from pyengine.client.market import Callback, Subscription
+from pyengine.client.pacing import FirstWait
 from pyengine.wire import protocol
 from pyengine.wire.bulk import BulkBuilder
 from pyengine.wire.bulk import decode_answer as decode_bulk_answer
@@ -189,6 +190,7 @@ class MatchClient:
         hold_max_s: float | None = None,
         sync_requests: bool = True,
         sync_max_park_us: int = SYNC_MAX_PARK_US,
+        sync_first_wait: bool = True,
         wake_driver: bool = True,
     ) -> None:
         jvm.start()
@@ -213,6 +215,10 @@ class MatchClient:
         self._sync_requests = sync_requests
         self._sync_max_park_us = sync_max_park_us
         self._sync_lock = threading.Lock()  # one caller in a sync request at a time
+        # sync_first_wait: the caller sleeps half the fastest recent round trip before it first
+        # polls (pyengine/client/pacing.py): polling before an answer can be back only took CPU
+        # from the members that make it
+        self._first_wait = FirstWait() if sync_first_wait else None
         # events are handled by one thread at a time: the receive thread, or a sync caller
         self._dispatch_lock = threading.Lock()
         # silence_reconnect_s: when commands have waited this long and the cluster has sent
@@ -421,8 +427,10 @@ class MatchClient:
                 self._pending[p.request_id] = p
             java = self._java
             deadline = time.monotonic() + timeout
+            first_wait_us = self._first_wait.first_wait_us() if self._first_wait is not None else 0
             java.beginDirect()
             try:
+                offered_ns = time.monotonic_ns()
                 if not self._offer([p], wait=False):
                     # back pressure or no session: the send thread offers it (and waits)
                     with self._lock:
@@ -432,7 +440,8 @@ class MatchClient:
                     remaining_ms = int((deadline - time.monotonic()) * 1000)
                     if remaining_ms <= 0 or self._closed:
                         break  # close() fails what is pending
-                    blob = java.awaitDirect(min(remaining_ms, 100), self._sync_max_park_us)
+                    blob = java.awaitDirect(min(remaining_ms, 100), self._sync_max_park_us, first_wait_us)
+                    first_wait_us = 0  # only before the first look
                     if blob is not None:
                         if jvm.TRACE:
                             jvm.trace(TRACE_RECEIVED)
@@ -441,6 +450,9 @@ class MatchClient:
                 blob = java.endDirect()
                 if blob is not None:
                     self._dispatch(blob)
+            if self._first_wait is not None and p.sends == 1 and p.future.done() and p.future.exception() is None:
+                # a resend's or an error's time says nothing about the next round trip
+                self._first_wait.observe(time.monotonic_ns() - offered_ns)
         finally:
             self._sync_lock.release()
         self.stats.sync_requests += 1
