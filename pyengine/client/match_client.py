@@ -190,7 +190,7 @@ class MatchClient:
         hold_max_s: float | None = None,
         sync_requests: bool = True,
         sync_max_park_us: int = SYNC_MAX_PARK_US,
-        sync_first_wait: bool = True,
+        sync_first_wait: bool = False,
         wake_driver: bool = True,
     ) -> None:
         jvm.start()
@@ -216,8 +216,10 @@ class MatchClient:
         self._sync_max_park_us = sync_max_park_us
         self._sync_lock = threading.Lock()  # one caller in a sync request at a time
         # sync_first_wait: the caller sleeps half the fastest recent round trip before it first
-        # polls (pyengine/client/pacing.py): polling before an answer can be back only took CPU
-        # from the members that make it
+        # polls (pyengine/client/pacing.py), then the embedded driver wakes it when it has
+        # received. Saves the client CPU while it waits (bench/reports/sync_wait_cpu.md), but
+        # through a cluster on 2 shared cores neither the round trip nor the client's CPU per
+        # order moved (bench/reports/latency_sync_wait.md): opt-in until measured better
         self._first_wait = FirstWait() if sync_first_wait else None
         # events are handled by one thread at a time: the receive thread, or a sync caller
         self._dispatch_lock = threading.Lock()

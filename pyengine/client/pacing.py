@@ -5,6 +5,8 @@ log, a follower's append, the commit, the service, egress), and that floor moves
 for it before then only costs CPU: each empty look also wakes the client's embedded driver, and a
 1 ms wait cost ~0.4 ms of CPU that way, on cores the members need for that very round trip. So
 the caller first sleeps a fraction of the fastest recent round trip, then polls as before.
+Opt-in (``MatchClient(sync_first_wait=True)``): it saves the client CPU while it waits, but through
+a cluster on 2 shared cores the round trip did not move (bench/reports/latency_sync_wait.md).
 """
 
 from __future__ import annotations

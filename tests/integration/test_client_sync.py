@@ -14,11 +14,12 @@ from tests.integration.test_cluster_failover import SYMBOL, order, setup_market
 pytestmark = pytest.mark.cluster
 
 
+@pytest.mark.parametrize("first_wait", [False, True], ids=["polling", "first-wait"])
 def test_requests_are_answered_on_the_callers_thread_and_fall_back_beside_other_commands(make_cluster,
-                                                                                         make_client):
+                                                                                         make_client, first_wait):
     cluster = make_cluster()
     cluster.await_leader(60)
-    client = make_client(cluster.ingress_endpoints())
+    client = make_client(cluster.ingress_endpoints(), sync_first_wait=first_wait)
     assert client.wait_connected(30)
     setup_market(client)
     # setup_market's first request may find the connect's resend still due (then it goes the
@@ -48,13 +49,16 @@ def test_requests_are_answered_on_the_callers_thread_and_fall_back_beside_other_
     assert len(results) == 2 and results[0] == results[1], results
 
 
-def test_a_sync_request_across_a_leader_kill_is_applied_once(make_cluster, make_client):
+@pytest.mark.parametrize("first_wait", [False, True], ids=["polling", "first-wait"])
+def test_a_sync_request_across_a_leader_kill_is_applied_once(make_cluster, make_client, first_wait):
     cluster = make_cluster()
     leader = cluster.await_leader(60)
     cluster.await_followers(2)
-    client = make_client(cluster.ingress_endpoints())
+    client = make_client(cluster.ingress_endpoints(), sync_first_wait=first_wait)
     assert client.wait_connected(30)
     setup_market(client)
+    for i in range(8):  # round trips known: the requests below have a first wait
+        client.request({"op": "balances", "account": f"warm-{i}"}, timeout=30)
     cluster.kill(leader)
     # sent while no leader is known: resent to the new one, answered once, on the caller's thread
     deposit = {"op": "deposit", "account": "carol", "asset": "USDT", "amount": "5", "tx_id": "carol-1"}
