@@ -95,7 +95,7 @@ public final class MemberMetrics
     }
 
     /** ClusterTool {@code list-members} of this member's consensus module; null if it does not answer in time. */
-    static ClusterMembership listMembers(final File clusterDir, final long timeoutMs)
+    private static ClusterMembership listMembers(final File clusterDir, final long timeoutMs)
     {
         final ClusterMembership membership = new ClusterMembership();
         try

@@ -94,8 +94,7 @@ public final class MemberNode implements AutoCloseable
             watchFirstElection(LOG_PREFIX, timing, ctx, service);
             container = ClusteredServiceContainer.launch(ctx.container);
             final MemberNode node = new MemberNode(s, driver, container, service, timing);
-            node.snapshotSchedule.add(s, service, node::takeSnapshot,
-                MembersBehind.ofLeader(service, ctx.consensusModule.clusterDir(), LOG_PREFIX));
+            node.snapshotSchedule.add(s, service, node::takeSnapshot);
             return node;
         }
         catch (final RuntimeException ex)

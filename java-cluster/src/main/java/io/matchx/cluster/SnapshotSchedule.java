@@ -17,11 +17,6 @@ import java.util.function.BooleanSupplier;
  * time it needs to come back grows with that log. Time alone lets a busy cluster pile up a long
  * log between snapshots; size alone lets a quiet one go hours without one. One daemon thread per
  * process serves every member the process hosts (a worker hosts several).
- *
- * <p>A snapshot due while another member is out of step ({@link MembersBehind}) waits for it to be
- * back, until the log has grown twice the threshold or twice the interval has passed: a member
- * that was out when the cluster took a snapshot takes it again in its catch-up, from a cold state,
- * before it is back in step (#17). The bound keeps snapshots coming while a member stays down.
  */
 final class SnapshotSchedule implements AutoCloseable
 {
@@ -35,11 +30,7 @@ final class SnapshotSchedule implements AutoCloseable
      * {@code takeSnapshot} (which acts only on the leader) when they hold. No-op when both
      * settings are 0. Returns the check's future (cancel it when the member leaves), or null.
      */
-    synchronized Future<?> add(
-        final MemberSettings settings,
-        final MatchService service,
-        final BooleanSupplier takeSnapshot,
-        final BooleanSupplier othersBehind)
+    synchronized Future<?> add(final MemberSettings settings, final MatchService service, final BooleanSupplier takeSnapshot)
     {
         if (settings.snapshotIntervalS <= 0 && settings.snapshotLogBytes <= 0)
         {
@@ -60,8 +51,8 @@ final class SnapshotSchedule implements AutoCloseable
             {
                 try
                 {
-                    if (take(intervalNs, settings.snapshotLogBytes,
-                        service.nanosSinceSnapshot(System.nanoTime()), service.logSinceSnapshot(), othersBehind))
+                    if (due(intervalNs, settings.snapshotLogBytes,
+                        service.nanosSinceSnapshot(System.nanoTime()), service.logSinceSnapshot()))
                     {
                         takeSnapshot.getAsBoolean();
                     }
@@ -85,22 +76,6 @@ final class SnapshotSchedule implements AutoCloseable
             return false;
         }
         return (intervalNs > 0 && sinceNs >= intervalNs) || (logBytes > 0 && logGrowth >= logBytes);
-    }
-
-    /**
-     * Whether to take a snapshot now: it is due, and either no other member is out of step or it
-     * is overdue (due at twice the thresholds). {@code othersBehind} is asked only then: it
-     * queries the consensus module.
-     */
-    static boolean take(
-        final long intervalNs, final long logBytes, final long sinceNs, final long logGrowth,
-        final BooleanSupplier othersBehind)
-    {
-        if (!due(intervalNs, logBytes, sinceNs, logGrowth))
-        {
-            return false;
-        }
-        return due(2 * intervalNs, 2 * logBytes, sinceNs, logGrowth) || !othersBehind.getAsBoolean();
     }
 
     public synchronized void close()

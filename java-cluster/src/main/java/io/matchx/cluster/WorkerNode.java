@@ -148,8 +148,7 @@ public final class WorkerNode implements AutoCloseable
         }
         final Member member = new Member(s, timing, archive, consensusModule, container, service);
         members.add(member);
-        member.snapshotCheck = snapshotSchedule.add(s, service, member::takeSnapshot,
-            MembersBehind.ofLeader(service, consensusModule.context().clusterDir(), prefix));
+        member.snapshotCheck = snapshotSchedule.add(s, service, member::takeSnapshot);
         return member;
     }
 
