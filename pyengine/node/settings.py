@@ -113,6 +113,14 @@ class ClusterLayout:
     idle_max_park_us: int = 1000
     idle_min_park_us: int = 1
     idle_yields: int = 10
+    # a driver duty cycle with no more work than this (bytes sent and received: a lone heartbeat,
+    # status message or timer tick) leaves its backoff at the long parks instead of starting it
+    # again; 0 turns it off. io.matchx.cluster.LightWorkBackoff, docs/operations.md
+    driver_light_work: int = 48
+    # the service's longest park: the consensus module wakes it when the commit moves and during
+    # elections (agent_wakeups), so it needs no 1 ms poll; with agent_wakeups="off" it is
+    # idle_max_park_us
+    service_max_park_us: int = 10_000
     # agent threads of a member process: "shared" (driver, archive, consensus module, service:
     # four) or "compact" (the archive's thread also runs the driver: three). What each trades:
     # docs/operations.md, "Latency settings"; measured in bench/reports/latency.md (no gain
@@ -149,6 +157,10 @@ class ClusterLayout:
             raise ConfigError("term_length must be a power of two >= 65536")
         if self.agent_wakeups not in AGENT_WAKEUPS:
             raise ConfigError(f"agent_wakeups must be one of {', '.join(AGENT_WAKEUPS)}, not {self.agent_wakeups!r}")
+        if not 0 <= self.driver_light_work < 64:
+            raise ConfigError("driver_light_work must be in 0..63 (64 bytes is a consensus message on an order's path)")
+        if not self.idle_min_park_us <= self.service_max_park_us <= 1_000_000:
+            raise ConfigError("service_max_park_us must be in idle_min_park_us..1000000")
         if self.member_threading not in MEMBER_THREADING:
             raise ConfigError(f"member_threading must be one of {', '.join(MEMBER_THREADING)}, "
                               f"not {self.member_threading!r}")
@@ -219,6 +231,8 @@ class ClusterLayout:
             "idle.max.park.us": str(self.idle_max_park_us),
             "idle.min.park.us": str(self.idle_min_park_us),
             "idle.yields": str(self.idle_yields),
+            "idle.driver.light.work": str(self.driver_light_work),
+            "idle.service.max.park.us": str(self.service_max_park_us),
             "threading": self.member_threading,
             "agent.wakeups": self.agent_wakeups,
             "snapshot.interval.s": str(self.snapshot_interval_s),

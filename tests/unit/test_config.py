@@ -47,6 +47,18 @@ def test_member_threading_reaches_the_member_and_survives_cluster_json(tmp_path:
     assert ClusterLayout.from_json(compact.to_json()).member_threading == "compact"
 
 
+def test_idle_settings_of_driver_and_service_reach_the_members(tmp_path: Path) -> None:
+    props = ClusterLayout(base_dir=tmp_path).member_properties(0)
+    assert props["idle.driver.light.work"] == "48" and props["idle.service.max.park.us"] == "10000"
+    off = ClusterLayout(base_dir=tmp_path, driver_light_work=0, service_max_park_us=1000)
+    assert off.member_properties(2)["idle.driver.light.work"] == "0"
+    assert ClusterLayout.from_json(off.to_json()).service_max_park_us == 1000
+    with pytest.raises(ConfigError, match="driver_light_work"):
+        ClusterLayout(base_dir=tmp_path, driver_light_work=64)
+    with pytest.raises(ConfigError, match="service_max_park_us"):
+        ClusterLayout(base_dir=tmp_path, service_max_park_us=0)
+
+
 def test_agent_wakeups_wake_on_commit_by_default_and_reach_the_members(tmp_path: Path) -> None:
     assert ClusterLayout(base_dir=tmp_path).member_properties(0)["agent.wakeups"] == "commit"
     off = ClusterLayout(base_dir=tmp_path, agent_wakeups="off")

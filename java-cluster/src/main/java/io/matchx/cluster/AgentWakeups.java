@@ -4,6 +4,7 @@ import org.agrona.concurrent.IdleStrategy;
 
 import java.util.concurrent.atomic.AtomicReferenceArray;
 import java.util.concurrent.locks.LockSupport;
+import java.util.function.BooleanSupplier;
 import java.util.function.LongSupplier;
 
 /**
@@ -18,7 +19,9 @@ import java.util.function.LongSupplier;
  * driver (which sends the commit to the followers); after a cycle with work the service wakes the
  * driver (its answers are on the egress publications). Neither happens on an idle member: the
  * commit moves only with the log, and an idle service's work is its status file, 5 times a
- * second. {@code all}: the consensus module wakes both after any cycle with work (a log append, an
+ * second. While an election runs the consensus module also wakes the service after any cycle with
+ * work (it hands the service the new log and waits for its answer), so a woken service may park
+ * far longer than the others ({@code idle.service.max.park.us}). {@code all}: the consensus module wakes both after any cycle with work (a log append, an
  * append position to send), and the archive wakes the consensus module after any cycle with work
  * (it recorded log); their heartbeats and timers then wake the driver and the consensus module
  * ~150-250 times a second more on an idle member (+0.4-0.6 % of a core,
@@ -68,6 +71,15 @@ final class AgentWakeups
         }
     }
 
+    private void unpark(final Agent agent)
+    {
+        final Thread thread = threads.get(agent.ordinal());
+        if (null != thread)
+        {
+            LockSupport.unpark(thread);
+        }
+    }
+
     /** The thread of {@code agent}, once it has idled; null before. */
     Thread thread(final Agent agent)
     {
@@ -81,6 +93,16 @@ final class AgentWakeups
      *                       the consensus module's strategy in the {@code commit} mode; else null.
      */
     IdleStrategy wrap(final IdleStrategy inner, final Agent agent, final LongSupplier commitPosition)
+    {
+        return wrap(inner, agent, commitPosition, null);
+    }
+
+    /**
+     * As {@link #wrap(IdleStrategy, Agent, LongSupplier)}; {@code electionRunning} (the consensus
+     * module's, read on its thread) makes a cycle with work wake the service while it says true.
+     */
+    IdleStrategy wrap(
+        final IdleStrategy inner, final Agent agent, final LongSupplier commitPosition, final BooleanSupplier electionRunning)
     {
         final Agent[] targets = wakes(agent, all);
         final boolean onCommit = agent == Agent.CONSENSUS && !all;
@@ -96,15 +118,18 @@ final class AgentWakeups
                     known = true;
                     threads.set(agent.ordinal(), Thread.currentThread());
                 }
-                if (workCount > 0 && targets.length > 0 && (!onCommit || commitMoved()))
+                if (workCount > 0 && targets.length > 0)
                 {
-                    for (final Agent target : targets)
+                    if (!onCommit || commitMoved())
                     {
-                        final Thread thread = threads.get(target.ordinal());
-                        if (null != thread)
+                        for (final Agent target : targets)
                         {
-                            LockSupport.unpark(thread);
+                            unpark(target);
                         }
+                    }
+                    else if (null != electionRunning && electionRunning.getAsBoolean())
+                    {
+                        unpark(Agent.SERVICE);
                     }
                 }
                 inner.idle(workCount);

@@ -10,8 +10,10 @@ import io.aeron.cluster.ClusteredMediaDriver;
 import io.aeron.cluster.CompactClusteredMediaDriver;
 import io.aeron.cluster.RecordingLog;
 import io.aeron.cluster.ConsensusModule;
+import io.aeron.cluster.ElectionState;
 import io.aeron.cluster.service.ClusteredService;
 import io.aeron.cluster.service.ClusteredServiceContainer;
+import io.aeron.driver.ExecutorWakeup;
 import io.aeron.driver.MediaDriver;
 import io.aeron.driver.ThreadingMode;
 import org.agrona.CloseHelper;
@@ -180,6 +182,9 @@ public final class MemberNode implements AutoCloseable
      */
     static final long STATUS_MESSAGE_TIMEOUT_MS = 50;
 
+    /** The driver's async executor's longest sleep: the driver wakes it when a task waits ({@link ExecutorWakeup}). */
+    static final long EXECUTOR_PARK_MS = 10;
+
     /**
      * A media driver for one member, or for all members a worker hosts: SHARED threading, backing-off
      * idle, sparse term files, its directory deleted on start and on shutdown (it is scratch), and
@@ -193,12 +198,13 @@ public final class MemberNode implements AutoCloseable
         final ErrorHandler errorHandler)
     {
         SetupRepeat.apply(setupRepeatMs);
-        return new MediaDriver.Context()
+        final MediaDriver.Context ctx = new MediaDriver.Context();
+        return ctx
             .aeronDirectoryName(aeronDir)
             .dirDeleteOnStart(true)
             .dirDeleteOnShutdown(true)
             .threadingMode(ThreadingMode.SHARED)
-            .sharedIdleStrategy(idle)
+            .sharedIdleStrategy(ExecutorWakeup.install(ctx, idle, TimeUnit.MILLISECONDS.toNanos(EXECUTOR_PARK_MS)))
             .termBufferSparseFile(true)
             .timerIntervalNs(TimeUnit.MILLISECONDS.toNanos(DRIVER_TIMER_INTERVAL_MS))
             .statusMessageTimeoutNs(TimeUnit.MILLISECONDS.toNanos(STATUS_MESSAGE_TIMEOUT_MS))
@@ -456,20 +462,31 @@ public final class MemberNode implements AutoCloseable
 
     static IdleStrategy newIdleStrategy(final MemberSettings s)
     {
-        // Spin a little for latency under load, then park up to idleMaxParkUs: never busy-spin idle.
+        return newIdleStrategy(s, s.idleMaxParkUs);
+    }
+
+    private static IdleStrategy newIdleStrategy(final MemberSettings s, final long maxParkUs)
+    {
+        // Spin a little for latency under load, then park up to maxParkUs: never busy-spin idle.
         final IdleStrategy idle = new BackoffIdleStrategy(
-            10, s.idleYields, TimeUnit.MICROSECONDS.toNanos(s.idleMinParkUs), TimeUnit.MICROSECONDS.toNanos(s.idleMaxParkUs));
+            10, s.idleYields, TimeUnit.MICROSECONDS.toNanos(s.idleMinParkUs), TimeUnit.MICROSECONDS.toNanos(maxParkUs));
         return LatencyTrace.ENABLED ? LatencyTrace.cycleMarking(idle) : idle;
     }
 
     /** As {@link #newIdleStrategy(MemberSettings)}, as {@code agent}'s: it wakes others ({@code agent.wakeups}). */
     static IdleStrategy newIdleStrategy(final MemberSettings s, final AgentWakeups.Agent agent)
     {
-        final IdleStrategy idle = newIdleStrategy(s);
+        // only a service that the consensus module wakes may park longer (AgentWakeups)
+        final boolean wokenService = agent == AgentWakeups.Agent.SERVICE && null != s.wakeups;
+        IdleStrategy idle = newIdleStrategy(s, wokenService ? Math.max(s.serviceMaxParkUs, s.idleMaxParkUs) : s.idleMaxParkUs);
+        if (agent == AgentWakeups.Agent.DRIVER)
+        {
+            idle = LightWorkBackoff.of(idle, s.driverLightWork);
+        }
         return null == s.wakeups ? idle : s.wakeups.wrap(idle, agent, null);
     }
 
-    /** The consensus module's idle strategy: as above, with its commit position to watch. */
+    /** The consensus module's idle strategy: as above, with its commit position and election state to watch. */
     static IdleStrategy newConsensusIdleStrategy(final MemberSettings s, final ConsensusModule.Context cm)
     {
         final IdleStrategy idle = newIdleStrategy(s);
@@ -478,6 +495,10 @@ public final class MemberNode implements AutoCloseable
             final Counter commit = cm.commitPositionCounter();
             // read on the consensus module's own thread, which also closes the counter
             return null == commit || commit.isClosed() ? Long.MIN_VALUE : commit.get();
+        }, () ->
+        {
+            final Counter state = cm.electionStateCounter();
+            return null != state && !state.isClosed() && ElectionState.CLOSED.code() != state.get();
         });
     }
 

@@ -18,6 +18,8 @@ public final class MemberSettings
     static final int MAX_CLUSTER_ID = 1_000_000;
     /** As pyengine.node.settings: a snapshot at least this often while the log grows. */
     static final long DEFAULT_SNAPSHOT_INTERVAL_S = 30;
+    /** The service's longest park: it is woken when there is log to apply, so this bounds only its other duties. */
+    static final long DEFAULT_SERVICE_MAX_PARK_US = 10_000;
     /**
      * Client sessions a member admits at once. Aeron's default, 10, refused clients in a test
      * under load: every connect attempt that timed out on the client's side stayed a session at
@@ -76,6 +78,14 @@ public final class MemberSettings
     final long idleMaxParkUs;
     final long idleMinParkUs;
     final int idleYields;
+    /** {@code idle.driver.light.work}: a driver duty cycle with no more work than this leaves its backoff going ({@link LightWorkBackoff}); 0: off. */
+    final int driverLightWork;
+    /**
+     * {@code idle.service.max.park.us}: the service's longest park. Longer than the others' because the
+     * consensus module wakes the service when the commit moves or an election runs ({@link AgentWakeups});
+     * with {@code agent.wakeups=off} the service keeps {@link #idleMaxParkUs}.
+     */
+    final long serviceMaxParkUs;
     final long snapshotIntervalS;
     final long snapshotLogBytes;
     final long setupRepeatMs;
@@ -111,6 +121,8 @@ public final class MemberSettings
         idleMaxParkUs = longValue(p, "idle.max.park.us", 1_000);
         idleMinParkUs = longValue(p, "idle.min.park.us", 1);
         idleYields = intValue(p, "idle.yields", 10);
+        driverLightWork = intValue(p, "idle.driver.light.work", LightWorkBackoff.DEFAULT_LIGHT_WORK);
+        serviceMaxParkUs = longValue(p, "idle.service.max.park.us", DEFAULT_SERVICE_MAX_PARK_US);
         snapshotIntervalS = longValue(p, "snapshot.interval.s", DEFAULT_SNAPSHOT_INTERVAL_S);
         snapshotLogBytes = longValue(p, "snapshot.log.bytes", DEFAULT_SNAPSHOT_LOG_BYTES);
         setupRepeatMs = longValue(p, "setup.repeat.ms", SetupRepeat.DEFAULT_MS);
@@ -141,6 +153,9 @@ public final class MemberSettings
             "startup.canvass.timeout.ms must be at least twice heartbeat.timeout.ms");
         check(idleMinParkUs > 0 && idleMinParkUs <= idleMaxParkUs, "idle.min.park.us must be in 1..idle.max.park.us");
         check(idleYields >= 0, "idle.yields must be >= 0");
+        check(driverLightWork >= 0 && driverLightWork < 64, "idle.driver.light.work must be in 0..63");
+        check(serviceMaxParkUs >= idleMinParkUs && serviceMaxParkUs <= 1_000_000,
+            "idle.service.max.park.us must be in idle.min.park.us..1000000");
         check(AgentWakeups.OFF.equals(agentWakeups) || AgentWakeups.COMMIT.equals(agentWakeups) ||
             AgentWakeups.ALL.equals(agentWakeups), "agent.wakeups must be off, commit or all");
         check(THREADING_SHARED.equals(threading) || THREADING_COMPACT.equals(threading),

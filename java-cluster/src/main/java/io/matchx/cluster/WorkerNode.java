@@ -84,7 +84,8 @@ public final class WorkerNode implements AutoCloseable
             aeronDir,
             termLength,
             setupRepeatMs,
-            new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(idleMaxParkUs)),
+            LightWorkBackoff.of(new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(idleMaxParkUs)),
+                (int)MemberSettings.number(properties, "idle.driver.light.work", LightWorkBackoff.DEFAULT_LIGHT_WORK, "worker")),
             errorHandler);
         return new WorkerNode(workerId, ctx, MediaDriver.launch(ctx));
     }

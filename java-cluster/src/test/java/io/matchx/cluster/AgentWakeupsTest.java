@@ -98,6 +98,35 @@ class AgentWakeupsTest
     }
 
     @Test
+    void inTheCommitModeWorkDuringAnElectionWakesTheService() throws InterruptedException
+    {
+        final AgentWakeups wakeups = new AgentWakeups(false);
+        final IdleStrategy consensus = wakeups.wrap(shortParks(), AgentWakeups.Agent.CONSENSUS, () -> 100, () -> true);
+        consensus.idle(1);
+        final long woken = parkedFor(wakeups, () -> consensus.idle(1));
+        assertTrue(woken < TimeUnit.SECONDS.toNanos(1), "woken after " + woken + " ns");
+
+        final AgentWakeups closed = new AgentWakeups(false);
+        final IdleStrategy steady = closed.wrap(shortParks(), AgentWakeups.Agent.CONSENSUS, () -> 100, () -> false);
+        steady.idle(1);
+        final long parked = parkedFor(closed, () -> steady.idle(1));
+        assertTrue(parked >= TimeUnit.MILLISECONDS.toNanos(1_500), "woken after " + parked + " ns");
+    }
+
+    @Test
+    void theServiceParksUpTo10msByDefaultAndLightWorkStaysBelowAConsensusFrame()
+    {
+        final MemberSettings defaults = MemberSettings.from(MemberSettingsTest.valid());
+        assertEquals(10_000, defaults.serviceMaxParkUs);
+        assertEquals(1_000, defaults.idleMaxParkUs);
+        assertEquals(LightWorkBackoff.DEFAULT_LIGHT_WORK, defaults.driverLightWork);
+        final Properties bad = MemberSettingsTest.valid();
+        bad.setProperty("idle.driver.light.work", "64");
+        final IllegalArgumentException ex = assertThrows(IllegalArgumentException.class, () -> MemberSettings.from(bad));
+        assertTrue(ex.getMessage().contains("idle.driver.light.work"), ex.getMessage());
+    }
+
+    @Test
     void inTheAllModeAnyWorkWakesTheServiceButACycleWithoutWorkDoesNot() throws InterruptedException
     {
         final AgentWakeups all = new AgentWakeups(true);
