@@ -125,6 +125,8 @@ def ours_phase(client, out: Path, name: str, count: int, interval_ns: int, drain
 
     _emit(f"PHASE {name} begin")
     start = clock() + 1_000_000
+    # the wall clock of the planned start: command i was due at it + i * interval (--keep timelines)
+    (out / f"{name}.start").write_text(f"{time.time() + (start - clock()) / 1e9:.6f} {interval_ns}\n")
     sent = 0
     if interval_ns == 0:
         from pyengine import jvm
@@ -172,6 +174,9 @@ def ours_worker(spec: dict) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     out = Path(spec["out"])
+    gc_log = GcLog(out / "client_gc.txt")
+    with open(out / "pids.txt", "a") as f:
+        f.write(f"client {os.getpid()}\n")
     with MatchClient(spec["endpoints"], **spec.get("client_kw", {})) as client:
         if not client.wait_connected(120):
             _emit(f"ERROR not connected: {client.last_error}")
@@ -179,6 +184,10 @@ def ours_worker(spec: dict) -> int:
         _emit(f"CONNECTED {client.leader_member_id}")
         for cmd in setup_commands(1, (SYMBOL,)):
             client.request(cmd, timeout=60)
+        if spec.get("gc_freeze"):
+            import gc
+
+            gc.freeze()
         if spec["idle_s"] > 0:
             _emit("PHASE idle begin")
             t0 = time.perf_counter_ns()
@@ -189,7 +198,31 @@ def ours_worker(spec: dict) -> int:
         for rate in spec["rates"]:
             ours_phase(client, out, f"open-{rate}", round(rate * spec["duration_s"]), 1_000_000_000 // rate,
                        spec["drain_s"], spec["binary"])
+    gc_log.close()
     return 0
+
+
+class GcLog:
+    """The client's cyclic collections (wall clock at the start, generation, ms), one a line: a
+    collection holds the GIL, so the sender and the receive thread wait it out."""
+
+    def __init__(self, path: Path) -> None:
+        import gc
+
+        self._gc = gc
+        self._file = open(path, "w")  # noqa: SIM115 - closed in close()
+        self._t0 = 0.0
+        gc.callbacks.append(self._event)
+
+    def _event(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.time()
+        else:
+            self._file.write(f"{self._t0:.6f} {info['generation']} {1000 * (time.time() - self._t0):.3f}\n")
+
+    def close(self) -> None:
+        self._gc.callbacks.remove(self._event)
+        self._file.close()
 
 
 # ---------------------------------------------------------------------------- one system, one round
@@ -265,18 +298,70 @@ def client_spec(args, out: Path, endpoints: str) -> dict:
             "binary": args.binary}
 
 
-def run_ours(args, layout: ClusterLayout, out: Path, client_kw: dict) -> dict[str, PhaseResult]:
-    """``client_kw``: MatchClient keyword arguments (a variant's client_NAME=value)."""
+def run_ours(args, layout: ClusterLayout, out: Path, client_kw: dict,
+             gc_freeze: bool = False) -> dict[str, PhaseResult]:
+    """``client_kw``: MatchClient keyword arguments (a variant's client_NAME=value); ``gc_freeze``
+    (a variant's gc_freeze=1): the client process freezes what it holds before the phases, so its
+    cyclic collections no longer rescan the JVM bridge's and the SDK's objects."""
     cluster = LocalCluster(layout, log_level="WARNING")
     try:
         cluster.start()
         cluster.await_leader(120)
         cluster.await_followers(2, 120)
         pids = {f"member {m}": pid for m, pid in cluster.pids().items()}
-        spec = {**client_spec(args, out, cluster.ingress_endpoints()), "client_kw": client_kw}
-        return drive_client([sys.executable, __file__, "--worker", json.dumps(spec)], pids, out, args.client_timeout_s)
+        spec = {**client_spec(args, out, cluster.ingress_endpoints()), "client_kw": client_kw, "gc_freeze": gc_freeze}
+        stop = threading.Event()
+        watch = threading.Thread(target=watch_snapshots, args=(cluster, out / "snapshots.txt", stop), daemon=True)
+        if args.keep:
+            (out / "pids.txt").write_text("".join(f"{name} {pid}\n" for name, pid in pids.items()))
+            watch.start()
+        try:
+            return drive_client([sys.executable, __file__, "--worker", json.dumps(spec)], pids, out,
+                                args.client_timeout_s)
+        finally:
+            stop.set()
+            if watch.is_alive():
+                watch.join(5)
     finally:
         cluster.stop()
+
+
+def keep_only_text(directory: str, names: list[str]) -> list[str]:
+    """copytree's ignore for --keep: logs, latencies and the bench's files, not Aeron's."""
+    kept = (".log", ".txt", ".lat", ".start", ".json", ".properties")
+    return [n for n in names if not n.endswith(kept) and not os.path.isdir(os.path.join(directory, n))]
+
+
+def watch_snapshots(cluster: LocalCluster, path: Path, stop: threading.Event) -> None:
+    """For --keep's timelines: every snapshot a member reports in its status file (member, wall
+    clock ms, build and write ms, bytes), and every 100 ms the CPU ticks of each member and of
+    the client (cpu.txt: wall clock s, then name=ticks)."""
+    seen: dict[int, int] = {}
+    pids = {f"member{m}": pid for m, pid in cluster.pids().items()}
+    tick = os.sysconf("SC_CLK_TCK")
+    with open(path, "w") as f, open(path.with_name("cpu.txt"), "w") as cpu:
+        cpu.write(f"ticks_per_s {tick}\n")
+        while not stop.wait(0.1):
+            for m in range(cluster.layout.members):
+                s = cluster.member_status(m)
+                at = s.get("last_snapshot_epoch_ms", -1)
+                if at > 0 and seen.setdefault(m, at) != at:
+                    seen[m] = at
+                    f.write(f"{m} {at} {s.get('last_snapshot_build_ms')} {s.get('last_snapshot_write_ms')} "
+                            f"{s.get('last_snapshot_bytes')}\n")
+                    f.flush()
+            if "client" not in pids and path.with_name("pids.txt").is_file():
+                for line in path.with_name("pids.txt").read_text().splitlines():
+                    if line.startswith("client "):
+                        pids["client"] = int(line.split()[1])
+            row = [f"{time.time():.3f}"]
+            for name, pid in pids.items():
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                row.append(f"{name}={int(fields[11]) + int(fields[12])}")  # utime + stime
+            cpu.write(" ".join(row) + "\n")
 
 
 def run_floor(args, layout: ClusterLayout, out: Path, jar: Path, client_park_us: int) -> dict[str, PhaseResult]:
@@ -451,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=None,
                     help="NAME[:key=value,...], repeatable: ClusterLayout fields, jar=PATH (both systems run that "
                          "jar: a Java change against the jar before it), client_park_us (the floor's client), "
-                         "client_NAME=value (MatchClient(NAME=value), e.g. client_direct_send=1)")
+                         "client_NAME=value (MatchClient(NAME=value), e.g. client_direct_send=1), gc_freeze=1 "
+                         "(our client freezes its objects before the phases)")
     ap.add_argument("--relaxed-timeouts", action="store_true",
                     help="heartbeat 100/2000 ms, election 300 ms for both systems (a heavily loaded machine)")
     ap.add_argument("--binary", action="store_true", help="our client sends the binary codec instead of JSON")
@@ -459,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port-start", type=int, default=27000)
     ap.add_argument("--client-timeout-s", type=float, default=900)
     ap.add_argument("--report", type=Path, default=Path(__file__).parent / "reports" / "latency.md")
+    ap.add_argument("--keep", type=Path, help="copy each run's latencies, member logs, snapshot and client GC "
+                    "events here (bench/tail_timeline.py reads them)")
     args = ap.parse_args(argv)
     if args.worker:
         return ours_worker(json.loads(args.worker))
@@ -478,7 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             for vname, kw in variants:
                 order = systems if rnd % 2 == 0 else systems[::-1]
                 for system in order:
-                    layout_kw = {k: v for k, v in kw.items() if not k.startswith("client_") and k != "jar"}
+                    layout_kw = {k: v for k, v in kw.items()
+                                 if not k.startswith("client_") and k not in ("jar", "gc_freeze")}
                     variant_jar = Path(kw.get("jar", jar))
                     os.environ["MATCHX_JAR"] = str(variant_jar)  # our members and client inherit it
                     with tempfile.TemporaryDirectory(prefix=f"matchx-lat-{system}-") as tmp:
@@ -498,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
                             if system == "ours":
                                 client_kw = {k[len("client_"):]: v for k, v in kw.items()
                                              if k.startswith("client_") and k != "client_park_us"}
-                                results = run_ours(args, layout, out, client_kw)
+                                results = run_ours(args, layout, out, client_kw, bool(kw.get("gc_freeze")))
                             else:
                                 results = run_floor(args, layout, out, variant_jar,
                                                     kw.get("client_park_us", SDK_PARK_US))
@@ -508,6 +597,10 @@ def main(argv: list[str] | None = None) -> int:
                             log(f"  {system} failed: {exc}")
                             failures.append(f"round {rnd + 1} {vname} {system}: {str(exc)[:300]}")
                             continue
+                        if args.keep:
+                            shutil.copytree(tmp, args.keep / f"r{rnd + 1}-{vname}-{system}",
+                                            ignore=keep_only_text,
+                                            dirs_exist_ok=True)
                     for phase, r in results.items():
                         totals.setdefault((vname, system, phase), Totals()).add(r)
     text = report(args, totals, variants, env, load.summary(), started)
