@@ -197,13 +197,15 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def up_2x3(prefix: str, chunk_bytes: int | None = None, precopy: bool = True,
-           piece_orders: int | None = None, port_base: int = 30000, piece_pause_ms: int = 0) -> tuple[Any, Path]:
+           piece_orders: int | None = None, port_base: int = 30000, piece_pause_ms: int = 0,
+           copy_pace_pct: int | None = None) -> tuple[Any, Path]:
     """`matchctl up` of docs/examples/topology-2x3.json on free ports in a new temporary
     directory (relaxed Raft timing, as the integration tests): (the System, the directory).
     ``chunk_bytes``: the coordinator's migration chunk size (its default when None); ``precopy``
     False: the coordinator's ``--no-migration-precopy``; ``piece_orders``: its
     ``--migration-precopy-piece-orders`` (its default when None); ``port_base``: the first port
-    tried for the partitions (free ones are taken from there on)."""
+    tried for the partitions (free ones are taken from there on); ``copy_pace_pct``: its
+    ``--migration-copy-pace-pct`` (its default when None)."""
     from pyengine.node.localcluster import free_port_base
     from pyengine.node.settings import PORTS_PER_PARTITION
     from pyengine.ops.system import System
@@ -219,6 +221,8 @@ def up_2x3(prefix: str, chunk_bytes: int | None = None, precopy: bool = True,
         doc["coordinator"]["migration_precopy_piece_orders"] = piece_orders
     if piece_pause_ms:
         doc["coordinator"]["migration_precopy_piece_pause_ms"] = piece_pause_ms
+    if copy_pace_pct is not None:
+        doc["coordinator"]["migration_copy_pace_pct"] = copy_pace_pct
     doc["settings"] = {"timeouts": {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 2000,
                                     "election_timeout_ms": 300, "startup_canvass_timeout_ms": 4000}}
     base = port_base
@@ -283,13 +287,15 @@ def client_side(tracer: Tracer, probe: Sender, t0: float, to: str, base: float |
 
 def cluster(sizes: list[int], repeat: int = 1, chunk_bytes: int | None = None,
             precopy: bool = True, piece_orders: int | None = None,
-            port_base: int = 30000, piece_pause_ms: int = 0) -> tuple[list[dict], dict]:
+            port_base: int = 30000, piece_pause_ms: int = 0,
+            copy_pace_pct: int | None = None) -> tuple[list[dict], dict]:
     import httpx
 
     from pyengine.client.routed import RoutedClient
     from pyengine.wire.bulk import EV_ACCEPTED, BulkBuilder
 
-    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes, precopy, piece_orders, port_base, piece_pause_ms)
+    system, _tmp = up_2x3("matchx-migbench-", chunk_bytes, precopy, piece_orders, port_base, piece_pause_ms,
+                          copy_pace_pct)
     rows: list[dict] = []
     extra: dict = {}
     try:
@@ -428,7 +434,8 @@ def cluster_report(args: argparse.Namespace, rows: list[dict], load: tuple, extr
         f"{f' --chunk-bytes {args.chunk_bytes}' if args.chunk_bytes else ''}"
         f"{' --no-precopy' if args.no_precopy else ''}"
         f"{'' if args.precopy_piece_orders is None else f' --precopy-piece-orders {args.precopy_piece_orders}'}"
-        f"{f' --precopy-piece-pause-ms {args.precopy_piece_pause_ms}' if args.precopy_piece_pause_ms else ''}` on "
+        f"{f' --precopy-piece-pause-ms {args.precopy_piece_pause_ms}' if args.precopy_piece_pause_ms else ''}"
+        f"{'' if args.copy_pace_pct is None else f' --copy-pace-pct {args.copy_pace_pct}'}` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; engine {'compiled' if NATIVE else 'plain Python'}; "
         f"{os.cpu_count()} cores; load average before "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}, after {extra.get('load_after', (0, 0, 0))[0]:.1f}"
@@ -492,11 +499,15 @@ def main() -> int:
                    help="with --cluster: the coordinator's wait between two pre-copy pieces")
     p.add_argument("--precopy-piece-orders", type=int,
                    help="with --cluster: the coordinator's pre-copy piece size in orders (0: one message)")
+    p.add_argument("--copy-pace-pct", type=int,
+                   help="with --cluster: the coordinator's wait after each pre-copy or cleanup piece, in percent "
+                   "of the time the piece took (its default when not given; 0: pieces back to back)")
     args = p.parse_args()
     load = os.getloadavg()
     if args.cluster:
         crow, extra = cluster(args.orders, args.repeat, args.chunk_bytes, not args.no_precopy,
-                              args.precopy_piece_orders, args.port_base, args.precopy_piece_pause_ms)
+                              args.precopy_piece_orders, args.port_base, args.precopy_piece_pause_ms,
+                              args.copy_pace_pct)
         text = cluster_report(args, crow, load, extra)
         print(text)
         if args.report:

@@ -23,7 +23,16 @@ import uvicorn
 
 from coordinator.api import create_app
 from coordinator.errors import CoordinatorError
-from coordinator.migrations import CHUNK, MAX_CHUNK, MAX_PIECE_ORDERS, MIN_CHUNK, PIECE_ORDERS, Driver
+from coordinator.migrations import (
+    CHUNK,
+    COPY_PACE_PCT,
+    MAX_CHUNK,
+    MAX_COPY_PACE_PCT,
+    MAX_PIECE_ORDERS,
+    MIN_CHUNK,
+    PIECE_ORDERS,
+    Driver,
+)
 from coordinator.partition_link import ClientTransport, token_file_provider
 from coordinator.serving import KEEP_ALIVE_S, bind_listener
 from coordinator.store import DEFAULT_DB_PATH, CoordinatorStore
@@ -92,6 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "the next piece is asked for while the last goes in), and between two pieces of the "
                    "source's cleanup after the drop; spreads the copy's CPU out on machines whose cores "
                    "the partitions share")
+    p.add_argument("--migration-copy-pace-pct", type=int, default=COPY_PACE_PCT,
+                   help=f"after each piece of a migration's pre-copy and of the source's cleanup, wait this "
+                   f"percentage of the time the piece took, 0..{MAX_COPY_PACE_PCT} (default {COPY_PACE_PCT}: "
+                   f"the copy takes about half of the cores it shares with the other symbols; 0: pieces back "
+                   f"to back, the next asked for while the last goes in)")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(
@@ -106,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.migration_precopy_piece_pause_ms <= 10_000:
         p.error("--migration-precopy-piece-pause-ms must be in [0, 10000], "
                 f"got {args.migration_precopy_piece_pause_ms}")
+    if not 0 <= args.migration_copy_pace_pct <= MAX_COPY_PACE_PCT:
+        p.error(f"--migration-copy-pace-pct must be in [0, {MAX_COPY_PACE_PCT}], got {args.migration_copy_pace_pct}")
     if not 0 <= args.migration_precopy_piece_orders <= MAX_PIECE_ORDERS:
         p.error(f"--migration-precopy-piece-orders must be in [0, {MAX_PIECE_ORDERS}], "
                 f"got {args.migration_precopy_piece_orders}")
@@ -148,7 +164,8 @@ def migration_driver(args: argparse.Namespace, store: CoordinatorStore) -> tuple
                   step_hold_s=args.migration_step_hold_ms / 1000,
                   precopy=args.migration_precopy,
                   piece_orders=args.migration_precopy_piece_orders,
-                  piece_pause_s=args.migration_precopy_piece_pause_ms / 1000), transport
+                  piece_pause_s=args.migration_precopy_piece_pause_ms / 1000,
+                  copy_pace_pct=args.migration_copy_pace_pct), transport
 
 
 async def serve(args: argparse.Namespace, store: CoordinatorStore) -> None:

@@ -50,6 +50,12 @@ MIN_CHUNK, MAX_CHUNK = 1024, 64 * 1024
 # destination, ~2-3 ms of engine work at 2,000 orders); 0: the whole pre-copy as one message
 PIECE_ORDERS = 2000
 MAX_PIECE_ORDERS = 100_000  # pyengine/service/migration.py MAX_PIECE_ORDERS
+# after each piece of the pre-copy and of the cleanup, a wait of this share of the time the piece
+# took (percent): the copy then takes at most about half of the cores it shares with the source's
+# other symbols, and a longer copy costs nothing a client sees (it runs before the freeze and
+# after the switch); 0: pieces back to back (bench/reports/migration_lowprio_side_by_side.md)
+COPY_PACE_PCT = 100
+MAX_COPY_PACE_PCT = 1000
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 _SCHEMA = """
@@ -230,7 +236,7 @@ class Driver:
     def __init__(self, store: CoordinatorStore, transport: Transport, *, step_timeout: float = 30.0,
                  chunk_bytes: int = CHUNK, compress: bool = True, stage_delay_s: float = 0.0,
                  step_hold_s: float = 0.0, precopy: bool = True, piece_orders: int = PIECE_ORDERS,
-                 piece_pause_s: float = 0.0,
+                 piece_pause_s: float = 0.0, copy_pace_pct: int = COPY_PACE_PCT,
                  on_change: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         if not MIN_CHUNK <= chunk_bytes <= MAX_CHUNK:
             raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_bytes}")
@@ -266,6 +272,9 @@ class Driver:
         if not 0 <= piece_pause_s <= 10:
             raise ValueError(f"piece_pause_s must be in [0, 10], got {piece_pause_s}")
         self.piece_pause_s = piece_pause_s
+        if not 0 <= copy_pace_pct <= MAX_COPY_PACE_PCT:
+            raise ValueError(f"copy_pace_pct must be in [0, {MAX_COPY_PACE_PCT}], got {copy_pace_pct}")
+        self.copy_pace = copy_pace_pct / 100
         # the copy's progress per live migration, in memory only (a durable write per chunk would
         # lengthen the pause): what GET /v1/migrations/{id} shows as "progress"
         self._progress: dict[str, dict[str, Any]] = {}
@@ -563,10 +572,12 @@ class Driver:
         mid, src = rec["id"], rec["source"]
         step = self.piece_orders or PIECE_ORDERS
         done = cl["done"]
+        gap = self.piece_pause_s
         with self._timed(rec, "cleanup"):
             while done < cl["orders"] and not self._stop.is_set():
-                if self.piece_pause_s:
-                    self._stop.wait(self.piece_pause_s)
+                if gap:
+                    self._stop.wait(gap)
+                t = time.monotonic()
                 try:
                     ans = self._call(rec, src, {"op": "mig_cleanup", "id": mid, "upto": done + step}, forever=True)
                 except StepRefused as exc:
@@ -574,6 +585,15 @@ class Driver:
                                 src, exc)
                     return
                 done = ans["cleanup"]["done"]
+                gap = self._gap(time.monotonic() - t)
+
+    def _gap(self, took: float) -> float:
+        """The wait before the next piece of a copy or cleanup whose last piece took ``took`` s."""
+        return max(self.piece_pause_s, self.copy_pace * took)
+
+    @property
+    def _paced(self) -> bool:
+        return bool(self.piece_pause_s or self.copy_pace)
 
     def _precopy(self, rec: dict[str, Any]) -> bool:
         """Before the freeze, while the symbol still trades at the source: the source's pre-copy
@@ -614,6 +634,7 @@ class Driver:
         mid, src, dst = rec["id"], rec["source"], rec["dest"]
         ask = {"op": "mig_precopy", "id": mid, "symbol": rec["symbol"], "dest": dst, "epoch": rec["epoch"],
                "max_orders": self.piece_orders}
+        began = time.monotonic()  # piece k asked for: its time, taken and built, sets the wait after it
         try:
             with self._timed(rec, "precopy piece@0"):
                 pre = self._call(rec, src, {**ask, "piece": 0})
@@ -635,9 +656,7 @@ class Driver:
         k = 0
         while True:
             nxt = None
-            if self.piece_pause_s and k > 0:
-                self._stop.wait(self.piece_pause_s)
-            if not pre["last"] and not self.piece_pause_s:  # the next piece taken while this one goes in
+            if not pre["last"] and not self._paced:  # the next piece taken while this one goes in
                 nxt = self._submit(rec, src, {**ask, "piece": k + 1}, f"precopy piece@{k + 1}")
             if k >= got:
                 self._piece_in(rec, pre, k, prog)
@@ -654,6 +673,12 @@ class Driver:
                     raise _Sequential("no pipelining")
                 pre = self._answer(nxt, src)
             except _Sequential:
+                # paced: the wait goes before the source takes the next piece, so that its
+                # take and its build both come after it
+                gap = self._gap(time.monotonic() - began)
+                if gap:
+                    self._stop.wait(gap)
+                began = time.monotonic()
                 with self._timed(rec, f"precopy piece@{k}"):
                     pre = self._call(rec, src, {**ask, "piece": k})
             if pre["state"] != "precopied" or pre.get("piece") != k:

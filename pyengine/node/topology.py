@@ -113,6 +113,8 @@ class CoordinatorSpec:
     migration_precopy_piece_orders: int | None = None
     # the coordinator's --migration-precopy-piece-pause-ms (0: none)
     migration_precopy_piece_pause_ms: int = 0
+    # the coordinator's --migration-copy-pace-pct (None: its default)
+    migration_copy_pace_pct: int | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +326,8 @@ class Topology:
             doc["migration_precopy_piece_orders"] = c.migration_precopy_piece_orders
         if c.migration_precopy_piece_pause_ms:
             doc["migration_precopy_piece_pause_ms"] = c.migration_precopy_piece_pause_ms
+        if c.migration_copy_pace_pct is not None:
+            doc["migration_copy_pace_pct"] = c.migration_copy_pace_pct
         return doc
 
     def coordinator_document(self) -> dict:
@@ -416,7 +420,8 @@ def _coordinator(d: Any) -> CoordinatorSpec:
         raise TopologyError("coordinator must be an object {host, port, db}")
     _keys(d, "coordinator", optional=("host", "port", "db", "migration_chunk_bytes", "migration_stage_delay_ms",
                                       "migration_step_hold_ms", "migration_precopy",
-                                      "migration_precopy_piece_orders", "migration_precopy_piece_pause_ms"))
+                                      "migration_precopy_piece_orders", "migration_precopy_piece_pause_ms",
+                                      "migration_copy_pace_pct"))
     host = _str(d.get("host", "127.0.0.1"), "coordinator.host", HOST_RE, "host")
     port = _int(d.get("port", 0), "coordinator.port", 0, 65535)
     db = d.get("db", "coordinator.db")
@@ -437,7 +442,10 @@ def _coordinator(d: Any) -> CoordinatorSpec:
         pieces = _int(pieces, "coordinator.migration_precopy_piece_orders", 0, 100_000)
     pause = _int(d.get("migration_precopy_piece_pause_ms", 0), "coordinator.migration_precopy_piece_pause_ms",
                  0, 10_000)
-    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy, pieces, pause)
+    pace = d.get("migration_copy_pace_pct")
+    if pace is not None:  # the bounds of coordinator/migrations.py (0 .. MAX_COPY_PACE_PCT)
+        pace = _int(pace, "coordinator.migration_copy_pace_pct", 0, 1000)
+    return CoordinatorSpec(host, port, db, chunk, delay, hold, precopy, pieces, pause, pace)
 
 
 def _auth(d: Any) -> AuthServiceSpec:

@@ -283,6 +283,8 @@ class System:
             cmd += ["--migration-precopy-piece-orders", str(topo.coordinator.migration_precopy_piece_orders)]
         if topo.coordinator.migration_precopy_piece_pause_ms:
             cmd += ["--migration-precopy-piece-pause-ms", str(topo.coordinator.migration_precopy_piece_pause_ms)]
+        if topo.coordinator.migration_copy_pace_pct is not None:
+            cmd += ["--migration-copy-pace-pct", str(topo.coordinator.migration_copy_pace_pct)]
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())

@@ -64,6 +64,7 @@ from pyengine.engine.migration_pieces import (
 )
 from pyengine.engine.model import EngineState
 from pyengine.service import retire
+from pyengine.service.lowprio import run_low
 from pyengine.wire.protocol import Status
 
 log = logging.getLogger("matchx.migration")
@@ -267,7 +268,7 @@ class Migrations:
             return self._precopy_piece(svc, mid, cmd, rec)
         if rec is None:
             try:
-                blob, meta, base = precopy_symbol(svc.engine, cmd["symbol"])
+                blob, meta, base = run_low(lambda: precopy_symbol(svc.engine, cmd["symbol"]))
             except MigrationError as exc:
                 return _err(str(exc))
             rec = {"id": mid, "role": "source", "symbol": cmd["symbol"], "dest": cmd["dest"],
@@ -311,7 +312,8 @@ class Migrations:
         have = pre["pieces"]
         if k == len(have) and not pre["done"]:
             try:
-                blob, meta = take_piece(svc.engine, rec["symbol"], self._track(svc, mid, rec), n)
+                track = self._track(svc, mid, rec)
+                blob, meta = run_low(lambda: take_piece(svc.engine, rec["symbol"], track, n))
             except MigrationError as exc:
                 return _err(str(exc))
             have.append({"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "orders": meta["orders"],
@@ -420,7 +422,7 @@ class Migrations:
         cl = self.recs[mid]["cleanup"]
         det = self._detached.get(mid)
         if det is not None:
-            cleanup(svc.engine, det, upto)
+            run_low(lambda: cleanup(svc.engine, det, upto))
             if det.done >= det.total:
                 del self._detached[mid]
         cl["done"] = max(cl["done"], upto)
@@ -490,14 +492,7 @@ class Migrations:
             # the detached orders out of the indexes first: the restore builds the book anew
             self.finish_cleanups(svc, (rec["symbol"],))
             try:
-                if "precopy" in rec and "pieces" in rec["precopy"]:
-                    shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
-                elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
-                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
-                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
-                else:
-                    import_symbol(svc.engine, self.blobs[mid], let_others_run)
+                run_low(lambda: self._take_back(svc, mid, rec))
             except MigrationError as exc:  # pragma: no cover - its own export always fits
                 log.error("migration %s: the source cannot take back its own export: %s", mid, exc)
                 return _err(f"restore failed: {exc}")
@@ -516,6 +511,17 @@ class Migrations:
         elif rec["state"] not in (RESTORED, RELEASED):
             return _err(f"migration {mid} is {rec['state']}: too late to restore")
         return _ok(self._source_answer(rec))
+
+    def _take_back(self, svc: Any, mid: str, rec: dict) -> None:
+        """The source's own export back into its engine (``_restore``)."""
+        if "precopy" in rec and "pieces" in rec["precopy"]:
+            shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
+            import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
+        elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
+            shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
+            import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
+        else:
+            import_symbol(svc.engine, self.blobs[mid], let_others_run)
 
     # ---- destination -----------------------------------------------------------------------
 
@@ -597,7 +603,7 @@ class Migrations:
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
             return _err(bad or "")
         try:
-            shadow = build_shadow(blob, svc.engine.dedup_window, let_others_run)
+            shadow = run_low(lambda: build_shadow(blob, svc.engine.dedup_window, let_others_run))
         except MigrationError as exc:
             self.blobs[mid] = b""
             return _err(f"pre-copy refused: {exc}")
@@ -634,10 +640,7 @@ class Migrations:
             return _err(bad or "")
         got = self.pieces.get(mid, [])
         try:
-            shadow = self._shadows.get(mid)
-            if shadow is None and got:  # after a restart: built again from the pieces' bytes
-                shadow = _shadow_of(got, svc.engine.dedup_window)
-            shadow = extend_shadow(shadow, blob, svc.engine.dedup_window, let_others_run)
+            shadow = run_low(lambda: self._extended(svc, mid, got, blob))
         except MigrationError as exc:
             return _err(f"pre-copy piece refused: {exc}")
         self._shadows[mid] = shadow
@@ -649,6 +652,13 @@ class Migrations:
         have = [*have, cmd["sha256"]]
         rec["precopy"] = {"pieces": have, "sha256": pieces_sha(have), "size": (pre or {}).get("size", 0) + len(blob)}
         return _ok(self._dest_answer(rec))
+
+    def _extended(self, svc: Any, mid: str, got: list[bytes], blob: bytes) -> EngineState:
+        """The destination's pre-copy with piece ``blob`` added (``_preimport_piece``)."""
+        shadow = self._shadows.get(mid)
+        if shadow is None and got:  # after a restart: built again from the pieces' bytes
+            shadow = _shadow_of(got, svc.engine.dedup_window)
+        return extend_shadow(shadow, blob, svc.engine.dedup_window, let_others_run)
 
     def _import(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self._dest(mid)
@@ -663,19 +673,7 @@ class Migrations:
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
             return _err(bad or "")
         try:
-            pre = rec.get("precopy")
-            if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.pieces:
-                shadow = self._shadows.pop(mid, None)
-                if shadow is None:  # after a restart: built again from the pieces' bytes
-                    shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-                meta = import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
-            elif pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
-                shadow = self._shadows.pop(mid, None)
-                if shadow is None:  # after a restart: built again from the pre-copy's bytes
-                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
-                meta = import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
-            else:
-                meta = import_symbol(svc.engine, blob, let_others_run)
+            meta = run_low(lambda: self._imported(svc, mid, rec, blob))
         except MigrationError as exc:
             self.blobs[mid] = b""  # start the transfer again, or abort
             return _err(f"import refused: {exc}")
@@ -689,6 +687,21 @@ class Migrations:
         for asset, v in _holds(meta).items():
             self.net_in[asset] = self.net_in.get(asset, 0) + v
         return _ok(self._dest_answer(rec))
+
+    def _imported(self, svc: Any, mid: str, rec: dict, blob: bytes) -> dict:
+        """The staged export ``blob`` into the engine, on the pre-copy if there is one (``_import``)."""
+        pre = rec.get("precopy")
+        if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.pieces:
+            shadow = self._shadows.pop(mid, None)
+            if shadow is None:  # after a restart: built again from the pieces' bytes
+                shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
+            return import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
+        if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
+            shadow = self._shadows.pop(mid, None)
+            if shadow is None:  # after a restart: built again from the pre-copy's bytes
+                shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
+            return import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
+        return import_symbol(svc.engine, blob, let_others_run)
 
     def _activate(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self._dest(mid)

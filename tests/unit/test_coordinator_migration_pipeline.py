@@ -9,12 +9,13 @@ ClientTransport has ``submit``, so those run the pipelined copy)."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
 from coordinator.migration_timing import one_line, render
-from coordinator.migrations import Driver, PartitionUnavailable
+from coordinator.migrations import COPY_PACE_PCT, MAX_COPY_PACE_PCT, Driver, PartitionUnavailable
 from pyengine.ops.migrate import timing_lines
 from tests.unit.test_coordinator_migrations import LocalTransport, funds_ok, owners, system  # noqa: F401
 from tests.unit.test_service_migration import BTC, book
@@ -121,7 +122,7 @@ def test_precopy_in_pieces_moves_the_book_with_trading_between_pieces(piped):
         return orig(partition, command)
 
     transport.submit = submit
-    d = Driver(store, transport, chunk_bytes=1024, piece_orders=20)
+    d = Driver(store, transport, chunk_bytes=1024, piece_orders=20, copy_pace_pct=0)
     rec = d.start(BTC, "p2", "m1", wait=True)
     assert rec["state"] == "done", rec
     assert n[0] >= 8  # pieces: ~340 orders on 32 queues, 20 orders a piece or more (whole queues)
@@ -151,6 +152,48 @@ def test_pieces_with_a_pause_between_them_go_one_after_the_other(piped):
     funds_ok(parts)
     with pytest.raises(ValueError, match="piece_pause_s"):
         Driver(store, transport, piece_pause_s=11)
+
+
+def test_paced_pieces_wait_a_share_of_their_time_after_each(piped):
+    """By default (``COPY_PACE_PCT``) the driver waits after each piece of the pre-copy and of
+    the cleanup at least as long as the piece took (asked for at the source to built at the
+    destination; sent to answered for the cleanup), and asks for no piece before the last one
+    went in; the book moves as without the waits."""
+    store, transport, parts = piped
+    before = book(parts["p1"])
+    stamps: list[tuple[str, float, float]] = []  # op, sent, answered (monotonic)
+    orig = transport.submit
+
+    def submit(partition, command):
+        op = command["op"]
+        if op in ("mig_preimport", "mig_cleanup"):  # a piece that takes a while to apply
+            transport.pools[partition].submit(time.sleep, 0.02)
+        t = time.monotonic()
+        fut = orig(partition, command)
+        if op in ("mig_precopy", "mig_preimport", "mig_cleanup"):
+            fut.add_done_callback(lambda _f: stamps.append((op, t, time.monotonic())))
+        return fut
+
+    transport.submit = submit
+    assert COPY_PACE_PCT >= 100
+    d = Driver(store, transport, chunk_bytes=4096, piece_orders=40)
+    rec = d.start(BTC, "p2", "m1", wait=True)
+    assert rec["state"] == "done", rec
+    assert book(parts["p2"]) == before
+    ops = [op for op, _s, _a in stamps if op != "mig_cleanup"]
+    assert len(ops) >= 8 and ops == ["mig_precopy", "mig_preimport"] * (len(ops) // 2), ops
+    pre = [x for x in stamps if x[0] != "mig_cleanup"]
+    for k in range(0, len(pre) - 2, 2):
+        (_, asked, _), (_, _, built), (_, nxt, _) = pre[k], pre[k + 1], pre[k + 2]
+        assert nxt - built >= (built - asked) * COPY_PACE_PCT / 100, (k // 2, asked, built, nxt)
+    clean = [x for x in stamps if x[0] == "mig_cleanup"]
+    assert len(clean) >= 5, clean
+    for (_, s0, a0), (_, s1, _) in zip(clean, clean[1:], strict=False):
+        assert s1 - a0 >= (a0 - s0) * COPY_PACE_PCT / 100
+    assert owners(parts, "end") == ["p2"]
+    funds_ok(parts)
+    with pytest.raises(ValueError, match="copy_pace_pct"):
+        Driver(store, transport, copy_pace_pct=MAX_COPY_PACE_PCT + 1)
 
 
 def test_a_deep_queue_is_one_large_piece_fetched_and_staged_in_chunks(system):  # noqa: F811

@@ -595,18 +595,23 @@ def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refuse
     from coordinator.__main__ import parse_args
     from pyengine.node.topology import Topology, TopologyError
 
+    def optional_setting(key: str, good: tuple[int, ...], bad: tuple[object, ...]) -> None:
+        """None (the coordinator's default) unless set, written out only when set, bounded."""
+        assert getattr(Topology.from_dict(doc).coordinator, key) is None
+        assert key not in Topology.from_dict(doc).to_dict()["coordinator"]
+        for v in good:
+            doc["coordinator"][key] = v
+            topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
+            assert getattr(topo.coordinator, key) == v
+        for v in bad:
+            doc["coordinator"][key] = v
+            with pytest.raises(TopologyError, match=key):
+                Topology.from_dict(doc)
+        doc["coordinator"].pop(key)
+
     key = "migration_precopy_piece_orders"
     doc = json.loads((Path(__file__).resolve().parents[2] / "docs/examples/topology-2x3.json").read_text())
-    assert Topology.from_dict(doc).coordinator.migration_precopy_piece_orders is None
-    assert key not in Topology.from_dict(doc).to_dict()["coordinator"]
-    for v in (0, 500):
-        doc["coordinator"][key] = v
-        topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
-        assert topo.coordinator.migration_precopy_piece_orders == v
-    for bad in (-1, 100_001, "500", True):
-        doc["coordinator"][key] = bad
-        with pytest.raises(TopologyError, match=key):
-            Topology.from_dict(doc)
+    optional_setting(key, (0, 500), (-1, 100_001, "500", True))
     assert parse_args([]).migration_precopy_piece_orders == 2000
     assert parse_args(["--migration-precopy-piece-orders", "0"]).migration_precopy_piece_orders == 0
     with pytest.raises(SystemExit):
@@ -615,7 +620,6 @@ def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refuse
         Driver(CoordinatorStore(tmp_path / "c.db"), None, piece_orders=200_000)  # type: ignore[arg-type]
     # the wait between pieces: 0 (none) by default, written out only when set, bounded
     pkey = "migration_precopy_piece_pause_ms"
-    doc["coordinator"].pop(key)
     assert Topology.from_dict(doc).coordinator.migration_precopy_piece_pause_ms == 0
     doc["coordinator"][pkey] = 50
     topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
@@ -628,3 +632,10 @@ def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refuse
     assert parse_args(["--migration-precopy-piece-pause-ms", "50"]).migration_precopy_piece_pause_ms == 50
     with pytest.raises(SystemExit):
         parse_args(["--migration-precopy-piece-pause-ms", "20000"])
+    # the copy's pace: the coordinator's default unless set, written out only when set, bounded
+    doc["coordinator"].pop(pkey)
+    optional_setting("migration_copy_pace_pct", (0, 250), (-1, 1001, "100", True))
+    assert parse_args([]).migration_copy_pace_pct == 100
+    assert parse_args(["--migration-copy-pace-pct", "0"]).migration_copy_pace_pct == 0
+    with pytest.raises(SystemExit):
+        parse_args(["--migration-copy-pace-pct", "1001"])
