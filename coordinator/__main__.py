@@ -104,8 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--migration-copy-pace-pct", type=int, default=COPY_PACE_PCT,
                    help=f"after each piece of a migration's pre-copy and of the source's cleanup, wait this "
                    f"percentage of the time the piece took, 0..{MAX_COPY_PACE_PCT} (default {COPY_PACE_PCT}: "
-                   f"the copy takes about half of the cores it shares with the other symbols; 0: pieces back "
-                   f"to back, the next asked for while the last goes in)")
+                   f"pieces back to back, the next asked for while the last goes in; 100: the copy takes about "
+                   f"half of the cores it shares with the other symbols, and twice as long)")
     p.add_argument("--log-level", default="info", help="debug|info|warning|error")
     p.add_argument("--access-log", action="store_true", help="log every request (stderr)")
     p.add_argument(

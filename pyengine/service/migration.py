@@ -126,7 +126,9 @@ def let_others_run() -> None:
     """The engine's imports call this every few thousand orders (``migration.PAUSE_EVERY``): a
     worker's members of other partitions share this interpreter and would otherwise wait for
     the whole import (~50 ms at 100,000 orders: bench/reports/migration_holds.md). A zero
-    sleep releases the interpreter, and a thread that has waited for it takes it then."""
+    sleep releases the interpreter, and a thread that has waited for it takes it then. (The
+    destination's imports run on a low-priority thread, ``lowprio.run_low``: this hands over the
+    interpreter, that thread's nice level the cores.)"""
     time.sleep(0)
 
 
@@ -268,7 +270,7 @@ class Migrations:
             return self._precopy_piece(svc, mid, cmd, rec)
         if rec is None:
             try:
-                blob, meta, base = run_low(lambda: precopy_symbol(svc.engine, cmd["symbol"]))
+                blob, meta, base = precopy_symbol(svc.engine, cmd["symbol"])
             except MigrationError as exc:
                 return _err(str(exc))
             rec = {"id": mid, "role": "source", "symbol": cmd["symbol"], "dest": cmd["dest"],
@@ -312,8 +314,7 @@ class Migrations:
         have = pre["pieces"]
         if k == len(have) and not pre["done"]:
             try:
-                track = self._track(svc, mid, rec)
-                blob, meta = run_low(lambda: take_piece(svc.engine, rec["symbol"], track, n))
+                blob, meta = take_piece(svc.engine, rec["symbol"], self._track(svc, mid, rec), n)
             except MigrationError as exc:
                 return _err(str(exc))
             have.append({"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "orders": meta["orders"],
@@ -422,7 +423,7 @@ class Migrations:
         cl = self.recs[mid]["cleanup"]
         det = self._detached.get(mid)
         if det is not None:
-            run_low(lambda: cleanup(svc.engine, det, upto))
+            cleanup(svc.engine, det, upto)
             if det.done >= det.total:
                 del self._detached[mid]
         cl["done"] = max(cl["done"], upto)
@@ -492,7 +493,14 @@ class Migrations:
             # the detached orders out of the indexes first: the restore builds the book anew
             self.finish_cleanups(svc, (rec["symbol"],))
             try:
-                run_low(lambda: self._take_back(svc, mid, rec))
+                if "precopy" in rec and "pieces" in rec["precopy"]:
+                    shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
+                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
+                elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
+                    shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
+                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
+                else:
+                    import_symbol(svc.engine, self.blobs[mid], let_others_run)
             except MigrationError as exc:  # pragma: no cover - its own export always fits
                 log.error("migration %s: the source cannot take back its own export: %s", mid, exc)
                 return _err(f"restore failed: {exc}")
@@ -511,17 +519,6 @@ class Migrations:
         elif rec["state"] not in (RESTORED, RELEASED):
             return _err(f"migration {mid} is {rec['state']}: too late to restore")
         return _ok(self._source_answer(rec))
-
-    def _take_back(self, svc: Any, mid: str, rec: dict) -> None:
-        """The source's own export back into its engine (``_restore``)."""
-        if "precopy" in rec and "pieces" in rec["precopy"]:
-            shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-            import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
-        elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
-            shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
-            import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
-        else:
-            import_symbol(svc.engine, self.blobs[mid], let_others_run)
 
     # ---- destination -----------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ def test_precopy_in_pieces_moves_the_book_with_trading_between_pieces(piped):
         return orig(partition, command)
 
     transport.submit = submit
-    d = Driver(store, transport, chunk_bytes=1024, piece_orders=20, copy_pace_pct=0)
+    d = Driver(store, transport, chunk_bytes=1024, piece_orders=20)
     rec = d.start(BTC, "p2", "m1", wait=True)
     assert rec["state"] == "done", rec
     assert n[0] >= 8  # pieces: ~340 orders on 32 queues, 20 orders a piece or more (whole queues)
@@ -155,10 +155,10 @@ def test_pieces_with_a_pause_between_them_go_one_after_the_other(piped):
 
 
 def test_paced_pieces_wait_a_share_of_their_time_after_each(piped):
-    """By default (``COPY_PACE_PCT``) the driver waits after each piece of the pre-copy and of
-    the cleanup at least as long as the piece took (asked for at the source to built at the
+    """``copy_pace_pct`` 100: the driver waits after each piece of the pre-copy and of the
+    cleanup at least as long as the piece took (asked for at the source to built at the
     destination; sent to answered for the cleanup), and asks for no piece before the last one
-    went in; the book moves as without the waits."""
+    went in; the book moves as without the waits. Off by default (``COPY_PACE_PCT``)."""
     store, transport, parts = piped
     before = book(parts["p1"])
     stamps: list[tuple[str, float, float]] = []  # op, sent, answered (monotonic)
@@ -175,8 +175,8 @@ def test_paced_pieces_wait_a_share_of_their_time_after_each(piped):
         return fut
 
     transport.submit = submit
-    assert COPY_PACE_PCT >= 100
-    d = Driver(store, transport, chunk_bytes=4096, piece_orders=40)
+    assert COPY_PACE_PCT == 0
+    d = Driver(store, transport, chunk_bytes=4096, piece_orders=40, copy_pace_pct=100)
     rec = d.start(BTC, "p2", "m1", wait=True)
     assert rec["state"] == "done", rec
     assert book(parts["p2"]) == before
@@ -185,11 +185,11 @@ def test_paced_pieces_wait_a_share_of_their_time_after_each(piped):
     pre = [x for x in stamps if x[0] != "mig_cleanup"]
     for k in range(0, len(pre) - 2, 2):
         (_, asked, _), (_, _, built), (_, nxt, _) = pre[k], pre[k + 1], pre[k + 2]
-        assert nxt - built >= (built - asked) * COPY_PACE_PCT / 100, (k // 2, asked, built, nxt)
+        assert nxt - built >= built - asked, (k // 2, asked, built, nxt)
     clean = [x for x in stamps if x[0] == "mig_cleanup"]
     assert len(clean) >= 5, clean
     for (_, s0, a0), (_, s1, _) in zip(clean, clean[1:], strict=False):
-        assert s1 - a0 >= (a0 - s0) * COPY_PACE_PCT / 100
+        assert s1 - a0 >= a0 - s0
     assert owners(parts, "end") == ["p2"]
     funds_ok(parts)
     with pytest.raises(ValueError, match="copy_pace_pct"):

@@ -635,7 +635,7 @@ def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refuse
     # the copy's pace: the coordinator's default unless set, written out only when set, bounded
     doc["coordinator"].pop(pkey)
     optional_setting("migration_copy_pace_pct", (0, 250), (-1, 1001, "100", True))
-    assert parse_args([]).migration_copy_pace_pct == 100
-    assert parse_args(["--migration-copy-pace-pct", "0"]).migration_copy_pace_pct == 0
+    assert parse_args([]).migration_copy_pace_pct == 0
+    assert parse_args(["--migration-copy-pace-pct", "100"]).migration_copy_pace_pct == 100
     with pytest.raises(SystemExit):
         parse_args(["--migration-copy-pace-pct", "1001"])
