@@ -41,6 +41,8 @@ C_OID: Final = 0
 C_PRICE: Final = 1
 C_TS: Final = 6
 C_ACCT: Final = 7
+C_CLEN: Final = 9
+C_ELEN: Final = 10
 _U64 = struct.Struct("<Q")
 _SIDES = struct.Struct("<QQ")
 
@@ -105,6 +107,15 @@ class Cols:
         self.flags: list[int] = []
         self.coids: list[str | None] = []
         self.evs: list[bytes | None] = []
+        # the block as read: each column's values as stored (differences undone only above),
+        # code and where its values start in ``block``, and the two blobs; a restore seeds the
+        # snapshot cache from them (snapcache.py) instead of encoding the same orders again
+        self.block = b""
+        self.raw: list[list[int]] = []
+        self.codes: list[int] = []
+        self.starts: list[int] = []
+        self.coid_b = b""
+        self.ev_b = b""
 
 
 def sums(v: list[int]) -> list[int]:
@@ -341,7 +352,11 @@ def decode_orders(b: bytes, err: type[Exception]) -> Cols:
     pos = _SIDES.size
     cols: list[list[int]] = []
     zero: list[bool] = []
+    codes: list[int] = []
+    starts: list[int] = []
     for _ in range(NCOLS):
+        codes.append(b[pos] if pos < len(b) else 0)
+        starts.append(pos + 1)
         vals, pos, z = get_col(b, pos, n, err)
         cols.append(vals)
         zero.append(z)
@@ -359,6 +374,12 @@ def decode_orders(b: bytes, err: type[Exception]) -> Cols:
         raise err("trailing bytes after the order columns")
     c = Cols()
     c.bids = bids
+    c.block = b
+    c.raw = cols
+    c.codes = codes
+    c.starts = starts
+    c.coid_b = blobs[0]
+    c.ev_b = blobs[1]
     c.oid = sums(cols[0])
     c.price = sums(cols[1])
     c.qty = cols[2]

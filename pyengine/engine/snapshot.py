@@ -428,6 +428,9 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
     fin_counts: list[int] = []
     fin_blob = b""
     fin4: list[list[Order]] = []
+    fin_cols: Cols | None = None
+    fin_sym: list[int] = []
+    sym_col = b""
     if version >= 4:
         counts = r.arr("q")
         rows = _open_rows_v4(b, decode_orders(bytes(r.raw()), SnapshotError), counts, nsyms)
@@ -507,6 +510,9 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
             _set_finished(accts[ai], fin4[ai])
     if version >= 3:
         _load_market_data(syms, accts, seqs, fills_blob, recent_blob)
+    cache = eng.snap_cache
+    if fin_cols is not None and isinstance(cache, SnapCache):
+        cache.seed(accts, fin4, fin_cols, fin_sym, sym_col, [s.name for s in syms], fills_blob)
     return eng
 
 

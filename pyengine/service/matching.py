@@ -27,6 +27,7 @@ import orjson
 from pyengine import engine as engine_pkg
 from pyengine.engine import Engine, SnapshotError
 from pyengine.engine.bulk import apply_bulk
+from pyengine.engine.snapcache import SnapCache
 from pyengine.service import retire
 from pyengine.service.counters import ServiceCounters
 from pyengine.service.marketdata import MarketData, SubscriptionError
@@ -226,14 +227,17 @@ class MatchingService:
         gc.set_threshold(*GC_THRESHOLDS)
         if snapshot is not None:
             started = time.perf_counter()
-            # the cache is warmed once the member is in step (warm_snapshot_cache, called by the
-            # bridge then): the cluster waits for a restarting member's restore before its election
-            # goes on, and not for that
+            # a snapshot this code wrote leaves the engine's snapshot cache seeded from the bytes
+            # just read; an older one's is warmed once the member is in step (warm_snapshot_cache,
+            # called by the bridge then): the cluster waits for a restarting member's restore
+            # before its election goes on, and not for that
             self.restore(snapshot, warm=False)  # freezes what it restored out of GC (see restore)
-            self._warm_pending = True
+            self._warm_pending = not self._cache_seeded()
             log.info("member %d restored a snapshot of %d bytes in %.2f s (%d resting orders): "
-                     "engine %.0f ms, replies %.0f ms", member_id, len(snapshot), time.perf_counter() - started,
-                     len(self.engine.orders), self.restore_ms["engine"], self.restore_ms["replies"])
+                     "engine %.0f ms, replies %.0f ms; snapshot cache %s", member_id, len(snapshot),
+                     time.perf_counter() - started, len(self.engine.orders), self.restore_ms["engine"],
+                     self.restore_ms["replies"],
+                     "warmed once in step" if self._warm_pending else "kept from the snapshot read")
         log.info("member %d service started (applied=%d, engine %s)", member_id, self.applied,
                  "compiled" if engine_pkg.NATIVE else "plain Python")
 
@@ -609,9 +613,16 @@ class MatchingService:
                 gc.enable()
         return True
 
+    def _cache_seeded(self) -> bool:
+        """Whether the restore kept the engine snapshot's encoded parts as it read them
+        (``SnapCache.seed``: engine snapshots of version 4 and later), so no take need warm them."""
+        cache = self.engine.snap_cache
+        return isinstance(cache, SnapCache) and cache.seeded
+
     def restore(self, blob: bytes, warm: bool = True) -> None:
         """Replaces the state with ``blob``'s, or raises ServiceSnapshotError changing nothing.
-        ``warm=False`` leaves the engine's snapshot cache cold (``warm_snapshot_cache`` later)."""
+        ``warm=False`` leaves the engine's snapshot cache cold (``warm_snapshot_cache`` later)
+        unless the restore seeded it from the bytes it read."""
         buf = memoryview(blob)
         if len(buf) < _SNAP_HEADER.size + 8:
             raise ServiceSnapshotError(f"service snapshot of {len(buf)} bytes is truncated")
@@ -634,7 +645,7 @@ class MatchingService:
         gc.disable()
         try:
             self._restore_sections(buf, off, engine_len, applied, position, chain, version)
-            if warm:  # see warm_snapshot_cache
+            if warm and not self._cache_seeded():  # see warm_snapshot_cache
                 self.engine.snapshot(digest=False)
             gc.freeze()
         finally:

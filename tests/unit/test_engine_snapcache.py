@@ -248,3 +248,42 @@ def test_a_window_holding_another_accounts_order_is_encoded_afresh():
     accts = list(e.accounts.values())
     accts[0].finished.append(accts[1].finished[-1])  # not something the engine does
     assert dump(e) == dump(e, use_cache=False)
+
+
+def test_a_restore_keeps_what_it_read_and_takes_after_it_equal_encodings_afresh():
+    """A restore keeps the finished orders' block and the fills it has just read (snapcache's
+    ``seed``): its first take encodes nothing, and after changes (windows dropping their oldest
+    from inside a run and gaining new runs, fills past their window, a width growing) a take
+    encodes only what changed and still equals an encoding afresh, and the engine that never
+    restored."""
+    e = engine(window=150)
+    ts = run(e, Flow(19, (X, Y)), 3000, 100)
+    blob = dump(e, use_cache=False)
+    r = Engine.restore(blob)
+    cache = r.snap_cache
+    assert cache.seeded and sum(len(w.runs) for w in cache.windows.values()) > len(ACCTS)
+    assert all(w.runs[0].n <= RUN for w in cache.windows.values() if w.runs)
+    assert dump(r) == blob
+    assert (cache.orders_encoded, cache.fills_encoded, cache.resyncs) == (0, 0, 0)
+    flow = Flow(20, (X, Y))
+    ts2 = run(e, flow, 400, ts)
+    run(r, Flow(20, (X, Y)), 400, ts)
+    assert same(r) == same(e)
+    # what arrived since, and at most a partly dropped run per window: not the whole windows
+    assert cache.orders_encoded <= 400 + len(ACCTS) * RUN
+    assert cache.resyncs == 0
+    wide = {"op": "place", "account": "a", "symbol": X, "side": "buy", "price": "95", "qty": "0.1",
+            "tif": "IOC", "client_order_id": "ü" * 64}
+    for x in (e, r):
+        x.apply(wide, ts2 + 2**40)
+    assert same(r) == same(e)
+
+
+def test_a_restore_of_an_engine_with_empty_windows_and_no_fills():
+    e = engine()
+    blob = dump(e, use_cache=False)
+    r = Engine.restore(blob)
+    assert r.snap_cache.seeded
+    assert dump(r) == blob
+    run(r, Flow(21, (X,)), 200, 100)
+    same(r)

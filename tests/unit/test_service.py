@@ -3,6 +3,7 @@
 import orjson
 import pytest
 
+from pyengine.engine.snapshot import dump
 from pyengine.service.matching import MatchingService, ServiceSnapshotError
 from pyengine.wire import protocol
 from pyengine.wire.protocol import Channel, Command, Status
@@ -98,17 +99,25 @@ def _service_with_a_dedup_window() -> tuple[MatchingService, bytes]:
 
 
 def test_a_restored_service_takes_its_first_snapshot_warm():
-    """A member restarts more often than it snapshots when failures keep coming: its snapshot
-    cache is built while it loads, so its first take (which stalls the whole cluster) encodes
-    only what changed since (bench/reports/failover_fixed_kill_300_snapcache.md)."""
+    """A member restarts more often than it snapshots when failures keep coming, and often
+    takes a snapshot in its catch-up: the restore keeps the engine snapshot's encoded parts as
+    it read them, so its first take (which stalls the whole cluster) encodes only what changed
+    since, with the bytes of an encoding afresh (bench/reports/snapshot_take.md)."""
     s, blob = _service_with_a_dedup_window()
     t = MatchingService()
     t.restore(blob)
     cache = t.engine.snap_cache
-    warmed = (cache.orders_encoded, cache.fills_encoded)
-    assert warmed[0] >= 40, warmed  # the 40 cancelled orders of a's window, encoded at the load
+    assert cache.seeded
     assert t.snapshot() == blob
-    assert (cache.orders_encoded, cache.fills_encoded) == warmed
+    assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)  # nothing encoded again
+    places = [{"op": "place", "account": "a", "symbol": "ETH-USDT", "side": "buy", "price": "1",
+               "qty": "1", "client_order_id": f"d{i}"} for i in range(3)]
+    cancels = [{"op": "cancel_all", "account": "a", "symbol": "ETH-USDT"}]
+    for x in (s, t):
+        run(x, 9, [eng(100 + i, c) for i, c in enumerate(places + cancels)])
+    assert t.snapshot() == s.snapshot()
+    assert dump(t.engine, use_cache=False, digest=False) in t.snapshot()
+    assert cache.orders_encoded <= 3 + 64  # the new orders and at most the run they joined
 
 
 @pytest.mark.parametrize("mutate", [
@@ -429,21 +438,30 @@ def test_a_service_snapshot_with_a_signed_version_4_engine_part_still_restores_a
         MatchingService().restore(bytes(bad))
 
 
-def test_a_member_start_restores_cold_and_warms_the_snapshot_cache_once_in_step():
-    """The cluster waits for a restarting member's restore before its election goes on, so
-    ``on_start`` leaves the engine's snapshot cache cold; the bridge warms it once the member is
-    in step (MatchService.doBackgroundWork -> onInStep), before the next snapshot, whose take then
-    encodes only what changed."""
+def test_a_member_start_keeps_what_it_read_and_warms_only_an_older_snapshot_in_step():
+    """The cluster waits for a restarting member's restore before its election goes on: a
+    snapshot this code wrote leaves the engine's snapshot cache seeded from the bytes read, with
+    nothing to warm; one of engine version 3 leaves it cold, and the bridge warms it once the
+    member is in step (MatchService.doBackgroundWork -> onInStep), before the next snapshot."""
+    from pathlib import Path
+
     s, blob = _service_with_a_dedup_window()
     t = MatchingService()
     t.on_start(0, blob)
     cache = t.engine.snap_cache
-    assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)  # nothing encoded at the start
     assert {**t.hash_info(), "member_id": -1} == s.hash_info()
-    assert t.warm_snapshot_cache() is True
-    warmed = (cache.orders_encoded, cache.fills_encoded)
-    assert warmed[0] >= 40, warmed
-    assert t.warm_snapshot_cache() is False  # once
+    assert t.warm_snapshot_cache() is False
     assert t.snapshot() == blob
+    assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)
+    old = (Path(__file__).parent / "data" / "service_snapshot_engine_v3.bin").read_bytes()
+    u = MatchingService()
+    u.on_start(0, old)
+    cache = u.engine.snap_cache
+    assert not cache.seeded and (cache.orders_encoded, cache.fills_encoded) == (0, 0)
+    assert u.warm_snapshot_cache() is True
+    warmed = (cache.orders_encoded, cache.fills_encoded)
+    assert warmed[0] > 0, warmed
+    assert u.warm_snapshot_cache() is False  # once
+    u.snapshot()
     assert (cache.orders_encoded, cache.fills_encoded) == warmed
     assert MatchingService().warm_snapshot_cache() is False  # a fresh start has nothing to warm
