@@ -292,6 +292,25 @@ class _Fills:
         self.piece = b"".join([b"[", str(self.ai).encode(), b",[[", b"],[".join(rows), b"]]]"])
 
 
+class _Loaded:
+    """What a restore read, as ``SnapCache.keep_loaded`` takes it, with each account's window
+    and fills as they were then (the engine goes on changing them before the first take)."""
+
+    def __init__(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym: list[int],
+                 sym_col: bytes, names: list[str], fills_blob: bytes) -> None:
+        self.accts = accts
+        self.fin = fin
+        self.block = block
+        self.sym = sym
+        self.sym_col = sym_col
+        self.names = names
+        self.fills_blob = fills_blob
+        self.windows = [a.finished for a in accts]
+        self.fill_lists = [a.fills for a in accts]
+        self.fill_counts = [len(a.fills) for a in accts]
+        self.fill_lasts: list[object] = [a.fills[-1] if a.fills else None for a in accts]
+
+
 class SnapCache:
     """The kept parts of one engine's snapshot (``EngineState.snap_cache``): its windows and
     fills per account. ``orders_encoded`` and ``fills_encoded`` count what snapshots encoded
@@ -306,7 +325,10 @@ class SnapCache:
         self.fills_encoded = 0
         self.resyncs = 0
         self.unsealed: list[_Run] = []  # runs encoded by this snapshot, their values still kept
-        self.seeded = False  # kept from the block a restore read (``seed``), nothing encoded
+        # what a restore read, until the kept parts are built from it (``keep_loaded``); seeded:
+        # the kept parts come from a restore's bytes, not from a take
+        self.loaded: _Loaded | None = None
+        self.seeded = False
 
     def reset(self) -> None:
         self.windows = {}
@@ -314,29 +336,46 @@ class SnapCache:
         self.syms = []
         self.unsealed = []
 
-    def seed(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym: list[int],
-             sym_col: bytes, names: list[str], fills_blob: bytes) -> None:
-        """Keeps what a restore has just read as a take would have kept it: the finished orders'
+    def keep_loaded(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym: list[int],
+                    sym_col: bytes, names: list[str], fills_blob: bytes) -> None:
+        """Keeps what a restore has just read, to be kept as a take would have kept it
+        (``seed_loaded``, at the first take or when the caller asks): the finished orders'
         ``block`` (``fin``: each account's orders as restored from it, in its order; ``sym``:
-        their symbol column's values as stored, ``sym_col`` its bytes) as runs of RUN, and each
-        account's fills from ``fills_blob`` (the snapshot's fills JSON). The bytes are there
-        already; encoding them again made the first take after a restart cost 3-4 times a warm
-        one, and a restarting member often takes one in its catch-up, while the cluster waits
-        (#17, bench/reports/snapshot_take.md). Trusts the block to be this code's encoding of
-        those orders (what a snapshot it wrote holds): the runs are its bytes as they stand."""
+        their symbol column's values as stored, ``sym_col`` its bytes) and the snapshot's fills
+        JSON. The bytes are there already: encoding them again made the first take after a
+        restart cost 3-4 times a warm one, and a restarting member often takes one in its
+        catch-up, while the cluster waits (#17, bench/reports/snapshot_take_seeded.md). Nothing
+        is built here: the restore is on a restarting member's way back, the runs (~40 ms of CPU
+        at 117,000 finished orders) are not."""
         self.reset()
-        self.syms = names
-        raw = block.raw + [sym]
-        codes = block.codes + [sym_col[0] if sym_col else 0]
+        self.loaded = _Loaded(accts, fin, block, sym, sym_col, names, fills_blob)
+        self.seeded = True
+
+    def seed_loaded(self) -> bool:
+        """Builds the kept parts from what the restore read (``keep_loaded``), if not yet: the
+        finished orders as runs of RUN, each column's bytes at the block's width, and each
+        account's fills as the JSON rows read. Trusts them to be this code's encoding of those
+        orders and fills (what a snapshot it wrote holds); the windows and fills changed since
+        are brought in line by the next take as after any take. True if it built them now."""
+        ld = self.loaded
+        if ld is None:
+            return False
+        self.loaded = None
+        self.reset()
+        self.syms = ld.names
+        accts = ld.accts
+        block = ld.block
+        raw = block.raw + [ld.sym]
+        codes = block.codes + [ld.sym_col[0] if ld.sym_col else 0]
         starts = block.starts + [1]
-        datas = [block.block] * NCOLS + [sym_col]
+        datas = [block.block] * NCOLS + [ld.sym_col]
         clen = raw[C_CLEN]
         elen = raw[C_ELEN]
         k = cpos = epos = 0
         for ai in range(len(accts)):
             a = accts[ai]
-            orders = fin[ai]
-            w = _Window(a.finished, ai)
+            orders = ld.fin[ai]
+            w = _Window(ld.windows[ai], ai)
             for i in range(0, len(orders), RUN):
                 r = _loaded_run(orders[i:i + RUN], k, ai, raw, codes, starts, datas)
                 m = k + r.n
@@ -348,26 +387,26 @@ class SnapCache:
                 k, cpos, epos = m, c1, e1
             w.count = len(orders)
             self.windows[a] = w
-        pieces = _fill_pieces(fills_blob)
-        for piece in pieces:
+        for piece in _fill_pieces(ld.fills_blob):
             j = piece.find(b",[[")
             ai = int(piece[1:j]) if j > 1 and piece[1:j].isdigit() else -1
             if not 0 <= ai < len(accts):
                 continue  # pragma: no cover - not a fills JSON this code wrote: built at the take
-            a = accts[ai]
             rows = piece[j + 3:-3].split(b"],[")
-            if len(rows) != len(a.fills):
+            if len(rows) != ld.fill_counts[ai]:
                 continue  # pragma: no cover - (as above)
-            f = _Fills(a.fills, ai)
+            a = accts[ai]
+            f = _Fills(ld.fill_lists[ai], ai)
             f.rows = rows
-            f.last = a.fills[-1]
+            f.last = ld.fill_lasts[ai]
             f.piece = piece
             self.fills[a] = f
-        self.seeded = True
+        return True
 
     def update(self, accts: list[Account], sidx: dict[str, int]) -> None:
         """Brings the kept windows and fills in line with the engine's accounts (``accts``, in
         the engine's order; ``sidx``: each symbol's index): encodes what changed since."""
+        self.seed_loaded()
         names = list(sidx)
         if names != self.syms:
             self.reset()

@@ -512,7 +512,7 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
         _load_market_data(syms, accts, seqs, fills_blob, recent_blob)
     cache = eng.snap_cache
     if fin_cols is not None and isinstance(cache, SnapCache):
-        cache.seed(accts, fin4, fin_cols, fin_sym, sym_col, [s.name for s in syms], fills_blob)
+        cache.keep_loaded(accts, fin4, fin_cols, fin_sym, sym_col, [s.name for s in syms], fills_blob)
     return eng
 
 

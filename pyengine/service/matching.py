@@ -227,17 +227,16 @@ class MatchingService:
         gc.set_threshold(*GC_THRESHOLDS)
         if snapshot is not None:
             started = time.perf_counter()
-            # a snapshot this code wrote leaves the engine's snapshot cache seeded from the bytes
-            # just read; an older one's is warmed once the member is in step (warm_snapshot_cache,
-            # called by the bridge then): the cluster waits for a restarting member's restore
-            # before its election goes on, and not for that
+            # the engine's snapshot cache is built once the member is in step (warm_snapshot_cache,
+            # called by the bridge then), or by a take before that: the cluster waits for a
+            # restarting member's restore before its election goes on, and not for that
             self.restore(snapshot, warm=False)  # freezes what it restored out of GC (see restore)
-            self._warm_pending = not self._cache_seeded()
+            self._warm_pending = True
             log.info("member %d restored a snapshot of %d bytes in %.2f s (%d resting orders): "
                      "engine %.0f ms, replies %.0f ms; snapshot cache %s", member_id, len(snapshot),
                      time.perf_counter() - started, len(self.engine.orders), self.restore_ms["engine"],
                      self.restore_ms["replies"],
-                     "warmed once in step" if self._warm_pending else "kept from the snapshot read")
+                     "from the bytes read" if self._cache_seeded() else "from a take once in step")
         log.info("member %d service started (applied=%d, engine %s)", member_id, self.applied,
                  "compiled" if engine_pkg.NATIVE else "plain Python")
 
@@ -594,15 +593,19 @@ class MatchingService:
         return parts
 
     def warm_snapshot_cache(self) -> bool:
-        """Takes one snapshot (thrown away) to build the engine's snapshot cache after a restore
-        that left it cold (``on_start``); False when there was nothing to do. A member's first
-        take otherwise encodes everything, and every member's take stalls the whole cluster
-        (Aeron's SNAPSHOT state); when failures keep coming a member restarts more often than it
-        snapshots, so nearly every take was a cold one
-        (bench/reports/failover_fixed_kill_300_snapcache.md)."""
+        """Builds the engine's snapshot cache after a restore that left it cold (``on_start``);
+        False when there was nothing to do. A member's first take otherwise encodes everything,
+        and every member's take stalls the whole cluster (Aeron's SNAPSHOT state); when failures
+        keep coming a member restarts more often than it snapshots, so nearly every take was a
+        cold one (bench/reports/failover_fixed_kill_300_snapcache.md). From the bytes the restore
+        read (engine snapshots of version 4 and later: ``SnapCache.seed_loaded``), else by one
+        take thrown away."""
         if not self._warm_pending:
             return False
         self._warm_pending = False
+        cache = self.engine.snap_cache
+        if isinstance(cache, SnapCache) and cache.seeded:
+            return cache.seed_loaded()
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
@@ -615,7 +618,8 @@ class MatchingService:
 
     def _cache_seeded(self) -> bool:
         """Whether the restore kept the engine snapshot's encoded parts as it read them
-        (``SnapCache.seed``: engine snapshots of version 4 and later), so no take need warm them."""
+        (``SnapCache.keep_loaded``: engine snapshots of version 4 and later), so no take need
+        warm the cache."""
         cache = self.engine.snap_cache
         return isinstance(cache, SnapCache) and cache.seeded
 
@@ -645,8 +649,10 @@ class MatchingService:
         gc.disable()
         try:
             self._restore_sections(buf, off, engine_len, applied, position, chain, version)
-            if warm and not self._cache_seeded():  # see warm_snapshot_cache
-                self.engine.snapshot(digest=False)
+            if warm:  # see warm_snapshot_cache
+                cache = self.engine.snap_cache
+                if not (isinstance(cache, SnapCache) and cache.seed_loaded()):
+                    self.engine.snapshot(digest=False)
             gc.freeze()
         finally:
             if gc_was_enabled:

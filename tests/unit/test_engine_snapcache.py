@@ -251,32 +251,48 @@ def test_a_window_holding_another_accounts_order_is_encoded_afresh():
 
 
 def test_a_restore_keeps_what_it_read_and_takes_after_it_equal_encodings_afresh():
-    """A restore keeps the finished orders' block and the fills it has just read (snapcache's
-    ``seed``): its first take encodes nothing, and after changes (windows dropping their oldest
-    from inside a run and gaining new runs, fills past their window, a width growing) a take
-    encodes only what changed and still equals an encoding afresh, and the engine that never
-    restored."""
+    """A restore keeps the finished orders' block and the fills it has just read, and the first
+    take builds the kept parts from them (snapcache's ``keep_loaded``, ``seed_loaded``): right
+    after the restore it encodes nothing; after changes made before it (a restarting member's
+    replay: windows dropping their oldest from inside a run and gaining new runs, fills past
+    their window) it encodes only what changed, and every take equals an encoding afresh and
+    the engine that never restored, a width growing after it too."""
     e = engine(window=150)
     ts = run(e, Flow(19, (X, Y)), 3000, 100)
     blob = dump(e, use_cache=False)
     r = Engine.restore(blob)
     cache = r.snap_cache
-    assert cache.seeded and sum(len(w.runs) for w in cache.windows.values()) > len(ACCTS)
-    assert all(w.runs[0].n <= RUN for w in cache.windows.values() if w.runs)
+    assert cache.seeded and not cache.windows  # nothing built at the restore
     assert dump(r) == blob
+    assert sum(len(w.runs) for w in cache.windows.values()) > len(ACCTS)
+    assert all(run_.n <= RUN for w in cache.windows.values() for run_ in w.runs)
     assert (cache.orders_encoded, cache.fills_encoded, cache.resyncs) == (0, 0, 0)
-    flow = Flow(20, (X, Y))
-    ts2 = run(e, flow, 400, ts)
-    run(r, Flow(20, (X, Y)), 400, ts)
-    assert same(r) == same(e)
+    replayed = Engine.restore(blob)
+    ts2 = run(e, Flow(20, (X, Y)), 400, ts)
+    run(replayed, Flow(20, (X, Y)), 400, ts)  # before its first take
+    assert same(replayed) == same(e)
+    cache = replayed.snap_cache
     # what arrived since, and at most a partly dropped run per window: not the whole windows
-    assert cache.orders_encoded <= 400 + len(ACCTS) * RUN
-    assert cache.resyncs == 0
+    assert 0 < cache.orders_encoded <= 400 + len(ACCTS) * RUN
+    assert cache.fills_encoded <= 2 * 400 and cache.resyncs == 0
     wide = {"op": "place", "account": "a", "symbol": X, "side": "buy", "price": "95", "qty": "0.1",
             "tif": "IOC", "client_order_id": "ü" * 64}
-    for x in (e, r):
+    for x in (e, replayed):
         x.apply(wide, ts2 + 2**40)
-    assert same(r) == same(e)
+    assert same(replayed) == same(e)
+
+
+def test_a_restore_kept_then_fills_and_windows_replaced_before_the_first_take():
+    """What the restore read is for the windows and fill lists it read: ones replaced or
+    dropped before the first take (a symbol's drop and import) are encoded as they are."""
+    e = engine()
+    run(e, Flow(22, (X, Y)), 1200, 100)
+    r = Engine.restore(dump(e, use_cache=False))
+    blob, _ = export_symbol(r, X)
+    drop_symbol(r, X)
+    import_symbol(r, blob)
+    assert r.snap_cache.loaded is not None
+    same(r)
 
 
 def test_a_restore_of_an_engine_with_empty_windows_and_no_fills():

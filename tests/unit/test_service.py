@@ -102,12 +102,12 @@ def test_a_restored_service_takes_its_first_snapshot_warm():
     """A member restarts more often than it snapshots when failures keep coming, and often
     takes a snapshot in its catch-up: the restore keeps the engine snapshot's encoded parts as
     it read them, so its first take (which stalls the whole cluster) encodes only what changed
-    since, with the bytes of an encoding afresh (bench/reports/snapshot_take.md)."""
+    since, with the bytes of an encoding afresh (bench/reports/snapshot_take_seeded.md)."""
     s, blob = _service_with_a_dedup_window()
     t = MatchingService()
     t.restore(blob)
     cache = t.engine.snap_cache
-    assert cache.seeded
+    assert cache.seeded and cache.loaded is None  # restore(warm=True): built from the bytes
     assert t.snapshot() == blob
     assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)  # nothing encoded again
     places = [{"op": "place", "account": "a", "symbol": "ETH-USDT", "side": "buy", "price": "1",
@@ -438,21 +438,31 @@ def test_a_service_snapshot_with_a_signed_version_4_engine_part_still_restores_a
         MatchingService().restore(bytes(bad))
 
 
-def test_a_member_start_keeps_what_it_read_and_warms_only_an_older_snapshot_in_step():
-    """The cluster waits for a restarting member's restore before its election goes on: a
-    snapshot this code wrote leaves the engine's snapshot cache seeded from the bytes read, with
-    nothing to warm; one of engine version 3 leaves it cold, and the bridge warms it once the
-    member is in step (MatchService.doBackgroundWork -> onInStep), before the next snapshot."""
+def test_a_member_start_builds_its_snapshot_cache_from_what_it_read_in_step_or_at_a_take():
+    """The cluster waits for a restarting member's restore before its election goes on, so
+    ``on_start`` builds nothing: the bridge warms the cache once the member is in step
+    (MatchService.doBackgroundWork -> onInStep), from the bytes read for a snapshot this code
+    wrote (nothing encoded), by a take for one of engine version 3; a take before that (a
+    snapshot in the member's catch-up) builds it from the bytes read, encoding nothing."""
     from pathlib import Path
 
     s, blob = _service_with_a_dedup_window()
     t = MatchingService()
     t.on_start(0, blob)
     cache = t.engine.snap_cache
-    assert {**t.hash_info(), "member_id": -1} == s.hash_info()
-    assert t.warm_snapshot_cache() is False
+    assert cache.seeded and not cache.windows
+    assert t.warm_snapshot_cache() is True
+    assert cache.windows and (cache.orders_encoded, cache.fills_encoded) == (0, 0)
+    assert t.warm_snapshot_cache() is False  # once
     assert t.snapshot() == blob
     assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)
+    assert {**t.hash_info(), "member_id": -1} == s.hash_info()
+    caught_up = MatchingService()
+    caught_up.on_start(0, blob)
+    assert caught_up.snapshot() == blob  # a take before the member is in step
+    cache = caught_up.engine.snap_cache
+    assert (cache.orders_encoded, cache.fills_encoded) == (0, 0)
+    assert caught_up.warm_snapshot_cache() is False  # nothing left to build
     old = (Path(__file__).parent / "data" / "service_snapshot_engine_v3.bin").read_bytes()
     u = MatchingService()
     u.on_start(0, old)
