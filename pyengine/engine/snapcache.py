@@ -298,13 +298,14 @@ class _Loaded:
 
     def __init__(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym: list[int],
                  sym_col: bytes, names: list[str], fills_blob: bytes) -> None:
-        self.accts = accts
-        self.fin = fin
-        self.block = block
-        self.sym = sym
-        self.sym_col = sym_col
-        self.names = names
-        self.fills_blob = fills_blob
+        self.accts, self.fin, self.names, self.fills_blob = accts, fin, names, fills_blob
+        # the block's columns, then the symbol column: values as stored, code, where the values
+        # start in which bytes
+        self.raw = block.raw + [sym]
+        self.codes = block.codes + [sym_col[0] if sym_col else 0]
+        self.starts = block.starts + [1]
+        self.datas = [block.block] * NCOLS + [sym_col]
+        self.coid_b, self.ev_b = block.coid_b, block.ev_b
         self.windows = [a.finished for a in accts]
         self.fill_lists = [a.fills for a in accts]
         self.fill_counts = [len(a.fills) for a in accts]
@@ -364,11 +365,7 @@ class SnapCache:
         self.reset()
         self.syms = ld.names
         accts = ld.accts
-        block = ld.block
-        raw = block.raw + [ld.sym]
-        codes = block.codes + [ld.sym_col[0] if ld.sym_col else 0]
-        starts = block.starts + [1]
-        datas = [block.block] * NCOLS + [ld.sym_col]
+        raw, codes, starts, datas = ld.raw, ld.codes, ld.starts, ld.datas
         clen = raw[C_CLEN]
         elen = raw[C_ELEN]
         k = cpos = epos = 0
@@ -381,8 +378,8 @@ class SnapCache:
                 m = k + r.n
                 c1 = cpos + sum(clen[k:m])
                 e1 = epos + sum(elen[k:m])
-                r.coid_b = block.coid_b[cpos:c1]
-                r.ev_b = block.ev_b[epos:e1]
+                r.coid_b = ld.coid_b[cpos:c1]
+                r.ev_b = ld.ev_b[epos:e1]
                 w.runs.append(r)
                 k, cpos, epos = m, c1, e1
             w.count = len(orders)
