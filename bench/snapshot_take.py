@@ -19,8 +19,11 @@ alternates), each round in each worker:
 The two workers' snapshots of each round must be the same bytes (same state, old and new code:
 SHA-256 compared), and each worker checks its take against an encoding of the engine afresh
 where the code has one (``dump(engine, use_cache=False)``). Then the load side, alternated the
-same way, each in a fresh process (a restarted member's): ``MatchingService.restore()`` of the
-last snapshot and the first take after it (which builds what the new code keeps).
+same way, each in a fresh process (a restarted member's): ``MatchingService.on_start`` with the
+last snapshot, ``--after-load`` more orders of the flow (another
+client; a member's replay of its own log and the leader's), and the first take after them (a
+member's SNAPSHOT in its catch-up, or the next scheduled one); and again with the member's
+warm-up once in step (``warm_snapshot_cache``) before that take.
 Figures are medians; ratios are old / new. ``--profile`` adds a cProfile of one take after
 ``--between`` orders in each tree with the plain-Python engine (``MATCHX_PURE_ENGINE=1``).
 
@@ -120,24 +123,26 @@ def _fresh_check(svc, blob: bytes) -> bool | None:
 
 
 def restore_worker(args) -> int:
-    """One load of ``--blob`` in this fresh process as a restarting member loads it (the cache
-    left as ``on_start`` leaves it: ``restore(warm=False)``), ``--after-load`` more orders (a
+    """One load of ``--blob`` in this fresh process as a restarting member loads it
+    (``MatchingService.on_start``), ``--after-load`` more orders (a
     member's own log and catch-up after its snapshot), then the first take after the load (a
-    member's take in its catch-up, or the next snapshot's) and a take right after it."""
+    member's take in its catch-up, or the next snapshot's) and a take right after it. With
+    ``--in-step``, the member's warm-up once in step (``warm_snapshot_cache``) comes first."""
     sys.path.insert(0, str(args.tree))
     from pyengine import engine as engine_pkg
     from pyengine.service.matching import MatchingService
 
     blob = args.blob.read_bytes()
     svc = MatchingService()
-    _, cpu, wall = _timed(lambda: svc.restore(blob, warm=False))
+    _, cpu, wall = _timed(lambda: svc.on_start(0, blob))
     if args.after_load:
         _State.resumed(svc, args.accounts).run(args.after_load)
+    warm_cpu = _timed(svc.warm_snapshot_cache)[1] if args.in_step else 0.0
     first, cpu2, wall2 = _timed(svc.snapshot)
     _, cpu3, _wall3 = _timed(svc.snapshot)
     same = first == blob if not args.after_load else _fresh_check(svc, first) is not False
     print(json.dumps({"native": engine_pkg.NATIVE, "cpu": cpu, "wall": wall, "take_cpu": cpu2,
-                      "take_wall": wall2, "again_cpu": cpu3, "same": same}))
+                      "take_wall": wall2, "again_cpu": cpu3, "warm_cpu": warm_cpu, "same": same}))
     return 0
 
 
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree", type=Path, default=ROOT, help=argparse.SUPPRESS)
     ap.add_argument("--restore-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--blob", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--in-step", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--base", type=Path, help="the checkout of the old code (its engine compiled)")
     ap.add_argument("--flow", type=int, default=230_000, help="orders of the flow before the first take")
     ap.add_argument("--accounts", type=int, default=200)
@@ -282,16 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     blob_file = Path(tempfile.mkstemp(prefix="matchx-snapshot-take-", suffix=".bin")[1])
     workers["new"].ask({"op": "save", "path": str(blob_file)})
     loads: dict[str, list[dict]] = {"old": [], "new": []}
+    in_step: dict[str, list[dict]] = {"old": [], "new": []}
     try:
         for i in range(args.loads):
             for k in (("old", "new") if i % 2 == 0 else ("new", "old")):
-                loads[k].append(json.loads(subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), "--restore-worker", "--tree", str(trees[k]),
-                     "--blob", str(blob_file), "--accounts", str(args.accounts),
-                     "--after-load", str(args.after_load)], capture_output=True, text=True, check=True,
-                    cwd=str(trees[k])).stdout))
+                for mode, rows in (([], loads[k]), (["--in-step"], in_step[k])):
+                    rows.append(json.loads(subprocess.run(
+                        [sys.executable, str(Path(__file__).resolve()), "--restore-worker", "--tree",
+                         str(trees[k]), "--blob", str(blob_file), "--accounts", str(args.accounts),
+                         "--after-load", str(args.after_load), *mode], capture_output=True, text=True,
+                        check=True, cwd=str(trees[k])).stdout))
             log(f"load {i}: " + ", ".join(f"{k} {loads[k][-1]['cpu']:.0f} ms + take {loads[k][-1]['take_cpu']:.0f} ms"
-                                          for k in ("old", "new")))
+                                          f" (in step: warm-up {in_step[k][-1]['warm_cpu']:.0f} ms + take "
+                                          f"{in_step[k][-1]['take_cpu']:.0f} ms)" for k in ("old", "new")))
     finally:
         blob_file.unlink()
     for w in workers.values():
@@ -307,13 +316,13 @@ def main(argv: list[str] | None = None) -> int:
             w.close()
     machine.__exit__(None, None, None)
     log(machine.summary())
-    write_report(args, env, machine.summary(), workers, rounds, loads, profiles, same_bytes)
+    write_report(args, env, machine.summary(), workers, rounds, loads, in_step, profiles, same_bytes)
     fresh_ok = all(r["fresh_equal"] is not False and r["same_again"] for rs in rounds.values() for r in rs)
-    loads_ok = all(r["same"] for rs in loads.values() for r in rs)
+    loads_ok = all(r["same"] for rs in (*loads.values(), *in_step.values()) for r in rs)
     return 0 if same_bytes and fresh_ok and loads_ok else 1
 
 
-def write_report(args, env: str, machine: str, workers: dict, rounds: dict, loads: dict,
+def write_report(args, env: str, machine: str, workers: dict, rounds: dict, loads: dict, in_step: dict,
                  profiles: dict, same_bytes: bool) -> None:
     info = workers["new"].info
     old_rev = _rev(args.base)
@@ -327,14 +336,17 @@ def write_report(args, env: str, machine: str, workers: dict, rounds: dict, load
         return [f"| ms {unit} | old | new | old / new |", "|---|---:|---:|---:|",
                 row(f"take after {args.between:,} orders", rounds, take),
                 row("take right after a take (nothing changed)", rounds, again),
-                row("load (`MatchingService.restore(warm=False)`, as a member starts; a fresh process)",
+                row("load (`MatchingService.on_start`, as a member starts; a fresh process)",
                     loads, take),
                 row(f"first take after the load and {args.after_load:,} orders", loads, first),
-                *([row("take right after that one", loads, "again_cpu")] if unit == "CPU" else []), ""]
+                *([row("take right after that one", loads, "again_cpu"),
+                   row(f"warm-up once in step instead (after the load and {args.after_load:,} orders)",
+                       in_step, "warm_cpu"),
+                   row("first take after that warm-up", in_step, "take_cpu")] if unit == "CPU" else []), ""]
 
     fresh = [r["fresh_equal"] for r in rounds["new"]]
     same_after = all(r["same_again"] for rs in rounds.values() for r in rs) and \
-        all(r["same"] for rs in loads.values() for r in rs)
+        all(r["same"] for rs in (*loads.values(), *in_step.values()) for r in rs)
     pairs = list(zip(rounds["old"], rounds["new"], strict=True))
     load_pairs = list(zip(loads["old"], loads["new"], strict=True))
     lines = [
