@@ -107,11 +107,10 @@ class Cols:
         self.flags: list[int] = []
         self.coids: list[str | None] = []
         self.evs: list[bytes | None] = []
-        # the block as read: each column's values as stored (differences undone only above),
-        # code and where its values start in ``block``, and the two blobs; a restore seeds the
-        # snapshot cache from them (snapcache.py) instead of encoding the same orders again
+        # the block as read: each column's code and where its values start in ``block``, and
+        # the two blobs; a restore keeps them for the snapshot cache (snapcache.py), which then
+        # need not encode the same orders again
         self.block = b""
-        self.raw: list[list[int]] = []
         self.codes: list[int] = []
         self.starts: list[int] = []
         self.coid_b = b""
@@ -375,7 +374,6 @@ def decode_orders(b: bytes, err: type[Exception]) -> Cols:
     c = Cols()
     c.bids = bids
     c.block = b
-    c.raw = cols
     c.codes = codes
     c.starts = starts
     c.coid_b = blobs[0]

@@ -44,6 +44,7 @@ from .columns import (
     col_bytes,
     col_code,
     events_bytes,
+    get_col,
     order_columns,
     recode,
 )
@@ -293,15 +294,17 @@ class _Fills:
 
 
 class _Loaded:
-    """What a restore read, as ``SnapCache.keep_loaded`` takes it, with each account's window
+    """What a restore read, as ``SnapCache.keep_loaded`` takes it: the finished orders' block and
+    symbol column as bytes only (their values, 12 lists of Python ints, would hold ~36 MB at
+    117,000 orders until the first take; decoded again there, ~10 ms), with each account's window
     and fills as they were then (the engine goes on changing them before the first take)."""
 
-    def __init__(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym: list[int],
-                 sym_col: bytes, names: list[str], fills_blob: bytes) -> None:
+    def __init__(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym_col: bytes,
+                 names: list[str], fills_blob: bytes) -> None:
         self.accts, self.fin, self.names, self.fills_blob = accts, fin, names, fills_blob
-        # the block's columns, then the symbol column: values as stored, code, where the values
-        # start in which bytes
-        self.raw = block.raw + [sym]
+        self.n = len(block.oid)
+        # the block's columns, then the symbol column: code, and where the values start in which
+        # bytes (the code byte just before)
         self.codes = block.codes + [sym_col[0] if sym_col else 0]
         self.starts = block.starts + [1]
         self.datas = [block.block] * NCOLS + [sym_col]
@@ -310,6 +313,11 @@ class _Loaded:
         self.fill_lists = [a.fills for a in accts]
         self.fill_counts = [len(a.fills) for a in accts]
         self.fill_lasts: list[object] = [a.fills[-1] if a.fills else None for a in accts]
+
+    def values(self) -> list[list[int]]:
+        """Each column's values as stored (all zero: an empty list, never read)."""
+        return [get_col(self.datas[c], self.starts[c] - 1, self.n, SnapshotError)[0] if self.codes[c] else []
+                for c in range(_ALL)]
 
 
 class SnapCache:
@@ -337,19 +345,19 @@ class SnapCache:
         self.syms = []
         self.unsealed = []
 
-    def keep_loaded(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym: list[int],
-                    sym_col: bytes, names: list[str], fills_blob: bytes) -> None:
+    def keep_loaded(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym_col: bytes,
+                    names: list[str], fills_blob: bytes) -> None:
         """Keeps what a restore has just read, to be kept as a take would have kept it
         (``seed_loaded``, at the first take or when the caller asks): the finished orders'
-        ``block`` (``fin``: each account's orders as restored from it, in its order; ``sym``:
-        their symbol column's values as stored, ``sym_col`` its bytes) and the snapshot's fills
-        JSON. The bytes are there already: encoding them again made the first take after a
-        restart cost 3-4 times a warm one, and a restarting member often takes one in its
-        catch-up, while the cluster waits (#17, bench/reports/snapshot_take_seeded.md). Nothing
-        is built here: the restore is on a restarting member's way back, the runs (~40 ms of CPU
-        at 117,000 finished orders) are not."""
+        ``block`` (``fin``: each account's orders as restored from it, in its order), their
+        symbol column's bytes and the snapshot's fills JSON. The bytes are there already:
+        encoding them again made the first take after a restart cost 3-4 times a warm one, and a
+        restarting member often takes one in its catch-up, while the cluster waits (#17,
+        bench/reports/snapshot_take_seeded.md). Nothing is built here: the restore is on a
+        restarting member's way back, the runs (~40-60 ms of CPU at 117,000 finished orders)
+        are not."""
         self.reset()
-        self.loaded = _Loaded(accts, fin, block, sym, sym_col, names, fills_blob)
+        self.loaded = _Loaded(accts, fin, block, sym_col, names, fills_blob)
         self.seeded = True
 
     def seed_loaded(self) -> bool:
@@ -365,9 +373,9 @@ class SnapCache:
         self.reset()
         self.syms = ld.names
         accts = ld.accts
-        raw, codes, starts, datas = ld.raw, ld.codes, ld.starts, ld.datas
-        clen = raw[C_CLEN]
-        elen = raw[C_ELEN]
+        raw, codes, starts, datas = ld.values(), ld.codes, ld.starts, ld.datas
+        clen = raw[C_CLEN] or [0] * ld.n
+        elen = raw[C_ELEN] or [0] * ld.n
         k = cpos = epos = 0
         for ai in range(len(accts)):
             a = accts[ai]

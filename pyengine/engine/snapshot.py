@@ -429,7 +429,6 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
     fin_blob = b""
     fin4: list[list[Order]] = []
     fin_cols: Cols | None = None
-    fin_sym: list[int] = []
     sym_col = b""
     if version >= 4:
         counts = r.arr("q")
@@ -512,7 +511,7 @@ def _load_body(r: _R, version: int, cls: type[E]) -> E:
         _load_market_data(syms, accts, seqs, fills_blob, recent_blob)
     cache = eng.snap_cache
     if fin_cols is not None and isinstance(cache, SnapCache):
-        cache.keep_loaded(accts, fin4, fin_cols, fin_sym, sym_col, [s.name for s in syms], fills_blob)
+        cache.keep_loaded(accts, fin4, fin_cols, sym_col, [s.name for s in syms], fills_blob)
     return eng
 
 
