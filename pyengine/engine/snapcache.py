@@ -6,8 +6,9 @@ snapshot: a finished order never changes again, a window only gains orders at it
 them at its front, a fill list only gains fills at its end (the oldest dropping out). Every
 member (the leader too) takes its snapshot at the same log position, and the cluster waits
 meanwhile (#17): so each window is kept as runs of up to ``RUN`` consecutive orders with their
-columns already encoded (a window encoded whole, on the first take after a start or a restore,
-is one run until its front first drops), and each account's fills as their JSON rows, and a
+columns already encoded (a window encoded whole, on the first take after a start, is one run
+until its front first drops; after a restore, the runs are cut from the block it read:
+``keep_loaded``), and each account's fills as their JSON rows, and a
 snapshot encodes only the orders and fills that arrived since the last one (and at most one
 partly dropped run per window). Putting the runs together gives exactly the bytes of one block of all finished
 orders encoded afresh (``columns.encode_orders``): each column's width comes from the ranges the
@@ -296,7 +297,7 @@ class _Fills:
 class _Loaded:
     """What a restore read, as ``SnapCache.keep_loaded`` takes it: the finished orders' block and
     symbol column as bytes only (their values, 12 lists of Python ints, would hold ~36 MB at
-    117,000 orders until the first take; decoded again there, ~10 ms), with each account's window
+    117,000 orders until the first take; they are decoded again there), with each account's window
     and fills as they were then (the engine goes on changing them before the first take)."""
 
     def __init__(self, accts: list[Account], fin: list[list[Order]], block: Cols, sym_col: bytes,
