@@ -29,7 +29,7 @@ import orjson
 from jpype import JImplements, JOverride
 
 from pyengine.jvm import TRACE, trace
-from pyengine.node.msgtimer import MessageTimer
+from pyengine.node.metrics import MessageTimer
 from pyengine.node.procs import since_process_start_ms
 from pyengine.service.matching import MatchingService
 from pyengine.wire import protocol
@@ -73,7 +73,6 @@ class ServiceBridge:
         self.fatal: str | None = None
         self.snapshot_buffer: bytearray | None = None
         self.timer = MessageTimer()  # the service's time per message and command, for /metrics
-        self.in_step = threading.Event()  # set once the member's first election has closed
 
     def attach(self, java_service) -> None:
         self.input = memoryview(java_service.inputBuffer()).cast("B")
@@ -180,7 +179,6 @@ class ServiceBridge:
 
     @JOverride
     def onInStep(self) -> None:
-        self.in_step.set()
         started = time.perf_counter()
         if self.service.warm_snapshot_cache():
             log.info("snapshot cache warmed in %.0f ms, after the member was in step",

@@ -13,21 +13,16 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
 from pyengine import jvm
-from pyengine.node.metrics_port import ServedLater, listening_socket
 from pyengine.node.procs import accept_sighup_restart, pid_alive, restart_self, since_process_start_ms
 from pyengine.node.settings import ClusterLayout, ConfigError
 
 log = logging.getLogger("matchx.node")
 
-
-# the metrics are served once the member is in step, or this long after its launch if it is not
-METRICS_AT_THE_LATEST_S = 10.0
 
 MARK_FILES = ("archive/archive-mark.dat", "cluster/cluster-mark.dat", "cluster/cluster-mark-service-0.dat")
 
@@ -66,16 +61,6 @@ def run_member(layout: ClusterLayout, member_id: int) -> int:
     member_dir = layout.member_dir(member_id)
     member_dir.mkdir(parents=True, exist_ok=True)
     clear_stale_mark_files(member_dir)
-    # a member whose metrics port is taken refuses to start (OSError), before it starts a JVM
-    metrics_sock = listening_socket(layout.host(member_id), layout.metrics_port(member_id))
-    try:
-        return _run_member(layout, member_id, props, auth_keys, member_dir, metrics_sock)
-    finally:
-        metrics_sock.close()  # (a server that took it closes it too: closing twice is harmless)
-
-
-def _run_member(layout: ClusterLayout, member_id: int, props: dict[str, str], auth_keys: dict[str, str] | None,
-                member_dir: Path, metrics_sock: socket.socket) -> int:
     log.info("start: Python ready (+%.0f ms since process start)", since_process_start_ms())
     started = time.perf_counter()
     jvm.start()
@@ -107,19 +92,14 @@ def _run_member(layout: ClusterLayout, member_id: int, props: dict[str, str], au
         java_service.credentialsVerifier(CredentialsBridge(service))
         log.info("token authentication on, %d bootstrap key(s)", len(auth_keys))
     latch = Latch()
+    from pyengine.node.metrics import JvmCollector, MemberCollector, MetricsServer
 
-    def metrics_server() -> object:
-        from pyengine.node.metrics import JvmCollector, MemberCollector, MetricsServer
-
-        return MetricsServer(layout.host(member_id), metrics.port, [
-            MemberCollector(str(layout.cluster_id), member_id, layout.cluster_id, java_service,
-                            service.counters, bridge.timer, layout.aeron_dir(member_id), member_dir / "cluster"),
-            JvmCollector({"partition": str(layout.cluster_id), "member": str(member_id)}),
-        ])
-
-    # the metrics server's web stack is imported and started once the member is in step: before,
-    # its CPU would delay the member's way back (#17); a scrape waits in the socket's backlog
-    metrics = ServedLater(metrics_sock, bridge.in_step, METRICS_AT_THE_LATEST_S, metrics_server)
+    # Before the member starts: a member whose metrics port is taken refuses to start (OSError)
+    metrics = MetricsServer(layout.host(member_id), layout.metrics_port(member_id), [
+        MemberCollector(str(layout.cluster_id), member_id, layout.cluster_id, java_service, service.counters,
+                        bridge.timer, layout.aeron_dir(member_id), member_dir / "cluster"),
+        JvmCollector({"partition": str(layout.cluster_id), "member": str(member_id)}),
+    ])
     metrics.start()
     try:
         node = MemberNode.launch(jprops, java_service)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from pyengine.node.msgtimer import BUCKETS, MessageTimer
+from pyengine.node.metrics import BUCKETS, MessageTimer
 from pyengine.service.matching import MatchingService
 from pyengine.wire import protocol
 from pyengine.wire.codec import encode_command
