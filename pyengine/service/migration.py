@@ -64,7 +64,6 @@ from pyengine.engine.migration_pieces import (
 )
 from pyengine.engine.model import EngineState
 from pyengine.service import retire
-from pyengine.service.lowprio import run_low
 from pyengine.wire.protocol import Status
 
 log = logging.getLogger("matchx.migration")
@@ -126,9 +125,7 @@ def let_others_run() -> None:
     """The engine's imports call this every few thousand orders (``migration.PAUSE_EVERY``): a
     worker's members of other partitions share this interpreter and would otherwise wait for
     the whole import (~50 ms at 100,000 orders: bench/reports/migration_holds.md). A zero
-    sleep releases the interpreter, and a thread that has waited for it takes it then. (The
-    destination's imports run on a low-priority thread, ``lowprio.run_low``: this hands over the
-    interpreter, that thread's nice level the cores.)"""
+    sleep releases the interpreter, and a thread that has waited for it takes it then."""
     time.sleep(0)
 
 
@@ -600,7 +597,7 @@ class Migrations:
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
             return _err(bad or "")
         try:
-            shadow = run_low(lambda: build_shadow(blob, svc.engine.dedup_window, let_others_run))
+            shadow = build_shadow(blob, svc.engine.dedup_window, let_others_run)
         except MigrationError as exc:
             self.blobs[mid] = b""
             return _err(f"pre-copy refused: {exc}")
@@ -637,7 +634,7 @@ class Migrations:
             return _err(bad or "")
         got = self.pieces.get(mid, [])
         try:
-            shadow = run_low(lambda: self._extended(svc, mid, got, blob))
+            shadow = self._extended(svc, mid, got, blob)
         except MigrationError as exc:
             return _err(f"pre-copy piece refused: {exc}")
         self._shadows[mid] = shadow
@@ -670,7 +667,7 @@ class Migrations:
             self.blobs[mid] = b""  # staged bytes that do not add up: start the transfer again
             return _err(bad or "")
         try:
-            meta = run_low(lambda: self._imported(svc, mid, rec, blob))
+            meta = self._imported(svc, mid, rec, blob)
         except MigrationError as exc:
             self.blobs[mid] = b""  # start the transfer again, or abort
             return _err(f"import refused: {exc}")
