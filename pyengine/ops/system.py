@@ -34,6 +34,7 @@ from pyengine.node.procs import pid_alive
 from pyengine.node.settings import ClusterLayout, ConfigError, load_auth_keys
 from pyengine.node.topology import (
     DEFAULT_SYSTEM_DIR,
+    CoordinatorSpec,
     SystemStateError,
     Topology,
 )
@@ -122,6 +123,26 @@ def _env() -> dict[str, str]:
     return {**os.environ,
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)}
 
+
+def coordinator_migration_args(spec: CoordinatorSpec) -> list[str]:
+    """The coordinator's command-line options for the topology's migration settings; a setting
+    left at its default adds nothing, so the coordinator's own default applies."""
+    args: list[str] = []
+    if spec.migration_chunk_bytes is not None:
+        args += ["--migration-chunk-bytes", str(spec.migration_chunk_bytes)]
+    if spec.migration_stage_delay_ms:
+        args += ["--migration-stage-delay-ms", str(spec.migration_stage_delay_ms)]
+    if spec.migration_step_hold_ms:
+        args += ["--migration-step-hold-ms", str(spec.migration_step_hold_ms)]
+    if not spec.migration_precopy:
+        args += ["--no-migration-precopy"]
+    if spec.migration_precopy_piece_orders is not None:
+        args += ["--migration-precopy-piece-orders", str(spec.migration_precopy_piece_orders)]
+    if spec.migration_precopy_piece_pause_ms:
+        args += ["--migration-precopy-piece-pause-ms", str(spec.migration_precopy_piece_pause_ms)]
+    if spec.migration_copy_pace_pct is not None:
+        args += ["--migration-copy-pace-pct", str(spec.migration_copy_pace_pct)]
+    return args
 
 class System:
     """A system directory: what ``matchctl up`` started there, and how to stop it."""
@@ -271,20 +292,7 @@ class System:
         cmd = [sys.executable, "-m", "coordinator", "--host", topo.coordinator.host, "--port", str(port),
                "--db", str(self.coordinator_db), "--topology", str(doc), "--topology-mode", "bootstrap",
                "--log-level", "warning", *self._coordinator_control_args()]
-        if topo.coordinator.migration_chunk_bytes is not None:
-            cmd += ["--migration-chunk-bytes", str(topo.coordinator.migration_chunk_bytes)]
-        if topo.coordinator.migration_stage_delay_ms:
-            cmd += ["--migration-stage-delay-ms", str(topo.coordinator.migration_stage_delay_ms)]
-        if topo.coordinator.migration_step_hold_ms:
-            cmd += ["--migration-step-hold-ms", str(topo.coordinator.migration_step_hold_ms)]
-        if not topo.coordinator.migration_precopy:
-            cmd += ["--no-migration-precopy"]
-        if topo.coordinator.migration_precopy_piece_orders is not None:
-            cmd += ["--migration-precopy-piece-orders", str(topo.coordinator.migration_precopy_piece_orders)]
-        if topo.coordinator.migration_precopy_piece_pause_ms:
-            cmd += ["--migration-precopy-piece-pause-ms", str(topo.coordinator.migration_precopy_piece_pause_ms)]
-        if topo.coordinator.migration_copy_pace_pct is not None:
-            cmd += ["--migration-copy-pace-pct", str(topo.coordinator.migration_copy_pace_pct)]
+        cmd += coordinator_migration_args(topo.coordinator)
         with open(out_file, "ab") as out, open(self.dir / "coordinator.log", "ab") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                     start_new_session=True, cwd=str(REPO_ROOT), env=_env())

@@ -639,3 +639,32 @@ def test_precopy_piece_setting_reaches_the_coordinator_and_bad_values_are_refuse
     assert parse_args(["--migration-copy-pace-pct", "100"]).migration_copy_pace_pct == 100
     with pytest.raises(SystemExit):
         parse_args(["--migration-copy-pace-pct", "1001"])
+
+
+def test_every_migration_setting_of_the_topology_reaches_the_coordinators_driver(tmp_path):
+    """The path ``matchctl up`` takes: the topology's coordinator settings become the command line
+    System starts the coordinator with, which the coordinator parses into its migration driver.
+    Each setting set to a value other than its default arrives in the driver; a topology without
+    them gives the driver the coordinator's defaults."""
+    import json
+    from pathlib import Path
+
+    from coordinator.__main__ import migration_driver, parse_args
+    from pyengine.node.topology import Topology
+    from pyengine.ops.system import coordinator_migration_args
+
+    def driver_of(doc: dict) -> Driver:
+        topo = Topology.from_dict(json.loads(json.dumps(Topology.from_dict(doc).to_dict())))
+        args = parse_args(coordinator_migration_args(topo.coordinator))
+        return migration_driver(args, CoordinatorStore(tmp_path / f"c{len(list(tmp_path.iterdir()))}.db"))[0]
+
+    doc = json.loads((Path(__file__).resolve().parents[2] / "docs/examples/topology-2x3.json").read_text())
+    plain = driver_of(doc)
+    assert (plain.chunk_bytes, plain.stage_delay_s, plain.step_hold_s, plain.precopy, plain.piece_orders,
+            plain.piece_pause_s, plain.copy_pace) == (48 * 1024, 0, 0, True, 2000, 0, 0)
+    doc["coordinator"].update(migration_chunk_bytes=4096, migration_stage_delay_ms=1500, migration_step_hold_ms=700,
+                              migration_precopy=False, migration_precopy_piece_orders=300,
+                              migration_precopy_piece_pause_ms=40, migration_copy_pace_pct=150)
+    d = driver_of(doc)
+    assert (d.chunk_bytes, d.stage_delay_s, d.step_hold_s, d.precopy, d.piece_orders, d.piece_pause_s,
+            d.copy_pace) == (4096, 1.5, 0.7, False, 300, 0.04, 1.5)
