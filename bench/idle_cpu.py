@@ -8,10 +8,10 @@ reports % of one core, wake-ups per second (times the thread was put on a CPU) a
 wake-up, so a report says which agent's idle loop the CPU goes to and whether it is the number of
 wake-ups or the work per wake-up.
 
-A ``--variant NAME:key=value,...`` runs other ``ClusterLayout`` fields (e.g.
-``idle_min_park_us=50``), or ``jar=PATH`` (the members run that jar: a Java change against the
-jar before it); variants alternate round by round (A B, B A, ...) so a change of the machine's
-load hits each alike.
+A ``--variant NAME:key=value,...`` runs other ``ClusterLayout`` or ``Timeouts`` fields (e.g.
+``idle_min_park_us=50``, ``heartbeat_interval_ms=40``), or ``jar=PATH`` (the members run that
+jar: a Java change against the jar before it); variants alternate round by round (A B, B A,
+...) so a change of the machine's load hits each alike.
 
     python bench/idle_cpu.py [--settle-s 15] [--window-s 20] [--rounds 1]
         [--variant default --variant minpark50:idle_min_park_us=50] [--report bench/reports/idle_cpu.md]
@@ -26,14 +26,14 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MachineLoad, environment, log, parse_variant, pin_jar, task_files  # noqa: E402
 from pyengine.node.localcluster import LocalCluster, free_port_base  # noqa: E402
-from pyengine.node.settings import ClusterLayout  # noqa: E402
+from pyengine.node.settings import ClusterLayout, Timeouts  # noqa: E402
 
 # /proc comm names (15 characters) -> what runs on that thread
 THREAD_ROLES = (
@@ -106,11 +106,19 @@ def window(pids: dict[int, int], seconds: float) -> dict[int, Sample]:
     return out
 
 
+def layout_of(kw: dict, base_dir: Path, port_base: int) -> ClusterLayout:
+    """A variant's ClusterLayout: its ``Timeouts`` fields (``heartbeat_interval_ms=40``) go to the
+    layout's timeouts, the others to the layout, ``jar`` to neither."""
+    timeout_keys = {f.name for f in fields(Timeouts)}
+    timeouts = Timeouts(**{k: v for k, v in kw.items() if k in timeout_keys})
+    layout_kw = {k: v for k, v in kw.items() if k != "jar" and k not in timeout_keys}
+    return ClusterLayout(base_dir=base_dir, port_base=port_base, timeouts=timeouts, **layout_kw)
+
+
 def run_variant(kw: dict, jar: Path, settle_s: float, window_s: float, port_start: int) -> dict[int, Sample]:
-    layout_kw = {k: v for k, v in kw.items() if k != "jar"}
     os.environ["MATCHX_JAR"] = str(kw.get("jar", jar))  # the member processes inherit it
     tmp = Path(tempfile.mkdtemp(prefix="matchx-idle-"))
-    cluster = LocalCluster(ClusterLayout(base_dir=tmp, port_base=free_port_base(port_start), **layout_kw), "WARNING")
+    cluster = LocalCluster(layout_of(kw, tmp, free_port_base(port_start)), "WARNING")
     try:
         cluster.start()
         cluster.await_leader(90)

@@ -121,6 +121,11 @@ class ClusterLayout:
     # elections (agent_wakeups), so it needs no 1 ms poll; with agent_wakeups="off" it is
     # idle_max_park_us
     service_max_park_us: int = 10_000
+    # the consensus module's and the archive's longest park outside elections: the driver wakes
+    # them after a cycle that moved a payload, the archive and the service wake the consensus
+    # module; their timers (the leader's 20 ms heartbeat) run up to this late. At most
+    # idle_max_park_us turns it off. io.matchx.cluster.AgentWakeups, docs/operations.md
+    woken_max_park_us: int = 4_000
     # agent threads of a member process: "shared" (driver, archive, consensus module, service:
     # four) or "compact" (the archive's thread also runs the driver: three). What each trades:
     # docs/operations.md, "Latency settings"; measured in bench/reports/latency.md (no gain
@@ -161,6 +166,8 @@ class ClusterLayout:
             raise ConfigError("driver_light_work must be in 0..63 (64 bytes is a consensus message on an order's path)")
         if not self.idle_min_park_us <= self.service_max_park_us <= 1_000_000:
             raise ConfigError("service_max_park_us must be in idle_min_park_us..1000000")
+        if not 1 <= self.woken_max_park_us <= 100_000:
+            raise ConfigError("woken_max_park_us must be in 1..100000")
         if self.member_threading not in MEMBER_THREADING:
             raise ConfigError(f"member_threading must be one of {', '.join(MEMBER_THREADING)}, "
                               f"not {self.member_threading!r}")
@@ -233,6 +240,7 @@ class ClusterLayout:
             "idle.yields": str(self.idle_yields),
             "idle.driver.light.work": str(self.driver_light_work),
             "idle.service.max.park.us": str(self.service_max_park_us),
+            "idle.woken.max.park.us": str(self.woken_max_park_us),
             "threading": self.member_threading,
             "agent.wakeups": self.agent_wakeups,
             "snapshot.interval.s": str(self.snapshot_interval_s),

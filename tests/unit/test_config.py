@@ -59,6 +59,15 @@ def test_idle_settings_of_driver_and_service_reach_the_members(tmp_path: Path) -
         ClusterLayout(base_dir=tmp_path, service_max_park_us=0)
 
 
+def test_woken_parks_of_consensus_module_and_archive_reach_the_members(tmp_path: Path) -> None:
+    assert ClusterLayout(base_dir=tmp_path).member_properties(0)["idle.woken.max.park.us"] == "4000"
+    off = ClusterLayout(base_dir=tmp_path, woken_max_park_us=1000)
+    assert off.member_properties(1)["idle.woken.max.park.us"] == "1000"
+    assert ClusterLayout.from_json(off.to_json()).woken_max_park_us == 1000
+    with pytest.raises(ConfigError, match="woken_max_park_us"):
+        ClusterLayout(base_dir=tmp_path, woken_max_park_us=0)
+
+
 def test_agent_wakeups_wake_on_commit_by_default_and_reach_the_members(tmp_path: Path) -> None:
     assert ClusterLayout(base_dir=tmp_path).member_properties(0)["agent.wakeups"] == "commit"
     off = ClusterLayout(base_dir=tmp_path, agent_wakeups="off")

@@ -27,12 +27,23 @@ import java.util.function.LongSupplier;
  * ~150-250 times a second more on an idle member (+0.4-0.6 % of a core,
  * bench/reports/idle_cpu_wakeups*.md). {@code off}: nobody is woken.
  *
- * <p>The driver wakes nobody: it does work for every heartbeat and status message it sends or
- * receives, thousands of times a second on an idle member. A wake-up costs the waking thread one
+ * <p>The driver wakes nobody after any work: it does work for every heartbeat and status message
+ * it sends or receives, thousands of times a second on an idle member; with woken parks (below) it
+ * wakes the consensus module and the archive only after a cycle that moved a payload. A wake-up costs the waking thread one
  * {@link LockSupport#unpark}. Every idle strategy here parks with {@link LockSupport#parkNanos}
  * (Agrona's backoff), which an unpark ends; an unpark of a thread that is not parked makes its
  * next park return at once (one duty cycle more). The threads are learnt from the first idle call
  * of each agent.
+ *
+ * <p>With woken parks ({@code idle.woken.max.park.us} above {@code idle.max.park.us}) the consensus
+ * module and the archive may park longer than the others, because whatever they wait for now wakes
+ * them: the driver after a duty cycle that moved a payload ({@link PayloadWakeups}: log, ingress and
+ * consensus frames arrive over UDP, which only the driver sees), the archive wakes the consensus
+ * module after a cycle with work (it recorded log: a follower's append position, the leader's own),
+ * the service wakes it after a cycle with work (its acks and closes come over IPC, which no driver
+ * cycle carries), and while an election runs the consensus module wakes the archive after a cycle
+ * with work (its recording and replication requests) and both keep the short park
+ * ({@link #mayParkLong}: an election's steps and timeouts are tens of ms).
  */
 final class AgentWakeups
 {
@@ -48,27 +59,71 @@ final class AgentWakeups
     private static final Agent[] NOBODY = {};
     private final AtomicReferenceArray<Thread> threads = new AtomicReferenceArray<>(Agent.values().length);
     private final boolean all;
+    private final boolean wokenParks;
+    /** A running driver wakes this member's consensus module and archive ({@link PayloadWakeups#add}). */
+    private volatile boolean drivenByDriver;
+    /**
+     * Written by the consensus module's idle strategy when it changes; a member starts in an
+     * election, and a consensus module that never says otherwise keeps the others' parks short.
+     */
+    private volatile boolean inElection = true;
 
     /** @param all the {@code all} mode; otherwise {@code commit}. */
     AgentWakeups(final boolean all)
     {
+        this(all, false);
+    }
+
+    /** @param wokenParks the consensus module and the archive park long and are woken for it (class doc). */
+    AgentWakeups(final boolean all, final boolean wokenParks)
+    {
         this.all = all;
+        this.wokenParks = wokenParks;
     }
 
     /** Whom {@code agent} wakes (in the {@code all} mode, or in {@code commit} when the commit moved). */
     static Agent[] wakes(final Agent agent, final boolean all)
+    {
+        return wakes(agent, all, false);
+    }
+
+    /** As {@link #wakes(Agent, boolean)}, with woken parks: the archive and the service also wake the consensus module. */
+    static Agent[] wakes(final Agent agent, final boolean all, final boolean wokenParks)
     {
         switch (agent)
         {
             case CONSENSUS:
                 return new Agent[]{ Agent.DRIVER, Agent.SERVICE };
             case SERVICE:
-                return new Agent[]{ Agent.DRIVER };
+                return wokenParks ? new Agent[]{ Agent.DRIVER, Agent.CONSENSUS } : new Agent[]{ Agent.DRIVER };
             case ARCHIVE:
-                return all ? new Agent[]{ Agent.CONSENSUS } : NOBODY;
+                return all || wokenParks ? new Agent[]{ Agent.CONSENSUS } : NOBODY;
             default:
                 return NOBODY;
         }
+    }
+
+    boolean wokenParks()
+    {
+        return wokenParks;
+    }
+
+    /** The consensus module and the archive may park long: a driver wakes them and no election runs. */
+    boolean mayParkLong()
+    {
+        return drivenByDriver && !inElection;
+    }
+
+    void drivenByDriver(final boolean driven)
+    {
+        drivenByDriver = driven;
+    }
+
+    /** A driver's duty cycle moved a payload: the consensus module and the archive look for it. */
+    void payloadMoved()
+    {
+        unpark(Agent.CONSENSUS);
+        unpark(Agent.ARCHIVE);
     }
 
     private void unpark(final Agent agent)
@@ -104,7 +159,7 @@ final class AgentWakeups
     IdleStrategy wrap(
         final IdleStrategy inner, final Agent agent, final LongSupplier commitPosition, final BooleanSupplier electionRunning)
     {
-        final Agent[] targets = wakes(agent, all);
+        final Agent[] targets = wakes(agent, all, wokenParks);
         final boolean onCommit = agent == Agent.CONSENSUS && !all;
         return new DelegatingIdleStrategy(inner)
         {
@@ -118,6 +173,11 @@ final class AgentWakeups
                     known = true;
                     threads.set(agent.ordinal(), Thread.currentThread());
                 }
+                final boolean election = null != electionRunning && electionRunning.getAsBoolean();
+                if (null != electionRunning && election != inElection)
+                {
+                    inElection = election;
+                }
                 if (workCount > 0 && targets.length > 0)
                 {
                     if (!onCommit || commitMoved())
@@ -127,9 +187,13 @@ final class AgentWakeups
                             unpark(target);
                         }
                     }
-                    else if (null != electionRunning && electionRunning.getAsBoolean())
+                    else if (election)
                     {
                         unpark(Agent.SERVICE);
+                    }
+                    if (election && wokenParks)
+                    {
+                        unpark(Agent.ARCHIVE);
                     }
                 }
                 inner.idle(workCount);

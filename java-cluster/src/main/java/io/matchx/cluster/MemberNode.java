@@ -217,7 +217,20 @@ public final class MemberNode implements AutoCloseable
     static MediaDriver.Context newMemberDriverContext(final MemberSettings s, final ErrorHandler errorHandler)
     {
         return newDriverContext(
-            s.aeronDir, s.termLength, s.setupRepeatMs, newIdleStrategy(s, AgentWakeups.Agent.DRIVER), errorHandler);
+            s.aeronDir, s.termLength, s.setupRepeatMs, newDriverIdleStrategy(s), errorHandler);
+    }
+
+    /** A member process's driver: it wakes its member's agents ({@code agent.wakeups}, {@link PayloadWakeups}). */
+    static IdleStrategy newDriverIdleStrategy(final MemberSettings s)
+    {
+        final IdleStrategy idle = newIdleStrategy(s, AgentWakeups.Agent.DRIVER);
+        if (null == s.wakeups || !s.wakeups.wokenParks())
+        {
+            return idle;
+        }
+        final PayloadWakeups payloads = new PayloadWakeups();
+        payloads.add(s.wakeups);
+        return payloads.wrap(idle);
     }
 
     /**
@@ -232,7 +245,7 @@ public final class MemberNode implements AutoCloseable
         {
             // the archive's agent runs on the driver's thread: woken as the driver (it wakes nobody)
             return CompactClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule,
-                newIdleStrategy(s, AgentWakeups.Agent.DRIVER), errorHandler);
+                newDriverIdleStrategy(s), errorHandler);
         }
         return ClusteredMediaDriver.launch(driverCtx, ctx.archive, ctx.consensusModule);
     }
@@ -467,9 +480,30 @@ public final class MemberNode implements AutoCloseable
 
     private static IdleStrategy newIdleStrategy(final MemberSettings s, final long maxParkUs)
     {
+        final IdleStrategy idle = newBackoff(s, maxParkUs);
+        return LatencyTrace.ENABLED ? LatencyTrace.cycleMarking(idle) : idle;
+    }
+
+    private static IdleStrategy newBackoff(final MemberSettings s, final long maxParkUs)
+    {
         // Spin a little for latency under load, then park up to maxParkUs: never busy-spin idle.
-        final IdleStrategy idle = new BackoffIdleStrategy(
+        return new BackoffIdleStrategy(
             10, s.idleYields, TimeUnit.MICROSECONDS.toNanos(s.idleMinParkUs), TimeUnit.MICROSECONDS.toNanos(maxParkUs));
+    }
+
+    /**
+     * The consensus module's and the archive's backoff: up to {@code idle.woken.max.park.us} while
+     * their driver wakes them and no election runs, else up to {@code idle.max.park.us}
+     * ({@link AgentWakeups}, woken parks).
+     */
+    private static IdleStrategy newWokenBackoff(final MemberSettings s)
+    {
+        if (null == s.wakeups || !s.wakeups.wokenParks())
+        {
+            return newIdleStrategy(s, s.idleMaxParkUs);
+        }
+        final IdleStrategy idle = new SwitchedBackoff(
+            newBackoff(s, s.idleMaxParkUs), newBackoff(s, s.wokenMaxParkUs), s.wakeups::mayParkLong);
         return LatencyTrace.ENABLED ? LatencyTrace.cycleMarking(idle) : idle;
     }
 
@@ -478,7 +512,8 @@ public final class MemberNode implements AutoCloseable
     {
         // only a service that the consensus module wakes may park longer (AgentWakeups)
         final boolean wokenService = agent == AgentWakeups.Agent.SERVICE && null != s.wakeups;
-        IdleStrategy idle = newIdleStrategy(s, wokenService ? Math.max(s.serviceMaxParkUs, s.idleMaxParkUs) : s.idleMaxParkUs);
+        IdleStrategy idle = agent == AgentWakeups.Agent.ARCHIVE ? newWokenBackoff(s) :
+            newIdleStrategy(s, wokenService ? Math.max(s.serviceMaxParkUs, s.idleMaxParkUs) : s.idleMaxParkUs);
         if (agent == AgentWakeups.Agent.DRIVER)
         {
             idle = LightWorkBackoff.of(idle, s.driverLightWork);
@@ -489,7 +524,7 @@ public final class MemberNode implements AutoCloseable
     /** The consensus module's idle strategy: as above, with its commit position and election state to watch. */
     static IdleStrategy newConsensusIdleStrategy(final MemberSettings s, final ConsensusModule.Context cm)
     {
-        final IdleStrategy idle = newIdleStrategy(s);
+        final IdleStrategy idle = newWokenBackoff(s);
         return null == s.wakeups ? idle : s.wakeups.wrap(idle, AgentWakeups.Agent.CONSENSUS, () ->
         {
             final Counter commit = cm.commitPositionCounter();

@@ -21,6 +21,13 @@ public final class MemberSettings
     /** The service's longest park: it is woken when there is log to apply, so this bounds only its other duties. */
     static final long DEFAULT_SERVICE_MAX_PARK_US = 10_000;
     /**
+     * The consensus module's and the archive's longest park while their driver wakes them and no
+     * election runs ({@link AgentWakeups}, woken parks). Their own timers then run up to this late:
+     * a leader's heartbeat (every {@code heartbeat.interval.ms}, 20) by at most a fifth of its
+     * interval, a follower's check of the leader's (120 ms) by 1/30.
+     */
+    static final long DEFAULT_WOKEN_MAX_PARK_US = 4_000;
+    /**
      * Client sessions a member admits at once. Aeron's default, 10, refused clients in a test
      * under load: every connect attempt that timed out on the client's side stayed a session at
      * the leader until the session timeout. Each session costs the leader an egress publication
@@ -86,6 +93,12 @@ public final class MemberSettings
      * with {@code agent.wakeups=off} the service keeps {@link #idleMaxParkUs}.
      */
     final long serviceMaxParkUs;
+    /**
+     * {@code idle.woken.max.park.us}: the consensus module's and the archive's longest park outside
+     * elections, when their driver wakes them; at most {@link #idleMaxParkUs} turns woken parks off,
+     * and so does {@code threading=compact}.
+     */
+    final long wokenMaxParkUs;
     final long snapshotIntervalS;
     final long snapshotLogBytes;
     final long setupRepeatMs;
@@ -123,12 +136,16 @@ public final class MemberSettings
         idleYields = intValue(p, "idle.yields", 10);
         driverLightWork = intValue(p, "idle.driver.light.work", LightWorkBackoff.DEFAULT_LIGHT_WORK);
         serviceMaxParkUs = longValue(p, "idle.service.max.park.us", DEFAULT_SERVICE_MAX_PARK_US);
+        wokenMaxParkUs = longValue(p, "idle.woken.max.park.us", DEFAULT_WOKEN_MAX_PARK_US);
         snapshotIntervalS = longValue(p, "snapshot.interval.s", DEFAULT_SNAPSHOT_INTERVAL_S);
         snapshotLogBytes = longValue(p, "snapshot.log.bytes", DEFAULT_SNAPSHOT_LOG_BYTES);
         setupRepeatMs = longValue(p, "setup.repeat.ms", SetupRepeat.DEFAULT_MS);
         threading = p.getProperty("threading", THREADING_SHARED).trim();
         agentWakeups = p.getProperty("agent.wakeups", AgentWakeups.COMMIT).trim();
-        wakeups = AgentWakeups.OFF.equals(agentWakeups) ? null : new AgentWakeups(AgentWakeups.ALL.equals(agentWakeups));
+        // compact threading runs the archive on the driver's thread, whose light cycles (an archive
+        // control response) wake nobody: its consensus module keeps the short park
+        wakeups = AgentWakeups.OFF.equals(agentWakeups) ? null : new AgentWakeups(AgentWakeups.ALL.equals(agentWakeups),
+            wokenMaxParkUs > idleMaxParkUs && THREADING_SHARED.equals(threading));
 
         check(clusterId >= 0 && clusterId <= MAX_CLUSTER_ID, "cluster.id must be in 0.." + MAX_CLUSTER_ID);
         check(memberId >= 0, "member.id must be >= 0");
@@ -156,6 +173,7 @@ public final class MemberSettings
         check(driverLightWork >= 0 && driverLightWork < 64, "idle.driver.light.work must be in 0..63");
         check(serviceMaxParkUs >= idleMinParkUs && serviceMaxParkUs <= 1_000_000,
             "idle.service.max.park.us must be in idle.min.park.us..1000000");
+        check(wokenMaxParkUs >= 1 && wokenMaxParkUs <= 100_000, "idle.woken.max.park.us must be in 1..100000");
         check(AgentWakeups.OFF.equals(agentWakeups) || AgentWakeups.COMMIT.equals(agentWakeups) ||
             AgentWakeups.ALL.equals(agentWakeups), "agent.wakeups must be off, commit or all");
         check(THREADING_SHARED.equals(threading) || THREADING_COMPACT.equals(threading),

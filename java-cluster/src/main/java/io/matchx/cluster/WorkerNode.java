@@ -41,11 +41,15 @@ public final class WorkerNode implements AutoCloseable
     private final MediaDriver driver;
     private final List<Member> members = new ArrayList<>();
     private final SnapshotSchedule snapshotSchedule = new SnapshotSchedule();
+    /** The driver wakes the hosted members' consensus modules and archives ({@link AgentWakeups}, woken parks). */
+    private final PayloadWakeups payloads;
     private boolean closed;
 
-    private WorkerNode(final String workerId, final MediaDriver.Context driverCtx, final MediaDriver driver)
+    private WorkerNode(
+        final String workerId, final MediaDriver.Context driverCtx, final MediaDriver driver, final PayloadWakeups payloads)
     {
         this.workerId = workerId;
+        this.payloads = payloads;
         this.aeronDir = driver.aeronDirectoryName();
         this.driverCtx = driverCtx;
         this.driver = driver;
@@ -80,14 +84,16 @@ public final class WorkerNode implements AutoCloseable
             properties, "setup.repeat.ms", SetupRepeat.DEFAULT_MS, "worker");
         final String workerId = properties.getProperty("worker.id", "worker");
         final ErrorHandler errorHandler = (ex) -> log("[matchx worker " + workerId + "]", ex);
+        final PayloadWakeups payloads = new PayloadWakeups();
         final MediaDriver.Context ctx = MemberNode.newDriverContext(
             aeronDir,
             termLength,
             setupRepeatMs,
-            LightWorkBackoff.of(new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(idleMaxParkUs)),
-                (int)MemberSettings.number(properties, "idle.driver.light.work", LightWorkBackoff.DEFAULT_LIGHT_WORK, "worker")),
+            payloads.wrap(LightWorkBackoff.of(
+                new BackoffIdleStrategy(10, 10, 1_000, TimeUnit.MICROSECONDS.toNanos(idleMaxParkUs)),
+                (int)MemberSettings.number(properties, "idle.driver.light.work", LightWorkBackoff.DEFAULT_LIGHT_WORK, "worker"))),
             errorHandler);
-        return new WorkerNode(workerId, ctx, MediaDriver.launch(ctx));
+        return new WorkerNode(workerId, ctx, MediaDriver.launch(ctx), payloads);
     }
 
     /**
@@ -121,6 +127,7 @@ public final class WorkerNode implements AutoCloseable
         final String prefix = "[matchx worker " + workerId + " c" + s.clusterId + " m" + s.memberId + "]";
         final ErrorHandler errorHandler = (ex) -> log(prefix, ex);
         final MemberNode.Contexts ctx = MemberNode.newContexts(s, service, errorHandler);
+        payloads.add(s.wakeups);
         Archive archive = null;
         ConsensusModule consensusModule = null;
         ClusteredServiceContainer container = null;
@@ -145,6 +152,7 @@ public final class WorkerNode implements AutoCloseable
         catch (final RuntimeException ex)
         {
             CloseHelper.quietCloseAll(timing, container, consensusModule, archive);
+            payloads.remove(s.wakeups);
             throw ex;
         }
         final Member member = new Member(s, timing, archive, consensusModule, container, service);
@@ -171,6 +179,7 @@ public final class WorkerNode implements AutoCloseable
                     m.snapshotCheck.cancel(false);
                 }
                 CloseHelper.quietClose(m);
+                payloads.remove(m.settings.wakeups);
                 return true;
             }
         }

@@ -20,7 +20,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class AgentWakeupsTest
 {
     /** Every idle(0) is one park of up to 2 s, as a backoff's longest park (with LockSupport). */
-    private static IdleStrategy longParks()
+    static IdleStrategy longParks()
     {
         return new IdleStrategy()
         {
@@ -46,27 +46,34 @@ class AgentWakeupsTest
     /** A service agent parked for 2 s; returns how long its park lasted once {@code poke} ran. */
     private static long parkedFor(final AgentWakeups wakeups, final Runnable poke) throws InterruptedException
     {
-        final IdleStrategy service = wakeups.wrap(longParks(), AgentWakeups.Agent.SERVICE, null);
+        return parkedFor(wakeups, AgentWakeups.Agent.SERVICE, poke);
+    }
+
+    /** {@code agent} parked for 2 s; returns how long its park lasted once {@code poke} ran. */
+    static long parkedFor(final AgentWakeups wakeups, final AgentWakeups.Agent agent, final Runnable poke)
+        throws InterruptedException
+    {
+        final IdleStrategy idle = wakeups.wrap(longParks(), agent, null);
         final CountDownLatch known = new CountDownLatch(1);
         final AtomicLong parkedNs = new AtomicLong();
-        final Thread agent = new Thread(() ->
+        final Thread thread = new Thread(() ->
         {
-            service.idle(1); // learns the thread without parking
+            idle.idle(1); // learns the thread without parking
             known.countDown();
             final long start = System.nanoTime();
-            service.idle(0);
+            idle.idle(0);
             parkedNs.set(System.nanoTime() - start);
         });
-        agent.start();
+        thread.start();
         assertTrue(known.await(5, TimeUnit.SECONDS));
-        assertEquals(agent, wakeups.thread(AgentWakeups.Agent.SERVICE));
+        assertEquals(thread, wakeups.thread(agent));
         Thread.sleep(100); // let it park
         poke.run();
-        agent.join(5_000);
+        thread.join(5_000);
         return parkedNs.get();
     }
 
-    private static IdleStrategy shortParks()
+    static IdleStrategy shortParks()
     {
         return new BackoffIdleStrategy(0, 0, 1_000, 1_000);
     }
