@@ -178,6 +178,7 @@ def ours_worker(spec: dict) -> int:
     with open(out / "pids.txt", "a") as f:
         f.write(f"client {os.getpid()}\n")
     with MatchClient(spec["endpoints"], **spec.get("client_kw", {})) as client:
+        name_python_threads(client)
         if not client.wait_connected(120):
             _emit(f"ERROR not connected: {client.last_error}")
             return 1
@@ -200,6 +201,19 @@ def ours_worker(spec: dict) -> int:
                        spec["drain_s"], spec["binary"])
     gc_log.close()
     return 0
+
+
+def name_python_threads(client) -> None:
+    """Gives the SDK's Python threads and the phases' thread their own names in /proc (all show
+    as "python" otherwise), so the per-thread profile tells the send, receive and caller threads
+    apart."""
+    names = {threading.main_thread().native_id: "py-caller", client._sender.native_id: "py-send",
+             client._receiver.native_id: "py-receive"}
+    for tid, name in names.items():
+        try:
+            Path(f"/proc/self/task/{tid}/comm").write_text(name)
+        except OSError:
+            pass  # a profile without the names, not a failed run
 
 
 class GcLog:
@@ -236,6 +250,7 @@ class PhaseResult:
     latencies_ns: array
     cpu_s: dict[str, float]  # process -> CPU seconds over the phase
     threads: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # process -> top threads (% core)
+    client_threads: dict[str, float] = field(default_factory=dict)  # the client's threads: CPU seconds
 
 
 def drive_client(cmd: list[str], pids: dict[str, int], out: Path, timeout_s: float,
@@ -272,7 +287,7 @@ def drive_client(cmd: list[str], pids: dict[str, int], out: Path, timeout_s: flo
                 results[name] = PhaseResult(
                     sent, answered, elapsed / 1e9, lat,
                     {k: sum(v.values()) for k, v in meter.used.items()},
-                    {k: meter.top_threads(k, 5) for k in meter.used})
+                    {k: meter.top_threads(k, 5) for k in meter.used}, dict(meter.used.get("client", {})))
                 log(f"  {name}: {answered}/{sent} answered in {elapsed / 1e9:.1f}s")
         proc.wait(30)
     finally:
@@ -413,6 +428,7 @@ class Totals:
     elapsed_s: float = 0.0
     cpu_s: dict[str, float] = field(default_factory=dict)
     threads: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    client_threads: dict[str, float] = field(default_factory=dict)
 
     def add(self, r: PhaseResult) -> None:
         for ns in r.latencies_ns:
@@ -423,6 +439,15 @@ class Totals:
         for k, v in r.cpu_s.items():
             self.cpu_s[k] = self.cpu_s.get(k, 0.0) + v
         self.threads = r.threads  # the last round's profile
+        for k, v in r.client_threads.items():
+            self.client_threads[k] = self.client_threads.get(k, 0.0) + v
+
+    def client_profile(self, n: int = 8) -> str:
+        """The client's busiest threads over every round: us of CPU per answered command."""
+        if not self.answered:
+            return "-"
+        top = sorted(self.client_threads.items(), key=lambda kv: -kv[1])[:n]
+        return ", ".join(f"{name} {1e6 * s / self.answered:.1f}" for name, s in top)
 
     def members_cpu(self) -> float:
         return sum(v for k, v in self.cpu_s.items() if k.startswith("member"))
@@ -493,7 +518,8 @@ def report(args, totals: dict[tuple[str, str, str], Totals], variants: list[tupl
             for s in ("ours", "floor"):
                 t = idle[s]
                 per = [100 * v / t.elapsed_s for k, v in sorted(t.cpu_s.items()) if k.startswith("member")]
-                cells.append(f"{s}: " + ", ".join(f"{p:.1f}%" for p in per))
+                client = 100 * t.cpu_s.get("client", 0.0) / t.elapsed_s
+                cells.append(f"{s}: " + ", ".join(f"{p:.1f}%" for p in per) + f" (its client {client:.1f}%)")
             lines += ["Idle CPU per member (% of one core, a connected client sending nothing): " +
                       "; ".join(cells), ""]
         lines += ["| phase | ours p50 | p99 | p99.9 | max | floor p50 | p99 | p99.9 | max | ratio p50 | "
@@ -509,6 +535,13 @@ def report(args, totals: dict[tuple[str, str, str], Totals], variants: list[tupl
             lines.append(f"| {phase} | {_side(so)} | {_side(sf)} | {_ratio(so, sf, 'p50_ms')} | "
                          f"{_ratio(so, sf, 'p99_ms')} | {_rate(o, so)} / {_rate(f, sf)} | "
                          f"{_cpu(o, so)} / {_cpu(f, sf)} | {_cpu(o, so, 'client')} / {_cpu(f, sf, 'client')} |")
+        lines.append("")
+        lines.append("The client's threads, us of CPU per answered command (every round):")
+        for phase in ["rtt"] + [f"open-{r}" for r in args.rates]:
+            for s in ("ours", "floor"):
+                t = totals.get((vname, s, phase))
+                if t is not None and t.answered:
+                    lines.append(f"- {phase}, {s}: {t.client_profile()}")
         lines.append("")
         for s in ("ours", "floor"):
             t = totals.get((vname, s, "rtt"))

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     client = jpype.JClass("io.matchx.cluster.client.ClusterClient")(
         f"0=127.0.0.1:{free_port_base(args.port_start)}", f"{CLIENT_DIR_PREFIX}{os.getpid()}-waitcpu",
-        "127.0.0.1", 2000, 5000, jpype.JArray(jpype.JByte)(b""))
+        "127.0.0.1", 2000, 5000, jpype.JArray(jpype.JByte)(b""), False)
     client.wakeDriver(True)  # MatchClient's default
     costs: dict[int, list[float]] = {fw: [] for fw in args.first_wait_us}
     walls: dict[int, list[float]] = {fw: [] for fw in args.first_wait_us}

@@ -6,11 +6,13 @@
 
 Aeron's ``AeronCluster`` (Java, through JPype, with an embedded media driver) does the
 transport: given any member, a follower answers REDIRECT and the client moves to the leader;
-after a failover the new leader's NewLeader event moves it again. A Java thread polls egress,
-keeps the session alive and reconnects when the session is closed. This module adds what Aeron
-does not: every command gets a request id, unanswered commands are resent (after a new leader,
-a reconnect, or a quiet interval) with the same id, and the service answers a resend with the
-original outcome, so a failover costs no order and applies none twice.
+after a failover the new leader's NewLeader event moves it again. The receive thread polls egress
+itself, running the embedded driver first (it has no thread of its own: an offer runs it too, so
+a command leaves on the thread that offers it); a Java thread keeps the session alive, reconnects
+when the session is closed, and polls egress while the receive thread is away (a slow callback).
+This module adds what Aeron does not: every command gets a request id, unanswered commands are
+resent (after a new leader, a reconnect, or a quiet interval) with the same id, and the service
+answers a resend with the original outcome, so a failover costs no order and applies none twice.
 
 Commands submitted close together leave as one cluster message (one batch): the sender thread
 takes everything queued when it wakes, so batching adds no delay. ``request()`` with nothing else
@@ -192,6 +194,8 @@ class MatchClient:
         sync_max_park_us: int = SYNC_MAX_PARK_US,
         sync_first_wait: bool = False,
         wake_driver: bool = True,
+        receive_polls: bool = True,
+        invoke_driver: bool = True,
     ) -> None:
         jvm.start()
         import jpype
@@ -264,13 +268,19 @@ class MatchClient:
         self._refresh_lock = threading.Lock()
         self._last_refresh = 0.0
         self.aeron_dir = f"{CLIENT_DIR_PREFIX}{os.getpid()}-{next(_client_seq)}-{self.client_id & 0xFFFF:x}"
+        # receive_polls: the receive thread polls egress itself (ClusterClient.receive) instead of
+        # waiting for what the Java poller thread hands it; invoke_driver: the embedded media
+        # driver has no thread, the threads that poll and offer run it. Each removes a park and a
+        # wake-up per answer (bench/reports/client_cpu_per_order.md)
+        self._receive_polls = receive_polls
         JClient = jpype.JClass("io.matchx.cluster.client.ClusterClient")
         self._java = JClient(
             ingress_endpoints, self.aeron_dir, egress_host, connect_timeout_ms,
-            new_leader_timeout_ms, jpype.JArray(jpype.JByte)(credentials),
+            new_leader_timeout_ms, jpype.JArray(jpype.JByte)(credentials), bool(invoke_driver),
         )
-        # wake_driver: each offer wakes the embedded driver, which sends at once instead of at the
-        # end of its park (up to 500 us); one unpark per offer, nothing while idle
+        # wake_driver (invoke_driver=False only: an invoked driver sends on the offering thread):
+        # each offer wakes the embedded driver, which sends at once instead of at the end of its
+        # park (up to 500 us); one unpark per offer, nothing while idle
         self._java.wakeDriver(bool(wake_driver))
         self._receiver = threading.Thread(target=self._receive_loop, name="matchx-receive", daemon=True)
         self._sender = threading.Thread(target=self._send_loop, name="matchx-send", daemon=True)
@@ -690,9 +700,10 @@ class MatchClient:
 
     def _receive_loop(self) -> None:
         java = self._java
+        wait = java.receive if self._receive_polls else java.poll
         while not self._closed:
             try:
-                blob = java.poll(100)
+                blob = wait(100)
             except Exception:  # noqa: BLE001 - the JVM is shutting down with us
                 if self._closed:
                     return

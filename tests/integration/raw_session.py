@@ -31,7 +31,7 @@ class RawSession:
         self.client_id = client_id
         self.aeron_dir = f"/dev/shm/matchx-rawtest-{os.getpid()}-{next(_seq)}"
         self.java = jpype.JClass("io.matchx.cluster.client.ClusterClient")(
-            endpoints, self.aeron_dir, "127.0.0.1", 2000, 5000, self._jbytes(b""))
+            endpoints, self.aeron_dir, "127.0.0.1", 2000, 5000, self._jbytes(b""), False)
         self.answers: list[Answer] = []  # every whole answer received, in order
         self.leaders: list[int] = []  # the leader of each connect / new-leader event
         self.holds = 0  # hold notices received (and ignored) from a leader handing over

@@ -24,7 +24,7 @@ def cluster_client() -> Iterator:
         port = free_port_base(38100)
         client = jpype.JClass("io.matchx.cluster.client.ClusterClient")(
             f"0=127.0.0.1:{port}", f"{CLIENT_DIR_PREFIX}{os.getpid()}-wait-{len(made)}", "127.0.0.1",
-            connect_timeout_ms, 1000, jpype.JArray(jpype.JByte)(b""))
+            connect_timeout_ms, 1000, jpype.JArray(jpype.JByte)(b""), False)  # the driver on its own thread
         client.wakeDriver(True)
         made.append(client)
         return client

@@ -224,7 +224,7 @@ class SingleMemberClusterTest
         final int ingress = freePort();
         final Properties p = memberProperties(ingress);
         launch(p, handler);
-        client = new ClusterClient("0=127.0.0.1:" + ingress, aeronDir + "-client", "127.0.0.1", 5000, 5000, null);
+        client = new ClusterClient("0=127.0.0.1:" + ingress, aeronDir + "-client", "127.0.0.1", 5000, 5000, null, false);
         while (!client.isConnected() && System.nanoTime() < deadline)
         {
             Thread.sleep(20);

@@ -133,7 +133,7 @@ class WorkerNodeTest
         for (int i = 0; i < 2; i++)
         {
             clients.add(new ClusterClient(
-                "0=127.0.0.1:" + ingress[i], aeronDir + "-client-" + i, "127.0.0.1", 5000, 5000, null));
+                "0=127.0.0.1:" + ingress[i], aeronDir + "-client-" + i, "127.0.0.1", 5000, 5000, null, false));
         }
         for (int i = 0; i < 2; i++)
         {

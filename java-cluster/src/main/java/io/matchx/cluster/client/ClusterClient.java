@@ -13,6 +13,8 @@ import io.matchx.cluster.LatencyTrace;
 import io.matchx.cluster.SetupRepeat;
 import org.agrona.CloseHelper;
 import org.agrona.DirectBuffer;
+import org.agrona.concurrent.Agent;
+import org.agrona.concurrent.AgentInvoker;
 import org.agrona.concurrent.BackoffIdleStrategy;
 import org.agrona.concurrent.IdleStrategy;
 import org.agrona.concurrent.UnsafeBuffer;
@@ -34,6 +36,14 @@ import java.util.concurrent.locks.ReentrantLock;
  * <p>Python never receives a callback (a Java-to-Python crossing waits for the GIL); it calls
  * {@link #poll(long)}, which blocks in Java with the GIL released and returns every pending event
  * as one framed byte array: {@code uint8 kind, int32 length, bytes} repeated, little-endian.
+ *
+ * <p>With {@code invokeDriver} the embedded media driver has no thread of its own (Aeron's INVOKER
+ * mode): whichever thread polls egress runs its duty cycle first, and an offer runs it at once, so
+ * the command leaves on the offering thread. With {@link #receive(long)} instead of {@link #poll}
+ * the caller's thread polls egress itself and takes what it finds without a hand-over from the
+ * poller thread, which then only keeps the session alive (keep-alives, reconnects, probes) and
+ * polls when no caller has for a while. Together they take an answer from the socket to Python on
+ * one thread instead of three (driver, poller, receiver), each of which parked and woke per answer.
  */
 public final class ClusterClient implements AutoCloseable
 {
@@ -46,6 +56,14 @@ public final class ClusterClient implements AutoCloseable
 
     /** Returned by {@link #offer(byte[])} when no session is up; the caller keeps the request pending. */
     public static final long NOT_CONNECTED = -100;
+
+    /** The poller polls egress itself once no {@link #receive} loop has for this long (the loop's longest park is 0.5 ms). */
+    static final long RECEIVER_AWAY_NS = TimeUnit.MILLISECONDS.toNanos(2);
+    /**
+     * The poller's park while a {@link #receive} loop polls: it only keeps the session alive then
+     * (keep-alives every second, a reconnect or probe at most this late).
+     */
+    static final long KEEPER_PARK_NS = TimeUnit.MILLISECONDS.toNanos(4);
 
     private final MediaDriver driver;
     private final Aeron aeron;
@@ -67,6 +85,22 @@ public final class ClusterClient implements AutoCloseable
     private volatile Thread driverThread;
     private volatile boolean wakeDriver;
     private final Thread poller;
+    // null: the driver runs on its own thread (ThreadingMode.SHARED)
+    private final AgentInvoker driverInvoker;
+    // the Aeron client's conductor, on an invoker when the driver is (safe from any thread: it
+    // runs only when it gets the client's lock, tryLock)
+    private final AgentInvoker conductorInvoker;
+    // one thread at a time runs the driver's duty cycle; held only for the cycle, never across a park
+    private final ReentrantLock driverLock = new ReentrantLock();
+    private boolean driverClosed; // under driverLock
+    // when a receive() loop last polled egress: the poller stands back while one does
+    // a receive() loop's park while a sync caller waits for its answer on its own thread
+    private static final long DIRECT_STANDBY_NS = TimeUnit.MICROSECONDS.toNanos(500);
+    private volatile long receiverCycleNs = System.nanoTime() - RECEIVER_AWAY_NS;
+    // egress messages polled, and those the poller thread polled (so handed over to the receiver),
+    // for the tests; written under lock
+    private volatile long egressMessages;
+    private volatile long keeperMessages;
     private final UnsafeBuffer offerBuffer = new UnsafeBuffer(ByteBuffer.allocateDirect(1 << 20));
 
     private volatile String ingressEndpoints;
@@ -92,7 +126,8 @@ public final class ClusterClient implements AutoCloseable
         final String egressHost,
         final long connectTimeoutMs,
         final long newLeaderTimeoutMs,
-        final byte[] credentials)
+        final byte[] credentials,
+        final boolean invokeDriver)
     {
         this.ingressEndpoints = ingressEndpoints;
         this.egressChannel = "aeron:udp?endpoint=" + egressHost + ":0";
@@ -104,16 +139,49 @@ public final class ClusterClient implements AutoCloseable
         // first SETUP is missed, the next one comes after this interval, not Aeron's 100 ms
         // (Aeron's 100 ms idle heartbeat stays: a shorter one would cost every idle client's leader)
         SetupRepeat.applySetupOnly(SetupRepeat.DEFAULT_MS);
-        driver = MediaDriver.launchEmbedded(new MediaDriver.Context()
+        final MediaDriver.Context driverCtx = new MediaDriver.Context()
             .aeronDirectoryName(aeronDir)
             .dirDeleteOnStart(true)
             .dirDeleteOnShutdown(true)
-            .threadingMode(ThreadingMode.SHARED)
-            .sharedIdleStrategy(learningThread(new BackoffIdleStrategy(10, 10, 1_000, 500_000)))
             .termBufferSparseFile(true)
             .publicationTermBufferLength(1 << 20)
-            .ipcTermBufferLength(64 * 1024));
-        aeron = Aeron.connect(new Aeron.Context().aeronDirectoryName(driver.aeronDirectoryName()));
+            .ipcTermBufferLength(64 * 1024);
+        if (invokeDriver)
+        {
+            // no executor thread either (it polled its queue every 1 ms): the driver resolves a new
+            // publication's endpoint inline, which only a connect asks for
+            driverCtx.threadingMode(ThreadingMode.INVOKER).asyncExecutorEnabled(false);
+        }
+        else
+        {
+            driverCtx.threadingMode(ThreadingMode.SHARED)
+                .sharedIdleStrategy(learningThread(new BackoffIdleStrategy(10, 10, 1_000, 500_000)));
+        }
+        driver = MediaDriver.launchEmbedded(driverCtx);
+        driverInvoker = invokeDriver ? driver.sharedAgentInvoker() : null;
+        final Aeron.Context aeronCtx = new Aeron.Context().aeronDirectoryName(driver.aeronDirectoryName());
+        if (invokeDriver)
+        {
+            // the Aeron client runs the driver while it awaits the driver's answer (adding a
+            // publication, say) on whatever thread asked, under the same lock as everyone else
+            final AgentInvoker locked = new AgentInvoker(driverCtx.errorHandler(), null, new Agent()
+            {
+                public int doWork()
+                {
+                    return invokeDriver();
+                }
+
+                public String roleName()
+                {
+                    return "client-driver";
+                }
+            });
+            locked.start();
+            // Aeron requires its client conductor on an invoker too then: the same threads run it
+            aeronCtx.driverAgentInvoker(locked).useConductorAgentInvoker(true);
+        }
+        aeron = Aeron.connect(aeronCtx);
+        conductorInvoker = invokeDriver ? aeron.conductorAgentInvoker() : null;
         poller = new Thread(this::run, "matchx-client-poller");
         poller.setDaemon(true);
         poller.start();
@@ -242,6 +310,7 @@ public final class ClusterClient implements AutoCloseable
         {
             throw new IllegalArgumentException("message of " + message.length + " bytes exceeds " + offerBuffer.capacity());
         }
+        final long result;
         lock.lock();
         try
         {
@@ -251,9 +320,9 @@ public final class ClusterClient implements AutoCloseable
                 return NOT_CONNECTED;
             }
             offerBuffer.putBytes(0, message);
-            final long result = current.offer(offerBuffer, 0, message.length);
+            result = current.offer(offerBuffer, 0, message.length);
             LatencyTrace.mark(LatencyTrace.CLIENT_OFFERED);
-            if (result > 0 && wakeDriver)
+            if (result > 0 && wakeDriver && null == driverInvoker)
             {
                 final Thread thread = driverThread;
                 if (null != thread)
@@ -261,12 +330,70 @@ public final class ClusterClient implements AutoCloseable
                     LockSupport.unpark(thread);
                 }
             }
-            return result;
         }
         finally
         {
             lock.unlock();
         }
+        if (result > 0 || result == Publication.BACK_PRESSURED)
+        {
+            // the driver sends it now, on this thread (back pressure: its cycle may free the window)
+            invokeDriver();
+        }
+        return result;
+    }
+
+    /**
+     * One duty cycle of the embedded driver when it has no thread of its own; 0 otherwise (or once
+     * closed). Blocks while another thread runs one: a cycle is microseconds.
+     */
+    private int invokeDriver()
+    {
+        if (null == driverInvoker)
+        {
+            return 0;
+        }
+        driverLock.lock();
+        try
+        {
+            return driverClosed ? 0 : driverInvoker.invoke();
+        }
+        finally
+        {
+            driverLock.unlock();
+        }
+    }
+
+    /**
+     * The driver's and the Aeron client conductor's duty cycles when they have no threads: before
+     * each look at egress (an image appears, a keep-alive to the driver goes out, a reply is read
+     * off the socket).
+     */
+    private int invokeAgents()
+    {
+        if (null == driverInvoker)
+        {
+            return 0;
+        }
+        return invokeDriver() + conductorInvoker.invoke();
+    }
+
+    /** Whether the embedded driver runs on the threads that poll and offer (no thread of its own). */
+    public boolean driverInvoked()
+    {
+        return null != driverInvoker;
+    }
+
+    /** Egress messages polled, by any thread. */
+    public long egressMessages()
+    {
+        return egressMessages;
+    }
+
+    /** Egress messages the poller thread polled and handed to the receiver (not taken by a {@link #receive} loop itself). */
+    public long keeperMessages()
+    {
+        return keeperMessages;
     }
 
     /**
@@ -285,6 +412,91 @@ public final class ClusterClient implements AutoCloseable
             }
         }
         final byte[] first = events.poll(timeoutMs, TimeUnit.MILLISECONDS);
+        return null == first ? null : withRest(first, events);
+    }
+
+    /**
+     * As {@link #poll}, but the calling thread polls egress itself (running the embedded driver
+     * first when it has no thread) until an event is there or {@code timeoutMs} has passed, backing
+     * off as the poller does: an answer reaches the caller without the poller's hand-over (a
+     * queue, a park and a wake-up per answer). What the poller thread polled meanwhile (while the
+     * caller was away, or a connect's events) is returned first.
+     */
+    public byte[] receive(final long timeoutMs)
+    {
+        final byte[] queued = takeQueued();
+        if (null != queued)
+        {
+            return queued;
+        }
+        final long deadlineNs = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        final IdleStrategy idle = receiveIdle;
+        idle.reset();
+        while (running)
+        {
+            receiverCycleNs = System.nanoTime();
+            if (direct)
+            {
+                // a sync caller polls for its own answer (awaitDirect): a second thread polling
+                // beside it would only take the answer from it, and spend CPU its round trip needs
+                LockSupport.parkNanos(DIRECT_STANDBY_NS);
+                final byte[] before = takeQueued(); // emitted before the caller began
+                if (null != before || System.nanoTime() - deadlineNs >= 0)
+                {
+                    return before;
+                }
+                idle.reset();
+                continue;
+            }
+            int work = invokeAgents();
+            if (lock.tryLock())
+            {
+                try
+                {
+                    final AeronCluster current = cluster;
+                    if (null != current && !current.isClosed())
+                    {
+                        work += current.pollEgress();
+                    }
+                }
+                catch (final RuntimeException ex)
+                {
+                    // the poller finds the session closed and reconnects
+                    emit(EVENT_SESSION_EVENT, "ERROR " + ex);
+                }
+                finally
+                {
+                    lock.unlock();
+                }
+            }
+            final byte[] found = takeQueued();
+            if (null != found)
+            {
+                return found;
+            }
+            if (System.nanoTime() - deadlineNs >= 0)
+            {
+                return null;
+            }
+            idle.idle(work);
+        }
+        return null;
+    }
+
+    private final IdleStrategy receiveIdle = new BackoffIdleStrategy(10, 10, 1_000, 500_000);
+
+    /** What is queued for {@link #poll}, without waiting. */
+    private byte[] takeQueued()
+    {
+        if (!direct)
+        {
+            final byte[] stray = directEvents.poll();
+            if (null != stray)
+            {
+                return withRest(stray, directEvents);
+            }
+        }
+        final byte[] first = events.poll();
         return null == first ? null : withRest(first, events);
     }
 
@@ -371,7 +583,7 @@ public final class ClusterClient implements AutoCloseable
             {
                 return null;
             }
-            int work = 0;
+            int work = invokeAgents();
             directLooks++;
             if (lock.tryLock())
             {
@@ -394,7 +606,7 @@ public final class ClusterClient implements AutoCloseable
                     lock.unlock();
                 }
             }
-            if (0 == work && wakeDriver)
+            if (0 == work && wakeDriver && null == driverInvoker)
             {
                 // the answer comes through the embedded driver: while one is awaited, the driver
                 // looks for it at the caller's pace (<= maxParkUs), not at the end of its own
@@ -482,6 +694,11 @@ public final class ClusterClient implements AutoCloseable
             final Header header)
         {
             LatencyTrace.mark(LatencyTrace.CLIENT_EGRESS);
+            egressMessages++; // only under lock: one writer at a time
+            if (Thread.currentThread() == poller)
+            {
+                keeperMessages++;
+            }
             final byte[] framed = new byte[5 + length];
             final UnsafeBuffer out = new UnsafeBuffer(framed);
             out.putByte(0, EVENT_MESSAGE);
@@ -563,7 +780,7 @@ public final class ClusterClient implements AutoCloseable
                 {
                     // the probe under way is this reconnect: no second connect beside it
                     probeKept = true;
-                    idle.idle(pollProbe());
+                    idle.idle(invokeAgents() + pollProbe());
                     continue;
                 }
                 if (reconnectHeld)
@@ -582,13 +799,18 @@ public final class ClusterClient implements AutoCloseable
                 retryDelayMs = 50;
             }
 
-            int work = 0;
+            // a receive() loop polls egress (and runs the driver): keep the session alive only
+            final boolean receiverPolls = System.nanoTime() - receiverCycleNs < RECEIVER_AWAY_NS;
+            int work = receiverPolls ? 0 : invokeAgents();
             lock.lock();
             try
             {
                 if (!current.isClosed())
                 {
-                    work = current.pollEgress();
+                    if (!receiverPolls)
+                    {
+                        work += current.pollEgress();
+                    }
                     final long nowMs = System.currentTimeMillis();
                     if (nowMs >= nextKeepAliveMs)
                     {
@@ -607,7 +829,15 @@ public final class ClusterClient implements AutoCloseable
                 lock.unlock();
             }
             work += serviceProbe();
-            idle.idle(work);
+            if (receiverPolls && 0 == work && null == probe)
+            {
+                idle.reset();
+                LockSupport.parkNanos(KEEPER_PARK_NS);
+            }
+            else
+            {
+                idle.idle(work);
+            }
         }
         closeProbe();
     }
@@ -770,7 +1000,7 @@ public final class ClusterClient implements AutoCloseable
             .egressChannel(egressChannel)
             .messageTimeoutNs(TimeUnit.MILLISECONDS.toNanos(connectTimeoutMs))
             .newLeaderTimeoutNs(TimeUnit.MILLISECONDS.toNanos(newLeaderTimeoutMs))
-            .idleStrategy(new BackoffIdleStrategy(10, 10, 1_000, 500_000))
+            .idleStrategy(drivingIdle(new BackoffIdleStrategy(10, 10, 1_000, 500_000)))
             .credentialsSupplier(new io.aeron.security.CredentialsSupplier()
             {
                 public byte[] encodedCredentials()
@@ -787,6 +1017,33 @@ public final class ClusterClient implements AutoCloseable
                 }
             })
             .egressListener(listener);
+    }
+
+    /**
+     * A connect's wait (Aeron's own loop, on the poller thread) runs the driver between its looks
+     * when the driver has no thread: nobody else may be running it then.
+     */
+    private IdleStrategy drivingIdle(final IdleStrategy inner)
+    {
+        if (null == driverInvoker)
+        {
+            return inner;
+        }
+        return new DelegatingIdleStrategy(inner)
+        {
+            public void idle(final int workCount)
+            {
+                inner.idle(workCount + invokeAgents());
+            }
+
+            public void idle()
+            {
+                if (0 == invokeAgents())
+                {
+                    inner.idle();
+                }
+            }
+        };
     }
 
     private static void sleep(final long ms)
@@ -822,6 +1079,23 @@ public final class ClusterClient implements AutoCloseable
         {
             lock.unlock();
         }
-        CloseHelper.closeAll(aeron, driver);
+        try
+        {
+            CloseHelper.close(aeron);
+        }
+        finally
+        {
+            driverLock.lock();
+            try
+            {
+                // a receive() loop may still be running: it finds the driver closed, not half closed
+                driverClosed = true;
+            }
+            finally
+            {
+                driverLock.unlock();
+            }
+            CloseHelper.close(driver);
+        }
     }
 }
