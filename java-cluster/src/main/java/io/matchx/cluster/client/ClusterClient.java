@@ -180,7 +180,15 @@ public final class ClusterClient implements AutoCloseable
             // Aeron requires its client conductor on an invoker too then: the same threads run it
             aeronCtx.driverAgentInvoker(locked).useConductorAgentInvoker(true);
         }
-        aeron = Aeron.connect(aeronCtx);
+        try
+        {
+            aeron = Aeron.connect(aeronCtx);
+        }
+        catch (final RuntimeException ex)
+        {
+            CloseHelper.quietClose(driver); // its directory in /dev/shm goes with it
+            throw ex;
+        }
         conductorInvoker = invokeDriver ? aeron.conductorAgentInvoker() : null;
         poller = new Thread(this::run, "matchx-client-poller");
         poller.setDaemon(true);
