@@ -50,10 +50,10 @@ from pyengine.engine.migration_pieces import (
     Pieces,
     cleanup,
     export_delta_pieces,
-    extend_shadow,
     pieces_sha,
     take_piece,
 )
+from pyengine.engine.migration_shadow import extend_shadow, import_pieces
 
 ACCOUNTS = 30
 
@@ -127,7 +127,7 @@ def measure(n: int, reps: int = 3) -> dict:
             piece, pmeta = take_piece(src, "B", pc, PIECE)
             worst[0] = max(worst[0], time.process_time() - t)
             t = time.process_time()
-            shadow = extend_shadow(shadow, piece, dst.dedup_window)
+            shadow = extend_shadow(dst, shadow, piece)
             worst[1] = max(worst[1], time.process_time() - t)
             blobs.append(piece)
             if pmeta["last"]:
@@ -142,7 +142,8 @@ def measure(n: int, reps: int = 3) -> dict:
         pdelta, _meta = export_delta_pieces(src, "B", pc, psha)
         keep("pieces_freeze_ms", t)
         t = time.process_time()
-        import_delta(dst, shadow, psha, pdelta)
+        assert shadow is not None
+        import_pieces(dst, shadow, psha, pdelta)
         keep("pieces_import_ms", t)
         assert len(dst.orders) == n + CHANGES
         # after that freeze, the moved orders leave the source's indexes in pieces of PIECE

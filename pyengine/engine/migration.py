@@ -49,7 +49,7 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import orjson
 
@@ -99,6 +99,21 @@ Pause = Callable[[], object] | None
 # settings that must agree when an export lands on an engine that still has the symbol
 _SETTINGS = ("base", "quote", "tick_c", "tick_d", "lot_c", "lot_d", "min_qty", "max_qty",
              "max_price", "maker_bps", "taker_bps", "stp_default", "band_bps")
+
+
+_R = TypeVar("_R")
+
+
+def without_gc(fn: Callable[[], _R]) -> _R:
+    """``fn()`` with the cyclic collector off: it makes many small objects, none of them garbage,
+    so a collection would only cost time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return fn()
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _book(sym: Symbol) -> list[Order]:
@@ -858,25 +873,9 @@ def _import_delta(eng: EngineState, shadow: EngineState, base_sha: str, blob: ob
     removed, ch_oid, ch_qty, ch_filled = delta
     sorders = shadow.orders
     for oid in removed:
-        o = sorders.pop(oid, None)
-        if o is None:
-            raise MigrationError(f"order {oid} of the delta is not in the pre-copy")
-        lvl = o.lvl
-        assert lvl is not None
-        lvl.total -= o.qty
-        lvl.remove(o)
-        if lvl.head is None:
-            ssym.drop_level(o.side, o.price)
+        delta_remove(sorders, ssym, oid)
     for i in range(len(ch_oid)):
-        o2 = sorders.get(ch_oid[i])
-        q = ch_qty[i]
-        if o2 is None or q <= 0 or ch_filled[i] < 0:
-            raise MigrationError(f"order {ch_oid[i]} of the delta does not fit the pre-copy")
-        lvl = o2.lvl
-        assert lvl is not None
-        lvl.total += q - o2.qty
-        o2.qty = q
-        o2.filled = ch_filled[i]
+        delta_change(sorders, ch_oid[i], ch_qty[i], ch_filled[i])
     spare = Bal()  # the shadow's orders get their accounts' balances when they move
     for i in range(len(c.oid)):
         side = SELL if c.flags[i] & _FL_SELL else BUY
@@ -914,6 +913,36 @@ def _import_delta(eng: EngineState, shadow: EngineState, base_sha: str, blob: ob
     del shadow.symbols[name]
     return {**meta, "coid_conflicts": conflicts, "finished_skipped": skipped,
             "finished_forgotten": forgotten}
+
+
+def delta_remove(orders: dict[object, Order], sym: Symbol, oid: int) -> Order:
+    """A delta's removal on a pre-copy's book (``orders``, ``sym``'s levels): order ``oid`` out
+    of its queue, the queue gone if it was the last."""
+    o = orders.pop(oid, None)
+    if o is None:
+        raise MigrationError(f"order {oid} of the delta is not in the pre-copy")
+    lvl = o.lvl
+    assert lvl is not None
+    lvl.total -= o.qty
+    lvl.remove(o)
+    if lvl.head is None:
+        sym.drop_level(o.side, o.price)
+    return o
+
+
+def delta_change(orders: dict[object, Order], oid: int, qty: int, filled: int) -> tuple[Order, int]:
+    """A delta's change in place on a pre-copy's book: order ``oid``'s remaining and filled
+    quantities; returns it and its remaining quantity before."""
+    o = orders.get(oid)
+    if o is None or qty <= 0 or filled < 0:
+        raise MigrationError(f"order {oid} of the delta does not fit the pre-copy")
+    lvl = o.lvl
+    assert lvl is not None
+    was = o.qty
+    lvl.total += qty - was
+    o.qty = qty
+    o.filled = filled
+    return o, was
 
 
 def _composed(sym: Symbol, by_level: bool, pause: Pause) -> tuple[list[Order], int]:
@@ -971,20 +1000,31 @@ def _adopt_book(eng: EngineState, sym: Symbol, ssym: Symbol, book: list[Order], 
         acct.open[key] = o
         coid = o.coid
         if coid is not None:
-            prev = idx.get(coid)
-            if prev is not None and prev is not o and prev.status == OPEN:
-                conflicts += 1
-            else:
-                idx[coid] = o
-    sym.bids = ssym.bids
-    sym.asks = ssym.asks
-    sym.bid_keys = ssym.bid_keys
-    sym.ask_keys = ssym.ask_keys
-    ssym.bids = {}
-    ssym.asks = {}
-    ssym.bid_keys = []
-    ssym.ask_keys = []
+            conflicts += claim_coid(idx, coid, o)
+    move_levels(ssym, sym)
     return conflicts
+
+
+def claim_coid(idx: dict[str, Order], coid: str, o: Order) -> int:
+    """An imported open order's client order id into its account's index; 1 if another open
+    order has it here (a conflict: the index keeps naming that one), else 0."""
+    prev = idx.get(coid)
+    if prev is not None and prev is not o and prev.status == OPEN:
+        return 1
+    idx[coid] = o
+    return 0
+
+
+def move_levels(frm: Symbol, to: Symbol) -> None:
+    """``frm``'s book (its levels) becomes ``to``'s; ``frm`` is left without one."""
+    to.bids = frm.bids
+    to.asks = frm.asks
+    to.bid_keys = frm.bid_keys
+    to.ask_keys = frm.ask_keys
+    frm.bids = {}
+    frm.asks = {}
+    frm.bid_keys = []
+    frm.ask_keys = []
 
 
 def _adopt(o: Order, acct: Account, sym: Symbol, bals: dict[str, Bal]) -> None:

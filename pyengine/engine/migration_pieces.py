@@ -37,19 +37,16 @@ from __future__ import annotations
 
 import gc
 import hashlib
-from bisect import bisect_left, insort
+from bisect import bisect_left
 
 from .columns import col_bytes, encode_orders
 from .errors import MigrationError
 from .migration import (
-    _SETTINGS,
     _U64,
     DELTA_VERSION,
     VERSION,
-    Pause,
     _mix,
     _read,
-    build_shadow,
     export_blob,
     finished_of,
     fold_level,
@@ -209,7 +206,7 @@ def _take_piece(eng: EngineState, name: str, sym: Symbol, pc: Pieces, max_orders
 def _piece_blob(eng: EngineState, name: str, sym: Symbol, orders: list[Order], nbids: int,
                 extra: dict) -> tuple[bytes, dict]:
     """A version 2 export of ``orders`` (whole queues, priority order) and their holds: what
-    ``import_symbol`` builds at the destination (``extend_shadow``)."""
+    the destination builds into its pre-copy (``migration_shadow.extend_shadow``)."""
     acct_ix: dict[Account, int] = {}
     accts: list[Account] = []
     held: list[int] = []
@@ -275,7 +272,7 @@ def pieces_of(blobs: list[bytes], sym: Symbol) -> Pieces:
 def export_delta_pieces(eng: EngineState, name: str, pc: Pieces, base_sha: str) -> tuple[bytes, dict]:
     """The freeze after a pre-copy in pieces (``base_sha``: ``pieces_sha`` of them): the
     symbol's book and its holds leave ``eng`` and the export holds what changed since the
-    pieces (format version 3, read by ``migration.import_delta``), found by walking only the
+    pieces (format version 3, read by ``migration_shadow.import_pieces``), found by walking only the
     queues marked since the first piece and those no piece holds. ``pc`` is used up."""
     sym = eng.symbols.get(name)
     if sym is None:
@@ -514,66 +511,3 @@ def cleanup(eng: EngineState, det: Detached, upto: int) -> int:
         det.levels = []
         det.nxt = None
     return done
-
-
-def extend_shadow(shadow: EngineState | None, blob: bytes, dedup_window: int, pause: Pause = None) -> EngineState:
-    """The destination's pre-copy with one more piece: the first piece builds it
-    (``migration.build_shadow``), each later one adds its queues. Raises MigrationError, the
-    shadow unchanged, if the piece does not fit (a queue or an order it has already, other
-    settings)."""
-    if shadow is None:
-        return build_shadow(blob, dedup_window, pause)
-    piece = build_shadow(blob, dedup_window, pause)
-    name = next(iter(piece.symbols))
-    psym = piece.symbols[name]
-    ssym = shadow.symbols.get(name)
-    if ssym is None:
-        raise MigrationError(f"the pre-copy holds no {name}")
-    for setting in _SETTINGS:
-        if getattr(ssym, setting) != getattr(psym, setting):
-            raise MigrationError(f"{name}'s settings differ between the pre-copy's pieces ({setting})")
-    for p in psym.bids:
-        if p in ssym.bids:
-            raise MigrationError(f"piece's bid queue at {p} is in the pre-copy already")
-    for p in psym.asks:
-        if p in ssym.asks:
-            raise MigrationError(f"piece's ask queue at {p} is in the pre-copy already")
-    for key in piece.orders:
-        if key in shadow.orders:
-            raise MigrationError(f"piece's order {key} is in the pre-copy already")
-    for p, lvl in psym.bids.items():
-        ssym.bids[p] = lvl
-        insort(ssym.bid_keys, p)
-    for p, lvl in psym.asks.items():
-        ssym.asks[p] = lvl
-        insort(ssym.ask_keys, -p)
-    for key, o in piece.orders.items():
-        o.sym = ssym
-        shadow.orders[key] = o
-    return shadow
-
-
-def release_shadow(shadow: EngineState) -> None:
-    """A pre-copy built beside the engine that will not be imported (an abort). Its levels,
-    orders and accounts refer to one another, and the service keeps the pieces out of the
-    cyclic collector (``gc.freeze``, as a snapshot keeps the engine), so the links are undone
-    here: reference counting then frees them."""
-    for sym in shadow.symbols.values():
-        for levels in (sym.bids, sym.asks):
-            for lvl in levels.values():
-                o = lvl.head
-                while o is not None:
-                    n = o.nxt
-                    o.lvl = None
-                    o.prev = None
-                    o.nxt = None
-                    o = n
-                lvl.head = None
-                lvl.tail = None
-        sym.bids = {}
-        sym.asks = {}
-    for acct in shadow.accounts.values():
-        acct.open.clear()
-        acct.coids.clear()
-        acct.finished.clear()
-    shadow.orders.clear()

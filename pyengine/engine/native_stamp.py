@@ -12,9 +12,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Compiled together so their classes and calls stay native across module boundaries;
 # listed in dependency order (numbers <- model <- columns <- snapcache <- snapshot <- core <- bulk,
-# snapshot <- migration).
+# snapshot <- migration <- migration_pieces, migration_shadow).
 MODULES = ("numbers", "model", "columns", "snapcache", "snapshot", "core", "bulk", "migration",
-           "migration_pieces")
+           "migration_pieces", "migration_shadow")
 STAMP = HERE / "native.stamp"
 GROUP = "pyengine.engine.native"
 

@@ -56,12 +56,11 @@ from pyengine.engine.migration_pieces import (
     Pieces,
     cleanup,
     export_delta_pieces,
-    extend_shadow,
     pieces_of,
     pieces_sha,
-    release_shadow,
     take_piece,
 )
+from pyengine.engine.migration_shadow import Shadow, extend_shadow, import_pieces, release_shadow
 from pyengine.engine.model import EngineState
 from pyengine.service import retire
 from pyengine.wire.protocol import Status
@@ -144,10 +143,11 @@ class Migrations:
         # id -> the pre-copy's export (source: what the freeze's delta is against; destination:
         # what the delta is applied to), until the migration ends
         self.bases: dict[str, bytes] = {}
-        # derived from ``bases`` on first use after a restart, so not snapshotted: the source's
-        # baseline of each pre-copy, the destination's pre-copy built as a small engine
+        # derived from ``bases`` or ``pieces`` on first use after a restart, so not snapshotted:
+        # the source's baseline of each pre-copy, the destination's pre-copy built (a whole one
+        # as a small engine, one in pieces in the engine's own form: migration_shadow.py)
         self._baselines: dict[str, Baseline] = {}
-        self._shadows: dict[str, EngineState] = {}
+        self._shadows: dict[str, EngineState | Shadow] = {}
         # a pre-copy in pieces (migration_pieces.py): id -> the pieces' exports in order (source:
         # what it took; destination: what it built), until the migration ends; and, derived
         # (not snapshotted), the source's records of them
@@ -491,8 +491,8 @@ class Migrations:
             self.finish_cleanups(svc, (rec["symbol"],))
             try:
                 if "precopy" in rec and "pieces" in rec["precopy"]:
-                    shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-                    import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
+                    import_pieces(svc.engine, _shadow_of(self.pieces[mid], svc.engine), rec["precopy"]["sha256"],
+                                  self.blobs[mid], let_others_run)
                 elif "precopy" in rec:  # the pre-copy with the freeze's delta, as the destination does
                     shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
                     import_delta(svc.engine, shadow, rec["precopy"]["sha256"], self.blobs[mid], let_others_run)
@@ -647,12 +647,13 @@ class Migrations:
         rec["precopy"] = {"pieces": have, "sha256": pieces_sha(have), "size": (pre or {}).get("size", 0) + len(blob)}
         return _ok(self._dest_answer(rec))
 
-    def _extended(self, svc: Any, mid: str, got: list[bytes], blob: bytes) -> EngineState:
+    def _extended(self, svc: Any, mid: str, got: list[bytes], blob: bytes) -> Shadow:
         """The destination's pre-copy with piece ``blob`` added (``_preimport_piece``)."""
         shadow = self._shadows.get(mid)
         if shadow is None and got:  # after a restart: built again from the pieces' bytes
-            shadow = _shadow_of(got, svc.engine.dedup_window)
-        return extend_shadow(shadow, blob, svc.engine.dedup_window, let_others_run)
+            shadow = _shadow_of(got, svc.engine)
+        assert shadow is None or isinstance(shadow, Shadow)
+        return extend_shadow(svc.engine, shadow, blob, let_others_run)
 
     def _import(self, svc: Any, mid: str, cmd: dict) -> Answer:
         rec = self._dest(mid)
@@ -687,14 +688,14 @@ class Migrations:
         pre = rec.get("precopy")
         if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.pieces:
             shadow = self._shadows.pop(mid, None)
-            if shadow is None:  # after a restart: built again from the pieces' bytes
-                shadow = _shadow_of(self.pieces[mid], svc.engine.dedup_window)
-            return import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
+            if not isinstance(shadow, Shadow):  # after a restart: built again from the pieces' bytes
+                shadow = _shadow_of(self.pieces[mid], svc.engine)
+            return import_pieces(svc.engine, shadow, pre["sha256"], blob, let_others_run)
         if pre is not None and export_version(blob) == DELTA_VERSION and mid in self.bases:
-            shadow = self._shadows.pop(mid, None)
-            if shadow is None:  # after a restart: built again from the pre-copy's bytes
-                shadow = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
-            return import_delta(svc.engine, shadow, pre["sha256"], blob, let_others_run)
+            whole = self._shadows.pop(mid, None)
+            if not isinstance(whole, EngineState):  # after a restart: built again from the pre-copy's bytes
+                whole = build_shadow(self.bases[mid], svc.engine.dedup_window, let_others_run)
+            return import_delta(svc.engine, whole, pre["sha256"], blob, let_others_run)
         return import_symbol(svc.engine, blob, let_others_run)
 
     def _activate(self, svc: Any, mid: str, cmd: dict) -> Answer:
@@ -810,11 +811,11 @@ class Migrations:
         return m
 
 
-def _shadow_of(pieces: list[bytes], dedup_window: int) -> EngineState:
-    """A pre-copy in pieces built as a small engine (after a restart, or for an abort)."""
-    shadow: EngineState | None = None
+def _shadow_of(pieces: list[bytes], eng: EngineState) -> Shadow:
+    """A pre-copy in pieces built against ``eng`` (after a restart, or for an abort)."""
+    shadow: Shadow | None = None
     for blob in pieces:
-        shadow = extend_shadow(shadow, blob, dedup_window, let_others_run)
+        shadow = extend_shadow(eng, shadow, blob, let_others_run)
     if shadow is None:
         raise MigrationError("a pre-copy in pieces without a piece")
     return shadow

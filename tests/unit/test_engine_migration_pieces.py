@@ -7,27 +7,29 @@ Runs compiled and plain (MATCHX_PURE_ENGINE=1)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from migration_cases import check_as_whole, copy, freeze_beside_whole, restored_exactly, sha
-from test_engine_migration import ACCTS, Flow, X, Y, dest, holds_in, neg, run, source
+from test_engine_migration import ACCTS, Flow, X, Y, Z, add, dest, holds_in, neg, run, source
 
-from pyengine.engine import Engine
+from pyengine.engine import Engine, migration_shadow
 from pyengine.engine.migration import (
     MigrationError,
     book_rows,
     funds_problems,
-    import_delta,
 )
 from pyengine.engine.migration_pieces import (
     Pieces,
     cleanup,
     export_delta_pieces,
-    extend_shadow,
     pieces_of,
     pieces_sha,
     take_piece,
 )
-from pyengine.engine.model import EV_REJECTED, OP_AMEND, OP_CANCEL, EngineState
+from pyengine.engine.migration_shadow import Shadow, extend_shadow, import_pieces
+from pyengine.engine.model import EV_REJECTED, OP_AMEND, OP_CANCEL
 
 
 def precopy(src: Engine, pc: Pieces, n: int, between=None) -> list[bytes]:
@@ -43,10 +45,10 @@ def precopy(src: Engine, pc: Pieces, n: int, between=None) -> list[bytes]:
             between(len(blobs) - 1)
 
 
-def shadow_of(blobs: list[bytes], window: int) -> EngineState:
+def shadow_of(blobs: list[bytes], eng: Engine) -> Shadow:
     sh = None
     for b in blobs:
-        sh = extend_shadow(sh, b, window)
+        sh = extend_shadow(eng, sh, b)
     assert sh is not None
     return sh
 
@@ -62,12 +64,53 @@ def test_pieces_with_trading_between_them_give_the_whole_exports_book_and_state(
     pc = Pieces()
     blobs = precopy(src, pc, n, lambda i: run(src, flow, 3 + seed, ts=2_000 + 50 * i))
     assert len(blobs) > 1
-    shadow = shadow_of(blobs, dst.dedup_window)
+    shadow = shadow_of(blobs, dst)
     run(src, flow, 20 + 5 * seed, ts=40_000)
     base = pieces_sha([sha(b) for b in blobs])
     fz = freeze_beside_whole(src, dst, lambda: export_delta_pieces(src, X, pc, base))
     assert fz.meta["pieces"] == len(blobs)
-    check_as_whole(src, dst, fz, import_delta(dst, shadow, base, fz.delta), flow)
+    check_as_whole(src, dst, fz, import_pieces(dst, shadow, base, fz.delta), flow)
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "account", "symbol"])
+def test_pieces_built_before_the_destination_changed_import_as_the_whole_export(meanwhile):
+    """The destination builds each piece against its accounts, balances and symbol as they are
+    then (here: no account b, no balance of X, no symbol X); when one appeared before the import
+    (b's first deposit, the symbol added), the import points the orders at it: the destination
+    ends where a whole export leaves it, in either case."""
+    src = source()
+    dst = Engine(dedup_window=50)
+    dst.next_oid = 10**9
+    add(dst, Z, "Z")
+    for a in "acd":  # b's account is new here (accounts new at once land in another order)
+        dst.apply({"op": "deposit", "account": a, "asset": "Q", "amount": "7", "tx_id": f"early-{a}"}, 2)
+    assert "b" not in dst.accounts
+    flow = Flow(61, (X, Y))
+    run(src, flow, 300)
+    pc = Pieces()
+    blobs = precopy(src, pc, 5, lambda i: run(src, flow, 3, ts=2_000 + 50 * i))
+    shadow = shadow_of(blobs, dst)
+    if meanwhile == "account":
+        ev = dst.apply({"op": "deposit", "account": "b", "asset": "Q", "amount": "5", "tx_id": "late-b"}, 3)
+        assert ev[0]["type"] == "deposited", ev
+    elif meanwhile == "symbol":
+        add(dst, X, "X")
+    run(src, flow, 30, ts=40_000)
+    base = pieces_sha([sha(b) for b in blobs])
+    fz = freeze_beside_whole(src, dst, lambda: export_delta_pieces(src, X, pc, base))
+    check_as_whole(src, dst, fz, import_pieces(dst, shadow, base, fz.delta), flow)
+
+
+def test_the_symbol_state_copied_at_the_import_is_every_field_but_the_book():
+    """The pre-copy's symbol object becomes the engine's with the export's state copied onto it:
+    a field added to ``Symbol`` and not to that list would keep the first piece's value."""
+    tree = ast.parse((Path(migration_shadow.__file__).parent / "model.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Symbol")
+    slots = next(n.value for n in cls.body if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in n.targets))
+    fields = set(ast.literal_eval(slots))
+    book_and_marks = {"bids", "asks", "bid_keys", "ask_keys", "dirty", "detached"}
+    assert set(migration_shadow._SYMBOL_STATE) == fields - book_and_marks
 
 
 def test_the_freeze_walks_only_the_changed_queues_and_gives_the_same_bytes_without_marks():
@@ -126,7 +169,7 @@ def test_an_order_that_moves_to_a_queue_not_yet_exported_is_exported_once():
     base = pieces_sha([sha(first), sha(rest)])
     delta, dmeta = export_delta_pieces(src, X, pc, base)
     assert dmeta["removed"] == 1 and dmeta["appended"] == 1 and dmeta["orders"] == 4
-    import_delta(dst, shadow_of([first, rest], dst.dedup_window), base, delta)
+    import_pieces(dst, shadow_of([first, rest], dst), base, delta)
     assert book_rows(dst, X) == at_freeze
     assert funds_problems(dst, holds_in(dmeta)) == []
 
@@ -146,11 +189,11 @@ def test_abort_after_a_pieces_freeze_restores_the_source_exactly():
     det = pc.detached
     assert det is not None and det.total == meta["orders"] > 0 and src.symbols[X].detached
     with pytest.raises(MigrationError, match="not cleaned up yet"):
-        import_delta(src, shadow_of(blobs, src.dedup_window), base, delta)
+        import_pieces(src, shadow_of(blobs, src), base, delta)
     assert cleanup(src, det, det.total // 2) == det.total // 2 and src.symbols[X].detached
     assert funds_problems(src, neg(holds_in(meta))) == []
     assert cleanup(src, det, det.total + 5) == det.total and not src.symbols[X].detached
-    restored_exactly(src, import_delta(src, shadow_of(blobs, src.dedup_window), base, delta), meta, h, flow)
+    restored_exactly(src, import_pieces(src, shadow_of(blobs, src), base, delta), meta, h, flow)
 
 
 def test_the_cleanup_unlinks_the_moved_orders_for_reference_counting():
@@ -179,11 +222,11 @@ def test_pieces_that_do_not_fit_change_nothing():
     pc = Pieces()
     blobs = precopy(src, pc, 6)
     assert len(blobs) >= 3
-    sh = shadow_of(blobs[:2], dst.dedup_window)
-    rows = book_rows(sh, X)
+    sh = shadow_of(blobs[:2], dst)
+    rows = (list(sh.orders), dict(sh.queues), {a: list(r.held) for a, r in sh.accts.items()})
     with pytest.raises(MigrationError, match="already"):
-        extend_shadow(sh, blobs[1], dst.dedup_window)  # the same piece twice
-    assert book_rows(sh, X) == rows
+        extend_shadow(dst, sh, blobs[1])  # the same piece twice
+    assert (list(sh.orders), dict(sh.queues), {a: list(r.held) for a, r in sh.accts.items()}) == rows
     with pytest.raises(MigrationError, match="complete"):
         take_piece(src, X, pc, 6)
     base = pieces_sha([sha(b) for b in blobs])
@@ -191,11 +234,11 @@ def test_pieces_that_do_not_fit_change_nothing():
     delta, _m = export_delta_pieces(src, X, pc, base)
     # a piece missing at the destination: another pre-copy, or a book that is not the source's
     with pytest.raises(MigrationError, match="another pre-copy"):
-        import_delta(dst, shadow_of(blobs[:-1], dst.dedup_window), pieces_sha([sha(b) for b in blobs[:-1]]), delta)
+        import_pieces(dst, shadow_of(blobs[:-1], dst), pieces_sha([sha(b) for b in blobs[:-1]]), delta)
     with pytest.raises(MigrationError, match="not the source's"):
-        import_delta(dst, shadow_of(blobs[:-1], dst.dedup_window), base, delta)
+        import_pieces(dst, shadow_of(blobs[:-1], dst), base, delta)
     assert dst.state_hash() == h
-    import_delta(dst, shadow_of(blobs, dst.dedup_window), base, delta)
+    import_pieces(dst, shadow_of(blobs, dst), base, delta)
     assert funds_problems(dst, holds_in(_m)) == []
 
 
@@ -219,7 +262,7 @@ def test_an_empty_book_is_one_last_piece():
     base = pieces_sha([sha(blob)])
     delta, dmeta = export_delta_pieces(src, X, pc, base)
     assert dmeta["orders"] == 1 and dmeta["appended"] == 1
-    import_delta(dst, extend_shadow(None, blob, dst.dedup_window), base, delta)
+    import_pieces(dst, extend_shadow(dst, None, blob), base, delta)
     assert [r[7] for r in book_rows(dst, X)] == ["late"]
 
 
