@@ -302,3 +302,45 @@ def test_a_symbol_coming_back_finishes_the_cleanup_of_its_last_move_first():
         p.funds_ok()
         p.svc.engine.check_invariants()
     assert src.svc.engine.state_hash() == twin.svc.engine.state_hash()
+
+
+def test_destination_members_import_alike_when_an_account_arrived_between_pieces():
+    """A destination member builds each piece against its engine as it is then. One that built a
+    piece before account d's first deposit here points d's order at an account of its own and, at
+    the import, points it at d's account here and indexes the book order by order; a member
+    restored from a snapshot after that piece builds every piece again against d's account and
+    merges them whole. Both end in the same engine state and answer alike."""
+    src, dst = setup()
+    src.eng({"op": "deposit", "account": "d", "asset": "USDT", "amount": "1000", "tx_id": "d-usdt"})
+    assert src.place(BTC, "d", "buy", "92", "d-best")[0] == Status.OK  # in piece 0 (best bids first)
+    assert "d" not in dst.svc.engine.accounts
+    dst.ok({"op": "mig_prepare", "id": "m1", "symbol": BTC, "source": "p1", "epoch": 2})
+    first = src.ok({**PRE, "piece": 0})
+    piece_in(dst, first)
+    twin = restarted(dst)  # no records: built again from the pieces' bytes at the next piece
+    for p in (dst, twin):
+        st, body = p.eng({"op": "deposit", "account": "d", "asset": "BTC", "amount": "1", "tx_id": "d-btc"})
+        assert st == Status.OK and body[0]["type"] == "deposited", body
+    k = 1
+    while True:
+        pre = src.ok({**PRE, "piece": k})
+        for p in (dst, twin):
+            piece_in(p, pre)
+        if pre["last"]:
+            break
+        trade(src, k)
+        k += 1
+    at_freeze = book(src)
+    a = src.ok(FREEZE)
+    for p in (dst, twin):
+        transfer(src, p, "m1", a["meta"], a["size"], a["sha256"])
+        assert book(p) == at_freeze
+        p.ok({"op": "mig_activate", "id": "m1"})
+        p.funds_ok()
+    assert dst.svc.engine.state_hash() == twin.svc.engine.state_hash()
+    for cmd in ({"op": "open_orders", "account": "d"}, {"op": "balances", "account": "d"},
+                {"op": "order", "account": "d", "client_order_id": "d-best"},
+                {"op": "cancel", "account": "d", "symbol": BTC, "client_order_id": "d-best"},
+                {"op": "balances", "account": "d"}):
+        assert dst.eng(cmd) == twin.eng(cmd), cmd
+    assert dst.svc.engine.state_hash() == twin.svc.engine.state_hash()
