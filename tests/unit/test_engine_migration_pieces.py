@@ -69,7 +69,9 @@ def test_pieces_with_trading_between_them_give_the_whole_exports_book_and_state(
     base = pieces_sha([sha(b) for b in blobs])
     fz = freeze_beside_whole(src, dst, lambda: export_delta_pieces(src, X, pc, base))
     assert fz.meta["pieces"] == len(blobs)
-    check_as_whole(src, dst, fz, import_pieces(dst, shadow, base, fz.delta), flow)
+    got = import_pieces(dst, shadow, base, fz.delta)
+    indexes_hold_the_book(dst)
+    check_as_whole(src, dst, fz, got, flow)
 
 
 @pytest.mark.parametrize("meanwhile", ["nothing", "account", "symbol"])
@@ -98,7 +100,21 @@ def test_pieces_built_before_the_destination_changed_import_as_the_whole_export(
     run(src, flow, 30, ts=40_000)
     base = pieces_sha([sha(b) for b in blobs])
     fz = freeze_beside_whole(src, dst, lambda: export_delta_pieces(src, X, pc, base))
-    check_as_whole(src, dst, fz, import_pieces(dst, shadow, base, fz.delta), flow)
+    got = import_pieces(dst, shadow, base, fz.delta)
+    indexes_hold_the_book(dst)
+    check_as_whole(src, dst, fz, got, flow)
+
+
+def indexes_hold_the_book(e: Engine) -> None:
+    """Every order of every book in the engine's and its account's open orders, no other there,
+    and each client order id naming an order of its own account."""
+    book = [o for sym in e.symbols.values() for lvl in (*sym.bids.values(), *sym.asks.values())
+            for o in lvl.orders()]
+    assert len(book) == len(e.orders) and all(e.orders.get(o.oid) is o for o in book)
+    assert sum(len(a.open) for a in e.accounts.values()) == len(e.orders)
+    for a in e.accounts.values():
+        assert all(e.orders.get(k) is o and o.acct is a for k, o in a.open.items())
+        assert all(o.coid == c and o.acct is a for c, o in a.coid_index().items())
 
 
 def test_the_symbol_state_copied_at_the_import_is_every_field_but_the_book():
